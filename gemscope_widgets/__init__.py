@@ -1,0 +1,45 @@
+"""Look inside Gemma 3 with Gemma Scope 2 SAEs, live in a notebook.
+
+The public names are imported lazily so that ``import gemscope_widgets`` does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("gemscope-widgets")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"
+
+_EXPORTS = {
+    "load_model": "gemscope_widgets.backend.model",
+    "GemmaModel": "gemscope_widgets.backend.model",
+    "load_sae": "gemscope_widgets.backend.sae_loading",
+    "JumpReLUSAE": "gemscope_widgets.backend.sae",
+    "SAEConfig": "gemscope_widgets.backend.sae",
+    "capture": "gemscope_widgets.backend.capture",
+    "check_compatible": "gemscope_widgets.backend.compat",
+    "prompt_features": "gemscope_widgets.backend.features",
+    "SteeringSpec": "gemscope_widgets.backend.steering",
+    "FeatureStats": "gemscope_widgets.backend.stats",
+    "train_sae": "gemscope_widgets.backend.training",
+    "load_default": "gemscope_widgets.backend.default",
+    "Scope": "gemscope_widgets.scope",
+    "heatmap": "gemscope_widgets.widgets.heatmap",
+    "Heatmap": "gemscope_widgets.widgets.heatmap",
+    "FeaturePane": "gemscope_widgets.widgets.feature_pane",
+    "Steer": "gemscope_widgets.widgets.steer",
+    "TokenView": "gemscope_widgets.widgets.token_view",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gemscope_widgets' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

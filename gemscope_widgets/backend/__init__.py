@@ -1,0 +1,1 @@
+"""Torch/transformers side: models, SAEs, hooks, statistics, steering. Knows nothing of widgets."""

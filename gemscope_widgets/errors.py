@@ -1,0 +1,42 @@
+"""Every failure a user can cause raises a subclass of :class:`GemscopeError`.
+
+Messages say what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class GemscopeError(ValueError):
+    """Base class for user-facing errors."""
+
+
+class UnsupportedDtypeError(GemscopeError):
+    """A dtype Gemma 3 cannot run in (fp16) or one we do not know."""
+
+
+class ModelLoadError(GemscopeError):
+    """The model could not be found or loaded."""
+
+
+class SAELoadError(GemscopeError):
+    """The SAE files are missing, malformed or not in the Gemma Scope 2 layout."""
+
+
+class SAEModelMismatch(GemscopeError):
+    """The SAE was trained for another model, width, layer or site."""
+
+
+class PromptError(GemscopeError):
+    """The prompt is empty, too long or malformed."""
+
+
+class FeatureIndexError(GemscopeError, IndexError):
+    """A feature index outside the SAE's width."""
+
+
+class SteeringError(GemscopeError):
+    """A steering request with a bad strength, mode or position."""
+
+
+class StatsCacheError(GemscopeError):
+    """A feature statistics cache that is corrupted or belongs to another model/SAE/corpus."""

@@ -1,0 +1,1 @@
+"""anywidget front ends. They call the backend; the backend never imports them."""

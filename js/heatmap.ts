@@ -1,0 +1,2 @@
+// Placeholder entry so the build has a target; replaced by the heatmap widget.
+export default { render() {} };
