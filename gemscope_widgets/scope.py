@@ -1,0 +1,98 @@
+"""`Scope`: one handle on a model and its SAEs, with the notebook views as methods."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import GemscopeError
+
+if TYPE_CHECKING:
+    from .backend.model import GemmaModel
+
+
+class Scope:
+    """A Gemma 3 model plus one or more SAEs, and the widgets that look at them.
+
+    ``Scope(model, sae)`` or ``Scope(model, [sae5, sae9])`` or ``Scope(model, {"L9": sae9})``.
+    ``model`` may be a loaded :class:`GemmaModel` or a name for :func:`load_model`; each SAE may be a loaded
+    SAE or a path/``(repo, folder)`` for :func:`load_sae`.
+    """
+
+    def __init__(self, model: GemmaModel | str, saes: Any = None, *, check: bool = True) -> None:
+        from .backend.compat import check_compatible
+        from .backend.model import load_model
+        from .backend.sae_loading import load_sae
+
+        self.model: GemmaModel = load_model(model) if isinstance(model, str) else model
+        if saes is None:
+            saes = []
+        if isinstance(saes, Mapping):
+            items = list(saes.items())
+        else:
+            if not isinstance(saes, Sequence) or isinstance(saes, (str, tuple)):
+                saes = [saes]
+            items = [(None, s) for s in saes]
+        self.saes: dict[str, Any] = {}
+        for name, sae in items:
+            if isinstance(sae, str):
+                sae = load_sae(sae)
+            elif isinstance(sae, tuple):
+                sae = load_sae(*sae)
+            if check:
+                check_compatible(self.model, sae)
+            self.saes[name or sae.config.name] = sae
+        self._stats: dict[str, Any] = {}
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> Scope:
+        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use)."""
+        from .backend.default import load_default
+
+        model, sae = load_default(**kwargs)
+        return cls(model, sae)
+
+    def sae(self, name: str | None = None) -> Any:
+        """The SAE called ``name``, or the first one."""
+        if not self.saes:
+            raise GemscopeError("This Scope has no SAE: pass one, e.g. Scope(model, load_sae(path)).")
+        if name is None:
+            return next(iter(self.saes.values()))
+        if name not in self.saes:
+            raise GemscopeError(f"No SAE named {name!r} in this Scope; it has: {', '.join(self.saes)}.")
+        return self.saes[name]
+
+    def heatmap(self, prompts: Any, **kwargs: Any) -> Any:
+        """Token × feature heatmap widget for one prompt, chat messages, or a list of prompts."""
+        from .widgets.heatmap import Heatmap
+
+        return Heatmap.build(self, prompts, **kwargs)
+
+    def feature(self, feature: int, **kwargs: Any) -> Any:
+        """Feature detail pane for one feature."""
+        from .widgets.feature_pane import FeaturePane
+
+        return FeaturePane.build(self, feature, **kwargs)
+
+    def steer(self, prompt: Any, steering: Mapping[int, float] | None = None, **kwargs: Any) -> Any:
+        """Steering widget: sliders per feature, baseline and steered continuations side by side."""
+        from .widgets.steer import Steer
+
+        return Steer.build(self, prompt, steering or {}, **kwargs)
+
+    def generate(self, prompt: Any, steering: Any = None, **kwargs: Any) -> Any:
+        """Baseline and steered continuations without a widget (same code path as :meth:`steer`)."""
+        from .backend.generation import generate
+
+        sae = self.sae(kwargs.pop("sae", None)) if self.saes else None
+        return generate(self.model, prompt, sae=sae, steering=steering, **kwargs)
+
+    def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
+        """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk."""
+        from .backend.stats import FeatureStats
+
+        chosen = self.sae(sae)
+        key = chosen.config.name
+        if corpus is not None or key not in self._stats:
+            self._stats[key] = FeatureStats.load_or_scan(self.model, chosen, corpus, **kwargs)
+        return self._stats[key]
