@@ -23,7 +23,8 @@ def execute(path: Path, parameters: str | None = None, env: dict[str, str] | Non
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}})
+        client.execute()
     finally:
         for k, v in old.items():
             if v is None:
