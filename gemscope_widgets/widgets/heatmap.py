@@ -1,0 +1,307 @@
+"""Heatmap: which SAE features fire on which tokens of one or more prompts."""
+
+from __future__ import annotations
+
+import html
+import os
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
+
+from .payload import Payload, decode_payload, encode_payload, format_value
+
+if TYPE_CHECKING:
+    from gemscope_widgets.scope import Scope
+
+_BUNDLE = pathlib.Path(__file__).parent.parent / "static" / "heatmap.js"
+if not _BUNDLE.is_file():
+    raise GemscopeError(
+        f"The front-end bundle {_BUNDLE} is missing. Build it with `npm run build` in the source tree "
+        "or reinstall the package with `pip install -e .`."
+    )
+
+_RANKS = ("max", "sum")
+MAX_TOP_N = 256  # the front end draws at most this many feature columns
+
+SelectCallback = Callable[[int, int, int], Any]
+
+
+def split_prompts(prompts: Any) -> list[Any]:
+    """One prompt (text, chat messages, a ``Prompt``) or a list of them -> a list of prompts."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, Sequence) and len(prompts) > 0 and all(isinstance(m, Mapping) for m in prompts):
+        return [list(prompts)]  # a single chat conversation
+    if isinstance(prompts, Sequence):
+        if len(prompts) == 0:
+            raise PromptError("No prompts given: pass a string, chat messages, or a list of them.")
+        return list(prompts)
+    return [prompts]
+
+
+class Heatmap(anywidget.AnyWidget):
+    """Tokens × top SAE features, coloured by activation; click a token or a feature to inspect it.
+
+    Build one with :meth:`Scope.heatmap` or :func:`heatmap`. All data lives in traits (binary CSR, see
+    :mod:`gemscope_widgets.widgets.payload`), so the view is saved with the notebook and can be
+    exported with :meth:`to_html`.
+    """
+
+    _esm = _BUNDLE
+
+    _header = traitlets.Dict().tag(sync=True)
+    """The payload's JSON header: prompts' tokens, SAEs, and where each array lies in ``_data``."""
+    _data = traitlets.Bytes(b"").tag(sync=True)
+    """The payload's binary blob (CSR arrays of every prompt × SAE)."""
+    sae_index = traitlets.Int(0).tag(sync=True)
+    """Which SAE the grid shows (index into :attr:`sae_names`)."""
+    top_n = traitlets.Int(20).tag(sync=True)
+    """How many features (columns) the grid shows per prompt."""
+    rank_by = traitlets.Unicode("max").tag(sync=True)
+    """Rank the grid's features by their ``"max"`` or ``"sum"`` of activations over the prompt."""
+    list_k = traitlets.Int(20).tag(sync=True)
+    """How many of the selected token's features the side list shows."""
+    selected_prompt = traitlets.Int(-1).tag(sync=True)
+    """Index of the prompt of the selection, -1 when none."""
+    selected_token = traitlets.Int(-1).tag(sync=True)
+    """Position of the selected token in the selected prompt, -1 when none."""
+    selected_feature = traitlets.Int(-1).tag(sync=True)
+    """The selected feature (in the current SAE), -1 when none."""
+
+    def __init__(self, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
+        self._callbacks: list[SelectCallback] = []
+        self._last_selection: tuple[int, int, int] | None = None
+        self._payload: Payload | None = None
+        super().__init__(_header=header, _data=data, **kwargs)
+        self._last_selection = self.selection
+
+    @classmethod
+    def build(
+        cls,
+        scope: Scope,
+        prompts: Any,
+        *,
+        sae: str | Sequence[str] | None = None,
+        top_n: int = 20,
+        rank_by: str = "max",
+        top_k: int | None = None,
+        feature_max: Mapping[str, Any] | None = None,
+        max_tokens: int | None = None,
+        progress: bool = True,
+    ) -> Heatmap:
+        """Runs the model once per prompt (every SAE encoded from that one forward) and builds the widget.
+
+        ``sae`` picks SAEs of the scope by name (default: all of them; the widget switches between them).
+        ``top_k`` keeps only each token's ``top_k`` strongest features in the payload. ``feature_max``
+        maps SAE names to per-feature maxima over a corpus (``[width]``), used to scale the colours.
+        """
+        from tqdm.auto import tqdm
+
+        from gemscope_widgets.backend.features import prompt_features
+
+        names = list(scope.saes) if sae is None else [sae] if isinstance(sae, str) else list(sae)
+        saes = [scope.sae(name) for name in names]
+        items = split_prompts(prompts)
+        rows, tokenized = [], []
+        for item in tqdm(items, desc="heatmap", unit="prompt", disable=not progress or len(items) < 2):
+            acts = prompt_features(scope.model, saes, item, max_tokens=max_tokens)
+            rows.append(acts)
+            tokenized.append(acts[0].prompt)
+        maxima = None
+        if feature_max is not None:
+            unknown = set(feature_max) - set(names)
+            if unknown:
+                raise GemscopeError(
+                    f"feature_max names SAEs {sorted(unknown)} that the heatmap does not show; use {names}."
+                )
+            maxima = [feature_max.get(name) for name in names]
+        header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
+        for info, name in zip(header["saes"], names):
+            info["name"] = name
+        return cls(header, data, top_n=top_n, rank_by=rank_by)
+
+    # --- validation -------------------------------------------------------------------------------
+
+    @traitlets.validate("rank_by")
+    def _check_rank(self, proposal: traitlets.Bunch) -> str:
+        if proposal["value"] not in _RANKS:
+            raise GemscopeError(f"rank_by must be 'max' or 'sum', got {proposal['value']!r}.")
+        return proposal["value"]
+
+    @traitlets.validate("top_n", "list_k")
+    def _check_count(self, proposal: traitlets.Bunch) -> int:
+        value = proposal["value"]
+        if not 1 <= value <= MAX_TOP_N:
+            raise GemscopeError(f"{proposal['trait'].name} must be between 1 and {MAX_TOP_N}, got {value}.")
+        return value
+
+    @traitlets.validate("sae_index")
+    def _check_sae(self, proposal: traitlets.Bunch) -> int:
+        value = proposal["value"]
+        n = len(self._header.get("saes", [])) or 1
+        if not 0 <= value < n:
+            raise GemscopeError(f"sae_index {value} is outside the {n} SAEs; use 0..{n - 1}.")
+        return value
+
+    @traitlets.validate("selected_prompt")
+    def _check_prompt(self, proposal: traitlets.Bunch) -> int:
+        value = proposal["value"]
+        n = len(self._header.get("prompts", []))
+        if not -1 <= value < n:
+            raise PromptError(f"selected_prompt {value} is outside the {n} prompts; use 0..{n - 1} or -1.")
+        return value
+
+    @traitlets.validate("selected_feature")
+    def _check_feature(self, proposal: traitlets.Bunch) -> int:
+        value = proposal["value"]
+        saes = self._header.get("saes")
+        if saes and not -1 <= value < saes[self.sae_index]["width"]:
+            width = saes[self.sae_index]["width"]
+            raise FeatureIndexError(f"selected_feature {value} is outside the SAE's {width} features; or use -1.")
+        return value
+
+    @traitlets.observe("_header", "_data")
+    def _new_payload(self, _change: traitlets.Bunch) -> None:
+        self._payload = None
+
+    # --- selection --------------------------------------------------------------------------------
+
+    @property
+    def selection(self) -> tuple[int, int, int]:
+        """``(prompt, feature, token)`` as last selected (each -1 when unset)."""
+        return (self.selected_prompt, self.selected_feature, self.selected_token)
+
+    def on_select(self, callback: SelectCallback, *, remove: bool = False) -> None:
+        """Calls ``callback(prompt_index, feature, token)`` whenever the selection changes."""
+        if remove:
+            self._callbacks.remove(callback)
+        else:
+            self._callbacks.append(callback)
+
+    @traitlets.observe("selected_prompt", "selected_feature", "selected_token")
+    def _selection_changed(self, _change: traitlets.Bunch) -> None:
+        # The browser sends the three traits in one message; fire once for the final triple.
+        current = self.selection
+        if current == self._last_selection:
+            return
+        self._last_selection = current
+        for callback in list(self._callbacks):
+            callback(*current)
+
+    @traitlets.observe("sae_index")
+    def _sae_changed(self, _change: traitlets.Bunch) -> None:
+        self.selected_feature = -1  # feature ids of one SAE mean nothing in another
+
+    def select(self, *, prompt: int | None = None, token: int | None = None, feature: int | None = None) -> None:
+        """Sets the selection from Python (the view follows) in one update."""
+        with self.hold_trait_notifications():
+            if prompt is not None:
+                self.selected_prompt = prompt
+            if token is not None:
+                self.selected_token = token
+            if feature is not None:
+                self.selected_feature = feature
+
+    # --- the numbers, as the view shows them -------------------------------------------------------
+
+    @property
+    def payload(self) -> Payload:
+        """The decoded payload: exactly the numbers the browser draws."""
+        if self._payload is None:
+            self._payload = decode_payload(self._header, self._data)
+        return self._payload
+
+    @property
+    def sae_names(self) -> list[str]:
+        return self.payload.sae_names
+
+    def token_features(self, token: int, prompt: int = 0, k: int | None = None) -> list[tuple[int, float, str]]:
+        """The side list for a token: ``(feature, value, text)`` with ``text`` as the view prints it."""
+        tokens = self.payload.tokens(prompt)
+        if not 0 <= token < len(tokens):
+            raise PromptError(f"token {token} is outside prompt {prompt}'s {len(tokens)} tokens.")
+        return self.payload.token_features(prompt, token, self.sae_index, k or self.list_k)
+
+    def top_features(self, prompt: int = 0) -> list[int]:
+        """The grid's feature columns for ``prompt`` under the current SAE, N and ranking."""
+        return self.payload.top_features(prompt, self.sae_index, self.top_n, self.rank_by)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the binary payload."""
+        return len(self._data)
+
+    # --- static views -------------------------------------------------------------------------------
+
+    def to_html(self, path: str | os.PathLike[str], *, title: str = "Feature heatmap") -> pathlib.Path:
+        """Writes a standalone HTML file (script and data inlined) that renders with no kernel or network."""
+        from .export import export_html
+
+        return export_html(self, path, title=title)
+
+    def static_html(self, max_tokens: int = 400) -> str:
+        """A plain HTML summary (no script): the prompts and, per prompt, the top features and their peaks."""
+        payload = self.payload
+        sae = self.sae_index
+        parts = [f"<div><b>Feature heatmap</b> · SAE {html.escape(payload.sae_names[sae])}"]
+        for p in range(payload.n_prompts):
+            tokens = payload.tokens(p)
+            text = "".join(tokens[:max_tokens]) + (" …" if len(tokens) > max_tokens else "")
+            parts.append(f"<p>Prompt {p + 1} ({len(tokens)} tokens):</p><pre>{html.escape(text)}</pre>")
+            dense_rows = []
+            block = payload.block(p, sae)
+            rows = np.repeat(np.arange(len(tokens)), np.diff(block.indptr.astype(np.int64)))
+            for f in payload.top_features(p, sae, min(self.top_n, 10), self.rank_by):
+                hit = np.flatnonzero(block.indices == f)
+                best = hit[np.argmax(block.values[hit])]
+                value, where = float(block.values[best]), int(rows[best])
+                dense_rows.append(
+                    f"<tr><td>#{f}</td><td>{format_value(value)}</td><td>{html.escape(repr(tokens[where]))}</td></tr>"
+                )
+            parts.append(
+                "<table><tr><th>feature</th><th>max</th><th>at token</th></tr>" + "".join(dense_rows) + "</table>"
+            )
+        parts.append("</div>")
+        return "".join(parts)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # A script-free HTML fallback for viewers without the widget (kernel gone, nbviewer, GitHub).
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, tuple):
+            data, metadata = bundle
+        else:
+            data, metadata = bundle, {}
+        if data is not None:
+            data = dict(data)
+            data["text/html"] = self.static_html()
+        return data, metadata
+
+
+def heatmap(
+    prompts: Any,
+    model: Any = None,
+    sae: Any = None,
+    **kwargs: Any,
+) -> Heatmap:
+    """One-off heatmap: ``heatmap("text", model="gemma-3-270m", sae=path)``.
+
+    ``model`` and ``sae`` may be loaded objects or names/paths (see :class:`Scope`); with neither, the
+    embedded default model and demo SAE are used. Keyword arguments go to :meth:`Heatmap.build`.
+    """
+    from gemscope_widgets.scope import Scope
+
+    if model is None and sae is None:
+        scope = Scope.default()
+    elif model is None or sae is None:
+        raise GemscopeError(
+            "heatmap() needs both model= and sae= (or neither, for the embedded default model and SAE)."
+        )
+    else:
+        scope = Scope(model, sae)
+    return Heatmap.build(scope, prompts, **kwargs)
