@@ -1,0 +1,148 @@
+"""An SAE card: how well an SAE fits this model on this corpus (as Gemma Scope 2's tutorial reports).
+
+- ``l0``: mean number of active features per token;
+- ``fvu``: fraction of variance unexplained, ``Σ‖target − recon‖² / Σ‖target − mean(target)‖²`` over tokens;
+- ``dead_features``: features that never fired on the corpus;
+- next-token loss of the clean model, with the reconstruction spliced in at the SAE's output site, and with
+  that site zero-ablated (for scale), plus ``loss_recovered = (zero − spliced) / (zero − clean)``.
+
+``<bos>`` and padding are left out of every number and are never replaced: the ``<bos>`` residual is huge and
+no Gemma Scope SAE is meant to reconstruct it. The reconstruction spliced in is computed from the clean
+inputs; for one-layer SAEs and transcoders that is exact (the input is upstream of the output), for CLTs and
+crosscoders it is the open-loop reconstruction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from .corpus import load_corpus
+from .hooks import hooked
+from .sites import resolve_site
+from .stats import tokenize_docs
+
+if TYPE_CHECKING:
+    from .model import GemmaModel
+
+
+def _stack(captured: dict[str, torch.Tensor], hooks: tuple[str, ...]) -> torch.Tensor:
+    if len(hooks) == 1:
+        return captured[hooks[0]]
+    return torch.stack([captured[h] for h in hooks], dim=-2)
+
+
+def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """Summed cross-entropy of predicting each real token after the first, and how many there were."""
+    targets = ids[:, 1:]
+    valid = mask[:, 1:].bool()
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.to(logits.device), reduction="none")
+    return float(ce[valid.to(ce.device)].sum()), int(valid.sum())
+
+
+def _forward_logits(gm: GemmaModel, ids: torch.Tensor, mask: torch.Tensor, pairs: list) -> torch.Tensor:
+    with torch.inference_mode(), hooked(*pairs):
+        out = gm.model(input_ids=ids.to(gm.device), attention_mask=mask.to(gm.device), use_cache=False)
+    return out.logits
+
+
+def sae_card(
+    gm: GemmaModel,
+    sae: Any,
+    corpus: Any = None,
+    *,
+    max_docs: int | None = 64,
+    max_doc_tokens: int = 128,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """L0, FVU, dead features and clean / spliced / zero-ablated next-token loss of ``sae`` on ``corpus``.
+
+    ``corpus`` is anything :func:`load_corpus` takes (default: the offline default corpus), cut to
+    ``max_docs`` documents of at most ``max_doc_tokens`` tokens.
+    """
+    from tqdm.auto import tqdm
+
+    texts = load_corpus(corpus, max_docs=max_docs)
+    docs = tokenize_docs(gm, list(texts[: len(texts)]), max_doc_tokens)
+    hooks_in, hooks_out = tuple(sae.config.hook_points_in), tuple(sae.config.hook_points_out)
+    sites_in = [resolve_site(gm, h) for h in hooks_in]
+    sites_out = [resolve_site(gm, h) for h in hooks_out]
+    pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
+    fired = torch.zeros(sae.width, dtype=torch.bool)
+    totals = {"l0": 0.0, "sq_err": 0.0, "sum": 0.0, "sum_sq": 0.0, "tokens": 0}
+    target_sum: torch.Tensor | None = None
+    losses = {"clean": [0.0, 0], "spliced": [0.0, 0], "zero": [0.0, 0]}
+    for a in tqdm(range(0, len(docs), batch_size), desc=f"SAE card {sae.config.name}", disable=not progress):
+        batch = docs[a : a + batch_size]
+        seq = max(len(d) for d in batch)
+        ids = torch.full((len(batch), seq), pad, dtype=torch.long)
+        mask = torch.zeros(len(batch), seq, dtype=torch.long)
+        for i, d in enumerate(batch):
+            ids[i, : len(d)] = torch.tensor(d)
+            mask[i, : len(d)] = 1
+        valid = mask.bool().clone()
+        valid[:, 0] = False
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, store: dict[str, torch.Tensor] = captured):
+            def fn(t: torch.Tensor) -> None:
+                store[name] = t.detach()
+
+            return fn
+
+        pairs = [(s, keep(s.hook_point)) for s in [*sites_in, *sites_out]]
+        s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
+        losses["clean"][0] += s
+        losses["clean"][1] += n
+        x_in = _stack(captured, hooks_in)
+        target = _stack(captured, hooks_out).float().cpu()
+        with torch.inference_mode():
+            acts = sae.encode(x_in)
+            recon = sae.decode(acts, x_in).float().cpu()
+        acts = acts.cpu()
+        v = valid
+        fired |= (acts[v] > 0).any(0)
+        totals["l0"] += float((acts[v] > 0).sum())
+        totals["sq_err"] += float(((recon[v] - target[v]) ** 2).sum())
+        totals["sum_sq"] += float((target[v].double() ** 2).sum())
+        batch_sum = target[v].double().sum(0)
+        target_sum = batch_sum if target_sum is None else target_sum + batch_sum
+        totals["tokens"] += int(v.sum())
+
+        for label, replacement in (("spliced", recon), ("zero", torch.zeros_like(recon))):
+
+            def splice(slot: int, new: torch.Tensor, where: torch.Tensor = valid):
+                def fn(t: torch.Tensor) -> torch.Tensor:
+                    part = new if new.dim() == t.dim() else new[..., slot, :]
+                    keep_mask = where.to(t.device).unsqueeze(-1)
+                    return torch.where(keep_mask, part.to(t.device, t.dtype), t)
+
+                return fn
+
+            pairs = [(site, splice(j, replacement)) for j, site in enumerate(sites_out)]
+            s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
+            losses[label][0] += s
+            losses[label][1] += n
+    n_tok = max(totals["tokens"], 1)
+    # Σ‖t − mean‖² = Σ‖t‖² − ‖Σt‖² / n
+    variance = totals["sum_sq"] - (float((target_sum**2).sum()) / n_tok if target_sum is not None else 0.0)
+    clean, spliced, zero = (losses[k][0] / max(losses[k][1], 1) for k in ("clean", "spliced", "zero"))
+    dead = int((~fired).sum())
+    return {
+        "sae": sae.config.name,
+        "model": gm.name,
+        "n_docs": len(docs),
+        "n_tokens": totals["tokens"],
+        "l0": totals["l0"] / n_tok,
+        "fvu": totals["sq_err"] / variance if variance > 0 else float("nan"),
+        "dead_features": dead,
+        "dead_fraction": dead / sae.width,
+        "loss_clean": clean,
+        "loss_spliced": spliced,
+        "loss_zero_ablation": zero,
+        "delta_loss": spliced - clean,
+        "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"),
+    }
