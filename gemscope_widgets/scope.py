@@ -74,6 +74,12 @@ class Scope:
 
         return FeaturePane.build(self, feature, **kwargs)
 
+    def explore(self, prompts: Any, *, steer: Any = None, **kwargs: Any) -> Any:
+        """Heatmap with a feature pane beneath: clicking a feature opens it (``steer``: a Steer to add to)."""
+        from .widgets.explorer import Explorer
+
+        return Explorer.build(self, prompts, steer=steer, **kwargs)
+
     def steer(self, prompt: Any, steering: Mapping[int, float] | None = None, **kwargs: Any) -> Any:
         """Steering widget: sliders per feature, baseline and steered continuations side by side."""
         from .widgets.steer import Steer

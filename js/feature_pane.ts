@@ -1,0 +1,379 @@
+// FeaturePane: one SAE feature's explanation, logits, density histogram, examples and a live test box.
+// Mirrors gemscope_widgets/widgets/feature_pane.py. Every string from the kernel goes in via textContent.
+import type { RenderProps } from "@anywidget/types";
+import { drawHistogram, formatValue } from "./lib/histogram";
+import { mountTheme, renderTokens, visibleText } from "./lib/tokens";
+
+interface Example {
+  tokens: string[];
+  values: DataView;
+  peak: number;
+  value: number;
+}
+interface ExamplePage {
+  kind?: "top" | "quantile";
+  start?: number;
+  total?: number;
+  items?: Example[];
+}
+interface Info {
+  sae?: string;
+  width?: number;
+  url?: string;
+  explanation?: string;
+  density?: number | null;
+  max_act?: number | null;
+  n_tokens?: number;
+  source?: string;
+}
+interface Related {
+  feature: number;
+  score: number;
+  kind: string;
+  explanation: string;
+}
+interface TestResult {
+  text?: string;
+  tokens?: string[];
+  special?: boolean[];
+  values?: DataView;
+  error?: string;
+}
+interface Scan {
+  state?: "idle" | "running" | "done" | "error";
+  done?: number;
+  total?: number;
+  message?: string;
+}
+interface Model {
+  feature: number;
+  info: Info;
+  logits: { top?: [string, number][]; bottom?: [string, number][] };
+  histogram: { edges?: DataView; counts?: DataView };
+  related: Related[];
+  examples: ExamplePage;
+  quantiles: ExamplePage;
+  test: TestResult;
+  scan: Scan;
+  page_size: number;
+  can_steer: boolean;
+  error: string;
+}
+
+const CSS = `
+.gs-pane { display: flex; flex-direction: column; gap: 10px; padding: 6px 2px; }
+.gs-pane h3 { margin: 0; font-size: 1.15em; }
+.gs-pane h4 { margin: 0 0 4px; font-size: 0.95em; color: var(--gs-fg-muted); font-weight: 600; }
+.gs-pane-head { display: flex; align-items: baseline; gap: 10px; flex-wrap: wrap; }
+.gs-pane-head a { color: var(--gs-accent); }
+.gs-pane button { font: inherit; cursor: pointer; padding: 1px 8px; border-radius: 3px;
+  border: 1px solid var(--gs-border); background: var(--gs-bg-raised); color: var(--gs-fg); }
+.gs-pane button:disabled { opacity: 0.5; cursor: default; }
+.gs-explanation { font-size: 1.05em; }
+.gs-row { display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; }
+.gs-logit-list { display: grid; grid-template-columns: auto auto; gap: 1px 10px; font-size: 0.92em; }
+.gs-logit-list .gs-token { white-space: pre; }
+.gs-logit-val { text-align: right; font-variant-numeric: tabular-nums; color: var(--gs-fg-muted); }
+.gs-pos { color: #1565c0; }
+.gs-neg { color: #c62828; }
+.gs-related { display: flex; flex-wrap: wrap; gap: 4px; }
+.gs-chip { font-size: 0.9em; }
+.gs-example { border-bottom: 1px solid var(--gs-border); padding: 3px 0; }
+.gs-example-val { color: var(--gs-fg-muted); font-size: 0.85em; margin-right: 6px; font-variant-numeric: tabular-nums; }
+.gs-pager { display: flex; gap: 8px; align-items: center; font-size: 0.9em; margin-top: 4px; }
+.gs-hist-bar { fill: var(--gs-accent); }
+.gs-hist-axis { stroke: var(--gs-border); }
+.gs-hist-tick { fill: var(--gs-fg-muted); font-size: 10px; }
+.gs-test textarea { width: 100%; min-height: 3em; font-family: var(--gs-code-font); }
+.gs-progress { width: 240px; height: 8px; }
+.gs-peak { box-shadow: inset 0 0 0 1.5px var(--gs-fg); }
+`;
+
+function floats(view: DataView | undefined): Float32Array {
+  if (!view || view.byteLength === 0) return new Float32Array(0);
+  // Copy: the view's offset into its buffer need not be 4-byte aligned.
+  return new Float32Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Token spans shaded by activation (relative to `scale`), each with its value in the tooltip. */
+export function highlightTokens(
+  container: HTMLElement,
+  tokens: string[],
+  values: Float32Array,
+  scale: number,
+  special?: boolean[],
+  peak = -1,
+): HTMLSpanElement[] {
+  const spans = renderTokens(container, tokens, special);
+  spans.forEach((span, i) => {
+    const v = values[i] ?? 0;
+    span.dataset.value = String(v);
+    span.title = `${visibleText(tokens[i])}: ${formatValue(v)}`;
+    if (v > 0 && scale > 0) {
+      const a = Math.min(1, v / scale);
+      span.style.backgroundColor = `rgba(255, 140, 0, ${(0.12 + 0.78 * a).toFixed(3)})`;
+      span.classList.add("gs-active");
+    }
+    if (i === peak) span.classList.add("gs-peak");
+  });
+  return spans;
+}
+
+function render({ model, el: root }: RenderProps<Model>): () => void {
+  mountTheme(root, CSS);
+  const pane = el("div", "gs-pane");
+  root.append(pane);
+
+  const head = el("div", "gs-pane-head");
+  const title = el("h3");
+  const saeName = el("span", "gs-muted");
+  const link = el("a", "gs-np-link", "Neuronpedia ↗");
+  link.target = "_blank";
+  link.rel = "noopener noreferrer";
+  const steer = el("button", "gs-steer", "steer");
+  head.append(title, saeName, link, steer);
+
+  const explanation = el("div", "gs-explanation");
+  const density = el("div", "gs-density gs-muted");
+  const hist = el("div", "gs-hist");
+  const noStats = el("div", "gs-nostats");
+  const noStatsText = el("span", "gs-muted", "No corpus statistics for this SAE yet: examples and density need a scan. ");
+  const scanButton = el("button", "gs-scan", "run scan");
+  const progress = el("progress", "gs-progress");
+  const scanStatus = el("span", "gs-muted gs-scan-status");
+  noStats.append(noStatsText, scanButton, " ", progress, " ", scanStatus);
+
+  const logitRow = el("div", "gs-row gs-logits");
+  const relatedBox = el("div");
+  const relatedTitle = el("h4", "", "Related features");
+  const related = el("div", "gs-related");
+  relatedBox.append(relatedTitle, related);
+
+  const makeSection = (label: string, cls: string) => {
+    const box = el("div", cls);
+    const h = el("h4", "", label);
+    const list = el("div", "gs-example-list");
+    const pager = el("div", "gs-pager");
+    const prev = el("button", "gs-prev", "‹ prev");
+    const where = el("span", "gs-where gs-muted");
+    const next = el("button", "gs-next", "next ›");
+    pager.append(prev, where, next);
+    box.append(h, list, pager);
+    return { box, list, prev, next, where };
+  };
+  const top = makeSection("Top activations", "gs-top");
+  const quant = makeSection("Across the range (quantiles)", "gs-quantiles");
+
+  const testBox = el("div", "gs-test");
+  const testTitle = el("h4", "", "Test your own text");
+  const testInput = el("textarea");
+  testInput.placeholder = "Type text, then press “test” (Ctrl+Enter)";
+  const testButton = el("button", "gs-test-run", "test");
+  const testOut = el("div", "gs-test-out");
+  const testStatus = el("div", "gs-status");
+  testBox.append(testTitle, testInput, testButton, testOut, testStatus);
+
+  const error = el("div", "gs-error");
+  pane.append(head, explanation, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, error);
+
+  const scaleOf = () => {
+    const m = model.get("info").max_act;
+    if (typeof m === "number" && m > 0) return m;
+    const first = model.get("examples").items?.[0];
+    return first ? first.value : 0;
+  };
+
+  const drawInfo = () => {
+    const info = model.get("info");
+    title.textContent = `Feature ${model.get("feature")}`;
+    saeName.textContent = `${info.sae ?? ""} · ${info.width?.toLocaleString() ?? "?"} features`;
+    const url = info.url ?? "";
+    link.hidden = !url.startsWith("https://www.neuronpedia.org/");
+    if (!link.hidden) link.href = url;
+    explanation.textContent = info.explanation ? info.explanation : "No explanation yet.";
+    explanation.classList.toggle("gs-muted", !info.explanation);
+    const parts: string[] = [];
+    if (typeof info.density === "number") {
+      parts.push(`fires on ${(info.density * 100).toPrecision(3)}% of ${(info.n_tokens ?? 0).toLocaleString()} tokens`);
+    }
+    if (typeof info.max_act === "number") parts.push(`max activation ${formatValue(info.max_act)}`);
+    if (info.source) parts.push(`from ${info.source}`);
+    density.textContent = parts.join(" · ");
+    noStats.hidden = Boolean(info.source) && model.get("scan").state !== "running";
+    drawScan();
+  };
+
+  const drawScan = () => {
+    const scan = model.get("scan");
+    const running = scan.state === "running";
+    scanButton.disabled = running;
+    progress.hidden = !running;
+    if (running && scan.total) {
+      progress.max = scan.total;
+      progress.value = scan.done ?? 0;
+    } else if (running) {
+      progress.removeAttribute("value");
+    }
+    scanStatus.textContent = scan.message ?? "";
+    scanStatus.classList.toggle("gs-error", scan.state === "error");
+    if (running) noStats.hidden = false;
+  };
+
+  const drawHist = () => {
+    const h = model.get("histogram");
+    const edges = floats(h.edges);
+    const counts = floats(h.counts);
+    hist.replaceChildren();
+    if (counts.length > 0) hist.append(drawHistogram(edges, counts, { label: "non-zero activations" }));
+  };
+
+  const drawLogits = () => {
+    const logits = model.get("logits");
+    logitRow.replaceChildren();
+    for (const [label, rows, cls] of [
+      ["Promotes", logits.top ?? [], "gs-pos"],
+      ["Suppresses", logits.bottom ?? [], "gs-neg"],
+    ] as const) {
+      const box = el("div");
+      box.append(el("h4", "", label));
+      const list = el("div", `gs-logit-list ${cls}`);
+      for (const [tok, val] of rows) {
+        const t = el("span", "gs-token", tok);
+        t.title = visibleText(tok);
+        list.append(t, el("span", "gs-logit-val", formatValue(val)));
+      }
+      box.append(list);
+      logitRow.append(box);
+    }
+  };
+
+  const drawRelated = () => {
+    const rows = model.get("related");
+    relatedBox.hidden = rows.length === 0;
+    related.replaceChildren(
+      ...rows.map((r) => {
+        const b = el("button", "gs-chip", `#${r.feature} ${r.score.toFixed(2)}`);
+        b.dataset.feature = String(r.feature);
+        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"}${r.explanation ? `: ${r.explanation}` : ""}`;
+        return b;
+      }),
+    );
+  };
+  const onRelated = (e: MouseEvent) => {
+    const target = (e.target as Element | null)?.closest<HTMLElement>("[data-feature]");
+    if (target) model.send({ type: "open", feature: Number(target.dataset.feature) });
+  };
+  related.addEventListener("click", onRelated);
+
+  const drawPage = (key: "examples" | "quantiles", sec: ReturnType<typeof makeSection>) => {
+    const page = model.get(key);
+    const items = page.items ?? [];
+    const total = page.total ?? 0;
+    const start = page.start ?? 0;
+    const scale = scaleOf();
+    sec.box.hidden = total === 0 && key === "quantiles";
+    sec.list.replaceChildren(
+      ...items.map((ex) => {
+        const row = el("div", "gs-example");
+        row.append(el("span", "gs-example-val", formatValue(ex.value)));
+        const toks = el("span");
+        highlightTokens(toks, ex.tokens, floats(ex.values), scale, undefined, ex.peak);
+        row.append(toks);
+        return row;
+      }),
+    );
+    if (total === 0) sec.list.append(el("div", "gs-muted", "No examples."));
+    sec.where.textContent = total ? `${start + 1}–${start + items.length} of ${total}` : "";
+    sec.prev.disabled = start <= 0;
+    sec.next.disabled = start + items.length >= total;
+  };
+  const pager = (kind: "top" | "quantile", key: "examples" | "quantiles", dir: number) => () => {
+    const page = model.get(key);
+    const size = model.get("page_size") || 5;
+    model.send({ type: "page", kind, start: Math.max(0, (page.start ?? 0) + dir * size) });
+  };
+  const handlers: [HTMLElement, () => void][] = [
+    [top.prev, pager("top", "examples", -1)],
+    [top.next, pager("top", "examples", 1)],
+    [quant.prev, pager("quantile", "quantiles", -1)],
+    [quant.next, pager("quantile", "quantiles", 1)],
+    [scanButton, () => model.send({ type: "scan" })],
+    [steer, () => model.send({ type: "steer" })],
+  ];
+  const runTest = () => {
+    const text = testInput.value;
+    if (!text.trim()) return;
+    testStatus.textContent = "running…";
+    model.send({ type: "test", text });
+  };
+  handlers.push([testButton, runTest]);
+  for (const [node, fn] of handlers) node.addEventListener("click", fn);
+  const onKey = (e: KeyboardEvent) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) runTest();
+  };
+  testInput.addEventListener("keydown", onKey);
+
+  const drawTest = () => {
+    const t = model.get("test");
+    const tokens = t.tokens ?? [];
+    testStatus.textContent = t.error ?? "";
+    testStatus.classList.toggle("gs-error", Boolean(t.error));
+    testOut.replaceChildren();
+    if (!tokens.length) return;
+    const values = floats(t.values);
+    let max = 0;
+    values.forEach((v) => (max = Math.max(max, v)));
+    const scale = Math.max(scaleOf(), max);
+    highlightTokens(testOut, tokens, values, scale, t.special);
+    testStatus.textContent = max > 0 ? `max ${formatValue(max)} on this text` : "The feature does not fire on this text.";
+  };
+
+  const drawSteer = () => {
+    steer.hidden = !model.get("can_steer");
+  };
+  const drawError = () => {
+    error.textContent = model.get("error");
+  };
+  const drawAll = () => {
+    drawInfo();
+    drawHist();
+    drawLogits();
+    drawRelated();
+    drawPage("examples", top);
+    drawPage("quantiles", quant);
+    drawTest();
+    drawSteer();
+    drawError();
+  };
+  drawAll();
+
+  const listeners: [string, () => void][] = [
+    ["change:feature", drawInfo],
+    ["change:info", () => (drawInfo(), drawPage("examples", top), drawPage("quantiles", quant))],
+    ["change:scan", drawScan],
+    ["change:histogram", drawHist],
+    ["change:logits", drawLogits],
+    ["change:related", drawRelated],
+    ["change:examples", () => drawPage("examples", top)],
+    ["change:quantiles", () => drawPage("quantiles", quant)],
+    ["change:test", drawTest],
+    ["change:can_steer", drawSteer],
+    ["change:error", drawError],
+  ];
+  for (const [name, fn] of listeners) model.on(name, fn);
+  return () => {
+    for (const [name, fn] of listeners) model.off(name, fn);
+    for (const [node, fn] of handlers) node.removeEventListener("click", fn);
+    related.removeEventListener("click", onRelated);
+    testInput.removeEventListener("keydown", onKey);
+  };
+}
+
+export default { render };
