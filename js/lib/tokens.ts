@@ -1,0 +1,118 @@
+// Token rendering shared by every widget: faithful whitespace, special tokens marked, text only via textContent.
+import themeCss from "./theme.css";
+
+export interface TokenOptions {
+  /** A special token (BOS, <start_of_turn>, ...): gets the `gs-special` class and a muted look. */
+  special?: boolean;
+  /** Written to `data-index` so click handlers can find the token's position. */
+  index?: number;
+  /** Tooltip; defaults to `visibleText(text)`. Pass `null` for none (the caller sets its own). */
+  title?: string | null;
+}
+
+const NEWLINE_MARK = "↵";
+const TAB_MARK = "→";
+const EMPTY_MARK = "∅";
+
+// C0 controls and DEL have visible "control picture" glyphs at U+2400 + code (U+2421 for DEL).
+function controlPicture(ch: string): string {
+  const code = ch.charCodeAt(0);
+  return code === 0x7f ? "\u2421" : String.fromCharCode(0x2400 + code);
+}
+
+function isControl(ch: string): boolean {
+  const code = ch.charCodeAt(0);
+  return (code < 0x20 && ch !== "\n" && ch !== "\t") || code === 0x7f;
+}
+
+/** The token with every whitespace and control character made visible, for tooltips and labels. */
+export function visibleText(tok: string): string {
+  if (tok.length === 0) return EMPTY_MARK;
+  let out = "";
+  for (const ch of tok) {
+    if (ch === " ") out += "␣";
+    else if (ch === "\n") out += NEWLINE_MARK;
+    else if (ch === "\t") out += TAB_MARK;
+    else if (isControl(ch)) out += controlPicture(ch);
+    else out += ch;
+  }
+  return out;
+}
+
+function marker(text: string): HTMLSpanElement {
+  const m = document.createElement("span");
+  m.className = "gs-ws";
+  m.textContent = text;
+  return m;
+}
+
+/**
+ * One token as a span. Spaces are kept as they are (the stylesheet sets `white-space: pre-wrap`),
+ * a newline shows "↵" and then really breaks the line, a tab shows "→" and then the tab, and other
+ * control characters show their control-picture glyph.
+ */
+export function renderToken(text: string, opts: TokenOptions = {}): HTMLSpanElement {
+  const span = document.createElement("span");
+  span.className = opts.special ? "gs-token gs-special" : "gs-token";
+  if (opts.index !== undefined) span.dataset.index = String(opts.index);
+  if (opts.title !== null) span.title = opts.title ?? visibleText(text);
+  if (text.length === 0) {
+    span.append(marker(EMPTY_MARK));
+    return span;
+  }
+  let plain = "";
+  const flush = () => {
+    if (plain) span.append(document.createTextNode(plain));
+    plain = "";
+  };
+  for (const ch of text) {
+    if (ch === "\n") {
+      flush();
+      span.append(marker(NEWLINE_MARK), document.createTextNode("\n"));
+    } else if (ch === "\t") {
+      flush();
+      span.append(marker(TAB_MARK), document.createTextNode("\t"));
+    } else if (isControl(ch)) {
+      flush();
+      span.append(marker(controlPicture(ch)));
+    } else {
+      plain += ch;
+    }
+  }
+  flush();
+  return span;
+}
+
+/**
+ * Replaces the container's children with one span per token (`data-index` = position) and returns
+ * the spans. `special[i]` marks token i as special.
+ */
+export function renderTokens(
+  container: HTMLElement,
+  tokens: string[],
+  special?: ArrayLike<boolean>,
+): HTMLSpanElement[] {
+  container.classList.add("gs-tokens");
+  const spans = tokens.map((tok, i) => renderToken(tok, { special: Boolean(special?.[i]), index: i }));
+  container.replaceChildren(...spans);
+  return spans;
+}
+
+/** The index stored on a token span by `renderTokens`, or -1 when the target is not inside one. */
+export function tokenIndexOf(target: EventTarget | null): number {
+  if (!(target instanceof Element)) return -1;
+  const span = target.closest<HTMLElement>(".gs-token[data-index]");
+  return span ? Number(span.dataset.index) : -1;
+}
+
+/**
+ * Makes `el` a themed widget root: adds the `gs-root` class and a <style> holding the shared theme
+ * plus any widget-specific CSS. Styles live inside the widget so it works in any anywidget host.
+ */
+export function mountTheme(el: HTMLElement, ...extraCss: string[]): HTMLElement {
+  el.classList.add("gs-root");
+  const style = document.createElement("style");
+  style.textContent = [themeCss, ...extraCss].join("\n");
+  el.prepend(style);
+  return el;
+}

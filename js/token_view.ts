@@ -1,0 +1,57 @@
+// TokenView: a prompt's tokens; clicking one tells Python, whose reply (`status`) is shown below.
+// Mirrors gemscope_widgets/widgets/token_view.py.
+import type { RenderProps } from "@anywidget/types";
+import { mountTheme, renderTokens, tokenIndexOf } from "./lib/tokens";
+
+interface Model {
+  tokens: string[];
+  special: boolean[];
+  selected_token: number;
+  status: string;
+}
+
+function render({ model, el }: RenderProps<Model>): () => void {
+  mountTheme(el);
+  const list = document.createElement("div");
+  const status = document.createElement("div");
+  status.className = "gs-status";
+  el.append(list, status);
+
+  let spans: HTMLSpanElement[] = [];
+  const drawTokens = () => {
+    spans = renderTokens(list, model.get("tokens"), model.get("special"));
+    for (const span of spans) span.classList.add("gs-clickable");
+    drawSelection();
+  };
+  const drawSelection = () => {
+    const selected = model.get("selected_token");
+    spans.forEach((span, i) => span.classList.toggle("gs-selected", i === selected));
+  };
+  const drawStatus = () => {
+    status.textContent = model.get("status");
+  };
+
+  const onClick = (event: MouseEvent) => {
+    const index = tokenIndexOf(event.target);
+    if (index < 0) return;
+    model.set("selected_token", index);
+    model.save_changes();
+  };
+  list.addEventListener("click", onClick);
+
+  drawTokens();
+  drawStatus();
+  model.on("change:tokens", drawTokens);
+  model.on("change:special", drawTokens);
+  model.on("change:selected_token", drawSelection);
+  model.on("change:status", drawStatus);
+  return () => {
+    list.removeEventListener("click", onClick);
+    model.off("change:tokens", drawTokens);
+    model.off("change:special", drawTokens);
+    model.off("change:selected_token", drawSelection);
+    model.off("change:status", drawStatus);
+  };
+}
+
+export default { render };
