@@ -86,12 +86,32 @@ class Scope:
 
         return Steer.build(self, prompt, steering or {}, **kwargs)
 
-    def generate(self, prompt: Any, steering: Any = None, **kwargs: Any) -> Any:
-        """Baseline and steered continuations without a widget (same code path as :meth:`steer`)."""
-        from .backend.generation import generate
+    def generate(self, prompt: Any, steering: Any = None, *, unit: str = "typical", **kwargs: Any) -> Any:
+        """Baseline and steered continuations without a widget (same code path as :meth:`steer`).
 
+        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs. With ``unit="typical"`` (the
+        default, as in the widget) strengths are multiples of each feature's typical maximum activation;
+        ``unit="raw"`` takes them in the SAE's activation units.
+        """
+        from dataclasses import replace
+
+        from .backend.generation import generate
+        from .backend.steering import normalize_steering, typical_scales
+        from .errors import SteeringError
+
+        if unit not in ("typical", "raw"):
+            raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of max activation) or 'raw'.")
         sae = self.sae(kwargs.pop("sae", None)) if self.saes else None
-        return generate(self.model, prompt, sae=sae, steering=steering, **kwargs)
+        specs = normalize_steering(steering, sae)
+        if unit == "typical" and specs:
+            ids = self.model.prompt(prompt).input_ids
+            scaled = []
+            for spec in specs:
+                stats = self._stats.get(spec.sae.config.name)
+                scale, _ = typical_scales(self.model, spec.sae, [spec.feature], ids, stats)[spec.feature]
+                scaled.append(replace(spec, strength=spec.strength * scale))
+            specs = scaled
+        return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk."""

@@ -112,3 +112,25 @@ def test_real_model_capture_matches_hidden_states(real_model):
         torch.testing.assert_close(early[key], full[key], rtol=0, atol=0)
     # Gemma's residual stream is large (thousands), the scale Gemma Scope 2 SAEs expect.
     assert early["model.layers.9.output"][0, 1:].norm(dim=-1).mean() > 1000
+
+
+def test_hooks_only_act_on_the_thread_that_registered_them(tiny_model):
+    import threading
+
+    ids = tiny_model.prompt("hello there").input_ids[None]
+    site = resolve_site(tiny_model, "model.layers.0.output")
+    results = {}
+
+    def other_thread():
+        with torch.inference_mode():
+            results["other"] = tiny_model.model(ids).logits
+
+    with torch.inference_mode():
+        clean = tiny_model.model(ids).logits.clone()
+        with hooked((site, lambda x: x * 0.0)):
+            results["owner"] = tiny_model.model(ids).logits
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join(30)
+    assert torch.equal(results["other"], clean)
+    assert not torch.equal(results["owner"], clean)

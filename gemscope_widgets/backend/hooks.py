@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -17,8 +18,10 @@ class StopForward(Exception):
     """Raised from a hook to end the forward pass once the deepest activation needed is computed."""
 
 
-def _output_hook(fn: HookFn) -> Callable:
+def _output_hook(fn: HookFn, owner: int) -> Callable:
     def hook(module: nn.Module, args: tuple, output: object) -> object:
+        if threading.get_ident() != owner:
+            return None
         # transformers v5 layers return a Tensor, v4 a tuple whose first element is the hidden state.
         tensor = output[0] if isinstance(output, tuple) else output
         new = fn(tensor)
@@ -29,8 +32,10 @@ def _output_hook(fn: HookFn) -> Callable:
     return hook
 
 
-def _input_hook(fn: HookFn) -> Callable:
+def _input_hook(fn: HookFn, owner: int) -> Callable:
     def hook(module: nn.Module, args: tuple) -> tuple | None:
+        if threading.get_ident() != owner:
+            return None
         new = fn(args[0])
         return None if new is None else (new, *args[1:])
 
@@ -42,14 +47,17 @@ def hooked(*pairs: tuple[Site, HookFn]) -> Iterator[None]:
     """Attach ``fn`` at each site for the duration of the block; removed on every exit path.
 
     ``fn`` receives the activation; returning a tensor replaces it, returning ``None`` leaves it.
+    Hooks act only on forward passes run by the thread that entered the block: a heatmap computed in the
+    kernel while a steering widget generates in its own thread neither sees nor stops the other's pass.
     """
+    owner = threading.get_ident()
     handles = []
     try:
         for site, fn in pairs:
             if site.kind == "output":
-                handles.append(site.module.register_forward_hook(_output_hook(fn)))
+                handles.append(site.module.register_forward_hook(_output_hook(fn, owner)))
             else:
-                handles.append(site.module.register_forward_pre_hook(_input_hook(fn)))
+                handles.append(site.module.register_forward_pre_hook(_input_hook(fn, owner)))
         yield
     finally:
         for handle in handles:
