@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.gemma_scope_files",
     "tests.fixtures.lab",
+    "tests.fixtures.demo",
 ]

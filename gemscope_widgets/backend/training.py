@@ -1,0 +1,521 @@
+"""Train a JumpReLU SAE on any Gemma 3 layer and save it in the exact Gemma Scope 2 layout.
+
+The recipe follows Gemma Scope 2 (Rajamanoharan et al. 2024, "Jumping Ahead"): a JumpReLU with a
+learned per-feature threshold, trained through a rectangle-kernel pseudo-derivative of bandwidth
+``eps``, and a quadratic penalty that pulls the batch L0 onto a target. Inputs are divided by one
+scalar during training (Gemma residual norms are in the thousands) and that scalar is folded into
+the saved weights, so the saved folder is used with the plain GS2 math on raw activations::
+
+    pre = x @ w_enc + b_enc ; acts = relu(pre) * (pre > threshold) ; recon = acts @ w_dec + b_dec
+
+Decoder rows are kept at unit norm (as in GS2), which makes feature activations come out in the
+residual stream's own units. Features that stop firing are resampled towards badly reconstructed
+inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import cache_dir, staged_dir
+from ..errors import GemscopeError
+from .capture import capture
+from .sae_loading import save_gemma_scope_folder
+
+SITES = ("resid_post", "mlp_out", "attn_out")
+
+
+class TrainingError(GemscopeError):
+    """Bad arguments to :func:`train_sae`, or too little text to train on."""
+
+
+def hook_point(site: str, layer: int) -> str:
+    """The Gemma Scope 2 ``hf_hook_point_in`` for a residual / MLP-out / attention-out SAE."""
+    if site == "resid_post":
+        return f"model.layers.{layer}.output"
+    if site == "mlp_out":
+        return f"model.layers.{layer}.post_feedforward_layernorm.output"
+    if site == "attn_out":
+        return f"model.layers.{layer}.self_attn.o_proj.input"
+    raise TrainingError(f"unknown SAE site {site!r}; use one of {', '.join(SITES)}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+
+
+def token_windows(tokenizer: Any, texts: Iterable[str], ctx: int, max_windows: int | None = None) -> torch.Tensor:
+    """Cut the concatenated texts into ``[N, ctx]`` windows, each starting with one BOS.
+
+    Concatenation (rather than one padded row per document) wastes no compute on padding.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise TrainingError("the tokenizer has no BOS token; Gemma 3 needs one at the start of every window.")
+    step = ctx - 1
+    windows: list[torch.Tensor] = []
+    buf: list[int] = []
+    for text in texts:
+        if not text.strip():
+            continue
+        buf.extend(tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
+        while len(buf) >= step:
+            windows.append(torch.tensor([bos, *buf[:step]], dtype=torch.long))
+            buf = buf[step:]
+            if max_windows is not None and len(windows) >= max_windows:
+                return torch.stack(windows)
+    if not windows:
+        raise TrainingError(f"the corpus holds fewer than {step} tokens; give train_sae more text.")
+    return torch.stack(windows)
+
+
+@torch.no_grad()
+def collect_activations(
+    gm: Any,
+    point: str,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Activations ``[N, d]`` (float32, CPU) at ``point`` for every non-special token of ``windows``.
+
+    The forward pass stops after the hooked layer. BOS and other special tokens are dropped: their
+    residual norms are orders of magnitude larger and GS2 dashboards mask them too.
+    """
+    special = torch.tensor(sorted(set(gm.tokenizer.all_special_ids)), dtype=torch.long)
+    device = next(gm.model.parameters()).device
+    chunks: list[torch.Tensor] = []
+    total = 0
+    available = int((~torch.isin(windows, special)).sum())
+    want = min(max_tokens, available) if max_tokens is not None else available
+    bar = tqdm(total=want, desc=f"activations {point}", unit="tok", disable=not progress)
+    for start in range(0, len(windows), batch_size):
+        ids = windows[start : start + batch_size]
+        acts = capture(gm, ids.to(device), [point], stop_early=True)[point]
+        keep = ~torch.isin(ids, special)
+        chunk = acts.float().cpu()[keep]
+        chunks.append(chunk)
+        total += len(chunk)
+        bar.update(len(chunk))
+        if total >= want:
+            break
+    bar.close()
+    out = torch.cat(chunks)
+    return out[:want] if max_tokens is not None else out
+
+
+# --------------------------------------------------------------------------------------------
+# JumpReLU with pseudo-derivatives
+# --------------------------------------------------------------------------------------------
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """relu(z) * (z > θ); dz by straight-through, dθ by the rectangle-kernel pseudo-derivative."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.eps = eps
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.eps
+        grad_pre = grad * (pre > threshold)
+        grad_threshold = (-(threshold / eps) * _rectangle((pre - threshold) / eps) * grad).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    """H(z - θ); only θ gets a gradient, so the sparsity penalty moves thresholds (as in GS)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.eps = eps
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.eps
+        grad_threshold = (-(1.0 / eps) * _rectangle((pre - threshold) / eps) * grad).sum(0)
+        return None, grad_threshold, None
+
+
+class _TrainableSAE(torch.nn.Module):
+    """The SAE in normalised units (inputs divided by ``scale``) during training."""
+
+    def __init__(self, d: int, width: int, generator: torch.Generator) -> None:
+        super().__init__()
+        w_dec = torch.randn(width, d, generator=generator)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.w_dec = torch.nn.Parameter(w_dec)
+        self.w_enc = torch.nn.Parameter(w_dec.t().clone())
+        self.b_enc = torch.nn.Parameter(torch.zeros(width))
+        self.b_dec = torch.nn.Parameter(torch.zeros(d))
+        self.log_threshold = torch.nn.Parameter(torch.full((width,), math.log(0.1)))
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w_enc + self.b_enc
+
+    def forward(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pre = self.pre(x)
+        threshold = self.log_threshold.exp()
+        acts = _JumpReLU.apply(pre, threshold, eps)
+        recon = acts @ self.w_dec + self.b_dec
+        l0 = _Step.apply(pre, threshold, eps).sum(-1).mean()
+        return recon, acts, l0
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.w_dec /= self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def set_thresholds_by_rate(self, idx: torch.Tensor, x: torch.Tensor, rate: float) -> None:
+        """Put the thresholds of features ``idx`` where each fires on about ``rate`` of ``x``."""
+        pre = self.pre(x)[:, idx]
+        q = torch.quantile(pre, 1.0 - rate, dim=0)
+        self.log_threshold[idx] = q.clamp_min(1e-3).log()
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingReport:
+    """What a training run measured on its own data (normalised units for the MSE)."""
+
+    steps: int
+    tokens_seen: int
+    l0: float
+    fvu: float
+    dead_fraction: float
+    resampled: int
+    scale: float
+
+
+def _fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
+    return float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def _reset_adam_rows(opt: torch.optim.Optimizer, sae: _TrainableSAE, idx: torch.Tensor) -> None:
+    for name, p in sae.named_parameters():
+        state = opt.state.get(p)
+        if not state:
+            continue
+        for key in ("exp_avg", "exp_avg_sq"):
+            buf = state[key]
+            if name == "w_enc":
+                buf[:, idx] = 0
+            elif name in ("w_dec", "b_enc", "log_threshold"):
+                buf[idx] = 0
+
+
+@torch.no_grad()
+def _resample(
+    sae: _TrainableSAE,
+    opt: torch.optim.Optimizer,
+    dead: torch.Tensor,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    rate: float,
+) -> None:
+    """Point dead features at inputs the SAE reconstructs badly (Anthropic's resampling, for JumpReLU)."""
+    pre = sae.pre(x)
+    acts = pre * (pre > sae.log_threshold.exp())
+    err = x - (acts @ sae.w_dec + sae.b_dec)
+    weights = (err**2).sum(-1)
+    probs = (weights / weights.sum()).cpu()
+    rows = torch.multinomial(probs, len(dead), replacement=len(dead) > len(x), generator=generator).to(x.device)
+    direction = err[rows]
+    direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    alive = torch.ones(sae.w_enc.shape[1], dtype=torch.bool, device=x.device)
+    alive[dead] = False
+    enc_norm = sae.w_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+    sae.w_dec[dead] = direction
+    sae.w_enc[:, dead] = direction.t() * enc_norm
+    # Measure the new features from the data mean, as at initialisation.
+    sae.b_enc[dead] = -(sae.b_dec @ sae.w_enc[:, dead])
+    sae.set_thresholds_by_rate(dead, x, rate)
+    _reset_adam_rows(opt, sae, dead)
+
+
+def fit_jumprelu(acts: torch.Tensor, **options: Any) -> tuple[dict[str, torch.Tensor], TrainingReport]:
+    """Fit a JumpReLU SAE to raw activations ``[N, d]``; return GS2 params (scale folded in).
+
+    Options are those of :func:`_fit`. Small SAEs run on one CPU thread: their steps are too short for
+    thread synchronisation to pay (measured 20x slower with two threads on a busy machine).
+    """
+    small = acts.device.type == "cpu" and acts.shape[-1] * options.get("width", 0) < 1_000_000
+    threads = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        return _fit(acts, **options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    acts: torch.Tensor,
+    *,
+    width: int,
+    target_l0: float,
+    steps: int,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    threshold_lr: float = 1e-2,
+    l0_coefficient: float = 4.0,
+    eps: float = 0.01,
+    revive_dead: bool = True,
+    resample_every: int = 100,
+    resample_until: float = 0.5,
+    min_frequency: float = 3e-4,
+    frequency_coefficient: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    dead_features_init: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[dict[str, torch.Tensor], TrainingReport]:
+    """The training loop behind :func:`fit_jumprelu`.
+
+    Dead-feature handling (``revive_dead``) has two parts: every ``resample_every`` steps features that
+    did not fire at all are re-pointed at badly reconstructed inputs, and an auxiliary loss pushes up the
+    pre-activations of features whose running firing rate is under ``min_frequency`` (so rare features
+    become visible on held-out text instead of dying slowly). ``dead_features_init`` starts those features dead
+    (used by tests that check resampling revives them).
+    """
+    if acts.ndim != 2 or len(acts) < 2:
+        raise TrainingError(f"need activations of shape [N, d] with N >= 2, got {tuple(acts.shape)}.")
+    if not 0 < target_l0 < width:
+        raise TrainingError(f"target_l0 must be between 0 and the width ({width}), got {target_l0}.")
+    generator = torch.Generator().manual_seed(seed)
+    device = torch.device(device) if device is not None else acts.device
+    acts = acts.to(device, torch.float32)
+    n, d = acts.shape
+    mean = acts.mean(0)
+    # One scalar so that E||x - mean||² = 1: the MSE then reads as FVU and eps / lr transfer across models.
+    scale = float(((acts - mean) ** 2).sum(-1).mean().sqrt())
+    sae = _TrainableSAE(d, width, generator).to(device)
+    rate = min(0.5, target_l0 / width)
+    with torch.no_grad():
+        sae.b_dec.copy_(mean / scale)
+        init = acts[torch.randperm(n, generator=generator)[: min(n, 4096)].to(device)] / scale
+        # Encoder bias so that pre is measured from the data mean, not from the origin.
+        sae.b_enc.copy_(-(sae.b_dec @ sae.w_enc))
+        sae.set_thresholds_by_rate(torch.arange(width), init, rate)
+        if dead_features_init is not None:
+            sae.b_enc[dead_features_init] = -1e3
+    threshold_params = [sae.log_threshold]
+    other = [p for name, p in sae.named_parameters() if name != "log_threshold"]
+    opt = torch.optim.Adam(
+        [{"params": other, "lr": lr}, {"params": threshold_params, "lr": threshold_lr}], betas=(0.0, 0.999)
+    )
+    base_lrs = [lr, threshold_lr]
+    warmup = max(1, steps // 20)
+    decay_from = int(steps * 0.8)
+    fired = torch.zeros(width, dtype=torch.bool, device=device)
+    frequency = torch.full((width,), rate, device=device)
+    resampled = 0
+    order = torch.randperm(n, generator=generator)
+    cursor = 0
+    bar = tqdm(range(steps), desc=f"training SAE (width {width}, L0 → {target_l0:g})", disable=not progress)
+    for step in bar:
+        if cursor + batch_size > n:
+            order = torch.randperm(n, generator=generator)
+            cursor = 0
+        x = acts[order[cursor : cursor + batch_size].to(device)] / scale
+        cursor += batch_size
+        factor = min(1.0, (step + 1) / warmup)
+        if step >= decay_from:
+            factor *= max(0.05, (steps - step) / max(1, steps - decay_from))
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * factor
+        # The L0 penalty ramps in so reconstruction can take shape before thresholds are pushed.
+        penalty = l0_coefficient * min(1.0, (step + 1) / (steps * 0.1 + 1))
+        recon, feats, l0 = sae(x, eps)
+        mse = ((recon - x) ** 2).sum(-1).mean()
+        loss = mse + penalty * (l0 / target_l0 - 1.0) ** 2
+        rare = frequency < min_frequency
+        if revive_dead and frequency_coefficient and bool(rare.any()):
+            pre = x @ sae.w_enc[:, rare] + sae.b_enc[rare]
+            gap = torch.relu(sae.log_threshold[rare].exp().detach() - pre)
+            loss = loss + frequency_coefficient * gap.mean(0).sum() / width
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # GS-style: drop the decoder gradient component parallel to each (unit) row.
+        with torch.no_grad():
+            g = sae.w_dec.grad
+            g -= (g * sae.w_dec).sum(1, keepdim=True) * sae.w_dec
+        opt.step()
+        sae.normalise_decoder()
+        fired |= (feats > 0).any(0)
+        frequency.mul_(0.95).add_((feats > 0).float().mean(0), alpha=0.05)
+        if revive_dead and resample_every and (step + 1) % resample_every == 0:
+            dead = (~fired).nonzero().flatten()
+            if len(dead) and step < steps * resample_until:
+                _resample(sae, opt, dead, x, generator, rate)
+                frequency[dead] = rate
+                resampled += len(dead)
+            fired.zero_()
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(mse=f"{mse.item():.3f}", l0=f"{l0.item():.1f}")
+    bar.close()
+
+    params = _fold_scale(sae, scale)
+    with torch.no_grad():
+        sample = acts[order[:8192].to(device)]
+        pre = sample @ params["w_enc"] + params["b_enc"]
+        f = torch.relu(pre) * (pre > params["threshold"])
+        recon = f @ params["w_dec"] + params["b_dec"]
+        report = TrainingReport(
+            steps=steps,
+            tokens_seen=steps * batch_size,
+            l0=float((f > 0).sum(-1).float().mean()),
+            fvu=_fvu(sample, recon),
+            dead_fraction=float((~alive_in(acts, params)).float().mean()),
+            resampled=resampled,
+            scale=scale,
+        )
+    return params, report
+
+
+@torch.no_grad()
+def alive_in(acts: torch.Tensor, params: dict[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
+    """Bool ``[W]``: which features fire at least once on ``acts`` (GS2 math on raw activations)."""
+    alive = torch.zeros(params["w_enc"].shape[1], dtype=torch.bool, device=params["w_enc"].device)
+    for start in range(0, len(acts), chunk):
+        pre = acts[start : start + chunk].float() @ params["w_enc"] + params["b_enc"]
+        alive |= ((pre > params["threshold"]) & (pre > 0)).any(0)
+    return alive
+
+
+@torch.no_grad()
+def _fold_scale(sae: _TrainableSAE, scale: float) -> dict[str, torch.Tensor]:
+    """Raw-unit GS2 params: dividing pre, threshold and biases by ``1/scale`` keeps unit decoder rows.
+
+    Training saw x/scale: pre_n = (x/scale) @ W_e + b_e. On raw x the same W_e gives pre = scale*pre_n
+    when b_e is multiplied by scale; relu and the (pre > θ) test commute with a positive factor, so
+    acts = scale * acts_n and recon = acts @ W_d + scale*b_d = scale * recon_n.
+    """
+    return {
+        "w_enc": sae.w_enc.detach().clone().contiguous(),
+        "w_dec": sae.w_dec.detach().clone().contiguous(),
+        "b_enc": (sae.b_enc * scale).detach().clone(),
+        "b_dec": (sae.b_dec * scale).detach().clone(),
+        "threshold": (sae.log_threshold.exp() * scale).detach().clone(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# GS2 folder
+# --------------------------------------------------------------------------------------------
+
+
+def gs2_config(gm: Any, point: str, width: int, l0: float) -> dict[str, Any]:
+    """The ``config.json`` a Gemma Scope 2 SAE folder carries, with the measured L0."""
+    return {
+        "hf_hook_point_in": point,
+        "hf_hook_point_out": point,
+        "width": int(width),
+        "model_name": gm.name,
+        "architecture": "jump_relu",
+        "l0": round(float(l0)),
+        "affine_connection": False,
+        "type": "sae",
+    }
+
+
+def train_sae(
+    gm: Any,
+    layer: int,
+    *,
+    site: str = "resid_post",
+    width: int = 4096,
+    target_l0: float = 48,
+    corpus: Sequence[str] | None = None,
+    n_tokens: int = 150_000,
+    steps: int | None = None,
+    batch_size: int = 1024,
+    ctx: int = 128,
+    seed: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **fit_options: Any,
+) -> Path:
+    """Train a JumpReLU SAE on ``gm``'s ``layer`` and write a Gemma Scope 2 folder; return its path.
+
+    ``corpus`` defaults to the offline corpus that ships with Python. ``steps`` defaults to two passes
+    over the ``n_tokens`` collected activations. The activation pass runs wherever ``gm`` is; ``device``
+    picks where the SAE itself is fitted (default: CPU). Extra keywords go to :func:`fit_jumprelu`.
+    The folder loads with ``load_sae`` like any GS2 SAE.
+    """
+    if not 0 <= layer < gm.n_layers:
+        raise TrainingError(f"layer {layer} is outside the model's 0..{gm.n_layers - 1}.")
+    point = hook_point(site, layer)
+    if width < 2:
+        raise TrainingError(f"width must be at least 2, got {width}.")
+    if corpus is None:
+        corpus = default_training_texts()
+    torch.manual_seed(seed)
+    windows = token_windows(gm.tokenizer, corpus, ctx, max_windows=n_tokens // (ctx - 1) + 2)
+    acts = collect_activations(gm, point, windows, max_tokens=n_tokens, progress=progress)
+    if len(acts) < batch_size:
+        batch_size = len(acts)
+    if steps is None:
+        steps = max(1, 2 * len(acts) // batch_size)
+    params, report = fit_jumprelu(
+        acts, width=width, target_l0=target_l0, steps=steps, batch_size=batch_size, seed=seed,
+        progress=progress, device=device, **fit_options,
+    )
+    config = gs2_config(gm, point, width, report.l0)
+    if out_dir is None:
+        out_dir = cache_dir("saes") / f"{gm.name.split('/')[-1]}_{site}_layer_{layer}_width_{width}_seed_{seed}"
+    out = Path(out_dir)
+    with staged_dir(out) as tmp:
+        save_gemma_scope_folder(tmp, config, params)
+        (tmp / "training.json").write_text(json.dumps({**report.__dict__, "target_l0": target_l0, "seed": seed}))
+    return out
+
+
+def split_corpus(texts: Sequence[str], every: int = 10) -> tuple[list[str], list[str]]:
+    """Deterministic train / held-out split: every ``every``-th document is held out."""
+    train = [t for i, t in enumerate(texts) if i % every != every - 1]
+    held = [t for i, t in enumerate(texts) if i % every == every - 1]
+    return train, held
+
+
+def default_training_texts() -> list[str]:
+    """The offline default corpus minus its held-out tenth."""
+    from .corpus import default_corpus
+
+    return split_corpus(default_corpus(max_docs=None))[0]
+
+
+def held_out_texts(max_docs: int | None = None) -> list[str]:
+    """The held-out tenth of the offline default corpus (never seen in training)."""
+    from .corpus import default_corpus
+
+    held = split_corpus(default_corpus(max_docs=None))[1]
+    return held if max_docs is None else held[:max_docs]

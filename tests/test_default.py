@@ -1,0 +1,97 @@
+"""The embedded default: demo SAE trained once, cached atomically, loaded through load_sae."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from gemscope_widgets.backend import default, training
+from gemscope_widgets.backend.corpus import default_corpus
+from gemscope_widgets.backend.sae import JumpReLUSAE
+from gemscope_widgets.backend.sae_loading import load_sae
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEMSCOPE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_demo_sae_is_trained_once_even_with_concurrent_callers(private_cache, tiny_model, monkeypatch):
+    calls: list[str] = []
+    real_train = training.train_sae
+    corpus = default_corpus(max_docs=60)
+
+    def small_train(_gm, _layer, *, out_dir, **_recipe):
+        calls.append(str(out_dir))
+        return real_train(
+            tiny_model, 1, corpus=corpus, out_dir=out_dir, width=32, target_l0=4, n_tokens=1500, steps=40,
+            batch_size=128, ctx=64, progress=False,
+        )
+
+    monkeypatch.setattr(training, "train_sae", small_train)
+    monkeypatch.setattr(default, "_collection_model", lambda gm, progress: tiny_model)
+    assert not default.is_trained()
+    results: list = []
+    def call() -> None:
+        results.append(default.ensure_demo_sae(progress=False))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(calls) == 1, calls
+    assert len(set(results)) == 1 and len(results) == 3
+    path = results[0]
+    assert path == default.demo_sae_path()
+    assert path.parent == private_cache / "saes"
+    assert default.is_trained(path)
+    # Nothing half-written is left next to it, and a later call reuses the cache.
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f"{default.DEMO_NAME}.lock"])
+    assert default.ensure_demo_sae(progress=False) == path
+    assert len(calls) == 1
+    assert isinstance(load_sae(path), JumpReLUSAE)
+
+
+def test_demo_recipe_names_its_cache_folder():
+    r = default.DEMO_RECIPE
+    assert f"layer_{r['layer']}_" in default.DEMO_NAME
+    assert f"width_{r['width'] // 1024}k" in default.DEMO_NAME
+    assert f"l0_{r['target_l0']}" in default.DEMO_NAME
+    assert default.demo_sae_path().name == default.DEMO_NAME
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_demo_sae_meets_quality_targets_on_held_out_text(demo_scope_parts):
+    gm, sae = demo_scope_parts
+    r = default.DEMO_RECIPE
+    assert sae.config.hook_in == training.hook_point(r["site"], r["layer"])
+    assert sae.config.width == r["width"]
+    assert gm.name == "google/gemma-3-270m"
+    card = default.demo_quality(gm, progress=False)
+    assert card["n_tokens"] > 5000
+    assert card["fvu"] <= 0.3, card
+    assert card["dead_fraction"] <= 0.10, card
+    assert 0.5 * r["target_l0"] <= card["l0"] <= 1.5 * r["target_l0"], card
+    # The reconstruction must carry most of what the layer contributes to the next-token loss.
+    assert card["loss_clean"] < card["loss_spliced"] < card["loss_zero_ablation"], card
+    assert card["loss_recovered"] > 0.8, card
+    report = json.loads((default.demo_sae_path() / "training.json").read_text())
+    assert report["seed"] == r["seed"]
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_quality_command_prints_the_card(demo_scope_parts, capsys):
+    from gemscope_widgets.cli import main
+
+    gm, _ = demo_scope_parts
+    card = default.demo_quality(gm, progress=False)
+    assert main(["quality", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"FVU                {card['fvu']:.3f}" in out
+    assert "dead features" in out and "spliced" in out
