@@ -1,0 +1,1 @@
+"""Benchmarks against plain Hugging Face, TransformerLens + SAELens and nnsight: ``python -m benchmarks``."""
