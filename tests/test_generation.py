@@ -231,3 +231,22 @@ def test_real_model_token_direction_raises_its_probability(real_model, tmp_path)
     assert probs[-1] > 10 * probs[0]
     result = generate(gm, prompt, {0: 0.04 * scale}, sae=sae, max_new_tokens=8)
     assert token in result.steered_ids and result.divergence is not None
+
+
+@pytest.mark.parametrize("mode", ["add", "clamp", "ablate"])
+def test_row_by_row_and_batched_decoding_agree(tiny_model, gemma_scope_folders, monkeypatch, mode):
+    """CPU decodes the two rows one at a time, GPU as a batch of two: both give the same tokens."""
+    import gemscope_widgets.backend.generation as generation
+    from gemscope_widgets.backend.sae_loading import load_sae
+    from gemscope_widgets.backend.steering import SteeringSpec
+
+    sae = load_sae(gemma_scope_folders["transcoder"])
+    spec = [SteeringSpec(3, 4.0, mode=mode)]
+    prompt = "Paris is the capital of France. The quick brown fox"
+    per_row = generation.generate(tiny_model, prompt, sae=sae, steering=spec, max_new_tokens=8, stop_at_eos=False)
+    monkeypatch.setattr(generation, "rows_one_at_a_time", lambda gm: False)
+    batched = generation.generate(tiny_model, prompt, sae=sae, steering=spec, max_new_tokens=8, stop_at_eos=False)
+    assert per_row.baseline_ids == batched.baseline_ids
+    assert per_row.steered_ids == batched.steered_ids
+    if mode == "add":
+        assert per_row.steered_ids != per_row.baseline_ids, "the steering should change the text here"

@@ -140,6 +140,11 @@ def _logits(gm: GemmaModel, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def rows_one_at_a_time(gm: GemmaModel) -> bool:
+    """Whether decoding runs the decoder per row (CPU) rather than as one batch of two (GPU)."""
+    return gm.device.type == "cpu"
+
+
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -205,7 +210,11 @@ def generate(
         with torch.inference_mode(), hooked(*plan.pairs()):
             ids = inputs.ids.to(gm.device).unsqueeze(0).expand(2, -1)
             special = None if steer_special_tokens else inputs.special.to(gm.device).unsqueeze(0).expand(2, -1)
-            cache = _new_cache(gm)
+            # On CPU a GEMM over two rows costs more than two one-row GEMVs (MKL, 2 threads: 0.69 vs 2×0.11 ms
+            # for 2048×640), so the decoder runs row by row there; the lm_head, which dominates decoding and is
+            # memory-bound, still runs once for both rows. On GPU the batch of two costs about one row.
+            per_row = rows_one_at_a_time(gm)
+            caches = [_new_cache(gm), _new_cache(gm)] if per_row else [_new_cache(gm)]
             counts = torch.zeros(2, int(gm.lm_head.weight.shape[0]), device=gm.device) if frequency_penalty else None
             done = torch.zeros(2, dtype=torch.bool, device=gm.device)
             start = 0
@@ -213,9 +222,22 @@ def generate(
                 if cancel is not None and cancel.is_set():
                     stopped = "cancelled"
                     break
-                state.begin(start, special)
-                hidden = gm.text_model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
-                logits = _logits(gm, hidden[:, -1, :])
+                if per_row:
+                    last = []
+                    for row in range(2):
+                        state.enabled = row == 1
+                        state.rows = slice(0, 1)
+                        state.begin(start, None if special is None else special[row : row + 1])
+                        out_row = gm.text_model(
+                            input_ids=ids[row : row + 1], past_key_values=caches[row], use_cache=True
+                        ).last_hidden_state
+                        last.append(out_row[:, -1, :])
+                    hidden = torch.cat(last)
+                else:
+                    state.begin(start, special)
+                    out_both = gm.text_model(input_ids=ids, past_key_values=caches[0], use_cache=True)
+                    hidden = out_both.last_hidden_state[:, -1, :]
+                logits = _logits(gm, hidden)
                 start += ids.shape[1]
                 if counts is not None:
                     logits = logits - frequency_penalty * counts

@@ -150,7 +150,8 @@ class StepState:
     """What the hooks need to know about the forward pass being run, set by the caller before each one.
 
     ``start``: absolute position of the first token of this forward; ``special``: ``[B, t]`` bool, tokens not
-    steered (BOS, chat template) unless special tokens are steered; ``rows``: the batch rows to steer.
+    steered (BOS, chat template) unless special tokens are steered; ``rows``: the batch rows to steer;
+    ``enabled``: False turns the hooks off for a pass (the baseline row when rows run one at a time).
     """
 
     def __init__(self, prompt_len: int, rows: slice | None = None) -> None:
@@ -158,7 +159,7 @@ class StepState:
         self.rows = rows if rows is not None else slice(None)
         self.start = 0
         self.special: torch.Tensor | None = None
-        self.thread = threading.get_ident()
+        self.enabled = True
         self.inputs: dict[str, torch.Tensor] = {}
 
     def begin(self, start: int, special: torch.Tensor | None) -> None:
@@ -245,7 +246,8 @@ class SteeringPlan:
         return out
 
     def _active(self) -> bool:
-        return threading.get_ident() == self.state.thread
+        # Other threads' forwards never reach these hooks (hooks.hooked is thread-owned).
+        return self.state.enabled
 
     def _capture(self, hook_point: str) -> HookFn:
         def fn(x: torch.Tensor) -> None:
