@@ -105,12 +105,12 @@ class Scope:
         specs = normalize_steering(steering, sae)
         if unit == "typical" and specs:
             ids = self.model.prompt(prompt).input_ids
-            scaled = []
-            for spec in specs:
-                stats = self._stats.get(spec.sae.config.name)
-                scale, _ = typical_scales(self.model, spec.sae, [spec.feature], ids, stats)[spec.feature]
-                scaled.append(replace(spec, strength=spec.strength * scale))
-            specs = scaled
+            scales: dict[int, dict[int, tuple[float, str]]] = {}
+            for owner in {id(s.sae): s.sae for s in specs}.values():  # one capture per SAE, not per feature
+                features = [s.feature for s in specs if s.sae is owner]
+                stats = self._stats.get(owner.config.name)
+                scales[id(owner)] = typical_scales(self.model, owner, features, ids, stats)
+            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0]) for s in specs]
         return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:

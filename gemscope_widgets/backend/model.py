@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsupportedDtypeError
+from .embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
 from .prompts import Messages, Prompt, make_prompt
 
 _DTYPES = {
@@ -197,9 +198,7 @@ def load_model(
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     source = str(name_or_path)
-    if source == "gemma-3-270m":
-        from .embedded import EMBEDDED_HF_ID, ensure_embedded_model
-
+    if source == EMBEDDED_NAME:
         path: Path | None = ensure_embedded_model(progress=progress)
         canonical = name or EMBEDDED_HF_ID
     elif Path(source).expanduser().exists():

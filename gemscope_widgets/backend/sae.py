@@ -64,7 +64,8 @@ def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:
     return torch.relu(pre) * (pre > threshold)
 
 
-def _as_feature_index(f: Any, width: int, name: str) -> int:
+def check_feature_index(f: Any, width: int, name: str) -> int:
+    """``f`` as an int in ``0..width-1``, or a :class:`FeatureIndexError` naming the valid range."""
     try:
         index = operator.index(f)
     except TypeError:
@@ -75,7 +76,9 @@ def _as_feature_index(f: Any, width: int, name: str) -> int:
                 f"Feature index {f!r} is not an integer; {name} has features 0..{width - 1}."
             ) from None
     if not 0 <= index < width:
-        raise FeatureIndexError(f"Feature {index} does not exist: {name} has {width} features (valid: 0..{width - 1}).")
+        raise FeatureIndexError(
+            f"Feature {index} does not exist (out of range): {name} has {width} features (valid: 0..{width - 1})."
+        )
     return index
 
 
@@ -108,7 +111,7 @@ class _Dictionary(torch.nn.Module):
 
     def check_feature(self, f: Any) -> int:
         """Return ``f`` as an int, or raise :class:`FeatureIndexError` naming the valid range."""
-        return _as_feature_index(f, self.width, self.config.name)
+        return check_feature_index(f, self.width, self.config.name)
 
     def _device(self) -> torch.device:
         return next(iter(self.buffers())).device

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import FeatureIndexError, GemscopeError, StatsCacheError
+from ..errors import GemscopeError, StatsCacheError
+from .sae import check_feature_index
 
 if TYPE_CHECKING:
     from .model import GemmaModel
@@ -179,15 +180,7 @@ class FeatureStats:
     # ------------------------------------------------------------------ accessors
 
     def _check(self, f: Any) -> int:
-        try:
-            index = int(f)
-        except (TypeError, ValueError):
-            raise FeatureIndexError(f"Feature index must be an integer, got {f!r}.") from None
-        if not 0 <= index < self.width:
-            raise FeatureIndexError(
-                f"Feature {index} is out of range: {self.sae_name} has features 0–{self.width - 1}."
-            )
-        return index
+        return check_feature_index(f, self.width, self.sae_name)
 
     @property
     def params(self) -> ScanParams | None:

@@ -141,11 +141,6 @@ def normalize_steering(steering: Any, sae: Any = None) -> list[SteeringSpec]:
     return specs
 
 
-def is_noop(specs: Sequence[SteeringSpec]) -> bool:
-    """True when the specs cannot change anything (no features, or only ``add`` with strength 0)."""
-    return all(s.mode == "add" and s.strength == 0.0 for s in specs)
-
-
 class StepState:
     """What the hooks need to know about the forward pass being run, set by the caller before each one.
 

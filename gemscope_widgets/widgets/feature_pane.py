@@ -16,7 +16,8 @@ import anywidget
 import numpy as np
 import traitlets
 
-from gemscope_widgets.errors import FeatureIndexError, GemscopeError
+from gemscope_widgets.backend.sae import check_feature_index
+from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
 
@@ -198,15 +199,7 @@ class FeaturePane(anywidget.AnyWidget):
     # --- internals -----------------------------------------------------------------------------------
 
     def _check(self, feature: Any) -> int:
-        try:
-            f = int(feature)
-        except (TypeError, ValueError):
-            raise FeatureIndexError(f"Feature index must be an integer, got {feature!r}.") from None
-        if not 0 <= f < self.width:
-            raise FeatureIndexError(
-                f"Feature {f} is outside this SAE's {self.width} features; use 0..{self.width - 1}."
-            )
-        return f
+        return check_feature_index(feature, self.width, self.sae.config.name)
 
     def _info(self, f: int) -> dict[str, Any]:
         from gemscope_widgets.backend.neuronpedia import feature_url
