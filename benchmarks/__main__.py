@@ -63,7 +63,7 @@ def update_load(args: argparse.Namespace) -> int:
     """Re-run case 5 alone into an existing ``latest.json`` (it needs no peers in this process)."""
     import json
 
-    from gemscope_widgets.backend.embedded import ensure_embedded_model
+    from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
 
     path = args.out / "latest.json"
     results = json.loads(path.read_text())
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul": f"{n}×{n}×{n}, best of 3",
     }
 
-    from gemscope_widgets.backend.model import load_model
+    from gemscope_widgets.backend.gemma.model import load_model
     from gemscope_widgets.cache import cache_dir
 
     from . import sae_fixture
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         payload_lengths = (128, 512)
         scan_docs = 8
     else:
-        from gemscope_widgets.backend.embedded import ensure_embedded_model
+        from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
 
         model_path = ensure_embedded_model()
         model_ref = "gemma-3-270m"

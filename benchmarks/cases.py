@@ -157,12 +157,12 @@ def features_case(gm: Any, sae: Any, sae_error: str | None, prompt: Any, p: Peer
     x = peers.hf_early_exit_forward(hf, ids, layer)[0]
 
     def ours() -> Any:
-        from gemscope_widgets.backend.features import prompt_features
+        from gemscope_widgets.backend.analysis.features import prompt_features
 
         return prompt_features(gm, [sae], prompt)
 
     def ours_encode() -> Any:
-        from gemscope_widgets.backend.features import encode_sparse
+        from gemscope_widgets.backend.analysis.features import encode_sparse
 
         return encode_sparse(sae, x, prompt.masked)
 
@@ -310,8 +310,8 @@ def ours_generate_fn(
     gm: Any, sae: Any, gen_ids: torch.Tensor, n_new: int, feature: int, strength: float
 ) -> Callable[[], object]:
     """Our steered batch-of-two generation, called as the notebook facade calls it."""
-    from gemscope_widgets.backend.generation import generate
-    from gemscope_widgets.backend.steering import SteeringSpec
+    from gemscope_widgets.backend.steering.generation import generate
+    from gemscope_widgets.backend.steering.spec import SteeringSpec
 
     specs = [SteeringSpec(feature=feature, strength=strength, mode="add", positions="all")]
 
@@ -397,7 +397,7 @@ def scan_case(
             peers.hf_early_exit_forward(hf, ids, layer, attention_mask=mask)
 
     def ours() -> Any:
-        from gemscope_widgets.backend.stats import FeatureStats
+        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
         return FeatureStats.scan(
             gm, sae, texts, max_doc_tokens=max_doc_tokens, batch_size=batch_size, cache=False, progress=False
@@ -449,7 +449,7 @@ def payload_case(gm: Any, sae: Any, sae_error: str | None, text: str, lengths: t
             rows.append(row)
             continue
         try:
-            from gemscope_widgets.backend.features import prompt_features
+            from gemscope_widgets.backend.analysis.features import prompt_features
             from gemscope_widgets.widgets.payload import encode_payload, payload_nbytes
 
             prompt = exact_prompt(gm, text, n)
@@ -485,7 +485,7 @@ def load_case(model_ref: str, path: str, repeats: int, threads: int) -> list[dic
     prelude = f"import torch; torch.set_num_threads({threads})\n"
     codes = {
         "ours: load_model (embedded default)": (
-            "from gemscope_widgets.backend.model import load_model\n"
+            "from gemscope_widgets.backend.gemma.model import load_model\n"
             f"gm = load_model({model_ref!r}, dtype='float32', progress=False)\n"
             "_report(load_s=time.perf_counter() - _t0)\n"
         ),

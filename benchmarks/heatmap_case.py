@@ -53,8 +53,8 @@ def calibrated_sae(
     (default: stdlib docstrings) in ``window``-token prompts, so about ``l0`` features fire per token on
     similar text.
     """
-    from gemscope_widgets.backend.capture import capture
-    from gemscope_widgets.backend.sae_loading import load_sae, save_gemma_scope_folder
+    from gemscope_widgets.backend.dictionaries.loading import load_sae, save_gemma_scope_folder
+    from gemscope_widgets.backend.gemma.capture import capture
 
     hook = f"model.layers.{layer}.output"
     ids = gm.prompt(text or _calibration_text()).input_ids[1:max_tokens]
@@ -122,7 +122,7 @@ def _plain_hf(gm: Any, sae: dict[str, torch.Tensor], input_ids: torch.Tensor, la
 
 
 def _widget_payload(gm: Any, sae: Any, prompt: Any) -> tuple[dict[str, Any], bytes]:
-    from gemscope_widgets.backend.features import prompt_features
+    from gemscope_widgets.backend.analysis.features import prompt_features
     from gemscope_widgets.widgets.payload import encode_payload
 
     acts = prompt_features(gm, [sae], prompt)

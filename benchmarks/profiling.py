@@ -55,7 +55,7 @@ def profile_call(fn: Any, runs: int = 3, top: int = 15) -> dict[str, Any]:
 
 
 def profile_features(gm: Any, sae: Any, prompt: Any) -> dict[str, Any]:
-    from gemscope_widgets.backend.features import prompt_features
+    from gemscope_widgets.backend.analysis.features import prompt_features
 
     with torch.inference_mode():
         return profile_call(lambda: prompt_features(gm, [sae], prompt))

@@ -109,6 +109,6 @@ def ensure_fixture(gm: Any, root: Path, layer: int, width: int) -> Path:
 
 def load_fixture(folder: Path) -> Any:
     """Load the fixture through the package's own loader, as a user would."""
-    from gemscope_widgets.backend.sae_loading import load_sae
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
 
     return load_sae(str(folder))

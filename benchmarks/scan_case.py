@@ -55,7 +55,7 @@ class _PeakRSS:
 
 
 def _batches(gm: Any, texts: list[str], max_doc_tokens: int, batch_size: int, batch_tokens: int) -> list:
-    from gemscope_widgets.backend.stats import _plan_batches, tokenize_docs
+    from gemscope_widgets.backend.stats.feature_stats import _plan_batches, tokenize_docs
 
     docs = tokenize_docs(gm, texts, max_doc_tokens)
     pad = gm.tokenizer.pad_token_id or 0
@@ -73,9 +73,9 @@ def _batches(gm: Any, texts: list[str], max_doc_tokens: int, batch_size: int, ba
 
 def random_wide_sae(gm: Any, like: Any, width: int, texts: list[str], l0: float = 50, seed: int = 0) -> Any:
     """A random ``width``-wide JumpReLU SAE at ``like``'s site, thresholded so about ``l0`` features fire."""
-    from gemscope_widgets.backend.capture import capture
-    from gemscope_widgets.backend.sae import JumpReLUSAE
-    from gemscope_widgets.backend.stats import tokenize_docs
+    from gemscope_widgets.backend.dictionaries.sae import JumpReLUSAE
+    from gemscope_widgets.backend.gemma.capture import capture
+    from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
 
     hook = like.config.hook_in
     ids = torch.tensor(tokenize_docs(gm, texts[:1], 128)[0])
@@ -111,8 +111,8 @@ def run(
     wide_docs: int = 8,
 ) -> dict[str, Any]:
     """Scan throughput vs the bare early-exit forward, and peak memory for ``sae`` and a ``wide_width`` SAE."""
-    from gemscope_widgets.backend.capture import capture
-    from gemscope_widgets.backend.stats import FeatureStats
+    from gemscope_widgets.backend.gemma.capture import capture
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
     texts = list(texts)
     batches = _batches(gm, texts, max_doc_tokens, batch_size, batch_tokens)
@@ -180,8 +180,8 @@ if __name__ == "__main__":  # python -m benchmarks.scan_case [--real]
     import json
     import sys
 
-    from gemscope_widgets.backend.corpus import default_corpus
-    from gemscope_widgets.backend.model import load_model
+    from gemscope_widgets.backend.gemma.model import load_model
+    from gemscope_widgets.backend.stats.corpus import default_corpus
 
     torch.set_num_threads(int(os.environ.get("GEMSCOPE_BENCH_THREADS", "2")))
     from benchmarks.heatmap_case import calibrated_sae

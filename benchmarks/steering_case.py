@@ -20,7 +20,7 @@ import torch
 
 def _feature(gm: Any, sae: Any, ids: torch.Tensor) -> tuple[int, float]:
     """A feature to steer and its typical scale (the widget's 1× unit)."""
-    from gemscope_widgets.backend.steering import typical_scales
+    from gemscope_widgets.backend.steering.spec import typical_scales
 
     feature = 0
     scale, _ = typical_scales(gm, sae, [feature], ids)[feature]
@@ -39,7 +39,7 @@ def _plain(gm: Any, ids: torch.Tensor, n_new: int) -> float:
 
 
 def _ours(gm: Any, sae: Any, ids: torch.Tensor, n_new: int, steering: dict[int, float]) -> float:
-    from gemscope_widgets.backend.generation import generate
+    from gemscope_widgets.backend.steering.generation import generate
 
     t0 = time.perf_counter()
     result = generate(gm, ids, steering, sae=sae, max_new_tokens=n_new, min_new_tokens=n_new)

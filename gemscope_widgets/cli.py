@@ -10,8 +10,8 @@ from typing import Any
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .backend.default import ensure_demo_sae
-    from .backend.embedded import ensure_embedded_model
+    from gemscope_widgets.backend.default import ensure_demo_sae
+    from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
 
     start = time.perf_counter()
     print(f"model:    {ensure_embedded_model(progress=not args.quiet)}")
@@ -38,7 +38,7 @@ def format_card(card: dict[str, Any]) -> str:
 
 
 def _quality(args: argparse.Namespace) -> int:
-    from .backend.default import demo_quality
+    from gemscope_widgets.backend.default import demo_quality
 
     card = demo_quality(progress=not args.quiet)
     print(format_card(card))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import GemscopeError
 
 if TYPE_CHECKING:
-    from .backend.model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
 class Scope:
@@ -20,9 +20,9 @@ class Scope:
     """
 
     def __init__(self, model: GemmaModel | str, saes: Any = None, *, check: bool = True) -> None:
-        from .backend.compat import check_compatible
-        from .backend.model import load_model
-        from .backend.sae_loading import load_sae
+        from gemscope_widgets.backend.dictionaries.compat import check_compatible
+        from gemscope_widgets.backend.dictionaries.loading import load_sae
+        from gemscope_widgets.backend.gemma.model import load_model
 
         self.model: GemmaModel = load_model(model) if isinstance(model, str) else model
         if saes is None:
@@ -47,7 +47,7 @@ class Scope:
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
         """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use)."""
-        from .backend.default import load_default
+        from gemscope_widgets.backend.default import load_default
 
         model, sae = load_default(**kwargs)
         return cls(model, sae)
@@ -95,8 +95,9 @@ class Scope:
         """
         from dataclasses import replace
 
-        from .backend.generation import generate
-        from .backend.steering import normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.generation import generate
+        from gemscope_widgets.backend.steering.spec import normalize_steering, typical_scales
+
         from .errors import SteeringError
 
         if unit not in ("typical", "raw"):
@@ -115,7 +116,7 @@ class Scope:
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk."""
-        from .backend.stats import FeatureStats
+        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
         chosen = self.sae(sae)
         key = chosen.config.name

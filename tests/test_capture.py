@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemscope_widgets.backend.capture import capture
-from gemscope_widgets.backend.hooks import hooked
-from gemscope_widgets.backend.sites import resolve_site
+from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.sites import resolve_site
 from gemscope_widgets.errors import SAEModelMismatch
 from tests.fixtures.models import hook_ids
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gemscope_widgets.backend.compat import SAEModelWarning, check_compatible, parse_gemma_name
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend.dictionaries.compat import SAEModelWarning, check_compatible, parse_gemma_name
+from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.errors import SAEModelMismatch
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 

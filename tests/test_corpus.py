@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemscope_widgets.backend.corpus import (
+from gemscope_widgets.backend.stats.corpus import (
     DatasetTexts,
     corpus_fingerprint,
     default_corpus,

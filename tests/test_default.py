@@ -7,10 +7,11 @@ import threading
 
 import pytest
 
-from gemscope_widgets.backend import default, training
-from gemscope_widgets.backend.corpus import default_corpus
-from gemscope_widgets.backend.sae import JumpReLUSAE
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend import default
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets.backend.dictionaries.sae import JumpReLUSAE
+from gemscope_widgets.backend.stats.corpus import default_corpus
+from gemscope_widgets.backend.training import train as training
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gemscope_widgets.backend.examples_import import (
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.gemma.prompts import token_strings
+from gemscope_widgets.backend.stats.importers.gemma_scope_examples import (
     ExamplesFormatError,
     find_examples_file,
     load_examples_safetensors,
 )
-from gemscope_widgets.backend.prompts import token_strings
-from gemscope_widgets.backend.sae_loading import load_sae_folder
 from gemscope_widgets.widgets.feature_pane import FeaturePane
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 

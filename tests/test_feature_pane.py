@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gemscope_widgets.backend.features import prompt_features
-from gemscope_widgets.backend.sae_loading import load_sae_folder
-from gemscope_widgets.backend.stats import FeatureStats
+from gemscope_widgets.backend.analysis.features import prompt_features
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 from gemscope_widgets.errors import FeatureIndexError
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.widgets.feature_pane import FeaturePane

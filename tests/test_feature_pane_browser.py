@@ -15,9 +15,9 @@ from pathlib import Path
 from tests.fixtures.models import build_tiny_checkpoint
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from tests.test_feature_pane import CORPUS, PARAMS
-from gemscope_widgets.backend.model import load_model
-from gemscope_widgets.backend.sae_loading import load_sae_folder
-from gemscope_widgets.backend.stats import FeatureStats
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 from gemscope_widgets.scope import Scope
 
 root = Path(tempfile.mkdtemp())
@@ -88,7 +88,7 @@ def test_heatmap_click_opens_the_pane_with_examples_histogram_and_test_box(lab_s
     expect(out).to_have_count(n_tokens, timeout=60_000)
     values = out.evaluate_all("els => els.map(e => Number(e.dataset.value))")
     expected_values = lab_server.run_code(page, (
-        "from gemscope_widgets.backend.features import prompt_features\n"
+        "from gemscope_widgets.backend.analysis.features import prompt_features\n"
         "print(prompt_features(gm, [sae], 'Paris is the capital of France. <b>bold</b>')[0]"
         ".feature(ex.pane.feature).tolist())"
     ))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gemscope_widgets.backend.capture import capture
-from gemscope_widgets.backend.features import prompt_features, sae_inputs
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend.analysis.features import prompt_features, sae_inputs
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets.backend.gemma.capture import capture
 
 KINDS = ["resid_post", "mlp_out", "attn_out", "transcoder", "transcoder_affine", "clt", "crosscoder"]
 TEXT = "The quick brown fox jumps over the lazy dog. def fibonacci(n): return n"

@@ -9,9 +9,9 @@ import threading
 import pytest
 import torch
 
-from gemscope_widgets.backend.generation import generate, next_token_distribution, next_token_probs
-from gemscope_widgets.backend.sae_loading import load_sae_folder
-from gemscope_widgets.backend.steering import SteeringSpec
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.steering.generation import generate, next_token_distribution, next_token_probs
+from gemscope_widgets.backend.steering.spec import SteeringSpec
 from gemscope_widgets.errors import FeatureIndexError, PromptError, SteeringError
 from tests.fixtures.models import hook_ids
 
@@ -135,7 +135,7 @@ def test_exception_in_callback_removes_hooks_and_releases_the_model(tiny_model, 
 
 
 def test_cancel_while_waiting_for_another_run(tiny_model, sae):
-    from gemscope_widgets.backend.generation import model_lock
+    from gemscope_widgets.backend.steering.generation import model_lock
 
     cancel = threading.Event()
     cancel.set()
@@ -204,7 +204,7 @@ def test_bad_inputs_fail_before_the_model_runs(tiny_model, sae, kwargs, error, m
 @pytest.mark.real_model
 def test_real_model_token_direction_raises_its_probability(real_model, tmp_path):
     """A feature whose decoder row is a token's unembedding direction makes that token likelier, monotonically."""
-    from gemscope_widgets.backend.steering import typical_scales
+    from gemscope_widgets.backend.steering.spec import typical_scales
     from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
     gm = real_model
@@ -236,9 +236,9 @@ def test_real_model_token_direction_raises_its_probability(real_model, tmp_path)
 @pytest.mark.parametrize("mode", ["add", "clamp", "ablate"])
 def test_row_by_row_and_batched_decoding_agree(tiny_model, gemma_scope_folders, monkeypatch, mode):
     """CPU decodes the two rows one at a time, GPU as a batch of two: both give the same tokens."""
-    import gemscope_widgets.backend.generation as generation
-    from gemscope_widgets.backend.sae_loading import load_sae
-    from gemscope_widgets.backend.steering import SteeringSpec
+    import gemscope_widgets.backend.steering.generation as generation
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
+    from gemscope_widgets.backend.steering.spec import SteeringSpec
 
     sae = load_sae(gemma_scope_folders["transcoder"])
     spec = [SteeringSpec(3, 4.0, mode=mode)]

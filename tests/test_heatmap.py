@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from gemscope_widgets.backend.features import prompt_features
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend.analysis.features import prompt_features
+from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.widgets.heatmap import Heatmap, heatmap, split_prompts

@@ -18,7 +18,7 @@ TEXT = f"Paris is the capital of France. {XSS} The quick brown fox jumps over th
 # Run in the kernel after `gm`, `sae` and `TEXT` exist: the backend's own numbers for the busiest token.
 EXPECTED_CELL = """
 import json, numpy as np
-from gemscope_widgets.backend.features import prompt_features
+from gemscope_widgets.backend.analysis.features import prompt_features
 from gemscope_widgets.widgets.payload import format_value
 (_sa,) = prompt_features(gm, [sae], TEXT)
 _d = _sa.dense().numpy().astype(np.float16)
@@ -31,8 +31,8 @@ TINY_SETUP = f"""
 import json, pathlib, tempfile
 from tests.fixtures.models import TINY_NAME, build_tiny_checkpoint
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-from gemscope_widgets.backend.model import load_model
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets import Scope
 _root = pathlib.Path(tempfile.mkdtemp())
 gm = load_model(build_tiny_checkpoint(_root / "tiny"), device="cpu", dtype="float32", name=TINY_NAME)
@@ -42,7 +42,7 @@ TEXT = {TEXT!r}
 
 REAL_SETUP = f"""
 import json
-from gemscope_widgets.backend.model import load_model
+from gemscope_widgets.backend.gemma.model import load_model
 from gemscope_widgets import Scope
 from benchmarks.heatmap_case import calibrated_sae
 gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
@@ -135,7 +135,7 @@ def test_heatmap_in_jupyterlab_real_model(lab_server, page):
 def test_exported_html_renders_with_no_kernel_and_no_network(browser, tiny_model, gemma_scope_folders, tmp_path):
     from playwright.sync_api import expect
 
-    from gemscope_widgets.backend.sae_loading import load_sae
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.scope import Scope
     from gemscope_widgets.widgets.export import export_html
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemscope_widgets.backend.logit_lens import feature_direction, feature_logits, logit_lens
-from gemscope_widgets.backend.prompts import token_strings
-from gemscope_widgets.backend.related import related_by_decoder
-from gemscope_widgets.backend.sae_loading import load_sae_folder
+from gemscope_widgets.backend.analysis.logit_lens import feature_direction, feature_logits, logit_lens
+from gemscope_widgets.backend.analysis.related import related_by_decoder
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.gemma.prompts import token_strings
 from gemscope_widgets.errors import FeatureIndexError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemscope_widgets.backend.model import load_model, model_size, resolve_dtype, wrap_model
+from gemscope_widgets.backend.gemma.model import load_model, model_size, resolve_dtype, wrap_model
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError
 
 

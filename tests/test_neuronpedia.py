@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from gemscope_widgets.backend.neuronpedia import (
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.stats.importers.neuronpedia import (
     NeuronpediaImportError,
     feature_url,
     load_neuronpedia_export,
     neuronpedia_model_id,
     neuronpedia_source_id,
 )
-from gemscope_widgets.backend.sae_loading import load_sae_folder
 from gemscope_widgets.widgets.feature_pane import FeaturePane
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gemscope_widgets.backend.features import prompt_features
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend.analysis.features import prompt_features
+from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.errors import GemscopeError
 from gemscope_widgets.widgets.payload import (
     FLOAT16_MAX,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gemscope_widgets import Scope
-from gemscope_widgets.backend.generation import generate
-from gemscope_widgets.backend.sae_loading import load_sae
-from gemscope_widgets.backend.steering import SteeringSpec, typical_scales
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets.backend.steering.generation import generate
+from gemscope_widgets.backend.steering.spec import SteeringSpec, typical_scales
 from gemscope_widgets.errors import GemscopeError, SAEModelMismatch, SteeringError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 

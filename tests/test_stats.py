@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from gemscope_widgets.backend.capture import capture
-from gemscope_widgets.backend.sae_loading import load_sae_folder
-from gemscope_widgets.backend.stats import FeatureStats, _reservoir_key, tokenize_docs
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.stats.feature_stats import FeatureStats, _reservoir_key, tokenize_docs
 from gemscope_widgets.errors import FeatureIndexError, StatsCacheError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
@@ -193,7 +193,7 @@ def test_damaged_cache_is_detected_and_rebuilt(tiny_model, stats_sae, stats_cach
 
 
 def test_interrupted_scan_resumes_to_the_same_result(tiny_model, stats_sae, stats_cache, monkeypatch):
-    from gemscope_widgets.backend import stats as stats_mod
+    from gemscope_widgets.backend.stats import feature_stats as stats_mod
 
     full = FeatureStats.scan(tiny_model, stats_sae, CORPUS, cache=False, progress=False, **PARAMS)
     real_batch = stats_mod._Scanner._batch
@@ -251,7 +251,7 @@ def test_related_by_coactivation_and_accessor_errors(tiny_model, stats_sae, stat
 
 
 def test_imported_parts_round_trip(tmp_path):
-    from gemscope_widgets.backend.stats import Example
+    from gemscope_widgets.backend.stats.feature_stats import Example
 
     ex = Example(tokens=["a", " cat"], values=[0.0, 2.5], peak=1, value=2.5)
     stats = FeatureStats.from_parts(

@@ -14,8 +14,8 @@ import pathlib, tempfile
 from tests.fixtures.models import TINY_NAME, build_tiny_checkpoint
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from tests.test_steering import active_feature
-from gemscope_widgets.backend.model import load_model
-from gemscope_widgets.backend.sae_loading import load_sae
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets import Scope
 _root = pathlib.Path(tempfile.mkdtemp())
 gm = load_model(build_tiny_checkpoint(_root / "tiny"), device="cpu", dtype="float32", name=TINY_NAME)

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from gemscope_widgets.backend.generation import generate
-from gemscope_widgets.backend.sae_loading import load_sae_folder
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.steering.generation import generate
 from gemscope_widgets.errors import FeatureIndexError, SteeringError
 from gemscope_widgets.scope import Scope
 from tests.fixtures.models import hook_ids
@@ -188,7 +188,7 @@ def test_next_token_view(scope, tiny_model, feature):
 
 
 def test_uses_feature_statistics_for_the_unit(tiny_model, sae, feature):
-    from gemscope_widgets.backend.stats import FeatureStats
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
     max_act = torch.zeros(sae.width)
     max_act[feature] = 250.0

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from gemscope_widgets.backend.hooks import hooked
-from gemscope_widgets.backend.sae_loading import load_sae_folder
-from gemscope_widgets.backend.sites import resolve_site
-from gemscope_widgets.backend.steering import (
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.sites import resolve_site
+from gemscope_widgets.backend.steering.spec import (
     SteeringPlan,
     SteeringSpec,
     StepState,
@@ -58,7 +58,7 @@ def run_steered(gm, sae, specs, *, error="keep", steer_special=False, prompt=TEX
 
 def active_feature(sae, gm, prompt=TEXT):
     """The feature with the largest activation on the prompt (so clamp/ablate have something to change)."""
-    from gemscope_widgets.backend.capture import capture
+    from gemscope_widgets.backend.gemma.capture import capture
 
     ids = gm.prompt(prompt).input_ids
     acts = capture(gm, ids, sae.read_hook_points)
@@ -207,8 +207,8 @@ def test_crosscoder_clamp_refused_add_allowed(tiny_model, saes):
 
 
 def test_typical_scales(tiny_model, saes):
-    from gemscope_widgets.backend.capture import capture
-    from gemscope_widgets.backend.stats import FeatureStats
+    from gemscope_widgets.backend.gemma.capture import capture
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
     sae = saes["resid_post"]
     ids = tiny_model.prompt(TEXT).input_ids

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gemscope_widgets.backend import training
-from gemscope_widgets.backend.corpus import default_corpus
-from gemscope_widgets.backend.sae_loading import load_sae
-from gemscope_widgets.backend.training import TrainingError, fit_jumprelu, train_sae
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets.backend.stats.corpus import default_corpus
+from gemscope_widgets.backend.training import train as training
+from gemscope_widgets.backend.training.train import TrainingError, fit_jumprelu, train_sae
 
 LAYER = 1
 WIDTH = 128

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..cache import cache_dir, file_lock
+from gemscope_widgets.cache import cache_dir, file_lock
 
 # Bump the version whenever the recipe changes, so stale caches are not reused.
 DEMO_RECIPE: dict[str, Any] = {
@@ -54,7 +54,7 @@ def _collection_model(gm: Any | None, progress: bool) -> Any:
     On CPUs with native bf16 the activation pass runs ~5x faster than in fp32; the SAE itself is fitted
     in fp32 either way.
     """
-    from .model import load_model
+    from gemscope_widgets.backend.gemma.model import load_model
 
     if gm is not None and (gm.dtype == torch.bfloat16 or gm.device.type == "cuda" or not _cpu_has_fast_bf16()):
         return gm
@@ -64,7 +64,7 @@ def _collection_model(gm: Any | None, progress: bool) -> Any:
 
 def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
     """Return the demo SAE folder, training it (a few minutes on a laptop CPU) if it is not cached."""
-    from .training import default_training_texts, train_sae
+    from gemscope_widgets.backend.training.train import default_training_texts, train_sae
 
     path = demo_sae_path()
     if is_trained(path):
@@ -84,8 +84,8 @@ def load_default(*, device: str | torch.device = "auto", dtype: str | torch.dtyp
 
     Both come from the cache after the first call; nothing is downloaded from a model hub.
     """
-    from .model import load_model
-    from .sae_loading import load_sae
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
+    from gemscope_widgets.backend.gemma.model import load_model
 
     gm = load_model("gemma-3-270m", device=device, dtype=dtype, progress=progress)
     path = ensure_demo_sae(gm, progress=progress)
@@ -97,7 +97,7 @@ LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the l
 
 def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bool = True) -> dict[str, Any]:
     """L0, FVU and dead features of ``sae`` on all of ``texts`` (early-exit activations, BOS excluded)."""
-    from .training import collect_activations, token_windows
+    from gemscope_widgets.backend.training.train import collect_activations, token_windows
 
     point = sae.config.hook_points_in[0]
     windows = token_windows(gm.tokenizer, texts, 128)
@@ -122,10 +122,10 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     L0, FVU and dead features are measured on the whole held-out tenth of the corpus; the next-token
     losses (clean, reconstruction spliced in, zero-ablated) on its first ``LOSS_DOCS`` documents.
     """
-    from .evaluation import sae_card
-    from .model import load_model
-    from .sae_loading import load_sae
-    from .training import held_out_texts
+    from gemscope_widgets.backend.analysis.evaluation import sae_card
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
+    from gemscope_widgets.backend.gemma.model import load_model
+    from gemscope_widgets.backend.training.train import held_out_texts
 
     path = ensure_demo_sae(gm, progress=progress)
     cached = path / f"quality_{LOSS_DOCS}docs.json"  # re-measured when the recipe changes

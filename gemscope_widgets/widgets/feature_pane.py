@@ -1,7 +1,7 @@
 """FeaturePane: what one SAE feature means: explanation, logits, density, examples, and a live test box.
 
 The pane shows whatever exists. Logits and decoder neighbours need only the SAE weights; examples, density
-and the histogram come from a :class:`~gemscope_widgets.backend.stats.FeatureStats` (a corpus scan or an
+and the histogram come from a :class:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats` (a corpus scan or an
 import). Without one, the pane offers to run the scan in a background thread and shows its progress.
 Activation arrays travel as float32 binary buffers; token text travels as JSON strings.
 """
@@ -16,7 +16,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from gemscope_widgets.backend.sae import check_feature_index
+from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
@@ -154,7 +154,7 @@ class FeaturePane(anywidget.AnyWidget):
 
     def test_text(self, text: str) -> None:
         """Runs ``text`` through model + SAE and shows this feature's activation on every token."""
-        from gemscope_widgets.backend.features import prompt_features
+        from gemscope_widgets.backend.analysis.features import prompt_features
 
         try:
             prompt = self.model.prompt(text, max_tokens=_MAX_TEST_TOKENS)
@@ -202,7 +202,7 @@ class FeaturePane(anywidget.AnyWidget):
         return check_feature_index(feature, self.width, self.sae.config.name)
 
     def _info(self, f: int) -> dict[str, Any]:
-        from gemscope_widgets.backend.neuronpedia import feature_url
+        from gemscope_widgets.backend.stats.importers.neuronpedia import feature_url
 
         stats = self.stats
         info: dict[str, Any] = {
@@ -231,7 +231,7 @@ class FeaturePane(anywidget.AnyWidget):
         if f not in self._logit_cache:
             pair = self.stats.stored_logits(f) if self.stats is not None else None
             if pair is None:
-                from gemscope_widgets.backend.logit_lens import logit_lens
+                from gemscope_widgets.backend.analysis.logit_lens import logit_lens
 
                 pair = logit_lens(self.model, self.sae, f, self.logits_k)
             top, bottom = pair
@@ -252,7 +252,7 @@ class FeaturePane(anywidget.AnyWidget):
 
     def _related(self, f: int) -> list[dict[str, Any]]:
         if f not in self._related_cache:
-            from gemscope_widgets.backend.related import related_by_decoder
+            from gemscope_widgets.backend.analysis.related import related_by_decoder
 
             rows = [("decoder", int(i), float(s)) for i, s in related_by_decoder(self.sae, f, self.related_k)]
             co = self.stats.related_by_coactivation(f, self.related_k) if self.stats is not None else None
@@ -274,7 +274,7 @@ class FeaturePane(anywidget.AnyWidget):
         return {"kind": kind, "start": start, "total": total, "items": [_example_payload(e) for e in items]}
 
     def _scan_worker(self, corpus: Any, kwargs: dict[str, Any]) -> None:
-        from gemscope_widgets.backend.stats import FeatureStats
+        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
         done = 0
 
@@ -317,8 +317,8 @@ class FeaturePane(anywidget.AnyWidget):
 def _cached_stats(model: Any, sae: Any, corpus: Any) -> Any:
     """Statistics already on disk for this model + SAE + corpus (default scan parameters), without scanning;
     None when there are none or they do not fit."""
-    from gemscope_widgets.backend.corpus import load_corpus
-    from gemscope_widgets.backend.stats import FeatureStats, ScanParams
+    from gemscope_widgets.backend.stats.corpus import load_corpus
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats, ScanParams
 
     key = FeatureStats.cache_key(model, sae, load_corpus(corpus), ScanParams())
     folder = FeatureStats.cache_folder(key)

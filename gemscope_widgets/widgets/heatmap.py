@@ -99,7 +99,7 @@ class Heatmap(anywidget.AnyWidget):
         """
         from tqdm.auto import tqdm
 
-        from gemscope_widgets.backend.features import prompt_features
+        from gemscope_widgets.backend.analysis.features import prompt_features
 
         names = list(scope.saes) if sae is None else [sae] if isinstance(sae, str) else list(sae)
         saes = [scope.sae(name) for name in names]

@@ -1,7 +1,7 @@
 """Steer: sliders per SAE feature, with the baseline and steered continuations streamed side by side.
 
 Strength is shown as a multiple of the feature's typical maximum activation (see
-:func:`~gemscope_widgets.backend.steering.typical_scales` for where that unit comes from), with the raw value
+:func:`~gemscope_widgets.backend.steering.spec.typical_scales` for where that unit comes from), with the raw value
 beside it. Generation runs on one background worker thread per widget: every change cancels the running
 generation (within one token step) and queues the new one; a generation id guards every update so a
 superseded run never writes to the view.
@@ -40,7 +40,7 @@ class Steer(anywidget.AnyWidget):
 
     Python API: :meth:`add_feature`, :meth:`remove_feature`, :meth:`set_strength`, :meth:`set_mode`,
     :meth:`set_positions`, :meth:`set_settings`, :meth:`show_next_token`; :meth:`wait` returns the latest
-    :class:`~gemscope_widgets.backend.generation.GenerationResult` (or raises its error).
+    :class:`~gemscope_widgets.backend.steering.generation.GenerationResult` (or raises its error).
     """
 
     _esm = _BUNDLE
@@ -92,7 +92,7 @@ class Steer(anywidget.AnyWidget):
         autorun: bool = True,
         **settings: Any,
     ) -> None:
-        from gemscope_widgets.backend.generation import _check_settings
+        from gemscope_widgets.backend.steering.generation import _check_settings
 
         if unit not in ("typical", "raw"):
             raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of max activation) or 'raw'.")
@@ -142,7 +142,7 @@ class Steer(anywidget.AnyWidget):
     # --- features -----------------------------------------------------------------------------------
 
     def _add(self, feature: Any, value: float, mode: str, positions: str, raw: bool = False) -> dict[str, Any]:
-        from gemscope_widgets.backend.steering import SteeringSpec, normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering, typical_scales
 
         spec = normalize_steering([SteeringSpec(feature, value, mode=mode, positions=positions)], self.sae)[0]
         if any(e["feature"] == spec.feature for e in self.features):
@@ -178,7 +178,7 @@ class Steer(anywidget.AnyWidget):
         self.run()
 
     def _update(self, feature: int, **changes: Any) -> None:
-        from gemscope_widgets.backend.steering import SteeringSpec, normalize_steering
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
 
         entries = [dict(e) for e in self.features]
         for entry in entries:
@@ -221,8 +221,8 @@ class Steer(anywidget.AnyWidget):
 
     def set_settings(self, **changes: Any) -> None:
         """Changes generation settings (keys of :data:`DEFAULT_SETTINGS`) and regenerates."""
-        from gemscope_widgets.backend.generation import _check_settings
-        from gemscope_widgets.backend.steering import ERROR_MODES
+        from gemscope_widgets.backend.steering.generation import _check_settings
+        from gemscope_widgets.backend.steering.spec import ERROR_MODES
 
         merged = {**self.settings, **changes}
         try:
@@ -241,7 +241,7 @@ class Steer(anywidget.AnyWidget):
 
     def specs(self) -> list[Any]:
         """The current sliders as :class:`SteeringSpec` in raw activation units."""
-        from gemscope_widgets.backend.steering import SteeringSpec
+        from gemscope_widgets.backend.steering.spec import SteeringSpec
 
         return [SteeringSpec(e["feature"], e["multiple"] * e["scale"], mode=e["mode"], positions=e["positions"],
                              sae=self.sae) for e in self.features]
@@ -285,7 +285,7 @@ class Steer(anywidget.AnyWidget):
         return gid
 
     def _work(self) -> None:
-        from gemscope_widgets.backend.generation import generate
+        from gemscope_widgets.backend.steering.generation import generate
 
         while True:
             with self._cond:
@@ -308,7 +308,7 @@ class Steer(anywidget.AnyWidget):
                 self._finish(gid, result)
 
     def _stream(self, gid: int, keep_baseline: bool, base: int | None, steered: int | None) -> None:
-        from gemscope_widgets.backend.prompts import token_strings
+        from gemscope_widgets.backend.gemma.prompts import token_strings
 
         with self._lock:
             if gid != self._gen_id:
@@ -387,8 +387,8 @@ class Steer(anywidget.AnyWidget):
 
     def show_next_token(self, index: int, column: str = "steered", k: int = 8) -> dict[str, Any]:
         """Top-``k`` probabilities, baseline vs steered, for continuation token ``index`` of ``column``."""
-        from gemscope_widgets.backend.generation import next_token_distribution
-        from gemscope_widgets.backend.prompts import token_strings
+        from gemscope_widgets.backend.gemma.prompts import token_strings
+        from gemscope_widgets.backend.steering.generation import next_token_distribution
 
         try:
             if self.result is None:
@@ -464,7 +464,7 @@ def _number(value: Any, what: str) -> float:
 
 
 def _entries(steering: Any) -> list[tuple[Any, float, str, str]]:
-    from gemscope_widgets.backend.steering import SteeringSpec
+    from gemscope_widgets.backend.steering.spec import SteeringSpec
 
     if steering is None:
         return []

@@ -13,7 +13,7 @@ from gemscope_widgets.errors import PromptError
 from .bundle import bundle_path
 
 if TYPE_CHECKING:
-    from gemscope_widgets.backend.model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 _BUNDLE = bundle_path("token_view")
 

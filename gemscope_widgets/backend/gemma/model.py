@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, UnsupportedDtypeError
-from .embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
-from .prompts import Messages, Prompt, make_prompt
+from gemscope_widgets.backend.gemma.embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
+from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, make_prompt
+from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError
 
 _DTYPES = {
     "float32": torch.float32,

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..cache import cache_dir, staged_dir
-from ..errors import GemscopeError
-from .capture import capture
-from .sae_loading import save_gemma_scope_folder
+from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
+from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.cache import cache_dir, staged_dir
+from gemscope_widgets.errors import GemscopeError
 
 SITES = ("resid_post", "mlp_out", "attn_out")
 
@@ -508,14 +508,14 @@ def split_corpus(texts: Sequence[str], every: int = 10) -> tuple[list[str], list
 
 def default_training_texts() -> list[str]:
     """The offline default corpus minus its held-out tenth."""
-    from .corpus import default_corpus
+    from gemscope_widgets.backend.stats.corpus import default_corpus
 
     return split_corpus(default_corpus(max_docs=None))[0]
 
 
 def held_out_texts(max_docs: int | None = None) -> list[str]:
     """The held-out tenth of the offline default corpus (never seen in training)."""
-    from .corpus import default_corpus
+    from gemscope_widgets.backend.stats.corpus import default_corpus
 
     held = split_corpus(default_corpus(max_docs=None))[1]
     return held if max_docs is None else held[:max_docs]

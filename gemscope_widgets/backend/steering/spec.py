@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import FeatureIndexError, GemscopeError, SteeringError
-from .hooks import HookFn
-from .sites import Site, resolve_site
+from gemscope_widgets.backend.gemma.hooks import HookFn
+from gemscope_widgets.backend.gemma.sites import Site, resolve_site
+from gemscope_widgets.errors import FeatureIndexError, GemscopeError, SteeringError
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 MODES = ("add", "clamp", "ablate")
 POSITIONS = ("all", "prompt", "generated")
@@ -346,7 +346,7 @@ def typical_scales(
         for f in todo:
             out[f] = (1.0, "raw")
         return out
-    from .capture import capture
+    from gemscope_widgets.backend.gemma.capture import capture
 
     ids = prompt_ids.reshape(-1)
     write_points = {hp for f in todo for hp in sae.write_directions(f)}

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .capture import capture
-from .prompts import Messages, Prompt
+from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.gemma.prompts import Messages, Prompt
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 # Tokens encoded per chunk: bounds the dense [chunk, width] block (a 262k-wide SAE is 1 GB per 1k tokens).
 _CHUNK_TOKENS = 256

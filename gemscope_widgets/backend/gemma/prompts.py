@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import PromptError
+from gemscope_widgets.errors import PromptError
 
 # Gemma 3's template (as in transformers' convert_gemma3_weights.py), used when a tokenizer ships none:
 # the base 270M GGUF tokenizer and local test checkpoints.

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import GemscopeError, StatsCacheError
-from .sae import check_feature_index
+from gemscope_widgets.backend.dictionaries.sae import check_feature_index
+from gemscope_widgets.errors import GemscopeError, StatsCacheError
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 FORMAT_VERSION = 1
 KINDS = ("top", "quantile")
@@ -123,7 +123,7 @@ class FeatureStats:
         quantile examples), computed lazily from the stored examples; ``None`` without examples.
     stored_logits(f) -> (top, bottom) | None
         Logit-lens tokens shipped by an import (Neuronpedia ``pos_str``/``neg_str``); scans compute none,
-        use :func:`gemscope_widgets.backend.logit_lens.logit_lens`.
+        use :func:`gemscope_widgets.backend.analysis.logit_lens.logit_lens`.
     save(path) / load(path)
         A folder with ``stats.json`` + ``stats.safetensors`` (+ ``labels.json``); never pickle.
     scan(gm, sae, corpus=None, **params) / load_or_scan(gm, sae, corpus=None, **params)
@@ -428,7 +428,7 @@ class FeatureStats:
     @classmethod
     def cache_key(cls, gm: GemmaModel, sae: Any, texts: Sequence[str] | Any, params: ScanParams) -> dict[str, Any]:
         """The fields that identify a scan: model, SAE identity, corpus fingerprint, parameters."""
-        from .corpus import corpus_fingerprint
+        from gemscope_widgets.backend.stats.corpus import corpus_fingerprint
 
         return {
             "model": gm.name,
@@ -441,7 +441,7 @@ class FeatureStats:
     @classmethod
     def cache_folder(cls, key: Mapping[str, Any]) -> Path:
         """``cache_dir("stats", "<sae>-<hash of key>")``."""
-        from ..cache import cache_dir
+        from gemscope_widgets.cache import cache_dir
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key["sae"]["name"]))[-48:].strip("_") or "sae"
@@ -450,7 +450,7 @@ class FeatureStats:
     @classmethod
     def load_or_scan(cls, gm: GemmaModel, sae: Any, corpus: Any = None, **kwargs: Any) -> FeatureStats:
         """The cached statistics for this model + SAE + corpus + parameters, scanning only on a miss."""
-        from .corpus import load_corpus
+        from gemscope_widgets.backend.stats.corpus import load_corpus
 
         params, rest = _split_params(kwargs)
         texts = load_corpus(corpus)
@@ -496,7 +496,7 @@ class FeatureStats:
         saved under :meth:`cache_folder`, and a checkpoint is written every ``checkpoint_docs`` documents so
         an interrupted scan resumes where it stopped.
         """
-        from .corpus import load_corpus
+        from gemscope_widgets.backend.stats.corpus import load_corpus
 
         params = _params or _make_params(top_k, n_quantile, window, max_doc_tokens, n_bins, max_tokens)
         texts = load_corpus(corpus)
@@ -725,7 +725,7 @@ class _Scanner:
             bar.close()
 
     def _batch(self, doc_ids: list[int], docs: list[list[int]]) -> None:
-        from .capture import capture
+        from gemscope_widgets.backend.gemma.capture import capture
 
         gm, sae = self.gm, self.sae
         n_rows, seq = len(docs), max(len(d) for d in docs)
@@ -818,7 +818,7 @@ class _Scanner:
     # ---- result
 
     def result(self, key: Mapping[str, Any]) -> FeatureStats:
-        from .prompts import token_strings
+        from gemscope_widgets.backend.gemma.prompts import token_strings
 
         tensors: dict[str, torch.Tensor] = {"hist_counts": self.hist, "hist_exp": self.hist_exp,
                                             "n_fired": self.n_fired}

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .prompts import token_strings
-from .sites import resolve_site
+from gemscope_widgets.backend.gemma.prompts import token_strings
+from gemscope_widgets.backend.gemma.sites import resolve_site
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
 def norm_gain(norm: torch.nn.Module) -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cache import cache_dir, file_lock, staged_dir
-from ..errors import ModelLoadError
+from gemscope_widgets.cache import cache_dir, file_lock, staged_dir
+from gemscope_widgets.errors import ModelLoadError
 
 EMBEDDED_NAME = "gemma-3-270m"
 EMBEDDED_HF_ID = "google/gemma-3-270m"

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ..errors import PromptError, SteeringError
-from .hooks import hooked
-from .prompts import Prompt, special_ids, token_strings
-from .steering import SteeringPlan, StepState, model_lock, normalize_steering
+from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.prompts import Prompt, special_ids, token_strings
+from gemscope_widgets.backend.steering.spec import SteeringPlan, StepState, model_lock, normalize_steering
+from gemscope_widgets.errors import PromptError, SteeringError
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 TokenCallback = Callable[[int, "int | None", "int | None"], Any]
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .hooks import StopForward, hooked, stop_after
-from .sites import resolve_site
+from gemscope_widgets.backend.gemma.hooks import StopForward, hooked, stop_after
+from gemscope_widgets.backend.gemma.sites import resolve_site
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
 def capture(

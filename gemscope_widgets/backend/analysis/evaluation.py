@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from .corpus import load_corpus
-from .hooks import hooked
-from .sites import resolve_site
-from .stats import tokenize_docs
+from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.sites import resolve_site
+from gemscope_widgets.backend.stats.corpus import load_corpus
+from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
 def _stack(captured: dict[str, torch.Tensor], hooks: tuple[str, ...]) -> torch.Tensor:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import GemscopeError
+from gemscope_widgets.errors import GemscopeError
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _MIN_CHARS = 40

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gemscope_widgets.backend.sae import (
+from gemscope_widgets.backend.dictionaries.sae import (
     Crosscoder,
     CrossLayerTranscoder,
     JumpReLUSAE,

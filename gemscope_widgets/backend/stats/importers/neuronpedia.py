@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import GemscopeError
+from gemscope_widgets.errors import GemscopeError
 
 if TYPE_CHECKING:
-    from .stats import FeatureStats
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org"
 
@@ -262,7 +262,7 @@ def export_to_stats(export: NeuronpediaExport, width: int, sae_name: str = "") -
     """A :class:`FeatureStats` holding what the export says: examples (top bin and quantile bins), density,
     max activation, histogram, explanations and logit tokens. Features it does not mention have none of
     these (NaN density and max)."""
-    from .stats import Example, FeatureStats
+    from gemscope_widgets.backend.stats.feature_stats import Example, FeatureStats
 
     beyond = [i for i in export.features if not 0 <= i < width]
     if beyond:

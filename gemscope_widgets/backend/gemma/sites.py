@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from ..errors import SAEModelMismatch
+from gemscope_widgets.errors import SAEModelMismatch
 
 if TYPE_CHECKING:
-    from .model import GemmaModel
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 _HOOK_POINT = re.compile(r"^(?:[\w.]*?\.)?layers\.(\d+)(?:\.([\w.]+?))?\.(output|input)$")
 

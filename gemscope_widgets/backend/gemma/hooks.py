@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .sites import Site
+from gemscope_widgets.backend.gemma.sites import Site
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
