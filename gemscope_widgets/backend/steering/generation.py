@@ -86,7 +86,8 @@ def _as_inputs(gm: GemmaModel, prompt: Any) -> _Inputs:
     return _Inputs(p.input_ids, p.special | p.template, list(p.tokens))
 
 
-def _check_settings(max_new_tokens: Any, temperature: Any, top_p: Any, frequency_penalty: Any, seed: Any) -> None:
+def check_settings(max_new_tokens: Any, temperature: Any, top_p: Any, frequency_penalty: Any, seed: Any) -> None:
+    """SteeringError unless the decoding settings are valid (as :func:`generate` takes them)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise SteeringError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
     for name, value in (("temperature", temperature), ("top_p", top_p), ("frequency_penalty", frequency_penalty)):
@@ -188,7 +189,7 @@ def generate(
     each step (None for a row that has stopped). ``error``: ``"keep"`` the SAE reconstruction error or
     ``"replace"`` the activation by the SAE reconstruction at steered positions.
     """
-    _check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
+    check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
     specs = normalize_steering(steering, sae, model=gm)
     inputs = _as_inputs(gm, prompt)
     state = StepState(prompt_len=int(inputs.ids.shape[0]), rows=slice(1, 2))
