@@ -7,6 +7,8 @@ per step (inverse-CDF sampling over tokens sorted by probability), so difference
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import threading
 import time
@@ -105,6 +107,20 @@ def _new_cache(gm: GemmaModel) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=gm.model.config)
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_keyword(forward_owner: type) -> str:
+    """The decoder's keyword for the KV cache: ``cache`` in current transformers (``past_key_values`` is
+    deprecated there for removal in 5.40), ``past_key_values`` in older versions."""
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _decode(gm: GemmaModel, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One cached decoder forward over ``ids [B, t]``; returns the last hidden state ``[B, t, d]``."""
+    keyword = _cache_keyword(type(gm.text_model))
+    return gm.text_model(input_ids=ids, use_cache=True, **{keyword: cache}).last_hidden_state
 
 
 def _choose(
@@ -231,15 +247,11 @@ def generate(
                         state.enabled = row == 1
                         state.rows = slice(0, 1)
                         state.begin(start, None if special is None else special[row : row + 1])
-                        out_row = gm.text_model(
-                            input_ids=ids[row : row + 1], past_key_values=caches[row], use_cache=True
-                        ).last_hidden_state
-                        last.append(out_row[:, -1, :])
+                        last.append(_decode(gm, ids[row : row + 1], caches[row])[:, -1, :])
                     hidden = torch.cat(last)
                 else:
                     state.begin(start, special)
-                    out_both = gm.text_model(input_ids=ids, past_key_values=caches[0], use_cache=True)
-                    hidden = out_both.last_hidden_state[:, -1, :]
+                    hidden = _decode(gm, ids, caches[0])[:, -1, :]
                 logits = _logits(gm, hidden)
                 start += ids.shape[1]
                 if counts is not None:
