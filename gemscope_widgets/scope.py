@@ -89,29 +89,33 @@ class Scope:
     def generate(self, prompt: Any, steering: Any = None, *, unit: str = "typical", **kwargs: Any) -> Any:
         """Baseline and steered continuations without a widget (same code path as :meth:`steer`).
 
-        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs. With ``unit="typical"`` (the
-        default, as in the widget) strengths are multiples of each feature's typical maximum activation;
-        ``unit="raw"`` takes them in the SAE's activation units.
+        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs and DirectionSpecs (directions
+        take their strengths as documented in :mod:`~gemscope_widgets.backend.steering.spec`). With
+        ``unit="typical"`` (the default, as in the widget) feature strengths are multiples of each feature's
+        typical maximum activation; ``unit="raw"`` takes them in the SAE's activation units.
         """
         from dataclasses import replace
 
         from gemscope_widgets.backend.steering.generation import generate
-        from gemscope_widgets.backend.steering.spec import normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+        from gemscope_widgets.backend.steering.units import typical_scales
 
         from .errors import SteeringError
 
         if unit not in ("typical", "raw"):
             raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of max activation) or 'raw'.")
         sae = self.sae(kwargs.pop("sae", None)) if self.saes else None
-        specs = normalize_steering(steering, sae)
-        if unit == "typical" and specs:
+        specs = normalize_steering(steering, sae, model=self.model)
+        features = [s for s in specs if isinstance(s, SteeringSpec)]
+        if unit == "typical" and features:
             ids = self.model.prompt(prompt).input_ids
             scales: dict[int, dict[int, tuple[float, str]]] = {}
-            for owner in {id(s.sae): s.sae for s in specs}.values():  # one capture per SAE, not per feature
-                features = [s.feature for s in specs if s.sae is owner]
+            for owner in {id(s.sae): s.sae for s in features}.values():  # one capture per SAE, not per feature
+                owned = [s.feature for s in features if s.sae is owner]
                 stats = self._stats.get(owner.config.name)
-                scales[id(owner)] = typical_scales(self.model, owner, features, ids, stats)
-            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0]) for s in specs]
+                scales[id(owner)] = typical_scales(self.model, owner, owned, ids, stats)
+            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0])
+                     if isinstance(s, SteeringSpec) else s for s in specs]
         return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
