@@ -16,7 +16,9 @@ Node order (``n_nodes = n_selected + n_layers * n_pos + n_pos + n_logits``)::
 replacement model. Only feature and logit nodes have incoming edges (their rows); error and token rows are
 zero. ``bias_input[target]`` is the part of the target's input that comes from biases (transcoder
 ``b_enc``/``b_dec``, attention/MLP-free constant terms) rather than from another node, so
-``adjacency_matrix[t].sum() + bias_input[t] == node_inputs[t]`` (completeness).
+``adjacency_matrix[t].sum() + bias_input[t] == node_inputs[t]`` (completeness). When ``max_feature_nodes`` left
+some active features without a node, their direct effects are in ``unselected_input[t]`` and the identity reads
+``adjacency_matrix[t].sum() + bias_input[t] + unselected_input[t] == node_inputs[t]``.
 
 Files: ``save(path)`` writes one ``.safetensors`` file whose header metadata holds the non-tensor fields as
 JSON; ``load(path)`` reads it back. Nothing is pickled.
@@ -156,6 +158,8 @@ class AttributionGraph:
     Extra:
         node_inputs: ``[n_nodes]`` float32, each feature's pre-activation and each logit's demeaned logit
             (``logit - mean(logits)``) on the prompt; zero for error and token nodes.
+        unselected_input: ``[n_nodes]`` float32, the part of each input coming from active features that got no
+            node (only when ``max_feature_nodes`` < the number of active features; else zeros or None).
         input_token_strings / logit_token_strings: decoded tokens, for labels.
         model_name: canonical model id (e.g. ``google/gemma-3-270m``).
         scan: the transcoder set's identifier (Neuronpedia's ``scan``) or a list of folder names.
@@ -174,6 +178,7 @@ class AttributionGraph:
     bias_input: Tensor
     n_layers: int
     node_inputs: Tensor | None = None
+    unselected_input: Tensor | None = None
     input_token_strings: list[str] | None = None
     logit_token_strings: list[str] | None = None
     model_name: str | None = None
@@ -192,8 +197,9 @@ class AttributionGraph:
         self.adjacency_matrix = _f32(self.adjacency_matrix)
         self.logit_probabilities = _f32(self.logit_probabilities)
         self.bias_input = _f32(self.bias_input)
-        if self.node_inputs is not None:
-            self.node_inputs = _f32(self.node_inputs)
+        for name in ("node_inputs", "unselected_input"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _f32(getattr(self, name)))
         self.n_layers = int(self.n_layers)
         self._validate()
 
@@ -205,7 +211,7 @@ class AttributionGraph:
                 f"features, {self.n_layers} layers × {self.n_pos} positions and {self.n_logits} logits it must be "
                 f"({n}, {n})."
             )
-        for name in ("bias_input", "node_inputs"):
+        for name in ("bias_input", "node_inputs", "unselected_input"):
             t = getattr(self, name)
             if t is not None and t.shape != (n,):
                 raise GraphError(f"{name} has shape {tuple(t.shape)}; it must be ({n},).")
@@ -520,7 +526,9 @@ class AttributionGraph:
         "logit_probabilities",
         "bias_input",
         "node_inputs",
+        "unselected_input",
     )
+    _OPTIONAL = ("node_inputs", "unselected_input")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the graph to one ``.safetensors`` file (tensors, with the other fields as JSON in its header)."""
@@ -566,7 +574,7 @@ class AttributionGraph:
                 raise KeyError("format")
         except (KeyError, ValueError):
             raise GraphError(f"{path.name} is a .safetensors file but not an attribution graph.") from None
-        missing = [k for k in cls._TENSORS if k not in tensors and k != "node_inputs"]
+        missing = [k for k in cls._TENSORS if k not in tensors and k not in cls._OPTIONAL]
         if missing:
             raise GraphError(f"{path.name} lacks the tensor(s) {missing}.")
         return cls(
