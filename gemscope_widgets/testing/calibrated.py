@@ -47,7 +47,8 @@ def calibrated_sae(
     (default: stdlib docstrings) in ``window``-token prompts, so about ``l0`` features fire per token on
     similar text.
     """
-    from gemscope_widgets.backend.dictionaries.loading import load_sae, save_gemma_scope_folder
+    from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.capture import capture
     from gemscope_widgets.backend.gemma.sites import hook_point
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.sites import resolve_site
 from gemscope_widgets.backend.stats.corpus import load_corpus
@@ -45,12 +46,6 @@ def fvu(target: torch.Tensor, recon: torch.Tensor) -> float:
     """
     t, r = target.double(), recon.double().to(target.device)
     return fvu_from_sums(float(((t - r) ** 2).sum()), float((t**2).sum()), t.sum(0), len(t))
-
-
-def _stack(captured: dict[str, torch.Tensor], hooks: tuple[str, ...]) -> torch.Tensor:
-    if len(hooks) == 1:
-        return captured[hooks[0]]
-    return torch.stack([captured[h] for h in hooks], dim=-2)
 
 
 def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
@@ -116,8 +111,8 @@ def sae_card(
         s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
         losses["clean"][0] += s
         losses["clean"][1] += n
-        x_in = _stack(captured, hooks_in)
-        target = _stack(captured, hooks_out).float().cpu()
+        x_in = stack_slots(captured, hooks_in)
+        target = stack_slots(captured, hooks_out).float().cpu()
         with torch.inference_mode():
             acts = sae.encode(x_in)
             recon = sae.decode(acts, x_in).float().cpu()

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
+from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma import sites
 from gemscope_widgets.backend.training.activations import collect_activations, default_training_texts, token_windows
 from gemscope_widgets.backend.training.fit import fit_jumprelu
