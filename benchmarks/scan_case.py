@@ -175,7 +175,7 @@ if __name__ == "__main__":  # python -m benchmarks.scan_case [--real]
     from gemscope_widgets.backend.stats.corpus import default_corpus
 
     torch.set_num_threads(int(os.environ.get("GEMSCOPE_BENCH_THREADS", "2")))
-    from benchmarks.heatmap_case import calibrated_sae
+    from gemscope_widgets.testing.calibrated import calibrated_sae
 
     gm = load_model("gemma-3-270m", device="cpu", dtype="float32")
     sae = calibrated_sae(gm, 9, 16384)

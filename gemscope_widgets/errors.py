@@ -55,3 +55,7 @@ class SteeringError(GemscopeError):
 
 class StatsCacheError(GemscopeError):
     """A feature statistics cache that is corrupted or belongs to another model/SAE/corpus."""
+
+
+class TrainingError(GemscopeError):
+    """Bad arguments to ``train_sae`` / ``fit_jumprelu``, or too little text to train on."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,9 @@ import torch
 from torch import nn
 
 from gemscope_widgets.backend.gemma.embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
+from gemscope_widgets.backend.gemma.names import is_hub_id, is_instruct_name, model_size
 from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, make_prompt
+from gemscope_widgets.backend.runtime import hub_offline, resolve_device
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError
 
 _DTYPES = {
@@ -43,15 +44,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     elif dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
     raise UnsupportedDtypeError(f"Unsupported dtype {dtype!r}: use 'auto', 'float32' or 'bfloat16'.")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
-    return resolved
 
 
 @dataclass
@@ -120,13 +112,6 @@ class BaseModelChatWarning(UserWarning):
         )
 
 
-def model_size(name: str | None) -> str | None:
-    """Parse "270m", "1b", "4b", "12b" or "27b" out of a Gemma 3 model or SAE repo name."""
-    if not name:
-        return None
-    match = re.search(r"gemma-?(?:v)?3-(\d+[mb])\b", name.lower())
-    return match.group(1) if match else None
-
 
 def _find_text_model(model: nn.Module) -> nn.Module:
     for path in _TEXT_MODEL_PATHS:
@@ -153,7 +138,7 @@ def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
     if param.dtype == torch.float16:
         raise UnsupportedDtypeError(_FP16_MESSAGE)
     lm_head = model.get_output_embeddings()
-    is_instruct = name.rstrip("/").lower().endswith("-it")
+    is_instruct = is_instruct_name(name)
     stops: list[int] = []
     eos = getattr(model, "generation_config", None)
     eos_ids = getattr(eos, "eos_token_id", None) if eos is not None else None
@@ -198,7 +183,7 @@ def _local_name(path: Path, config: dict[str, Any]) -> str:
 
 
 def load_model(
-    name_or_path: str | os.PathLike[str] = "gemma-3-270m",
+    name_or_path: str | os.PathLike[str] = EMBEDDED_NAME,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     *,
@@ -226,12 +211,12 @@ def load_model(
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} has no config.json: point at a Hugging Face checkpoint folder.")
         canonical = name or ""
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    elif is_hub_id(source):
         path = None
         canonical = name or source
     else:
         raise ModelLoadError(
-            f"{source!r} is neither a local folder nor a Hugging Face id. Use 'gemma-3-270m' (embedded, "
+            f"{source!r} is neither a local folder nor a Hugging Face id. Use {EMBEDDED_NAME!r} (embedded, "
             "offline), an id like 'google/gemma-3-1b-it', or a checkpoint folder."
         )
 
@@ -247,10 +232,10 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         hint = (
-            " HF_HUB_OFFLINE is set, so only models already in the Hugging Face cache can load; download it "
-            f"first (hf download {source}) or use the embedded 'gemma-3-270m'."
+            " The hub is offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), so only models already in the Hugging "
+            f"Face cache can load; download it first (hf download {source}) or use the embedded {EMBEDDED_NAME!r}."
             if offline and path is None
             else ""
         )

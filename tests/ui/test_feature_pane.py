@@ -12,9 +12,9 @@ pytestmark = pytest.mark.browser
 SETUP = """
 import tempfile
 from pathlib import Path
-from tests.fixtures.models import build_tiny_checkpoint
+from gemscope_widgets.testing.tiny import build_tiny_checkpoint
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-from tests.test_feature_pane import CORPUS, PARAMS
+from tests.helpers import SCAN_CORPUS as CORPUS, SCAN_PARAMS as PARAMS
 from gemscope_widgets.backend.gemma.model import load_model
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.stats.feature_stats import FeatureStats

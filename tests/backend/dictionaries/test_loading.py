@@ -13,14 +13,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from gemscope_widgets.backend.dictionaries.loading import (
-    load_sae,
-    normalise_model_name,
-    read_safetensors,
-    resolve_saelens_name,
-    save_gemma_scope_folder,
-)
-from gemscope_widgets.backend.dictionaries.sae import Crosscoder, CrossLayerTranscoder, JumpReLUSAE
+from gemscope_widgets.backend.dictionaries.clt import CrossLayerTranscoder
+from gemscope_widgets.backend.dictionaries.crosscoder import Crosscoder
+from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
+from gemscope_widgets.backend.dictionaries.jumprelu import JumpReLUSAE
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets.backend.dictionaries.safetensors_io import read_safetensors
+from gemscope_widgets.backend.gemma.names import normalise_model_name, resolve_saelens_name
 from gemscope_widgets.errors import SAELoadError
 from tests.fixtures.gemma_scope_files import IT_REPO, PT_REPO, write_gemma_scope_sae
 

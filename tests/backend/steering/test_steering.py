@@ -14,7 +14,7 @@ from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState
 from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
 from gemscope_widgets.backend.steering.units import typical_scales
 from gemscope_widgets.errors import FeatureIndexError, SteeringError
-from tests.fixtures.models import hook_ids
+from tests.helpers import active_feature, hook_ids
 
 TEXT = "Paris is the capital of France. The quick brown fox"
 SITES = ("resid_post", "mlp_out", "attn_out", "transcoder", "transcoder_affine", "clt")
@@ -50,19 +50,6 @@ def run_steered(gm, sae, specs, *, error="keep", steer_special=False, prompt=TEX
         state.begin(0, special)
         gm.model(input_ids=ids, use_cache=False)
     return p, before, after, reads
-
-
-def active_feature(sae, gm, prompt=TEXT):
-    """The feature with the largest activation on the prompt (so clamp/ablate have something to change)."""
-    from gemscope_widgets.backend.gemma.capture import capture
-
-    ids = gm.prompt(prompt).input_ids
-    acts = capture(gm, ids, sae.read_hook_points)
-    xs = {h: acts[h][0, 1:] for h in sae.read_hook_points}
-    peaks = [float(sae.feature_activation(f, xs).max()) for f in range(sae.width)]
-    best = max(range(sae.width), key=peaks.__getitem__)
-    assert peaks[best] > 0, "no feature fires on the prompt; the clamp tests would prove nothing"
-    return best
 
 
 @pytest.mark.parametrize("site", SITES)

@@ -13,18 +13,8 @@ from gemscope_widgets.errors import FeatureIndexError
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.widgets.feature_pane import FeaturePane
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Paris is the capital of France. The capital of Italy is Rome.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
-    "Sparse autoencoders find features in the residual stream of a language model.",
-    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10.",
-    "Gemma reads text and writes text. The lazy dog sleeps.",
-    "The capital of France is Paris, and the fox is quick.",
-    "Rome, Paris, fox, dog: the residual stream of a model.",
-]
-PARAMS = {"top_k": 6, "n_quantile": 4, "window": (3, 2), "max_doc_tokens": 24, "n_bins": 8}
+from tests.helpers import SCAN_CORPUS as CORPUS
+from tests.helpers import SCAN_PARAMS as PARAMS
 
 
 def f32(view: bytes) -> np.ndarray:

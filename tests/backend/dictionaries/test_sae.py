@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gemscope_widgets.backend.dictionaries.loading import load_sae, save_gemma_scope_folder
+from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
+from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.dictionaries.sae import Crosscoder, CrossLayerTranscoder, JumpReLUSAE
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, SAEModelMismatch
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae

@@ -90,7 +90,7 @@ def test_sae_card_matches_hand_computation(tiny_model, tmp_path):
 
 
 def test_sae_card_runs_for_a_transcoder_and_removes_its_hooks(tiny_model, gemma_scope_folders):
-    from tests.fixtures.models import hook_ids
+    from tests.helpers import hook_ids
 
     before = hook_ids(tiny_model.model)
     sae = load_sae_folder(gemma_scope_folders["transcoder_affine"])

@@ -29,7 +29,7 @@ print(json.dumps({"token": _t, "items": [[int(f), format_value(_d[_t, f])] for f
 
 TINY_SETUP = f"""
 import json, pathlib, tempfile
-from tests.fixtures.models import TINY_NAME, build_tiny_checkpoint
+from gemscope_widgets.testing.tiny import TINY_NAME, build_tiny_checkpoint
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from gemscope_widgets.backend.gemma.model import load_model
 from gemscope_widgets.backend.dictionaries.loading import load_sae
@@ -44,7 +44,7 @@ REAL_SETUP = f"""
 import json
 from gemscope_widgets.backend.gemma.model import load_model
 from gemscope_widgets import Scope
-from benchmarks.heatmap_case import calibrated_sae
+from gemscope_widgets.testing.calibrated import calibrated_sae
 gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
 sae = calibrated_sae(gm, layer=6, width=2048, l0=20, max_tokens=512, window=64)
 TEXT = {TEXT!r}

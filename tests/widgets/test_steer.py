@@ -13,7 +13,7 @@ from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.steering.generation import generate
 from gemscope_widgets.errors import FeatureIndexError, SteeringError
 from gemscope_widgets.scope import Scope
-from tests.fixtures.models import hook_ids
+from tests.helpers import hook_ids
 
 TEXT = "Paris is the capital of France. The quick brown fox"
 
@@ -30,7 +30,7 @@ def scope(tiny_model, sae):
 
 @pytest.fixture(scope="module")
 def feature(tiny_model, sae):
-    from tests.test_steering import active_feature
+    from tests.helpers import active_feature
 
     return active_feature(sae, tiny_model, TEXT)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.ipynb"
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model, pytest.mark.slow]
 

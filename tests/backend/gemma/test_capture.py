@@ -9,7 +9,7 @@ from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.sites import resolve_site
 from gemscope_widgets.errors import SAEModelMismatch
-from tests.fixtures.models import hook_ids
+from tests.helpers import hook_ids
 
 SITES = [
     "model.layers.{L}.output",

@@ -13,7 +13,7 @@ from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.steering.generation import generate, next_token_distribution, next_token_probs
 from gemscope_widgets.backend.steering.spec import SteeringSpec
 from gemscope_widgets.errors import FeatureIndexError, PromptError, SteeringError
-from tests.fixtures.models import hook_ids
+from tests.helpers import hook_ids
 
 TEXT = "Paris is the capital of France. The quick brown fox"
 N = 12

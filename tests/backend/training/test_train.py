@@ -10,8 +10,11 @@ from safetensors.torch import load_file
 
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.stats.corpus import default_corpus
-from gemscope_widgets.backend.training import train as training
-from gemscope_widgets.backend.training.train import TrainingError, fit_jumprelu, train_sae
+from gemscope_widgets.backend.training import fit
+from gemscope_widgets.backend.training.activations import collect_activations, token_windows
+from gemscope_widgets.backend.training.fit import fit_jumprelu
+from gemscope_widgets.backend.training.train import hook_point, train_sae
+from gemscope_widgets.errors import TrainingError
 
 LAYER = 1
 WIDTH = 128
@@ -26,9 +29,9 @@ def tiny_corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_acts(tiny_model, tiny_corpus) -> torch.Tensor:
-    windows = training.token_windows(tiny_model.tokenizer, tiny_corpus, 64)
-    return training.collect_activations(
-        tiny_model, training.hook_point("resid_post", LAYER), windows, max_tokens=6000, progress=False
+    windows = token_windows(tiny_model.tokenizer, tiny_corpus, 64)
+    return collect_activations(
+        tiny_model, hook_point("resid_post", LAYER), windows, max_tokens=6000, progress=False
     )
 
 
@@ -75,7 +78,7 @@ def test_loads_through_load_sae_and_hits_target_l0(trained, tiny_acts, tiny_mode
 
 def test_folded_scale_matches_training_time_math():
     gen = torch.Generator().manual_seed(3)
-    sae = training._TrainableSAE(16, 32, gen)
+    sae = fit._TrainableSAE(16, 32, gen)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1, generator=gen)
         sae.b_dec.normal_(0, 1.0, generator=gen)
@@ -86,7 +89,7 @@ def test_folded_scale_matches_training_time_math():
         pre_n = sae.pre(x / scale)
         acts_n = pre_n * (pre_n > sae.log_threshold.exp())
         recon_n = acts_n @ sae.w_dec + sae.b_dec
-    params = training._fold_scale(sae, scale)
+    params = fit._fold_scale(sae, scale)
     pre = x @ params["w_enc"] + params["b_enc"]
     acts = torch.relu(pre) * (pre > params["threshold"])
     recon = acts @ params["w_dec"] + params["b_dec"]
@@ -114,13 +117,13 @@ def test_resampling_revives_dead_features(tiny_acts):
     dead_at_start = torch.arange(0, WIDTH, 4)  # a quarter of the features start unable to fire
     common = {"width": WIDTH, "target_l0": TARGET_L0, "steps": 200, "batch_size": 256, "progress": False}
     params, report = fit_jumprelu(tiny_acts, resample_every=25, dead_features_init=dead_at_start, **common)
-    alive = training.alive_in(tiny_acts, params)
+    alive = fit.alive_in(tiny_acts, params)
     assert report.resampled >= len(dead_at_start)
     assert alive[dead_at_start].float().mean() > 0.8
     assert report.dead_fraction < 0.1
     # Without resampling the same features stay dead: the test above is measuring the resampler.
     params_off, report_off = fit_jumprelu(tiny_acts, revive_dead=False, dead_features_init=dead_at_start, **common)
-    assert not training.alive_in(tiny_acts, params_off)[dead_at_start].any()
+    assert not fit.alive_in(tiny_acts, params_off)[dead_at_start].any()
     assert report_off.dead_fraction >= 0.25
 
 

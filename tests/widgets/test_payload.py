@@ -23,7 +23,7 @@ from gemscope_widgets.widgets.payload import (
     payload_nbytes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEXT = "Sparse autoencoders find features in the residual stream. Paris is the capital of France."
 CHAT = [{"role": "user", "content": "What is the capital of Italy?"}]
 
