@@ -154,7 +154,8 @@ class Steer(anywidget.AnyWidget):
     # --- features -----------------------------------------------------------------------------------
 
     def _add(self, feature: Any, value: float, mode: str, positions: str, raw: bool = False) -> dict[str, Any]:
-        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+        from gemscope_widgets.backend.steering.units import typical_scales
 
         spec = normalize_steering([SteeringSpec(feature, value, mode=mode, positions=positions)], self.sae)[0]
         if any(e["feature"] == spec.feature for e in self.features):
