@@ -100,6 +100,10 @@ case "$mode" in
   test)
     say "ruff"
     "$VENV/bin/ruff" check gemscope_widgets tests benchmarks
+    say "front end: tsc --noEmit, vitest"
+    [ -x node_modules/.bin/vitest ] || npm ci --no-audit --no-fund
+    npm run --silent typecheck
+    npm test --silent
     say "pytest"
     exec "$PY" -m pytest "$@"
     ;;
