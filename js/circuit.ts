@@ -3,48 +3,12 @@
 // All text from the model (tokens, labels, logits) is drawn with fillText or set with textContent.
 import type { RenderProps } from "@anywidget/types";
 import css from "./circuit.css";
+import { el as element, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
-import { asBytes, type ArrayRef, type Bytes, readFloat, readUint } from "./lib/sparse";
-import { mountTheme, visibleText } from "./lib/tokens";
-
-interface Header {
-  version: number;
-  prompt: string;
-  tokens: string[];
-  logit_tokens: string[];
-  logit_probabilities: number[];
-  n_layers: number;
-  n_nodes_total: number;
-  n_edges_total: number;
-  n_nodes: number;
-  n_edges: number;
-  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef>;
-  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef>;
-  labels: Record<string, string>;
-  top_logits: Record<string, [string, number][]>;
-  model: string;
-  scan: string;
-}
-
-interface Intervention {
-  state?: "running" | "done" | "error";
-  nodes?: number[];
-  mode?: string;
-  value?: number;
-  rows?: [string, number, number][];
-  message?: string;
-}
-
-interface Model {
-  _header: Header;
-  _data: Bytes;
-  node_threshold: number;
-  edge_threshold: number;
-  selected: number[];
-  pinned: number[];
-  clicked: number;
-  intervention: Intervention;
-}
+import { keepKeys } from "./lib/keys";
+import type { CircuitHeader as Header, CircuitModel as Model } from "./lib/protocol";
+import { asBytes, type Bytes, readFloat, readUint } from "./lib/sparse";
+import { visibleText } from "./lib/tokens";
 
 const KIND = { feature: 0, error: 1, token: 2, logit: 3 } as const;
 const KIND_NAMES = ["feature", "error", "token", "logit"];
@@ -52,13 +16,6 @@ const CELL_SPACING = 13; // world px between nodes of one (layer, position) cell
 const PER_ROW = 8; // nodes per line inside a cell
 const MIN_COL = 96;
 const HIGHLIGHT_EDGES = 6;
-
-function element<K extends keyof HTMLElementTagNameMap>(tag: K, className = "", text?: string) {
-  const el = document.createElement(tag);
-  if (className) el.className = className;
-  if (text !== undefined) el.textContent = text;
-  return el;
-}
 
 /** The decoded graph plus a stable layout in world coordinates. */
 class Graph {
@@ -203,6 +160,7 @@ class Visible {
 function render({ model, el }: RenderProps<Model>): () => void {
   mountTheme(el, css);
   el.classList.add("gs-circuit");
+  const releaseKeys = keepKeys(el);
   const toolbar = element("div", "gs-ct-toolbar");
   const stage = element("div", "gs-ct-stage");
   const canvas = element("canvas", "gs-ct-canvas");
@@ -617,7 +575,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       result.replaceChildren(element("div", "gs-error", "Select one or more feature nodes first (shift-click adds)."));
       return;
     }
-    model.send({ type: "intervene", nodes, mode, value });
+    model.send({ type: "intervene", mode, value });
   };
   clampBtn.addEventListener("click", () => intervene("set", 0));
   scaleBtn.addEventListener("click", () => intervene("scale", Number(factor.value)));
@@ -697,6 +655,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
 
   return () => {
+    releaseKeys();
     observer.disconnect();
     window.removeEventListener("mousemove", onMove);
     window.removeEventListener("mouseup", onUp);

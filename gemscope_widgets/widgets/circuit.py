@@ -13,7 +13,7 @@ Data crosses as one binary blob: node arrays and the edges as sparse COO (``uint
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import ipywidgets
@@ -24,6 +24,7 @@ import traitlets
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
+from .messages import MessageTable, parse_message
 
 _BUNDLE = bundle_path("circuit")
 
@@ -242,6 +243,9 @@ class Circuit(anywidget.AnyWidget):
 
     _esm = _BUNDLE
 
+    MESSAGES: ClassVar[MessageTable] = {"intervene": {"mode": frozenset({"set", "scale"}), "value": (float,)}}
+    """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features."""
+
     _header = traitlets.Dict().tag(sync=True)
     """JSON description of the graph and of where each array lies in ``_data``."""
     _data = traitlets.Bytes(b"").tag(sync=True)
@@ -345,12 +349,13 @@ class Circuit(anywidget.AnyWidget):
             callback(node)
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict) or content.get("type") != "intervene":
-            return
         try:
-            self.intervene(content.get("nodes", []), mode=str(content.get("mode", "set")),
-                           value=float(content.get("value", 0.0)))
-        except (GemscopeError, TypeError, ValueError) as exc:
+            kind, fields = parse_message(content, self.MESSAGES)
+            if kind == "intervene":
+                features = set(range(self.graph.n_selected))
+                nodes = [n for n in self.selected if n in features]
+                self.intervene(nodes, mode=fields["mode"], value=float(fields["value"]))
+        except GemscopeError as exc:
             if self.intervention.get("state") != "error":
                 self.intervention = {"state": "error", "rows": [], "message": str(exc)}
 

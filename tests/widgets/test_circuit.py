@@ -96,8 +96,12 @@ def test_widget_traits_validate_and_pin():
 def test_intervention_without_a_model_shows_the_error():
     g = synthetic_graph()
     w = Circuit.build(g)
-    w._on_custom_msg(w, {"type": "intervene", "nodes": [0], "mode": "set", "value": 0.0}, [])
+    w.selected = [0, g.n_selected]  # a feature and an error node: only the feature is intervened on
+    w._on_custom_msg(w, {"type": "intervene", "mode": "set", "value": 0.0}, [])
     assert w.intervention["state"] == "error" and w.intervention["message"]
+    assert w.intervention["nodes"] == [0]
+    w._on_custom_msg(w, {"type": "intervene", "mode": "add", "value": 0.0}, [])
+    assert "expected one of" in w.intervention["message"]
     with pytest.raises(CircuitError, match="mode"):
         w.intervene([0], mode="add")
     with pytest.raises(CircuitError, match="at least one"):
