@@ -40,3 +40,7 @@ class SteeringError(GemscopeError):
 
 class StatsCacheError(GemscopeError):
     """A feature statistics cache that is corrupted or belongs to another model/SAE/corpus."""
+
+
+class DirectionError(GemscopeError):
+    """A behaviour direction asked for with unusable prompt sets, a layer out of range or a bad position."""
