@@ -44,3 +44,7 @@ class StatsCacheError(GemscopeError):
 
 class DirectionError(GemscopeError):
     """A behaviour direction asked for with unusable prompt sets, a layer out of range or a bad position."""
+
+
+class ContrastError(GemscopeError):
+    """A contrast asked for with a span the prompt does not have, an unknown reduction, or too few pairs."""

@@ -91,7 +91,9 @@ def check_conversation(messages: Any, *, ending: str | None = None) -> list[dict
 class Turn:
     """One turn in the tokens: ``role`` (``user``/``model``), the message index it came from, the whole turn
     ``[start, end)`` (from ``<start_of_turn>`` through ``<end_of_turn>`` and its newline) and its content
-    tokens ``[content_start, content_end)``. A turn still open (the generation prompt) has empty content."""
+    tokens ``[content_start, content_end)``. A turn still open (the generation prompt) has empty content and
+    ``message=-1``. In the first user turn a system message is folded in front of the user's text:
+    ``[content_start, message_start)`` is the system text, ``[message_start, content_end)`` the user's own."""
 
     role: str
     message: int
@@ -99,6 +101,7 @@ class Turn:
     end: int
     content_start: int
     content_end: int
+    message_start: int
 
 
 def turns(gm: GemmaModel, prompt: Prompt) -> list[Turn]:
@@ -132,7 +135,18 @@ def turns(gm: GemmaModel, prompt: Prompt) -> list[Turn]:
             end = j + 1
             if end < len(ids) and prompt.template[end] and ids[end] != start_id:
                 end += 1  # the newline after <end_of_turn>
-        out.append(Turn(role, len(out) + offset, start, end, content_start, content_end))
+        message_start = content_start
+        if offset and not out:
+            # Gemma's template writes the system text and a blank line in front of the first user message.
+            prefix = len(source[0]["content"]) + 2
+            seen = 0
+            while message_start < content_end and seen + len(prompt.tokens[message_start]) <= prefix:
+                seen += len(prompt.tokens[message_start])
+                message_start += 1
+        message = len(out) + offset
+        if message >= len(source):
+            message = -1
+        out.append(Turn(role, message, start, end, content_start, content_end, message_start))
         i = end if end > i else i + 1
     return out
 
