@@ -48,3 +48,7 @@ class DirectionError(GemscopeError):
 
 class ContrastError(GemscopeError):
     """A contrast asked for with a span the prompt does not have, an unknown reduction, or too few pairs."""
+
+
+class FaithfulnessError(GemscopeError):
+    """A chain-of-thought test asked for with missing pieces (no answers, empty reasoning, a bad corruption)."""
