@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gemscope_widgets.backend.analysis.features import SparseActivations, prompt_features
-from gemscope_widgets.backend.behaviour.conversation import turns
+from gemscope_widgets.backend.behaviour.conversation import check_conversation, turns
 from gemscope_widgets.errors import ContrastError
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ def _check_k(k: Any) -> int:
 
 def _side(gm: GemmaModel, sae: Any, prompt: Any, span: str, reduce: str) -> tuple[SparseActivations, np.ndarray,
                                                                                      np.ndarray]:
+    if isinstance(prompt, Sequence) and not isinstance(prompt, str):
+        prompt = check_conversation(prompt)
     acts = prompt_features(gm, sae, prompt)[0]
     positions = span_positions(gm, acts.prompt, span)
     if len(positions) == 0:

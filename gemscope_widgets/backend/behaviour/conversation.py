@@ -48,7 +48,8 @@ def model_role(role: str) -> str:
 def check_conversation(messages: Any, *, ending: str | None = None) -> list[dict[str, str]]:
     """Validate a conversation: an optional leading system message, then user and model turns alternating.
 
-    ``ending="user"`` requires the last turn to be the user's (to continue with a model turn).
+    ``ending="user"`` requires the last turn to be the user's (to continue with a model turn). Returns plain
+    ``{"role", "content"}`` dicts, with the model's role written ``"assistant"``.
     Raises :class:`PromptError` naming the offending message.
     """
     if isinstance(messages, str) or not isinstance(messages, Sequence):
@@ -66,7 +67,8 @@ def check_conversation(messages: Any, *, ending: str | None = None) -> list[dict
         role = model_role(str(message["role"]))
         if role not in ("system", "user", "model"):
             raise PromptError(f"Message {i} has role {message['role']!r}; use 'system', 'user' or 'model'/'assistant'.")
-        checked.append({"role": str(message["role"]), "content": message["content"]})
+        # "model" is written "assistant", the name chat templates (and add_generation_prompt) expect.
+        checked.append({"role": "assistant" if role == "model" else role, "content": message["content"]})
     roles = [model_role(m["role"]) for m in checked]
     body = roles[1:] if roles[0] == "system" else roles
     if not body:
