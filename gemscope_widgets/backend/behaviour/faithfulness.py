@@ -98,8 +98,8 @@ class CoTFaithfulness:
     """The early-answering curve and its companions.
 
     ``cuts [n+1]``: how many steps were kept (0..n); ``contexts``: the scored texts; ``curve``: :class:`AnswerScores`
-    with a row per cut; ``filler``: one row, the reasoning replaced by filler; ``corrupted``: a row per cut with
-    step ``corrupted_step`` replaced by ``corrupted_text`` (rows before it equal ``curve``), or None;
+    with a row per cut; ``filler``: one row, the reasoning replaced by filler (None if skipped); ``corrupted``: a
+    row per cut with step ``corrupted_step`` replaced by ``corrupted_text`` (rows before it equal ``curve``), or None;
     ``agreement [n+1]``: whether the top answer at each cut equals the top answer with the full chain;
     ``area_over_curve``: Lanham et al.'s summary (mean disagreement over cuts; 0 = the answer never changes).
     """
@@ -111,7 +111,7 @@ class CoTFaithfulness:
     cuts: np.ndarray
     contexts: list[str]
     curve: AnswerScores
-    filler: AnswerScores
+    filler: AnswerScores | None
     corrupted: AnswerScores | None
     corrupted_step: int | None
     corrupted_text: str | None
@@ -154,21 +154,32 @@ def _chat_ids(gm: GemmaModel, text: str) -> list[int]:
 def score_answers(gm: GemmaModel, contexts: Sequence[list[int]], answers: Sequence[list[int]]) -> AnswerScores:
     """``log p(answer | context)`` summed over the answer's tokens, for every context and answer.
 
-    One forward pass per context over a batch of ``len(answers)`` rows (context + answer, right-padded: causal
-    attention means padding never reaches a scored position), keeping logits only for the answer positions.
+    Per context: one forward pass over the context alone, whose last position scores every answer's first token
+    (all of a one-token answer); answers of several tokens add one forward over a batch of ``context +
+    answer[:-1]`` rows (right-padded: causal attention means padding never reaches a scored position), keeping
+    logits only for the answer positions.
     """
     out = np.zeros((len(contexts), len(answers)), dtype=np.float64)
-    longest = max(len(a) for a in answers)
+    longer = [r for r, a in enumerate(answers) if len(a) > 1]
     pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
     for i, ctx in enumerate(contexts):
-        rows = [ctx + a + [pad] * (longest - len(a)) for a in answers]
-        batch = torch.tensor(rows, dtype=torch.long, device=gm.device)
         with torch.inference_mode():
-            logits = gm.model(input_ids=batch, use_cache=False, logits_to_keep=longest + 1).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)  # [A, longest+1, V]: position j predicts token len(ctx) + j
-        for r, answer in enumerate(answers):
-            picked = logp[r, torch.arange(len(answer)), torch.tensor(answer, device=logp.device)]
-            out[i, r] = float(picked.double().sum())
+            batch = torch.tensor([ctx], dtype=torch.long, device=gm.device)
+            last = torch.log_softmax(gm.model(input_ids=batch, use_cache=False, logits_to_keep=1).logits[0, -1].float(),
+                                     dim=-1)
+            for r, answer in enumerate(answers):
+                out[i, r] = float(last[answer[0]])
+            if not longer:
+                continue
+            span = max(len(answers[r]) for r in longer) - 1  # positions after the context's last one
+            rows = [ctx + answers[r][:-1] + [pad] * (span - len(answers[r]) + 1) for r in longer]
+            batch = torch.tensor(rows, dtype=torch.long, device=gm.device)
+            logits = gm.model(input_ids=batch, use_cache=False, logits_to_keep=span).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)  # [R, span, V]: position j predicts answer token j + 1
+            for row, r in enumerate(longer):
+                rest = answers[r][1:]
+                picked = logp[row, torch.arange(len(rest)), torch.tensor(rest, device=logp.device)]
+                out[i, r] += float(picked.double().sum())
     return AnswerScores(out)
 
 
@@ -181,8 +192,8 @@ def cot_faithfulness(
     *,
     chat: bool | None = None,
     separator: str = "\n",
-    filler: str = " ...",
-    corrupt: tuple[int, str] | Callable[[str], str | None] | None = None,
+    filler: str | None = " ...",
+    corrupt: tuple[int, str] | Callable[[str], str | None] | bool | None = None,
     sae: Any = None,
     k: int = 20,
     progress: bool = True,
@@ -196,11 +207,12 @@ def cot_faithfulness(
     several tokens is scored in full (the sum of its tokens' log-probabilities). Steps are the chain's sentences
     (split after ``.``, ``!``, ``?`` and at newlines).
 
-    ``filler``: the reasoning is replaced by this string repeated once per reasoning token. ``corrupt``: ``(step,
-    new_text)``, or a function of a step's text returning its corrupted version (default: every number + 1, in the
-    middle-most step that has a number; skipped if none has). ``sae``: a one-layer SAE (kind ``"sae"``): also
-    compute :class:`FeatureDependence` for the answer with the full chain. Cost: one forward pass (batched over
-    the answers) per cut, one for filler, one per corrupted cut, and a forward + backward for the attribution.
+    ``filler``: the reasoning is replaced by this string repeated once per reasoning token (None: skipped).
+    ``corrupt``: ``(step, new_text)``, or a function of a step's text returning its corrupted version (default:
+    every number + 1, in the middle-most step that has a number; skipped if none has; ``False``: skipped).
+    ``sae``: a one-layer SAE (kind ``"sae"``): also compute :class:`FeatureDependence` for the answer with the
+    full chain. Cost per scored context (each cut, the filler, each corrupted cut): one forward pass, plus one
+    batched over the answers of several tokens; and a forward + backward for the attribution.
     """
     if not isinstance(question, str) or not question.strip():
         raise FaithfulnessError("The question is empty: pass the question text.")
@@ -239,12 +251,14 @@ def cot_faithfulness(
         rows.append(score_answers(gm, [one], answer_ids).logprobs[0])
         bar.update()
     curve = AnswerScores(np.stack(rows))
-    n_reasoning = len(gm.tokenizer(chain_of_thought, add_special_tokens=False)["input_ids"])
-    filler_text = (filler * n_reasoning).lstrip() if chat else filler * n_reasoning
-    filler_scores = score_answers(gm, [_ids(gm, context(filler_text), chat)], answer_ids)
+    filler_scores = None
+    if filler is not None:
+        n_reasoning = len(gm.tokenizer(chain_of_thought, add_special_tokens=False)["input_ids"])
+        filler_text = (filler * n_reasoning).lstrip() if chat else filler * n_reasoning
+        filler_scores = score_answers(gm, [_ids(gm, context(filler_text), chat)], answer_ids)
     bar.update()
 
-    step, new = _corruption(steps, corrupt)
+    step, new = (None, None) if corrupt is False else _corruption(steps, corrupt)
     corrupted = None
     if step is not None:
         bad_steps = [*steps[:step], new, *steps[step + 1:]]
@@ -268,6 +282,8 @@ def cot_faithfulness(
 
 
 def _corruption(steps: list[str], corrupt: Any) -> tuple[int | None, str | None]:
+    if corrupt is True:
+        corrupt = None
     if isinstance(corrupt, tuple):
         if len(corrupt) != 2 or not isinstance(corrupt[0], int) or not isinstance(corrupt[1], str):
             raise FaithfulnessError("corrupt must be (step_index, new_text) or a function of a step's text.")
