@@ -55,27 +55,18 @@ class _PeakRSS:
 
 
 def _batches(gm: Any, texts: list[str], max_doc_tokens: int, batch_size: int, batch_tokens: int) -> list:
-    from gemscope_widgets.backend.stats.feature_stats import _plan_batches, tokenize_docs
+    from gemscope_widgets.backend.stats.corpus import pad_batch, plan_batches, tokenize_docs
 
     docs = tokenize_docs(gm, texts, max_doc_tokens)
-    pad = gm.tokenizer.pad_token_id or 0
-    out = []
-    for group in _plan_batches([len(d) for d in docs], batch_size, batch_tokens):
-        seq = max(len(docs[i]) for i in group)
-        ids = torch.full((len(group), seq), pad, dtype=torch.long)
-        mask = torch.zeros((len(group), seq), dtype=torch.long)
-        for j, i in enumerate(group):
-            ids[j, : len(docs[i])] = torch.tensor(docs[i])
-            mask[j, : len(docs[i])] = 1
-        out.append((ids, mask))
-    return out
+    groups = plan_batches([len(d) for d in docs], batch_size, batch_tokens)
+    return [pad_batch([docs[i] for i in group], gm.tokenizer.pad_token_id) for group in groups]
 
 
 def random_wide_sae(gm: Any, like: Any, width: int, texts: list[str], l0: float = 50, seed: int = 0) -> Any:
     """A random ``width``-wide JumpReLU SAE at ``like``'s site, thresholded so about ``l0`` features fire."""
     from gemscope_widgets.backend.dictionaries.sae import JumpReLUSAE
     from gemscope_widgets.backend.gemma.capture import capture
-    from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+    from gemscope_widgets.backend.stats.corpus import tokenize_docs
 
     hook = like.config.hook_in
     ids = torch.tensor(tokenize_docs(gm, texts[:1], 128)[0])

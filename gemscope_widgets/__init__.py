@@ -24,6 +24,7 @@ _EXPORTS = {
     "check_compatible": "gemscope_widgets.backend.dictionaries.compat",
     "prompt_features": "gemscope_widgets.backend.analysis.features",
     "SteeringSpec": "gemscope_widgets.backend.steering.spec",
+    "DirectionSpec": "gemscope_widgets.backend.steering.spec",
     "FeatureStats": "gemscope_widgets.backend.stats.feature_stats",
     "train_sae": "gemscope_widgets.backend.training.train",
     "load_default": "gemscope_widgets.backend.default",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ class GemmaModel:
     is_instruct: bool
     stop_token_ids: tuple[int, ...] = field(default=())
     max_prompt_tokens: int = 8192
+    _warned_chat: bool = field(default=False, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -90,13 +92,31 @@ class GemmaModel:
         return model_size(self.name)
 
     def prompt(self, prompt: str | Messages | Prompt, *, max_tokens: int | None = None) -> Prompt:
-        """Tokenise text or chat messages (exactly one leading ``<bos>``)."""
-        return make_prompt(self.tokenizer, prompt, max_tokens=max_tokens or self.max_prompt_tokens)
+        """Tokenise text or chat messages (exactly one leading ``<bos>``).
+
+        Chat messages on a base (pretrained, ``-pt``) model warn once per model: it never saw chat turns, so
+        its replies and features on them say little about the instruction-tuned (``-it``) model.
+        """
+        made = make_prompt(self.tokenizer, prompt, max_tokens=max_tokens or self.max_prompt_tokens)
+        if made.is_chat and not self.is_instruct and not self._warned_chat:
+            self._warned_chat = True
+            warnings.warn(BaseModelChatWarning(self.name), stacklevel=2)
+        return made
 
     def __repr__(self) -> str:
         return (
             f"GemmaModel({self.name!r}, {type(self.model).__name__}, layers={self.n_layers}, "
             f"d_model={self.d_model}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+class BaseModelChatWarning(UserWarning):
+    """Chat messages sent to a base (``-pt``) model, which was not trained on the chat template."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} is a base (pretrained) model: it was not trained on chat turns, so chat messages get "
+            "template-shaped but unreliable replies. Use the instruction-tuned model (a name ending in -it) for chat."
         )
 
 
