@@ -28,12 +28,22 @@ _EXPORTS = {
     "FeatureStats": "gemscope_widgets.backend.stats.feature_stats",
     "train_sae": "gemscope_widgets.backend.training.train",
     "load_default": "gemscope_widgets.backend.default",
+    "behaviour_direction": "gemscope_widgets.backend.behaviour.direction",
+    "refusal_direction": "gemscope_widgets.backend.behaviour.direction",
+    "projection_track": "gemscope_widgets.backend.behaviour.direction",
+    "refusal_score": "gemscope_widgets.backend.behaviour.refusal",
+    "refusal_sweep": "gemscope_widgets.backend.behaviour.refusal",
+    "contrast": "gemscope_widgets.backend.behaviour.contrast",
+    "contrast_pairs": "gemscope_widgets.backend.behaviour.contrast",
+    "cot_faithfulness": "gemscope_widgets.backend.behaviour.faithfulness",
     "Scope": "gemscope_widgets.scope",
     "heatmap": "gemscope_widgets.widgets.heatmap",
     "Heatmap": "gemscope_widgets.widgets.heatmap",
     "FeaturePane": "gemscope_widgets.widgets.feature_pane",
     "Steer": "gemscope_widgets.widgets.steer",
     "TokenView": "gemscope_widgets.widgets.token_view",
+    "Chat": "gemscope_widgets.widgets.chat",
+    "ContrastView": "gemscope_widgets.widgets.contrast",
 }
 
 __all__ = ["__version__", *_EXPORTS]
