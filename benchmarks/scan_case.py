@@ -167,17 +167,36 @@ def run(
     return out
 
 
-if __name__ == "__main__":  # python -m benchmarks.scan_case [--real]
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m benchmarks.scan_case [--docs N] [--width W] [--dtype float32|bfloat16 ...]``: the scan's
+    throughput as a ratio to forward + encode over the same batches, real 270M, one SAE of ``--width``."""
+    import argparse
     import json
-    import sys
 
+    from benchmarks.heatmap_case import calibrated_sae
     from gemscope_widgets.backend.gemma.model import load_model
     from gemscope_widgets.backend.stats.corpus import default_corpus
 
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scan_case")
+    ap.add_argument("--docs", type=int, default=64)
+    ap.add_argument("--width", type=int, default=16384)
+    ap.add_argument("--dtype", nargs="+", default=["float32"])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory at 262k")
+    args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("GEMSCOPE_BENCH_THREADS", "2")))
-    from benchmarks.heatmap_case import calibrated_sae
+    texts = default_corpus(max_docs=args.docs)
+    out = {}
+    for dtype in args.dtype:
+        gm = load_model("gemma-3-270m", device="cpu", dtype=dtype)
+        sae = calibrated_sae(gm, 9, 16384)
+        if args.width != 16384:
+            sae = random_wide_sae(gm, sae, args.width, texts)
+        out[dtype] = run(gm, sae, texts, repeats=args.repeats, wide_width=262144 if args.memory else 0)
+        print(dtype, json.dumps({k: out[dtype][k] for k in ("width", "n_tokens", "tokens_per_s", "ratio_to_bare",
+                                                              "ratio_to_forward_encode")}, default=float), flush=True)
+    return out
 
-    gm = load_model("gemma-3-270m", device="cpu", dtype="float32")
-    sae = calibrated_sae(gm, 9, 16384)
-    docs = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    print(json.dumps(run(gm, sae, default_corpus(max_docs=docs)), indent=1, default=float))
+
+if __name__ == "__main__":
+    main()

@@ -310,7 +310,7 @@ class Scanner:
 
     def __init__(self, gm: GemmaModel, sae: Any, texts: Sequence[str], params: ScanParams, *,
                  batch_size: int = 16, batch_tokens: int = 2048, act_budget: int = 2**24,
-                 docs: Sequence[int] | None = None) -> None:
+                 rank: int = 0, world: int = 1) -> None:
         from gemscope_widgets.backend.dictionaries.placement import sae_device
         from gemscope_widgets.backend.gemma.prompts import masked_ids
 
@@ -318,9 +318,9 @@ class Scanner:
         self.batch_size, self.batch_tokens, self.act_budget = batch_size, batch_tokens, act_budget
         self.hooks = tuple(sae.read_hook_points)
         self.hidden = torch.tensor(sorted(masked_ids(gm.tokenizer)))
-        self.doc_order = list(range(len(texts))) if docs is None else list(docs)
+        self.rank, self.world = int(rank), int(world)
         self.state = ScanState(int(sae.width), params, sae_device(sae))
-        self.next_doc = 0  # index into doc_order
+        self.next_doc = 0
         self.elapsed = 0.0
 
     # ---- checkpoints
@@ -346,19 +346,23 @@ class Scanner:
     # ---- the loop
 
     def done(self) -> bool:
-        return self.next_doc >= len(self.doc_order) or (
+        return self.next_doc >= len(self.texts) or (
             self.p.max_tokens is not None and self.state.n_tokens >= self.p.max_tokens
         )
 
     def run(self, *, progress: bool = True, on_progress: ProgressCallback | None = None,
             checkpoint: tuple[Path, Mapping[str, Any], int] | None = None) -> None:
         """Scan the remaining documents in blocks of ``checkpoint[2]`` (512 without checkpoints), writing a
-        checkpoint after each block; a tqdm bar when ``progress``; ``on_progress(done, total)`` per batch."""
+        checkpoint after each block; a tqdm bar when ``progress``; ``on_progress(done, total)`` per batch.
+
+        Each block is cut into the same batches whatever ``world`` is, and process ``rank`` runs batches
+        ``rank, rank + world, ...``: every batch is computed with the same shapes as in a one-process scan, so
+        merged shards equal it exactly (bit for bit on a deterministic device)."""
         from tqdm.auto import tqdm
 
         from gemscope_widgets.backend.stats.corpus import plan_batches, tokenize_docs
 
-        total = len(self.doc_order)
+        total = len(self.texts)
         block = max(1, checkpoint[2] if checkpoint else 512)
         bar = tqdm(total=total, initial=self.next_doc, desc=f"Scanning {self.sae.config.name}", unit="doc",
                    disable=not progress)
@@ -366,11 +370,12 @@ class Scanner:
             while not self.done():
                 start = time.perf_counter()
                 stop = min(total, self.next_doc + block)
-                ids = self.doc_order[self.next_doc : stop]
+                ids = list(range(self.next_doc, stop))
                 docs = tokenize_docs(self.gm, [self.texts[i] for i in ids], self.p.max_doc_tokens)
                 done = self.next_doc
-                for batch in plan_batches([len(d) for d in docs], self.batch_size, self.batch_tokens):
-                    self.batch([ids[i] for i in batch], [docs[i] for i in batch])
+                for j, batch in enumerate(plan_batches([len(d) for d in docs], self.batch_size, self.batch_tokens)):
+                    if j % self.world == self.rank:
+                        self.batch([ids[i] for i in batch], [docs[i] for i in batch])
                     done += len(batch)
                     bar.update(len(batch))
                     if on_progress is not None:
