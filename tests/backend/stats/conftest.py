@@ -22,13 +22,17 @@ PARAMS = {"top_k": 4, "n_quantile": 3, "window": (3, 2), "max_doc_tokens": 24, "
 
 
 @pytest.fixture
-def scan_sae(tmp_path):
-    """A fresh SAE per test (tests modify its weights)."""
-    folder = write_gemma_scope_sae(
+def scan_sae_folder(tmp_path):
+    return write_gemma_scope_sae(
         tmp_path / "sae" / "resid_post/layer_1_width_16k_l0_medium",
         kind="sae", site="resid_post", layer=1, width=96, seed=3, threshold=0.3,
     )
-    return load_sae_folder(folder)
+
+
+@pytest.fixture
+def scan_sae(scan_sae_folder):
+    """A fresh SAE per test (tests modify its weights)."""
+    return load_sae_folder(scan_sae_folder)
 
 
 @pytest.fixture
