@@ -4,7 +4,8 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise } from "./lib/colors";
-import { mountTheme, renderToken } from "./lib/tokens";
+import { mountTheme } from "./lib/dom";
+import { renderToken } from "./lib/tokens";
 
 interface SummaryItem { feature: number; max: number; mean: number }
 interface TurnInfo {

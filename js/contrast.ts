@@ -3,7 +3,8 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./contrast.css";
 import { heatBackground, normalise } from "./lib/colors";
-import { mountTheme, renderToken } from "./lib/tokens";
+import { mountTheme } from "./lib/dom";
+import { renderToken } from "./lib/tokens";
 
 interface Side { tokens: string[]; special: boolean[]; template: boolean[]; span: number[] }
 interface Row { feature: number; diff: number; a: number; b: number; t?: number; stderr?: number }
