@@ -1,103 +1,25 @@
 // Steer: one slider per SAE feature; baseline and steered continuations streamed side by side.
-// Mirrors gemscope_widgets/widgets/steer.py. Every string from the kernel goes in via textContent.
+// Mirrors gemscope_widgets/widgets/steer.py (traits and messages: lib/protocol.ts). Every string from the kernel
+// goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
+import { choice as select, el, labelled, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
-import { mountTheme, renderTokens } from "./lib/tokens";
+import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
+import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
+import { renderTokens } from "./lib/tokens";
+import css from "./steer.css";
 
-interface FeatureEntry {
-  feature: number;
-  multiple: number;
-  mode: "add" | "clamp" | "ablate";
-  positions: "all" | "prompt" | "generated";
-  scale: number;
-  scale_source: string;
-  raw: number;
-}
-interface Settings {
-  max_new_tokens: number;
-  temperature: number;
-  top_p: number;
-  seed: number;
-  frequency_penalty: number;
-  stop_at_eos: boolean;
-  steer_special_tokens: boolean;
-  error: "keep" | "replace";
-}
-interface NextToken {
-  column?: string;
-  index?: number;
-  context?: string;
-  chosen?: string;
-  tokens?: string[];
-  baseline?: number[];
-  steered?: number[];
-}
-interface Model {
-  sae_name: string;
-  prompt_tokens: string[];
-  prompt_special: boolean[];
-  chat: boolean;
-  features: FeatureEntry[];
-  strength_range: number[];
-  settings: Settings;
-  baseline_tokens: string[];
-  steered_tokens: string[];
-  divergence: number;
-  running: boolean;
-  status: string;
-  generation_id: number;
-  next_token: NextToken;
-  error: string;
-}
+type Settings = SteerModel["settings"];
 
-const CSS = `
-.gs-steer-head { display: flex; gap: 12px; align-items: baseline; flex-wrap: wrap; }
-.gs-steer-head b { font-size: 1.05em; }
-.gs-steer-row { display: grid; grid-template-columns: 6em 6em 7em 1fr 14em 2em; gap: 6px; align-items: center;
-  margin: 4px 0; }
-.gs-steer-row input[type=range] { width: 100%; }
-.gs-steer-value { font-family: var(--gs-code-font); font-size: 0.92em; }
-.gs-steer-settings { display: flex; flex-wrap: wrap; gap: 4px 14px; margin: 8px 0; font-size: 0.92em; }
-.gs-steer-settings input[type=number] { width: 5.5em; }
-.gs-steer-cols { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; margin-top: 6px; }
-.gs-steer-col h4 { margin: 4px 0; font-size: 0.95em; }
-.gs-steer-col .gs-tokens { min-height: 2em; padding: 4px; border: 1px solid var(--gs-border); border-radius: 4px; }
-.gs-diverge { background: color-mix(in srgb, #e65100 25%, transparent); box-shadow: inset 0 0 0 2px #e65100; }
-.gs-next table { border-collapse: collapse; font-size: 0.92em; margin-top: 4px; }
-.gs-next td, .gs-next th { padding: 1px 8px; text-align: left; }
-.gs-next .gs-bar { display: inline-block; height: 0.7em; background: var(--gs-accent); vertical-align: middle; }
-.gs-chosen td { font-weight: bold; }
-.gs-running { opacity: 0.75; }
-`;
+/** How long a sent slider value may wait for the kernel's echo before the kernel's value is shown anyway. */
+const AWAIT_MS = 3000;
 
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = ""): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text) node.textContent = text;
-  return node;
-}
-
-function select(options: [string, string][], value: string): HTMLSelectElement {
-  const s = el("select");
-  for (const [v, label] of options) {
-    const o = el("option", "", label);
-    o.value = v;
-    s.append(o);
-  }
-  s.value = value;
-  return s;
-}
-
-function labelled(text: string, input: HTMLElement): HTMLLabelElement {
-  const l = el("label", "", `${text} `);
-  l.append(input);
-  return l;
-}
-
-function render({ model, el: root }: RenderProps<Model>): () => void {
-  mountTheme(root, CSS);
+function render({ model, el: root }: RenderProps<SteerModel>): () => void {
+  mountTheme(root, css);
+  const disposers = [keepKeys(root)];
   const head = el("div", "gs-steer-head");
   const errorLine = el("div", "gs-error");
+  const noteLine = el("div", "gs-note gs-muted");
   const featureBox = el("div", "gs-steer-features");
   const addBox = el("div", "gs-steer-settings");
   const settingsBox = el("div", "gs-steer-settings");
@@ -112,9 +34,9 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   cols.append(baseCol, steerCol);
   const status = el("div", "gs-status");
   const next = el("div", "gs-next");
-  root.append(head, errorLine, featureBox, addBox, settingsBox, promptBox, cols, status, next);
+  root.append(head, errorLine, noteLine, featureBox, addBox, settingsBox, promptBox, cols, status, next);
 
-  const send = (msg: Record<string, unknown>) => model.send(msg);
+  const send = (message: SteerMessage) => sendMessage(model, message);
 
   // --- header, add box, settings: built once, refreshed from the model.
   const addInput = el("input");
@@ -122,15 +44,19 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   addInput.min = "0";
   addInput.placeholder = "feature";
   const addButton = el("button", "gs-add", "add feature");
-  addButton.addEventListener("click", () => {
+  const addFeature = () => {
     if (addInput.value !== "") send({ type: "add", feature: Number(addInput.value) });
+  };
+  addButton.addEventListener("click", addFeature);
+  addInput.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") addFeature();
   });
   const rangeMin = el("input");
   const rangeMax = el("input");
   for (const r of [rangeMin, rangeMax]) {
     r.type = "number";
     r.step = "0.5";
-    r.addEventListener("change", () => send({ type: "range", min: Number(rangeMin.value), max: Number(rangeMax.value) }));
+    disposers.push(onCommit(r, () => send({ type: "range", min: Number(rangeMin.value), max: Number(rangeMax.value) })));
   }
   addBox.append(addInput, addButton, labelled("slider range ×", rangeMin), labelled("to", rangeMax));
 
@@ -139,7 +65,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     input.type = "number";
     input.step = step;
     input.dataset.key = key;
-    input.addEventListener("change", () => send({ type: "settings", values: { [key]: Number(input.value) } }));
+    disposers.push(onCommit(input, (value) => send({ type: "settings", values: { [key]: Number(value) } })));
     return input;
   };
   const maxNew = num("max_new_tokens", "1");
@@ -175,15 +101,29 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     labelled("SAE error:", errorMode),
   );
 
+  const unitChoice = select(
+    [
+      ["typical", "× each entry's unit"],
+      ["raw", "raw values"],
+    ],
+    "typical",
+  );
+  unitChoice.className = "gs-unit-choice";
+  unitChoice.addEventListener("change", () =>
+    send({ type: "unit", value: unitChoice.value === "raw" ? "raw" : "typical" }),
+  );
   const drawHead = () => {
     const title = el("b", "", "Steering");
     const sae = el("span", "gs-muted", model.get("sae_name"));
-    const unit = el("span", "gs-muted", "strength: × the feature's typical max activation (raw value beside it)");
-    head.replaceChildren(title, sae, unit);
+    unitChoice.value = model.get("unit");
+    head.replaceChildren(title, sae, labelled("strength:", unitChoice));
   };
-  const drawSettings = () => {
+  const drawNote = () => {
+    noteLine.textContent = model.get("note");
+  };
+  const drawSettings = (force = false) => {
     const s = model.get("settings");
-    const active = document.activeElement;
+    const active = force ? null : document.activeElement;
     for (const input of [maxNew, temperature, topP, seed, penalty]) {
       if (input !== active) input.value = String(s[input.dataset.key as keyof Settings]);
     }
@@ -195,73 +135,133 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     if (rangeMax !== active) rangeMax.value = String(hi);
   };
 
-  // --- one row per feature. Rows are rebuilt only when the set of features or the range changes, so a
-  // slider being dragged keeps its focus and pointer capture.
+  // --- one row per feature or direction. Rows are rebuilt only when the set of entries or the range changes,
+  // so a slider being dragged keeps its focus and pointer capture.
   let rowKey = "";
-  const sliders = new Map<number, { input: HTMLInputElement; value: HTMLSpanElement; mode: HTMLSelectElement;
-    positions: HTMLSelectElement }>();
-  const valueText = (f: FeatureEntry) =>
-    f.mode === "ablate"
-      ? "ablate (→ 0)"
-      : `${formatValue(f.multiple)}× = ${formatValue(f.raw)} raw (${f.scale_source})`;
+  interface Row {
+    input: HTMLInputElement;
+    value: HTMLSpanElement;
+    unit: HTMLSpanElement;
+    mode: HTMLSelectElement;
+    positions: HTMLSelectElement;
+    // The last value this view sent and the kernel has not echoed yet: until it does (or AWAIT_MS pass), the
+    // kernel's older values do not move the slider or its label back.
+    awaiting: number | null;
+    sentAt: number;
+    dragging: boolean; // between the first `input` and the `change` of a drag: the label follows the thumb
+  }
+  const rows = new Map<string, Row>();
+  const entries = (): FeatureEntry[] => [...model.get("features"), ...(model.get("directions") ?? [])];
+  const isFraction = (f: FeatureEntry) => f.kind === "direction" && f.mode === "ablate";
+  const valueText = (f: FeatureEntry, multiple = f.multiple) => {
+    if (f.kind === "feature" && f.mode === "ablate") return "ablate (→ 0)";
+    if (isFraction(f)) return `${formatValue(100 * multiple)}% of the component removed`;
+    if (f.scale_source === "raw") return `${formatValue(multiple)} raw`;
+    return `${formatValue(multiple)}× = ${formatValue(multiple * f.scale)} raw`;
+  };
+  const sendEntry = (f: FeatureEntry, key: "multiple" | "mode" | "positions", value: number | string) => {
+    if (f.kind === "direction") send({ type: "set_direction", direction: String(f.key), key, value });
+    else send({ type: "set", feature: Number(f.feature), key, value });
+  };
   const drawFeatures = () => {
-    const features = model.get("features");
+    const all = entries();
     const [lo, hi] = model.get("strength_range");
-    const key = JSON.stringify([features.map((f) => f.feature), lo, hi]);
+    const key = JSON.stringify([all.map((f) => [f.key, isFraction(f)]), lo, hi]);
     if (key !== rowKey) {
       rowKey = key;
-      sliders.clear();
-      const rows = features.map((f) => {
+      const previous = new Map(rows);
+      rows.clear();
+      const built = all.map((f) => {
+        const id = String(f.key);
         const row = el("div", "gs-steer-row");
-        row.dataset.feature = String(f.feature);
-        const name = el("span", "gs-steer-name", `#${f.feature}`);
-        const mode = select([["add", "add"], ["clamp", "clamp"], ["ablate", "ablate"]], f.mode);
+        row.dataset.key = id;
+        if (f.kind === "feature") row.dataset.feature = String(f.feature);
+        else row.dataset.direction = id;
+        const title = f.kind === "direction" && f.mode === "add" ? `${f.label} @ layer ${f.layer}` : f.label;
+        const name = el("span", "gs-steer-name", title);
+        const modes: [string, string][] =
+          f.kind === "direction"
+            ? [["ablate", "ablate"], ["add", "add"]]
+            : [["add", "add"], ["clamp", "clamp"], ["ablate", "ablate"]];
+        const mode = select(modes, f.mode);
         mode.className = "gs-mode";
         const positions = select([["all", "all tokens"], ["prompt", "prompt only"], ["generated", "generated only"]],
           f.positions);
         positions.className = "gs-positions";
         const input = el("input", "gs-slider");
         input.type = "range";
-        input.min = String(lo);
-        input.max = String(hi);
-        input.step = String((hi - lo) / 120);
-        input.setAttribute("aria-label", `strength of feature ${f.feature}`);
+        const [min, max] = isFraction(f) ? [0, 1] : [lo, hi];
+        input.min = String(min);
+        input.max = String(max);
+        input.step = String((max - min) / 120);
+        input.setAttribute("aria-label", `strength of ${f.kind === "feature" ? `feature ${f.feature}` : f.label}`);
         const value = el("span", "gs-steer-value");
+        const unit = el("span", "gs-steer-unit gs-muted");
         const remove = el("button", "gs-remove", "×");
-        remove.title = `remove feature ${f.feature}`;
+        remove.title = `remove ${f.kind === "feature" ? `feature ${f.feature}` : f.label}`;
+        const state: Row = { input, value, unit, mode, positions, awaiting: previous.get(id)?.awaiting ?? null,
+          sentAt: previous.get(id)?.sentAt ?? 0, dragging: false };
         let timer: number | undefined;
-        const sendValue = () => send({ type: "set", feature: f.feature, key: "multiple", value: Number(input.value) });
+        const current = () => entries().find((e) => String(e.key) === id) ?? f;
+        const sendValue = () => {
+          const v = Number(input.value);
+          // The kernel echoes a value only when it differs from the one it holds: never send that one again.
+          if (v === (state.awaiting ?? current().multiple)) return;
+          state.awaiting = v;
+          state.sentAt = Date.now();
+          sendEntry(current(), "multiple", v);
+        };
         // While dragging, at most one update per 150 ms; the release always sends the final value.
         input.addEventListener("input", () => {
-          value.textContent = `${formatValue(Number(input.value))}×`;
+          state.dragging = true;
+          value.textContent = valueText(current(), Number(input.value));
           if (timer === undefined) timer = window.setTimeout(() => { timer = undefined; sendValue(); }, 150);
         });
         input.addEventListener("change", () => {
           if (timer !== undefined) window.clearTimeout(timer);
           timer = undefined;
+          state.dragging = false;
           sendValue();
         });
-        mode.addEventListener("change", () => send({ type: "set", feature: f.feature, key: "mode", value: mode.value }));
-        positions.addEventListener("change", () =>
-          send({ type: "set", feature: f.feature, key: "positions", value: positions.value }),
-        );
-        remove.addEventListener("click", () => send({ type: "remove", feature: f.feature }));
-        sliders.set(f.feature, { input, value, mode, positions });
-        row.append(name, mode, positions, input, value, remove);
+        mode.addEventListener("change", () => sendEntry(current(), "mode", mode.value));
+        positions.addEventListener("change", () => sendEntry(current(), "positions", positions.value));
+        remove.addEventListener("click", () => {
+          if (f.kind === "direction") send({ type: "remove_direction", direction: id });
+          else send({ type: "remove", feature: Number(f.feature) });
+        });
+        sliderKeys(input); // the row and its listeners go together when the rows are rebuilt
+        rows.set(id, state);
+        row.append(name, mode, positions, input, value, remove, unit);
         return row;
       });
-      featureBox.replaceChildren(...rows);
-      if (!features.length) featureBox.append(el("div", "gs-muted", "No features: add one below."));
+      featureBox.replaceChildren(...built);
+      if (!all.length) featureBox.append(el("div", "gs-muted", "No features: add one below."));
     }
-    for (const f of features) {
-      const s = sliders.get(f.feature);
+    for (const f of all) {
+      const s = rows.get(String(f.key));
       if (!s) continue;
-      if (document.activeElement !== s.input) s.input.value = String(f.multiple);
-      s.input.disabled = f.mode === "ablate";
+      if (s.dragging) continue; // the thumb and its label are the user's until the release
+      const fresh = Date.now() - s.sentAt < AWAIT_MS;
+      if (s.awaiting !== null && s.awaiting !== f.multiple && fresh) continue; // an older value: keep the user's
+      s.awaiting = null;
+      s.input.value = String(f.multiple);
+      s.input.disabled = f.kind === "feature" && f.mode === "ablate";
       s.value.textContent = valueText(f);
+      s.unit.textContent = `unit: ${f.unit_source}`;
+      s.unit.title = f.scale_source;
       s.mode.value = f.mode;
       s.positions.value = f.positions;
     }
+  };
+  const onError = () => {
+    // A refused value: the kernel kept the old one, so show it again (nothing else will echo it).
+    if (!model.get("error")) return;
+    for (const s of rows.values()) {
+      s.awaiting = null;
+      s.dragging = false;
+    }
+    drawFeatures();
+    drawSettings(true);
   };
 
   const drawPrompt = () => {
@@ -291,7 +291,8 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const onColumnClick = (event: MouseEvent) => {
     const target = event.target instanceof Element ? event.target.closest<HTMLElement>(".gs-token[data-index]") : null;
     if (!target || model.get("running")) return;
-    send({ type: "next", index: Number(target.dataset.index), column: target.dataset.column });
+    const column = target.dataset.column === "baseline" ? "baseline" : "steered";
+    send({ type: "next", index: Number(target.dataset.index), column });
   };
   cols.addEventListener("click", onColumnClick);
 
@@ -327,6 +328,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   };
 
   drawHead();
+  drawNote();
   drawSettings();
   drawFeatures();
   drawPrompt();
@@ -335,9 +337,13 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   drawNext();
   const handlers: [string, () => void][] = [
     ["change:sae_name", drawHead],
-    ["change:settings", drawSettings],
+    ["change:unit", drawHead],
+    ["change:note", drawNote],
+    ["change:settings", () => drawSettings()],
     ["change:strength_range", () => { drawSettings(); drawFeatures(); }],
     ["change:features", drawFeatures],
+    ["change:directions", drawFeatures],
+    ["change:error", onError],
     ["change:prompt_tokens", drawPrompt],
     ["change:chat", drawPrompt],
     ["change:baseline_tokens", drawColumns],
@@ -351,6 +357,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   for (const [event, fn] of handlers) model.on(event, fn);
   return () => {
     cols.removeEventListener("click", onColumnClick);
+    for (const dispose of disposers) dispose();
     for (const [event, fn] of handlers) model.off(event, fn);
   };
 }

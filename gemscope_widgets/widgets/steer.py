@@ -7,7 +7,7 @@ generation runner; this widget turns its events into traits and the browser's me
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import traitlets
@@ -22,6 +22,7 @@ from gemscope_widgets.backend.steering.session import (
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
 from .bundle import bundle_path
+from .messages import MessageTable, parse_message
 
 _BUNDLE = bundle_path("steer")
 
@@ -39,6 +40,21 @@ class Steer(anywidget.AnyWidget, SessionListener):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {
+        "set": {"feature": (int,), "key": frozenset({"multiple", "mode", "positions"}), "value": (float, str)},
+        "set_direction": {"direction": (str,), "key": frozenset({"multiple", "mode", "positions", "layer"}),
+                          "value": (float, str)},
+        "add": {"feature": (int,)},
+        "remove": {"feature": (int,)},
+        "remove_direction": {"direction": (str,)},
+        "settings": {"values": (dict,)},
+        "unit": {"value": frozenset({"typical", "raw"})},
+        "range": {"min": (float,), "max": (float,)},
+        "next": {"index": (int,), "column": frozenset({"baseline", "steered"})},
+        "run": {},
+    }
+    """What the view sends (``SteerMessage`` in ``js/lib/protocol.ts``)."""
 
     sae_name = traitlets.Unicode("").tag(sync=True)
     """The SAE whose features are steered ("" when only directions are)."""
@@ -148,7 +164,6 @@ class Steer(anywidget.AnyWidget, SessionListener):
 
     def add_feature(self, feature: int, multiple: float = 1.0, *, mode: str = "add", positions: str = "all") -> None:
         """Adds a slider for ``feature`` (``multiple`` × its unit) and regenerates."""
-        self.session.cancel()  # a first unit computation may take a moment; do not wait for a stale generation
         self._act(self.session.add_feature, feature, multiple, mode=mode, positions=positions)
 
     def add_direction(self, direction: Any, multiple: float = 1.0, *, mode: str = "ablate", layer: int | None = None,
@@ -298,35 +313,35 @@ class Steer(anywidget.AnyWidget, SessionListener):
     # --- messages from the browser ------------------------------------------------------------------------
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict):
-            return
-        kind = content.get("type")
         try:
-            if kind == "set" and "direction" in content:
-                key, value = str(content.get("key")), content.get("value")
-                self.set_direction(str(content["direction"]), **{key: value})
-            elif kind == "set":
-                key, feature, value = content.get("key"), _int(content.get("feature")), content.get("value")
+            kind, msg = parse_message(content, self.MESSAGES)
+            if kind == "set":
+                key, feature, value = msg["key"], msg["feature"], msg["value"]
                 if key == "multiple":
                     self.set_strength(feature, value)
                 elif key == "mode":
                     self.set_mode(feature, str(value))
-                elif key == "positions":
+                else:
                     self.set_positions(feature, str(value))
+            elif kind == "set_direction":
+                value = msg["value"]
+                if msg["key"] == "layer":
+                    value = _int(value)
+                self.set_direction(msg["direction"], **{msg["key"]: value})
             elif kind == "add":
-                self.add_feature(_int(content.get("feature")))
-            elif kind == "remove" and "direction" in content:
-                self.remove_direction(str(content["direction"]))
+                self.add_feature(msg["feature"])
             elif kind == "remove":
-                self.remove_feature(_int(content.get("feature")))
+                self.remove_feature(msg["feature"])
+            elif kind == "remove_direction":
+                self.remove_direction(msg["direction"])
             elif kind == "settings":
-                self.set_settings(**dict(content.get("values") or {}))
+                self.set_settings(**msg["values"])
             elif kind == "unit":
-                self.set_unit(str(content.get("value")))
+                self.set_unit(msg["value"])
             elif kind == "range":
-                self.set_range(content.get("min"), content.get("max"))
+                self.set_range(msg["min"], msg["max"])
             elif kind == "next":
-                self.show_next_token(_int(content.get("index")), str(content.get("column", "steered")))
+                self.show_next_token(msg["index"], msg["column"])
             elif kind == "run":
                 self.run()
         except GemscopeError as exc:

@@ -154,13 +154,13 @@ def exact_quantiles(feature: torch.Tensor, values: torch.Tensor, width: int, q: 
 
 
 def _sample_prompts(gm: GemmaModel, n_tokens: int, doc_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(input_ids [T], counted [T] bool)`` per document of the default corpus, in order, until ``n_tokens``
-    counted tokens (``<bos>``/``<pad>`` are not counted: the positions the heatmap masks)."""
-    from gemscope_widgets.backend.stats.corpus import default_corpus
-    from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+    """``(input_ids [T], counted [T] bool)`` per document of the default corpus, in order, until exactly
+    ``n_tokens`` counted tokens (positions of :func:`~gemscope_widgets.backend.gemma.prompts.masked_ids` tokens,
+    ``<bos>`` and ``<pad>``, are not counted: the rule the heatmap and the corpus scan use)."""
+    from gemscope_widgets.backend.gemma.prompts import masked_ids
+    from gemscope_widgets.backend.stats.corpus import default_corpus, tokenize_docs
 
-    tok = gm.tokenizer
-    masked = torch.tensor([i for i in (tok.bos_token_id, tok.pad_token_id) if i is not None], dtype=torch.long)
+    masked = torch.tensor(sorted(masked_ids(gm.tokenizer)), dtype=torch.long)
     texts = default_corpus(max_docs=None)
     docs: list[tuple[torch.Tensor, torch.Tensor]] = []
     total = 0
@@ -178,14 +178,11 @@ def _sample_prompts(gm: GemmaModel, n_tokens: int, doc_tokens: int) -> list[tupl
 
 
 def _identity(gm: GemmaModel, sae: Any, n_tokens: int, quantile: float, doc_tokens: int) -> dict[str, Any]:
-    from gemscope_widgets.backend.stats.feature_stats import sae_identity
+    """What the units depend on: every weight of the model and of the SAE, the sample, the statistic."""
+    from gemscope_widgets.backend.stats.store import model_identity, sae_identity
 
-    weights = hashlib.sha256()
-    for name, t in sorted(gm.model.state_dict().items())[:: max(1, len(gm.model.state_dict()) // 16)]:
-        weights.update(name.encode())
-        weights.update(t.detach().reshape(-1)[:256].float().cpu().numpy().tobytes())
     return {
-        "model": {"name": gm.name, "dtype": str(gm.dtype), "weights": weights.hexdigest()[:32]},
+        "model": model_identity(gm),
         "sae": sae_identity(sae),
         "sample": {"corpus": "default", "tokens": n_tokens, "doc_tokens": doc_tokens},
         "quantile": quantile,
@@ -218,7 +215,9 @@ def compute_feature_units(
     """
     from tqdm.auto import tqdm
 
+    from gemscope_widgets.backend.dictionaries.base import stack_slots
     from gemscope_widgets.backend.gemma.capture import capture
+    from gemscope_widgets.backend.stats.corpus import pad_batch, plan_batches
 
     if not 0 < quantile <= 1:
         raise SteeringError(f"The unit quantile must be in (0, 1], got {quantile}.")
@@ -229,13 +228,7 @@ def compute_feature_units(
     feats, vals = [], []
     norms: dict[str, list[torch.Tensor]] = {hp: [] for hp in writes}
     kept, used = 0, 0
-    pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(docs)), key=lambda i: (len(docs[i][0]), i))
-    batches: list[list[int]] = [[]]
-    for i in order:
-        if batches[-1] and (len(batches[-1]) + 1) * len(docs[i][0]) > batch_tokens:
-            batches.append([])
-        batches[-1].append(i)
+    batches = plan_batches([len(ids) for ids, _ in docs], batch_size=max(1, batch_tokens), batch_tokens=batch_tokens)
     total = sum(int(c.sum()) for _, c in docs)
     bar = tqdm(total=total, desc=f"strength units ({sae.config.name})", unit="tok", disable=not progress,
                leave=False)
@@ -243,16 +236,13 @@ def compute_feature_units(
         for batch in batches:
             if kept > _MAX_PAIRS:
                 break
-            seq = max(len(docs[i][0]) for i in batch)
-            ids = torch.full((len(batch), seq), pad, dtype=torch.long)
-            attention = torch.zeros(len(batch), seq, dtype=torch.long)
-            counted = torch.zeros(len(batch), seq, dtype=torch.bool)
+            ids, attention = pad_batch([docs[i][0].tolist() for i in batch], gm.tokenizer.pad_token_id)
+            counted = torch.zeros(ids.shape, dtype=torch.bool)
             for row, i in enumerate(batch):
-                n = len(docs[i][0])
-                ids[row, :n], attention[row, :n], counted[row, :n] = docs[i][0], 1, docs[i][1]
+                counted[row, : len(docs[i][1])] = docs[i][1]
             acts = capture(gm, ids, [*reads, *writes], attention_mask=attention)
             keep = counted.to(device)
-            x = acts[reads[0]][keep] if len(reads) == 1 else torch.stack([acts[h][keep] for h in reads], dim=-2)
+            x = stack_slots({h: acts[h][keep] for h in reads}, reads)
             for hp in writes:
                 norms[hp].append(acts[hp][keep].float().norm(dim=-1).cpu())
             step = max(1, _ACT_BUDGET // max(width, 1))
