@@ -17,6 +17,8 @@ def _prepare(args: argparse.Namespace) -> int:
     print(f"model:    {ready['model']}")
     print(f"demo SAE: {ready['sae']}")
     print(f"stats:    {ready['stats']!r}")
+    units = ready["units"]
+    print(f"units:    p{100 * units.quantile:g} of non-zero activations over {units.n_tokens:,} corpus tokens")
     print(f"ready in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gemscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
-        ("prepare", "convert the embedded Gemma 3 270M, train the demo SAE and scan its feature statistics (once)"),
+        ("prepare", "convert the embedded Gemma 3 270M, train the demo SAE, scan its feature statistics and "
+                    "compute its steering units (once)"),
         ("quality", "print the demo SAE's L0, FVU, dead features and spliced loss on held-out text"),
     ):
         p = sub.add_parser(name, help=helptext)

@@ -101,3 +101,15 @@ def test_out_of_range_strengths_widen_the_range_with_a_note(scope):
         assert w.strength_range == [-12.0, 3.0] and "-12" in w.note
     finally:
         w.close()
+
+
+def test_a_scope_without_saes_steers_directions(tiny_model):
+    r = mean_direction(tiny_model)
+    w = Scope(tiny_model).steer(TEXT, [DirectionSpec(r)], max_new_tokens=3, stop_at_eos=False)
+    try:
+        assert w.sae_name == "" and w.wait().steps == 3
+        with pytest.raises(SteeringError, match="no SAE"):
+            w.add_feature(1)
+        assert "no SAE" in w.error
+    finally:
+        w.close()
