@@ -3,6 +3,7 @@
 // goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
 import { choice as select, el, labelled, mountTheme } from "./lib/dom";
+import { EchoGuard } from "./lib/echo";
 import { formatValue } from "./lib/format";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
 import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
@@ -11,8 +12,6 @@ import css from "./steer.css";
 
 type Settings = SteerModel["settings"];
 
-/** How long a sent slider value may wait for the kernel's echo before the kernel's value is shown anyway. */
-const AWAIT_MS = 3000;
 
 function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   mountTheme(root, css);
@@ -144,11 +143,8 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     unit: HTMLSpanElement;
     mode: HTMLSelectElement;
     positions: HTMLSelectElement;
-    // The last value this view sent and the kernel has not echoed yet: until it does (or AWAIT_MS pass), the
-    // kernel's older values do not move the slider or its label back.
-    awaiting: number | null;
-    sentAt: number;
-    dragging: boolean; // between the first `input` and the `change` of a drag: the label follows the thumb
+    // Older kernel values do not move the slider or its label back while the user drags or awaits an echo.
+    guard: EchoGuard;
   }
   const rows = new Map<string, Row>();
   const entries = (): FeatureEntry[] => [...model.get("features"), ...(model.get("directions") ?? [])];
@@ -199,28 +195,23 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
         const unit = el("span", "gs-steer-unit gs-muted");
         const remove = el("button", "gs-remove", "×");
         remove.title = `remove ${f.kind === "feature" ? `feature ${f.feature}` : f.label}`;
-        const state: Row = { input, value, unit, mode, positions, awaiting: previous.get(id)?.awaiting ?? null,
-          sentAt: previous.get(id)?.sentAt ?? 0, dragging: false };
+        const state: Row = { input, value, unit, mode, positions, guard: previous.get(id)?.guard ?? new EchoGuard() };
         let timer: number | undefined;
         const current = () => entries().find((e) => String(e.key) === id) ?? f;
         const sendValue = () => {
           const v = Number(input.value);
-          // The kernel echoes a value only when it differs from the one it holds: never send that one again.
-          if (v === (state.awaiting ?? current().multiple)) return;
-          state.awaiting = v;
-          state.sentAt = Date.now();
-          sendEntry(current(), "multiple", v);
+          if (state.guard.send(v, current().multiple)) sendEntry(current(), "multiple", v);
         };
         // While dragging, at most one update per 150 ms; the release always sends the final value.
         input.addEventListener("input", () => {
-          state.dragging = true;
+          state.guard.grab();
           value.textContent = valueText(current(), Number(input.value));
           if (timer === undefined) timer = window.setTimeout(() => { timer = undefined; sendValue(); }, 150);
         });
         input.addEventListener("change", () => {
           if (timer !== undefined) window.clearTimeout(timer);
           timer = undefined;
-          state.dragging = false;
+          state.guard.release();
           sendValue();
         });
         mode.addEventListener("change", () => sendEntry(current(), "mode", mode.value));
@@ -240,10 +231,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     for (const f of all) {
       const s = rows.get(String(f.key));
       if (!s) continue;
-      if (s.dragging) continue; // the thumb and its label are the user's until the release
-      const fresh = Date.now() - s.sentAt < AWAIT_MS;
-      if (s.awaiting !== null && s.awaiting !== f.multiple && fresh) continue; // an older value: keep the user's
-      s.awaiting = null;
+      if (!s.guard.accept(f.multiple)) continue; // an older value while the user drags or awaits an echo
       s.input.value = String(f.multiple);
       s.input.disabled = f.kind === "feature" && f.mode === "ablate";
       s.value.textContent = valueText(f);
@@ -256,10 +244,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   const onError = () => {
     // A refused value: the kernel kept the old one, so show it again (nothing else will echo it).
     if (!model.get("error")) return;
-    for (const s of rows.values()) {
-      s.awaiting = null;
-      s.dragging = false;
-    }
+    for (const s of rows.values()) s.guard.reset();
     drawFeatures();
     drawSettings(true);
   };
