@@ -56,6 +56,8 @@ case "$mode" in
   test)
     say "ruff"
     "$VENV/bin/ruff" check gemscope_widgets tests benchmarks
+    say "mypy"
+    "$PY" -m mypy
     say "pytest"
     exec "$PY" -m pytest "$@"
     ;;
