@@ -26,7 +26,7 @@ sae = load_sae_folder(write_gemma_scope_sae(root / "resid_post/layer_1_width_16k
                                             site="resid_post", layer=1, width=48, seed=7, threshold=0.3))
 scope = Scope(gm, sae, check=False)
 stats = FeatureStats.scan(gm, sae, CORPUS, cache=False, progress=False, **PARAMS)
-scope._stats[sae.config.name] = stats
+scope.stats_holder().set(stats)
 ex = scope.explore("The capital of France is Paris. The quick brown fox.", progress=False)
 ex
 """

@@ -131,7 +131,7 @@ def test_missing_statistics_show_logits_and_the_scan_fills_them(tiny_model, pane
 
 def test_scope_feature_and_steer_button(tiny_model, pane_sae, pane_stats):
     scope = Scope(tiny_model, pane_sae, check=False)
-    scope._stats[pane_sae.config.name] = pane_stats
+    scope.stats_holder().set(pane_stats)
     pane = scope.feature(5)
     assert pane.stats is pane_stats and pane.feature == 5
     assert not pane.can_steer

@@ -193,7 +193,7 @@ def test_uses_feature_statistics_for_the_unit(tiny_model, sae, feature):
     max_act = torch.zeros(sae.width)
     max_act[feature] = 250.0
     scope = Scope(tiny_model, sae)
-    scope._stats[sae.config.name] = FeatureStats(sae_name=sae.config.name, width=sae.width, source="t", max_act=max_act)
+    scope.stats_holder().set(FeatureStats(sae_name=sae.config.name, width=sae.width, source="t", max_act=max_act))
     w = scope.steer(TEXT, {feature: 2.0}, autorun=False)
     try:
         assert w.features[0]["scale_source"] == "stats" and w.features[0]["raw"] == pytest.approx(500.0)

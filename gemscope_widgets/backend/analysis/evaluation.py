@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.hooks import HookFn, hooked
+from gemscope_widgets.backend.gemma.prompts import masked_ids
 from gemscope_widgets.backend.gemma.sites import Site, resolve_site
-from gemscope_widgets.backend.stats.corpus import load_corpus
-from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+from gemscope_widgets.backend.stats.corpus import load_corpus, pad_batch, tokenize_docs
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -87,21 +87,16 @@ def sae_card(
     hooks_in, hooks_out = tuple(sae.config.hook_points_in), tuple(sae.config.hook_points_out)
     sites_in = [resolve_site(gm, h) for h in hooks_in]
     sites_out = [resolve_site(gm, h) for h in hooks_out]
-    pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
+    pad = gm.tokenizer.pad_token_id
+    hidden = torch.tensor(sorted(masked_ids(gm.tokenizer)))
     fired = torch.zeros(sae.width, dtype=torch.bool)
     totals = {"l0": 0.0, "sq_err": 0.0, "sum": 0.0, "sum_sq": 0.0, "tokens": 0}
     target_sum: torch.Tensor | None = None
     losses = {"clean": [0.0, 0], "spliced": [0.0, 0], "zero": [0.0, 0]}
     for a in tqdm(range(0, len(docs), batch_size), desc=f"SAE card {sae.config.name}", disable=not progress):
         batch = docs[a : a + batch_size]
-        seq = max(len(d) for d in batch)
-        ids = torch.full((len(batch), seq), pad, dtype=torch.long)
-        mask = torch.zeros(len(batch), seq, dtype=torch.long)
-        for i, d in enumerate(batch):
-            ids[i, : len(d)] = torch.tensor(d)
-            mask[i, : len(d)] = 1
-        valid = mask.bool().clone()
-        valid[:, 0] = False
+        ids, mask = pad_batch(batch, pad)
+        valid = mask.bool() & ~torch.isin(ids, hidden)
         captured: dict[str, torch.Tensor] = {}
 
         def keep(name: str, store: dict[str, torch.Tensor] = captured) -> HookFn:

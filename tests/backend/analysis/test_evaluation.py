@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from gemscope_widgets.backend.analysis.evaluation import sae_card
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
-from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+from gemscope_widgets.backend.stats.corpus import tokenize_docs
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
 TEXTS = [

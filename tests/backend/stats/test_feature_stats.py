@@ -11,7 +11,9 @@ import torch
 
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.gemma.capture import capture
-from gemscope_widgets.backend.stats.feature_stats import FeatureStats, _reservoir_key, tokenize_docs
+from gemscope_widgets.backend.stats.corpus import tokenize_docs
+from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+from gemscope_widgets.backend.stats.scan import reservoir_key as _reservoir_key
 from gemscope_widgets.errors import FeatureIndexError, StatsCacheError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
@@ -193,10 +195,10 @@ def test_damaged_cache_is_detected_and_rebuilt(tiny_model, stats_sae, stats_cach
 
 
 def test_interrupted_scan_resumes_to_the_same_result(tiny_model, stats_sae, stats_cache, monkeypatch):
-    from gemscope_widgets.backend.stats import feature_stats as stats_mod
+    from gemscope_widgets.backend.stats import scan as stats_mod
 
     full = FeatureStats.scan(tiny_model, stats_sae, CORPUS, cache=False, progress=False, **PARAMS)
-    real_batch = stats_mod._Scanner._batch
+    real_batch = stats_mod.Scanner.batch
     seen: list[int] = []
 
     def failing(self, doc_ids, docs):
@@ -205,7 +207,7 @@ def test_interrupted_scan_resumes_to_the_same_result(tiny_model, stats_sae, stat
         seen.extend(doc_ids)
         return real_batch(self, doc_ids, docs)
 
-    monkeypatch.setattr(stats_mod._Scanner, "_batch", failing)
+    monkeypatch.setattr(stats_mod.Scanner, "batch", failing)
     with pytest.raises(KeyboardInterrupt):
         FeatureStats.scan(tiny_model, stats_sae, CORPUS, checkpoint_docs=3, progress=False, **PARAMS)
     assert sorted(seen) == list(range(6))
@@ -215,7 +217,7 @@ def test_interrupted_scan_resumes_to_the_same_result(tiny_model, stats_sae, stat
         resumed_docs.extend(doc_ids)
         return real_batch(self, doc_ids, docs)
 
-    monkeypatch.setattr(stats_mod._Scanner, "_batch", counting)
+    monkeypatch.setattr(stats_mod.Scanner, "batch", counting)
     resumed = FeatureStats.scan(tiny_model, stats_sae, CORPUS, checkpoint_docs=3, progress=False, **PARAMS)
     assert sorted(resumed_docs) == list(range(6, len(CORPUS)))  # the done documents were skipped
     assert resumed.n_tokens == full.n_tokens

@@ -204,7 +204,7 @@ def test_bad_inputs_fail_before_the_model_runs(tiny_model, sae, kwargs, error, m
 @pytest.mark.real_model
 def test_real_model_token_direction_raises_its_probability(real_model, tmp_path):
     """A feature whose decoder row is a token's unembedding direction makes that token likelier, monotonically."""
-    from gemscope_widgets.backend.steering.spec import typical_scales
+    from gemscope_widgets.backend.steering.units import typical_scales
     from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
     gm = real_model

@@ -10,13 +10,9 @@ import torch
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.sites import resolve_site
-from gemscope_widgets.backend.steering.spec import (
-    SteeringPlan,
-    SteeringSpec,
-    StepState,
-    normalize_steering,
-    typical_scales,
-)
+from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState
+from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+from gemscope_widgets.backend.steering.units import typical_scales
 from gemscope_widgets.errors import FeatureIndexError, SteeringError
 from tests.helpers import active_feature, hook_ids
 
