@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.gemma.sites import site_hook_points
 from gemscope_widgets.backend.training.activations import token_windows
 from gemscope_widgets.backend.training.fit import JumpReLUFunction, StepFunction
 from gemscope_widgets.cache import staged_dir
@@ -49,12 +50,12 @@ from gemscope_widgets.errors import TrainingError
 
 def mlp_in_point(layer: int) -> str:
     """The Gemma Scope 2 transcoder input hook point of ``layer``."""
-    return f"model.layers.{layer}.pre_feedforward_layernorm.output"
+    return site_hook_points("transcoder", layer)[0]
 
 
 def mlp_out_point(layer: int) -> str:
     """The Gemma Scope 2 transcoder output hook point of ``layer``."""
-    return f"model.layers.{layer}.post_feedforward_layernorm.output"
+    return site_hook_points("transcoder", layer)[1]
 
 
 def width_label(width: int) -> str:
@@ -147,8 +148,13 @@ def _ridge_skip(x: torch.Tensor, y: torch.Tensor, ridge: float, chunk: int = 819
         xtx += (xb.transpose(1, 2) @ xb).double()
         xty += (xb.transpose(1, 2) @ yb).double()
     eye = torch.eye(d_in, dtype=torch.float64)
-    solution: torch.Tensor = torch.linalg.solve(xtx + ridge * n * eye, xty).float()
-    return solution
+    # One Cholesky solve per layer (the system is symmetric positive definite); MKL's batched LU was seen to
+    # fail on these shapes.
+    out = torch.empty(n_layers, d_in, xty.shape[-1])
+    for i in range(n_layers):
+        factor = torch.linalg.cholesky(xtx[i] + ridge * n * eye)
+        out[i] = torch.cholesky_solve(xty[i], factor).float()
+    return out
 
 
 class _StackedTranscoders(torch.nn.Module):
