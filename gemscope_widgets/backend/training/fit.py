@@ -24,11 +24,11 @@ from gemscope_widgets.backend.analysis.evaluation import fvu
 from gemscope_widgets.errors import TrainingError
 
 
-def rectangle(u: torch.Tensor) -> torch.Tensor:
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
-class JumpReLUFunction(torch.autograd.Function):
+class _JumpReLU(torch.autograd.Function):
     """relu(z) * (z > θ); dz by straight-through, dθ by the rectangle-kernel pseudo-derivative."""
 
     @staticmethod
@@ -42,11 +42,11 @@ class JumpReLUFunction(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         eps = ctx.eps
         grad_pre = grad * (pre > threshold)
-        grad_threshold = (-(threshold / eps) * rectangle((pre - threshold) / eps) * grad).sum(0)
+        grad_threshold = (-(threshold / eps) * _rectangle((pre - threshold) / eps) * grad).sum(0)
         return grad_pre, grad_threshold, None
 
 
-class StepFunction(torch.autograd.Function):
+class _Step(torch.autograd.Function):
     """H(z - θ); only θ gets a gradient, so the sparsity penalty moves thresholds (as in GS)."""
 
     @staticmethod
@@ -59,7 +59,7 @@ class StepFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         pre, threshold = ctx.saved_tensors
         eps = ctx.eps
-        grad_threshold = (-(1.0 / eps) * rectangle((pre - threshold) / eps) * grad).sum(0)
+        grad_threshold = (-(1.0 / eps) * _rectangle((pre - threshold) / eps) * grad).sum(0)
         return None, grad_threshold, None
 
 
@@ -82,9 +82,9 @@ class _TrainableSAE(torch.nn.Module):
     def forward(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pre = self.pre(x)
         threshold = self.log_threshold.exp()
-        acts = JumpReLUFunction.apply(pre, threshold, eps)
+        acts = _JumpReLU.apply(pre, threshold, eps)
         recon = acts @ self.w_dec + self.b_dec
-        l0 = StepFunction.apply(pre, threshold, eps).sum(-1).mean()
+        l0 = _Step.apply(pre, threshold, eps).sum(-1).mean()
         return recon, acts, l0
 
     @torch.no_grad()

@@ -43,7 +43,7 @@ from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folde
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.sites import site_hook_points
 from gemscope_widgets.backend.training.activations import token_windows
-from gemscope_widgets.backend.training.fit import JumpReLUFunction, StepFunction
+from gemscope_widgets.backend.training.fit import _JumpReLU, _Step
 from gemscope_widgets.cache import staged_dir
 from gemscope_widgets.errors import TrainingError
 
@@ -182,8 +182,8 @@ class _StackedTranscoders(torch.nn.Module):
         pre_l = self.pre(x)
         pre = pre_l.transpose(0, 1)  # [B, L, W]: the autograd functions reduce thresholds over dim 0
         threshold = self.log_threshold.exp()
-        acts = JumpReLUFunction.apply(pre, threshold, eps).transpose(0, 1)
-        l0 = StepFunction.apply(pre, threshold, eps).sum(-1).mean(0)
+        acts = _JumpReLU.apply(pre, threshold, eps).transpose(0, 1)
+        l0 = _Step.apply(pre, threshold, eps).sum(-1).mean(0)
         recon = torch.baddbmm(self.b_dec.unsqueeze(1), acts, self.w_dec)
         return recon, pre_l, acts, l0
 
