@@ -8,8 +8,9 @@
 - ``scan``: the full streaming scan (examples, density, histograms; no cache, no progress bar).
 
 ``ratio_to_forward_encode`` is the target figure (≥ 0.8: the statistics cost at most a quarter of the
-forward + encode); ``ratio_to_bare`` shows what the SAE's own matmul costs, which dominates for wide SAEs. Peak memory is the resident-set growth
-during a scan, sampled every few milliseconds, for the given SAE (16k) and a random 262k-wide one.
+forward + encode); ``ratio_to_bare`` shows what the SAE's own matmul costs, which dominates for wide SAEs.
+Peak memory is the resident-set growth during a scan, sampled every few milliseconds, for the given SAE (16k)
+and a random 262k-wide one.
 """
 
 from __future__ import annotations
