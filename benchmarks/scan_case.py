@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import argparse
     import json
 
-    from benchmarks.heatmap_case import calibrated_sae
     from gemscope_widgets.backend.gemma.model import load_model
     from gemscope_widgets.backend.stats.corpus import default_corpus
 
@@ -192,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at 262k")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("GEMSCOPE_BENCH_THREADS", "2")))
+    from gemscope_widgets.testing.calibrated import calibrated_sae
+
     texts = default_corpus(max_docs=args.docs)
     out = {}
     for dtype in args.dtype:

