@@ -111,7 +111,7 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
     from gemscope_widgets.backend.analysis.evaluation import _next_token_loss
     from gemscope_widgets.backend.gemma.hooks import hooked
     from gemscope_widgets.backend.gemma.sites import resolve_site
-    from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+    from gemscope_widgets.backend.stats.corpus import tokenize_docs
 
     docs = tokenize_docs(gm, texts, 128)
     pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
