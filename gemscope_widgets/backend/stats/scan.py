@@ -352,7 +352,8 @@ class Scanner:
         )
 
     def _count_tokens(self) -> None:
-        if self.world > 1:
+        """Tokens scanned so far by every process of the group (this scanner's alone outside a process group)."""
+        if self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             from gemscope_widgets.backend.stats.distributed import total_tokens
 
             self.seen_tokens = total_tokens(self.state.n_tokens, self.state.device)
