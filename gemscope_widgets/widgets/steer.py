@@ -20,6 +20,7 @@ from gemscope_widgets.errors import GemscopeError, SteeringError
 
 from .bundle import bundle_path
 from .messages import MessageTable, parse_message
+from .static_view import StaticFallback
 
 _BUNDLE = bundle_path("steer")
 
@@ -36,7 +37,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 _IDLE_EXIT_S = 30.0
 
 
-class Steer(anywidget.AnyWidget):
+class Steer(StaticFallback, anywidget.AnyWidget):
     """``scope.steer(prompt, {feature: multiple})``: one slider per feature, baseline vs steered text.
 
     Python API: :meth:`add_feature`, :meth:`remove_feature`, :meth:`set_strength`, :meth:`set_mode`,
@@ -90,6 +91,12 @@ class Steer(anywidget.AnyWidget):
     """Next-token view: ``{"column", "index", "context", "chosen", "tokens", "baseline", "steered"}``."""
     error = traitlets.Unicode("").tag(sync=True)
     """A user-facing message about the last failed action, "" when none."""
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        from .static_view import steer_html
+
+        return steer_html(self)
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ import traitlets
 from gemscope_widgets.errors import PromptError
 
 from .bundle import bundle_path
+from .static_view import StaticFallback
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -20,7 +21,7 @@ _BUNDLE = bundle_path("token_view")
 _HINT = "Click a token to select it."
 
 
-class TokenView(anywidget.AnyWidget):
+class TokenView(StaticFallback, anywidget.AnyWidget):
     """Shows token strings with their whitespace made visible; clicking one sets ``selected_token``.
 
     >>> TokenView(["<bos>", "Hello", " world"], special=[True, False, False])
@@ -36,6 +37,12 @@ class TokenView(anywidget.AnyWidget):
     """Index of the selected token, -1 when none is selected. Set by a click in the browser."""
     status = traitlets.Unicode(_HINT).tag(sync=True)
     """A line shown under the tokens, written by the kernel."""
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        from .static_view import token_view_html
+
+        return token_view_html(self)
 
     def __init__(
         self,
