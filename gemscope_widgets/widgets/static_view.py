@@ -23,6 +23,7 @@ from .payload import format_percent, format_value
 
 MAX_TOKENS = 256  # tokens drawn per text; the rest is counted
 MAX_COLUMNS = 20  # heatmap feature columns drawn
+STATIC_WAIT_S = 5.0  # how long a display waits for the texts it renders (the steering widget's first generation)
 _HEAT_RGB = (244, 81, 30)  # the heatmap's heat colour (light theme) of js/lib/theme.css
 _HEAT_MAX_ALPHA = 0.6  # keeps both dark and light text at 4.5:1 or more on the strongest shade
 _BOX = "border:1px solid rgba(128,128,128,.45);border-radius:4px;padding:6px;margin:4px 0"

@@ -9,6 +9,7 @@ superseded run never writes to the view.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import Any, ClassVar
@@ -93,9 +94,14 @@ class Steer(StaticFallback, anywidget.AnyWidget):
     """A user-facing message about the last failed action, "" when none."""
 
     def static_html(self) -> str:
-        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
-        from .static_view import steer_html
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`).
 
+        It is made when the cell displays the widget, so it waits (at most a few seconds) for the first
+        generation to finish, or shows the texts as far as they got."""
+        from .static_view import STATIC_WAIT_S, steer_html
+
+        with contextlib.suppress(Exception):  # a timeout or a failed generation: render what is there
+            self.wait(timeout=STATIC_WAIT_S)
         return steer_html(self)
 
     def __init__(
