@@ -4,6 +4,7 @@
 import type { RenderProps } from "@anywidget/types";
 import { choice as select, el, labelled, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
+import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
 import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
 import { renderTokens } from "./lib/tokens";
@@ -155,7 +156,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
         const sendValue = () => send({ type: "set", feature: f.feature, key: "multiple", value: Number(input.value) });
         // While dragging, at most one update per 150 ms; the release always sends the final value.
         input.addEventListener("input", () => {
-          value.textContent = `${formatValue(Number(input.value))}×`;
+          value.textContent = `${formatValue(Number(input.value))}× …`; // sent; the kernel's answer replaces it
           if (timer === undefined) timer = window.setTimeout(() => { timer = undefined; sendValue(); }, 150);
         });
         input.addEventListener("change", () => {
@@ -257,6 +258,9 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   drawColumns();
   drawStatus();
   drawNext();
+  // Every control asks the kernel: without one a slider would move its label while the texts stay old.
+  // When it stops answering, the sliders go back to the values the texts were made with.
+  disposers.push(watchKernel(model, root, { onChange: (live) => live || drawFeatures() }).dispose);
   const handlers: [string, () => void][] = [
     ["change:sae_name", drawHead],
     ["change:settings", drawSettings],

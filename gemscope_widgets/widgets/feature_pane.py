@@ -20,7 +20,7 @@ from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
-from .messages import MessageTable, parse_message
+from .messages import PING, PONG, MessageTable, parse_message
 from .static_view import StaticFallback
 
 _BUNDLE = bundle_path("feature_pane")
@@ -60,6 +60,7 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         "test": {"text": (str,)},
         "scan": {},
         "steer": {},
+        "ping": PING,
     }
     """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
 
@@ -319,7 +320,9 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
             kind, fields = parse_message(content, self.MESSAGES)
-            if kind == "open":
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "open":
                 self.show(fields["feature"])
             elif kind == "page":
                 self.page(fields["kind"], fields["start"])

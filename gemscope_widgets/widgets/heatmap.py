@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anywidget
 import traitlets
@@ -13,6 +13,7 @@ import traitlets
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
 from .bundle import bundle_path
+from .messages import PING, PONG, MessageTable, parse_message
 from .payload import Payload, decode_payload, encode_payload
 from .static_view import StaticFallback
 
@@ -50,6 +51,9 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
 
     _esm = _BUNDLE
 
+    MESSAGES: ClassVar[MessageTable] = {"ping": PING}
+    """What the view sends (``HeatmapMessage`` in ``js/lib/protocol.ts``): only the liveness check."""
+
     _header = traitlets.Dict().tag(sync=True)
     """The payload's JSON header: prompts' tokens, SAEs, and where each array lies in ``_data``."""
     _data = traitlets.Bytes(b"").tag(sync=True)
@@ -75,6 +79,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         self._payload: Payload | None = None
         super().__init__(_header=header, _data=data, **kwargs)
         self._last_selection = self.selection
+        self.on_msg(self._on_custom_msg)
 
     @classmethod
     def build(
@@ -239,6 +244,14 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         from .export import export_html
 
         return export_html(self, path, title=title)
+
+    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        try:
+            kind, _fields = parse_message(content, self.MESSAGES)
+        except GemscopeError:
+            return  # nothing to show it in: this view has no error line
+        if kind == "ping":
+            self.send(PONG)
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""

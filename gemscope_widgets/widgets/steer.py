@@ -20,7 +20,7 @@ import traitlets
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
 from .bundle import bundle_path
-from .messages import MessageTable, parse_message
+from .messages import PING, PONG, MessageTable, parse_message
 from .static_view import StaticFallback
 
 _BUNDLE = bundle_path("steer")
@@ -56,6 +56,7 @@ class Steer(StaticFallback, anywidget.AnyWidget):
         "range": {"min": (float,), "max": (float,)},
         "next": {"index": (int,), "column": frozenset({"baseline", "steered"})},
         "run": {},
+        "ping": PING,
     }
     """What the view sends (``SteerMessage`` in ``js/lib/protocol.ts``)."""
 
@@ -445,7 +446,9 @@ class Steer(StaticFallback, anywidget.AnyWidget):
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
             kind, msg = parse_message(content, self.MESSAGES)
-            if kind == "set":
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "set":
                 key, feature, value = msg["key"], msg["feature"], msg["value"]
                 if key == "multiple":
                     self.set_strength(feature, value)

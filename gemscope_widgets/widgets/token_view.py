@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anywidget
 import traitlets
 
-from gemscope_widgets.errors import PromptError
+from gemscope_widgets.errors import GemscopeError, PromptError
 
 from .bundle import bundle_path
+from .messages import PING, PONG, MessageTable, parse_message
 from .static_view import StaticFallback
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ class TokenView(StaticFallback, anywidget.AnyWidget):
 
     _esm = _BUNDLE
 
+    MESSAGES: ClassVar[MessageTable] = {"ping": PING}
+    """What the view sends (``TokenViewMessage`` in ``js/lib/protocol.ts``): only the liveness check."""
+
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     """The token strings, in order."""
     special = traitlets.List(traitlets.Bool()).tag(sync=True)
@@ -37,6 +41,14 @@ class TokenView(StaticFallback, anywidget.AnyWidget):
     """Index of the selected token, -1 when none is selected. Set by a click in the browser."""
     status = traitlets.Unicode(_HINT).tag(sync=True)
     """A line shown under the tokens, written by the kernel."""
+
+    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        try:
+            kind, _fields = parse_message(content, self.MESSAGES)
+        except GemscopeError:
+            return  # nothing to show it in: this view has no error line
+        if kind == "ping":
+            self.send(PONG)
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -54,6 +66,7 @@ class TokenView(StaticFallback, anywidget.AnyWidget):
         if special and len(special) != len(tokens):
             raise PromptError(f"special has {len(special)} flags for {len(tokens)} tokens; pass one flag per token.")
         super().__init__(tokens=tokens, special=special, **kwargs)
+        self.on_msg(self._on_custom_msg)
 
     @classmethod
     def from_text(cls, model: GemmaModel, text: str | list[dict[str, str]], **kwargs: Any) -> TokenView:

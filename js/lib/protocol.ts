@@ -1,7 +1,8 @@
 // The one declaration of what crosses between the kernel and the browser, per widget:
 //
 //   <Widget>Model     the synced traits of the Python class named in its `@widget` tag (what model.get sees)
-//   <Widget>Message   the custom messages the view sends (model.send), one `{ type: "..."; ... }` per line;
+//   <Widget>Message   the custom messages the view sends (model.send), one `{ type: "..."; ... }` per line
+//                     ("ping" in every widget: the liveness check of lib/live.ts, answered by KernelMessage);
 //                     the Python class declares the same table in its MESSAGES and parses with
 //                     gemscope_widgets/widgets/messages.py
 //
@@ -149,7 +150,7 @@ export interface HeatmapModel {
 }
 
 /** @messages gemscope_widgets.widgets.heatmap.Heatmap */
-export type HeatmapMessage = never;
+export type HeatmapMessage = { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.feature_pane.FeaturePane */
 export interface FeaturePaneModel {
@@ -173,7 +174,8 @@ export type FeaturePaneMessage =
   | { type: "page"; kind: "top" | "quantile"; start: number }
   | { type: "test"; text: string }
   | { type: "scan" }
-  | { type: "steer" };
+  | { type: "steer" }
+  | { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.steer.Steer */
 export interface SteerModel {
@@ -202,7 +204,8 @@ export type SteerMessage =
   | { type: "settings"; values: Record<string, number | boolean | string> }
   | { type: "range"; min: number; max: number }
   | { type: "next"; index: number; column: "baseline" | "steered" }
-  | { type: "run" };
+  | { type: "run" }
+  | { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.token_view.TokenView */
 export interface TokenViewModel {
@@ -213,7 +216,10 @@ export interface TokenViewModel {
 }
 
 /** @messages gemscope_widgets.widgets.token_view.TokenView */
-export type TokenViewMessage = never;
+export type TokenViewMessage = { type: "ping" };
+
+/** What every widget's kernel side sends to its view: the answer to "ping" (lib/live.ts). */
+export type KernelMessage = { type: "pong" };
 
 // --- typed sending ------------------------------------------------------------------------------------------
 
