@@ -232,3 +232,143 @@ interface Sender {
 export function sendMessage<M extends { type: string }>(model: Sender, message: M): void {
   model.send(message);
 }
+
+// --- circuit (widgets/circuit.py) -----------------------------------------------------------------------------
+
+/** The JSON header of the circuit payload (circuit.py's encode_graph): graph facts and where each array lies. */
+export interface CircuitHeader {
+  version: number;
+  prompt: string;
+  tokens: string[];
+  logit_tokens: string[];
+  logit_probabilities: number[];
+  n_layers: number;
+  n_nodes_total: number;
+  n_edges_total: number;
+  n_nodes: number;
+  n_edges: number;
+  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef>;
+  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef>;
+  labels: Record<string, string>;
+  top_logits: Record<string, [string, number][]>;
+  model: string;
+  scan: string;
+  bytes: number;
+}
+
+/** The last intervention (Circuit.intervention): probabilities before and after, per token. */
+export interface CircuitIntervention {
+  state?: "running" | "done" | "error";
+  nodes?: number[];
+  mode?: string;
+  value?: number;
+  rows?: [string, number, number][];
+  message?: string;
+}
+
+/** @widget gemscope_widgets.widgets.circuit.Circuit */
+export interface CircuitModel {
+  _header: CircuitHeader;
+  _data: Bytes;
+  node_threshold: number;
+  edge_threshold: number;
+  selected: number[];
+  pinned: number[];
+  clicked: number;
+  intervention: CircuitIntervention;
+}
+
+/** @messages gemscope_widgets.widgets.circuit.Circuit */
+export type CircuitMessage =
+  | { type: "intervene"; mode: "set" | "scale"; value: number }
+  | { type: "ping" };
+
+// --- chat (widgets/chat.py) ---------------------------------------------------------------------------------
+
+export interface ChatSummaryItem {
+  feature: number;
+  max: number;
+  mean: number;
+}
+export interface ChatTurnInfo {
+  role: string;
+  message: number;
+  start: number;
+  end: number;
+  content_start: number;
+  content_end: number;
+  message_start: number;
+  summary: ChatSummaryItem[];
+}
+export interface ChatView {
+  tokens?: string[];
+  special?: boolean[];
+  template?: boolean[];
+  turns?: ChatTurnInfo[];
+  sae_names?: string[];
+  track_label?: string;
+  system?: string;
+}
+
+/** @widget gemscope_widgets.widgets.chat.Chat */
+export interface ChatModel {
+  messages: { role: string; content: string }[];
+  features: number[];
+  sae_index: number;
+  _view: ChatView;
+  _heat: DataView;
+  _track: DataView;
+  streaming: string[];
+  running: boolean;
+  status: string;
+  error: string;
+  warning: string;
+}
+
+/** @messages gemscope_widgets.widgets.chat.Chat */
+export type ChatMessage =
+  | { type: "continue" }
+  | { type: "edit"; message: number; content: string }
+  | { type: "toggle"; feature: number }
+  | { type: "ping" };
+
+// --- contrast (widgets/contrast.py) -------------------------------------------------------------------------
+
+export interface ContrastSide {
+  tokens: string[];
+  special: boolean[];
+  template: boolean[];
+  span: number[];
+}
+export interface ContrastRow {
+  feature: number;
+  diff: number;
+  a: number;
+  b: number;
+  t?: number;
+  stderr?: number;
+}
+export interface ContrastViewInfo {
+  a?: ContrastSide;
+  b?: ContrastSide;
+  rows?: ContrastRow[];
+  span?: string;
+  reduce?: string;
+  sae_name?: string;
+  n_pairs?: number;
+}
+
+/** @widget gemscope_widgets.widgets.contrast.ContrastView */
+export interface ContrastModel {
+  _view: ContrastViewInfo;
+  _heat_a: DataView;
+  _heat_b: DataView;
+  selected_feature: number;
+  can_steer: boolean;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.contrast.ContrastView */
+export type ContrastMessage =
+  | { type: "steer"; feature: number }
+  | { type: "ping" };
