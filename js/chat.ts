@@ -1,46 +1,19 @@
 // Chat: a conversation as turns; template tokens marked (not hidden); heat of the selected features per token;
 // per-turn feature chips; "continue" streams the model's next turn; edit a message and re-run from there.
-// Mirrors gemscope_widgets/widgets/chat.py.
+// Mirrors gemscope_widgets/widgets/chat.py (traits and messages: lib/protocol.ts).
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise } from "./lib/colors";
-import { mountTheme } from "./lib/dom";
+import { el, mountTheme } from "./lib/dom";
+import { keepKeys } from "./lib/keys";
+import { watchKernel } from "./lib/live";
+import type { ChatModel, ChatSummaryItem, ChatView } from "./lib/protocol";
+import { float32Of as floats } from "./lib/sparse";
 import { renderToken } from "./lib/tokens";
 
-interface SummaryItem { feature: number; max: number; mean: number }
-interface TurnInfo {
-  role: string; message: number; start: number; end: number;
-  content_start: number; content_end: number; message_start: number; summary: SummaryItem[];
-}
-interface View {
-  tokens?: string[]; special?: boolean[]; template?: boolean[]; turns?: TurnInfo[];
-  sae_names?: string[]; track_label?: string; system?: string;
-}
-interface Model {
-  messages: { role: string; content: string }[];
-  features: number[];
-  sae_index: number;
-  _view: View;
-  _heat: DataView;
-  _track: DataView;
-  streaming: string[];
-  running: boolean;
-  status: string;
-  error: string;
-  warning: string;
-}
-
-function floats(view: DataView | undefined): Float32Array {
-  if (!view || view.byteLength === 0) return new Float32Array(0);
-  return new Float32Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = ""): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text) node.textContent = text;
-  return node;
-}
+type Model = ChatModel;
+type View = ChatView;
+type SummaryItem = ChatSummaryItem;
 
 function render({ model, el: root }: RenderProps<Model>): () => void {
   mountTheme(root, css);
@@ -182,7 +155,11 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const state = ["running", "status", "error", "streaming", "messages"];
   for (const name of state) model.on(`change:${name}`, drawState);
   draw();
+  const releaseKeys = keepKeys(root);
+  const kernel = watchKernel(model, root); // continue, edit and the chips all ask the kernel
   return () => {
+    releaseKeys();
+    kernel.dispose();
     continueButton.removeEventListener("click", onContinue);
     for (const name of redraw) model.off(`change:${name}`, draw);
     for (const name of state) model.off(`change:${name}`, drawState);

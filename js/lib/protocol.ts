@@ -1,7 +1,8 @@
 // The one declaration of what crosses between the kernel and the browser, per widget:
 //
 //   <Widget>Model     the synced traits of the Python class named in its `@widget` tag (what model.get sees)
-//   <Widget>Message   the custom messages the view sends (model.send), one `{ type: "..."; ... }` per line;
+//   <Widget>Message   the custom messages the view sends (model.send), one `{ type: "..."; ... }` per line
+//                     ("ping" in every widget: the liveness check of lib/live.ts, answered by KernelMessage);
 //                     the Python class declares the same table in its MESSAGES and parses with
 //                     gemscope_widgets/widgets/messages.py
 //
@@ -155,7 +156,7 @@ export interface HeatmapModel {
 }
 
 /** @messages gemscope_widgets.widgets.heatmap.Heatmap */
-export type HeatmapMessage = never;
+export type HeatmapMessage = { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.feature_pane.FeaturePane */
 export interface FeaturePaneModel {
@@ -179,7 +180,8 @@ export type FeaturePaneMessage =
   | { type: "page"; kind: "top" | "quantile"; start: number }
   | { type: "test"; text: string }
   | { type: "scan" }
-  | { type: "steer" };
+  | { type: "steer" }
+  | { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.steer.Steer */
 export interface SteerModel {
@@ -214,7 +216,8 @@ export type SteerMessage =
   | { type: "unit"; value: "typical" | "raw" }
   | { type: "range"; min: number; max: number }
   | { type: "next"; index: number; column: "baseline" | "steered" }
-  | { type: "run" };
+  | { type: "run" }
+  | { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.token_view.TokenView */
 export interface TokenViewModel {
@@ -225,7 +228,10 @@ export interface TokenViewModel {
 }
 
 /** @messages gemscope_widgets.widgets.token_view.TokenView */
-export type TokenViewMessage = never;
+export type TokenViewMessage = { type: "ping" };
+
+/** What every widget's kernel side sends to its view: the answer to "ping" (lib/live.ts). */
+export type KernelMessage = { type: "pong" };
 
 // --- typed sending ------------------------------------------------------------------------------------------
 
@@ -286,4 +292,95 @@ export interface CircuitModel {
 
 /** @messages gemscope_widgets.widgets.circuit.Circuit */
 export type CircuitMessage =
-  | { type: "intervene"; mode: "set" | "scale"; value: number };
+  | { type: "intervene"; mode: "set" | "scale"; value: number }
+  | { type: "ping" };
+
+// --- chat (widgets/chat.py) ---------------------------------------------------------------------------------
+
+export interface ChatSummaryItem {
+  feature: number;
+  max: number;
+  mean: number;
+}
+export interface ChatTurnInfo {
+  role: string;
+  message: number;
+  start: number;
+  end: number;
+  content_start: number;
+  content_end: number;
+  message_start: number;
+  summary: ChatSummaryItem[];
+}
+export interface ChatView {
+  tokens?: string[];
+  special?: boolean[];
+  template?: boolean[];
+  turns?: ChatTurnInfo[];
+  sae_names?: string[];
+  track_label?: string;
+  system?: string;
+}
+
+/** @widget gemscope_widgets.widgets.chat.Chat */
+export interface ChatModel {
+  messages: { role: string; content: string }[];
+  features: number[];
+  sae_index: number;
+  _view: ChatView;
+  _heat: DataView;
+  _track: DataView;
+  streaming: string[];
+  running: boolean;
+  status: string;
+  error: string;
+  warning: string;
+}
+
+/** @messages gemscope_widgets.widgets.chat.Chat */
+export type ChatMessage =
+  | { type: "continue" }
+  | { type: "edit"; message: number; content: string }
+  | { type: "toggle"; feature: number }
+  | { type: "ping" };
+
+// --- contrast (widgets/contrast.py) -------------------------------------------------------------------------
+
+export interface ContrastSide {
+  tokens: string[];
+  special: boolean[];
+  template: boolean[];
+  span: number[];
+}
+export interface ContrastRow {
+  feature: number;
+  diff: number;
+  a: number;
+  b: number;
+  t?: number;
+  stderr?: number;
+}
+export interface ContrastViewInfo {
+  a?: ContrastSide;
+  b?: ContrastSide;
+  rows?: ContrastRow[];
+  span?: string;
+  reduce?: string;
+  sae_name?: string;
+  n_pairs?: number;
+}
+
+/** @widget gemscope_widgets.widgets.contrast.ContrastView */
+export interface ContrastModel {
+  _view: ContrastViewInfo;
+  _heat_a: DataView;
+  _heat_b: DataView;
+  selected_feature: number;
+  can_steer: boolean;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.contrast.ContrastView */
+export type ContrastMessage =
+  | { type: "steer"; feature: number }
+  | { type: "ping" };
