@@ -46,7 +46,7 @@ def test_build_holds_every_prompt_and_sae(widget, scope, tiny_model):
     assert widget.sae_names == ["resid", "tc"]
     assert widget.payload.n_prompts == 2
     assert widget.payload.tokens(1) == tiny_model.prompt(CHAT).tokens
-    assert widget.top_n == 8 and widget.rank_by == "max"
+    assert widget.top_n == 8 and widget.rank_by == "specific"
     # Both SAEs' numbers are the backend's, to float16 precision.
     for p, prompt in enumerate([TEXT, CHAT]):
         for s, name in enumerate(widget.sae_names):

@@ -52,7 +52,13 @@ export interface PayloadHeader {
   bytes: number;
 }
 
-export type RankBy = "max" | "sum";
+export type RankBy = "specific" | "max" | "sum";
+
+/** What the heatmap knows about features beyond the payload (heatmap.py's feature_info): per SAE index. */
+export interface FeatureInfo {
+  dense_above?: number;
+  [sae: string]: { density: Record<string, number>; labels: Record<string, string> } | number | undefined;
+}
 
 export interface PaneExample {
   tokens: string[];
@@ -141,7 +147,8 @@ export interface HeatmapModel {
   _data: Bytes;
   sae_index: number;
   top_n: number;
-  rank_by: "max" | "sum";
+  rank_by: "specific" | "max" | "sum";
+  feature_info: FeatureInfo;
   list_k: number;
   selected_prompt: number;
   selected_feature: number;
