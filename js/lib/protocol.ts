@@ -77,6 +77,7 @@ export interface PaneInfo {
   width?: number;
   url?: string;
   explanation?: string;
+  label?: string; // the automatic label (labels.py), shown where there is no explanation
   density?: number | null;
   max_act?: number | null;
   n_tokens?: number;
@@ -86,7 +87,8 @@ export interface PaneRelated {
   feature: number;
   score: number;
   kind: string;
-  explanation: string;
+  explanation: string; // the explanation, or the automatic label where there is none
+  density: number | null;
 }
 export interface PaneTest {
   text?: string;
