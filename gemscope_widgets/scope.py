@@ -133,6 +133,26 @@ class Scope:
                      if isinstance(s, SteeringSpec) else s for s in specs]
         return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
 
+    def chat(self, messages: Any, **kwargs: Any) -> Any:
+        """Conversation view: turns with template tokens marked, feature heat, per-turn summaries, "continue".
+
+        Keywords: ``features`` (to heat), ``steer`` (a steering widget whose sliders steer the reply) or
+        ``steering``, ``direction`` (a projection track), ``summary_k``, ``max_new_tokens``.
+        """
+        from .widgets.chat import Chat
+
+        return Chat.build(self, messages, **kwargs)
+
+    def contrast(self, a: Any = None, b: Any = None, **kwargs: Any) -> Any:
+        """Features ranked by how differently they fire on ``a`` and ``b`` over a span, both heatmaps side by side;
+        ``pairs=[(a, b), ...]`` ranks by the paired t statistic. Keywords: ``span``, ``reduce``, ``k``, ``sae``,
+        ``steer`` (a steering widget to add features to)."""
+        from .widgets.contrast import ContrastPanel, ContrastView
+
+        pane_keys = ("related_k", "logits_k", "page_size", "corpus")
+        pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
+        return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
+
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gemscope_widgets.backend.gemma.embedded import EMBEDDED_NAME
 from gemscope_widgets.cache import cache_dir, file_lock
 
 # Bump the version whenever the recipe changes, so stale caches are not reused.
@@ -59,12 +60,13 @@ def _collection_model(gm: Any | None, progress: bool) -> Any:
     if gm is not None and (gm.dtype == torch.bfloat16 or gm.device.type == "cuda" or not _cpu_has_fast_bf16()):
         return gm
     dtype = "bfloat16" if _cpu_has_fast_bf16() else "float32"
-    return load_model("gemma-3-270m", device="cpu", dtype=dtype, progress=progress)
+    return load_model(EMBEDDED_NAME, device="cpu", dtype=dtype, progress=progress)
 
 
 def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
     """Return the demo SAE folder, training it (a few minutes on a laptop CPU) if it is not cached."""
-    from gemscope_widgets.backend.training.train import default_training_texts, train_sae
+    from gemscope_widgets.backend.training.activations import default_training_texts
+    from gemscope_widgets.backend.training.train import train_sae
 
     path = demo_sae_path()
     if is_trained(path):
@@ -107,7 +109,7 @@ def load_default(
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.model import load_model
 
-    gm = load_model("gemma-3-270m", device=device, dtype=dtype, progress=progress)
+    gm = load_model(EMBEDDED_NAME, device=device, dtype=dtype, progress=progress)
     path = ensure_demo_sae(gm, progress=progress)
     sae = load_sae(path, device=gm.device)
     if stats:
@@ -132,7 +134,8 @@ LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the l
 
 def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bool = True) -> dict[str, Any]:
     """L0, FVU and dead features of ``sae`` on all of ``texts`` (early-exit activations, BOS excluded)."""
-    from gemscope_widgets.backend.training.train import collect_activations, token_windows
+    from gemscope_widgets.backend.analysis.evaluation import fvu
+    from gemscope_widgets.backend.training.activations import collect_activations, token_windows
 
     point = sae.config.hook_points_in[0]
     windows = token_windows(gm.tokenizer, texts, 128)
@@ -145,7 +148,7 @@ def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bo
     return {
         "n_tokens": len(x),
         "l0": float((acts > 0).sum(-1).float().mean()),
-        "fvu": float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()),
+        "fvu": fvu(x, recon),
         "dead_features": int((~fired).sum()),
         "dead_fraction": float((~fired).float().mean()),
     }
@@ -160,14 +163,14 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     from gemscope_widgets.backend.analysis.evaluation import sae_card
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.model import load_model
-    from gemscope_widgets.backend.training.train import held_out_texts
+    from gemscope_widgets.backend.training.activations import held_out_texts
 
     path = ensure_demo_sae(gm, progress=progress)
     cached = path / f"quality_{LOSS_DOCS}docs.json"  # re-measured when the recipe changes
     if cached.is_file():
         return json.loads(cached.read_text())
     if gm is None:
-        gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=progress)
+        gm = load_model(EMBEDDED_NAME, device="cpu", dtype="float32", progress=progress)
     sae = load_sae(path, device=gm.device)
     texts = held_out_texts()
     card = sae_card(gm, sae, texts, max_docs=LOSS_DOCS, max_doc_tokens=128, progress=progress)
