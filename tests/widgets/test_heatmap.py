@@ -105,7 +105,7 @@ def test_selection_from_the_browser_fires_the_callback_once(widget):
 
 
 def test_bad_settings_raise_clear_errors(widget, scope):
-    with pytest.raises(GemscopeError, match="rank_by must be 'max' or 'sum'"):
+    with pytest.raises(GemscopeError, match="rank_by must be one of specific, max, sum"):
         widget.rank_by = "mean"
     with pytest.raises(FeatureIndexError, match="outside the SAE's 128 features"):
         widget.selected_feature = 128
