@@ -32,6 +32,8 @@ def format_card(card: dict[str, Any]) -> str:
         f"L0                 {card['l0']:.1f}",
         f"FVU                {card['fvu']:.3f}",
         f"dead features      {card['dead_features']} ({100 * card['dead_fraction']:.1f} %)",
+        f"dense features     {card.get('dense_features', '?')} ({100 * card.get('dense_fraction', float('nan')):.1f} %"
+        f" fire on more than 10 % of tokens)",
         f"next-token loss    clean {card['loss_clean']:.3f}, spliced {card['loss_spliced']:.3f} "
         f"(+{card['delta_loss']:.3f}), zero-ablated {card['loss_zero_ablation']:.3f} "
         f"({card.get('loss_tokens', card['n_tokens'])} tokens)",

@@ -50,6 +50,7 @@ class Scope:
             place_sae(sae, self.model)
             self.saes[name or sae.config.name] = sae
         self._holders: dict[str, StatsHolder] = {}
+        self._labels: dict[int, Any] = {}
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
@@ -153,6 +154,20 @@ class Scope:
         if name not in self._holders:
             self._holders[name] = StatsHolder(self.model, chosen)
         return self._holders[name]
+
+    def labels(self, sae: str | None = None) -> Any:
+        """The feature labels of SAE ``sae`` (default: the first): explanations where the statistics have
+        them, otherwise automatic labels (see :mod:`~gemscope_widgets.backend.analysis.labels`). One object per
+        SAE, kept, and refreshed when that SAE's statistics change."""
+        from gemscope_widgets.backend.analysis.labels import FeatureLabels
+
+        holder = self.stats_holder(sae)
+        key = id(holder)
+        if key not in self._labels:
+            labels = FeatureLabels(self.model, holder.sae, holder.find_cached())
+            holder.subscribe(labels.set_stats)
+            self._labels[key] = labels
+        return self._labels[key]
 
     @property
     def _stats(self) -> dict[str, Any]:

@@ -53,7 +53,13 @@ export interface PayloadHeader {
   bytes: number;
 }
 
-export type RankBy = "max" | "sum";
+export type RankBy = "specific" | "max" | "sum";
+
+/** What the heatmap knows about features beyond the payload (heatmap.py's feature_info): per SAE index. */
+export interface FeatureInfo {
+  dense_above?: number;
+  [sae: string]: { density: Record<string, number>; labels: Record<string, string> } | number | undefined;
+}
 
 export interface PaneExample {
   tokens: string[];
@@ -72,6 +78,7 @@ export interface PaneInfo {
   width?: number;
   url?: string;
   explanation?: string;
+  label?: string; // the automatic label (labels.py), shown where there is no explanation
   density?: number | null;
   max_act?: number | null;
   n_tokens?: number;
@@ -81,7 +88,8 @@ export interface PaneRelated {
   feature: number;
   score: number;
   kind: string;
-  explanation: string;
+  explanation: string; // the explanation, or the automatic label where there is none
+  density: number | null;
 }
 export interface PaneTest {
   text?: string;
@@ -148,7 +156,8 @@ export interface HeatmapModel {
   _data: Bytes;
   sae_index: number;
   top_n: number;
-  rank_by: "max" | "sum";
+  rank_by: "specific" | "max" | "sum";
+  feature_info: FeatureInfo;
   list_k: number;
   selected_prompt: number;
   selected_feature: number;
