@@ -4,6 +4,9 @@
 #   bash run.sh test    set everything up, then run lint and the whole test suite
 #   bash run.sh bench   set everything up (with the peer libraries), then run the full benchmark
 #   bash run.sh setup   only set up
+# Set-up is skipped when nothing it depends on changed since it last succeeded (a stamp in the venv);
+# GEMSCOPE_SETUP=force redoes it, GEMSCOPE_SETUP=skip never runs it (a venv you manage yourself),
+# GEMSCOPE_SETUP=check only says whether it is current (exit status 0) or would run (exit status 3).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -15,6 +18,33 @@ shift || true
 say() { printf '\n== %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+extras="test"
+[ "$mode" = bench ] && extras="test,bench"
+
+# Everything the set-up depends on, hashed: this script, the Python and npm manifests, the front-end
+# sources, the interpreter and the checkout's path (an editable install points there).
+setup_inputs_hash() {
+  {
+    echo "root=$ROOT extras=$extras"
+    "$PY" -VV 2>&1 || true
+    readlink -f "$PY" || true
+    cat run.sh pyproject.toml package.json package-lock.json 2>/dev/null || true
+    find js -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -d' ' -f1
+}
+
+STAMP="$VENV/.gemscope-setup-$extras"
+
+setup_is_current() {
+  [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(setup_inputs_hash)" ] || return 1
+  for bundle in heatmap feature_pane token_view steer; do
+    [ -f "gemscope_widgets/static/$bundle.js" ] || return 1
+  done
+  # The venv must still import this checkout (not another one, not an uninstalled package).
+  [ "$("$PY" -c 'import gemscope_widgets, os; print(os.path.dirname(os.path.dirname(gemscope_widgets.__file__)))' \
+      2>/dev/null)" = "$ROOT" ]
+}
 
 setup_system() {
   # Chromium drives the browser tests; Playwright's own browser download cannot work offline.
@@ -35,27 +65,45 @@ setup_python() {
   say "installing torch==2.13.0, then the package with its extras"
   pipq() { "$PY" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
   pipq torch==2.13.0
-  local extras="test"
-  [ "$mode" = bench ] && extras="test,bench"
   pipq -e ".[$extras]" "torch==2.13.0"
   test -f gemscope_widgets/static/heatmap.js || { echo "the front-end bundle was not built"; exit 1; }
   # The news toast covers the notebook in a fresh JupyterLab; nobody here needs it.
   "$VENV/bin/jupyter" labextension disable "@jupyterlab/apputils-extension:announcements" >/dev/null 2>&1 || true
 }
 
+[ "${GEMSCOPE_SETUP:-auto}" = check ] && { setup_is_current && exit 0; exit 3; }
 setup_system
-setup_python
+case "${GEMSCOPE_SETUP:-auto}" in
+  skip) ;;
+  force) setup_python; setup_inputs_hash > "$STAMP" ;;
+  auto)
+    if setup_is_current; then
+      say "set-up is current (GEMSCOPE_SETUP=force redoes it)"
+    else
+      setup_python
+      setup_inputs_hash > "$STAMP"
+    fi
+    ;;
+  *) echo "GEMSCOPE_SETUP must be auto, force, skip or check"; exit 2 ;;
+esac
 export PATH="$VENV/bin:$PATH"
 
 case "$mode" in
   setup) ;;
   lab)
     say "opening JupyterLab on examples/quickstart.ipynb"
-    exec "$VENV/bin/jupyter" lab examples/quickstart.ipynb "$@"
+    # JupyterLab refuses to run as root without this flag; containers and cloud notebooks often are root.
+    root_flag=()
+    [ "$(id -u)" = 0 ] && root_flag=(--allow-root)
+    exec "$VENV/bin/jupyter" lab examples/quickstart.ipynb ${root_flag[@]+"${root_flag[@]}"} "$@"
     ;;
   test)
     say "ruff"
     "$VENV/bin/ruff" check gemscope_widgets tests benchmarks
+    say "front end: tsc --noEmit, vitest"
+    [ -x node_modules/.bin/vitest ] || npm ci --no-audit --no-fund
+    npm run --silent typecheck
+    npm test --silent
     say "pytest"
     exec "$PY" -m pytest "$@"
     ;;

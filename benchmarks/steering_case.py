@@ -20,7 +20,7 @@ import torch
 
 def _feature(gm: Any, sae: Any, ids: torch.Tensor) -> tuple[int, float]:
     """A feature to steer and its typical scale (the widget's 1× unit)."""
-    from gemscope_widgets.backend.steering.spec import typical_scales
+    from gemscope_widgets.backend.steering.units import typical_scales
 
     feature = 0
     scale, _ = typical_scales(gm, sae, [feature], ids)[feature]

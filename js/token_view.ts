@@ -1,20 +1,14 @@
 // TokenView: a prompt's tokens; clicking one tells Python, whose reply (`status`) is shown below.
-// Mirrors gemscope_widgets/widgets/token_view.py.
+// Mirrors gemscope_widgets/widgets/token_view.py (traits: TokenViewModel in lib/protocol.ts).
 import type { RenderProps } from "@anywidget/types";
-import { mountTheme, renderTokens, tokenIndexOf } from "./lib/tokens";
+import { el as element, mountTheme } from "./lib/dom";
+import type { TokenViewModel } from "./lib/protocol";
+import { renderTokens, tokenIndexOf } from "./lib/tokens";
 
-interface Model {
-  tokens: string[];
-  special: boolean[];
-  selected_token: number;
-  status: string;
-}
-
-function render({ model, el }: RenderProps<Model>): () => void {
+function render({ model, el }: RenderProps<TokenViewModel>): () => void {
   mountTheme(el);
-  const list = document.createElement("div");
-  const status = document.createElement("div");
-  status.className = "gs-status";
+  const list = element("div");
+  const status = element("div", "gs-status");
   el.append(list, status);
 
   let spans: HTMLSpanElement[] = [];

@@ -7,7 +7,8 @@ import pytest
 from gemscope_widgets import Scope
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.steering.generation import generate
-from gemscope_widgets.backend.steering.spec import SteeringSpec, typical_scales
+from gemscope_widgets.backend.steering.spec import SteeringSpec
+from gemscope_widgets.backend.steering.units import typical_scales
 from gemscope_widgets.errors import GemscopeError, SAEModelMismatch, SteeringError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 

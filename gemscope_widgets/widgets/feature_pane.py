@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import numpy as np
@@ -20,6 +20,7 @@ from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
+from .messages import MessageTable, parse_message
 
 _BUNDLE = bundle_path("feature_pane")
 
@@ -51,6 +52,15 @@ class FeaturePane(anywidget.AnyWidget):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {
+        "open": {"feature": (int,)},
+        "page": {"kind": frozenset({"top", "quantile"}), "start": (int,)},
+        "test": {"text": (str,)},
+        "scan": {},
+        "steer": {},
+    }
+    """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
 
     feature = traitlets.Int(0).tag(sync=True)
     """The feature shown."""
@@ -89,38 +99,39 @@ class FeaturePane(anywidget.AnyWidget):
         corpus: Any = None,
         related_k: int = 8,
         logits_k: int = 10,
-        on_stats: Callable[[Any], None] | None = None,
+        holder: Any = None,
         **kwargs: Any,
     ) -> None:
+        from gemscope_widgets.backend.stats.holder import StatsHolder
+
         super().__init__(**kwargs)
         self.model = model
         self.sae = sae
-        self.stats = stats
+        self.holder = holder if holder is not None else StatsHolder(model, sae, stats)
+        if stats is not None and self.holder.stats is not stats:
+            self.holder.set(stats)
+        self.stats = self.holder.stats
         self.corpus = corpus
         self.related_k = related_k
         self.logits_k = logits_k
-        self._on_stats = on_stats
         self._steer_callbacks: list[Callable[[int], Any]] = []
         self._logit_cache: dict[int, dict[str, Any]] = {}
         self._related_cache: dict[int, list[dict[str, Any]]] = {}
         self._scan_thread: threading.Thread | None = None
         self.on_msg(self._on_custom_msg)
+        self._unsubscribe = self.holder.subscribe(self._stats_changed)
         self.show(feature)
 
     @classmethod
     def build(
         cls, scope: Any, feature: int, *, sae: str | None = None, stats: Any = None, **kwargs: Any
     ) -> FeaturePane:
-        """The pane for ``feature`` of a Scope's SAE, using the Scope's cached statistics when it has them."""
-        chosen = scope.sae(sae)
-        name = chosen.config.name
+        """The pane for ``feature`` of a Scope's SAE, following the Scope's statistics of that SAE (those on disk
+        for ``corpus`` are found without scanning)."""
+        holder = scope.stats_holder(sae)
         if stats is None:
-            stats = scope._stats.get(name) or _cached_stats(scope.model, chosen, kwargs.get("corpus"))
-
-        def remember(new_stats: Any) -> None:
-            scope._stats[name] = new_stats
-
-        return cls(scope.model, chosen, stats, feature=feature, on_stats=remember, **kwargs)
+            holder.find_cached(kwargs.get("corpus"))
+        return cls(scope.model, holder.sae, stats, feature=feature, holder=holder, **kwargs)
 
     # --- python API ----------------------------------------------------------------------------------
 
@@ -190,11 +201,12 @@ class FeaturePane(anywidget.AnyWidget):
             self._scan_thread.join()
 
     def set_stats(self, stats: Any) -> None:
-        """Uses ``stats`` from now on and redraws the current feature."""
-        self.stats = stats
-        if self._on_stats is not None and stats is not None:
-            self._on_stats(stats)
-        self.show(self.feature)
+        """Uses ``stats`` from now on, in this pane and every other view of the same statistics holder."""
+        self.holder.set(stats)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        super().close()
 
     # --- internals -----------------------------------------------------------------------------------
 
@@ -273,38 +285,39 @@ class FeaturePane(anywidget.AnyWidget):
         items = self.stats.examples(f, kind=kind, start=start, count=self.page_size) if total else []
         return {"kind": kind, "start": start, "total": total, "items": [_example_payload(e) for e in items]}
 
-    def _scan_worker(self, corpus: Any, kwargs: dict[str, Any]) -> None:
-        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+    def _stats_changed(self, stats: Any) -> None:
+        self.stats = stats
+        self._related_cache.clear()
+        self._logit_cache.clear()
+        self.show(self.feature)
 
+    def _scan_worker(self, corpus: Any, kwargs: dict[str, Any]) -> None:
         done = 0
 
-        def progress(step: int, total: int) -> None:  # called by the scan with documents just finished
+        def progress(now: int, total: int) -> None:  # called by the scan after every batch
             nonlocal done
-            done += int(step)
+            done = int(now)
             message = f"{done:,} / {total:,} documents"
             self.scan = {"state": "running", "done": done, "total": int(total), "message": message}
 
         try:
-            stats = FeatureStats.load_or_scan(self.model, self.sae, corpus, progress=progress, **kwargs)
+            stats = self.holder.load_or_scan(corpus, progress=False, on_progress=progress, **kwargs)
         except Exception as exc:  # the thread must report every failure in the widget, not die silently
             message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
             self.scan = {"state": "error", "done": 0, "total": 0, "message": message}
             return
         n_tokens = int(getattr(stats, "n_tokens", 0) or 0)
-        self.set_stats(stats)
         self.scan = {"state": "done", "done": done, "total": done, "message": f"scanned {n_tokens:,} tokens"}
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict):
-            return
-        kind = content.get("type")
         try:
+            kind, fields = parse_message(content, self.MESSAGES)
             if kind == "open":
-                self.show(content.get("feature"))
+                self.show(fields["feature"])
             elif kind == "page":
-                self.page(str(content.get("kind")), int(content.get("start", 0)))
+                self.page(fields["kind"], fields["start"])
             elif kind == "test":
-                self.test_text(str(content.get("text", "")))
+                self.test_text(fields["text"])
             elif kind == "scan":
                 self.run_scan()
             elif kind == "steer":
@@ -313,18 +326,3 @@ class FeaturePane(anywidget.AnyWidget):
         except GemscopeError as exc:
             self.error = str(exc)
 
-
-def _cached_stats(model: Any, sae: Any, corpus: Any) -> Any:
-    """Statistics already on disk for this model + SAE + corpus (default scan parameters), without scanning;
-    None when there are none or they do not fit."""
-    from gemscope_widgets.backend.stats.corpus import load_corpus
-    from gemscope_widgets.backend.stats.feature_stats import FeatureStats, ScanParams
-
-    key = FeatureStats.cache_key(model, sae, load_corpus(corpus), ScanParams())
-    folder = FeatureStats.cache_folder(key)
-    if not (folder / "stats.json").exists():
-        return None
-    try:
-        return FeatureStats.load(folder, expect=key)
-    except GemscopeError:
-        return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import traitlets
@@ -19,6 +19,7 @@ import traitlets
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
 from .bundle import bundle_path
+from .messages import MessageTable, parse_message
 
 _BUNDLE = bundle_path("steer")
 
@@ -44,6 +45,17 @@ class Steer(anywidget.AnyWidget):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {
+        "set": {"feature": (int,), "key": frozenset({"multiple", "mode", "positions"}), "value": (float, str)},
+        "add": {"feature": (int,)},
+        "remove": {"feature": (int,)},
+        "settings": {"values": (dict,)},
+        "range": {"min": (float,), "max": (float,)},
+        "next": {"index": (int,), "column": frozenset({"baseline", "steered"})},
+        "run": {},
+    }
+    """What the view sends (``SteerMessage`` in ``js/lib/protocol.ts``)."""
 
     sae_name = traitlets.Unicode("").tag(sync=True)
     """The SAE whose features are steered."""
@@ -142,7 +154,8 @@ class Steer(anywidget.AnyWidget):
     # --- features -----------------------------------------------------------------------------------
 
     def _add(self, feature: Any, value: float, mode: str, positions: str, raw: bool = False) -> dict[str, Any]:
-        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering, typical_scales
+        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+        from gemscope_widgets.backend.steering.units import typical_scales
 
         spec = normalize_steering([SteeringSpec(feature, value, mode=mode, positions=positions)], self.sae)[0]
         if any(e["feature"] == spec.feature for e in self.features):
@@ -417,40 +430,32 @@ class Steer(anywidget.AnyWidget):
     # --- messages from the browser --------------------------------------------------------------------
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict):
-            return
-        kind = content.get("type")
         try:
+            kind, msg = parse_message(content, self.MESSAGES)
             if kind == "set":
-                key, feature, value = content.get("key"), int(content.get("feature", -1)), content.get("value")
+                key, feature, value = msg["key"], msg["feature"], msg["value"]
                 if key == "multiple":
                     self.set_strength(feature, value)
                 elif key == "mode":
                     self.set_mode(feature, str(value))
-                elif key == "positions":
+                else:
                     self.set_positions(feature, str(value))
             elif kind == "add":
-                self.add_feature(_int(content.get("feature")))
+                self.add_feature(msg["feature"])
             elif kind == "remove":
-                self.remove_feature(_int(content.get("feature")))
+                self.remove_feature(msg["feature"])
             elif kind == "settings":
-                self.set_settings(**dict(content.get("values") or {}))
+                self.set_settings(**msg["values"])
             elif kind == "range":
-                self.set_range(content.get("min"), content.get("max"))
+                self.set_range(msg["min"], msg["max"])
             elif kind == "next":
-                self.show_next_token(_int(content.get("index")), str(content.get("column", "steered")))
+                self.show_next_token(msg["index"], msg["column"])
             elif kind == "run":
                 self.run()
         except GemscopeError as exc:
             self.error = str(exc)
         except (TypeError, ValueError) as exc:
             self.error = f"Bad request from the view: {exc}"
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise SteeringError(f"Expected an integer feature index, got {value!r}.")
-    return int(value)
 
 
 def _number(value: Any, what: str) -> float:

@@ -1,14 +1,31 @@
-// Colour scale for activations: the theme's heat colour mixed with transparency, so the cell keeps
-// the host's background (light or dark) and the text colour stays legible on top of it.
+// Colour, one scale per meaning. Every colour is a CSS variable defined in lib/theme.css (with light and
+// dark values), so the host theme decides and the text on top stays legible (WCAG AA, 4.5:1):
+//
+//   activation strength   heatBackground(t): var(--gs-heat) mixed with transparency; used by every
+//                         widget that shades tokens or cells by a feature's activation
+//   sign of an effect     var(--gs-pos) / var(--gs-neg) text colours (promoted / suppressed tokens)
+//   change / divergence   var(--gs-diverge) (first token where steered and baseline text differ)
+//   selection             var(--gs-accent) / var(--gs-accent-soft)
+//
+// normalise(value, max) turns an activation into the `t` of heatBackground.
 
-/** Normalised activation -> a CSS background. `t` is clamped to [0, 1]; 0 gives no colour. */
-export function heatBackground(t: number): string {
-  if (!(t > 0)) return "";
-  const pct = Math.round(Math.min(1, t) * 85) + 10; // a faint but visible floor for any non-zero value
-  return `color-mix(in srgb, var(--gs-heat) ${pct}%, transparent)`;
+/** The lowest and highest share of the heat colour in a shaded background, in percent. */
+export const HEAT_FLOOR = 12;
+export const HEAT_CEIL = 95;
+
+/** Share (percent) of the heat colour for a normalised activation `t`; 0 for t <= 0 or NaN. */
+export function heatPercent(t: number): number {
+  if (!(t > 0)) return 0;
+  return Math.round(Math.min(1, t) * (HEAT_CEIL - HEAT_FLOOR)) + HEAT_FLOOR;
 }
 
-/** `value / max`, 0 when max is not positive. */
+/** Normalised activation -> a CSS background. `t` is clamped to [0, 1]; 0 gives no colour (""). */
+export function heatBackground(t: number): string {
+  const pct = heatPercent(t);
+  return pct ? `color-mix(in srgb, var(--gs-heat) ${pct}%, transparent)` : "";
+}
+
+/** `value / max` clamped to [0, 1]; 0 when max is not positive. */
 export function normalise(value: number, max: number): number {
-  return max > 0 ? Math.min(1, value / max) : 0;
+  return max > 0 ? Math.max(0, Math.min(1, value / max)) : 0;
 }

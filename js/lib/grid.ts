@@ -1,5 +1,9 @@
 // A vertically virtualised list: only the rows in (or near) the viewport exist in the DOM, so a
 // 2,000-token prompt scrolls as smoothly as a 20-token one.
+//
+//   new VirtualRows({rowHeight, overscan, renderRow})   .scroller (append it), .header (sticky), reset(n),
+//                                                       refresh(), reveal(i), rowElement(i), destroy()
+import { el } from "./dom";
 
 export interface VirtualRowsOptions {
   rowHeight: number;
@@ -18,12 +22,9 @@ export class VirtualRows {
   private frame = 0;
 
   constructor(private readonly opts: VirtualRowsOptions) {
-    this.scroller = document.createElement("div");
-    this.scroller.className = "gs-vr-scroller";
-    this.header = document.createElement("div");
-    this.header.className = "gs-vr-header";
-    this.body = document.createElement("div");
-    this.body.className = "gs-vr-body";
+    this.scroller = el("div", "gs-vr-scroller");
+    this.header = el("div", "gs-vr-header");
+    this.body = el("div", "gs-vr-body");
     this.scroller.append(this.header, this.body);
     this.scroller.addEventListener("scroll", this.onScroll, { passive: true });
   }

@@ -1,22 +1,11 @@
-// A small SVG bar chart of an activation histogram: bars between bin edges, the max count and value range
-// as axis labels. Text goes in via textContent only.
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-
-function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string, string | number>): SVGElementTagNameMap[K] {
-  const el = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
-  return el;
-}
-
-export function formatValue(v: number): string {
-  if (!Number.isFinite(v)) return String(v);
-  const a = Math.abs(v);
-  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(2);
-  if (a >= 100) return v.toFixed(0);
-  if (a >= 1) return v.toFixed(2);
-  return v.toFixed(3);
-}
+// A small SVG bar chart of an activation histogram.
+//
+//   drawHistogram(edges, counts, {width, height, label})  bars between bin edges, each with a tooltip of its
+//                                                        range and count; the value range as axis labels
+//
+// Numbers by lib/format.ts; text via textContent only; colours from theme.css (.gs-hist-*).
+import { svg } from "./dom";
+import { formatValue } from "./format";
 
 /**
  * Draws `counts[i]` as a bar from `edges[i]` to `edges[i+1]` into a new <svg>. Returns the element, whose

@@ -1,13 +1,27 @@
-// Decoding the binary CSR payload written by gemscope_widgets/widgets/payload.py.
+// Binary arrays from the kernel: the CSR heatmap payload of gemscope_widgets/widgets/payload.py and plain
+// float32 buffers (feature-pane activations, histograms).
+//
+//   asBytes(data)                  DataView | ArrayBuffer | Uint8Array -> Uint8Array over the same memory
+//   float32Of(view)                little-endian float32 bytes -> Float32Array (copied when misaligned)
+//   readUint / readFloat           one array of the payload blob by its ArrayRef (float16 widened exactly)
+//   Csr                            a tokens x features matrix: rows, top features, dense columns
+//   Payload                        a decoded heatmap payload: CSR block per (prompt, SAE), corpus maxima
+//
+// The payload's header type (PayloadHeader, ArrayRef) is declared in lib/protocol.ts.
+import type { ArrayRef, PayloadHeader, RankBy } from "./protocol";
 
-/** Where one array lies in the payload blob. */
-export interface ArrayRef {
-  offset: number;
-  length: number;
-  dtype: "uint16" | "uint32" | "float16" | "float32";
-}
+export type { ArrayRef, PayloadHeader, RankBy };
 
 export type Bytes = DataView | ArrayBuffer | Uint8Array;
+
+/** Little-endian float32 bytes (a binary trait) as a Float32Array; empty for no data. */
+export function float32Of(data: Bytes | null | undefined): Float32Array {
+  if (!data) return new Float32Array(0);
+  const bytes = asBytes(data);
+  if (bytes.byteLength % 4 !== 0) throw new Error(`float32 data of ${bytes.byteLength} bytes is not a whole number of values`);
+  if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  return new Float32Array(bytes.slice().buffer); // a view needs an aligned start; copy when it is not
+}
 
 const ELEMENT_SIZE: Record<ArrayRef["dtype"], number> = { uint16: 2, uint32: 4, float16: 2, float32: 4 };
 
@@ -66,8 +80,6 @@ export function readFloat(bytes: Uint8Array, ref: ArrayRef): Float32Array {
   if (ref.dtype === "float32") return new Float32Array(buffer, byteOffset, ref.length);
   throw new Error(`expected a float array, got ${ref.dtype}`);
 }
-
-export type RankBy = "max" | "sum";
 
 /** A tokens × features matrix in CSR form; rows are sorted by value, largest first. */
 export class Csr {
@@ -135,5 +147,56 @@ export class Csr {
   /** One feature's value at every row (0 where it is absent). */
   column(feature: number): Float32Array {
     return this.columns([feature]);
+  }
+}
+
+export const PAYLOAD_VERSION = 1;
+
+/** A decoded payload (payload.py's Payload, in the browser): CSR blocks and corpus maxima, decoded once. */
+export class Payload {
+  private csrs = new Map<string, Csr>();
+  private maxima = new Map<number, Map<number, number> | null>();
+  readonly bytes: Uint8Array;
+
+  constructor(
+    readonly header: PayloadHeader,
+    data: Bytes,
+  ) {
+    if (header.version !== PAYLOAD_VERSION) {
+      throw new Error(`heatmap payload version ${header.version} is not ${PAYLOAD_VERSION}; rebuild the widget`);
+    }
+    this.bytes = asBytes(data);
+    if (this.bytes.byteLength < header.bytes) {
+      throw new Error(`payload is truncated: ${this.bytes.byteLength} of ${header.bytes} bytes`);
+    }
+  }
+
+  /** The CSR block of `prompt` under SAE `sae`. */
+  csr(prompt: number, sae: number): Csr {
+    const key = `${prompt}/${sae}`;
+    let csr = this.csrs.get(key);
+    if (!csr) {
+      const block = this.header.blocks.find((b) => b.prompt === prompt && b.sae === sae);
+      if (!block) throw new Error(`no activations for prompt ${prompt}, SAE ${sae}`);
+      csr = Csr.read(this.bytes, block, this.header.saes[sae].width);
+      this.csrs.set(key, csr);
+    }
+    return csr;
+  }
+
+  /** Corpus maxima by feature id for SAE `sae` (only features present in the payload), or null. */
+  featureMax(sae: number): Map<number, number> | null {
+    if (!this.maxima.has(sae)) {
+      const info = this.header.saes[sae]?.feature_max;
+      let map: Map<number, number> | null = null;
+      if (info) {
+        const ids = readUint(this.bytes, info.ids);
+        const values = readFloat(this.bytes, info.values);
+        map = new Map();
+        for (let i = 0; i < ids.length; i++) map.set(ids[i], values[i]);
+      }
+      this.maxima.set(sae, map);
+    }
+    return this.maxima.get(sae) ?? null;
   }
 }

@@ -1,5 +1,10 @@
 // Token rendering shared by every widget: faithful whitespace, special tokens marked, text only via textContent.
-import themeCss from "./theme.css";
+//
+//   visibleText(tok)                  the token with whitespace / control characters as visible marks (tooltips)
+//   renderToken(text, {special, index, title})   one token as a <span class="gs-token">
+//   renderTokens(container, tokens, special?)    all tokens of a text; returns the spans (data-index = position)
+//   tokenIndexOf(eventTarget)         the index of the token span under a click, or -1
+import { el } from "./dom";
 
 export interface TokenOptions {
   /** A special token (BOS, <start_of_turn>, ...): gets the `gs-special` class and a muted look. */
@@ -40,10 +45,7 @@ export function visibleText(tok: string): string {
 }
 
 function marker(text: string): HTMLSpanElement {
-  const m = document.createElement("span");
-  m.className = "gs-ws";
-  m.textContent = text;
-  return m;
+  return el("span", "gs-ws", text);
 }
 
 /**
@@ -52,8 +54,7 @@ function marker(text: string): HTMLSpanElement {
  * control characters show their control-picture glyph.
  */
 export function renderToken(text: string, opts: TokenOptions = {}): HTMLSpanElement {
-  const span = document.createElement("span");
-  span.className = opts.special ? "gs-token gs-special" : "gs-token";
+  const span = el("span", opts.special ? "gs-token gs-special" : "gs-token");
   if (opts.index !== undefined) span.dataset.index = String(opts.index);
   if (opts.title !== null) span.title = opts.title ?? visibleText(text);
   if (text.length === 0) {
@@ -103,16 +104,4 @@ export function tokenIndexOf(target: EventTarget | null): number {
   if (!(target instanceof Element)) return -1;
   const span = target.closest<HTMLElement>(".gs-token[data-index]");
   return span ? Number(span.dataset.index) : -1;
-}
-
-/**
- * Makes `el` a themed widget root: adds the `gs-root` class and a <style> holding the shared theme
- * plus any widget-specific CSS. Styles live inside the widget so it works in any anywidget host.
- */
-export function mountTheme(el: HTMLElement, ...extraCss: string[]): HTMLElement {
-  el.classList.add("gs-root");
-  const style = document.createElement("style");
-  style.textContent = [themeCss, ...extraCss].join("\n");
-  el.prepend(style);
-  return el;
 }

@@ -19,19 +19,33 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.prompts import masked_ids
 from gemscope_widgets.backend.gemma.sites import resolve_site
-from gemscope_widgets.backend.stats.corpus import load_corpus
-from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+from gemscope_widgets.backend.stats.corpus import load_corpus, pad_batch, tokenize_docs
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
-def _stack(captured: dict[str, torch.Tensor], hooks: tuple[str, ...]) -> torch.Tensor:
-    if len(hooks) == 1:
-        return captured[hooks[0]]
-    return torch.stack([captured[h] for h in hooks], dim=-2)
+def fvu_from_sums(sq_err: float, sum_sq: float, total: torch.Tensor | None, n: int) -> float:
+    """FVU from running sums over ``n`` token rows, for streaming evaluation.
+
+    ``sq_err = Σ‖t − r‖²``, ``sum_sq = Σ‖t‖²``, ``total = Σ t`` (a ``[d]`` vector); uses
+    ``Σ‖t − mean‖² = Σ‖t‖² − ‖Σt‖² / n``. NaN when the targets have no variance.
+    """
+    variance = sum_sq - (float((total.double() ** 2).sum()) / n if total is not None and n > 0 else 0.0)
+    return sq_err / variance if variance > 0 else float("nan")
+
+
+def fvu(target: torch.Tensor, recon: torch.Tensor) -> float:
+    """Fraction of variance unexplained, ``Σ‖t − r‖² / Σ‖t − mean(t)‖²`` over the rows of ``[N, d]`` tensors.
+
+    The reconstruction metric of Gemma Scope 2 and SAELens (``1 − explained variance``); summed in float64.
+    """
+    t, r = target.double(), recon.double().to(target.device)
+    return fvu_from_sums(float(((t - r) ** 2).sum()), float((t**2).sum()), t.sum(0), len(t))
 
 
 def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
@@ -70,21 +84,16 @@ def sae_card(
     hooks_in, hooks_out = tuple(sae.config.hook_points_in), tuple(sae.config.hook_points_out)
     sites_in = [resolve_site(gm, h) for h in hooks_in]
     sites_out = [resolve_site(gm, h) for h in hooks_out]
-    pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
+    pad = gm.tokenizer.pad_token_id
+    hidden = torch.tensor(sorted(masked_ids(gm.tokenizer)))
     fired = torch.zeros(sae.width, dtype=torch.bool)
     totals = {"l0": 0.0, "sq_err": 0.0, "sum": 0.0, "sum_sq": 0.0, "tokens": 0}
     target_sum: torch.Tensor | None = None
     losses = {"clean": [0.0, 0], "spliced": [0.0, 0], "zero": [0.0, 0]}
     for a in tqdm(range(0, len(docs), batch_size), desc=f"SAE card {sae.config.name}", disable=not progress):
         batch = docs[a : a + batch_size]
-        seq = max(len(d) for d in batch)
-        ids = torch.full((len(batch), seq), pad, dtype=torch.long)
-        mask = torch.zeros(len(batch), seq, dtype=torch.long)
-        for i, d in enumerate(batch):
-            ids[i, : len(d)] = torch.tensor(d)
-            mask[i, : len(d)] = 1
-        valid = mask.bool().clone()
-        valid[:, 0] = False
+        ids, mask = pad_batch(batch, pad)
+        valid = mask.bool() & ~torch.isin(ids, hidden)
         captured: dict[str, torch.Tensor] = {}
 
         def keep(name: str, store: dict[str, torch.Tensor] = captured):
@@ -97,8 +106,8 @@ def sae_card(
         s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
         losses["clean"][0] += s
         losses["clean"][1] += n
-        x_in = _stack(captured, hooks_in)
-        target = _stack(captured, hooks_out).float().cpu()
+        x_in = stack_slots(captured, hooks_in)
+        target = stack_slots(captured, hooks_out).float().cpu()
         with torch.inference_mode():
             acts = sae.encode(x_in)
             recon = sae.decode(acts, x_in).float().cpu()
@@ -127,8 +136,6 @@ def sae_card(
             losses[label][0] += s
             losses[label][1] += n
     n_tok = max(totals["tokens"], 1)
-    # Σ‖t − mean‖² = Σ‖t‖² − ‖Σt‖² / n
-    variance = totals["sum_sq"] - (float((target_sum**2).sum()) / n_tok if target_sum is not None else 0.0)
     clean, spliced, zero = (losses[k][0] / max(losses[k][1], 1) for k in ("clean", "spliced", "zero"))
     dead = int((~fired).sum())
     return {
@@ -137,7 +144,7 @@ def sae_card(
         "n_docs": len(docs),
         "n_tokens": totals["tokens"],
         "l0": totals["l0"] / n_tok,
-        "fvu": totals["sq_err"] / variance if variance > 0 else float("nan"),
+        "fvu": fvu_from_sums(totals["sq_err"], totals["sum_sq"], target_sum, totals["tokens"]),
         "dead_features": dead,
         "dead_fraction": dead / sae.width,
         "loss_clean": clean,

@@ -104,6 +104,27 @@ def special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def one_bos(ids: Sequence[int], bos: int) -> list[int]:
+    """``ids`` with exactly one leading ``<bos>``: a doubled one (tokenizer + chat template) dropped, a missing
+    one added. Every token sequence the package runs (prompts, corpus documents) goes through this."""
+    ids = list(ids)
+    while len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        ids.pop(0)
+    if not ids or ids[0] != bos:
+        ids.insert(0, bos)
+    return ids
+
+
+def masked_ids(tokenizer: Any) -> set[int]:
+    """Token ids whose positions are left out of feature results, statistics and strength units wherever they
+    occur (not only at position 0): ``<bos>`` and ``<pad>``. Their residuals have a huge norm and light up
+    many features; a literal ``<bos>`` inside a text is parsed as the control token and masked the same way."""
+    ids = {tokenizer.bos_token_id}
+    if tokenizer.pad_token_id is not None:
+        ids.add(tokenizer.pad_token_id)
+    return ids
+
+
 def make_prompt(tokenizer: Any, prompt: str | Messages, *, max_tokens: int | None = None) -> Prompt:
     """Tokenise plain text or a list of ``{"role", "content"}`` messages, with exactly one leading ``<bos>``."""
     if isinstance(prompt, Prompt):
@@ -132,11 +153,7 @@ def make_prompt(tokenizer: Any, prompt: str | Messages, *, max_tokens: int | Non
         raise PromptError(
             f"A prompt must be a string or a list of chat messages, got {type(prompt).__name__}."
         )
-    ids = list(ids)
-    while len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
-        ids.pop(0)
-    if not ids or ids[0] != bos:
-        ids.insert(0, bos)
+    ids = one_bos(ids, bos)
     if max_tokens is not None and len(ids) > max_tokens:
         raise PromptError(
             f"The prompt is {len(ids)} tokens long; the limit here is {max_tokens}. "
@@ -161,8 +178,8 @@ def make_prompt(tokenizer: Any, prompt: str | Messages, *, max_tokens: int | Non
                     in_role = False
             elif j > 0 and ids[j - 1] == end_turn and tokens[j].strip() == "":
                 template_mask[j] = True
-    pad = tokenizer.pad_token_id
-    masked = torch.tensor([i == bos or (pad is not None and i == pad) for i in ids], dtype=torch.bool)
+    hidden = masked_ids(tokenizer)
+    masked = torch.tensor([i in hidden for i in ids], dtype=torch.bool)
     return Prompt(
         input_ids=torch.tensor(ids, dtype=torch.long),
         tokens=tokens,

@@ -1,4 +1,11 @@
-"""Text corpora for feature statistics: lists, text files, Hugging Face datasets, and an offline default.
+"""Text corpora for feature statistics: lists, text files, Hugging Face datasets, an offline default, and the
+documents' token ids in padded batches.
+
+A document is tokenised exactly like a prompt (:func:`~gemscope_widgets.backend.gemma.prompts.make_prompt`):
+exactly one leading ``<bos>``, and literal special-token text such as ``"<bos>"`` inside a document is parsed as
+that control token, as the tokenizer does for a prompt, so a document and the same text in a heatmap give the
+same tokens. Positions of :func:`~gemscope_widgets.backend.gemma.prompts.masked_ids` tokens, wherever they occur,
+are left out of every statistic, as the heatmap leaves them out.
 
 The default corpus ships with Python itself, so feature panes work with no download: the language reference
 topics in ``pydoc_data.topics`` and the docstrings of the standard library's modules, read from their source
@@ -15,9 +22,14 @@ import re
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from gemscope_widgets.errors import GemscopeError
+
+if TYPE_CHECKING:
+    from gemscope_widgets.backend.gemma.model import GemmaModel
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _MIN_CHARS = 40
@@ -151,3 +163,41 @@ def corpus_fingerprint(texts: Sequence[str]) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()[:32]
+
+
+def tokenize_docs(gm: GemmaModel, texts: Sequence[str], max_doc_tokens: int) -> list[list[int]]:
+    """Token ids of each document, tokenised as a prompt (one leading ``<bos>``), cut to ``max_doc_tokens``."""
+    from gemscope_widgets.backend.gemma.prompts import one_bos
+
+    tok = gm.tokenizer
+    if tok.bos_token_id is None:
+        raise GemscopeError("This tokenizer has no <bos> token; Gemma 3 needs one.")
+    encoded = tok(list(texts), add_special_tokens=True)["input_ids"]
+    return [one_bos(ids, tok.bos_token_id)[:max_doc_tokens] for ids in encoded]
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Group document indices of similar length (at most ``batch_size`` documents and ``batch_tokens`` padded
+    tokens per group) so padding stays small. Deterministic: sorted by (length, index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:  # ascending length: the newest document is the longest of its group
+        if current and (len(current) + 1 > batch_size or (len(current) + 1) * lengths[i] > batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(docs: Sequence[Sequence[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids [B, T]`` (``pad_id``, 0 when None) and ``attention_mask [B, T]`` (1 on tokens)."""
+    seq = max(len(d) for d in docs)
+    ids = torch.full((len(docs), seq), 0 if pad_id is None else int(pad_id), dtype=torch.long)
+    mask = torch.zeros(len(docs), seq, dtype=torch.long)
+    for i, d in enumerate(docs):
+        ids[i, : len(d)] = torch.as_tensor(list(d), dtype=torch.long)
+        mask[i, : len(d)] = 1
+    return ids, mask

@@ -18,7 +18,8 @@ import torch
 
 from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.prompts import Prompt, special_ids, token_strings
-from gemscope_widgets.backend.steering.spec import SteeringPlan, StepState, model_lock, normalize_steering
+from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
+from gemscope_widgets.backend.steering.spec import normalize_steering
 from gemscope_widgets.errors import PromptError, SteeringError
 
 if TYPE_CHECKING:
@@ -178,8 +179,9 @@ def generate(
     """Generate the baseline and the steered continuation of ``prompt`` together (a batch of two).
 
     ``prompt``: text, chat messages, a :class:`Prompt` or token ids. ``steering``: ``{feature: strength}``
-    (raw activation units) or a list of :class:`SteeringSpec`. ``temperature=0`` (or ``greedy=True``) is
-    greedy; otherwise sampling with ``top_p`` and ``seed``, the same draws for both rows.
+    (raw activation units) or a list of :class:`SteeringSpec` and :class:`DirectionSpec` (residual-stream
+    directions to ablate or add; see :mod:`~gemscope_widgets.backend.steering.spec`). ``temperature=0`` (or
+    ``greedy=True``) is greedy; otherwise sampling with ``top_p`` and ``seed``, the same draws for both rows.
     ``frequency_penalty`` subtracts ``penalty × count`` from each token's logit per row. Generation stops at
     ``max_new_tokens``, or when both rows produced a stop token (``<eos>``, ``<end_of_turn>`` for -it models),
     or when ``cancel`` is set (checked before every step). ``on_token(step, baseline_id, steered_id)`` streams
@@ -187,7 +189,7 @@ def generate(
     ``"replace"`` the activation by the SAE reconstruction at steered positions.
     """
     _check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
-    specs = normalize_steering(steering, sae)
+    specs = normalize_steering(steering, sae, model=gm)
     inputs = _as_inputs(gm, prompt)
     state = StepState(prompt_len=int(inputs.ids.shape[0]), rows=slice(1, 2))
     plan = SteeringPlan(gm, specs, state, error=error, steer_special_tokens=steer_special_tokens)
@@ -313,7 +315,7 @@ def next_token_probs(
     Returns ``(probs, ids, position)`` with ``ids`` the full token sequence and ``position`` made absolute.
     Both rows read the same tokens, so the difference is the steering's effect on that one prediction.
     """
-    specs = normalize_steering(steering, sae)
+    specs = normalize_steering(steering, sae, model=gm)
     inputs = _as_inputs(gm, prompt)
     extra = torch.as_tensor(list(continuation), dtype=torch.long)
     ids = torch.cat([inputs.ids, extra])

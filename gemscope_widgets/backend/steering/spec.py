@@ -1,6 +1,6 @@
-"""Steering a model with SAE features: add a decoder direction, clamp or ablate a feature.
+"""What to steer: SAE features (:class:`SteeringSpec`) and residual-stream directions (:class:`DirectionSpec`).
 
-For feature ``f`` with decoder direction ``w = w_dec[f]`` at a write site with activation ``x``:
+Feature steering, for feature ``f`` with decoder direction ``w = w_dec[f]`` at a write site with activation ``x``:
 
 * ``add``:    ``x + s·w``
 * ``clamp``:  ``x + (target − a_f)·w``, where ``a_f`` is the feature's activation computed from the SAE's
@@ -10,47 +10,56 @@ For feature ``f`` with decoder direction ``w = w_dec[f]`` at a write site with a
 
 With ``error="replace"`` the activation at every steered position is replaced by the SAE's reconstruction
 plus the same change, i.e. the reconstruction error is dropped (what a "spliced-in SAE" does).
+Cross-layer transcoders write into every layer the feature decodes to.
 
-Cross-layer transcoders write into every layer the feature decodes to. Hooks act only on the rows they are
-told to (the steered row of a baseline + steered batch) and only on forwards run by the thread that
-installed them, so a plain forward elsewhere in the process is never steered.
+Direction steering, for a direction ``r`` in the residual stream (``[d_model]``, normalised here to the unit
+vector ``r̂``, float32), as in Arditi et al. 2024, "Refusal in Language Models Is Mediated by a Single
+Direction" (arXiv:2406.11717):
+
+* ``mode="ablate"`` (directional ablation): ``x ← x − s·(x·r̂) r̂`` on the whole residual stream: at the
+  embedding output, at the output of every layer's attention block (``post_attention_layernorm``, so the
+  stream between attention and MLP is clean too) and at every layer's output, at every position of the
+  steered row, special tokens included. ``s = strength`` in [0, 1] is the removed fraction (1, the default,
+  leaves no component along ``r̂`` anywhere; smaller values give ablation sweeps). Ablation runs after any
+  other steering at a site, so the stream stays clean whatever else is added.
+* ``mode="add"`` (activation addition): ``x ← x + α·r̂`` at the output of decoder layer ``layer``
+  (``model.layers.{layer}.output``, the residual stream a Gemma Scope ``resid_post`` SAE reads), at the
+  chosen positions; ``α = strength`` is in residual-stream units (the length of the added vector, since
+  ``|r̂| = 1``). Special tokens follow the same rule as feature steering.
+
+The API, for code that computes directions (e.g. a difference of means)::
+
+    from gemscope_widgets.backend.steering.spec import DirectionSpec
+    from gemscope_widgets.backend.steering.generation import generate
+
+    ablate = DirectionSpec(r, mode="ablate")                   # r: [d_model] tensor / array / list
+    add = DirectionSpec(r, mode="add", strength=8.0, layer=6)  # at model.layers.6.output
+    result = generate(gm, prompt, [ablate])                    # baseline row unsteered, steered row ablated
+    scope.generate(prompt, [add, SteeringSpec(123, 1.0)])      # mixed with SAE features
+
+``direction`` may also be any object with a ``direction`` attribute (``[d_model]``); its ``layer`` attribute
+(if any) is the default ``layer`` for ``add`` and its ``name`` (if any) the default label. Specs go anywhere
+steering is accepted: ``generate``, ``next_token_probs``, ``Scope.generate`` and the steering widget.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gemscope_widgets.backend.gemma.hooks import HookFn
-from gemscope_widgets.backend.gemma.sites import Site, resolve_site
-from gemscope_widgets.errors import FeatureIndexError, GemscopeError, SteeringError
+from gemscope_widgets.errors import FeatureIndexError, SteeringError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
 MODES = ("add", "clamp", "ablate")
+DIRECTION_MODES = ("ablate", "add")
 POSITIONS = ("all", "prompt", "generated")
 ERROR_MODES = ("keep", "replace")
-
-
-# One steered run at a time per model: hooks are module-wide, so two runs must not overlap.
-_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(gm: GemmaModel) -> threading.Lock:
-    """The lock that serialises steered runs (and their scale measurements) on ``gm``'s model."""
-    with _LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(gm.model)
-        if lock is None:
-            lock = _MODEL_LOCKS[gm.model] = threading.Lock()
-        return lock
 
 
 @dataclass(frozen=True)
@@ -108,15 +117,109 @@ def _check_spec(spec: SteeringSpec, default_sae: Any) -> SteeringSpec:
     return replace(spec, feature=feature, strength=strength, sae=sae)
 
 
-def normalize_steering(steering: Any, sae: Any = None) -> list[SteeringSpec]:
-    """Validate ``{feature: strength}``, one :class:`SteeringSpec` or a list of them (or of dicts).
+@dataclass(frozen=True)
+class DirectionSpec:
+    """A residual-stream direction to ablate or add (see the module docstring for the arithmetic).
 
-    Raises :class:`SteeringError` / :class:`FeatureIndexError` before any model is touched.
+    ``direction``: ``[d_model]`` tensor, array or list (normalised to unit length, float32), or an object with
+    a ``direction`` attribute (and optionally ``layer`` and ``name``). ``mode``: ``"ablate"`` (every layer,
+    every position; ``strength`` in [0, 1] is the removed fraction) or ``"add"`` (``strength`` × unit vector
+    at the output of decoder layer ``layer``). ``positions``: ``"all"``, ``"prompt"`` or ``"generated"``.
+    ``name``: a label for views. After :func:`normalize_steering`, ``direction`` is the unit ``[d_model]``
+    float32 tensor on the CPU and ``layer``/``name`` are filled in.
+    """
+
+    direction: Any = field(compare=False)
+    mode: str = "ablate"
+    strength: float = 1.0
+    layer: int | None = None
+    positions: str = "all"
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``"direction"``, with the mode: ``"refusal (ablate)"``."""
+        return f"{self.name or 'direction'} ({self.mode})"
+
+
+Spec = SteeringSpec | DirectionSpec
+
+
+def unit_direction(direction: Any, d_model: int | None = None) -> torch.Tensor:
+    """``direction`` (or its ``.direction``) as a unit ``[d_model]`` float32 CPU tensor; SteeringError if it is
+    not a finite, non-zero vector of that length."""
+    vector = getattr(direction, "direction", direction)
+    try:
+        r = torch.as_tensor(vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector,
+                            dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise SteeringError(
+            f"A steering direction must be a [d_model] vector (tensor, array or list), got {type(vector).__name__}."
+        ) from None
+    r = r.squeeze()
+    if r.dim() != 1:
+        raise SteeringError(f"A steering direction must be one vector [d_model], got shape {tuple(r.shape)}.")
+    if d_model is not None and r.shape[0] != d_model:
+        raise SteeringError(
+            f"The steering direction has {r.shape[0]} entries but the model's residual stream has {d_model}: "
+            "compute the direction on this model."
+        )
+    if not bool(torch.isfinite(r).all()):
+        raise SteeringError("The steering direction has NaN or infinite entries.")
+    norm = float(r.norm())
+    if norm == 0.0:
+        raise SteeringError("The steering direction is the zero vector; it has no direction to steer along.")
+    return r / norm
+
+
+def _check_direction(spec: DirectionSpec, gm: GemmaModel | None) -> DirectionSpec:
+    source = spec.direction
+    d_model = gm.d_model if gm is not None else None
+    if spec.mode not in DIRECTION_MODES:
+        raise SteeringError(f"Unknown direction mode {spec.mode!r}: use one of {DIRECTION_MODES}.")
+    if spec.positions not in POSITIONS:
+        raise SteeringError(f"Unknown positions {spec.positions!r} for a direction: use one of {POSITIONS}.")
+    r = unit_direction(source, d_model)
+    try:
+        strength = float(spec.strength)
+    except (TypeError, ValueError):
+        raise SteeringError(f"Direction strength {spec.strength!r} is not a number; pass a finite float.") from None
+    if not math.isfinite(strength):
+        raise SteeringError(f"Direction strength {strength} is not finite; pass a finite float.")
+    name = spec.name or str(getattr(source, "name", "") or "")
+    layer = spec.layer
+    if spec.mode == "ablate":
+        if layer is not None:
+            raise SteeringError(
+                "Direction ablation acts on every layer (as in Arditi et al. 2024); layer= is for mode='add'."
+            )
+        if not 0.0 <= strength <= 1.0:
+            raise SteeringError(
+                f"An ablation's strength is the fraction of the component removed, in [0, 1]; got {strength}."
+            )
+    else:
+        if layer is None:
+            layer = getattr(source, "layer", None)
+        if layer is None:
+            raise SteeringError("Adding a direction needs the layer to add it at: DirectionSpec(..., layer=L).")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise SteeringError(f"The direction's layer must be an integer, got {layer!r}.")
+        if gm is not None and not 0 <= layer < gm.n_layers:
+            raise SteeringError(f"Layer {layer} is out of range: {gm.name} has layers 0–{gm.n_layers - 1}.")
+    return replace(spec, direction=r, strength=strength, layer=layer, name=name)
+
+
+def normalize_steering(steering: Any, sae: Any = None, *, model: GemmaModel | None = None) -> list[Spec]:
+    """Validate ``{feature: strength}``, one spec, or a list of :class:`SteeringSpec` / :class:`DirectionSpec`
+    (or of dicts: a dict with a ``direction`` key is a direction).
+
+    ``model``, when given, checks each direction's length and layer against it. Raises
+    :class:`SteeringError` / :class:`FeatureIndexError` before any model is touched.
     """
     if steering is None:
         return []
     items: Iterable[Any]
-    if isinstance(steering, SteeringSpec):
+    if isinstance(steering, (SteeringSpec, DirectionSpec)):
         items = [steering]
     elif isinstance(steering, Mapping):
         items = [SteeringSpec(feature=f, strength=s) for f, s in steering.items()]
@@ -124,244 +227,27 @@ def normalize_steering(steering: Any, sae: Any = None) -> list[SteeringSpec]:
         items = steering
     else:
         raise SteeringError(
-            f"steering must be {{feature: strength}} or a list of SteeringSpec, got {type(steering).__name__}."
+            "steering must be {feature: strength} or a list of SteeringSpec / DirectionSpec, "
+            f"got {type(steering).__name__}."
         )
-    specs = []
+    specs: list[Spec] = []
     for item in items:
         if isinstance(item, Mapping):
-            try:
-                item = SteeringSpec(**item)
-            except TypeError as exc:
-                raise SteeringError(
-                    f"Bad steering entry {dict(item)!r}: {exc}. Keys: feature, strength, mode, positions, sae."
-                ) from None
-        if not isinstance(item, SteeringSpec):
-            raise SteeringError(f"Each steering entry must be a SteeringSpec or a dict, got {item!r}.")
-        specs.append(_check_spec(item, sae))
-    return specs
-
-
-class StepState:
-    """What the hooks need to know about the forward pass being run, set by the caller before each one.
-
-    ``start``: absolute position of the first token of this forward; ``special``: ``[B, t]`` bool, tokens not
-    steered (BOS, chat template) unless special tokens are steered; ``rows``: the batch rows to steer;
-    ``enabled``: False turns the hooks off for a pass (the baseline row when rows run one at a time).
-    """
-
-    def __init__(self, prompt_len: int, rows: slice | None = None) -> None:
-        self.prompt_len = prompt_len
-        self.rows = rows if rows is not None else slice(None)
-        self.start = 0
-        self.special: torch.Tensor | None = None
-        self.enabled = True
-        self.inputs: dict[str, torch.Tensor] = {}
-
-    def begin(self, start: int, special: torch.Tensor | None) -> None:
-        """Called before each forward: where it starts and which of its tokens are special."""
-        self.start = start
-        self.special = special
-        self.inputs.clear()
-
-    def mask(self, positions: str, t: int, device: torch.device) -> torch.Tensor:
-        """``[B_rows, t]`` float mask of the positions a spec with ``positions`` acts on in this forward."""
-        pos = torch.arange(self.start, self.start + t, device=device)
-        if positions == "prompt":
-            keep = pos < self.prompt_len
-        elif positions == "generated":
-            keep = pos >= self.prompt_len
-        else:
-            keep = torch.ones(t, dtype=torch.bool, device=device)
-        keep = keep.unsqueeze(0)
-        if self.special is not None:
-            keep = keep & ~self.special[self.rows].to(device)
-        return keep.to(torch.float32)
-
-
-@dataclass
-class _Write:
-    spec: SteeringSpec
-    direction: torch.Tensor  # [d_out] float32
-
-
-@dataclass
-class _WriteSite:
-    site: Site
-    writes: list[_Write]
-    saes: list[Any]
-
-
-class SteeringPlan:
-    """The hooks that carry out a list of specs on one model; use :meth:`pairs` with ``hooks.hooked``."""
-
-    def __init__(
-        self,
-        gm: GemmaModel,
-        specs: Sequence[SteeringSpec],
-        state: StepState,
-        *,
-        error: str = "keep",
-        steer_special_tokens: bool = False,
-    ) -> None:
-        if error not in ERROR_MODES:
-            raise SteeringError(f"error={error!r} is not known: use 'keep' (keep the SAE error) or 'replace'.")
-        self.gm, self.specs, self.state, self.error = gm, list(specs), state, error
-        self.steer_special_tokens = steer_special_tokens
-        self._write_sites: dict[str, _WriteSite] = {}
-        self._read_points: dict[str, Site] = {}
-        for spec in self.specs:
-            sae = spec.sae
-            if error == "replace" and sae.config.kind == "crosscoder" and len(sae.config.layers_in) > 1:
-                raise SteeringError(
-                    f"error='replace' needs {sae.config.name}'s reconstruction, which reads later layers than "
-                    "it writes to; a crosscoder cannot be spliced in during the forward pass. Use error='keep'."
-                )
-            for hook_point, direction in sae.write_directions(spec.feature).items():
-                entry = self._write_sites.get(hook_point)
-                if entry is None:
-                    entry = _WriteSite(resolve_site(gm, hook_point), [], [])
-                    self._write_sites[hook_point] = entry
-                entry.writes.append(_Write(spec, direction.detach().to(gm.device, torch.float32)))
-                if all(s is not sae for s in entry.saes):
-                    entry.saes.append(sae)
-            if spec.mode != "add" or error == "replace":
-                for hook_point in sae.read_hook_points:
-                    if hook_point not in self._read_points:
-                        self._read_points[hook_point] = resolve_site(gm, hook_point)
-
-    def pairs(self) -> list[tuple[Site, HookFn]]:
-        """(site, fn) pairs: input captures first (they run earlier in the forward), then the writes."""
-        out: list[tuple[Site, HookFn]] = []
-        for hook_point, site in self._read_points.items():
-            if hook_point in self._write_sites:
-                continue  # the write hook sees the same tensor before changing it
-            out.append((site, self._capture(hook_point)))
-        for hook_point, entry in self._write_sites.items():
-            out.append((entry.site, self._steer(hook_point, entry)))
-        return out
-
-    def _active(self) -> bool:
-        # Other threads' forwards never reach these hooks (hooks.hooked is thread-owned).
-        return self.state.enabled
-
-    def _capture(self, hook_point: str) -> HookFn:
-        def fn(x: torch.Tensor) -> None:
-            if self._active():
-                self.state.inputs[hook_point] = x[self.state.rows].detach()
-
-        return fn
-
-    def _input(self, hook_point: str, sae: Any, feature: int | None = None) -> dict[str, torch.Tensor]:
-        needed = list(sae.read_hook_points)
-        if feature is not None and sae.config.kind == "clt":
-            needed = [needed[sae.feature_slot(feature)[0]]]  # a CLT feature reads its own layer only
-        elif feature is None and sae.config.kind == "clt":
-            needed = [h for h in needed if h in self.state.inputs]  # later layers cannot write here
-        missing = [h for h in needed if h not in self.state.inputs]
-        if missing:
-            raise GemscopeError(
-                f"Steering {sae.config.name} needs the activation at {missing[0]} before {hook_point}, but it "
-                "was not computed in this forward pass."
+            kind, keys = (
+                (DirectionSpec, "direction, mode, strength, layer, positions, name")
+                if "direction" in item
+                else (SteeringSpec, "feature, strength, mode, positions, sae")
             )
-        return {h: self.state.inputs[h] for h in needed}
-
-    def _reconstruction(self, sae: Any, hook_point: str, xs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The SAE's reconstruction ``[B_rows, t, d_out]`` at ``hook_point`` from the unsteered inputs."""
-        kind = sae.config.kind
-        if kind in ("sae", "transcoder"):
-            x = xs[sae.config.hook_in]
-            return sae.decode(sae.encode(x), x)
-        # CLT / crosscoder: stack the slots; a slot not computed yet (a later layer) cannot write here.
-        points = sae.read_hook_points
-        like = next(iter(xs.values()))
-        stacked = torch.stack([xs[h].float() if h in xs else torch.zeros_like(like, dtype=torch.float32)
-                               for h in points], dim=-2)
-        slot = sae.config.hook_points_out.index(hook_point)
-        return sae.decode(sae.encode(stacked), stacked)[..., slot, :]
-
-    def _steer(self, hook_point: str, entry: _WriteSite) -> HookFn:
-        def fn(x: torch.Tensor) -> torch.Tensor | None:
-            if not self._active():
-                return None
-            state = self.state
-            if hook_point in self._read_points:
-                state.inputs[hook_point] = x[state.rows].detach()
-            rows = x[state.rows].float()
-            t = rows.shape[-2]
-            delta = torch.zeros_like(rows)
-            union = torch.zeros(rows.shape[:-1], dtype=torch.float32, device=rows.device)
-            for write in entry.writes:
-                spec = write.spec
-                mask = state.mask(spec.positions, t, rows.device).expand(rows.shape[:-1])
-                union = torch.maximum(union, mask)
-                if spec.mode == "add":
-                    coef = mask * spec.strength
-                else:
-                    a_f = spec.sae.feature_activation(spec.feature, self._input(hook_point, spec.sae, spec.feature))
-                    coef = mask * (spec.target - a_f.to(rows.device))
-                delta = delta + coef.unsqueeze(-1) * write.direction
-            if self.error == "replace":
-                base = rows.clone()
-                for sae in entry.saes:
-                    if len(entry.saes) > 1:
-                        raise SteeringError(
-                            f"error='replace' with several SAEs writing to {hook_point} is ambiguous; steer "
-                            "one SAE per site or use error='keep'."
-                        )
-                    recon = self._reconstruction(sae, hook_point, self._input(hook_point, sae)).to(rows.device)
-                    u = union.unsqueeze(-1)
-                    base = u * recon + (1 - u) * rows
-                new_rows = base + delta
-            else:
-                new_rows = rows + delta
-            out = x.clone()
-            out[state.rows] = new_rows.to(x.dtype)
-            return out
-
-        return fn
-
-
-def typical_scales(
-    gm: GemmaModel, sae: Any, features: Sequence[int], prompt_ids: torch.Tensor | None = None, stats: Any = None
-) -> dict[int, tuple[float, str]]:
-    """Each feature's strength unit (its typical maximum activation) and where it came from.
-
-    In order: the feature statistics' ``max_act`` (a corpus scan) when present and positive; else the
-    feature's maximum over the prompt's non-BOS tokens; else ``"site norm"``: the median norm of the
-    activation at the feature's write site over the prompt divided by ``|w_dec[f]|``, so that ``1×`` adds a
-    vector as long as a typical activation there (a push big enough to matter, never a vanishing one).
-    """
-    features = [sae.check_feature(f) for f in features]
-    out: dict[int, tuple[float, str]] = {}
-    max_act = getattr(stats, "max_act", None) if stats is not None else None
-    todo = []
-    for f in features:
-        if max_act is not None and f < len(max_act) and float(max_act[f]) > 0:
-            out[f] = (float(max_act[f]), "stats")
+            try:
+                item = kind(**item)
+            except TypeError as exc:
+                raise SteeringError(f"Bad steering entry {dict(item)!r}: {exc}. Keys: {keys}.") from None
+        if isinstance(item, DirectionSpec):
+            specs.append(_check_direction(item, model))
+        elif isinstance(item, SteeringSpec):
+            specs.append(_check_spec(item, sae))
         else:
-            todo.append(f)
-    if not todo:
-        return out
-    if prompt_ids is None:
-        for f in todo:
-            out[f] = (1.0, "raw")
-        return out
-    from gemscope_widgets.backend.gemma.capture import capture
-
-    ids = prompt_ids.reshape(-1)
-    write_points = {hp for f in todo for hp in sae.write_directions(f)}
-    with model_lock(gm):
-        acts = capture(gm, ids, [*sae.read_hook_points, *write_points])
-    body = slice(1, None) if ids.shape[0] > 1 else slice(None)  # BOS activations are huge outliers
-    xs = {h: acts[h][0, body] for h in sae.read_hook_points}
-    for f in todo:
-        peak = float(sae.feature_activation(f, xs).max())
-        if peak > 0:
-            out[f] = (peak, "prompt")
-            continue
-        norms = []
-        for hp, direction in sae.write_directions(f).items():
-            site_norm = acts[hp][0, body].float().norm(dim=-1).median()
-            norms.append(float(site_norm) / max(float(direction.float().norm()), 1e-12))
-        out[f] = (float(sum(norms) / len(norms)), "site norm")
-    return out
+            raise SteeringError(
+                f"Each steering entry must be a SteeringSpec, a DirectionSpec or a dict, got {item!r}."
+            )
+    return specs

@@ -1,0 +1,96 @@
+"""One observable source of feature statistics per (model, SAE): every view of that SAE reads and follows it.
+
+A :class:`StatsHolder` holds the current :class:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats` of
+one SAE (or ``None``) and calls its subscribers whenever they change: a scan that finishes, statistics found on
+disk, an import set by hand. Subscribers are held weakly when they are bound methods, so a closed view does not
+stay alive because of it.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gemscope_widgets.backend.gemma.model import GemmaModel
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+
+Subscriber = Callable[["FeatureStats | None"], Any]
+
+
+class StatsHolder:
+    """The statistics of ``sae`` on ``gm``, observable.
+
+    ``stats`` is the current value; :meth:`set` replaces it and notifies; :meth:`subscribe` registers
+    ``fn(stats)`` and returns a function that unsubscribes; :meth:`load_or_scan` and :meth:`find_cached` fill it.
+    A subscriber that raises is reported as a warning and does not stop the others.
+    """
+
+    def __init__(self, gm: GemmaModel, sae: Any, stats: FeatureStats | None = None) -> None:
+        self.gm, self.sae = gm, sae
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._subscribers: list[Callable[[], Subscriber | None]] = []
+
+    @property
+    def stats(self) -> FeatureStats | None:
+        return self._stats
+
+    def set(self, stats: FeatureStats | None) -> None:
+        """Use ``stats`` from now on and tell every subscriber."""
+        with self._lock:
+            self._stats = stats
+            live = [(ref, ref()) for ref in self._subscribers]
+            self._subscribers = [ref for ref, fn in live if fn is not None]
+        for _, fn in live:
+            if fn is None:
+                continue
+            try:
+                fn(stats)
+            except Exception as exc:  # one broken view must not keep the others stale
+                warnings.warn(f"A statistics subscriber failed: {type(exc).__name__}: {exc}", stacklevel=2)
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn(stats)`` on every change (bound methods are held weakly); returns the unsubscribe function."""
+        ref = _reference(fn)
+        with self._lock:
+            self._subscribers.append(ref)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if ref in self._subscribers:
+                    self._subscribers.remove(ref)
+
+        return unsubscribe
+
+    def find_cached(self, corpus: Any = None) -> FeatureStats | None:
+        """The current statistics, else those on disk for ``corpus`` with the default parameters (set and
+        announced when found), else ``None``. Never scans."""
+        if self._stats is None:
+            from gemscope_widgets.backend.stats.store import find_cached
+
+            found = find_cached(self.gm, self.sae, corpus)
+            if found is not None:
+                self.set(found)
+        return self._stats
+
+    def load_or_scan(self, corpus: Any = None, **kwargs: Any) -> FeatureStats:
+        """:meth:`FeatureStats.load_or_scan` for this model and SAE; the result is set and announced."""
+        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+
+        stats = FeatureStats.load_or_scan(self.gm, self.sae, corpus, **kwargs)
+        self.set(stats)
+        return stats
+
+
+def _reference(fn: Subscriber) -> Callable[[], Subscriber | None]:
+    """A weak reference to a bound method, a strong one to any other callable."""
+    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
+        return weakref.WeakMethod(fn)  # type: ignore[arg-type]
+    return lambda: fn
+
+
+__all__ = ["StatsHolder"]

@@ -1,0 +1,277 @@
+// The one declaration of what crosses between the kernel and the browser, per widget:
+//
+//   <Widget>Model     the synced traits of the Python class named in its `@widget` tag (what model.get sees)
+//   <Widget>Message   the custom messages the view sends (model.send), one `{ type: "..."; ... }` per line;
+//                     the Python class declares the same table in its MESSAGES and parses with
+//                     gemscope_widgets/widgets/messages.py
+//
+// tests/widgets/test_protocol.py reads this file and fails when a trait or a message differs on either side,
+// so a change is made here and in Python together. Keep to the simple shapes that test can read: one field per
+// line in a `@widget` interface; one message per `|` line. Shared value types (payload layout, entries) follow.
+
+import type { Bytes } from "./sparse";
+
+// --- value types --------------------------------------------------------------------------------------------
+
+/** Where one array lies in the payload blob. */
+export interface ArrayRef {
+  offset: number;
+  length: number;
+  dtype: "uint16" | "uint32" | "float16" | "float32";
+}
+
+/** One prompt as the heatmap payload describes it: token strings and per-token flags. */
+export interface PromptInfo {
+  tokens: string[];
+  special: boolean[];
+  template: boolean[];
+  chat: boolean;
+}
+
+/** The JSON header of the heatmap payload (payload.py's encode_payload): where each array lies in `_data`. */
+export interface PayloadHeader {
+  version: number;
+  top_k: number | null;
+  saes: {
+    name: string;
+    width: number;
+    id_dtype: string;
+    feature_max: { ids: ArrayRef; values: ArrayRef } | null;
+  }[];
+  prompts: PromptInfo[];
+  blocks: {
+    prompt: number;
+    sae: number;
+    n_tokens: number;
+    nnz: number;
+    clamped: number;
+    indptr: ArrayRef;
+    indices: ArrayRef;
+    values: ArrayRef;
+  }[];
+  bytes: number;
+}
+
+export type RankBy = "max" | "sum";
+
+export interface PaneExample {
+  tokens: string[];
+  values: Bytes; // float32
+  peak: number;
+  value: number;
+}
+export interface PaneExamplePage {
+  kind?: "top" | "quantile";
+  start?: number;
+  total?: number;
+  items?: PaneExample[];
+}
+export interface PaneInfo {
+  sae?: string;
+  width?: number;
+  url?: string;
+  explanation?: string;
+  density?: number | null;
+  max_act?: number | null;
+  n_tokens?: number;
+  source?: string;
+}
+export interface PaneRelated {
+  feature: number;
+  score: number;
+  kind: string;
+  explanation: string;
+}
+export interface PaneTest {
+  text?: string;
+  tokens?: string[];
+  special?: boolean[];
+  values?: Bytes; // float32
+  error?: string;
+}
+export interface PaneScan {
+  state?: "idle" | "running" | "done" | "error";
+  done?: number;
+  total?: number;
+  message?: string;
+}
+export interface PaneLogits {
+  top?: [string, number][];
+  bottom?: [string, number][];
+}
+export interface PaneHistogram {
+  edges?: Bytes; // float32 [n + 1]
+  counts?: Bytes; // float32 [n]
+}
+
+export interface SteerFeature {
+  feature: number;
+  multiple: number;
+  mode: "add" | "clamp" | "ablate";
+  positions: "all" | "prompt" | "generated";
+  scale: number;
+  scale_source: string;
+  raw: number;
+}
+export interface SteerSettings {
+  max_new_tokens: number;
+  temperature: number;
+  top_p: number;
+  seed: number;
+  frequency_penalty: number;
+  stop_at_eos: boolean;
+  steer_special_tokens: boolean;
+  error: "keep" | "replace";
+}
+export interface SteerNextToken {
+  column?: string;
+  index?: number;
+  context?: string;
+  chosen?: string;
+  tokens?: string[];
+  baseline?: number[];
+  steered?: number[];
+}
+
+// --- widgets ------------------------------------------------------------------------------------------------
+
+/** @widget gemscope_widgets.widgets.heatmap.Heatmap */
+export interface HeatmapModel {
+  _header: PayloadHeader;
+  _data: Bytes;
+  sae_index: number;
+  top_n: number;
+  rank_by: "max" | "sum";
+  list_k: number;
+  selected_prompt: number;
+  selected_feature: number;
+  selected_token: number;
+}
+
+/** @messages gemscope_widgets.widgets.heatmap.Heatmap */
+export type HeatmapMessage = never;
+
+/** @widget gemscope_widgets.widgets.feature_pane.FeaturePane */
+export interface FeaturePaneModel {
+  feature: number;
+  info: PaneInfo;
+  logits: PaneLogits;
+  histogram: PaneHistogram;
+  related: PaneRelated[];
+  examples: PaneExamplePage;
+  quantiles: PaneExamplePage;
+  test: PaneTest;
+  scan: PaneScan;
+  page_size: number;
+  can_steer: boolean;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.feature_pane.FeaturePane */
+export type FeaturePaneMessage =
+  | { type: "open"; feature: number }
+  | { type: "page"; kind: "top" | "quantile"; start: number }
+  | { type: "test"; text: string }
+  | { type: "scan" }
+  | { type: "steer" };
+
+/** @widget gemscope_widgets.widgets.steer.Steer */
+export interface SteerModel {
+  sae_name: string;
+  prompt_tokens: string[];
+  prompt_special: boolean[];
+  chat: boolean;
+  features: SteerFeature[];
+  strength_range: number[];
+  settings: SteerSettings;
+  baseline_tokens: string[];
+  steered_tokens: string[];
+  divergence: number;
+  running: boolean;
+  status: string;
+  generation_id: number;
+  next_token: SteerNextToken;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.steer.Steer */
+export type SteerMessage =
+  | { type: "set"; feature: number; key: "multiple" | "mode" | "positions"; value: number | string }
+  | { type: "add"; feature: number }
+  | { type: "remove"; feature: number }
+  | { type: "settings"; values: Record<string, number | boolean | string> }
+  | { type: "range"; min: number; max: number }
+  | { type: "next"; index: number; column: "baseline" | "steered" }
+  | { type: "run" };
+
+/** @widget gemscope_widgets.widgets.token_view.TokenView */
+export interface TokenViewModel {
+  tokens: string[];
+  special: boolean[];
+  selected_token: number;
+  status: string;
+}
+
+/** @messages gemscope_widgets.widgets.token_view.TokenView */
+export type TokenViewMessage = never;
+
+// --- typed sending ------------------------------------------------------------------------------------------
+
+/** The part of anywidget's model that sends custom messages. */
+interface Sender {
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
+}
+
+/** `model.send(message)` checked against the widget's message union: `sendMessage<SteerMessage>(model, {...})`. */
+export function sendMessage<M extends { type: string }>(model: Sender, message: M): void {
+  model.send(message);
+}
+
+// --- circuit (widgets/circuit.py) -----------------------------------------------------------------------------
+
+/** The JSON header of the circuit payload (circuit.py's encode_graph): graph facts and where each array lies. */
+export interface CircuitHeader {
+  version: number;
+  prompt: string;
+  tokens: string[];
+  logit_tokens: string[];
+  logit_probabilities: number[];
+  n_layers: number;
+  n_nodes_total: number;
+  n_edges_total: number;
+  n_nodes: number;
+  n_edges: number;
+  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef>;
+  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef>;
+  labels: Record<string, string>;
+  top_logits: Record<string, [string, number][]>;
+  model: string;
+  scan: string;
+  bytes: number;
+}
+
+/** The last intervention (Circuit.intervention): probabilities before and after, per token. */
+export interface CircuitIntervention {
+  state?: "running" | "done" | "error";
+  nodes?: number[];
+  mode?: string;
+  value?: number;
+  rows?: [string, number, number][];
+  message?: string;
+}
+
+/** @widget gemscope_widgets.widgets.circuit.Circuit */
+export interface CircuitModel {
+  _header: CircuitHeader;
+  _data: Bytes;
+  node_threshold: number;
+  edge_threshold: number;
+  selected: number[];
+  pinned: number[];
+  clicked: number;
+  intervention: CircuitIntervention;
+}
+
+/** @messages gemscope_widgets.widgets.circuit.Circuit */
+export type CircuitMessage =
+  | { type: "intervene"; mode: "set" | "scale"; value: number };

@@ -1,0 +1,34 @@
+"""Chat messages on a base (-pt) model warn once per model; plain text and -it models do not warn."""
+
+from __future__ import annotations
+
+import warnings
+
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning, load_model
+
+MESSAGES = [{"role": "user", "content": "What is a KeyError?"}]
+
+
+def _load(path, name):
+    return load_model(path, device="cpu", dtype="float32", name=name)
+
+
+def test_chat_on_a_base_model_warns_once(tiny_model_path):
+    gm = _load(tiny_model_path, "tiny-gemma-3-pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm.prompt(MESSAGES)
+        gm.prompt([*MESSAGES, {"role": "assistant", "content": "An error."}])
+    assert [type(w.message) for w in caught] == [BaseModelChatWarning]
+    assert "base (pretrained)" in str(caught[0].message) and "-it" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gm.prompt(MESSAGES)  # once per model, not once per call
+        gm.prompt("plain text never warns")
+
+
+def test_chat_on_an_instruct_model_and_text_on_a_base_model_do_not_warn(tiny_model_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _load(tiny_model_path, "tiny-gemma-3-it").prompt(MESSAGES).is_chat
+        _load(tiny_model_path, "tiny-gemma-3-pt").prompt("The function returned")
