@@ -34,6 +34,8 @@ _EXPORTS = {
     "FeaturePane": "gemscope_widgets.widgets.feature_pane",
     "Steer": "gemscope_widgets.widgets.steer",
     "TokenView": "gemscope_widgets.widgets.token_view",
+    "Circuit": "gemscope_widgets.widgets.circuit",
+    "train_transcoders": "gemscope_widgets.backend.training.transcoders",
 }
 
 __all__ = ["__version__", *_EXPORTS]

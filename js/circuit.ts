@@ -484,11 +484,19 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
 
   // --- interaction -----------------------------------------------------------------------------------------
+  // Pointer events with capture: the notebook host never sees (or swallows) a drag that starts on the canvas.
   let drag: { x: number; y: number; tx: number; ty: number; moved: boolean } | null = null;
-  canvas.addEventListener("mousedown", (ev) => {
+  canvas.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
     drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
+    try {
+      canvas.setPointerCapture(ev.pointerId);
+    } catch {
+      // synthetic events have no active pointer to capture
+    }
+    ev.stopPropagation();
   });
-  const onMove = (ev: MouseEvent) => {
+  const onMove = (ev: PointerEvent) => {
     if (drag) {
       const dx = ev.clientX - drag.x;
       const dy = ev.clientY - drag.y;
@@ -501,7 +509,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
         return;
       }
     }
-    if (ev.target !== canvas) return;
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i !== hover) {
       hover = i;
@@ -509,10 +516,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
     }
     showTip(i, ev.clientX, ev.clientY);
   };
-  const onUp = (ev: MouseEvent) => {
+  const onUp = (ev: PointerEvent) => {
     const d = drag;
     drag = null;
-    if (!d || d.moved || ev.target !== canvas) return;
+    if (!d || d.moved) return;
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i < 0) {
       setFocus(-1);
@@ -527,9 +534,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
     model.save_changes();
     setFocus(i);
   };
-  window.addEventListener("mousemove", onMove);
-  window.addEventListener("mouseup", onUp);
-  canvas.addEventListener("mouseleave", () => {
+  canvas.addEventListener("pointermove", onMove);
+  canvas.addEventListener("pointerup", onUp);
+  canvas.addEventListener("pointercancel", () => {
+    drag = null;
+  });
+  canvas.addEventListener("pointerleave", () => {
     tip.hidden = true;
     if (hover >= 0) {
       hover = -1;
@@ -652,13 +662,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
       return i === undefined ? null : [g.x[i] * scale + tx, g.y[i] * scale + ty];
     },
     view: () => ({ scale, tx, ty }),
+    hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
   };
 
   return () => {
     releaseKeys();
     observer.disconnect();
-    window.removeEventListener("mousemove", onMove);
-    window.removeEventListener("mouseup", onUp);
     if (frame) cancelAnimationFrame(frame);
   };
 }

@@ -114,7 +114,10 @@ def _transcoders_by_layer(transcoders: Any) -> dict[int, Any]:
     """``{layer: transcoder}`` from a list of one-layer transcoders or a TranscoderSet-like object."""
     if isinstance(transcoders, dict):
         return {int(k): v for k, v in transcoders.items()}
-    items = getattr(transcoders, "transcoders", transcoders)
+    by_layer = getattr(transcoders, "by_layer", None)  # a TranscoderSet (empty for a CLT)
+    if isinstance(by_layer, dict):
+        return {int(k): v for k, v in by_layer.items()}
+    items = transcoders
     if isinstance(items, dict):
         return {int(k): v for k, v in items.items()}
     out = {}
@@ -333,8 +336,9 @@ class Circuit(anywidget.AnyWidget):
         self.intervention = {**base, "state": "running", "rows": [], "message": ""}
         try:
             result = self.graph.intervene({n: float(value) for n in nodes}, mode=mode)
-        except GemscopeError as exc:
-            self.intervention = {**base, "state": "error", "rows": [], "message": str(exc)}
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
+            self.intervention = {**base, "state": "error", "rows": [], "message": message}
             raise
         self.intervention = {**base, "state": "done", "rows": intervention_rows(result), "message": ""}
         return self.intervention
@@ -355,9 +359,9 @@ class Circuit(anywidget.AnyWidget):
                 features = set(range(self.graph.n_selected))
                 nodes = [n for n in self.selected if n in features]
                 self.intervene(nodes, mode=fields["mode"], value=float(fields["value"]))
-        except GemscopeError as exc:
-            if self.intervention.get("state") != "error":
-                self.intervention = {"state": "error", "rows": [], "message": str(exc)}
+        except Exception as exc:  # a view's request must end in a message in the view, never a silent log line
+            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
+            self.intervention = {**self.intervention, "state": "error", "rows": [], "message": message}
 
 
 def intervention_rows(result: Any) -> list[list[Any]]:

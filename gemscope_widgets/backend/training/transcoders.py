@@ -145,7 +145,13 @@ def _ridge_skip(x: torch.Tensor, y: torch.Tensor, ridge: float, chunk: int = 819
         xtx += (xb.transpose(1, 2) @ xb).double()
         xty += (xb.transpose(1, 2) @ yb).double()
     eye = torch.eye(d_in, dtype=torch.float64)
-    return torch.linalg.solve(xtx + ridge * n * eye, xty).float()
+    # One Cholesky solve per layer (the system is symmetric positive definite); MKL's batched LU was seen to
+    # fail on these shapes.
+    out = torch.empty(n_layers, d_in, xty.shape[-1])
+    for i in range(n_layers):
+        factor = torch.linalg.cholesky(xtx[i] + ridge * n * eye)
+        out[i] = torch.cholesky_solve(xty[i], factor).float()
+    return out
 
 
 class _StackedTranscoders(torch.nn.Module):
