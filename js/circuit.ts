@@ -617,14 +617,20 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const head = element("tr");
     for (const t of ["token", "before", "after", "change"]) head.append(element("th", "", t));
     table.append(head);
+    const show = (p: number | null) => (p === null ? "—" : formatValue(p));
     for (const [tok, before, after] of r.rows ?? []) {
       const tr = element("tr");
-      const delta = after - before;
+      const known = before !== null && after !== null;
+      const delta = known ? after - before : 0;
       tr.append(
         element("td", "gs-ct-token", visibleText(tok)),
-        element("td", "", formatValue(before)),
-        element("td", "", formatValue(after)),
-        element("td", delta >= 0 ? "gs-ct-pos" : "gs-ct-neg", `${delta >= 0 ? "+" : ""}${formatValue(delta)}`),
+        element("td", "", show(before)),
+        element("td", "", show(after)),
+        element(
+          "td",
+          !known ? "" : delta >= 0 ? "gs-ct-pos" : "gs-ct-neg",
+          known ? `${delta >= 0 ? "+" : ""}${formatValue(delta)}` : "—",
+        ),
       );
       table.append(tr);
     }
