@@ -103,7 +103,7 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
         }
     seconds = time.perf_counter() - start
     return {
-        "kind": kind, "tokens": int(len(ids)), "set": which, "seconds": seconds,
+        "kind": kind, "tokens": len(ids), "set": which, "seconds": seconds,
         "peak_mb_above_loaded": max(0.0, _peak_mb() - max(peak0, rss0)), **info,
     }
 
