@@ -135,6 +135,31 @@ class Scope:
         pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
         return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
 
+    def circuit(self, prompt: Any, transcoders: Any = None, **kwargs: Any) -> Any:
+        """Attribution graph of ``prompt``'s next token, drawn live, with the clicked feature's pane beneath.
+
+        ``transcoders``: a transcoder set (anything ``load_transcoders`` takes); default: the one passed
+        before, else the demo set of the embedded Gemma 3 270M (trained on first use). Keywords go to
+        ``attribute`` (``max_logits``, ``logit_probability``, ``max_feature_nodes``, ``batch_size``,
+        ``progress``) and to the view (``node_threshold``, ``edge_threshold``, ``max_edges``). The graph is the
+        result's ``.graph``.
+        """
+        from gemscope_widgets.backend.circuits.attribution import attribute
+        from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+
+        from .widgets.circuit import CircuitExplorer
+
+        if transcoders is not None:
+            self._transcoders = load_transcoders(transcoders)
+        elif getattr(self, "_transcoders", None) is None:
+            from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+
+            self._transcoders = load_transcoders(load_demo_transcoders(self.model))
+        view_keys = ("node_threshold", "edge_threshold", "max_edges")
+        view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
+        graph = attribute(self.model, self._transcoders, prompt, **kwargs)
+        return CircuitExplorer.build(self.model, graph, self._transcoders, **view)
+
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.
 

@@ -283,7 +283,7 @@ export interface CircuitIntervention {
   nodes?: number[];
   mode?: string;
   value?: number;
-  rows?: [string, number, number][];
+  rows?: [string, number | null, number | null][];
   message?: string;
 }
 

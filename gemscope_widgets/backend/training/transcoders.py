@@ -249,7 +249,7 @@ def fit_transcoders(
     threshold_lr: float = 2e-2,
     l0_coefficient: float = 2.0,
     eps: float = 0.01,
-    ridge: float = 1e-4,
+    ridge: float = 1e-6,
     resample_every: int = 50,
     resample_until: float = 0.5,
     min_frequency: float = 1e-3,
