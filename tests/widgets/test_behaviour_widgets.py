@@ -40,6 +40,13 @@ def test_chat_view_heat_summary_and_continue(scope):
     first = view["turns"][0]["summary"]
     assert [s["feature"] for s in first] == chat.conversation.summary(0, 6)[0].features.tolist()
     chat.select(3, 5)
+    chat._on_custom_msg(chat, {"type": "toggle", "feature": 7}, [])  # what a click on a chip sends
+    assert chat.features == [3, 5, 7]
+    chat._on_custom_msg(chat, {"type": "toggle", "feature": 5}, [])
+    assert chat.features == [3, 7] and chat.error == ""
+    chat._on_custom_msg(chat, {"type": "toggle", "feature": 10**6}, [])
+    assert "does not exist" in chat.error and chat.features == [3, 7]
+    chat.select(3, 5)
     assert np.frombuffer(chat._heat, dtype=np.float32).size == 2 * len(view["tokens"])
 
     with warnings.catch_warnings():
