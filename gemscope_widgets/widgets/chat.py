@@ -81,7 +81,7 @@ class Chat(anywidget.AnyWidget):
             scope.sae().check_feature(f)
         from gemscope_widgets.backend.behaviour.conversation import warn_if_base
 
-        warn_if_base(scope.model, "scope.chat")
+        warn_if_base(scope.model)
         warning = "" if scope.model.is_instruct else (
             f"{scope.model.name} is a base model, not chat-tuned: the template and tools work, but its replies are "
             "not a chat model's.")

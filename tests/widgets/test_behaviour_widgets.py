@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from gemscope_widgets.backend.behaviour import conversation
 from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.errors import ContrastError, PromptError
 
 CONV = [
@@ -24,12 +24,12 @@ def scope(tiny_model, gemma_scope_folders, monkeypatch):
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.scope import Scope
 
-    monkeypatch.setattr(conversation, "_WARNED", set())
+    monkeypatch.setattr(tiny_model, "_warned_chat", False)
     return Scope(tiny_model, load_sae(gemma_scope_folders["resid_post"]))
 
 
 def test_chat_view_heat_summary_and_continue(scope):
-    with pytest.warns(UserWarning, match="base model"):
+    with pytest.warns(BaseModelChatWarning):
         chat = scope.chat(CONV, features=[3], max_new_tokens=4)
     assert "base model" in chat.warning
     view = chat._view
