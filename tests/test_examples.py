@@ -41,7 +41,8 @@ def outputs_text(nb: nbformat.NotebookNode) -> str:
 
 
 def test_every_example_is_covered():
-    assert {p.name for p in EXAMPLES.glob("*.ipynb")} == {"quickstart.ipynb", "gemma-scope-2.ipynb"}
+    assert {p.name for p in EXAMPLES.glob("*.ipynb")} == {"quickstart.ipynb", "gemma-scope-2.ipynb",
+                                                          "chat-behaviour.ipynb"}
 
 
 def test_gemma_scope_2_notebook_runs_on_a_populated_hub_cache(tiny_model_path, tmp_path):
@@ -80,3 +81,23 @@ def test_quickstart_notebook_runs_on_the_embedded_default():
                o.get("data", {})]
     assert len(widgets) >= 3
 
+
+
+@pytest.mark.real_model
+def test_chat_behaviour_notebook_runs_on_the_embedded_model(tmp_path):
+    """The behaviour workflow on the real 270M; a random SAE of its shape stands in for the demo SAE (no training)."""
+    sae = write_gemma_scope_sae(
+        tmp_path / "resid_post/layer_6_width_16k_l0_medium", kind="sae", site="resid_post", layer=6, d_in=640,
+        width=512, model_name="google/gemma-3-270m", seed=3,
+    )
+    nb = execute(
+        EXAMPLES / "chat-behaviour.ipynb",
+        parameters=f"SAE_PATH = {str(sae)!r}",
+        env={"PYTHONPATH": str(EXAMPLES.parent)},
+    )
+    text = outputs_text(nb)
+    assert "<- chosen" in text and "refusal rate" in text and "steps kept" in text
+    assert "'role': 'assistant'" in text
+    widgets = [o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in
+               o.get("data", {})]
+    assert len(widgets) >= 3, "two contrasts and the conversation should be displayed"
