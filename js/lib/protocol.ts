@@ -242,6 +242,93 @@ export type TokenViewMessage = { type: "ping" };
 /** What every widget's kernel side sends to its view: the answer to "ping" (lib/live.ts). */
 export type KernelMessage = { type: "pong" };
 
+/** One message of a conversation as the kernel checked it (a model turn's role is "assistant"). */
+export interface ChatTurnMessage {
+  role: string;
+  content: string;
+}
+/** A turn located in the tokens, with its strongest features (behaviour/conversation.py's Turn). */
+export interface ChatTurn {
+  role: string;
+  message: number; // -1 for the open generation prompt
+  start: number;
+  end: number;
+  content_start: number;
+  content_end: number;
+  message_start: number; // after a folded system message
+  summary: { feature: number; max: number; mean: number }[];
+}
+export interface ChatView {
+  tokens?: string[];
+  special?: boolean[];
+  template?: boolean[];
+  turns?: ChatTurn[];
+  sae_names?: string[];
+  track_label?: string;
+  system?: string;
+}
+
+/** @widget gemscope_widgets.widgets.chat.Chat */
+export interface ChatModel {
+  messages: ChatTurnMessage[];
+  features: number[];
+  sae_index: number;
+  _view: ChatView;
+  _heat: Bytes;
+  _track: Bytes;
+  streaming: string[];
+  running: boolean;
+  status: string;
+  error: string;
+  warning: string;
+}
+
+/** @messages gemscope_widgets.widgets.chat.Chat */
+export type ChatMessage =
+  | { type: "continue" }
+  | { type: "edit"; message: number; content: string }
+  | { type: "toggle"; feature: number }
+  | { type: "ping" };
+
+export interface ContrastSide {
+  tokens: string[];
+  special: boolean[];
+  template: boolean[];
+  span: number[];
+}
+export interface ContrastRow {
+  feature: number;
+  diff: number;
+  a: number;
+  b: number;
+  t?: number;
+  stderr?: number;
+}
+export interface ContrastInfo {
+  a?: ContrastSide;
+  b?: ContrastSide;
+  rows?: ContrastRow[];
+  span?: string;
+  reduce?: string;
+  sae_name?: string;
+  n_pairs?: number;
+}
+
+/** @widget gemscope_widgets.widgets.contrast.ContrastView */
+export interface ContrastViewModel {
+  _view: ContrastInfo;
+  _heat_a: Bytes;
+  _heat_b: Bytes;
+  selected_feature: number;
+  can_steer: boolean;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.contrast.ContrastView */
+export type ContrastViewMessage =
+  | { type: "steer"; feature: number }
+  | { type: "ping" };
+
 // --- typed sending ------------------------------------------------------------------------------------------
 
 /** The part of anywidget's model that sends custom messages. */
@@ -302,94 +389,4 @@ export interface CircuitModel {
 /** @messages gemscope_widgets.widgets.circuit.Circuit */
 export type CircuitMessage =
   | { type: "intervene"; mode: "set" | "scale"; value: number }
-  | { type: "ping" };
-
-// --- chat (widgets/chat.py) ---------------------------------------------------------------------------------
-
-export interface ChatSummaryItem {
-  feature: number;
-  max: number;
-  mean: number;
-}
-export interface ChatTurnInfo {
-  role: string;
-  message: number;
-  start: number;
-  end: number;
-  content_start: number;
-  content_end: number;
-  message_start: number;
-  summary: ChatSummaryItem[];
-}
-export interface ChatView {
-  tokens?: string[];
-  special?: boolean[];
-  template?: boolean[];
-  turns?: ChatTurnInfo[];
-  sae_names?: string[];
-  track_label?: string;
-  system?: string;
-}
-
-/** @widget gemscope_widgets.widgets.chat.Chat */
-export interface ChatModel {
-  messages: { role: string; content: string }[];
-  features: number[];
-  sae_index: number;
-  _view: ChatView;
-  _heat: DataView;
-  _track: DataView;
-  streaming: string[];
-  running: boolean;
-  status: string;
-  error: string;
-  warning: string;
-}
-
-/** @messages gemscope_widgets.widgets.chat.Chat */
-export type ChatMessage =
-  | { type: "continue" }
-  | { type: "edit"; message: number; content: string }
-  | { type: "toggle"; feature: number }
-  | { type: "ping" };
-
-// --- contrast (widgets/contrast.py) -------------------------------------------------------------------------
-
-export interface ContrastSide {
-  tokens: string[];
-  special: boolean[];
-  template: boolean[];
-  span: number[];
-}
-export interface ContrastRow {
-  feature: number;
-  diff: number;
-  a: number;
-  b: number;
-  t?: number;
-  stderr?: number;
-}
-export interface ContrastViewInfo {
-  a?: ContrastSide;
-  b?: ContrastSide;
-  rows?: ContrastRow[];
-  span?: string;
-  reduce?: string;
-  sae_name?: string;
-  n_pairs?: number;
-}
-
-/** @widget gemscope_widgets.widgets.contrast.ContrastView */
-export interface ContrastModel {
-  _view: ContrastViewInfo;
-  _heat_a: DataView;
-  _heat_b: DataView;
-  selected_feature: number;
-  can_steer: boolean;
-  error: string;
-}
-
-/** @messages gemscope_widgets.widgets.contrast.ContrastView */
-export type ContrastMessage =
-  | { type: "steer"; feature: number }
   | { type: "ping" };

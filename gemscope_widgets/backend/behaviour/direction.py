@@ -211,7 +211,7 @@ def behaviour_direction(
     if chat is None:
         chat = bool(gm.is_instruct)
     if chat:
-        warn_if_base(gm, "behaviour_direction")
+        warn_if_base(gm)
     if layer is not None:
         layer = _check_layer(gm, layer)
         candidates = [layer]
