@@ -50,6 +50,7 @@ class Scope:
             place_sae(sae, self.model)
             self.saes[name or sae.config.name] = sae
         self._holders: dict[str, StatsHolder] = {}
+        self._labels: dict[int, Any] = {}
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
@@ -134,6 +135,31 @@ class Scope:
         pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
         return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
 
+    def circuit(self, prompt: Any, transcoders: Any = None, **kwargs: Any) -> Any:
+        """Attribution graph of ``prompt``'s next token, drawn live, with the clicked feature's pane beneath.
+
+        ``transcoders``: a transcoder set (anything ``load_transcoders`` takes); default: the one passed
+        before, else the demo set of the embedded Gemma 3 270M (trained on first use). Keywords go to
+        ``attribute`` (``max_logits``, ``logit_probability``, ``max_feature_nodes``, ``batch_size``,
+        ``progress``) and to the view (``node_threshold``, ``edge_threshold``, ``max_edges``). The graph is the
+        result's ``.graph``.
+        """
+        from gemscope_widgets.backend.circuits.attribution import attribute
+        from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+
+        from .widgets.circuit import CircuitExplorer
+
+        if transcoders is not None:
+            self._transcoders = load_transcoders(transcoders)
+        elif getattr(self, "_transcoders", None) is None:
+            from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+
+            self._transcoders = load_transcoders(load_demo_transcoders(self.model))
+        view_keys = ("node_threshold", "edge_threshold", "max_edges")
+        view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
+        graph = attribute(self.model, self._transcoders, prompt, **kwargs)
+        return CircuitExplorer.build(self.model, graph, self._transcoders, **view)
+
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.
 
@@ -153,6 +179,20 @@ class Scope:
         if name not in self._holders:
             self._holders[name] = StatsHolder(self.model, chosen)
         return self._holders[name]
+
+    def labels(self, sae: str | None = None) -> Any:
+        """The feature labels of SAE ``sae`` (default: the first): explanations where the statistics have
+        them, otherwise automatic labels (see :mod:`~gemscope_widgets.backend.analysis.labels`). One object per
+        SAE, kept, and refreshed when that SAE's statistics change."""
+        from gemscope_widgets.backend.analysis.labels import FeatureLabels
+
+        holder = self.stats_holder(sae)
+        key = id(holder)
+        if key not in self._labels:
+            labels = FeatureLabels(self.model, holder.sae, holder.find_cached())
+            holder.subscribe(labels.set_stats)
+            self._labels[key] = labels
+        return self._labels[key]
 
     @property
     def _stats(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import type { RenderProps } from "@anywidget/types";
 import { choice as select, el, labelled, mountTheme } from "./lib/dom";
 import { EchoGuard } from "./lib/echo";
 import { formatValue } from "./lib/format";
+import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
 import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
 import { renderTokens } from "./lib/tokens";
@@ -320,6 +321,9 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   drawColumns();
   drawStatus();
   drawNext();
+  // Every control asks the kernel: without one a slider would move its label while the texts stay old.
+  // When it stops answering, the sliders go back to the values the texts were made with.
+  disposers.push(watchKernel(model, root, { onChange: (live) => live || drawFeatures() }).dispose);
   const handlers: [string, () => void][] = [
     ["change:sae_name", drawHead],
     ["change:unit", drawHead],

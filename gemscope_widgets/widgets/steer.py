@@ -7,6 +7,7 @@ generation runner; this widget turns its events into traits and the browser's me
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import anywidget
@@ -22,14 +23,15 @@ from gemscope_widgets.backend.steering.session import (
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
 from .bundle import bundle_path
-from .messages import MessageTable, parse_message
+from .messages import PING, PONG, MessageTable, parse_message
+from .static_view import StaticFallback
 
 _BUNDLE = bundle_path("steer")
 
 __all__ = ["DEFAULT_SETTINGS", "Steer"]
 
 
-class Steer(anywidget.AnyWidget, SessionListener):
+class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
     """``scope.steer(prompt, {feature: multiple})``: one slider per feature or direction, baseline vs steered text.
 
     Python API: :meth:`add_feature`, :meth:`add_direction`, :meth:`remove_feature`, :meth:`remove_direction`,
@@ -53,6 +55,7 @@ class Steer(anywidget.AnyWidget, SessionListener):
         "range": {"min": (float,), "max": (float,)},
         "next": {"index": (int,), "column": frozenset({"baseline", "steered"})},
         "run": {},
+        "ping": PING,
     }
     """What the view sends (``SteerMessage`` in ``js/lib/protocol.ts``)."""
 
@@ -96,6 +99,17 @@ class Steer(anywidget.AnyWidget, SessionListener):
     whenever the steering or settings change."""
     error = traitlets.Unicode("").tag(sync=True)
     """A user-facing message about the last failed action, "" when none."""
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`).
+
+        It is made when the cell displays the widget, so it waits (at most a few seconds) for the first
+        generation to finish, or shows the texts as far as they got."""
+        from .static_view import STATIC_WAIT_S, steer_html
+
+        with contextlib.suppress(Exception):  # a timeout or a failed generation: render what is there
+            self.wait(timeout=STATIC_WAIT_S)
+        return steer_html(self)
 
     def __init__(
         self,
@@ -315,7 +329,9 @@ class Steer(anywidget.AnyWidget, SessionListener):
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
             kind, msg = parse_message(content, self.MESSAGES)
-            if kind == "set":
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "set":
                 key, feature, value = msg["key"], msg["feature"], msg["value"]
                 if key == "multiple":
                     self.set_strength(feature, value)
