@@ -314,11 +314,14 @@ class Heatmap(anywidget.AnyWidget):
                 hit = np.flatnonzero(block.indices == f)
                 best = hit[np.argmax(block.values[hit])]
                 value, where = float(block.values[best]), int(rows[best])
+                label = html.escape(self.label(f, sae))
                 dense_rows.append(
-                    f"<tr><td>#{f}</td><td>{format_value(value)}</td><td>{html.escape(repr(tokens[where]))}</td></tr>"
+                    f"<tr><td>#{f}</td><td>{label}</td><td>{format_value(value)}</td>"
+                    f"<td>{html.escape(repr(tokens[where]))}</td></tr>"
                 )
             parts.append(
-                "<table><tr><th>feature</th><th>max</th><th>at token</th></tr>" + "".join(dense_rows) + "</table>"
+                "<table><tr><th>feature</th><th>label</th><th>max</th><th>at token</th></tr>"
+                + "".join(dense_rows) + "</table>"
             )
         parts.append("</div>")
         return "".join(parts)
