@@ -7,6 +7,7 @@ import { heatBackground, normalise } from "./lib/colors";
 import { el, mountTheme } from "./lib/dom";
 import { formatPercent, formatValue } from "./lib/format";
 import { drawHistogram } from "./lib/histogram";
+import { watchKernel } from "./lib/live";
 import { keepKeys } from "./lib/keys";
 import { type FeaturePaneMessage, type FeaturePaneModel, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
@@ -270,6 +271,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     drawError();
   };
   drawAll();
+  const kernel = watchKernel(model, root); // every control here asks the kernel
 
   const listeners: [string, () => void][] = [
     ["change:feature", drawInfo],
@@ -291,6 +293,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     related.removeEventListener("click", onRelated);
     testInput.removeEventListener("keydown", onKey);
     stopKeys();
+    kernel.dispose();
   };
 }
 

@@ -8,6 +8,7 @@ import { normalise } from "./lib/colors";
 import { el, labelled, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
 import { densityText, describeFeature, type FeatureNotes, NO_NOTES, PromptGrid, type Selection } from "./lib/heatgrid";
+import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit } from "./lib/keys";
 import type { HeatmapModel, RankBy } from "./lib/protocol";
 import { Payload } from "./lib/sparse";
@@ -232,6 +233,8 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   saeSelect.addEventListener("change", onSae);
   rankSelect.addEventListener("change", onRank);
   const disposers = [keepKeys(root), onCommit(topInput, onTop)];
+  const kernel = watchKernel(model, root, { disable: false }); // the grid works without it; selections wait
+  disposers.push(kernel.dispose);
 
   const onGrid = () => {
     syncToolbar();

@@ -125,14 +125,17 @@ def load_default(
 
 def prepare_default(*, progress: bool = True) -> dict[str, Any]:
     """Everything the embedded default needs, made once and cached: the converted model, the demo SAE and
-    its feature statistics. Returns ``{"model": folder, "sae": folder, "stats": FeatureStats}``.
-    Used by ``gemscope prepare``; ``Scope.default()`` does the same on first use.
+    its feature statistics, and its steering strength units. Returns ``{"model": folder, "sae": folder,
+    "stats": FeatureStats, "units": FeatureUnits}``. Used by ``gemscope prepare``; ``Scope.default()`` does the
+    same on first use (the units when a steering view first needs them).
     """
     from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
+    from gemscope_widgets.backend.steering.units import feature_units
 
     model_dir = ensure_embedded_model(progress=progress)
     gm, sae = load_default(progress=progress, stats=False)
-    return {"model": model_dir, "sae": demo_sae_path(), "stats": ensure_demo_stats(gm, sae, progress=progress)}
+    return {"model": model_dir, "sae": demo_sae_path(), "stats": ensure_demo_stats(gm, sae, progress=progress),
+            "units": feature_units(gm, sae, progress=progress)}
 
 
 LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the losses use a subset

@@ -20,7 +20,8 @@ from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
-from .messages import MessageTable, parse_message
+from .messages import PING, PONG, MessageTable, parse_message
+from .static_view import StaticFallback
 
 _BUNDLE = bundle_path("feature_pane")
 
@@ -44,7 +45,7 @@ def _example_payload(example: Any) -> dict[str, Any]:
     }
 
 
-class FeaturePane(anywidget.AnyWidget):
+class FeaturePane(StaticFallback, anywidget.AnyWidget):
     """Detail pane for one feature of one SAE; ``scope.feature(f)`` builds it.
 
     Clicking a related feature switches the pane to it (:meth:`show`); ``on_steer(fn)`` is called with the
@@ -59,6 +60,7 @@ class FeaturePane(anywidget.AnyWidget):
         "test": {"text": (str,)},
         "scan": {},
         "steer": {},
+        "ping": PING,
     }
     """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
 
@@ -88,6 +90,12 @@ class FeaturePane(anywidget.AnyWidget):
     """Whether a steer callback is registered (shows the "steer" button)."""
     error = traitlets.Unicode("").tag(sync=True)
     """A user-facing message about the last failed action, "" when none."""
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        from .static_view import feature_pane_html
+
+        return feature_pane_html(self)
 
     def __init__(
         self,
@@ -326,7 +334,9 @@ class FeaturePane(anywidget.AnyWidget):
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
             kind, fields = parse_message(content, self.MESSAGES)
-            if kind == "open":
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "open":
                 self.show(fields["feature"])
             elif kind == "page":
                 self.page(fields["kind"], fields["start"])

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import html
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anywidget
 import numpy as np
@@ -15,7 +14,9 @@ import traitlets
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
 from .bundle import bundle_path
-from .payload import DENSE_ABOVE, RANKS, Payload, decode_payload, encode_payload, format_value
+from .messages import PING, PONG, MessageTable, parse_message
+from .payload import DENSE_ABOVE, RANKS, Payload, decode_payload, encode_payload
+from .static_view import StaticFallback
 
 if TYPE_CHECKING:
     from gemscope_widgets.scope import Scope
@@ -46,7 +47,7 @@ def _max_of(stats: Any) -> Any:
     return None if stats is None else stats.max_act
 
 
-class Heatmap(anywidget.AnyWidget):
+class Heatmap(StaticFallback, anywidget.AnyWidget):
     """Tokens × top SAE features, coloured by activation; click a token or a feature to inspect it.
 
     Build one with :meth:`Scope.heatmap` or :func:`heatmap`. All data lives in traits (binary CSR, see
@@ -55,6 +56,9 @@ class Heatmap(anywidget.AnyWidget):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {"ping": PING}
+    """What the view sends (``HeatmapMessage`` in ``js/lib/protocol.ts``): only the liveness check."""
 
     _header = traitlets.Dict().tag(sync=True)
     """The payload's JSON header: prompts' tokens, SAEs, and where each array lies in ``_data``."""
@@ -87,6 +91,7 @@ class Heatmap(anywidget.AnyWidget):
         self._payload: Payload | None = None
         super().__init__(_header=header, _data=data, **kwargs)
         self._last_selection = self.selection
+        self.on_msg(self._on_custom_msg)
 
     @classmethod
     def build(
@@ -298,45 +303,19 @@ class Heatmap(anywidget.AnyWidget):
 
         return export_html(self, path, title=title)
 
-    def static_html(self, max_tokens: int = 400) -> str:
-        """A plain HTML summary (no script): the prompts and, per prompt, the top features and their peaks."""
-        payload = self.payload
-        sae = self.sae_index
-        parts = [f"<div><b>Feature heatmap</b> · SAE {html.escape(payload.sae_names[sae])}"]
-        for p in range(payload.n_prompts):
-            tokens = payload.tokens(p)
-            text = "".join(tokens[:max_tokens]) + (" …" if len(tokens) > max_tokens else "")
-            parts.append(f"<p>Prompt {p + 1} ({len(tokens)} tokens):</p><pre>{html.escape(text)}</pre>")
-            dense_rows = []
-            block = payload.block(p, sae)
-            rows = np.repeat(np.arange(len(tokens)), np.diff(block.indptr.astype(np.int64)))
-            for f in payload.top_features(p, sae, min(self.top_n, 10), self.rank_by, self.dense_features()):
-                hit = np.flatnonzero(block.indices == f)
-                best = hit[np.argmax(block.values[hit])]
-                value, where = float(block.values[best]), int(rows[best])
-                label = html.escape(self.label(f, sae))
-                dense_rows.append(
-                    f"<tr><td>#{f}</td><td>{label}</td><td>{format_value(value)}</td>"
-                    f"<td>{html.escape(repr(tokens[where]))}</td></tr>"
-                )
-            parts.append(
-                "<table><tr><th>feature</th><th>label</th><th>max</th><th>at token</th></tr>"
-                + "".join(dense_rows) + "</table>"
-            )
-        parts.append("</div>")
-        return "".join(parts)
+    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        try:
+            kind, _fields = parse_message(content, self.MESSAGES)
+        except GemscopeError:
+            return  # nothing to show it in: this view has no error line
+        if kind == "ping":
+            self.send(PONG)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        # A script-free HTML fallback for viewers without the widget (kernel gone, nbviewer, GitHub).
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if isinstance(bundle, tuple):
-            data, metadata = bundle
-        else:
-            data, metadata = bundle, {}
-        if data is not None:
-            data = dict(data)
-            data["text/html"] = self.static_html()
-        return data, metadata
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        from .static_view import heatmap_html
+
+        return heatmap_html(self)
 
 
 def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int) -> dict[str, Any]:

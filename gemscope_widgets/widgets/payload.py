@@ -55,6 +55,11 @@ def format_value(value: float) -> str:
     return text
 
 
+def format_percent(share: float) -> str:
+    """A share (0.0123) as a percentage ("1.23%"), digits by :func:`format_value` (``formatPercent`` in JS)."""
+    return f"{format_value(float(share) * 100)}%"
+
+
 def feature_id_dtype(width: int) -> np.dtype:
     """uint16 ids when every feature index fits, else uint32."""
     return np.dtype(np.uint16) if width <= 65536 else np.dtype(np.uint32)

@@ -89,7 +89,7 @@ class _TrainableSAE(torch.nn.Module):
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.w_dec /= self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.w_dec.div_(self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def set_thresholds_by_rate(self, idx: torch.Tensor, x: torch.Tensor, rate: float) -> None:
@@ -275,6 +275,7 @@ def _fit(
         # GS-style: drop the decoder gradient component parallel to each (unit) row.
         with torch.no_grad():
             g = sae.w_dec.grad
+            assert g is not None
             g -= (g * sae.w_dec).sum(1, keepdim=True) * sae.w_dec
         opt.step()
         sae.normalise_decoder()
