@@ -48,6 +48,8 @@ _EXPORTS = {
     "TokenView": "gemscope_widgets.widgets.token_view",
     "Chat": "gemscope_widgets.widgets.chat",
     "ContrastView": "gemscope_widgets.widgets.contrast",
+    "Circuit": "gemscope_widgets.widgets.circuit",
+    "train_transcoders": "gemscope_widgets.backend.training.transcoders",
 }
 
 __all__ = ["__version__", *_EXPORTS]

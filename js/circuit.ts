@@ -6,6 +6,7 @@ import css from "./circuit.css";
 import { el as element, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
+import { watchKernel } from "./lib/live";
 import type { CircuitHeader as Header, CircuitModel as Model } from "./lib/protocol";
 import { asBytes, type Bytes, readFloat, readUint } from "./lib/sparse";
 import { visibleText } from "./lib/tokens";
@@ -484,11 +485,19 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
 
   // --- interaction -----------------------------------------------------------------------------------------
+  // Pointer events with capture: the notebook host never sees (or swallows) a drag that starts on the canvas.
   let drag: { x: number; y: number; tx: number; ty: number; moved: boolean } | null = null;
-  canvas.addEventListener("mousedown", (ev) => {
+  canvas.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
     drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
+    try {
+      canvas.setPointerCapture(ev.pointerId);
+    } catch {
+      // synthetic events have no active pointer to capture
+    }
+    ev.stopPropagation();
   });
-  const onMove = (ev: MouseEvent) => {
+  const onMove = (ev: PointerEvent) => {
     if (drag) {
       const dx = ev.clientX - drag.x;
       const dy = ev.clientY - drag.y;
@@ -501,7 +510,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
         return;
       }
     }
-    if (ev.target !== canvas) return;
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i !== hover) {
       hover = i;
@@ -509,10 +517,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
     }
     showTip(i, ev.clientX, ev.clientY);
   };
-  const onUp = (ev: MouseEvent) => {
+  const onUp = (ev: PointerEvent) => {
     const d = drag;
     drag = null;
-    if (!d || d.moved || ev.target !== canvas) return;
+    if (!d || d.moved) return;
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i < 0) {
       setFocus(-1);
@@ -527,9 +535,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
     model.save_changes();
     setFocus(i);
   };
-  window.addEventListener("mousemove", onMove);
-  window.addEventListener("mouseup", onUp);
-  canvas.addEventListener("mouseleave", () => {
+  canvas.addEventListener("pointermove", onMove);
+  canvas.addEventListener("pointerup", onUp);
+  canvas.addEventListener("pointercancel", () => {
+    drag = null;
+  });
+  canvas.addEventListener("pointerleave", () => {
     tip.hidden = true;
     if (hover >= 0) {
       hover = -1;
@@ -607,14 +618,20 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const head = element("tr");
     for (const t of ["token", "before", "after", "change"]) head.append(element("th", "", t));
     table.append(head);
+    const show = (p: number | null) => (p === null ? "—" : formatValue(p));
     for (const [tok, before, after] of r.rows ?? []) {
       const tr = element("tr");
-      const delta = after - before;
+      const known = before !== null && after !== null;
+      const delta = known ? after - before : 0;
       tr.append(
         element("td", "gs-ct-token", visibleText(tok)),
-        element("td", "", formatValue(before)),
-        element("td", "", formatValue(after)),
-        element("td", delta >= 0 ? "gs-ct-pos" : "gs-ct-neg", `${delta >= 0 ? "+" : ""}${formatValue(delta)}`),
+        element("td", "", show(before)),
+        element("td", "", show(after)),
+        element(
+          "td",
+          !known ? "" : delta >= 0 ? "gs-ct-pos" : "gs-ct-neg",
+          known ? `${delta >= 0 ? "+" : ""}${formatValue(delta)}` : "—",
+        ),
       );
       table.append(tr);
     }
@@ -652,13 +669,14 @@ function render({ model, el }: RenderProps<Model>): () => void {
       return i === undefined ? null : [g.x[i] * scale + tx, g.y[i] * scale + ty];
     },
     view: () => ({ scale, tx, ty }),
+    hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
   };
 
+  const kernel = watchKernel(model, el, { disable: false }); // the graph works alone; interventions need it
   return () => {
+    kernel.dispose();
     releaseKeys();
     observer.disconnect();
-    window.removeEventListener("mousemove", onMove);
-    window.removeEventListener("mouseup", onUp);
     if (frame) cancelAnimationFrame(frame);
   };
 }
