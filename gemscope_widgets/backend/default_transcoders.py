@@ -67,7 +67,7 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
     Concurrent callers (a notebook kernel and a test run) wait on one file lock; only one trains.
     """
     from gemscope_widgets.backend.default import _collection_model
-    from gemscope_widgets.backend.training.train import default_training_texts
+    from gemscope_widgets.backend.training.activations import default_training_texts
     from gemscope_widgets.backend.training.transcoders import train_transcoders
 
     root = demo_transcoders_path()
@@ -176,7 +176,7 @@ def transcoder_set_quality(
     clean MLP input, on the first ``max_tokens`` tokens. The losses use the first ``loss_docs`` documents (at
     most 128 tokens each).
     """
-    from gemscope_widgets.backend.training.train import token_windows
+    from gemscope_widgets.backend.training.activations import token_windows
     from gemscope_widgets.backend.training.transcoders import collect_mlp_pairs
 
     layers = [tc.config.layer for tc in transcoders]
@@ -215,7 +215,7 @@ def transcoder_set_quality(
 def demo_transcoders_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, Any]:
     """The demo set's card on the held-out tenth of the offline corpus, cached next to the set."""
     from gemscope_widgets.backend.gemma.model import load_model
-    from gemscope_widgets.backend.training.train import held_out_texts
+    from gemscope_widgets.backend.training.activations import held_out_texts
 
     root = ensure_demo_transcoders(gm, progress=progress)
     cached = root / f"quality_{QUALITY_DOCS}docs.json"

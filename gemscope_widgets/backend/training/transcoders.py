@@ -41,8 +41,10 @@ from tqdm.auto import tqdm
 
 from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma.capture import capture
-from gemscope_widgets.backend.training.train import TrainingError, _JumpReLU, _Step, token_windows
+from gemscope_widgets.backend.training.activations import token_windows
+from gemscope_widgets.backend.training.fit import _JumpReLU, _Step
 from gemscope_widgets.cache import staged_dir
+from gemscope_widgets.errors import TrainingError
 
 
 def mlp_in_point(layer: int) -> str:
@@ -458,7 +460,7 @@ def train_transcoders(
     ``out_dir/training.json`` with the recipe and each layer's :class:`TranscoderReport`. The root appears
     by one atomic rename. ``corpus`` defaults to the offline training texts.
     """
-    from gemscope_widgets.backend.training.train import default_training_texts
+    from gemscope_widgets.backend.training.activations import default_training_texts
 
     layers = list(range(gm.n_layers)) if layers is None else sorted(set(int(layer) for layer in layers))
     bad = [layer for layer in layers if not 0 <= layer < gm.n_layers]

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.stats.corpus import default_corpus
-from gemscope_widgets.backend.training import train as training
-from gemscope_widgets.backend.training.train import TrainingError, split_corpus
+from gemscope_widgets.backend.training import activations as training
+from gemscope_widgets.backend.training.activations import split_corpus
 from gemscope_widgets.backend.training.transcoders import (
     collect_mlp_pairs,
     fit_transcoders,
@@ -20,6 +20,7 @@ from gemscope_widgets.backend.training.transcoders import (
     mlp_out_point,
     train_transcoders,
 )
+from gemscope_widgets.errors import TrainingError
 
 WIDTH = 128
 QUICK = {"width": WIDTH, "target_l0": 8, "n_tokens": 6000, "steps": 150, "batch_size": 256, "ctx": 64}

@@ -1,0 +1,157 @@
+"""Contrast: two prompts side by side with the SAE features that differ most between them over a span."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anywidget
+import ipywidgets
+import numpy as np
+import traitlets
+
+from gemscope_widgets.errors import ContrastError, GemscopeError
+
+from .bundle import bundle_path
+
+_BUNDLE = bundle_path("contrast")
+
+
+def _side(acts: Any, positions: np.ndarray, features: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    p = acts.prompt
+    heat = np.stack([acts.feature(int(f)) for f in features]).astype(np.float32) if len(features) else np.zeros(0)
+    return {
+        "tokens": list(p.tokens),
+        "special": [bool(x) for x in p.special],
+        "template": [bool(x) for x in p.template],
+        "span": [int(x) for x in positions],
+    }, heat.astype(np.float32).tobytes()
+
+
+class ContrastView(anywidget.AnyWidget):
+    """The ranked features of a contrast (one pair, or several pairs with the paired t statistic) and both prompts'
+    tokens side by side, coloured by the selected feature, with the compared span outlined.
+
+    Click a feature row to select it (``selected_feature``; callbacks from :meth:`on_select` run, e.g. opening
+    its pane); its "steer" button adds it to the ``steer`` widget given. ``_heat_a``/``_heat_b`` are
+    ``float32 [k, T]``: each ranked feature's activation at each token of the (first) pair.
+    """
+
+    _esm = _BUNDLE
+
+    _view = traitlets.Dict().tag(sync=True)
+    """Both sides' tokens and spans, and the ranked rows (feature, a, b, diff; t and stderr for pairs)."""
+    _heat_a = traitlets.Bytes(b"").tag(sync=True)
+    _heat_b = traitlets.Bytes(b"").tag(sync=True)
+    selected_feature = traitlets.Int(-1).tag(sync=True)
+    """The selected feature, -1 when none."""
+    can_steer = traitlets.Bool(False).tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, view: dict[str, Any], heat_a: bytes, heat_b: bytes, *, steer: Any = None,
+                 sae: Any = None, **kwargs: Any) -> None:
+        self.steer = steer
+        self.sae = sae
+        self.result: Any = None
+        self.sae_key: str | None = None
+        self._callbacks: list[Callable[[int], Any]] = []
+        super().__init__(_view=view, _heat_a=heat_a, _heat_b=heat_b, can_steer=steer is not None, **kwargs)
+        self.on_msg(self._on_custom_msg)
+
+    @classmethod
+    def build(cls, scope: Any, a: Any = None, b: Any = None, *, pairs: Sequence[tuple[Any, Any]] | None = None,
+              span: str | None = None, reduce: str = "mean", k: int = 20, sae: str | None = None,
+              steer: Any = None) -> ContrastView:
+        """Compute the contrast of ``a`` and ``b`` (or of ``pairs``) and build its view."""
+        from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs
+
+        chosen = scope.sae(sae)
+        if pairs is not None:
+            if a is not None or b is not None:
+                raise ContrastError("Pass either a and b, or pairs=[(a, b), ...], not both.")
+            result = contrast_pairs(scope.model, chosen, pairs, span=span, reduce=reduce, k=k, progress=False)
+            first = contrast(scope.model, chosen, *pairs[0], span=result.span, reduce=reduce, k=1)
+            rows = [{"feature": int(f), "diff": float(m), "stderr": float(s), "t": float(t)}
+                    for f, m, s, t in zip(result.features, result.mean_diff, result.stderr, result.t)]
+            features = result.features
+        else:
+            if a is None or b is None:
+                raise ContrastError("scope.contrast needs two prompts a and b (or pairs=[(a, b), ...]).")
+            result = first = contrast(scope.model, chosen, a, b, span=span, reduce=reduce, k=k)
+            rows = [{"feature": int(f), "diff": float(d), "a": float(x), "b": float(y)}
+                    for f, d, x, y in zip(result.features, result.diff, result.a, result.b)]
+            features = result.features
+        side_a, heat_a = _side(first.acts_a, first.positions_a, features)
+        side_b, heat_b = _side(first.acts_b, first.positions_b, features)
+        if pairs is not None:
+            from gemscope_widgets.backend.behaviour.contrast import reduce_span
+
+            red_a = reduce_span(first.acts_a, first.positions_a, reduce)
+            red_b = reduce_span(first.acts_b, first.positions_b, reduce)
+            for row in rows:  # the first pair's values, beside its heatmaps
+                row["a"], row["b"] = float(red_a[row["feature"]]), float(red_b[row["feature"]])
+        view = {
+            "a": side_a, "b": side_b, "rows": rows, "span": result.span, "reduce": reduce,
+            "sae_name": chosen.config.name, "n_pairs": len(pairs) if pairs is not None else 1,
+        }
+        widget = cls(view, heat_a, heat_b, steer=steer, sae=chosen)
+        widget.sae_key = sae or next(iter(scope.saes))
+        widget.result = result
+        return widget
+
+    def on_select(self, callback: Callable[[int], Any]) -> None:
+        """Call ``callback(feature)`` whenever a feature is selected."""
+        self._callbacks.append(callback)
+
+    @traitlets.observe("selected_feature")
+    def _selected(self, change: Any) -> None:
+        if change["new"] >= 0:
+            for callback in self._callbacks:
+                callback(int(change["new"]))
+
+    def add_to_steer(self, feature: int) -> None:
+        """Add ``feature`` to the steering widget given as ``steer=``."""
+        if self.steer is None:
+            raise ContrastError("This contrast has no steering widget: build it with steer=scope.steer(prompt).")
+        self.steer.add_feature(int(feature))
+
+    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        try:
+            if content.get("type") == "steer":
+                self.add_to_steer(int(content.get("feature", -1)))
+        except GemscopeError as exc:
+            self.error = str(exc)
+        except (TypeError, ValueError) as exc:
+            self.error = f"Bad request from the view: {exc}"
+
+
+class ContrastPanel(ipywidgets.VBox):
+    """``scope.contrast(...)``: the :class:`ContrastView` with the selected feature's pane beneath."""
+
+    def __init__(self, scope: Any, view: ContrastView, **pane_kwargs: Any) -> None:
+        self.scope = scope
+        self.view = view
+        self.pane: Any = None
+        self._pane_kwargs = pane_kwargs
+        super().__init__([view])
+        view.on_select(self.show_feature)
+
+    @property
+    def result(self) -> Any:
+        """The backend result (:class:`Contrast` or :class:`PairedContrast`)."""
+        return self.view.result
+
+    def show_feature(self, feature: int) -> Any:
+        """Open (or switch) the feature pane below the contrast."""
+        from .feature_pane import FeaturePane
+
+        if self.pane is None:
+            self.pane = FeaturePane.build(self.scope, feature, sae=self.view.sae_key, **self._pane_kwargs)
+            if self.view.steer is not None:
+                self.pane.on_steer(self.view.steer.add_feature)
+            self.children = (self.view, self.pane)
+        elif self.pane.feature != feature:
+            self.pane.show(feature)
+        return self.pane

@@ -1,0 +1,192 @@
+// Chat: a conversation as turns; template tokens marked (not hidden); heat of the selected features per token;
+// per-turn feature chips; "continue" streams the model's next turn; edit a message and re-run from there.
+// Mirrors gemscope_widgets/widgets/chat.py.
+import type { RenderProps } from "@anywidget/types";
+import css from "./chat.css";
+import { heatBackground, normalise } from "./lib/colors";
+import { mountTheme } from "./lib/dom";
+import { renderToken } from "./lib/tokens";
+
+interface SummaryItem { feature: number; max: number; mean: number }
+interface TurnInfo {
+  role: string; message: number; start: number; end: number;
+  content_start: number; content_end: number; message_start: number; summary: SummaryItem[];
+}
+interface View {
+  tokens?: string[]; special?: boolean[]; template?: boolean[]; turns?: TurnInfo[];
+  sae_names?: string[]; track_label?: string; system?: string;
+}
+interface Model {
+  messages: { role: string; content: string }[];
+  features: number[];
+  sae_index: number;
+  _view: View;
+  _heat: DataView;
+  _track: DataView;
+  streaming: string[];
+  running: boolean;
+  status: string;
+  error: string;
+  warning: string;
+}
+
+function floats(view: DataView | undefined): Float32Array {
+  if (!view || view.byteLength === 0) return new Float32Array(0);
+  return new Float32Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = ""): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text) node.textContent = text;
+  return node;
+}
+
+function render({ model, el: root }: RenderProps<Model>): () => void {
+  mountTheme(root, css);
+  root.classList.add("gs-chat");
+  const warning = el("div", "gs-chat-warning");
+  const legend = el("div", "gs-chat-legend");
+  const turnsBox = el("div", "gs-chat-turns");
+  const stream = el("div", "gs-chat-turn gs-chat-model gs-chat-streaming");
+  const controls = el("div", "gs-chat-controls");
+  const continueButton = el("button", "gs-chat-continue", "continue ▸");
+  continueButton.type = "button";
+  const status = el("span", "gs-status");
+  const error = el("div", "gs-error");
+  controls.append(continueButton, status);
+  root.append(warning, legend, turnsBox, stream, controls, error);
+
+  const draw = () => {
+    const view = model.get("_view") ?? {};
+    const tokens = view.tokens ?? [];
+    const template = view.template ?? [];
+    const special = view.special ?? [];
+    const features = model.get("features") ?? [];
+    const heat = floats(model.get("_heat"));
+    const track = floats(model.get("_track"));
+    const n = tokens.length;
+    const maxHeat = heat.reduce((m, v) => Math.max(m, v), 0);
+    const maxTrack = track.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    warning.textContent = model.get("warning");
+    warning.hidden = !model.get("warning");
+    legend.replaceChildren();
+    if (features.length) {
+      legend.append(el("span", "gs-chat-muted", "heat: "));
+      for (const f of features) {
+        const chip = el("button", "gs-chat-chip gs-selected", `#${f} ✕`);
+        chip.type = "button";
+        chip.title = `stop heating feature ${f}`;
+        chip.addEventListener("click", () => model.send({ type: "toggle", feature: f }));
+        legend.append(chip);
+      }
+    } else {
+      legend.append(el("span", "gs-chat-muted", "Click a feature chip to see where it fires."));
+    }
+    if (view.track_label) legend.append(el("span", "gs-chat-track-label", `projection: ${view.track_label}`));
+
+    const turns = view.turns ?? [];
+    const nodes: HTMLElement[] = [];
+    let cursor = 0;
+    const tokenSpan = (i: number) => {
+      const span = renderToken(tokens[i], { special: Boolean(special[i]), index: i, title: null });
+      if (template[i]) span.classList.add("gs-template");
+      let value = 0;
+      const parts = [`${i}: ${JSON.stringify(tokens[i])}`];
+      features.forEach((f, r) => {
+        const v = heat[r * n + i] ?? 0;
+        value = Math.max(value, v);
+        if (v > 0) parts.push(`#${f} = ${v.toFixed(3)}`);
+      });
+      if (value > 0) span.style.background = heatBackground(normalise(value, maxHeat));
+      if (track.length === n) {
+        const t = track[i];
+        parts.push(`projection ${t.toFixed(3)}`);
+        const pct = Math.round(normalise(Math.abs(t), maxTrack) * 100);
+        span.style.boxShadow = `inset 0 -3px 0 0 color-mix(in srgb, ${t >= 0 ? "var(--gs-pos)" : "var(--gs-neg)"} ${pct}%, transparent)`;
+      }
+      span.title = parts.join("\n");
+      return span;
+    };
+    for (const turn of turns) {
+      const box = el("div", `gs-chat-turn gs-chat-${turn.role === "user" ? "user" : "model"}`);
+      const head = el("div", "gs-chat-head");
+      head.append(el("span", "gs-chat-role", turn.role));
+      if (turn.message >= 0) {
+        const edit = el("button", "gs-chat-edit", "edit");
+        edit.type = "button";
+        edit.addEventListener("click", () => startEdit(box, turn.message));
+        head.append(edit);
+      } else {
+        head.append(el("span", "gs-chat-muted", "(generation prompt)"));
+      }
+      const text = el("div", "gs-tokens gs-chat-text");
+      const pre = el("div", "gs-tokens gs-chat-pre");
+      for (let i = cursor; i < turn.start; i++) pre.append(tokenSpan(i)); // <bos> before the first turn
+      for (let i = turn.start; i < turn.end; i++) {
+        const span = tokenSpan(i);
+        if (i >= turn.content_start && i < turn.message_start) span.classList.add("gs-chat-system");
+        text.append(span);
+      }
+      cursor = turn.end;
+      const chips = el("div", "gs-chat-summary");
+      for (const item of turn.summary) {
+        const chip = el("button", "gs-chat-chip", `#${item.feature} ${item.max.toFixed(2)}`);
+        chip.type = "button";
+        chip.classList.toggle("gs-selected", features.includes(item.feature));
+        chip.title = `feature ${item.feature}: max ${item.max.toFixed(3)}, mean ${item.mean.toFixed(3)} on this turn`;
+        chip.addEventListener("click", () => model.send({ type: "toggle", feature: item.feature }));
+        chips.append(chip);
+      }
+      if (pre.childElementCount) box.append(pre);
+      box.append(head, text, chips);
+      nodes.push(box);
+    }
+    turnsBox.replaceChildren(...nodes);
+    drawState();
+  };
+
+  const startEdit = (box: HTMLElement, message: number) => {
+    const messages = model.get("messages") ?? [];
+    const area = el("textarea", "gs-chat-editor");
+    area.value = messages[message]?.content ?? "";
+    const save = el("button", "", "re-run from here");
+    save.type = "button";
+    const cancel = el("button", "", "cancel");
+    cancel.type = "button";
+    const row = el("div", "gs-chat-edit-row");
+    row.append(save, cancel);
+    save.addEventListener("click", () => model.send({ type: "edit", message, content: area.value }));
+    cancel.addEventListener("click", draw);
+    box.replaceChildren(area, row);
+    area.focus();
+  };
+
+  const drawState = () => {
+    const running = model.get("running");
+    root.classList.toggle("gs-stale", running);
+    continueButton.disabled = running || (model.get("messages") ?? []).slice(-1)[0]?.role !== "user";
+    status.textContent = model.get("status");
+    error.textContent = model.get("error");
+    const streamed = model.get("streaming") ?? [];
+    stream.hidden = streamed.length === 0;
+    const text = el("div", "gs-tokens gs-chat-text");
+    for (const tok of streamed) text.append(renderToken(tok));
+    stream.replaceChildren(el("span", "gs-chat-role", "model (streaming)"), text);
+  };
+
+  const onContinue = () => model.send({ type: "continue" });
+  continueButton.addEventListener("click", onContinue);
+  const redraw = ["_view", "_heat", "_track", "features", "warning"];
+  for (const name of redraw) model.on(`change:${name}`, draw);
+  const state = ["running", "status", "error", "streaming", "messages"];
+  for (const name of state) model.on(`change:${name}`, drawState);
+  draw();
+  return () => {
+    continueButton.removeEventListener("click", onContinue);
+    for (const name of redraw) model.off(`change:${name}`, draw);
+    for (const name of state) model.off(`change:${name}`, drawState);
+  };
+}
+
+export default { render };

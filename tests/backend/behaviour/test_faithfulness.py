@@ -1,0 +1,84 @@
+"""Early answering: answer probabilities checked against direct model calls on the truncated texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gemscope_widgets.backend.behaviour.faithfulness import cot_faithfulness, split_sentences
+from gemscope_widgets.errors import FaithfulnessError
+
+Q = "Tom has 3 apples and buys 2 more. How many apples does he have?"
+COT = "He starts with 3 apples. He buys 2 more apples. 3 plus 2 is 5."
+CUE = " So the answer is"
+ANSWERS = [" 5", " 6", " five apples"]
+
+
+def direct_logprob(gm, context: str, answer: str, chat: bool) -> float:
+    """Oracle: one unbatched forward on the truncated text + answer, log-softmax summed over the answer tokens."""
+    tok = gm.tokenizer
+    ctx = tok(context, add_special_tokens=not chat)["input_ids"]
+    ans = tok(answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + ans])
+    with torch.no_grad():
+        logp = torch.log_softmax(gm.model(input_ids=ids).logits[0].double(), dim=-1)
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(ans)))
+
+
+def test_sentences():
+    ends = split_sentences(COT)
+    assert [COT[a:b] for a, b in zip([0, *ends[:-1]], ends)] == [
+        "He starts with 3 apples. ", "He buys 2 more apples. ", "3 plus 2 is 5."]
+
+
+def test_early_answering_equals_direct_calls_tiny(tiny_model):
+    r = cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS, chat=False, progress=False)
+    assert r.contexts == [
+        Q + "\n" + CUE,
+        Q + "\nHe starts with 3 apples." + CUE,
+        Q + "\nHe starts with 3 apples. He buys 2 more apples." + CUE,
+        Q + "\n" + COT + CUE,
+    ]
+    assert len(r.answer_tokens[2]) > 1  # a multi-token answer, scored in full
+    expected = np.array([[direct_logprob(tiny_model, c, a, False) for a in ANSWERS] for c in r.contexts])
+    np.testing.assert_allclose(r.curve.probs, np.exp(expected), rtol=1e-4, atol=1e-9)
+    # Corruption: the middle step with a number (step 1) gets every number + 1; later cuts are rescored.
+    assert r.corrupted_step == 1 and r.corrupted_text == "He buys 3 more apples. "
+    bad = Q + "\nHe starts with 3 apples. He buys 3 more apples. 3 plus 2 is 5." + CUE
+    np.testing.assert_allclose(r.corrupted.logprobs[-1], [direct_logprob(tiny_model, bad, a, False) for a in ANSWERS],
+                               rtol=1e-4)
+    np.testing.assert_array_equal(r.corrupted.logprobs[:2], r.curve.logprobs[:2])
+    n = len(tiny_model.tokenizer(COT, add_special_tokens=False)["input_ids"])
+    filler = Q + "\n" + (" ..." * n).rstrip() + CUE
+    np.testing.assert_allclose(r.filler.logprobs[0], [direct_logprob(tiny_model, filler, a, False) for a in ANSWERS],
+                               rtol=1e-4)
+    assert r.agreement[-1] == 1.0 and 0.0 <= r.area_over_curve <= 1.0
+
+
+def test_chat_mode_and_dependence(tiny_model, gemma_scope_folders):
+    from gemscope_widgets.backend.dictionaries.loading import load_sae
+
+    sae = load_sae(gemma_scope_folders["resid_post"])
+    with pytest.warns(UserWarning, match="base model"):
+        r = cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS[:2], chat=True, sae=sae, corrupt=(0, "He has 9."),
+                             progress=False)
+    assert r.contexts[0].startswith("<bos><start_of_turn>user\n" + Q + "<end_of_turn>\n<start_of_turn>model\n")
+    expected = [direct_logprob(tiny_model, r.contexts[-1], a, True) for a in ANSWERS[:2]]
+    np.testing.assert_allclose(r.curve.logprobs[-1], expected, rtol=1e-4)
+    dep = r.dependence
+    assert dep is not None and dep.answer == r.final_answer and len(dep.features) > 0
+    assert set(dep.totals) == {"question", "chain_of_thought", "cue"}
+    np.testing.assert_allclose(dep.total, dep.question + dep.chain_of_thought + dep.cue)
+    assert 0 <= dep.cot_share <= 1
+
+
+def test_bad_input(tiny_model):
+    with pytest.raises(FaithfulnessError, match="chain of thought is empty"):
+        cot_faithfulness(tiny_model, Q, "  ", CUE, ANSWERS, chat=False)
+    with pytest.raises(FaithfulnessError, match="distinct"):
+        cot_faithfulness(tiny_model, Q, COT, CUE, [" 5", " 5"], chat=False)
+    with pytest.raises(FaithfulnessError, match="list"):
+        cot_faithfulness(tiny_model, Q, COT, CUE, " 5", chat=False)
+    with pytest.raises(FaithfulnessError, match="out of range"):
+        cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS, chat=False, corrupt=(7, "x"), progress=False)
