@@ -17,6 +17,8 @@ def _prepare(args: argparse.Namespace) -> int:
     print(f"model:    {ready['model']}")
     print(f"demo SAE: {ready['sae']}")
     print(f"stats:    {ready['stats']!r}")
+    units = ready["units"]
+    print(f"units:    p{100 * units.quantile:g} of non-zero activations over {units.n_tokens:,} corpus tokens")
     if args.transcoders:
         from gemscope_widgets.backend.default_transcoders import ensure_demo_transcoders
 
@@ -34,6 +36,8 @@ def format_card(card: dict[str, Any]) -> str:
         f"L0                 {card['l0']:.1f}",
         f"FVU                {card['fvu']:.3f}",
         f"dead features      {card['dead_features']} ({100 * card['dead_fraction']:.1f} %)",
+        f"dense features     {card.get('dense_features', '?')} ({100 * card.get('dense_fraction', float('nan')):.1f} %"
+        f" fire on more than 10 % of tokens)",
         f"next-token loss    clean {card['loss_clean']:.3f}, spliced {card['loss_spliced']:.3f} "
         f"(+{card['delta_loss']:.3f}), zero-ablated {card['loss_zero_ablation']:.3f} "
         f"({card.get('loss_tokens', card['n_tokens'])} tokens)",
@@ -79,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gemscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
-        ("prepare", "convert the embedded Gemma 3 270M, train the demo SAE and scan its feature statistics (once)"),
+        ("prepare", "convert the embedded Gemma 3 270M, train the demo SAE, scan its feature statistics and "
+                    "compute its steering units (once)"),
         ("quality", "print the demo SAE's L0, FVU, dead features and spliced loss on held-out text"),
     ):
         p = sub.add_parser(name, help=helptext)

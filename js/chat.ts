@@ -4,43 +4,14 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise } from "./lib/colors";
-import { mountTheme } from "./lib/dom";
+import { el, mountTheme } from "./lib/dom";
+import { type ChatMessage, type ChatModel, sendMessage } from "./lib/protocol";
+import { float32Of as floats } from "./lib/sparse";
+import { keepKeys } from "./lib/keys";
+import { watchKernel } from "./lib/live";
 import { renderToken } from "./lib/tokens";
 
-interface SummaryItem { feature: number; max: number; mean: number }
-interface TurnInfo {
-  role: string; message: number; start: number; end: number;
-  content_start: number; content_end: number; message_start: number; summary: SummaryItem[];
-}
-interface View {
-  tokens?: string[]; special?: boolean[]; template?: boolean[]; turns?: TurnInfo[];
-  sae_names?: string[]; track_label?: string; system?: string;
-}
-interface Model {
-  messages: { role: string; content: string }[];
-  features: number[];
-  sae_index: number;
-  _view: View;
-  _heat: DataView;
-  _track: DataView;
-  streaming: string[];
-  running: boolean;
-  status: string;
-  error: string;
-  warning: string;
-}
-
-function floats(view: DataView | undefined): Float32Array {
-  if (!view || view.byteLength === 0) return new Float32Array(0);
-  return new Float32Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = ""): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text) node.textContent = text;
-  return node;
-}
+type Model = ChatModel;
 
 function render({ model, el: root }: RenderProps<Model>): () => void {
   mountTheme(root, css);
@@ -77,7 +48,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
         const chip = el("button", "gs-chat-chip gs-selected", `#${f} ✕`);
         chip.type = "button";
         chip.title = `stop heating feature ${f}`;
-        chip.addEventListener("click", () => model.send({ type: "toggle", feature: f }));
+        chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: f }));
         legend.append(chip);
       }
     } else {
@@ -135,7 +106,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
         chip.type = "button";
         chip.classList.toggle("gs-selected", features.includes(item.feature));
         chip.title = `feature ${item.feature}: max ${item.max.toFixed(3)}, mean ${item.mean.toFixed(3)} on this turn`;
-        chip.addEventListener("click", () => model.send({ type: "toggle", feature: item.feature }));
+        chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: item.feature }));
         chips.append(chip);
       }
       if (pre.childElementCount) box.append(pre);
@@ -156,7 +127,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     cancel.type = "button";
     const row = el("div", "gs-chat-edit-row");
     row.append(save, cancel);
-    save.addEventListener("click", () => model.send({ type: "edit", message, content: area.value }));
+    save.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "edit", message, content: area.value }));
     cancel.addEventListener("click", draw);
     box.replaceChildren(area, row);
     area.focus();
@@ -175,14 +146,18 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     stream.replaceChildren(el("span", "gs-chat-role", "model (streaming)"), text);
   };
 
-  const onContinue = () => model.send({ type: "continue" });
+  const onContinue = () => sendMessage<ChatMessage>(model, { type: "continue" });
   continueButton.addEventListener("click", onContinue);
   const redraw = ["_view", "_heat", "_track", "features", "warning"];
   for (const name of redraw) model.on(`change:${name}`, draw);
   const state = ["running", "status", "error", "streaming", "messages"];
   for (const name of state) model.on(`change:${name}`, drawState);
   draw();
+  const releaseKeys = keepKeys(root);
+  const kernel = watchKernel(model, root); // continue, edit and the chips all ask the kernel
   return () => {
+    releaseKeys();
+    kernel.dispose();
     continueButton.removeEventListener("click", onContinue);
     for (const name of redraw) model.off(`change:${name}`, draw);
     for (const name of state) model.off(`change:${name}`, drawState);

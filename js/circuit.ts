@@ -6,6 +6,7 @@ import css from "./circuit.css";
 import { el as element, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
+import { watchKernel } from "./lib/live";
 import type { CircuitHeader as Header, CircuitModel as Model } from "./lib/protocol";
 import { asBytes, type Bytes, readFloat, readUint } from "./lib/sparse";
 import { visibleText } from "./lib/tokens";
@@ -671,7 +672,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
     hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
   };
 
+  const kernel = watchKernel(model, el, { disable: false }); // the graph works alone; interventions need it
   return () => {
+    kernel.dispose();
     releaseKeys();
     observer.disconnect();
     if (frame) cancelAnimationFrame(frame);

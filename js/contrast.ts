@@ -3,32 +3,15 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./contrast.css";
 import { heatBackground, normalise } from "./lib/colors";
-import { mountTheme } from "./lib/dom";
+import { el, mountTheme } from "./lib/dom";
+import { type ContrastSide, type ContrastViewMessage, type ContrastViewModel, sendMessage } from "./lib/protocol";
+import { float32Of as floats } from "./lib/sparse";
+import { keepKeys } from "./lib/keys";
+import { watchKernel } from "./lib/live";
 import { renderToken } from "./lib/tokens";
 
-interface Side { tokens: string[]; special: boolean[]; template: boolean[]; span: number[] }
-interface Row { feature: number; diff: number; a: number; b: number; t?: number; stderr?: number }
-interface View { a?: Side; b?: Side; rows?: Row[]; span?: string; reduce?: string; sae_name?: string; n_pairs?: number }
-interface Model {
-  _view: View;
-  _heat_a: DataView;
-  _heat_b: DataView;
-  selected_feature: number;
-  can_steer: boolean;
-  error: string;
-}
-
-function floats(view: DataView | undefined): Float32Array {
-  if (!view || view.byteLength === 0) return new Float32Array(0);
-  return new Float32Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = ""): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text) node.textContent = text;
-  return node;
-}
+type Model = ContrastViewModel;
+type Side = ContrastSide;
 
 function fmt(v: number): string {
   if (!Number.isFinite(v)) return v > 0 ? "∞" : "−∞";
@@ -133,7 +116,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     const target = event.target instanceof Element ? event.target : null;
     const steer = target?.closest<HTMLElement>("[data-steer]");
     if (steer) {
-      model.send({ type: "steer", feature: Number(steer.dataset.steer) });
+      sendMessage<ContrastViewMessage>(model, { type: "steer", feature: Number(steer.dataset.steer) });
       return;
     }
     const row = target?.closest<HTMLElement>("tr[data-feature]");
@@ -146,7 +129,11 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const names = ["_view", "_heat_a", "_heat_b", "selected_feature", "can_steer", "error"];
   for (const name of names) model.on(`change:${name}`, draw);
   draw();
+  const releaseKeys = keepKeys(root);
+  const kernel = watchKernel(model, root, { disable: false }); // the ranking works alone; "steer" needs it
   return () => {
+    releaseKeys();
+    kernel.dispose();
     table.removeEventListener("click", onClick);
     for (const name of names) model.off(`change:${name}`, draw);
   };

@@ -2,6 +2,7 @@
 // Mirrors gemscope_widgets/widgets/token_view.py (traits: TokenViewModel in lib/protocol.ts).
 import type { RenderProps } from "@anywidget/types";
 import { el as element, mountTheme } from "./lib/dom";
+import { watchKernel } from "./lib/live";
 import type { TokenViewModel } from "./lib/protocol";
 import { renderTokens, tokenIndexOf } from "./lib/tokens";
 
@@ -39,7 +40,9 @@ function render({ model, el }: RenderProps<TokenViewModel>): () => void {
   model.on("change:special", drawTokens);
   model.on("change:selected_token", drawSelection);
   model.on("change:status", drawStatus);
+  const kernel = watchKernel(model, el, { disable: false });
   return () => {
+    kernel.dispose();
     list.removeEventListener("click", onClick);
     model.off("change:tokens", drawTokens);
     model.off("change:special", drawTokens);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import numpy as np
@@ -13,6 +13,7 @@ import traitlets
 from gemscope_widgets.errors import GemscopeError, PromptError
 
 from .bundle import bundle_path
+from .messages import PING, PONG, MessageTable, parse_message
 
 _BUNDLE = bundle_path("chat")
 
@@ -30,6 +31,14 @@ class Chat(anywidget.AnyWidget):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {
+        "continue": {},
+        "edit": {"message": (int,), "content": (str,)},
+        "toggle": {"feature": (int,)},
+        "ping": PING,
+    }
+    """What the view sends (``ChatMessage`` in ``js/lib/protocol.ts``)."""
 
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)
     """The conversation, as checked (a model turn's role is written ``"assistant"``)."""
@@ -73,7 +82,7 @@ class Chat(anywidget.AnyWidget):
             scope.sae().check_feature(f)
         from gemscope_widgets.backend.behaviour.conversation import warn_if_base
 
-        warn_if_base(scope.model, "scope.chat")
+        warn_if_base(scope.model)
         warning = "" if scope.model.is_instruct else (
             f"{scope.model.name} is a base model, not chat-tuned: the template and tools work, but its replies are "
             "not a chat model's.")
@@ -249,18 +258,16 @@ class Chat(anywidget.AnyWidget):
             self.continue_()
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict):
-            return
-        kind = content.get("type")
         try:
-            if kind == "continue":
+            kind, msg = parse_message(content, self.MESSAGES)
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "continue":
                 self.continue_()
             elif kind == "edit":
-                self.edit(int(content.get("message", -1)), str(content.get("content", "")))
-            elif kind == "toggle":
-                f = self._sae().check_feature(int(content.get("feature", -1)))
+                self.edit(msg["message"], msg["content"])
+            else:
+                f = self._sae().check_feature(msg["feature"])
                 self.features = [x for x in self.features if x != f] if f in self.features else [*self.features, f]
         except GemscopeError as exc:
             self.error = str(exc)
-        except (TypeError, ValueError) as exc:
-            self.error = f"Bad request from the view: {exc}"

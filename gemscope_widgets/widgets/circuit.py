@@ -24,7 +24,7 @@ import traitlets
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
-from .messages import MessageTable, parse_message
+from .messages import PING, PONG, MessageTable, parse_message
 
 _BUNDLE = bundle_path("circuit")
 
@@ -246,7 +246,10 @@ class Circuit(anywidget.AnyWidget):
 
     _esm = _BUNDLE
 
-    MESSAGES: ClassVar[MessageTable] = {"intervene": {"mode": frozenset({"set", "scale"}), "value": (float,)}}
+    MESSAGES: ClassVar[MessageTable] = {
+        "intervene": {"mode": frozenset({"set", "scale"}), "value": (float,)},
+        "ping": PING,
+    }
     """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features."""
 
     _header = traitlets.Dict().tag(sync=True)
@@ -356,7 +359,9 @@ class Circuit(anywidget.AnyWidget):
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
             kind, fields = parse_message(content, self.MESSAGES)
-            if kind == "intervene":
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "intervene":
                 features = set(range(self.graph.n_selected))
                 nodes = [n for n in self.selected if n in features]
                 self.intervene(nodes, mode=fields["mode"], value=float(fields["value"]))

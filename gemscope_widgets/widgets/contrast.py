@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import ipywidgets
@@ -13,6 +13,7 @@ import traitlets
 from gemscope_widgets.errors import ContrastError, GemscopeError
 
 from .bundle import bundle_path
+from .messages import PING, PONG, MessageTable, parse_message
 
 _BUNDLE = bundle_path("contrast")
 
@@ -38,6 +39,9 @@ class ContrastView(anywidget.AnyWidget):
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {"steer": {"feature": (int,)}, "ping": PING}
+    """What the view sends (``ContrastViewMessage`` in ``js/lib/protocol.ts``)."""
 
     _view = traitlets.Dict().tag(sync=True)
     """Both sides' tokens and spans, and the ranked rows (feature, a, b, diff; t and stderr for pairs)."""
@@ -116,15 +120,14 @@ class ContrastView(anywidget.AnyWidget):
         self.steer.add_feature(int(feature))
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict):
-            return
         try:
-            if content.get("type") == "steer":
-                self.add_to_steer(int(content.get("feature", -1)))
+            kind, msg = parse_message(content, self.MESSAGES)
+            if kind == "ping":
+                self.send(PONG)
+            else:
+                self.add_to_steer(msg["feature"])
         except GemscopeError as exc:
             self.error = str(exc)
-        except (TypeError, ValueError) as exc:
-            self.error = f"Bad request from the view: {exc}"
 
 
 class ContrastPanel(ipywidgets.VBox):

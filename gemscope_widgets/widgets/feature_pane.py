@@ -20,7 +20,8 @@ from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
-from .messages import MessageTable, parse_message
+from .messages import PING, PONG, MessageTable, parse_message
+from .static_view import StaticFallback
 
 _BUNDLE = bundle_path("feature_pane")
 
@@ -44,7 +45,7 @@ def _example_payload(example: Any) -> dict[str, Any]:
     }
 
 
-class FeaturePane(anywidget.AnyWidget):
+class FeaturePane(StaticFallback, anywidget.AnyWidget):
     """Detail pane for one feature of one SAE; ``scope.feature(f)`` builds it.
 
     Clicking a related feature switches the pane to it (:meth:`show`); ``on_steer(fn)`` is called with the
@@ -59,6 +60,7 @@ class FeaturePane(anywidget.AnyWidget):
         "test": {"text": (str,)},
         "scan": {},
         "steer": {},
+        "ping": PING,
     }
     """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
 
@@ -89,6 +91,12 @@ class FeaturePane(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     """A user-facing message about the last failed action, "" when none."""
 
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        from .static_view import feature_pane_html
+
+        return feature_pane_html(self)
+
     def __init__(
         self,
         model: Any,
@@ -100,8 +108,10 @@ class FeaturePane(anywidget.AnyWidget):
         related_k: int = 8,
         logits_k: int = 10,
         holder: Any = None,
+        labels: Any = None,
         **kwargs: Any,
     ) -> None:
+        from gemscope_widgets.backend.analysis.labels import FeatureLabels
         from gemscope_widgets.backend.stats.holder import StatsHolder
 
         super().__init__(**kwargs)
@@ -111,6 +121,10 @@ class FeaturePane(anywidget.AnyWidget):
         if stats is not None and self.holder.stats is not stats:
             self.holder.set(stats)
         self.stats = self.holder.stats
+        if labels is None:
+            labels = FeatureLabels(model, sae, self.stats)
+            self.holder.subscribe(labels.set_stats)  # held weakly, alive as long as this pane
+        self.labels = labels
         self.corpus = corpus
         self.related_k = related_k
         self.logits_k = logits_k
@@ -131,7 +145,8 @@ class FeaturePane(anywidget.AnyWidget):
         holder = scope.stats_holder(sae)
         if stats is None:
             holder.find_cached(kwargs.get("corpus"))
-        return cls(scope.model, holder.sae, stats, feature=feature, holder=holder, **kwargs)
+        labels = scope.labels(sae)
+        return cls(scope.model, holder.sae, stats, feature=feature, holder=holder, labels=labels, **kwargs)
 
     # --- python API ----------------------------------------------------------------------------------
 
@@ -222,6 +237,7 @@ class FeaturePane(anywidget.AnyWidget):
             "width": self.width,
             "url": feature_url(self.sae, f, getattr(self.model, "name", None)) or "",
             "explanation": "",
+            "label": self.labels.auto(f),
             "density": None,
             "max_act": None,
             "n_tokens": 0,
@@ -273,9 +289,15 @@ class FeaturePane(anywidget.AnyWidget):
                 {"feature": i, "score": s, "kind": kind, "explanation": ""} for kind, i, s in rows if i != f
             ]
         related = self._related_cache[f]
-        if self.stats is not None:  # explanations can change (labels), so they are read fresh
-            related = [{**r, "explanation": self.stats.explanation(r["feature"]) or ""} for r in related]
-        return related
+        # Explanations can change (user labels, a scan's examples), so they are read fresh; automatic labels
+        # stand in where there is none.
+        texts = self.labels.labels([r["feature"] for r in related])
+        density = getattr(self.stats, "density", None) if self.stats is not None else None
+        out = []
+        for r in related:
+            f = r["feature"]
+            out.append({**r, "explanation": texts[f], "density": None if density is None else float(density[f])})
+        return out
 
     def _page(self, f: int, kind: str, start: int) -> dict[str, Any]:
         if self.stats is None:
@@ -312,7 +334,9 @@ class FeaturePane(anywidget.AnyWidget):
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
             kind, fields = parse_message(content, self.MESSAGES)
-            if kind == "open":
+            if kind == "ping":
+                self.send(PONG)
+            elif kind == "open":
                 self.show(fields["feature"])
             elif kind == "page":
                 self.page(fields["kind"], fields["start"])

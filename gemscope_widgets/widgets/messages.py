@@ -4,7 +4,8 @@ Each widget class declares ``MESSAGES``: message type -> ``{field: allowed Pytho
 ``js/lib/protocol.ts`` declares as the widget's ``...Message`` union (a test compares the two). The view's
 messages then arrive as ``(type, fields)`` with every field present and of an allowed type, or as a short
 :class:`ViewMessageError` the widget shows in its error line. Numbers from JavaScript may arrive as ``int``
-or ``float``; ``int`` in a table means "a whole number" and is returned as ``int``.
+or ``float``; ``int`` in a table means "a whole number" and is returned as ``int``. Every table has
+``"ping"`` (:data:`PING`), which the widget answers with :data:`PONG`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ FieldSpec = tuple[type, ...] | frozenset[str]
 """A field's allowed Python types, or the set of strings it may be (a string-literal union in TypeScript)."""
 MessageTable = Mapping[str, Mapping[str, FieldSpec]]
 """``{message type: {field name: FieldSpec}}``; a field of ``(float,)`` accepts ints too."""
+
+
+PING: dict[str, FieldSpec] = {}
+"""Every widget's view sends ``{"type": "ping"}`` to learn whether the kernel answers (``js/lib/live.ts``)."""
+PONG = {"type": "pong"}
+"""The answer to a ping (``KernelMessage`` in ``js/lib/protocol.ts``)."""
 
 
 class ViewMessageError(GemscopeError):

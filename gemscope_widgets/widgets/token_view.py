@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anywidget
 import traitlets
 
-from gemscope_widgets.errors import PromptError
+from gemscope_widgets.errors import GemscopeError, PromptError
 
 from .bundle import bundle_path
+from .messages import PING, PONG, MessageTable, parse_message
+from .static_view import StaticFallback
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -20,13 +22,16 @@ _BUNDLE = bundle_path("token_view")
 _HINT = "Click a token to select it."
 
 
-class TokenView(anywidget.AnyWidget):
+class TokenView(StaticFallback, anywidget.AnyWidget):
     """Shows token strings with their whitespace made visible; clicking one sets ``selected_token``.
 
     >>> TokenView(["<bos>", "Hello", " world"], special=[True, False, False])
     """
 
     _esm = _BUNDLE
+
+    MESSAGES: ClassVar[MessageTable] = {"ping": PING}
+    """What the view sends (``TokenViewMessage`` in ``js/lib/protocol.ts``): only the liveness check."""
 
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     """The token strings, in order."""
@@ -36,6 +41,20 @@ class TokenView(anywidget.AnyWidget):
     """Index of the selected token, -1 when none is selected. Set by a click in the browser."""
     status = traitlets.Unicode(_HINT).tag(sync=True)
     """A line shown under the tokens, written by the kernel."""
+
+    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        try:
+            kind, _fields = parse_message(content, self.MESSAGES)
+        except GemscopeError:
+            return  # nothing to show it in: this view has no error line
+        if kind == "ping":
+            self.send(PONG)
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        from .static_view import token_view_html
+
+        return token_view_html(self)
 
     def __init__(
         self,
@@ -47,6 +66,7 @@ class TokenView(anywidget.AnyWidget):
         if special and len(special) != len(tokens):
             raise PromptError(f"special has {len(special)} flags for {len(tokens)} tokens; pass one flag per token.")
         super().__init__(tokens=tokens, special=special, **kwargs)
+        self.on_msg(self._on_custom_msg)
 
     @classmethod
     def from_text(cls, model: GemmaModel, text: str | list[dict[str, str]], **kwargs: Any) -> TokenView:

@@ -154,6 +154,8 @@ def test_exported_html_renders_with_no_kernel_and_no_network(browser, tiny_model
         page.goto(path.as_uri())
         page.wait_for_function("document.body.dataset.rendered", timeout=30_000)
         assert page.evaluate("document.body.dataset.rendered") == "true", page.inner_text("body")[:500]
+        # A standalone page has no kernel by design: the view does not call it gone.
+        expect(page.locator(".gs-heatmap")).to_have_attribute("data-kernel", "live")
         blocks = page.locator(".gs-hm-block")
         expect(blocks).to_have_count(2)
 

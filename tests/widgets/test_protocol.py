@@ -186,3 +186,19 @@ def test_parse_message_checks_types_and_fields():
     ):
         with pytest.raises(ViewMessageError):
             parse_message(bad, table)
+
+
+@pytest.mark.parametrize("path", sorted(CLASSES))
+def test_every_widget_answers_the_liveness_ping(path):
+    assert "ping" in getattr(CLASSES[path], "MESSAGES", {}), f"{path} must answer the view's ping (js/lib/live.ts)"
+
+
+def test_ping_is_answered_with_pong():
+    from gemscope_widgets.widgets.token_view import TokenView
+
+    view = TokenView(["a", "b"])
+    sent = []
+    view.send = lambda content, buffers=None: sent.append(content)
+    view._on_custom_msg(view, {"type": "ping"}, [])
+    view._on_custom_msg(view, {"type": "bogus"}, [])
+    assert sent == [{"type": "pong"}]

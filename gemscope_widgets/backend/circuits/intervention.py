@@ -5,7 +5,7 @@ output of its layer (for a CLT, of every layer it writes to) at that position, w
 activation computed from the MLP input of the same forward pass: the reconstruction error is kept and every other
 part of the model (attention, norms, other features' MLPs) runs for real, so effects propagate. This is
 circuit-tracer's default ("iterative") ``feature_intervention`` and the package's steering ``clamp`` mode; it runs
-through :class:`~gemscope_widgets.backend.steering.spec.SteeringPlan` with one plan per intervened position.
+through :class:`~gemscope_widgets.backend.steering.plan.SteeringPlan` with one plan per intervened position.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def intervene_graph(
     Raises GraphError for a graph without its model (call ``graph.attach``), a non-feature node, an unknown
     mode or a non-finite value.
     """
-    from gemscope_widgets.backend.steering.spec import SteeringPlan, SteeringSpec, StepState, model_lock
+    from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
+    from gemscope_widgets.backend.steering.spec import SteeringSpec
 
     rep = graph.replacement
     if rep is None:
@@ -154,7 +155,7 @@ def intervene_graph(
         others = torch.ones(1, n, dtype=torch.bool)
         others[0, pos] = False  # "special" positions are left alone: all but this one
         state.begin(0, others)
-        pairs += SteeringPlan(gm, specs, state, steer_special_tokens=True).pairs()
+        pairs += SteeringPlan(gm, specs, state).pairs()
     with model_lock(gm):
         before = next_token_probabilities(gm, ids)
         after = next_token_probabilities(gm, ids, pairs)

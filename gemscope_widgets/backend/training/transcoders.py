@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.gemma.sites import site_hook_points
 from gemscope_widgets.backend.training.activations import token_windows
 from gemscope_widgets.backend.training.fit import _JumpReLU, _Step
 from gemscope_widgets.cache import staged_dir
@@ -49,12 +50,12 @@ from gemscope_widgets.errors import TrainingError
 
 def mlp_in_point(layer: int) -> str:
     """The Gemma Scope 2 transcoder input hook point of ``layer``."""
-    return f"model.layers.{layer}.pre_feedforward_layernorm.output"
+    return site_hook_points("transcoder", layer)[0]
 
 
 def mlp_out_point(layer: int) -> str:
     """The Gemma Scope 2 transcoder output hook point of ``layer``."""
-    return f"model.layers.{layer}.post_feedforward_layernorm.output"
+    return site_hook_points("transcoder", layer)[1]
 
 
 def width_label(width: int) -> str:
@@ -188,7 +189,7 @@ class _StackedTranscoders(torch.nn.Module):
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.w_dec /= self.w_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        self.w_dec.div_(self.w_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def set_thresholds_by_rate(self, layer: int, idx: torch.Tensor, x: torch.Tensor, rate: float) -> None:
@@ -338,8 +339,9 @@ def fit_transcoders(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():  # keep decoder rows on the unit sphere: drop the radial gradient
-            g = tc.w_dec.grad
-            g -= (g * tc.w_dec).sum(-1, keepdim=True) * tc.w_dec
+            grad = tc.w_dec.grad
+            assert grad is not None
+            grad -= (grad * tc.w_dec).sum(-1, keepdim=True) * tc.w_dec
         opt.step()
         tc.normalise_decoder()
         active = (feats > 0).any(1)

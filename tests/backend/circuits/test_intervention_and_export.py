@@ -10,7 +10,7 @@ import torch
 from gemscope_widgets.backend.circuits.attribution import attribute
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
 from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
-from tests.fixtures.models import hook_ids
+from tests.helpers import hook_ids
 
 PROMPT = "The quick brown fox jumps"
 

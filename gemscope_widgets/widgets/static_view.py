@@ -1,0 +1,263 @@
+"""Script-free HTML renderings of the widgets, carried as ``text/html`` in each widget's mime bundle.
+
+A notebook saved without widget state (JupyterLab's default) reopens with no live widget models; JupyterLab
+then shows the next mime type of each output. With this rendering beside the widget view, it shows the
+heatmap's colours, the pane's summary and the steering texts instead of ``<...Steer object at 0x...>``; the
+same HTML reads on nbviewer and GitHub. With widget state saved, the live widget renders as before.
+
+The HTML has no script, no external resource and no event handler; every text from the model, the tokenizer
+or files goes through :func:`html.escape`; colours are inline ``background-color`` values legible under
+light and dark text alike. Numbers follow :func:`~gemscope_widgets.widgets.payload.format_value`.
+Each renderer reads only the widget's synced traits, so it shows exactly what the view would.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .payload import format_percent, format_value
+
+MAX_TOKENS = 256  # tokens drawn per text; the rest is counted
+MAX_COLUMNS = 20  # heatmap feature columns drawn
+STATIC_WAIT_S = 5.0  # how long a display waits for the texts it renders (the steering widget's first generation)
+_HEAT_RGB = (244, 81, 30)  # the heatmap's heat colour (light theme) of js/lib/theme.css
+_HEAT_MAX_ALPHA = 0.6  # keeps both dark and light text at 4.5:1 or more on the strongest shade
+_BOX = "border:1px solid rgba(128,128,128,.45);border-radius:4px;padding:6px;margin:4px 0"
+_NOTE = "opacity:.8;font-size:.9em"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def heat_style(t: float) -> str:
+    """Inline style shading a token or cell by a normalised activation ``t`` in [0, 1]; "" for none."""
+    if not t > 0:
+        return ""
+    alpha = 0.08 + (_HEAT_MAX_ALPHA - 0.08) * min(1.0, float(t))
+    r, g, b = _HEAT_RGB
+    return f"background-color:rgba({r},{g},{b},{alpha:.3f})"
+
+
+def _token_text(token: str) -> str:
+    """A token for display: newlines and tabs marked (and kept), an empty token as ∅."""
+    if token == "":
+        return "∅"
+    return token.replace("\n", "↵\n").replace("\t", "→\t")
+
+
+def tokens_html(
+    tokens: Sequence[str],
+    values: Sequence[float] | None = None,
+    scale: float = 0.0,
+    *,
+    special: Sequence[bool] | None = None,
+    mark: int = -1,
+    max_tokens: int = MAX_TOKENS,
+) -> str:
+    """Tokens as escaped spans in a pre-wrapped line, shaded by ``values / scale``; token ``mark`` underlined."""
+    spans = []
+    for i, token in enumerate(tokens[:max_tokens]):
+        styles = ["border-radius:3px", "box-shadow:inset 0 0 0 1px rgba(128,128,128,.35)", "margin:0 1px"]
+        title = ""
+        if values is not None and i < len(values):
+            v = float(values[i])
+            title = f' title="{_e(format_value(v))}"'
+            if scale > 0:
+                styles.append(heat_style(v / scale))
+        if special is not None and i < len(special) and special[i]:
+            styles.append("font-style:italic;opacity:.8")
+        if i == mark:
+            styles.append("text-decoration:underline 2px;font-weight:bold")
+        style = ";".join(s for s in styles if s)
+        spans.append(f'<span style="{style}"{title}>{_e(_token_text(token))}</span>')
+    more = len(tokens) - max_tokens
+    tail = f' <span style="{_NOTE}">… {more} more tokens</span>' if more > 0 else ""
+    return f'<div style="white-space:pre-wrap;font-family:monospace;line-height:1.9">{"".join(spans)}{tail}</div>'
+
+
+def _frame(title: str, body: str) -> str:
+    note = "static view: run the cell with a live kernel for the interactive widget"
+    return (
+        f'<div class="gs-static" style="{_BOX}"><div><b>{_e(title)}</b> '
+        f'<span style="{_NOTE}">({note})</span></div>{body}</div>'
+    )
+
+
+# --- heatmap -----------------------------------------------------------------------------------------
+
+
+def heatmap_html(widget: Any) -> str:
+    """Each prompt's text shaded by the selected (or strongest) feature, and its tokens × top-features grid."""
+    payload = widget.payload
+    sae = widget.sae_index
+    parts = [f'<div style="{_NOTE}">SAE {_e(payload.sae_names[sae])}</div>']
+    maxima = payload.feature_max(sae) or {}
+    for p in range(payload.n_prompts):
+        tokens = payload.tokens(p)
+        special = payload.header["prompts"][p]["special"]
+        block = payload.block(p, sae)
+        dense_cols = payload.top_features(p, sae, min(widget.top_n, MAX_COLUMNS), widget.rank_by)
+        rows = np.repeat(np.arange(len(tokens)), np.diff(block.indptr.astype(np.int64)))
+
+        def column(f: int, block: Any = block, rows: Any = rows, n: int = len(tokens)) -> np.ndarray:
+            out = np.zeros(n, dtype=np.float32)
+            hit = block.indices.astype(np.int64) == f
+            out[rows[hit]] = block.values[hit].astype(np.float32)
+            return out
+
+        def scale(f: int, col: np.ndarray) -> float:
+            corpus = maxima.get(f)
+            return float(corpus) if corpus and corpus > 0 else float(col.max(initial=0.0))
+
+        shown = widget.selected_feature if widget.selected_prompt in (-1, p) and widget.selected_feature >= 0 else -1
+        if shown < 0 and dense_cols:
+            shown = dense_cols[0]
+        parts.append(f"<div><b>Prompt {p + 1}</b> · {len(tokens)} tokens")
+        if shown >= 0:
+            col = column(shown)
+            parts.append(f" · coloured by feature #{shown}</div>")
+            parts.append(tokens_html(tokens, col, scale(shown, col), special=special))
+        else:
+            parts.append("</div>" + tokens_html(tokens, special=special))
+        if not dense_cols:
+            parts.append(f'<div style="{_NOTE}">No active features.</div>')
+            continue
+        cols = [column(f) for f in dense_cols]
+        scales = [scale(f, c) for f, c in zip(dense_cols, cols)]
+        head = "".join(f'<th style="font-weight:normal;padding:0 3px">{f}</th>' for f in dense_cols)
+        body = []
+        for t, token in enumerate(tokens[:MAX_TOKENS]):
+            cells = "".join(
+                f'<td style="min-width:1.6em;{heat_style(c[t] / s if s > 0 else 0)}" '
+                f'title="#{f} = {_e(format_value(c[t]))}"></td>'
+                for f, c, s in zip(dense_cols, cols, scales)
+            )
+            label_style = "font-family:monospace;white-space:pre;padding-right:6px"
+            label = f'<td style="{label_style}">{t} {_e(_token_text(token))}</td>'
+            body.append(f"<tr>{label}{cells}</tr>")
+        more = len(tokens) - MAX_TOKENS
+        if more > 0:
+            body.append(f'<tr><td style="{_NOTE}">… {more} more tokens</td></tr>')
+        parts.append(
+            '<table style="border-collapse:collapse;font-size:.85em;margin:4px 0 10px">'
+            '<tr><th style="text-align:left;font-weight:normal">token \\ feature</th>'
+            f"{head}</tr>{''.join(body)}</table>"
+        )
+    return _frame("Feature heatmap", "".join(parts))
+
+
+# --- feature pane ------------------------------------------------------------------------------------
+
+
+def _f32(data: Any) -> np.ndarray:
+    if not data:
+        return np.zeros(0, dtype=np.float32)
+    return np.frombuffer(bytes(data), dtype="<f4")
+
+
+def feature_pane_html(widget: Any) -> str:
+    """The pane's summary: explanation, density, logits, related features and the first top examples."""
+    info = widget.info or {}
+    parts = [f'<div style="{_NOTE}">{_e(info.get("sae", ""))} · {_e(info.get("width", "?"))} features</div>']
+    explanation = info.get("explanation") or "No explanation yet."
+    parts.append(f"<div>{_e(explanation)}</div>")
+    facts = []
+    if isinstance(info.get("density"), (int, float)):
+        facts.append(f"fires on {format_percent(info['density'])} of {int(info.get('n_tokens') or 0):,} tokens")
+    if isinstance(info.get("max_act"), (int, float)):
+        facts.append(f"max activation {format_value(info['max_act'])}")
+    if info.get("source"):
+        facts.append(f"from {info['source']}")
+    if facts:
+        parts.append(f'<div style="{_NOTE}">{_e(" · ".join(facts))}</div>')
+    logits = widget.logits or {}
+    for label, key in (("Promotes", "top"), ("Suppresses", "bottom")):
+        rows = logits.get(key) or []
+        if rows:
+            items = " ".join(
+                f'<span style="font-family:monospace;white-space:pre-wrap">{_e(_token_text(str(tok)))}</span>'
+                f' <span style="{_NOTE}">{_e(format_value(val))}</span>'
+                for tok, val in rows
+            )
+            parts.append(f"<div><b>{label}</b>: {items}</div>")
+    related = widget.related or []
+    if related:
+        chips = ", ".join(f"#{int(r['feature'])} ({_e(format_value(r['score']))})" for r in related)
+        parts.append(f"<div><b>Related</b>: {chips}</div>")
+    page = widget.examples or {}
+    items = page.get("items") or []
+    max_act = info.get("max_act")
+    scale = float(max_act) if isinstance(max_act, (int, float)) and max_act > 0 else (items[0]["value"] if items else 0)
+    if items:
+        parts.append(f"<div><b>Top activations</b> ({len(items)} of {int(page.get('total') or 0)})</div>")
+        for ex in items:
+            values = _f32(ex.get("values"))
+            parts.append(
+                f'<div style="display:flex;gap:6px"><span style="{_NOTE}">{_e(format_value(ex["value"]))}</span>'
+                f"{tokens_html(ex['tokens'], values, scale, mark=int(ex.get('peak', -1)))}</div>"
+            )
+    else:
+        parts.append(f'<div style="{_NOTE}">No examples.</div>')
+    return _frame(f"Feature {int(widget.feature)}", "".join(parts))
+
+
+# --- steering ----------------------------------------------------------------------------------------
+
+
+def steer_html(widget: Any) -> str:
+    """The steering settings and the baseline and steered texts side by side (divergence underlined)."""
+    rows = []
+    for f in widget.features:
+        if f.get("mode") == "ablate":
+            what = "ablate (→ 0)"
+        else:
+            multiple, raw = format_value(f.get("multiple", 0)), format_value(f.get("raw", 0))
+            what = f"{multiple}× = {raw} raw ({f.get('scale_source', '')})"
+        where = f"{f.get('mode', '')} · {f.get('positions', '')}"
+        rows.append(f"<li>#{int(f['feature'])} · {_e(where)} · {_e(what)}</li>")
+    features = f"<ul>{''.join(rows)}</ul>" if rows else f'<div style="{_NOTE}">No features.</div>'
+    prompt = tokens_html(widget.prompt_tokens, special=widget.prompt_special)
+    d = int(widget.divergence)
+    columns = (
+        '<div style="display:grid;grid-template-columns:1fr 1fr;gap:12px">'
+        f"<div><b>baseline</b>{tokens_html(widget.baseline_tokens, mark=d)}</div>"
+        f"<div><b>steered</b>{tokens_html(widget.steered_tokens, mark=d)}</div></div>"
+    )
+    status = f'<div style="{_NOTE}">{_e(widget.status)}</div>' if widget.status else ""
+    error = f"<div><b>Error:</b> {_e(widget.error)}</div>" if widget.error else ""
+    head = f'<div style="{_NOTE}">{_e(widget.sae_name)}</div>'
+    body = head + features + f'<div style="{_NOTE}">prompt</div>' + prompt + columns + status + error
+    return _frame("Steering", body)
+
+
+# --- token view --------------------------------------------------------------------------------------
+
+
+def token_view_html(widget: Any) -> str:
+    """The tokens, the selected one underlined."""
+    body = tokens_html(widget.tokens, special=widget.special or None, mark=int(widget.selected_token))
+    return _frame("Tokens", body)
+
+
+class StaticFallback:
+    """Mixin for an anywidget class: adds ``text/html`` from :meth:`static_html` to the widget's mime bundle."""
+
+    def static_html(self) -> str:  # pragma: no cover - each widget defines it
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        if data is None:
+            return bundle
+        data = dict(data)
+        try:
+            data["text/html"] = self.static_html()
+        except Exception as exc:  # a fallback must never stop the live widget from displaying
+            data["text/html"] = f"<div>(no static view: {_e(type(exc).__name__)})</div>"
+        return data, metadata

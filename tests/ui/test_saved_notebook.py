@@ -1,0 +1,84 @@
+"""A notebook saved with JupyterLab's default settings (widget state not saved) and reopened with no kernel shows
+each widget's static rendering: the heatmap's colours, the pane's summary, the steering texts; token text stays
+text (no element, no script from it)."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+XSS = "<img src=x onerror=alert(1)>"
+SETUP = """
+import pathlib, tempfile
+from tests.fixtures.models import TINY_NAME, build_tiny_checkpoint
+from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets import Scope
+_root = pathlib.Path(tempfile.mkdtemp())
+gm = load_model(build_tiny_checkpoint(_root / "tiny"), device="cpu", dtype="float32", name=TINY_NAME)
+sae = load_sae(write_gemma_scope_sae(_root / "resid_post/layer_1_width_16k_l0_medium", kind="sae", layer=1, seed=10))
+scope = Scope(gm, sae)
+"""
+HEATMAP = f'hm = scope.heatmap("Paris is the capital. {XSS}", top_n=6, progress=False)\nhm'
+PANE = "pane = scope.feature(hm.top_features(0)[0])\npane"
+STEER = 'w = scope.steer("The quick brown fox", {3: 30.0}, max_new_tokens=5, stop_at_eos=False)\nw'
+
+_SAVE = "await window.jupyterapp.commands.execute('docmanager:save'); return true;"
+
+
+def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
+    from playwright.sync_api import expect
+
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    path = lab_server.write_notebook("saved.ipynb", [SETUP, HEATMAP, PANE, STEER])
+    lab_server.open_notebook(page, "saved.ipynb")
+    lab_server.run_all(page)
+    expect(page.locator(".gs-steered .gs-token")).to_have_count(5, timeout=60_000)
+    steered = json.loads(lab_server.run_code(page, "import json; print(json.dumps(w.steered_tokens))"))
+    feature = int(lab_server.run_code(page, "print(pane.feature)"))
+    lab_server._execute(page, _SAVE, {}, 60_000, "save the notebook")
+
+    # Saved as JupyterLab saves by default: the widget views without their state, and our static HTML.
+    nb = nbformat.read(path, as_version=4)
+    assert not nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
+    data = [o["data"] for c in nb.cells[1:4] for o in c.outputs if o.get("output_type") == "execute_result"]
+    assert len(data) == 3 and all("text/html" in d and "application/vnd.jupyter.widget-view+json" in d for d in data)
+
+    # Reopen with no kernel: a kernel name that does not exist, and "No Kernel" chosen.
+    nb.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "none", "language": "python"}
+    nbformat.write(nb, lab_server.root_dir / "reopened.ipynb")
+    lab_server.shutdown_kernels()
+    page.goto(f"{lab_server.url}/lab/workspaces/reopen/tree/reopened.ipynb?reset&token={lab_server.token}")
+    statics = page.locator(".jp-OutputArea-output .gs-static")
+    expect(statics).to_have_count(3, timeout=120_000)
+    no_kernel = page.locator(".jp-Dialog button:has-text('No Kernel')")
+    if no_kernel.count():
+        no_kernel.first.click()
+
+    heatmap, pane, steer = statics.nth(0), statics.nth(1), statics.nth(2)
+    # Heatmap: the text coloured by its strongest feature, a shaded grid, the XSS token as plain text.
+    shaded = heatmap.locator("span[style*='background-color'], td[style*='background-color']")
+    assert shaded.count() >= 5
+    tokens = heatmap.locator("div[style*='pre-wrap']").first  # inline styles survive the notebook's sanitiser
+    assert tokens.evaluate("e => getComputedStyle(e).whiteSpace") == "pre-wrap"
+    strongest = shaded.first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert strongest.startswith("rgba(244, 81, 30")
+    assert XSS in heatmap.text_content()
+    assert page.locator(".jp-OutputArea img").count() == 0
+    # Pane: its feature and logit lists.
+    expect(pane).to_contain_text(f"Feature {feature}")
+    expect(pane).to_contain_text("Promotes")
+    # Steering: both texts as the kernel had them.
+    expect(steer).to_contain_text("baseline")
+    assert "".join(steered).replace("\n", "↵\n") in steer.text_content()
+    # Nothing falls back to the object repr.
+    assert "object at 0x" not in page.locator(".jp-Notebook").text_content()
+    assert alerts == []
+    page.locator(".jp-Notebook").scroll_into_view_if_needed()
+    lab_server.screenshot(page, "saved_notebook_static")

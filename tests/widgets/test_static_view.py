@@ -1,0 +1,107 @@
+"""Every widget's mime bundle carries a script-free ``text/html`` rendering of what its view shows, with all
+model and token text escaped (the fallback a notebook saved without widget state shows)."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.scope import Scope
+from gemscope_widgets.widgets.heatmap import Heatmap
+from gemscope_widgets.widgets.payload import PromptView, encode_payload, format_value
+from gemscope_widgets.widgets.static_view import heat_style
+from gemscope_widgets.widgets.token_view import TokenView
+
+XSS = '<img src=x onerror="alert(1)">'
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def static_of(widget) -> str:
+    data, _meta = widget._repr_mimebundle_()
+    assert WIDGET_VIEW in data, "the live widget view stays first in the bundle"
+    html = data["text/html"]
+    assert_inert(html)
+    return html
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attrs: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.attrs.update(name for name, _ in attrs)
+
+
+def assert_inert(html: str) -> None:
+    """Parsed as a browser would: only plain layout tags and style/title/class attributes; no script, no event
+    handler, no external resource, nothing made from text."""
+    parser = _Tags()
+    parser.feed(html)
+    assert parser.tags <= {"div", "span", "b", "table", "tr", "td", "th", "ul", "li"}, parser.tags
+    assert parser.attrs <= {"style", "title", "class"}, parser.attrs
+
+
+class _Sparse:
+    """The shape encode_payload reads from a backend SparseActivations."""
+
+    def __init__(self, dense: np.ndarray) -> None:
+        rows, cols = np.nonzero(dense)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=dense.shape[0]))])
+        self.indices, self.values = cols, dense[rows, cols]
+        self.width, self.sae_name = dense.shape[1], "layer_1/<b>sae</b>"
+
+
+def test_heatmap_static_view_shades_the_selected_feature_and_escapes_tokens():
+    tokens = ["<bos>", "Paris", XSS, "\n"]
+    dense = np.zeros((4, 6), dtype=np.float32)
+    dense[1, 2], dense[2, 2], dense[2, 5] = 1.0, 4.0, 2.0
+    header, data = encode_payload([PromptView(tokens, [True, False, False, False], [True, False, False, False])],
+                                  [[_Sparse(dense)]])
+    widget = Heatmap(header, data, top_n=5)
+    widget.select(prompt=0, token=2, feature=2)
+    html = static_of(widget)
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    assert "layer_1/&lt;b&gt;sae&lt;/b&gt;" in html and "coloured by feature #2" in html
+    # Token 2 carries feature 2's maximum: the strongest shade; token 1 a quarter of it.
+    assert heat_style(1.0) in html and heat_style(0.25) in html
+    assert f'title="#5 = {format_value(2.0)}"' in html  # grid cells: every top feature is a column
+    assert "↵" in html
+
+
+def test_token_view_static_view():
+    html = static_of(TokenView(["<bos>", XSS, " there"], special=[True, False, False], selected_token=1))
+    assert "&lt;img" in html and "there" in html and "underline" in html
+
+
+@pytest.fixture(scope="module")
+def scope(tiny_model, gemma_scope_folders):
+    return Scope(tiny_model, load_sae_folder(gemma_scope_folders["resid_post"]))
+
+
+def test_feature_pane_static_view(scope):
+    pane = scope.feature(3)
+    pane.logits = {"top": [[XSS, 1.5]], "bottom": [["</div><script>x()</script>", -1.0]]}
+    pane.info = {**pane.info, "explanation": XSS, "density": 0.0123, "n_tokens": 1000}
+    html = static_of(pane)
+    assert "Feature 3" in html and "Promotes" in html and "Suppresses" in html
+    assert "fires on 1.23% of 1,000 tokens" in html
+    assert "&lt;/div&gt;&lt;script&gt;" in html and html.count("<div") == html.count("</div>")
+
+
+def test_steer_static_view_shows_both_texts(scope):
+    w = scope.steer("The quick brown " + XSS, {3: 2.0}, max_new_tokens=4, stop_at_eos=False)
+    try:
+        w.wait()
+        html = static_of(w)
+    finally:
+        w.close()
+    assert "baseline" in html and "steered" in html and "#3 · add · all · 2× = " in html
+    for token in w.steered_tokens + w.baseline_tokens + w.prompt_tokens:
+        assert (token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+                .replace("'", "&#x27;").replace("\n", "↵\n")) in html
