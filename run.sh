@@ -100,6 +100,8 @@ case "$mode" in
   test)
     say "ruff"
     "$VENV/bin/ruff" check gemscope_widgets tests benchmarks
+    say "mypy"
+    "$PY" -m mypy
     say "front end: tsc --noEmit, vitest"
     [ -x node_modules/.bin/vitest ] || npm ci --no-audit --no-fund
     npm run --silent typecheck

@@ -101,9 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="re-measure only case 5 (load time, peak RSS) and update the existing results in --out",
     )
+    parser.add_argument("--device", default=None,
+                        help="cuda or cpu: real-shape random-weight models on that device (benchmarks/device_case.py)")
+    parser.add_argument("--shapes", default="270m,1b,4b,27b",
+                        help="with --device: comma-separated shapes among tiny, 270m, 1b, 4b, 27b")
+    parser.add_argument("--widths", default="16384,262144", help="with --device: SAE widths")
     args = parser.parse_args(argv)
     if args.only_load:
         return update_load(args)
+    if args.device:
+        from . import device_case
+
+        fix_threads(args.threads)
+        return device_case.main(args.device, args.shapes.split(","), [int(w) for w in args.widths.split(",")],
+                                args.out, repeats=args.repeats or 3)
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
 

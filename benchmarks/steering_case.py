@@ -19,12 +19,12 @@ import torch
 
 
 def _feature(gm: Any, sae: Any, ids: torch.Tensor) -> tuple[int, float]:
-    """A feature to steer and its typical scale (the widget's 1× unit)."""
-    from gemscope_widgets.backend.steering.units import typical_scales
+    """A feature to steer and its strength unit (the widget's 1×)."""
+    from gemscope_widgets.backend.steering.spec import normalize_steering
+    from gemscope_widgets.backend.steering.units import strength_unit
 
     feature = 0
-    scale, _ = typical_scales(gm, sae, [feature], ids)[feature]
-    return feature, scale
+    return feature, strength_unit(gm, normalize_steering({feature: 1.0}, sae)[0]).value
 
 
 def _plain(gm: Any, ids: torch.Tensor, n_new: int) -> float:

@@ -28,6 +28,10 @@ _EXPORTS = {
     "FeatureStats": "gemscope_widgets.backend.stats.feature_stats",
     "train_sae": "gemscope_widgets.backend.training.train",
     "load_default": "gemscope_widgets.backend.default",
+    "attribute": "gemscope_widgets.backend.circuits.attribution",
+    "AttributionGraph": "gemscope_widgets.backend.circuits.graph",
+    "load_transcoders": "gemscope_widgets.backend.circuits.transcoder_set",
+    "TranscoderSet": "gemscope_widgets.backend.circuits.transcoder_set",
     "behaviour_direction": "gemscope_widgets.backend.behaviour.direction",
     "refusal_direction": "gemscope_widgets.backend.behaviour.direction",
     "projection_track": "gemscope_widgets.backend.behaviour.direction",
@@ -44,6 +48,8 @@ _EXPORTS = {
     "TokenView": "gemscope_widgets.widgets.token_view",
     "Chat": "gemscope_widgets.widgets.chat",
     "ContrastView": "gemscope_widgets.widgets.contrast",
+    "Circuit": "gemscope_widgets.widgets.circuit",
+    "train_transcoders": "gemscope_widgets.backend.training.transcoders",
 }
 
 __all__ = ["__version__", *_EXPORTS]

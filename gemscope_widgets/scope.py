@@ -50,6 +50,7 @@ class Scope:
             place_sae(sae, self.model)
             self.saes[name or sae.config.name] = sae
         self._holders: dict[str, StatsHolder] = {}
+        self._labels: dict[int, Any] = {}
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
@@ -101,36 +102,18 @@ class Scope:
         return Steer.build(self, prompt, steering or {}, **kwargs)
 
     def generate(self, prompt: Any, steering: Any = None, *, unit: str = "typical", **kwargs: Any) -> Any:
-        """Baseline and steered continuations without a widget (same code path as :meth:`steer`).
+        """Baseline and steered continuations without a widget (the steering widget's session and units).
 
-        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs and DirectionSpecs (directions
-        take their strengths as documented in :mod:`~gemscope_widgets.backend.steering.spec`). With
-        ``unit="typical"`` (the default, as in the widget) feature strengths are multiples of each feature's
-        typical maximum activation; ``unit="raw"`` takes them in the SAE's activation units.
+        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs and DirectionSpecs. With
+        ``unit="typical"`` (the default, as in the widget) strengths are multiples of each entry's stable unit
+        (:mod:`~gemscope_widgets.backend.steering.units`); ``unit="raw"`` takes them as raw values. Other
+        keywords go to :func:`~gemscope_widgets.backend.steering.generation.generate` (``sae=`` picks the SAE).
         """
-        from dataclasses import replace
+        from gemscope_widgets.backend.steering.session import SteeringSession
 
-        from gemscope_widgets.backend.steering.generation import generate
-        from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
-        from gemscope_widgets.backend.steering.units import typical_scales
-
-        from .errors import SteeringError
-
-        if unit not in ("typical", "raw"):
-            raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of max activation) or 'raw'.")
-        sae = self.sae(kwargs.pop("sae", None)) if self.saes else None
-        specs = normalize_steering(steering, sae, model=self.model)
-        features = [s for s in specs if isinstance(s, SteeringSpec)]
-        if unit == "typical" and features:
-            ids = self.model.prompt(prompt).input_ids
-            scales: dict[int, dict[int, tuple[float, str]]] = {}
-            for owner in {id(s.sae): s.sae for s in features}.values():  # one capture per SAE, not per feature
-                owned = [s.feature for s in features if s.sae is owner]
-                stats = self._stats.get(owner.config.name)
-                scales[id(owner)] = typical_scales(self.model, owner, owned, ids, stats)
-            specs = [replace(s, strength=s.strength * scales[id(s.sae)][s.feature][0])
-                     if isinstance(s, SteeringSpec) else s for s in specs]
-        return generate(self.model, prompt, sae=sae, steering=specs or None, **kwargs)
+        name = kwargs.pop("sae", None)
+        sae = self.sae(name) if (self.saes or name is not None) else None
+        return SteeringSession(self.model, prompt, steering, sae=sae, unit=unit).generate(**kwargs)
 
     def chat(self, messages: Any, **kwargs: Any) -> Any:
         """Conversation view: turns with template tokens marked, feature heat, per-turn summaries, "continue".
@@ -152,6 +135,31 @@ class Scope:
         pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
         return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
 
+    def circuit(self, prompt: Any, transcoders: Any = None, **kwargs: Any) -> Any:
+        """Attribution graph of ``prompt``'s next token, drawn live, with the clicked feature's pane beneath.
+
+        ``transcoders``: a transcoder set (anything ``load_transcoders`` takes); default: the one passed
+        before, else the demo set of the embedded Gemma 3 270M (trained on first use). Keywords go to
+        ``attribute`` (``max_logits``, ``logit_probability``, ``max_feature_nodes``, ``batch_size``,
+        ``progress``) and to the view (``node_threshold``, ``edge_threshold``, ``max_edges``). The graph is the
+        result's ``.graph``.
+        """
+        from gemscope_widgets.backend.circuits.attribution import attribute
+        from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+
+        from .widgets.circuit import CircuitExplorer
+
+        if transcoders is not None:
+            self._transcoders = load_transcoders(transcoders)
+        elif getattr(self, "_transcoders", None) is None:
+            from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+
+            self._transcoders = load_transcoders(load_demo_transcoders(self.model))
+        view_keys = ("node_threshold", "edge_threshold", "max_edges")
+        view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
+        graph = attribute(self.model, self._transcoders, prompt, **kwargs)
+        return CircuitExplorer.build(self.model, graph, self._transcoders, **view)
+
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.
 
@@ -171,6 +179,20 @@ class Scope:
         if name not in self._holders:
             self._holders[name] = StatsHolder(self.model, chosen)
         return self._holders[name]
+
+    def labels(self, sae: str | None = None) -> Any:
+        """The feature labels of SAE ``sae`` (default: the first): explanations where the statistics have
+        them, otherwise automatic labels (see :mod:`~gemscope_widgets.backend.analysis.labels`). One object per
+        SAE, kept, and refreshed when that SAE's statistics change."""
+        from gemscope_widgets.backend.analysis.labels import FeatureLabels
+
+        holder = self.stats_holder(sae)
+        key = id(holder)
+        if key not in self._labels:
+            labels = FeatureLabels(self.model, holder.sae, holder.find_cached())
+            holder.subscribe(labels.set_stats)
+            self._labels[key] = labels
+        return self._labels[key]
 
     @property
     def _stats(self) -> dict[str, Any]:

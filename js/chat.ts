@@ -1,19 +1,17 @@
 // Chat: a conversation as turns; template tokens marked (not hidden); heat of the selected features per token;
 // per-turn feature chips; "continue" streams the model's next turn; edit a message and re-run from there.
-// Mirrors gemscope_widgets/widgets/chat.py (traits and messages: lib/protocol.ts).
+// Mirrors gemscope_widgets/widgets/chat.py.
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise } from "./lib/colors";
 import { el, mountTheme } from "./lib/dom";
+import { type ChatMessage, type ChatModel, sendMessage } from "./lib/protocol";
+import { float32Of as floats } from "./lib/sparse";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
-import type { ChatModel, ChatSummaryItem, ChatView } from "./lib/protocol";
-import { float32Of as floats } from "./lib/sparse";
 import { renderToken } from "./lib/tokens";
 
 type Model = ChatModel;
-type View = ChatView;
-type SummaryItem = ChatSummaryItem;
 
 function render({ model, el: root }: RenderProps<Model>): () => void {
   mountTheme(root, css);
@@ -50,7 +48,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
         const chip = el("button", "gs-chat-chip gs-selected", `#${f} ✕`);
         chip.type = "button";
         chip.title = `stop heating feature ${f}`;
-        chip.addEventListener("click", () => model.send({ type: "toggle", feature: f }));
+        chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: f }));
         legend.append(chip);
       }
     } else {
@@ -108,7 +106,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
         chip.type = "button";
         chip.classList.toggle("gs-selected", features.includes(item.feature));
         chip.title = `feature ${item.feature}: max ${item.max.toFixed(3)}, mean ${item.mean.toFixed(3)} on this turn`;
-        chip.addEventListener("click", () => model.send({ type: "toggle", feature: item.feature }));
+        chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: item.feature }));
         chips.append(chip);
       }
       if (pre.childElementCount) box.append(pre);
@@ -129,7 +127,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     cancel.type = "button";
     const row = el("div", "gs-chat-edit-row");
     row.append(save, cancel);
-    save.addEventListener("click", () => model.send({ type: "edit", message, content: area.value }));
+    save.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "edit", message, content: area.value }));
     cancel.addEventListener("click", draw);
     box.replaceChildren(area, row);
     area.focus();
@@ -148,7 +146,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     stream.replaceChildren(el("span", "gs-chat-role", "model (streaming)"), text);
   };
 
-  const onContinue = () => model.send({ type: "continue" });
+  const onContinue = () => sendMessage<ChatMessage>(model, { type: "continue" });
   continueButton.addEventListener("click", onContinue);
   const redraw = ["_view", "_heat", "_track", "features", "warning"];
   for (const name of redraw) model.on(`change:${name}`, draw);

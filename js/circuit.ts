@@ -485,11 +485,19 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
 
   // --- interaction -----------------------------------------------------------------------------------------
+  // Pointer events with capture: the notebook host never sees (or swallows) a drag that starts on the canvas.
   let drag: { x: number; y: number; tx: number; ty: number; moved: boolean } | null = null;
-  canvas.addEventListener("mousedown", (ev) => {
+  canvas.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
     drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
+    try {
+      canvas.setPointerCapture(ev.pointerId);
+    } catch {
+      // synthetic events have no active pointer to capture
+    }
+    ev.stopPropagation();
   });
-  const onMove = (ev: MouseEvent) => {
+  const onMove = (ev: PointerEvent) => {
     if (drag) {
       const dx = ev.clientX - drag.x;
       const dy = ev.clientY - drag.y;
@@ -502,7 +510,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
         return;
       }
     }
-    if (ev.target !== canvas) return;
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i !== hover) {
       hover = i;
@@ -510,10 +517,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
     }
     showTip(i, ev.clientX, ev.clientY);
   };
-  const onUp = (ev: MouseEvent) => {
+  const onUp = (ev: PointerEvent) => {
     const d = drag;
     drag = null;
-    if (!d || d.moved || ev.target !== canvas) return;
+    if (!d || d.moved) return;
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i < 0) {
       setFocus(-1);
@@ -528,9 +535,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
     model.save_changes();
     setFocus(i);
   };
-  window.addEventListener("mousemove", onMove);
-  window.addEventListener("mouseup", onUp);
-  canvas.addEventListener("mouseleave", () => {
+  canvas.addEventListener("pointermove", onMove);
+  canvas.addEventListener("pointerup", onUp);
+  canvas.addEventListener("pointercancel", () => {
+    drag = null;
+  });
+  canvas.addEventListener("pointerleave", () => {
     tip.hidden = true;
     if (hover >= 0) {
       hover = -1;
@@ -608,14 +618,20 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const head = element("tr");
     for (const t of ["token", "before", "after", "change"]) head.append(element("th", "", t));
     table.append(head);
+    const show = (p: number | null) => (p === null ? "—" : formatValue(p));
     for (const [tok, before, after] of r.rows ?? []) {
       const tr = element("tr");
-      const delta = after - before;
+      const known = before !== null && after !== null;
+      const delta = known ? after - before : 0;
       tr.append(
         element("td", "gs-ct-token", visibleText(tok)),
-        element("td", "", formatValue(before)),
-        element("td", "", formatValue(after)),
-        element("td", delta >= 0 ? "gs-ct-pos" : "gs-ct-neg", `${delta >= 0 ? "+" : ""}${formatValue(delta)}`),
+        element("td", "", show(before)),
+        element("td", "", show(after)),
+        element(
+          "td",
+          !known ? "" : delta >= 0 ? "gs-ct-pos" : "gs-ct-neg",
+          known ? `${delta >= 0 ? "+" : ""}${formatValue(delta)}` : "—",
+        ),
       );
       table.append(tr);
     }
@@ -653,6 +669,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       return i === undefined ? null : [g.x[i] * scale + tx, g.y[i] * scale + ty];
     },
     view: () => ({ scale, tx, ty }),
+    hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
   };
 
   const kernel = watchKernel(model, el, { disable: false }); // the graph works alone; interventions need it
@@ -660,8 +677,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
     kernel.dispose();
     releaseKeys();
     observer.disconnect();
-    window.removeEventListener("mousemove", onMove);
-    window.removeEventListener("mouseup", onUp);
     if (frame) cancelAnimationFrame(frame);
   };
 }

@@ -1,25 +1,21 @@
 // Contrast: features ranked by the difference between two prompts over a span, and both prompts side by side
-// coloured by the selected feature, the span outlined. Mirrors gemscope_widgets/widgets/contrast.py (traits and
-// messages: lib/protocol.ts).
+// coloured by the selected feature, the span outlined. Mirrors gemscope_widgets/widgets/contrast.py.
 import type { RenderProps } from "@anywidget/types";
 import css from "./contrast.css";
 import { heatBackground, normalise } from "./lib/colors";
 import { el, mountTheme } from "./lib/dom";
-import { formatValue } from "./lib/format";
+import { type ContrastSide, type ContrastViewMessage, type ContrastViewModel, sendMessage } from "./lib/protocol";
+import { float32Of as floats } from "./lib/sparse";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
-import type { ContrastModel, ContrastRow, ContrastSide, ContrastViewInfo } from "./lib/protocol";
-import { float32Of as floats } from "./lib/sparse";
 import { renderToken } from "./lib/tokens";
 
-type Model = ContrastModel;
-type View = ContrastViewInfo;
+type Model = ContrastViewModel;
 type Side = ContrastSide;
-type Row = ContrastRow;
 
 function fmt(v: number): string {
   if (!Number.isFinite(v)) return v > 0 ? "∞" : "−∞";
-  return formatValue(v);
+  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3);
 }
 
 function render({ model, el: root }: RenderProps<Model>): () => void {
@@ -120,7 +116,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     const target = event.target instanceof Element ? event.target : null;
     const steer = target?.closest<HTMLElement>("[data-steer]");
     if (steer) {
-      model.send({ type: "steer", feature: Number(steer.dataset.steer) });
+      sendMessage<ContrastViewMessage>(model, { type: "steer", feature: Number(steer.dataset.steer) });
       return;
     }
     const row = target?.closest<HTMLElement>("tr[data-feature]");

@@ -108,7 +108,12 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     const url = info.url ?? "";
     link.hidden = !url.startsWith("https://www.neuronpedia.org/");
     if (!link.hidden) link.href = url;
-    explanation.textContent = info.explanation ? info.explanation : "No explanation yet.";
+    explanation.textContent = info.explanation
+      ? info.explanation
+      : info.label
+        ? `Automatic label: ${info.label}`
+        : "No explanation yet.";
+    explanation.title = info.explanation ? "" : "fires most on … → promotes next tokens … (top examples and logit lens)";
     explanation.classList.toggle("gs-muted", !info.explanation);
     const parts: string[] = [];
     if (typeof info.density === "number") {
@@ -170,9 +175,10 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     relatedBox.hidden = rows.length === 0;
     related.replaceChildren(
       ...rows.map((r) => {
-        const b = el("button", "gs-chip", `#${r.feature} ${r.score.toFixed(2)}`);
+        const dense = typeof r.density === "number" ? ` · ${formatPercent(r.density)} of tokens` : "";
+        const b = el("button", "gs-chip", `#${r.feature} ${r.explanation ? `${r.explanation} ` : ""}${r.score.toFixed(2)}`);
         b.dataset.feature = String(r.feature);
-        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"}${r.explanation ? `: ${r.explanation}` : ""}`;
+        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"} ${r.score.toFixed(3)}${dense}`;
         return b;
       }),
     );

@@ -7,7 +7,7 @@ import css from "./heatmap.css";
 import { normalise } from "./lib/colors";
 import { el, labelled, mountTheme } from "./lib/dom";
 import { formatValue } from "./lib/format";
-import { PromptGrid, type Selection } from "./lib/heatgrid";
+import { densityText, describeFeature, type FeatureNotes, NO_NOTES, PromptGrid, type Selection } from "./lib/heatgrid";
 import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit } from "./lib/keys";
 import type { HeatmapModel, RankBy } from "./lib/protocol";
@@ -28,8 +28,13 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
 
   const saeSelect = el("select", "gs-hm-sae");
   const rankSelect = el("select", "gs-hm-rank");
-  for (const by of ["max", "sum"]) {
-    const opt = el("option", "", by === "max" ? "max activation" : "summed activation");
+  const rankNames: Record<RankBy, string> = {
+    specific: "max activation, dense last",
+    max: "max activation",
+    sum: "summed activation",
+  };
+  for (const by of ["specific", "max", "sum"] as RankBy[]) {
+    const opt = el("option", "", rankNames[by]);
     opt.value = by;
     rankSelect.append(opt);
   }
@@ -47,6 +52,16 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     feature: model.get("selected_feature"),
   });
   const sae = () => Math.min(Math.max(0, model.get("sae_index")), data.header.saes.length - 1);
+  const notes = (): FeatureNotes => {
+    const info = model.get("feature_info") ?? {};
+    const mine = info[String(sae())];
+    if (!mine || typeof mine !== "object") return NO_NOTES;
+    const limit = typeof info.dense_above === "number" ? info.dense_above : 0.1;
+    const density = new Map(Object.entries(mine.density ?? {}).map(([f, d]) => [Number(f), d] as [number, number]));
+    const labels = new Map(Object.entries(mine.labels ?? {}).map(([f, t]) => [Number(f), t] as [number, string]));
+    const dense = new Set([...density].filter(([, d]) => d > limit).map(([f]) => f));
+    return { dense, labels, density };
+  };
 
   const select = (change: Partial<Selection>) => {
     if (change.prompt !== undefined) model.set("selected_prompt", change.prompt);
@@ -83,15 +98,17 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   const drawStatus = () => {
     const s = data.header.saes[sae()];
     const clamped = data.header.blocks.filter((b) => b.sae === sae()).reduce((a, b) => a + b.clamped, 0);
-    const notes = [];
-    if (data.header.top_k) notes.push(`top ${data.header.top_k} features kept per token`);
-    if (s.feature_max) notes.push("colours scaled by corpus maxima");
-    if (clamped) notes.push(`${clamped} values above 65504 clamped`);
-    status.textContent = notes.join(" · ");
+    const lines: string[] = [];
+    if (data.header.top_k) lines.push(`top ${data.header.top_k} features kept per token`);
+    if (s.feature_max) lines.push("colours scaled by corpus maxima");
+    if (model.get("rank_by") === "specific" && notes().density.size === 0) lines.push("no densities known yet: ranked by max");
+    if (clamped) lines.push(`${clamped} values above 65504 clamped`);
+    status.textContent = lines.join(" · ");
   };
 
   const drawSide = () => {
     const { prompt, token, feature } = selection();
+    const known = notes();
     const parts: HTMLElement[] = [];
     const block = blocks[prompt];
     if (block && token >= 0 && token < block.info.tokens.length) {
@@ -114,7 +131,16 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
           bar.style.display = "block";
           bar.style.width = `${Math.max(2, Math.round(normalise(value, top) * 100))}%`;
           box.append(bar);
-          item.append(el("span", "gs-hm-fid", `#${f}`), box, el("span", "gs-hm-value", formatValue(value)));
+          const density = el("span", "gs-hm-density", densityText(known.density.get(f)));
+          if (known.dense.has(f)) density.classList.add("gs-hm-dense");
+          item.title = describeFeature(f, known);
+          item.append(
+            el("span", "gs-hm-fid", `#${f}`),
+            el("span", "gs-hm-flabel", known.labels.get(f) ?? ""),
+            box,
+            el("span", "gs-hm-value", formatValue(value)),
+            density,
+          );
           list.append(item);
         }
         parts.push(list);
@@ -124,7 +150,7 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     }
     if (feature >= 0) {
       const title = el("h4", "gs-hm-feature-title", `Feature #${feature}`);
-      parts.push(title);
+      parts.push(title, el("div", "gs-hm-note", describeFeature(feature, known).split(" · ").slice(1).join(" · ")));
       const lines = blocks.map((b) => {
         const col = b.csr.column(feature);
         let best = 0;
@@ -140,16 +166,22 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   };
 
   const drawSelection = () => {
+    const feature = model.get("selected_feature");
+    // One selection for heatmap and pane: a feature chosen elsewhere (a related-feature chip) gets a column.
+    if (feature >= 0 && blocks.some((b) => !b.features.includes(feature))) return drawGrids();
     for (const b of blocks) b.showSelection();
     drawSide();
   };
 
   const drawGrids = () => {
     const n = Math.min(MAX_TOP_N, Math.max(1, model.get("top_n")));
-    const by: RankBy = model.get("rank_by") === "sum" ? "sum" : "max";
-    for (const b of blocks) b.setData(data.csr(b.index, sae()), data.featureMax(sae()), n, by);
+    const rank = model.get("rank_by");
+    const by: RankBy = rank === "sum" || rank === "max" ? rank : "specific";
+    const known = notes();
+    for (const b of blocks) b.setData(data.csr(b.index, sae()), data.featureMax(sae()), n, by, known);
     drawStatus();
-    drawSelection();
+    for (const b of blocks) b.showSelection();
+    drawSide();
   };
 
   const drawAll = () => {
@@ -215,6 +247,7 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     ["change:rank_by", onGrid],
     ["change:top_n", onGrid],
     ["change:list_k", drawSide],
+    ["change:feature_info", onGrid],
     ["change:selected_prompt", drawSelection],
     ["change:selected_token", drawSelection],
     ["change:selected_feature", drawSelection],

@@ -3,6 +3,7 @@
 // goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
 import { choice as select, el, labelled, mountTheme } from "./lib/dom";
+import { EchoGuard } from "./lib/echo";
 import { formatValue } from "./lib/format";
 import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
@@ -12,11 +13,13 @@ import css from "./steer.css";
 
 type Settings = SteerModel["settings"];
 
+
 function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   mountTheme(root, css);
   const disposers = [keepKeys(root)];
   const head = el("div", "gs-steer-head");
   const errorLine = el("div", "gs-error");
+  const noteLine = el("div", "gs-note gs-muted");
   const featureBox = el("div", "gs-steer-features");
   const addBox = el("div", "gs-steer-settings");
   const settingsBox = el("div", "gs-steer-settings");
@@ -31,7 +34,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   cols.append(baseCol, steerCol);
   const status = el("div", "gs-status");
   const next = el("div", "gs-next");
-  root.append(head, errorLine, featureBox, addBox, settingsBox, promptBox, cols, status, next);
+  root.append(head, errorLine, noteLine, featureBox, addBox, settingsBox, promptBox, cols, status, next);
 
   const send = (message: SteerMessage) => sendMessage(model, message);
 
@@ -98,15 +101,29 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     labelled("SAE error:", errorMode),
   );
 
+  const unitChoice = select(
+    [
+      ["typical", "× each entry's unit"],
+      ["raw", "raw values"],
+    ],
+    "typical",
+  );
+  unitChoice.className = "gs-unit-choice";
+  unitChoice.addEventListener("change", () =>
+    send({ type: "unit", value: unitChoice.value === "raw" ? "raw" : "typical" }),
+  );
   const drawHead = () => {
     const title = el("b", "", "Steering");
     const sae = el("span", "gs-muted", model.get("sae_name"));
-    const unit = el("span", "gs-muted", "strength: × the feature's typical max activation (raw value beside it)");
-    head.replaceChildren(title, sae, unit);
+    unitChoice.value = model.get("unit");
+    head.replaceChildren(title, sae, labelled("strength:", unitChoice));
   };
-  const drawSettings = () => {
+  const drawNote = () => {
+    noteLine.textContent = model.get("note");
+  };
+  const drawSettings = (force = false) => {
     const s = model.get("settings");
-    const active = document.activeElement;
+    const active = force ? null : document.activeElement;
     for (const input of [maxNew, temperature, topP, seed, penalty]) {
       if (input !== active) input.value = String(s[input.dataset.key as keyof Settings]);
     }
@@ -118,74 +135,119 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     if (rangeMax !== active) rangeMax.value = String(hi);
   };
 
-  // --- one row per feature. Rows are rebuilt only when the set of features or the range changes, so a
-  // slider being dragged keeps its focus and pointer capture.
+  // --- one row per feature or direction. Rows are rebuilt only when the set of entries or the range changes,
+  // so a slider being dragged keeps its focus and pointer capture.
   let rowKey = "";
-  const sliders = new Map<number, { input: HTMLInputElement; value: HTMLSpanElement; mode: HTMLSelectElement;
-    positions: HTMLSelectElement }>();
-  const valueText = (f: FeatureEntry) =>
-    f.mode === "ablate"
-      ? "ablate (→ 0)"
-      : `${formatValue(f.multiple)}× = ${formatValue(f.raw)} raw (${f.scale_source})`;
+  interface Row {
+    input: HTMLInputElement;
+    value: HTMLSpanElement;
+    unit: HTMLSpanElement;
+    mode: HTMLSelectElement;
+    positions: HTMLSelectElement;
+    // Older kernel values do not move the slider or its label back while the user drags or awaits an echo.
+    guard: EchoGuard;
+  }
+  const rows = new Map<string, Row>();
+  const entries = (): FeatureEntry[] => [...model.get("features"), ...(model.get("directions") ?? [])];
+  const isFraction = (f: FeatureEntry) => f.kind === "direction" && f.mode === "ablate";
+  const valueText = (f: FeatureEntry, multiple = f.multiple) => {
+    if (f.kind === "feature" && f.mode === "ablate") return "ablate (→ 0)";
+    if (isFraction(f)) return `${formatValue(100 * multiple)}% of the component removed`;
+    if (f.scale_source === "raw") return `${formatValue(multiple)} raw`;
+    return `${formatValue(multiple)}× = ${formatValue(multiple * f.scale)} raw`;
+  };
+  const sendEntry = (f: FeatureEntry, key: "multiple" | "mode" | "positions", value: number | string) => {
+    if (f.kind === "direction") send({ type: "set_direction", direction: String(f.key), key, value });
+    else send({ type: "set", feature: Number(f.feature), key, value });
+  };
   const drawFeatures = () => {
-    const features = model.get("features");
+    const all = entries();
     const [lo, hi] = model.get("strength_range");
-    const key = JSON.stringify([features.map((f) => f.feature), lo, hi]);
+    const key = JSON.stringify([all.map((f) => [f.key, isFraction(f)]), lo, hi]);
     if (key !== rowKey) {
       rowKey = key;
-      sliders.clear();
-      const rows = features.map((f) => {
+      const previous = new Map(rows);
+      rows.clear();
+      const built = all.map((f) => {
+        const id = String(f.key);
         const row = el("div", "gs-steer-row");
-        row.dataset.feature = String(f.feature);
-        const name = el("span", "gs-steer-name", `#${f.feature}`);
-        const mode = select([["add", "add"], ["clamp", "clamp"], ["ablate", "ablate"]], f.mode);
+        row.dataset.key = id;
+        if (f.kind === "feature") row.dataset.feature = String(f.feature);
+        else row.dataset.direction = id;
+        const title = f.kind === "direction" && f.mode === "add" ? `${f.label} @ layer ${f.layer}` : f.label;
+        const name = el("span", "gs-steer-name", title);
+        const modes: [string, string][] =
+          f.kind === "direction"
+            ? [["ablate", "ablate"], ["add", "add"]]
+            : [["add", "add"], ["clamp", "clamp"], ["ablate", "ablate"]];
+        const mode = select(modes, f.mode);
         mode.className = "gs-mode";
         const positions = select([["all", "all tokens"], ["prompt", "prompt only"], ["generated", "generated only"]],
           f.positions);
         positions.className = "gs-positions";
         const input = el("input", "gs-slider");
         input.type = "range";
-        input.min = String(lo);
-        input.max = String(hi);
-        input.step = String((hi - lo) / 120);
-        input.setAttribute("aria-label", `strength of feature ${f.feature}`);
+        const [min, max] = isFraction(f) ? [0, 1] : [lo, hi];
+        input.min = String(min);
+        input.max = String(max);
+        input.step = String((max - min) / 120);
+        input.setAttribute("aria-label", `strength of ${f.kind === "feature" ? `feature ${f.feature}` : f.label}`);
         const value = el("span", "gs-steer-value");
+        const unit = el("span", "gs-steer-unit gs-muted");
         const remove = el("button", "gs-remove", "×");
-        remove.title = `remove feature ${f.feature}`;
+        remove.title = `remove ${f.kind === "feature" ? `feature ${f.feature}` : f.label}`;
+        const state: Row = { input, value, unit, mode, positions, guard: previous.get(id)?.guard ?? new EchoGuard() };
         let timer: number | undefined;
-        const sendValue = () => send({ type: "set", feature: f.feature, key: "multiple", value: Number(input.value) });
+        const current = () => entries().find((e) => String(e.key) === id) ?? f;
+        const sendValue = () => {
+          const v = Number(input.value);
+          if (state.guard.send(v, current().multiple)) sendEntry(current(), "multiple", v);
+        };
         // While dragging, at most one update per 150 ms; the release always sends the final value.
         input.addEventListener("input", () => {
-          value.textContent = `${formatValue(Number(input.value))}× …`; // sent; the kernel's answer replaces it
+          state.guard.grab();
+          value.textContent = valueText(current(), Number(input.value));
           if (timer === undefined) timer = window.setTimeout(() => { timer = undefined; sendValue(); }, 150);
         });
         input.addEventListener("change", () => {
           if (timer !== undefined) window.clearTimeout(timer);
           timer = undefined;
+          state.guard.release();
           sendValue();
         });
-        mode.addEventListener("change", () => send({ type: "set", feature: f.feature, key: "mode", value: mode.value }));
-        positions.addEventListener("change", () =>
-          send({ type: "set", feature: f.feature, key: "positions", value: positions.value }),
-        );
-        remove.addEventListener("click", () => send({ type: "remove", feature: f.feature }));
+        mode.addEventListener("change", () => sendEntry(current(), "mode", mode.value));
+        positions.addEventListener("change", () => sendEntry(current(), "positions", positions.value));
+        remove.addEventListener("click", () => {
+          if (f.kind === "direction") send({ type: "remove_direction", direction: id });
+          else send({ type: "remove", feature: Number(f.feature) });
+        });
         sliderKeys(input); // the row and its listeners go together when the rows are rebuilt
-        sliders.set(f.feature, { input, value, mode, positions });
-        row.append(name, mode, positions, input, value, remove);
+        rows.set(id, state);
+        row.append(name, mode, positions, input, value, remove, unit);
         return row;
       });
-      featureBox.replaceChildren(...rows);
-      if (!features.length) featureBox.append(el("div", "gs-muted", "No features: add one below."));
+      featureBox.replaceChildren(...built);
+      if (!all.length) featureBox.append(el("div", "gs-muted", "No features: add one below."));
     }
-    for (const f of features) {
-      const s = sliders.get(f.feature);
+    for (const f of all) {
+      const s = rows.get(String(f.key));
       if (!s) continue;
-      if (document.activeElement !== s.input) s.input.value = String(f.multiple);
-      s.input.disabled = f.mode === "ablate";
+      if (!s.guard.accept(f.multiple)) continue; // an older value while the user drags or awaits an echo
+      s.input.value = String(f.multiple);
+      s.input.disabled = f.kind === "feature" && f.mode === "ablate";
       s.value.textContent = valueText(f);
+      s.unit.textContent = `unit: ${f.unit_source}`;
+      s.unit.title = f.scale_source;
       s.mode.value = f.mode;
       s.positions.value = f.positions;
     }
+  };
+  const onError = () => {
+    // A refused value: the kernel kept the old one, so show it again (nothing else will echo it).
+    if (!model.get("error")) return;
+    for (const s of rows.values()) s.guard.reset();
+    drawFeatures();
+    drawSettings(true);
   };
 
   const drawPrompt = () => {
@@ -252,6 +314,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   };
 
   drawHead();
+  drawNote();
   drawSettings();
   drawFeatures();
   drawPrompt();
@@ -263,9 +326,13 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   disposers.push(watchKernel(model, root, { onChange: (live) => live || drawFeatures() }).dispose);
   const handlers: [string, () => void][] = [
     ["change:sae_name", drawHead],
-    ["change:settings", drawSettings],
+    ["change:unit", drawHead],
+    ["change:note", drawNote],
+    ["change:settings", () => drawSettings()],
     ["change:strength_range", () => { drawSettings(); drawFeatures(); }],
     ["change:features", drawFeatures],
+    ["change:directions", drawFeatures],
+    ["change:error", onError],
     ["change:prompt_tokens", drawPrompt],
     ["change:chat", drawPrompt],
     ["change:baseline_tokens", drawColumns],

@@ -77,14 +77,31 @@ def run_on_the_embedded_default(path: Path, tiny_model_path: Path, tmp_path: Pat
     assert widget_outputs(nb), f"{path.name} displays no widget"
 
 
+def run_chat_behaviour(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    """The behaviour workflow on the real 270M; a random SAE of its shape stands in for the demo SAE (no training)."""
+    sae = write_gemma_scope_sae(
+        tmp_path / "resid_post/layer_6_width_16k_l0_medium", kind="sae", site="resid_post", layer=6, d_in=640,
+        width=512, model_name="google/gemma-3-270m", seed=3,
+    )
+    nb = execute(path, parameters=f"SAE_PATH = {str(sae)!r}", env={"PYTHONPATH": str(EXAMPLES.parent)})
+    text = outputs_text(nb)
+    assert "<- chosen" in text and "refusal rate" in text and "steps kept" in text
+    assert "'role': 'assistant'" in text
+    assert len(widget_outputs(nb)) >= 3, "two contrasts and the conversation should be displayed"
+
+
 # Notebooks that run on stand-ins (tiny model, a populated hub cache) instead of the embedded default.
-STAND_INS = {"gemma-scope-2.ipynb": run_gemma_scope_2}
+STAND_INS = {"gemma-scope-2.ipynb": run_gemma_scope_2, "chat-behaviour.ipynb": run_chat_behaviour}
+# Stand-ins that still load the real 270M.
+REAL_MODEL = {"chat-behaviour.ipynb"}
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
 def _case(path: Path):
-    if path.name in STAND_INS:
+    if path.name in STAND_INS and path.name not in REAL_MODEL:
         return pytest.param(path, id=path.stem)
+    if path.name in STAND_INS:
+        return pytest.param(path, id=path.stem, marks=[pytest.mark.real_model])
     return pytest.param(path, id=path.stem, marks=[pytest.mark.real_model, pytest.mark.slow])
 
 

@@ -7,8 +7,8 @@ import pytest
 from gemscope_widgets import Scope
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.steering.generation import generate
-from gemscope_widgets.backend.steering.spec import SteeringSpec
-from gemscope_widgets.backend.steering.units import typical_scales
+from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
+from gemscope_widgets.backend.steering.units import strength_unit
 from gemscope_widgets.errors import GemscopeError, SAEModelMismatch, SteeringError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
@@ -32,7 +32,7 @@ def test_generate_takes_the_widgets_units_by_default(tiny_model, gemma_scope_fol
     scope = Scope(tiny_model, str(gemma_scope_folders["resid_post"]))
     sae = scope.sae()
     feature = 5
-    scale, _ = typical_scales(tiny_model, sae, [feature], tiny_model.prompt(TEXT).input_ids)[feature]
+    scale = strength_unit(tiny_model, normalize_steering({feature: 1.0}, sae)[0]).value
     ours = scope.generate(TEXT, {feature: 3.0}, max_new_tokens=6, stop_at_eos=False)
     raw = generate(tiny_model, TEXT, sae=sae, steering=[SteeringSpec(feature, 3.0 * scale)], max_new_tokens=6,
                    stop_at_eos=False)

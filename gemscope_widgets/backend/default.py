@@ -26,8 +26,14 @@ DEMO_RECIPE: dict[str, Any] = {
     "n_tokens": 150_000,
     "steps": 300,
     "seed": 0,
+    # Frequency penalty (fit.py): running firing rates above 5 % pay their own L0, so no dense features form.
+    "max_frequency": 0.05,
+    "dense_coefficient": 4.0,
 }
-DEMO_NAME = "gemma-3-270m_resid_post_layer_6_width_4k_l0_48_demo_v1"
+DEMO_NAME = "gemma-3-270m_resid_post_layer_6_width_4k_l0_48_demo_v2"
+DENSE_DENSITY = 0.10
+"""A feature firing on more than this fraction of held-out tokens counts as dense in the quality card; the demo
+recipe's frequency penalty keeps such features under 1 % of the SAE."""
 
 
 def demo_sae_path() -> Path:
@@ -119,21 +125,25 @@ def load_default(
 
 def prepare_default(*, progress: bool = True) -> dict[str, Any]:
     """Everything the embedded default needs, made once and cached: the converted model, the demo SAE and
-    its feature statistics. Returns ``{"model": folder, "sae": folder, "stats": FeatureStats}``.
-    Used by ``gemscope prepare``; ``Scope.default()`` does the same on first use.
+    its feature statistics, and its steering strength units. Returns ``{"model": folder, "sae": folder,
+    "stats": FeatureStats, "units": FeatureUnits}``. Used by ``gemscope prepare``; ``Scope.default()`` does the
+    same on first use (the units when a steering view first needs them).
     """
     from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
+    from gemscope_widgets.backend.steering.units import feature_units
 
     model_dir = ensure_embedded_model(progress=progress)
     gm, sae = load_default(progress=progress, stats=False)
-    return {"model": model_dir, "sae": demo_sae_path(), "stats": ensure_demo_stats(gm, sae, progress=progress)}
+    return {"model": model_dir, "sae": demo_sae_path(), "stats": ensure_demo_stats(gm, sae, progress=progress),
+            "units": feature_units(gm, sae, progress=progress)}
 
 
 LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the losses use a subset
 
 
 def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bool = True) -> dict[str, Any]:
-    """L0, FVU and dead features of ``sae`` on all of ``texts`` (early-exit activations, BOS excluded)."""
+    """L0, FVU, dead features and dense features (firing on more than ``DENSE_DENSITY`` of the tokens) of
+    ``sae`` on all of ``texts`` (early-exit activations, BOS excluded)."""
     from gemscope_widgets.backend.analysis.evaluation import fvu
     from gemscope_widgets.backend.training.activations import collect_activations, token_windows
 
@@ -145,12 +155,17 @@ def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bo
         recon = sae.decode(acts).float().cpu()
     acts = acts.cpu()
     fired = (acts > 0).any(0)
+    density = (acts > 0).float().mean(0)
+    dense = density > DENSE_DENSITY
     return {
         "n_tokens": len(x),
         "l0": float((acts > 0).sum(-1).float().mean()),
         "fvu": fvu(x, recon),
         "dead_features": int((~fired).sum()),
         "dead_fraction": float((~fired).float().mean()),
+        "dense_features": int(dense.sum()),
+        "dense_fraction": float(dense.float().mean()),
+        "max_density": float(density.max()),
     }
 
 

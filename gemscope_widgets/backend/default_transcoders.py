@@ -110,23 +110,17 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
 
     from gemscope_widgets.backend.analysis.evaluation import _next_token_loss
     from gemscope_widgets.backend.gemma.hooks import hooked
+    from gemscope_widgets.backend.gemma.prompts import masked_ids
     from gemscope_widgets.backend.gemma.sites import resolve_site
-    from gemscope_widgets.backend.stats.feature_stats import tokenize_docs
+    from gemscope_widgets.backend.stats.corpus import pad_batch, tokenize_docs
 
     docs = tokenize_docs(gm, texts, 128)
-    pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
+    hidden = torch.tensor(sorted(masked_ids(gm.tokenizer)))
     totals = {"clean": [0.0, 0], "replaced": [0.0, 0], "zero": [0.0, 0]}
     batch_size = 8
     for a in tqdm(range(0, len(docs), batch_size), desc="transcoder losses", disable=not progress):
-        batch = docs[a : a + batch_size]
-        seq = max(len(d) for d in batch)
-        ids = torch.full((len(batch), seq), pad, dtype=torch.long)
-        mask = torch.zeros(len(batch), seq, dtype=torch.long)
-        for i, d in enumerate(batch):
-            ids[i, : len(d)] = torch.tensor(d)
-            mask[i, : len(d)] = 1
-        valid = mask.bool().clone()
-        valid[:, 0] = False
+        ids, mask = pad_batch(docs[a : a + batch_size], gm.tokenizer.pad_token_id)
+        valid = mask.bool() & ~torch.isin(ids, hidden)
         where = valid.to(gm.device).unsqueeze(-1)
         for label in totals:
             pairs = []

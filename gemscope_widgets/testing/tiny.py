@@ -46,7 +46,7 @@ def build_tiny_tokenizer(texts: Sequence[str] | None = None, vocab: int = TINY_D
     )
     tk.train_from_iterator(list(texts) if texts is not None else [TINY_TEXT] * 4, trainer=trainer)
     tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(
+    tokenizer: Any = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         bos_token="<bos>",
         eos_token="<eos>",
@@ -54,6 +54,7 @@ def build_tiny_tokenizer(texts: Sequence[str] | None = None, vocab: int = TINY_D
         pad_token="<pad>",
         additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
     )
+    return tokenizer
 
 
 def tiny_text_config(vocab: int = TINY_DIMS["vocab"]) -> Any:
@@ -110,7 +111,7 @@ def build_tiny_checkpoint(
             text_config=tiny_text_config(vocab).to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
             boi_token_index=500, eoi_token_index=501, image_token_index=502,
         )
-        model = Gemma3ForConditionalGeneration(config)
+        model: Any = Gemma3ForConditionalGeneration(config)
     else:
         model = Gemma3ForCausalLM(tiny_text_config(vocab))
     # Random init leaves the RMSNorm gains at zero (gain 1) and tiny logits; spread weights so features vary.

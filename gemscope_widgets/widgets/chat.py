@@ -82,7 +82,7 @@ class Chat(anywidget.AnyWidget):
             scope.sae().check_feature(f)
         from gemscope_widgets.backend.behaviour.conversation import warn_if_base
 
-        warn_if_base(scope.model, "scope.chat")
+        warn_if_base(scope.model)
         warning = "" if scope.model.is_instruct else (
             f"{scope.model.name} is a base model, not chat-tuned: the template and tools work, but its replies are "
             "not a chat model's.")
@@ -266,7 +266,7 @@ class Chat(anywidget.AnyWidget):
                 self.continue_()
             elif kind == "edit":
                 self.edit(msg["message"], msg["content"])
-            elif kind == "toggle":
+            else:
                 f = self._sae().check_feature(msg["feature"])
                 self.features = [x for x in self.features if x != f] if f in self.features else [*self.features, f]
         except GemscopeError as exc:

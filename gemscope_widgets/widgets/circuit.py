@@ -114,7 +114,10 @@ def _transcoders_by_layer(transcoders: Any) -> dict[int, Any]:
     """``{layer: transcoder}`` from a list of one-layer transcoders or a TranscoderSet-like object."""
     if isinstance(transcoders, dict):
         return {int(k): v for k, v in transcoders.items()}
-    items = getattr(transcoders, "transcoders", transcoders)
+    by_layer = getattr(transcoders, "by_layer", None)  # a TranscoderSet (empty for a CLT)
+    if isinstance(by_layer, dict):
+        return {int(k): v for k, v in by_layer.items()}
+    items = transcoders
     if isinstance(items, dict):
         return {int(k): v for k, v in items.items()}
     out = {}
@@ -265,7 +268,7 @@ class Circuit(anywidget.AnyWidget):
     """The last clicked node (graph node index), -1 for none."""
     intervention = traitlets.Dict().tag(sync=True)
     """The last intervention: ``{"state": "running"|"done"|"error", "nodes", "mode", "value", "rows": [[token,
-    before, after], ...], "message"}`` with probabilities before and after."""
+    before, after], ...], "message"}`` with next-token probabilities before and after (None: not in the top list)."""
 
     def __init__(self, graph: Any, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
         self.graph = graph
@@ -336,10 +339,12 @@ class Circuit(anywidget.AnyWidget):
         self.intervention = {**base, "state": "running", "rows": [], "message": ""}
         try:
             result = self.graph.intervene({n: float(value) for n in nodes}, mode=mode)
-        except GemscopeError as exc:
-            self.intervention = {**base, "state": "error", "rows": [], "message": str(exc)}
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
+            self.intervention = {**base, "state": "error", "rows": [], "message": message}
             raise
-        self.intervention = {**base, "state": "done", "rows": intervention_rows(result), "message": ""}
+        rows = intervention_rows(result, self.graph.logit_token_strings)
+        self.intervention = {**base, "state": "done", "rows": rows, "message": ""}
         return self.intervention
 
     # --- events ----------------------------------------------------------------------------------------------
@@ -360,25 +365,32 @@ class Circuit(anywidget.AnyWidget):
                 features = set(range(self.graph.n_selected))
                 nodes = [n for n in self.selected if n in features]
                 self.intervene(nodes, mode=fields["mode"], value=float(fields["value"]))
-        except GemscopeError as exc:
-            if self.intervention.get("state") != "error":
-                self.intervention = {"state": "error", "rows": [], "message": str(exc)}
+        except Exception as exc:  # a view's request must end in a message in the view, never a silent log line
+            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
+            self.intervention = {**self.intervention, "state": "error", "rows": [], "message": message}
 
 
-def intervention_rows(result: Any) -> list[list[Any]]:
-    """``[[token, p_before, p_after], ...]`` from an intervention result, most likely (before) first."""
-    if isinstance(result, dict):
-        rows = result.get("rows")
-        if rows is not None:
-            return [[str(t), float(a), float(b)] for t, a, b in rows]
-    before = getattr(result, "before", None)
-    after = getattr(result, "after", None)
-    if before is not None and after is not None:
-        after_map = {str(t): float(p) for t, p in after}
-        before_map = {str(t): float(p) for t, p in before}
-        tokens = list(dict.fromkeys([str(t) for t, _ in before] + [str(t) for t, _ in after]))
-        return [[t, before_map.get(t, float("nan")), after_map.get(t, float("nan"))] for t in tokens]
-    raise CircuitError(f"Cannot read an intervention result of type {type(result).__name__}.")
+def intervention_rows(result: Any, token_strings: Any = None) -> list[list[Any]]:
+    """``[[token, p_before, p_after], ...]`` from an ``InterventionResult``: the graph's logit tokens first (both
+    probabilities known), then the other tokens of the top lists before and after (None where a token was not
+    in that list)."""
+    text: dict[int, str] = {}
+    for t in [*result.top_before, *result.top_after]:
+        text[int(t.token_id)] = str(t.token)
+    rows: dict[int, list[Any]] = {}
+    strings = list(token_strings or [])
+    for j, (tok, before, after) in enumerate(
+        zip(result.logit_tokens, result.logit_probabilities_before, result.logit_probabilities_after)
+    ):
+        label = text.get(int(tok), strings[j] if j < len(strings) else str(tok))
+        rows[int(tok)] = [label, float(before), float(after)]
+    for t in result.top_before:
+        rows.setdefault(int(t.token_id), [str(t.token), float(t.probability), None])
+    for t in result.top_after:
+        row = rows.setdefault(int(t.token_id), [str(t.token), None, None])
+        if row[2] is None:
+            row[2] = float(t.probability)
+    return list(rows.values())
 
 
 class CircuitExplorer(ipywidgets.VBox):

@@ -41,7 +41,7 @@ class ContrastView(anywidget.AnyWidget):
     _esm = _BUNDLE
 
     MESSAGES: ClassVar[MessageTable] = {"steer": {"feature": (int,)}, "ping": PING}
-    """What the view sends (``ContrastMessage`` in ``js/lib/protocol.ts``)."""
+    """What the view sends (``ContrastViewMessage`` in ``js/lib/protocol.ts``)."""
 
     _view = traitlets.Dict().tag(sync=True)
     """Both sides' tokens and spans, and the ranked rows (feature, a, b, diff; t and stderr for pairs)."""
@@ -124,7 +124,7 @@ class ContrastView(anywidget.AnyWidget):
             kind, msg = parse_message(content, self.MESSAGES)
             if kind == "ping":
                 self.send(PONG)
-            elif kind == "steer":
+            else:
                 self.add_to_steer(msg["feature"])
         except GemscopeError as exc:
             self.error = str(exc)

@@ -13,6 +13,9 @@ from .heatmap import Heatmap
 class Explorer(ipywidgets.VBox):
     """``scope.explore(prompt)``: :class:`Heatmap` on top, :class:`FeaturePane` of the selected feature below.
 
+    Selection is one state: a feature selected in the heatmap opens in the pane, and a feature opened in the
+    pane (a related-feature chip) becomes the heatmap's selection, with a column of its own if it had none.
+
     One pane per SAE is built on first use and kept, so switching features reuses the SAE's cached
     statistics and each feature's logits; nothing is recomputed. With a ``steer`` widget, the pane's "steer"
     button adds the feature to it.
@@ -49,6 +52,7 @@ class Explorer(ipywidgets.VBox):
             pane = FeaturePane.build(self.scope, feature, sae=name, **self._pane_kwargs)
             if self.steer is not None and hasattr(self.steer, "add_feature"):
                 pane.on_steer(self.steer.add_feature)
+            pane.observe(self._pane_moved, names="feature")
             self.panes[name] = pane
         elif pane.feature != feature:
             pane.show(feature)
@@ -59,3 +63,11 @@ class Explorer(ipywidgets.VBox):
     def _on_select(self, _prompt: int, feature: int, _token: int) -> None:
         if feature >= 0:
             self.show_feature(feature)
+
+    def _pane_moved(self, change: Any) -> None:
+        # One selection: a feature opened from the pane (a related-feature chip) is selected in the heatmap too,
+        # which gives it a column if it has none.
+        pane = change["owner"]
+        shown = self.heatmap.sae_names[self.heatmap.sae_index]
+        if self.panes.get(shown) is pane and self.heatmap.selected_feature != change["new"]:
+            self.heatmap.select(feature=change["new"])

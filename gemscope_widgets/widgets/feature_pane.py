@@ -108,8 +108,10 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         related_k: int = 8,
         logits_k: int = 10,
         holder: Any = None,
+        labels: Any = None,
         **kwargs: Any,
     ) -> None:
+        from gemscope_widgets.backend.analysis.labels import FeatureLabels
         from gemscope_widgets.backend.stats.holder import StatsHolder
 
         super().__init__(**kwargs)
@@ -119,6 +121,10 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         if stats is not None and self.holder.stats is not stats:
             self.holder.set(stats)
         self.stats = self.holder.stats
+        if labels is None:
+            labels = FeatureLabels(model, sae, self.stats)
+            self.holder.subscribe(labels.set_stats)  # held weakly, alive as long as this pane
+        self.labels = labels
         self.corpus = corpus
         self.related_k = related_k
         self.logits_k = logits_k
@@ -139,7 +145,8 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         holder = scope.stats_holder(sae)
         if stats is None:
             holder.find_cached(kwargs.get("corpus"))
-        return cls(scope.model, holder.sae, stats, feature=feature, holder=holder, **kwargs)
+        labels = scope.labels(sae)
+        return cls(scope.model, holder.sae, stats, feature=feature, holder=holder, labels=labels, **kwargs)
 
     # --- python API ----------------------------------------------------------------------------------
 
@@ -230,6 +237,7 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
             "width": self.width,
             "url": feature_url(self.sae, f, getattr(self.model, "name", None)) or "",
             "explanation": "",
+            "label": self.labels.auto(f),
             "density": None,
             "max_act": None,
             "n_tokens": 0,
@@ -281,9 +289,15 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
                 {"feature": i, "score": s, "kind": kind, "explanation": ""} for kind, i, s in rows if i != f
             ]
         related = self._related_cache[f]
-        if self.stats is not None:  # explanations can change (labels), so they are read fresh
-            related = [{**r, "explanation": self.stats.explanation(r["feature"]) or ""} for r in related]
-        return related
+        # Explanations can change (user labels, a scan's examples), so they are read fresh; automatic labels
+        # stand in where there is none.
+        texts = self.labels.labels([r["feature"] for r in related])
+        density = getattr(self.stats, "density", None) if self.stats is not None else None
+        out = []
+        for r in related:
+            f = r["feature"]
+            out.append({**r, "explanation": texts[f], "density": None if density is None else float(density[f])})
+        return out
 
     def _page(self, f: int, kind: str, start: int) -> dict[str, Any]:
         if self.stats is None:

@@ -8,13 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anywidget
+import numpy as np
 import traitlets
 
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
 from .bundle import bundle_path
 from .messages import PING, MessageTable, answer_pings
-from .payload import Payload, decode_payload, encode_payload
+from .payload import DENSE_ABOVE, RANKS, Payload, decode_payload, encode_payload
 from .static_view import StaticFallback
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 _BUNDLE = bundle_path("heatmap")
 
-_RANKS = ("max", "sum")
+_LIST_LABELS = 5  # each token's strongest features get labels for the side list
 MAX_TOP_N = 256  # the front end draws at most this many feature columns
 
 SelectCallback = Callable[[int, int, int], Any]
@@ -67,8 +68,12 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
     """Which SAE the grid shows (index into :attr:`sae_names`)."""
     top_n = traitlets.Int(20).tag(sync=True)
     """How many features (columns) the grid shows per prompt."""
-    rank_by = traitlets.Unicode("max").tag(sync=True)
-    """Rank the grid's features by their ``"max"`` or ``"sum"`` of activations over the prompt."""
+    rank_by = traitlets.Unicode("specific").tag(sync=True)
+    """Rank the grid's features by their ``"max"`` or ``"sum"`` of activations over the prompt, or ``"specific"``:
+    by max, with dense features (firing on more than 10 % of corpus tokens) after all others."""
+    feature_info = traitlets.Dict().tag(sync=True)
+    """Per SAE (by index, as a string): ``{"density": {feature: fraction}, "labels": {feature: text}}`` for the
+    features the statistics and labels know; plus ``"dense_above"``, the density that marks a feature dense."""
     list_k = traitlets.Int(20).tag(sync=True)
     """How many of the selected token's features the side list shows."""
     selected_prompt = traitlets.Int(-1).tag(sync=True)
@@ -96,7 +101,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         *,
         sae: str | Sequence[str] | None = None,
         top_n: int = 20,
-        rank_by: str = "max",
+        rank_by: str = "specific",
         top_k: int | None = None,
         feature_max: Mapping[str, Any] | str | None = None,
         max_tokens: int | None = None,
@@ -139,10 +144,12 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
         for info, name in zip(header["saes"], names):
             info["name"] = name
-        widget = cls(header, data, top_n=top_n, rank_by=rank_by)
-        if follow:
-            widget._followed = (tokenized, rows, top_k, names, holders)
-            widget._unsubscribe = [h.subscribe(widget._stats_changed) for h in holders]
+        info = _feature_info(scope, names, decode_payload(header, data), top_n)
+        widget = cls(header, data, top_n=top_n, rank_by=rank_by, feature_info=info)
+        # Densities and labels follow the statistics always; colour maxima only with feature_max="stats".
+        holders = [scope.stats_holder(name) for name in names]
+        widget._followed = (scope, tokenized, rows, top_k, names, holders, follow)
+        widget._unsubscribe = [h.subscribe(widget._stats_changed) for h in holders]
         return widget
 
     def close(self) -> None:
@@ -151,21 +158,23 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         super().close()
 
     def _stats_changed(self, _stats: Any) -> None:
-        """A followed SAE's statistics changed: re-encode the colour maxima (no model run)."""
-        tokenized, rows, top_k, names, holders = self._followed
-        maxima = [_max_of(h.stats) for h in holders]
-        header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
-        for info, name in zip(header["saes"], names):
-            info["name"] = name
-        with self.hold_sync():
-            self._header, self._data = header, data
+        """A shown SAE's statistics changed: new densities and labels, and (when followed) colour maxima."""
+        scope, tokenized, rows, top_k, names, holders, follow = self._followed
+        if follow:
+            maxima = [_max_of(h.stats) for h in holders]
+            header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
+            for info, name in zip(header["saes"], names):
+                info["name"] = name
+            with self.hold_sync():
+                self._header, self._data = header, data
+        self.feature_info = _feature_info(scope, names, self.payload, self.top_n)
 
     # --- validation -------------------------------------------------------------------------------
 
     @traitlets.validate("rank_by")
     def _check_rank(self, proposal: traitlets.Bunch) -> str:
-        if proposal["value"] not in _RANKS:
-            raise GemscopeError(f"rank_by must be 'max' or 'sum', got {proposal['value']!r}.")
+        if proposal["value"] not in RANKS:
+            raise GemscopeError(f"rank_by must be one of {', '.join(RANKS)}; got {proposal['value']!r}.")
         return proposal["value"]
 
     @traitlets.validate("top_n", "list_k")
@@ -263,8 +272,23 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         return self.payload.token_features(prompt, token, self.sae_index, k or self.list_k)
 
     def top_features(self, prompt: int = 0) -> list[int]:
-        """The grid's feature columns for ``prompt`` under the current SAE, N and ranking."""
-        return self.payload.top_features(prompt, self.sae_index, self.top_n, self.rank_by)
+        """The grid's feature columns for ``prompt`` under the current SAE, N and ranking; a selected feature
+        outside them gets a column of its own at the end (as in the view)."""
+        columns = self.payload.top_features(prompt, self.sae_index, self.top_n, self.rank_by, self.dense_features())
+        if self.selected_feature >= 0 and self.selected_feature not in columns:
+            columns.append(self.selected_feature)
+        return columns
+
+    def dense_features(self, sae: int | None = None) -> set[int]:
+        """Features of SAE ``sae`` (default: the shown one) denser than ``feature_info["dense_above"]``."""
+        info = self.feature_info.get(str(self.sae_index if sae is None else sae), {})
+        limit = float(self.feature_info.get("dense_above", DENSE_ABOVE))
+        return {int(f) for f, d in info.get("density", {}).items() if d > limit}
+
+    def label(self, feature: int, sae: int | None = None) -> str:
+        """The label the view shows for ``feature`` ("" when none was computed)."""
+        info = self.feature_info.get(str(self.sae_index if sae is None else sae), {})
+        return str(info.get("labels", {}).get(str(int(feature)), ""))
 
     @property
     def nbytes(self) -> int:
@@ -284,6 +308,33 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         from .static_view import heatmap_html
 
         return heatmap_html(self)
+
+
+def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int) -> dict[str, Any]:
+    """Densities (from statistics already known; nothing is scanned) and labels for the features the view
+    can show first: each ranking's top ``top_n`` columns per prompt and each token's strongest features."""
+    out: dict[str, Any] = {"dense_above": DENSE_ABOVE}
+    for s, name in enumerate(names):
+        stats = scope.stats_holder(name).find_cached()
+        present: set[int] = set()
+        for p in range(payload.n_prompts):
+            block = payload.block(p, s)
+            present.update(np.unique(block.indices).tolist())
+        density: dict[str, float] = {}
+        if stats is not None and getattr(stats, "density", None) is not None:
+            values = stats.density
+            density = {str(f): float(values[f]) for f in sorted(present)}
+        dense = {int(f) for f, d in density.items() if d > DENSE_ABOVE}
+        wanted: set[int] = set()
+        for p in range(payload.n_prompts):
+            for by in RANKS:
+                wanted.update(payload.top_features(p, s, top_n, by, dense))
+            block = payload.block(p, s)
+            for t in range(len(block.indptr) - 1):
+                wanted.update(block.row(t)[0][:_LIST_LABELS].tolist())
+        labels = scope.labels(name).labels(sorted(wanted)) if wanted else {}
+        out[str(s)] = {"density": density, "labels": {str(f): text for f, text in labels.items() if text}}
+    return out
 
 
 def heatmap(

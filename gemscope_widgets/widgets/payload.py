@@ -20,7 +20,7 @@ rounded up, written in plain decimal notation without trailing zeros (``1235``, 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -32,6 +32,12 @@ from gemscope_widgets.errors import GemscopeError
 PAYLOAD_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 _ALIGN = 4
+
+
+RANKS = ("specific", "max", "sum")
+"""Heatmap column rankings: max with dense features last (the default), max, sum."""
+DENSE_ABOVE = 0.10
+"""A feature firing on more than this fraction of corpus tokens is "dense": marked, and ranked last by "specific"."""
 
 
 def format_value(value: float) -> str:
@@ -306,20 +312,28 @@ class Payload:
         ids, values = self.block(prompt, sae).row(token)
         return [(int(f), float(v), format_value(v)) for f, v in zip(ids[:k], values[:k])]
 
-    def top_features(self, prompt: int = 0, sae: int = 0, n: int = 20, by: str = "max") -> list[int]:
-        """The grid's feature rows: the ``n`` features with the largest max (or sum) over the prompt."""
-        if by not in ("max", "sum"):
-            raise GemscopeError(f"Rank features by 'max' or 'sum', not {by!r}.")
+    def top_features(
+        self, prompt: int = 0, sae: int = 0, n: int = 20, by: str = "max", dense: Collection[int] = ()
+    ) -> list[int]:
+        """The grid's feature columns: the ``n`` features with the largest max (or sum) over the prompt.
+
+        ``by="specific"`` ranks by max but puts the ``dense`` features (those firing on more than
+        :data:`DENSE_ABOVE` of corpus tokens) after all others: they fire on nearly everything, so a large value
+        says little about this prompt. Ties: the smaller feature id first.
+        """
+        if by not in RANKS:
+            raise GemscopeError(f"Rank features by one of {', '.join(RANKS)}, not {by!r}.")
         block = self.block(prompt, sae)
         ids = block.indices.astype(np.int64)
         values = block.values.astype(np.float64)
         score = np.zeros(block.width, dtype=np.float64)
-        if by == "max":
-            np.maximum.at(score, ids, values)
-        else:
+        if by == "sum":
             np.add.at(score, ids, values)
+        else:
+            np.maximum.at(score, ids, values)
         seen = np.unique(ids)
-        order = np.lexsort((seen, -score[seen]))
+        is_dense = np.isin(seen, np.fromiter(dense, np.int64)) if by == "specific" else np.zeros(len(seen), bool)
+        order = np.lexsort((seen, -score[seen], is_dense))
         return seen[order][:n].tolist()
 
 

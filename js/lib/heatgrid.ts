@@ -3,7 +3,8 @@
 //
 //   new PromptGrid(index, promptInfo, selection)   .root (append it); selection() returns the current
 //                                                  {prompt, token, feature}
-//   setData(csr, corpusMaxima, n, rankBy)           picks the n top features and redraws the grid
+//   setData(csr, corpusMaxima, n, rankBy, notes)    picks the n top features (plus the selected feature when it
+//                                                  is not among them) and redraws the grid
 //   showSelection()                                 re-shades the text and marks the selected row / column
 //   features                                        the feature ids of the columns, in order
 //
@@ -16,6 +17,32 @@ import { VirtualRows } from "./grid";
 import type { PromptInfo, RankBy } from "./protocol";
 import type { Csr } from "./sparse";
 import { renderTokens, visibleText } from "./tokens";
+
+/** Labels and densities of features, and which are dense (heatmap.py's feature_info, for one SAE). */
+export interface FeatureNotes {
+  dense: ReadonlySet<number>;
+  labels: ReadonlyMap<number, string>;
+  density: ReadonlyMap<number, number>;
+}
+
+export const NO_NOTES: FeatureNotes = { dense: new Set(), labels: new Map(), density: new Map() };
+
+/** "12.3 %" style text for a density (fraction of corpus tokens), "" when unknown. */
+export function densityText(d: number | undefined): string {
+  if (d === undefined) return "";
+  const pct = d * 100;
+  return `${pct >= 10 ? pct.toFixed(0) : pct >= 1 ? pct.toFixed(1) : pct.toPrecision(2)} %`;
+}
+
+/** A feature's one-line description for tooltips: "#12 · label · fires on 3.1 % of tokens (dense)". */
+export function describeFeature(f: number, notes: FeatureNotes): string {
+  const parts = [`#${f}`];
+  const label = notes.labels.get(f);
+  if (label) parts.push(label);
+  const d = notes.density.get(f);
+  if (d !== undefined) parts.push(`fires on ${densityText(d)} of corpus tokens${notes.dense.has(f) ? " (dense)" : ""}`);
+  return parts.join(" · ");
+}
 
 export interface Selection {
   prompt: number;
@@ -36,6 +63,7 @@ export class PromptGrid {
   private colMax: number[] = [];
   csr!: Csr;
   maxima: Map<number, number> | null = null;
+  notes: FeatureNotes = NO_NOTES;
 
   constructor(
     readonly index: number,
@@ -55,10 +83,14 @@ export class PromptGrid {
   }
 
   /** Recomputes the feature columns for a SAE / ranking / N. */
-  setData(csr: Csr, maxima: Map<number, number> | null, n: number, by: RankBy): void {
+  setData(csr: Csr, maxima: Map<number, number> | null, n: number, by: RankBy, notes: FeatureNotes = NO_NOTES): void {
     this.csr = csr;
     this.maxima = maxima;
-    this.features = csr.topFeatures(n, by);
+    this.notes = notes;
+    this.features = csr.topFeatures(n, by, notes.dense);
+    // The selection is one state: a selected feature outside the top N gets a column of its own.
+    const selected = this.selection().feature;
+    if (selected >= 0 && !this.features.includes(selected)) this.features.push(selected);
     this.matrix = csr.columns(this.features);
     const k = this.features.length;
     this.colMax = this.features.map((f, j) => {
@@ -76,9 +108,11 @@ export class PromptGrid {
     const head = el("div", "gs-hm-row gs-hm-head");
     head.append(el("div", "gs-hm-label", this.features.length ? "token \\ feature" : "no active features"));
     for (const f of this.features) {
-      const cell = el("div", "gs-hm-fhead", String(f));
+      const label = this.notes.labels.get(f);
+      const cell = el("div", "gs-hm-fhead", label ? `${f} ${label}` : String(f));
       cell.dataset.f = String(f);
-      cell.title = `feature ${f}: click to colour the text by it`;
+      if (this.notes.dense.has(f)) cell.classList.add("gs-hm-dense");
+      cell.title = `${describeFeature(f, this.notes)}: click to colour the text by it`;
       head.append(cell);
     }
     this.grid.header.replaceChildren(head);

@@ -53,7 +53,13 @@ export interface PayloadHeader {
   bytes: number;
 }
 
-export type RankBy = "max" | "sum";
+export type RankBy = "specific" | "max" | "sum";
+
+/** What the heatmap knows about features beyond the payload (heatmap.py's feature_info): per SAE index. */
+export interface FeatureInfo {
+  dense_above?: number;
+  [sae: string]: { density: Record<string, number>; labels: Record<string, string> } | number | undefined;
+}
 
 export interface PaneExample {
   tokens: string[];
@@ -72,6 +78,7 @@ export interface PaneInfo {
   width?: number;
   url?: string;
   explanation?: string;
+  label?: string; // the automatic label (labels.py), shown where there is no explanation
   density?: number | null;
   max_act?: number | null;
   n_tokens?: number;
@@ -81,7 +88,8 @@ export interface PaneRelated {
   feature: number;
   score: number;
   kind: string;
-  explanation: string;
+  explanation: string; // the explanation, or the automatic label where there is none
+  density: number | null;
 }
 export interface PaneTest {
   text?: string;
@@ -105,13 +113,19 @@ export interface PaneHistogram {
   counts?: Bytes; // float32 [n]
 }
 
+/** One steered feature or direction (SteeringSession's Entry.describe()). */
 export interface SteerFeature {
-  feature: number;
+  key: number | string; // the feature index, or "d0", "d1", ... for a direction
+  kind: "feature" | "direction";
+  label: string;
+  feature?: number; // features only
+  layer?: number | null; // directions only: where an added direction goes
   multiple: number;
   mode: "add" | "clamp" | "ablate";
   positions: "all" | "prompt" | "generated";
   scale: number;
-  scale_source: string;
+  scale_source: string; // the unit's kind: "quantile", "site norm", "length", "fraction" or "raw"
+  unit_source: string; // where the unit came from, for people
   raw: number;
 }
 export interface SteerSettings {
@@ -142,7 +156,8 @@ export interface HeatmapModel {
   _data: Bytes;
   sae_index: number;
   top_n: number;
-  rank_by: "max" | "sum";
+  rank_by: "specific" | "max" | "sum";
+  feature_info: FeatureInfo;
   list_k: number;
   selected_prompt: number;
   selected_feature: number;
@@ -184,7 +199,10 @@ export interface SteerModel {
   prompt_special: boolean[];
   chat: boolean;
   features: SteerFeature[];
+  directions: SteerFeature[];
+  unit: "typical" | "raw";
   strength_range: number[];
+  note: string;
   settings: SteerSettings;
   baseline_tokens: string[];
   steered_tokens: string[];
@@ -199,9 +217,12 @@ export interface SteerModel {
 /** @messages gemscope_widgets.widgets.steer.Steer */
 export type SteerMessage =
   | { type: "set"; feature: number; key: "multiple" | "mode" | "positions"; value: number | string }
+  | { type: "set_direction"; direction: string; key: "multiple" | "mode" | "positions" | "layer"; value: number | string }
   | { type: "add"; feature: number }
   | { type: "remove"; feature: number }
+  | { type: "remove_direction"; direction: string }
   | { type: "settings"; values: Record<string, number | boolean | string> }
+  | { type: "unit"; value: "typical" | "raw" }
   | { type: "range"; min: number; max: number }
   | { type: "next"; index: number; column: "baseline" | "steered" }
   | { type: "run" }
@@ -220,6 +241,93 @@ export type TokenViewMessage = { type: "ping" };
 
 /** What every widget's kernel side sends to its view: the answer to "ping" (lib/live.ts). */
 export type KernelMessage = { type: "pong" };
+
+/** One message of a conversation as the kernel checked it (a model turn's role is "assistant"). */
+export interface ChatTurnMessage {
+  role: string;
+  content: string;
+}
+/** A turn located in the tokens, with its strongest features (behaviour/conversation.py's Turn). */
+export interface ChatTurn {
+  role: string;
+  message: number; // -1 for the open generation prompt
+  start: number;
+  end: number;
+  content_start: number;
+  content_end: number;
+  message_start: number; // after a folded system message
+  summary: { feature: number; max: number; mean: number }[];
+}
+export interface ChatView {
+  tokens?: string[];
+  special?: boolean[];
+  template?: boolean[];
+  turns?: ChatTurn[];
+  sae_names?: string[];
+  track_label?: string;
+  system?: string;
+}
+
+/** @widget gemscope_widgets.widgets.chat.Chat */
+export interface ChatModel {
+  messages: ChatTurnMessage[];
+  features: number[];
+  sae_index: number;
+  _view: ChatView;
+  _heat: Bytes;
+  _track: Bytes;
+  streaming: string[];
+  running: boolean;
+  status: string;
+  error: string;
+  warning: string;
+}
+
+/** @messages gemscope_widgets.widgets.chat.Chat */
+export type ChatMessage =
+  | { type: "continue" }
+  | { type: "edit"; message: number; content: string }
+  | { type: "toggle"; feature: number }
+  | { type: "ping" };
+
+export interface ContrastSide {
+  tokens: string[];
+  special: boolean[];
+  template: boolean[];
+  span: number[];
+}
+export interface ContrastRow {
+  feature: number;
+  diff: number;
+  a: number;
+  b: number;
+  t?: number;
+  stderr?: number;
+}
+export interface ContrastInfo {
+  a?: ContrastSide;
+  b?: ContrastSide;
+  rows?: ContrastRow[];
+  span?: string;
+  reduce?: string;
+  sae_name?: string;
+  n_pairs?: number;
+}
+
+/** @widget gemscope_widgets.widgets.contrast.ContrastView */
+export interface ContrastViewModel {
+  _view: ContrastInfo;
+  _heat_a: Bytes;
+  _heat_b: Bytes;
+  selected_feature: number;
+  can_steer: boolean;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.contrast.ContrastView */
+export type ContrastViewMessage =
+  | { type: "steer"; feature: number }
+  | { type: "ping" };
 
 // --- typed sending ------------------------------------------------------------------------------------------
 
@@ -262,7 +370,7 @@ export interface CircuitIntervention {
   nodes?: number[];
   mode?: string;
   value?: number;
-  rows?: [string, number, number][];
+  rows?: [string, number | null, number | null][];
   message?: string;
 }
 
@@ -281,94 +389,4 @@ export interface CircuitModel {
 /** @messages gemscope_widgets.widgets.circuit.Circuit */
 export type CircuitMessage =
   | { type: "intervene"; mode: "set" | "scale"; value: number }
-  | { type: "ping" };
-
-// --- chat (widgets/chat.py) ---------------------------------------------------------------------------------
-
-export interface ChatSummaryItem {
-  feature: number;
-  max: number;
-  mean: number;
-}
-export interface ChatTurnInfo {
-  role: string;
-  message: number;
-  start: number;
-  end: number;
-  content_start: number;
-  content_end: number;
-  message_start: number;
-  summary: ChatSummaryItem[];
-}
-export interface ChatView {
-  tokens?: string[];
-  special?: boolean[];
-  template?: boolean[];
-  turns?: ChatTurnInfo[];
-  sae_names?: string[];
-  track_label?: string;
-  system?: string;
-}
-
-/** @widget gemscope_widgets.widgets.chat.Chat */
-export interface ChatModel {
-  messages: { role: string; content: string }[];
-  features: number[];
-  sae_index: number;
-  _view: ChatView;
-  _heat: DataView;
-  _track: DataView;
-  streaming: string[];
-  running: boolean;
-  status: string;
-  error: string;
-  warning: string;
-}
-
-/** @messages gemscope_widgets.widgets.chat.Chat */
-export type ChatMessage =
-  | { type: "continue" }
-  | { type: "edit"; message: number; content: string }
-  | { type: "toggle"; feature: number }
-  | { type: "ping" };
-
-// --- contrast (widgets/contrast.py) -------------------------------------------------------------------------
-
-export interface ContrastSide {
-  tokens: string[];
-  special: boolean[];
-  template: boolean[];
-  span: number[];
-}
-export interface ContrastRow {
-  feature: number;
-  diff: number;
-  a: number;
-  b: number;
-  t?: number;
-  stderr?: number;
-}
-export interface ContrastViewInfo {
-  a?: ContrastSide;
-  b?: ContrastSide;
-  rows?: ContrastRow[];
-  span?: string;
-  reduce?: string;
-  sae_name?: string;
-  n_pairs?: number;
-}
-
-/** @widget gemscope_widgets.widgets.contrast.ContrastView */
-export interface ContrastModel {
-  _view: ContrastViewInfo;
-  _heat_a: DataView;
-  _heat_b: DataView;
-  selected_feature: number;
-  can_steer: boolean;
-  error: string;
-}
-
-/** @messages gemscope_widgets.widgets.contrast.ContrastView */
-export type ContrastMessage =
-  | { type: "steer"; feature: number }
   | { type: "ping" };

@@ -76,6 +76,15 @@ describe("Csr and Payload", () => {
     expect(csr.topFeatures(2, "max")).toEqual([3, 9]);
   });
 
+  it("ranks dense features last under 'specific', and only there", () => {
+    const csr = new Csr(new Uint32Array([0, 3]), new Uint16Array([1, 2, 3]), new Float32Array([9, 5, 1]), 4);
+    const dense = new Set([1]);
+    expect(csr.topFeatures(3, "specific", dense)).toEqual([2, 3, 1]);
+    expect(csr.topFeatures(2, "specific", dense)).toEqual([2, 3]);
+    expect(csr.topFeatures(3, "max", dense)).toEqual([1, 2, 3]);
+    expect(csr.topFeatures(3, "specific")).toEqual([1, 2, 3]); // no densities: plain max
+  });
+
   it("reads corpus maxima", () => {
     const payload = new Payload(header, bytes);
     expect(payload.featureMax(0)).toEqual(new Map([[1, 4], [5, 8]]));

@@ -117,15 +117,17 @@ export class Csr {
       const v = this.values[i];
       const old = score.get(f);
       if (old === undefined) score.set(f, v);
-      else score.set(f, by === "max" ? Math.max(old, v) : old + v);
+      else score.set(f, by === "sum" ? old + v : Math.max(old, v));
     }
     return score;
   }
 
-  /** The `n` features with the largest score (ties: smaller id first). */
-  topFeatures(n: number, by: RankBy): number[] {
+  /** The `n` features with the largest score (ties: smaller id first); "specific" ranks by max with the
+   *  `dense` features after all others (payload.py's Payload.top_features). */
+  topFeatures(n: number, by: RankBy, dense: ReadonlySet<number> = new Set()): number[] {
     const entries = [...this.scores(by)];
-    entries.sort((a, b) => b[1] - a[1] || a[0] - b[0]);
+    const last = (f: number) => (by === "specific" && dense.has(f) ? 1 : 0);
+    entries.sort((a, b) => last(a[0]) - last(b[0]) || b[1] - a[1] || a[0] - b[0]);
     return entries.slice(0, n).map(([f]) => f);
   }
 

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.browser
 
 SETUP = """
 import pathlib, tempfile
-from tests.fixtures.models import TINY_NAME, build_tiny_checkpoint
+from gemscope_widgets.testing.tiny import TINY_NAME, build_tiny_checkpoint
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from gemscope_widgets.backend.gemma.model import load_model
 from gemscope_widgets.backend.dictionaries.loading import load_sae

@@ -58,7 +58,9 @@ def test_slider_restreams_steered_column_and_marks_divergence(lab_server, page):
     assert base.all_text_contents() == baseline_text
     assert steered.all_text_contents() != baseline_text
     value = root.locator(".gs-steer-value").first.text_content()
-    assert value.startswith("40× = ") and "raw (prompt)" in value
+    assert value.startswith("40× = ") and value.endswith(" raw")
+    unit = root.locator(".gs-steer-unit").first
+    expect(unit).to_have_text("unit: p99 of non-zero activations over 16,384 corpus tokens")
 
     out = lab_server.run_code(page, "print(w.features[0]['multiple'], w.divergence, w.error == '')")
     multiple, divergence, ok = out.split()
@@ -73,6 +75,28 @@ def test_slider_restreams_steered_column_and_marks_divergence(lab_server, page):
     table = root.locator(".gs-next table")
     expect(table).to_be_visible(timeout=30_000)
     expect(root.locator(".gs-next .gs-chosen")).to_have_count(1)
+
+    # A change of configuration clears the next-token table that described the old one.
+    lab_server.run_code(page, "w.set_strength(F, 100.0)")
+    expect(table).to_have_count(0, timeout=30_000)
+    # A value outside the range widens it, with a note.
+    expect(slider).to_have_attribute("max", "100", timeout=30_000)
+    expect(root.locator(".gs-note")).to_contain_text("widened", timeout=30_000)
+
+    # An invalid box value is refused and the box goes back to the last good value.
+    max_new = root.locator("input[data-key=max_new_tokens]")
+    max_new.fill("0")
+    max_new.press("Enter")
+    expect(root.locator(".gs-error").first).to_contain_text("max_new_tokens must be a positive integer",
+                                                            timeout=30_000)
+    expect(max_new).to_have_value(str(N), timeout=30_000)
+
+    # A direction steers beside the features: ablation strengths are fractions.
+    lab_server.run_code(page, "import torch; w.add_direction(torch.ones(gm.d_model), name='ones')")
+    row = root.locator(".gs-steer-row[data-direction=d0]")
+    expect(row.locator(".gs-steer-name")).to_have_text("ones", timeout=30_000)
+    expect(row.locator(".gs-steer-value")).to_have_text("100% of the component removed")
+    expect(row.locator(".gs-slider")).to_have_attribute("max", "1")
 
     # Errors reach the view: a feature the SAE does not have.
     root.locator(".gs-steer-settings input[type=number]").first.fill("100000")

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from gemscope_widgets.backend.behaviour import conversation
 from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.errors import ContrastError, PromptError
 
 CONV = [
@@ -24,12 +24,12 @@ def scope(tiny_model, gemma_scope_folders, monkeypatch):
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.scope import Scope
 
-    monkeypatch.setattr(conversation, "_WARNED", set())
+    monkeypatch.setattr(tiny_model, "_warned_chat", False)
     return Scope(tiny_model, load_sae(gemma_scope_folders["resid_post"]))
 
 
 def test_chat_view_heat_summary_and_continue(scope):
-    with pytest.warns(UserWarning, match="base model"):
+    with pytest.warns(BaseModelChatWarning):
         chat = scope.chat(CONV, features=[3], max_new_tokens=4)
     assert "base model" in chat.warning
     view = chat._view
@@ -39,6 +39,13 @@ def test_chat_view_heat_summary_and_continue(scope):
     np.testing.assert_array_equal(heat[0], chat.conversation.activations[0].feature(3))
     first = view["turns"][0]["summary"]
     assert [s["feature"] for s in first] == chat.conversation.summary(0, 6)[0].features.tolist()
+    chat.select(3, 5)
+    chat._on_custom_msg(chat, {"type": "toggle", "feature": 7}, [])  # what a click on a chip sends
+    assert chat.features == [3, 5, 7]
+    chat._on_custom_msg(chat, {"type": "toggle", "feature": 5}, [])
+    assert chat.features == [3, 7] and chat.error == ""
+    chat._on_custom_msg(chat, {"type": "toggle", "feature": 10**6}, [])
+    assert "does not exist" in chat.error and chat.features == [3, 7]
     chat.select(3, 5)
     assert np.frombuffer(chat._heat, dtype=np.float32).size == 2 * len(view["tokens"])
 

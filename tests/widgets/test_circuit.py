@@ -108,8 +108,15 @@ def test_intervention_without_a_model_shows_the_error():
         w.intervene([])
 
 
-def test_intervention_rows_from_before_after_records():
-    from types import SimpleNamespace
+def test_intervention_rows_from_an_intervention_result():
+    from gemscope_widgets.backend.circuits.intervention import InterventionResult, TopLogit
 
-    result = SimpleNamespace(before=[(" Paris", 0.5), (" Rome", 0.2)], after=[(" Rome", 0.4), (" Paris", 0.1)])
-    assert intervention_rows(result) == [[" Paris", 0.5, 0.1], [" Rome", 0.2, 0.4]]
+    result = InterventionResult(
+        changes=[],
+        top_before=[TopLogit(5, " Paris", 0.5), TopLogit(7, " Rome", 0.2)],
+        top_after=[TopLogit(7, " Rome", 0.4), TopLogit(9, " Lyon", 0.3)],
+        logit_tokens=[5],
+        logit_probabilities_before=[0.5],
+        logit_probabilities_after=[0.1],
+    )
+    assert intervention_rows(result) == [[" Paris", 0.5, 0.1], [" Rome", 0.2, 0.4], [" Lyon", None, 0.3]]

@@ -47,7 +47,7 @@ def test_build_holds_every_prompt_and_sae(widget, scope, tiny_model):
     assert widget.sae_names == ["resid", "tc"]
     assert widget.payload.n_prompts == 2
     assert widget.payload.tokens(1) == tiny_model.prompt(CHAT).tokens
-    assert widget.top_n == 8 and widget.rank_by == "max"
+    assert widget.top_n == 8 and widget.rank_by == "specific"
     # Both SAEs' numbers are the backend's, to float16 precision.
     for p, prompt in enumerate([TEXT, CHAT]):
         for s, name in enumerate(widget.sae_names):
@@ -106,7 +106,7 @@ def test_selection_from_the_browser_fires_the_callback_once(widget):
 
 
 def test_bad_settings_raise_clear_errors(widget, scope):
-    with pytest.raises(GemscopeError, match="rank_by must be 'max' or 'sum'"):
+    with pytest.raises(GemscopeError, match="rank_by must be one of specific, max, sum"):
         widget.rank_by = "mean"
     with pytest.raises(FeatureIndexError, match="outside the SAE's 128 features"):
         widget.selected_feature = 128

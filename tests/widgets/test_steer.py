@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.steering.generation import generate
@@ -40,7 +39,8 @@ def test_widget_matches_backend_generation(scope, tiny_model, sae, feature):
     try:
         result = w.wait()
         entry = w.features[0]
-        assert entry["scale_source"] == "prompt" and entry["scale"] > 0
+        assert entry["scale_source"] == "quantile" and entry["scale"] > 0
+        assert entry["unit_source"].startswith("p99 of non-zero activations over")
         assert entry["raw"] == pytest.approx(3.0 * entry["scale"])
         direct = generate(tiny_model, TEXT, {feature: 3.0 * entry["scale"]}, sae=sae, max_new_tokens=8)
         assert result.steered_ids == direct.steered_ids and result.baseline_ids == direct.baseline_ids
@@ -157,7 +157,7 @@ def test_python_api_errors(scope, feature, sae):
             w.set_strength(feature + 1, 1.0)
         with pytest.raises(SteeringError, match="min < max"):
             w.set_range(2, -2)
-        with pytest.raises(SteeringError, match="Unknown settings"):
+        with pytest.raises(SteeringError, match="Unknown generation settings"):
             w.set_settings(beam_width=3)
     finally:
         w.close()
@@ -187,23 +187,25 @@ def test_next_token_view(scope, tiny_model, feature):
         w.close()
 
 
-def test_uses_feature_statistics_for_the_unit(tiny_model, sae, feature):
-    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-
-    max_act = torch.zeros(sae.width)
-    max_act[feature] = 250.0
-    scope = Scope(tiny_model, sae)
-    scope.stats_holder().set(FeatureStats(sae_name=sae.config.name, width=sae.width, source="t", max_act=max_act))
+def test_raw_units_and_the_unit_source(scope, sae, feature):
     w = scope.steer(TEXT, {feature: 2.0}, autorun=False)
     try:
-        assert w.features[0]["scale_source"] == "stats" and w.features[0]["raw"] == pytest.approx(500.0)
-        w.add_feature(feature + 1 if feature + 1 < sae.width else 0, 1.0)
-        assert w.features[1]["scale_source"] in ("prompt", "site norm")
+        entry = w.features[0]
+        raw = entry["raw"]
+        assert entry["scale_source"] == "quantile" and entry["unit_source"].startswith("p99")
+        w._on_custom_msg(w, {"type": "unit", "value": "raw"}, [])
+        assert w.generation_id == 0  # the steering did not change: nothing to regenerate
+        entry = w.features[0]
+        assert w.unit == "raw" and entry["scale_source"] == "raw" and entry["unit_source"] == "raw"
+        assert entry["multiple"] == pytest.approx(raw) and entry["raw"] == pytest.approx(raw)
+        assert w.strength_range[1] >= raw and "widened" in w.note  # the value is shown, not pinned at the end
+        assert w.specs()[0].strength == pytest.approx(raw)
     finally:
         w.close()
-    # unit="raw": the value given is the raw activation, shown as a multiple of the unit.
+    # unit="raw": the values given are raw activations.
     w = scope.steer(TEXT, {feature: 250.0}, unit="raw", autorun=False)
     try:
-        assert w.features[0]["multiple"] == pytest.approx(1.0)
+        assert w.features[0]["multiple"] == 250.0 and w.features[0]["raw"] == 250.0
+        assert w.strength_range == [-3.0, 250.0] and "250" in w.note
     finally:
         w.close()

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from gemscope_widgets.backend.dictionaries.base import stack_slots
-from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.hooks import HookFn, hooked
 from gemscope_widgets.backend.gemma.prompts import masked_ids
-from gemscope_widgets.backend.gemma.sites import resolve_site
+from gemscope_widgets.backend.gemma.sites import Site, resolve_site
 from gemscope_widgets.backend.stats.corpus import load_corpus, pad_batch, tokenize_docs
 
 if TYPE_CHECKING:
@@ -56,10 +56,13 @@ def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
     return float(ce[valid.to(ce.device)].sum()), int(valid.sum())
 
 
-def _forward_logits(gm: GemmaModel, ids: torch.Tensor, mask: torch.Tensor, pairs: list) -> torch.Tensor:
+def _forward_logits(
+    gm: GemmaModel, ids: torch.Tensor, mask: torch.Tensor, pairs: list[tuple[Site, HookFn]]
+) -> torch.Tensor:
     with torch.inference_mode(), hooked(*pairs):
         out = gm.model(input_ids=ids.to(gm.device), attention_mask=mask.to(gm.device), use_cache=False)
-    return out.logits
+    logits: torch.Tensor = out.logits
+    return logits
 
 
 def sae_card(
@@ -96,7 +99,7 @@ def sae_card(
         valid = mask.bool() & ~torch.isin(ids, hidden)
         captured: dict[str, torch.Tensor] = {}
 
-        def keep(name: str, store: dict[str, torch.Tensor] = captured):
+        def keep(name: str, store: dict[str, torch.Tensor] = captured) -> HookFn:
             def fn(t: torch.Tensor) -> None:
                 store[name] = t.detach()
 
@@ -123,7 +126,7 @@ def sae_card(
 
         for label, replacement in (("spliced", recon), ("zero", torch.zeros_like(recon))):
 
-            def splice(slot: int, new: torch.Tensor, where: torch.Tensor = valid):
+            def splice(slot: int, new: torch.Tensor, where: torch.Tensor = valid) -> HookFn:
                 def fn(t: torch.Tensor) -> torch.Tensor:
                     part = new if new.dim() == t.dim() else new[..., slot, :]
                     keep_mask = where.to(t.device).unsqueeze(-1)
@@ -144,7 +147,7 @@ def sae_card(
         "n_docs": len(docs),
         "n_tokens": totals["tokens"],
         "l0": totals["l0"] / n_tok,
-        "fvu": fvu_from_sums(totals["sq_err"], totals["sum_sq"], target_sum, totals["tokens"]),
+        "fvu": fvu_from_sums(totals["sq_err"], totals["sum_sq"], target_sum, int(totals["tokens"])),
         "dead_features": dead,
         "dead_fraction": dead / sae.width,
         "loss_clean": clean,

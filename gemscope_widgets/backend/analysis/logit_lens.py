@@ -8,7 +8,7 @@ it is a positive scalar and does not change the ranking.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def norm_gain(norm: torch.nn.Module) -> torch.Tensor:
     """The elementwise gain of an RMSNorm: ``1 + weight`` for Gemma's, ``weight`` otherwise."""
-    weight = norm.weight.detach().float()
+    weight = cast(torch.Tensor, norm.weight).detach().float()
     return 1.0 + weight if "Gemma" in type(norm).__name__ else weight
 
 
@@ -38,8 +38,8 @@ def feature_direction(gm: GemmaModel, sae: Any, f: int) -> torch.Tensor:
         vec = vec.detach().float().cpu()
         if vec.shape[-1] != gm.d_model:
             site = resolve_site(gm, hook)
-            o_proj = gm.layers[site.layer].self_attn.o_proj
-            vec = o_proj.weight.detach().float().cpu() @ vec
+            o_proj = gm.layers[site.layer].get_submodule("self_attn.o_proj")
+            vec = cast(torch.Tensor, o_proj.weight).detach().float().cpu() @ vec
         total += vec
     return total
 
@@ -47,7 +47,7 @@ def feature_direction(gm: GemmaModel, sae: Any, f: int) -> torch.Tensor:
 def feature_logits(gm: GemmaModel, sae: Any, f: int) -> torch.Tensor:
     """``W_U · (direction ⊙ (1 + final_norm.weight))`` over the whole vocabulary, ``[V]`` float32."""
     direction = feature_direction(gm, sae, f) * norm_gain(gm.final_norm).cpu()
-    w_u = gm.lm_head.weight.detach()
+    w_u = cast(torch.Tensor, gm.lm_head.weight).detach()
     with torch.inference_mode():
         return (w_u @ direction.to(w_u.device, w_u.dtype)).float().cpu()
 

@@ -70,7 +70,7 @@ def chat_prompt(gm: GemmaModel, messages: Any, *, warn: bool = True) -> tuple[li
     """Check the conversation's turn order, template it (one ``<bos>``) and locate its turns."""
     checked = check_conversation(messages)
     if warn:
-        warn_if_base(gm, "Conversation tools")
+        warn_if_base(gm)
     prompt = gm.prompt(checked)
     return checked, prompt, turns(gm, prompt)
 
@@ -100,7 +100,7 @@ def continue_conversation(
     from gemscope_widgets.backend.steering.generation import generate
 
     checked = check_conversation(messages, ending="user")
-    warn_if_base(gm, "Conversation tools")
+    warn_if_base(gm)
     result = generate(stopping_at_end_of_turn(gm), checked, steering, sae=sae, max_new_tokens=max_new_tokens,
                       **kwargs)
     return result, [*checked, {"role": "assistant", "content": result.steered_text}]

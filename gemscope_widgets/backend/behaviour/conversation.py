@@ -13,31 +13,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.backend.gemma.prompts import Prompt
 from gemscope_widgets.errors import PromptError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
-_WARNED: set[str] = set()
+def warn_if_base(gm: GemmaModel) -> None:
+    """Give the model's own once-per-model :class:`BaseModelChatWarning` if ``gm`` is a base (not ``-it``) model.
 
-
-class BaseModelWarning(UserWarning):
-    """A chat tool used on a model that is not chat-tuned (its turns are not what it was trained on)."""
-
-
-def warn_if_base(gm: GemmaModel, tool: str = "Chat tools") -> None:
-    """Warn once per model that ``gm`` is a base (pretrained, not ``-it``) model."""
-    if gm.is_instruct or gm.name in _WARNED:
+    Tools that template a conversation without :meth:`GemmaModel.prompt` call this, so a chat tool on a base
+    model warns exactly once, whichever tool comes first.
+    """
+    if gm.is_instruct or getattr(gm, "_warned_chat", False):
         return
-    _WARNED.add(gm.name)
-    warnings.warn(
-        f"{tool} on {gm.name}: this is a base model, not chat-tuned. The chat template is applied and the "
-        "mechanics work, but its replies and refusals are not those of a chat model; use a Gemma 3 '-it' model "
-        "(e.g. google/gemma-3-1b-it) with its Gemma Scope 2 SAEs to study chat behaviour.",
-        BaseModelWarning,
-        stacklevel=3,
-    )
+    gm._warned_chat = True
+    warnings.warn(BaseModelChatWarning(gm.name), stacklevel=3)
 
 
 def model_role(role: str) -> str:

@@ -21,6 +21,7 @@ from gemscope_widgets.backend.behaviour.conversation import turns, warn_if_base
 from gemscope_widgets.backend.behaviour.prompt_sets import HARMFUL_REQUESTS, HARMLESS_REQUESTS, read_prompts
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import Prompt
+from gemscope_widgets.backend.gemma.sites import hook_point
 from gemscope_widgets.errors import DirectionError
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ layers separate prompts but no longer steer the behaviour)."""
 
 def resid_hook_point(layer: int) -> str:
     """The residual stream after decoder layer ``layer`` (Gemma Scope 2's ``resid_post``)."""
-    return f"model.layers.{layer}.output"
+    return hook_point("resid_post", layer)
 
 
 @dataclass
@@ -210,7 +211,7 @@ def behaviour_direction(
     if chat is None:
         chat = bool(gm.is_instruct)
     if chat:
-        warn_if_base(gm, "behaviour_direction")
+        warn_if_base(gm)
     if layer is not None:
         layer = _check_layer(gm, layer)
         candidates = [layer]

@@ -227,7 +227,7 @@ def cot_faithfulness(
     if chat is None:
         chat = bool(gm.is_instruct)
     if chat:
-        warn_if_base(gm, "cot_faithfulness")
+        warn_if_base(gm)
     answer_ids = [list(gm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     if any(not ids for ids in answer_ids):
         raise FaithfulnessError("An answer tokenises to nothing; pass visible text.")

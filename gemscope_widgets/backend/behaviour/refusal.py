@@ -139,7 +139,7 @@ def refusal_sweep(
     if mode not in ("ablate", "add"):
         raise DirectionError(f"mode={mode!r}: use 'ablate' or 'add'.")
     if chat:
-        warn_if_base(gm, "refusal_sweep")
+        warn_if_base(gm)
     model = stopping_at_end_of_turn(gm) if chat else gm
     scores = np.zeros((len(values), len(items)), dtype=np.float32)
     responses: list[list[str]] = [[""] * len(items) for _ in values]

@@ -514,6 +514,27 @@ class AttributionGraph:
         attach_replacement(self, model, transcoders)
         return self
 
+    # ---- Neuronpedia graph JSON -------------------------------------------------------------------------------
+
+    def to_neuronpedia(self, slug: str = "graph", **kwargs: Any) -> dict[str, Any]:
+        """Neuronpedia graph JSON (pruned; see :func:`~.neuronpedia_json.to_neuronpedia`)."""
+        from gemscope_widgets.backend.circuits.neuronpedia_json import to_neuronpedia
+
+        return to_neuronpedia(self, slug, **kwargs)
+
+    def save_neuronpedia(self, path: str | os.PathLike[str], slug: str | None = None, **kwargs: Any) -> Path:
+        """Write Neuronpedia graph JSON to ``path`` (``.json``)."""
+        from gemscope_widgets.backend.circuits.neuronpedia_json import save_neuronpedia
+
+        return save_neuronpedia(self, path, slug, **kwargs)
+
+    @classmethod
+    def from_neuronpedia(cls, source: Any) -> AttributionGraph:
+        """Read Neuronpedia graph JSON (path or dict), e.g. one downloaded from neuronpedia.org."""
+        from gemscope_widgets.backend.circuits.neuronpedia_json import from_neuronpedia
+
+        return from_neuronpedia(source)
+
     # ---- files -------------------------------------------------------------------------------------------------
 
     _TENSORS = (

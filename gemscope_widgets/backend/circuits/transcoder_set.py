@@ -27,7 +27,6 @@ from gemscope_widgets.errors import SAELoadError, SAEModelMismatch
 
 # Decoder layers per Gemma 3 size (the published configs' num_hidden_layers).
 GEMMA3_LAYERS = {"270m": 18, "1b": 26, "4b": 34, "12b": 48, "27b": 62}
-WIDTHS = {"16k": 16384, "65k": 65536, "262k": 262144, "524k": 524288, "1m": 1048576}
 L0S = ("small", "medium", "big")
 TRANSCODER_SITES = ("transcoder_all", "transcoder", "clt")
 _READ = "pre_feedforward_layernorm.output"
@@ -257,10 +256,9 @@ def _width_label(width: Any) -> str:
             "Pass width=… (e.g. '16k', '65k', '262k') to pick a transcoder set from a hub repo."
         )
     if isinstance(width, int):
-        for label, value in WIDTHS.items():
-            if value == width:
-                return label
-        return str(width)
+        from gemscope_widgets.backend.gemma.names import scope_width_label
+
+        return scope_width_label(width)
     return str(width).lower()
 
 
@@ -291,7 +289,7 @@ def _matches(name: str, width: Any, l0: Any, affine: bool | None) -> tuple[int, 
 
 
 def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None, layers: Sequence[int] | None):
-    from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+    from gemscope_widgets.backend.dictionaries.folder import load_sae_folder
 
     if (root / "config.json").is_file():
         return [load_sae_folder(root)]
@@ -340,8 +338,8 @@ def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None, 
 
 
 def _hub_set(repo: str, site: str, width: Any, l0: Any, affine: bool | None, layers: Sequence[int] | None):
-    from gemscope_widgets.backend.dictionaries.compat import parse_gemma_name
-    from gemscope_widgets.backend.dictionaries.loading import load_sae_from_hub
+    from gemscope_widgets.backend.dictionaries.hub import load_sae_from_hub
+    from gemscope_widgets.backend.gemma.names import parse_gemma_name
 
     w, s = _width_label(width), _l0_label(l0)
     aff = bool(affine)
@@ -413,7 +411,7 @@ def load_transcoders(
         if extra:
             tset = TranscoderSet([tset.by_layer[k] for k in tset.layers if k in layer_list], scan=None)
     if device is not None:
-        from gemscope_widgets.backend.dictionaries.loading import _resolve_device
+        from gemscope_widgets.backend.runtime import resolve_device
 
-        tset.to(_resolve_device(device))
+        tset.to(resolve_device(device, error=TranscoderSetError))
     return tset

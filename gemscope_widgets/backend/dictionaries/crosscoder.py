@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +28,7 @@ class Crosscoder(LayeredDictionary):
 
     shared_latent: bool = False
 
-    def __new__(cls, config: SAEConfig, slots: Sequence[Mapping[str, Tensor]]) -> Any:
+    def __new__(cls, config: SAEConfig, slots: Sequence[Mapping[str, Tensor]]) -> Crosscoder:
         if cls is Crosscoder:
             cls = SharedLatentCrosscoder if is_shared_latent("crosscoder", slots) else PerSlotCrosscoder
         return super().__new__(cls)
@@ -48,6 +47,8 @@ class SharedLatentCrosscoder(Crosscoder):
     """One latent read from every slot (``pre = sum_k x_k @ w_enc_k + b_enc``) and decoded into each."""
 
     shared_latent = True
+    b_enc: Tensor
+    threshold: Tensor
 
     def __init__(self, config: SAEConfig, slots: Sequence[Mapping[str, Tensor]]) -> None:
         Dictionary.__init__(self)

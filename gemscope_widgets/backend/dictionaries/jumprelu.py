@@ -25,6 +25,13 @@ class JumpReLUSAE(Dictionary):
     ``affine_skip_connection [d_in, d_out]`` or None.
     """
 
+    w_enc: Tensor
+    b_enc: Tensor
+    threshold: Tensor
+    w_dec: Tensor
+    b_dec: Tensor
+    affine_skip_connection: Tensor | None
+
     def __init__(
         self,
         config: SAEConfig,

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def sae_device(sae: Any) -> torch.device:
     """The device of the SAE's weights (where its activations come out)."""
-    return next(iter(sae.buffers())).device
+    device: torch.device = next(iter(sae.buffers())).device
+    return device
 
 
 def place_sae(sae: Any, gm: GemmaModel) -> Any:

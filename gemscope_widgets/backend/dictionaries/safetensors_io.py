@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -57,7 +58,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise SAELoadError(f"{path} is not a valid safetensors file (header is not a JSON object).")
     header.pop("__metadata__", None)
     base = 8 + n
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    storage = cast(torch.UntypedStorage, torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size))
     tensors: dict[str, Tensor] = {}
     for key, info in header.items():
         try:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gemscope_widgets.backend.gemma.hooks import StopForward, hooked, stop_after
+from gemscope_widgets.backend.gemma.hooks import HookFn, StopForward, hooked, stop_after
 from gemscope_widgets.backend.gemma.sites import resolve_site
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def capture(
     sites = [resolve_site(gm, hp) for hp in dict.fromkeys(hook_points)]
     captured: dict[str, torch.Tensor] = {}
 
-    def keep(name: str):
+    def keep(name: str) -> HookFn:
         def fn(tensor: torch.Tensor) -> None:
             captured[name] = tensor.detach()
 

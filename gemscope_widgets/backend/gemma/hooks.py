@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -18,12 +19,12 @@ class StopForward(Exception):
     """Raised from a hook to end the forward pass once the deepest activation needed is computed."""
 
 
-def _output_hook(fn: HookFn, owner: int) -> Callable:
-    def hook(module: nn.Module, args: tuple, output: object) -> object:
+def _output_hook(fn: HookFn, owner: int) -> Callable[..., object]:
+    def hook(module: nn.Module, args: tuple[object, ...], output: object) -> object:
         if threading.get_ident() != owner:
             return None
         # transformers v5 layers return a Tensor, v4 a tuple whose first element is the hidden state.
-        tensor = output[0] if isinstance(output, tuple) else output
+        tensor = cast(torch.Tensor, output[0] if isinstance(output, tuple) else output)
         new = fn(tensor)
         if new is None:
             return None
@@ -32,11 +33,11 @@ def _output_hook(fn: HookFn, owner: int) -> Callable:
     return hook
 
 
-def _input_hook(fn: HookFn, owner: int) -> Callable:
-    def hook(module: nn.Module, args: tuple) -> tuple | None:
+def _input_hook(fn: HookFn, owner: int) -> Callable[..., object]:
+    def hook(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...] | None:
         if threading.get_ident() != owner:
             return None
-        new = fn(args[0])
+        new = fn(cast(torch.Tensor, args[0]))
         return None if new is None else (new, *args[1:])
 
     return hook

@@ -7,7 +7,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -130,7 +130,7 @@ def _find_text_model(model: nn.Module) -> nn.Module:
 def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
     """Build a :class:`GemmaModel` around an already loaded Gemma 3 module and tokenizer."""
     text_model = _find_text_model(model)
-    config = model.config
+    config = cast(Any, model).config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     model_type = getattr(text_config, "model_type", "")
     if "gemma3" not in model_type:
@@ -139,7 +139,7 @@ def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
     param = next(model.parameters())
     if param.dtype == torch.float16:
         raise UnsupportedDtypeError(_FP16_MESSAGE)
-    lm_head = model.get_output_embeddings()
+    lm_head = cast(Any, model).get_output_embeddings()
     is_instruct = is_instruct_name(name)
     stops: list[int] = []
     eos = getattr(model, "generation_config", None)
@@ -159,9 +159,9 @@ def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
         tokenizer=tokenizer,
         name=name,
         text_model=text_model,
-        layers=text_model.layers,
-        final_norm=text_model.norm,
-        embed=text_model.embed_tokens,
+        layers=cast(nn.ModuleList, text_model.layers),
+        final_norm=cast(nn.Module, text_model.norm),
+        embed=cast(nn.Module, text_model.embed_tokens),
         lm_head=lm_head,
         device=execution_device(model),
         dtype=param.dtype,
@@ -251,7 +251,7 @@ def load_model(
     hf_logging.set_verbosity_error()  # the "generation flags" chatter is not for our users
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs,
+        model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs,
                                                      **placement)
     except (OSError, ValueError) as exc:
         offline = hub_offline()
@@ -292,7 +292,7 @@ def _offloads(hook: Any) -> bool:
 def _check_loaded(text_model: nn.Module, name: str) -> None:
     """Refuse layers left on the meta device without an accelerate offload hook that loads them."""
     missing = []
-    for i, layer in enumerate(text_model.layers):
+    for i, layer in enumerate(cast(nn.ModuleList, text_model.layers)):
         on_meta = any(p.device.type == "meta" for p in layer.parameters())
         if on_meta and not any(_offloads(getattr(m, "_hf_hook", None)) for m in layer.modules()):
             missing.append(i)

@@ -82,7 +82,7 @@ def _validate_messages(messages: Any) -> list[dict[str, str]]:
 
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     """The text of each token as it appears in the prompt (spaces and newlines kept)."""
-    pieces = tokenizer.batch_decode(
+    pieces: list[str] = tokenizer.batch_decode(
         [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
     raw = None
@@ -125,7 +125,7 @@ def masked_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def make_prompt(tokenizer: Any, prompt: str | Messages, *, max_tokens: int | None = None) -> Prompt:
+def make_prompt(tokenizer: Any, prompt: str | Messages | Prompt, *, max_tokens: int | None = None) -> Prompt:
     """Tokenise plain text or a list of ``{"role", "content"}`` messages, with exactly one leading ``<bos>``."""
     if isinstance(prompt, Prompt):
         return prompt

@@ -20,6 +20,7 @@ import torch
 
 from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.backend.stats import store
+from gemscope_widgets.backend.stats.corpus import tokenize_docs  # re-exported: its home is corpus.py
 from gemscope_widgets.backend.stats.scan import ProgressCallback, ScanParams
 from gemscope_widgets.errors import GemscopeError, StatsCacheError
 
@@ -434,4 +435,4 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-__all__ = ["Example", "FeatureStats", "ScanParams"]
+__all__ = ["Example", "FeatureStats", "ScanParams", "tokenize_docs"]

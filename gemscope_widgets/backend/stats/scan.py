@@ -352,7 +352,8 @@ class Scanner:
         )
 
     def _count_tokens(self) -> None:
-        if self.world > 1:
+        """Tokens scanned so far by every process of the group (this scanner's alone outside a process group)."""
+        if self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             from gemscope_widgets.backend.stats.distributed import total_tokens
 
             self.seen_tokens = total_tokens(self.state.n_tokens, self.state.device)
@@ -443,8 +444,11 @@ class Scanner:
             for name in ("value", "doc", "pos", "window"):
                 tensors[f"{kind}_{name}"] = fields[name]
         # Token strings only for the documents an example points at, re-tokenised now (no model run).
-        used = torch.unique(torch.cat([tensors[f"{kind}_doc"].reshape(-1) for kind in st.tables]))
-        used = used[used >= 0]
+        seen = torch.zeros(len(self.texts), dtype=torch.bool)  # a scatter, not a sort of W·k document ids
+        for kind in st.tables:
+            docs_k = tensors[f"{kind}_doc"].reshape(-1)
+            seen[docs_k[docs_k >= 0]] = True
+        used = seen.nonzero(as_tuple=True)[0]
         docs = tokenize_docs(self.gm, [self.texts[i] for i in used.tolist()], self.p.max_doc_tokens)
         flat = torch.tensor([i for d in docs for i in d], dtype=torch.int64)
         vocab_ids, local = torch.unique(flat, return_inverse=True) if flat.numel() else (flat, flat)

@@ -7,6 +7,8 @@ per step (inverse-CDF sampling over tokens sorted by probability), so difference
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import threading
 import time
@@ -86,7 +88,8 @@ def _as_inputs(gm: GemmaModel, prompt: Any) -> _Inputs:
     return _Inputs(p.input_ids, p.special | p.template, list(p.tokens))
 
 
-def _check_settings(max_new_tokens: Any, temperature: Any, top_p: Any, frequency_penalty: Any, seed: Any) -> None:
+def check_settings(max_new_tokens: Any, temperature: Any, top_p: Any, frequency_penalty: Any, seed: Any) -> None:
+    """SteeringError unless the decoding settings are valid (as :func:`generate` takes them)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise SteeringError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
     for name, value in (("temperature", temperature), ("top_p", top_p), ("frequency_penalty", frequency_penalty)):
@@ -104,6 +107,20 @@ def _new_cache(gm: GemmaModel) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=gm.model.config)
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_keyword(forward_owner: type) -> str:
+    """The decoder's keyword for the KV cache: ``cache`` in current transformers (``past_key_values`` is
+    deprecated there for removal in 5.40), ``past_key_values`` in older versions."""
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _decode(gm: GemmaModel, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One cached decoder forward over ``ids [B, t]``; returns the last hidden state ``[B, t, d]``."""
+    keyword = _cache_keyword(type(gm.text_model))
+    return gm.text_model(input_ids=ids, use_cache=True, **{keyword: cache}).last_hidden_state
 
 
 def _choose(
@@ -188,7 +205,7 @@ def generate(
     each step (None for a row that has stopped). ``error``: ``"keep"`` the SAE reconstruction error or
     ``"replace"`` the activation by the SAE reconstruction at steered positions.
     """
-    _check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
+    check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
     specs = normalize_steering(steering, sae, model=gm)
     inputs = _as_inputs(gm, prompt)
     state = StepState(prompt_len=int(inputs.ids.shape[0]), rows=slice(1, 2))
@@ -230,15 +247,11 @@ def generate(
                         state.enabled = row == 1
                         state.rows = slice(0, 1)
                         state.begin(start, None if special is None else special[row : row + 1])
-                        out_row = gm.text_model(
-                            input_ids=ids[row : row + 1], past_key_values=caches[row], use_cache=True
-                        ).last_hidden_state
-                        last.append(out_row[:, -1, :])
+                        last.append(_decode(gm, ids[row : row + 1], caches[row])[:, -1, :])
                     hidden = torch.cat(last)
                 else:
                     state.begin(start, special)
-                    out_both = gm.text_model(input_ids=ids, past_key_values=caches[0], use_cache=True)
-                    hidden = out_both.last_hidden_state[:, -1, :]
+                    hidden = _decode(gm, ids, caches[0])[:, -1, :]
                 logits = _logits(gm, hidden)
                 start += ids.shape[1]
                 if counts is not None:

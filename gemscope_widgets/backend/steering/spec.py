@@ -125,8 +125,10 @@ class DirectionSpec:
     a ``direction`` attribute (and optionally ``layer`` and ``name``). ``mode``: ``"ablate"`` (every layer,
     every position; ``strength`` in [0, 1] is the removed fraction) or ``"add"`` (``strength`` × unit vector
     at the output of decoder layer ``layer``). ``positions``: ``"all"``, ``"prompt"`` or ``"generated"``.
-    ``name``: a label for views. After :func:`normalize_steering`, ``direction`` is the unit ``[d_model]``
-    float32 tensor on the CPU and ``layer``/``name`` are filled in.
+    ``name``: a label for views. ``length``: the direction's natural length, the unit of ``add`` strengths in
+    views (default: the object's ``norm`` attribute, e.g. a mean difference's norm, else the length of the
+    vector given). After :func:`normalize_steering`, ``direction`` is the unit ``[d_model]`` float32 tensor on
+    the CPU and ``layer``, ``name`` and ``length`` are filled in.
     """
 
     direction: Any = field(compare=False)
@@ -135,6 +137,7 @@ class DirectionSpec:
     layer: int | None = None
     positions: str = "all"
     name: str = ""
+    length: float | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -148,6 +151,11 @@ Spec = SteeringSpec | DirectionSpec
 def unit_direction(direction: Any, d_model: int | None = None) -> torch.Tensor:
     """``direction`` (or its ``.direction``) as a unit ``[d_model]`` float32 CPU tensor; SteeringError if it is
     not a finite, non-zero vector of that length."""
+    r = _vector(direction, d_model)
+    return r / r.norm()
+
+
+def _vector(direction: Any, d_model: int | None) -> torch.Tensor:
     vector = getattr(direction, "direction", direction)
     try:
         r = torch.as_tensor(vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector,
@@ -166,10 +174,9 @@ def unit_direction(direction: Any, d_model: int | None = None) -> torch.Tensor:
         )
     if not bool(torch.isfinite(r).all()):
         raise SteeringError("The steering direction has NaN or infinite entries.")
-    norm = float(r.norm())
-    if norm == 0.0:
+    if float(r.norm()) == 0.0:
         raise SteeringError("The steering direction is the zero vector; it has no direction to steer along.")
-    return r / norm
+    return r
 
 
 def _check_direction(spec: DirectionSpec, gm: GemmaModel | None) -> DirectionSpec:
@@ -179,7 +186,12 @@ def _check_direction(spec: DirectionSpec, gm: GemmaModel | None) -> DirectionSpe
         raise SteeringError(f"Unknown direction mode {spec.mode!r}: use one of {DIRECTION_MODES}.")
     if spec.positions not in POSITIONS:
         raise SteeringError(f"Unknown positions {spec.positions!r} for a direction: use one of {POSITIONS}.")
-    r = unit_direction(source, d_model)
+    vector = _vector(source, d_model)
+    r = vector / vector.norm()
+    length = spec.length
+    if length is None:
+        attr = getattr(source, "norm", None)  # a tensor's .norm is a method, a direction object's a number
+        length = float(attr) if isinstance(attr, (int, float)) and not isinstance(attr, bool) else float(vector.norm())
     try:
         strength = float(spec.strength)
     except (TypeError, ValueError):
@@ -206,7 +218,7 @@ def _check_direction(spec: DirectionSpec, gm: GemmaModel | None) -> DirectionSpe
             raise SteeringError(f"The direction's layer must be an integer, got {layer!r}.")
         if gm is not None and not 0 <= layer < gm.n_layers:
             raise SteeringError(f"Layer {layer} is out of range: {gm.name} has layers 0–{gm.n_layers - 1}.")
-    return replace(spec, direction=r, strength=strength, layer=layer, name=name)
+    return replace(spec, direction=r, strength=strength, layer=layer, name=name, length=length)
 
 
 def normalize_steering(steering: Any, sae: Any = None, *, model: GemmaModel | None = None) -> list[Spec]:

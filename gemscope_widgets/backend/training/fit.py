@@ -80,16 +80,16 @@ class _TrainableSAE(torch.nn.Module):
         return x @ self.w_enc + self.b_enc
 
     def forward(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(recon [B, d], acts [B, W], fires [B, W])``: ``fires`` is H(pre - θ) with the threshold gradient."""
         pre = self.pre(x)
         threshold = self.log_threshold.exp()
         acts = _JumpReLU.apply(pre, threshold, eps)
         recon = acts @ self.w_dec + self.b_dec
-        l0 = _Step.apply(pre, threshold, eps).sum(-1).mean()
-        return recon, acts, l0
+        return recon, acts, _Step.apply(pre, threshold, eps)
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.w_dec /= self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.w_dec.div_(self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def set_thresholds_by_rate(self, idx: torch.Tensor, x: torch.Tensor, rate: float) -> None:
@@ -186,6 +186,8 @@ def _fit(
     resample_until: float = 0.5,
     min_frequency: float = 3e-4,
     frequency_coefficient: float = 1.0,
+    max_frequency: float | None = None,
+    dense_coefficient: float = 0.0,
     seed: int = 0,
     progress: bool = True,
     dead_features_init: torch.Tensor | None = None,
@@ -198,6 +200,13 @@ def _fit(
     pre-activations of features whose running firing rate is under ``min_frequency`` (so rare features
     become visible on held-out text instead of dying slowly). ``dead_features_init`` starts those features dead
     (used by tests that check resampling revives them).
+
+    Frequency penalty (``dense_coefficient`` > 0 with ``max_frequency``): Gemma Scope 2 adds a frequency
+    penalty to the quadratic L0 loss so that no high-frequency latents form (its exact form is not published).
+    Here every feature whose running firing rate exceeds ``max_frequency`` pays
+    ``dense_coefficient · (rate / max_frequency - 1) · mean_batch H(pre - θ)``: its own L0, weighted by how far
+    over the cap it is, with the same rectangle-kernel threshold gradient as the L0 penalty, so its threshold
+    rises until it fires less often. Features under the cap pay nothing.
     """
     if acts.ndim != 2 or len(acts) < 2:
         raise TrainingError(f"need activations of shape [N, d] with N >= 2, got {tuple(acts.shape)}.")
@@ -246,10 +255,16 @@ def _fit(
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
         # The L0 penalty ramps in so reconstruction can take shape before thresholds are pushed.
-        penalty = l0_coefficient * min(1.0, (step + 1) / (steps * 0.1 + 1))
-        recon, feats, l0 = sae(x, eps)
+        ramp = min(1.0, (step + 1) / (steps * 0.1 + 1))
+        penalty = l0_coefficient * ramp
+        recon, feats, fires = sae(x, eps)
+        l0 = fires.sum(-1).mean()
         mse = ((recon - x) ** 2).sum(-1).mean()
         loss = mse + penalty * (l0 / target_l0 - 1.0) ** 2
+        if dense_coefficient and max_frequency is not None:
+            over = torch.relu(frequency / max_frequency - 1.0)
+            if bool((over > 0).any()):
+                loss = loss + dense_coefficient * ramp * (over * fires.mean(0)).sum()
         rare = frequency < min_frequency
         if revive_dead and frequency_coefficient and bool(rare.any()):
             pre = x @ sae.w_enc[:, rare] + sae.b_enc[rare]
@@ -260,6 +275,7 @@ def _fit(
         # GS-style: drop the decoder gradient component parallel to each (unit) row.
         with torch.no_grad():
             g = sae.w_dec.grad
+            assert g is not None
             g -= (g * sae.w_dec).sum(1, keepdim=True) * sae.w_dec
         opt.step()
         sae.normalise_decoder()

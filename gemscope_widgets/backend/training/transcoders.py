@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.gemma.sites import site_hook_points
 from gemscope_widgets.backend.training.activations import token_windows
 from gemscope_widgets.backend.training.fit import _JumpReLU, _Step
 from gemscope_widgets.cache import staged_dir
@@ -49,12 +50,12 @@ from gemscope_widgets.errors import TrainingError
 
 def mlp_in_point(layer: int) -> str:
     """The Gemma Scope 2 transcoder input hook point of ``layer``."""
-    return f"model.layers.{layer}.pre_feedforward_layernorm.output"
+    return site_hook_points("transcoder", layer)[0]
 
 
 def mlp_out_point(layer: int) -> str:
     """The Gemma Scope 2 transcoder output hook point of ``layer``."""
-    return f"model.layers.{layer}.post_feedforward_layernorm.output"
+    return site_hook_points("transcoder", layer)[1]
 
 
 def width_label(width: int) -> str:
@@ -147,7 +148,13 @@ def _ridge_skip(x: torch.Tensor, y: torch.Tensor, ridge: float, chunk: int = 819
         xtx += (xb.transpose(1, 2) @ xb).double()
         xty += (xb.transpose(1, 2) @ yb).double()
     eye = torch.eye(d_in, dtype=torch.float64)
-    return torch.linalg.solve(xtx + ridge * n * eye, xty).float()
+    # One Cholesky solve per layer (the system is symmetric positive definite); MKL's batched LU was seen to
+    # fail on these shapes.
+    out = torch.empty(n_layers, d_in, xty.shape[-1])
+    for i in range(n_layers):
+        factor = torch.linalg.cholesky(xtx[i] + ridge * n * eye)
+        out[i] = torch.cholesky_solve(xty[i], factor).float()
+    return out
 
 
 class _StackedTranscoders(torch.nn.Module):
@@ -182,7 +189,7 @@ class _StackedTranscoders(torch.nn.Module):
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.w_dec /= self.w_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        self.w_dec.div_(self.w_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def set_thresholds_by_rate(self, layer: int, idx: torch.Tensor, x: torch.Tensor, rate: float) -> None:
@@ -242,7 +249,7 @@ def fit_transcoders(
     threshold_lr: float = 2e-2,
     l0_coefficient: float = 2.0,
     eps: float = 0.01,
-    ridge: float = 1e-4,
+    ridge: float = 1e-6,
     resample_every: int = 50,
     resample_until: float = 0.5,
     min_frequency: float = 1e-3,
@@ -332,8 +339,9 @@ def fit_transcoders(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():  # keep decoder rows on the unit sphere: drop the radial gradient
-            g = tc.w_dec.grad
-            g -= (g * tc.w_dec).sum(-1, keepdim=True) * tc.w_dec
+            grad = tc.w_dec.grad
+            assert grad is not None
+            grad -= (grad * tc.w_dec).sum(-1, keepdim=True) * tc.w_dec
         opt.step()
         tc.normalise_decoder()
         active = (feats > 0).any(1)

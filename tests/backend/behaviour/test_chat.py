@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from gemscope_widgets.backend.behaviour import conversation
 from gemscope_widgets.backend.behaviour.chat import chat_prompt, continue_conversation, conversation_features
-from gemscope_widgets.backend.behaviour.conversation import BaseModelWarning, check_conversation
+from gemscope_widgets.backend.behaviour.conversation import check_conversation
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.backend.gemma.prompts import GEMMA3_CHAT_TEMPLATE
 from gemscope_widgets.errors import PromptError
 
@@ -30,12 +30,12 @@ def own_template_ids(gm, messages):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_warning_state(monkeypatch):
-    monkeypatch.setattr(conversation, "_WARNED", set())
+def _fresh_warning_state(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model, "_warned_chat", False)
 
 
 def test_tokens_equal_apply_chat_template_and_turns(tiny_model):
-    with pytest.warns(BaseModelWarning):
+    with pytest.warns(BaseModelChatWarning):
         _, prompt, turns = chat_prompt(tiny_model, CONV)
     ids = prompt.input_ids.tolist()
     assert ids == own_template_ids(tiny_model, CONV)
@@ -55,13 +55,13 @@ def test_tokens_equal_apply_chat_template_and_turns(tiny_model):
 @pytest.mark.real_model
 def test_real_tokenizer_template(real_model):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BaseModelWarning)
+        warnings.simplefilter("ignore", BaseModelChatWarning)
         _, prompt, _ = chat_prompt(real_model, CONV)
     assert prompt.input_ids.tolist() == own_template_ids(real_model, CONV)
 
 
 def test_base_model_warns_once(tiny_model):
-    with pytest.warns(BaseModelWarning, match="not chat-tuned"):
+    with pytest.warns(BaseModelChatWarning, match="not trained on chat"):
         chat_prompt(tiny_model, CONV)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -86,7 +86,7 @@ def test_bad_conversations():
 
 
 def test_continue_equals_generate_on_templated_text(tiny_model):
-    with pytest.warns(BaseModelWarning):
+    with pytest.warns(BaseModelChatWarning):
         result, after = continue_conversation(tiny_model, CONV, max_new_tokens=6)
     ids = torch.tensor([own_template_ids(tiny_model, CONV)])
     end_turn = tiny_model.tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -106,7 +106,7 @@ def test_turn_summary(tiny_model, gemma_scope_folders):
     from gemscope_widgets.backend.dictionaries.loading import load_sae
 
     sae = load_sae(gemma_scope_folders["resid_post"])
-    with pytest.warns(BaseModelWarning):
+    with pytest.warns(BaseModelChatWarning):
         cf = conversation_features(tiny_model, sae, CONV)
     summary = cf.summary(k=3)
     dense = cf.activations[0].dense()

@@ -14,6 +14,7 @@ from gemscope_widgets.backend.behaviour.direction import (
     refusal_direction,
 )
 from gemscope_widgets.backend.behaviour.prompt_sets import HARMFUL_REQUESTS, HARMLESS_REQUESTS, read_prompts
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.errors import DirectionError, PromptError
 
 POS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing in the trees.", "Fish swim in the sea.",
@@ -69,9 +70,10 @@ def test_layer_chosen_by_held_out_separation(tiny_model):
 
 
 @pytest.mark.real_model
-def test_refusal_direction_real_model_matches_hidden_states(real_model):
+def test_refusal_direction_real_model_matches_hidden_states(real_model, monkeypatch):
+    monkeypatch.setattr(real_model, "_warned_chat", False)
     harmful, harmless = list(HARMFUL_REQUESTS[:6]), list(HARMLESS_REQUESTS[:6])
-    with pytest.warns(UserWarning, match="base model"):
+    with pytest.warns(BaseModelChatWarning):
         d = refusal_direction(real_model, harmful, harmless, layer=6, progress=False)
     expected = hidden_means(real_model, harmful, 6, True, "last_prompt_token") - hidden_means(
         real_model, harmless, 6, True, "last_prompt_token")

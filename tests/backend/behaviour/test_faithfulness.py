@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gemscope_widgets.backend.behaviour.faithfulness import cot_faithfulness, split_sentences
+from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.errors import FaithfulnessError
 
 Q = "Tom has 3 apples and buys 2 more. How many apples does he have?"
@@ -56,11 +57,12 @@ def test_early_answering_equals_direct_calls_tiny(tiny_model):
     assert r.agreement[-1] == 1.0 and 0.0 <= r.area_over_curve <= 1.0
 
 
-def test_chat_mode_and_dependence(tiny_model, gemma_scope_folders):
+def test_chat_mode_and_dependence(tiny_model, gemma_scope_folders, monkeypatch):
+    monkeypatch.setattr(tiny_model, "_warned_chat", False)
     from gemscope_widgets.backend.dictionaries.loading import load_sae
 
     sae = load_sae(gemma_scope_folders["resid_post"])
-    with pytest.warns(UserWarning, match="base model"):
+    with pytest.warns(BaseModelChatWarning):
         r = cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS[:2], chat=True, sae=sae, corrupt=(0, "He has 9."),
                              progress=False)
     assert r.contexts[0].startswith("<bos><start_of_turn>user\n" + Q + "<end_of_turn>\n<start_of_turn>model\n")

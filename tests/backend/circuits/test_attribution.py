@@ -12,7 +12,7 @@ from gemscope_widgets.backend.circuits.attribution import AttributionError, attr
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSetError, load_transcoders
 from gemscope_widgets.backend.dictionaries.sae import JumpReLUSAE
 from gemscope_widgets.errors import SAEModelMismatch
-from tests.fixtures.models import TINY_NAME
+from gemscope_widgets.testing.tiny import TINY_NAME
 from tests.helpers import hook_ids
 
 PROMPT = "The quick brown fox jumps"

@@ -6,19 +6,7 @@ import pytest
 
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Paris is the capital of France. The capital of Italy is Rome.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
-    "Sparse autoencoders find features in the residual stream of a language model.",
-    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10.",
-    "Gemma reads text and writes text. The lazy dog sleeps.",
-    "The capital of France is Paris, and the fox is quick.",
-    "Rome, Paris, fox, dog: the residual stream of a model.",
-    "A language model reads the text one token at a time.",
-]
-PARAMS = {"top_k": 4, "n_quantile": 3, "window": (3, 2), "max_doc_tokens": 24, "n_bins": 8}
+from tests.helpers import SCAN_CORPUS, SCAN_PARAMS
 
 
 @pytest.fixture
@@ -43,9 +31,9 @@ def stats_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def scan_corpus():
-    return list(CORPUS)
+    return list(SCAN_CORPUS)
 
 
 @pytest.fixture
 def scan_params():
-    return dict(PARAMS)
+    return dict(SCAN_PARAMS)

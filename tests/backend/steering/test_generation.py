@@ -204,7 +204,7 @@ def test_bad_inputs_fail_before_the_model_runs(tiny_model, sae, kwargs, error, m
 @pytest.mark.real_model
 def test_real_model_token_direction_raises_its_probability(real_model, tmp_path):
     """A feature whose decoder row is a token's unembedding direction makes that token likelier, monotonically."""
-    from gemscope_widgets.backend.steering.units import typical_scales
+    from gemscope_widgets.backend.gemma.capture import capture
     from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
     gm = real_model
@@ -219,7 +219,9 @@ def test_real_model_token_direction_raises_its_probability(real_model, tmp_path)
     sae.w_dec[0] = direction / direction.norm()
     prompt = "My favourite fruit is the"
     ids = gm.prompt(prompt).input_ids
-    scale, source = typical_scales(gm, sae, [0], ids)[0]
+    # The unit: the median norm of the residual stream at that layer over the prompt (BOS excluded), |w_dec| = 1.
+    hp = f"model.layers.{layer}.output"
+    scale, source = float(capture(gm, ids, [hp])[hp][0, 1:].float().norm(dim=-1).median()), "site norm"
     multiples = [0.0, 0.005, 0.01, 0.02, 0.04]  # the site-norm unit is large: 0.08× saturates p at ~1
     probs = []
     for m in multiples:

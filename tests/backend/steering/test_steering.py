@@ -12,7 +12,6 @@ from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.sites import resolve_site
 from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState
 from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
-from gemscope_widgets.backend.steering.units import typical_scales
 from gemscope_widgets.errors import FeatureIndexError, SteeringError
 from tests.helpers import active_feature, hook_ids
 
@@ -187,31 +186,6 @@ def test_crosscoder_clamp_refused_add_allowed(tiny_model, saes):
     assert len(after) == 4
     for hp, w in sae.write_directions(3).items():
         torch.testing.assert_close(after[hp][1][1:], before[hp][1][1:] + 2.0 * w)
-
-
-def test_typical_scales(tiny_model, saes):
-    from gemscope_widgets.backend.gemma.capture import capture
-    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-
-    sae = saes["resid_post"]
-    ids = tiny_model.prompt(TEXT).input_ids
-    f = active_feature(sae, tiny_model)
-    max_act = torch.zeros(sae.width)
-    max_act[f] = 123.0
-    stats = FeatureStats(sae_name=sae.config.name, width=sae.width, source="test", max_act=max_act)
-    assert typical_scales(tiny_model, sae, [f], ids, stats=stats)[f] == (123.0, "stats")
-    # Without statistics: the feature's maximum over the prompt (BOS excluded).
-    acts = capture(tiny_model, ids, [sae.config.hook_in])[sae.config.hook_in][0, 1:]
-    value, source = typical_scales(tiny_model, sae, [f], ids)[f]
-    assert source == "prompt"
-    assert value == pytest.approx(float(sae.feature_activation(f, acts).max()), rel=1e-6)
-    # A feature silent on the prompt falls back to the median site norm over |w_dec[f]|.
-    silent = [g for g in range(sae.width) if float(sae.feature_activation(g, acts).max()) == 0]
-    assert silent, "every feature fires; cannot test the fallback"
-    g = silent[0]
-    value, source = typical_scales(tiny_model, sae, [g], ids, stats=stats)[g]
-    assert source == "site norm"
-    assert value == pytest.approx(float(acts.norm(dim=-1).median()) / float(sae.w_dec[g].norm()), rel=1e-5)
 
 
 def test_plan_leaves_no_hooks(tiny_model, saes):

@@ -147,3 +147,27 @@ def test_other_sites_use_their_gemma_scope_hook_points(tiny_model, tiny_corpus, 
     assert config["hf_hook_point_in"] == "model.layers.2.self_attn.o_proj.input"
     # attn_out SAEs read the concatenated heads, wider than d_model.
     assert load_file(str(out / "params.safetensors"))["w_enc"].shape[0] == 4 * 24
+
+
+def _with_a_dense_direction(n: int, seed: int) -> torch.Tensor:
+    """Sparse data (48 directions, each on 6 % of rows) plus one direction on 40 % of rows."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(49, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    coef = (torch.rand(n, 48, generator=g) < 0.06) * (1 + torch.rand(n, 48, generator=g))
+    dense = (torch.rand(n, 1, generator=g) < 0.4) * (3 + torch.rand(n, 1, generator=g))
+    return coef @ dirs[:48] + dense * dirs[48]
+
+
+def test_frequency_penalty_keeps_features_under_the_cap():
+    train, held = _with_a_dense_direction(20_000, 1), _with_a_dense_direction(5_000, 2)
+    common = {"width": 64, "target_l0": 4, "steps": 400, "batch_size": 256, "seed": 0, "progress": False}
+
+    def max_density(params):
+        pre = held @ params["w_enc"] + params["b_enc"]
+        return float(((pre > params["threshold"]) & (pre > 0)).float().mean(0).max())
+
+    plain, _ = fit_jumprelu(train, **common)
+    capped, report = fit_jumprelu(train, max_frequency=0.1, dense_coefficient=4.0, **common)
+    assert max_density(plain) > 0.3  # without the penalty a feature takes the dense direction
+    assert max_density(capped) < 0.15
+    assert abs(report.l0 - 4) < 1

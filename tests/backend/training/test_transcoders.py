@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.stats.corpus import default_corpus
-from gemscope_widgets.backend.training import activations as training
-from gemscope_widgets.backend.training.activations import split_corpus
+from gemscope_widgets.backend.training.activations import split_corpus, token_windows
 from gemscope_widgets.backend.training.transcoders import (
     collect_mlp_pairs,
     fit_transcoders,
@@ -95,7 +94,7 @@ def test_fvu_on_held_out_text_is_under_bound(trained_set, tiny_model, corpus_spl
 
 def test_training_folds_scales_into_raw_units(tiny_model, corpus_split):
     # The FVU the fit reports (raw-unit params on raw activations) matches the folder loaded back.
-    windows = training.token_windows(tiny_model.tokenizer, corpus_split[0], 64, max_windows=40)
+    windows = token_windows(tiny_model.tokenizer, corpus_split[0], 64, max_windows=40)
     xs, ys = collect_mlp_pairs(tiny_model, windows, [1], max_tokens=2000, progress=False)
     params, reports = fit_transcoders(xs, ys, width=64, target_l0=6, steps=60, batch_size=256, progress=False)
     p = params[0]

@@ -1,0 +1,104 @@
+"""Behaviour tools against the bare forward passes they need, interleaved in one process.
+
+``run(gm, sae, repeats=3) -> dict`` with, for each case, our time, the bare time and ``ratio`` (target ≤ 1.3):
+
+* ``direction``: :func:`behaviour_direction` from 64 + 64 chat prompts with the layer chosen over the first 80%
+  of layers, against one Hugging Face forward per prompt stopped after the deepest candidate layer (pre-tokenised);
+* ``contrast``: :func:`contrast` of two 128-token prompts (span ``all``), against two forwards stopped after the
+  SAE's layer (the SAE encode and ranking are ours alone);
+* ``early_answering``: the curve of :func:`cot_faithfulness` over 8 cuts with one-token answers (no filler, no
+  corruption), against one full forward per cut (logits at the last position only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import torch
+
+from .harness import error_text, time_interleaved
+
+COT_STEPS = [
+    "Tom starts with 3 apples.", "He buys 2 more apples.", "Then he gives 1 apple to Ann.",
+    "So he has 3 plus 2 minus 1 apples.", "3 plus 2 is 5.", "5 minus 1 is 4.", "He has 4 apples now.",
+]
+QUESTION = "Tom has 3 apples, buys 2 more and gives 1 away. How many apples does he have?"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _bare_forward(gm: Any, ids: torch.Tensor, layer: int) -> None:
+    """A plain forward of the decoder, stopped by a raising hook after ``layer`` (no capture, no tokeniser)."""
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    handle = gm.layers[layer].register_forward_hook(stop)
+    try:
+        with torch.inference_mode(), contextlib.suppress(_Stop):
+            gm.text_model(input_ids=ids[None].to(gm.device), use_cache=False)
+    finally:
+        handle.remove()
+
+
+def _ratio_row(name: str, timings: dict[str, Any], ours: str, bare: str, note: str) -> dict[str, Any]:
+    a, b = timings[ours], timings[bare]
+    for t in (a, b):
+        if isinstance(t, BaseException):
+            return {"name": name, "error": error_text(t)}
+    return {"name": name, "ours_s": a.median, "bare_s": b.median, "ratio": a.median / b.median, "note": note}
+
+
+def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
+    from gemscope_widgets.backend.behaviour.contrast import contrast
+    from gemscope_widgets.backend.behaviour.direction import CANDIDATE_FRACTION, behaviour_direction
+    from gemscope_widgets.backend.behaviour.faithfulness import cot_faithfulness
+    from gemscope_widgets.backend.behaviour.prompt_sets import HARMFUL_REQUESTS, HARMLESS_REQUESTS
+
+    from .texts import exact_prompt, long_text
+
+    warnings.filterwarnings("ignore")
+    rows: list[dict[str, Any]] = []
+    positive = [*HARMFUL_REQUESTS, *(f"Please answer: {p}" for p in HARMFUL_REQUESTS)]
+    negative = [*HARMLESS_REQUESTS, *(f"Please answer: {p}" for p in HARMLESS_REQUESTS)]
+    deepest = max(1, int(gm.n_layers * CANDIDATE_FRACTION)) - 1
+    ids = [gm.prompt([{"role": "user", "content": p}]).input_ids for p in positive + negative]
+    timings = time_interleaved({
+        "ours": lambda: behaviour_direction(gm, positive, negative, chat=True, progress=False),
+        "bare": lambda: [_bare_forward(gm, x, deepest) for x in ids],
+    }, repeats=repeats)
+    rows.append(_ratio_row("direction (64 + 64 prompts, layer chosen)", timings, "ours", "bare",
+                           f"{len(ids)} forwards to layer {deepest}"))
+
+    text = long_text(4000)
+    a = exact_prompt(gm, text, 128)
+    b = exact_prompt(gm, text[len(text) // 3 :], 128)
+    layer = sae.config.layer
+    timings = time_interleaved({
+        "ours": lambda: contrast(gm, sae, a, b, span="all"),
+        "bare": lambda: [_bare_forward(gm, p.input_ids, layer) for p in (a, b)],
+    }, repeats=repeats)
+    rows.append(_ratio_row("contrast (two 128-token prompts)", timings, "ours", "bare",
+                           f"2 forwards to layer {layer}, SAE width {sae.width}"))
+
+    cot = " ".join(COT_STEPS)
+    cue = " So the answer is"
+    answers = [" 4", " 5", " 6"]
+    contexts = [gm.prompt(QUESTION + "\n" + " ".join(COT_STEPS[:k]) + cue).input_ids for k in range(8)]
+
+    def bare_curve() -> None:
+        for x in contexts:
+            with torch.inference_mode():
+                gm.model(input_ids=x[None].to(gm.device), use_cache=False, logits_to_keep=1)
+
+    timings = time_interleaved({
+        "ours": lambda: cot_faithfulness(gm, QUESTION, cot, cue, answers, chat=False, filler=None, corrupt=False,
+                                         progress=False),
+        "bare": bare_curve,
+    }, repeats=repeats)
+    rows.append(_ratio_row("early answering (8 cuts)", timings, "ours", "bare", "8 full forwards, last logits"))
+    return {"rows": rows, "target": "ratio ≤ 1.3"}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Build the virtual environment of the circuit-tracer peer (never a runtime dependency of the package).
+# circuit-tracer 0.5.0 pins transformers<=4.57.3 and huggingface-hub<1, which this package's transformers 5
+# cannot share, so it gets its own environment: .cache/venv-ct (or $CT_VENV).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${CT_VENV:-$here/.cache/venv-ct}"
+python="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+# The same torch as the package's environment ($PKG_PYTHON, else python3), so both sides compute alike.
+torch_version="$("${PKG_PYTHON:-python3}" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null \
+  || echo 2.13.0)"
+"$venv/bin/pip" install -q "torch==$torch_version" "circuit-tracer==0.5.0" "transformers==4.57.3" \
+  "huggingface-hub<1" safetensors
+"$venv/bin/python" -c "import circuit_tracer, transformers, torch; print('circuit-tracer ready:', transformers.__version__, torch.__version__)"

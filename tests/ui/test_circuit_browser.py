@@ -1,0 +1,193 @@
+"""The circuit view in a real JupyterLab in Chromium: renders, prunes live, clicks, stays inert, stays smooth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fixtures.lab import ARTIFACTS
+
+pytestmark = pytest.mark.browser
+
+SYNTHETIC = """
+import json
+import numpy as np
+from tests.fixtures.graphs import synthetic_graph, XSS_TOKENS, LABEL_XSS
+from gemscope_widgets.widgets.circuit import Circuit
+
+g = synthetic_graph(n_pos=6, n_layers=4, n_features=60, n_edges=700, seed=2)
+w = Circuit.build(g)
+clicks = []
+w.on_click(clicks.append)
+
+def expected(node_t, edge_t, pinned=()):
+    h, d = w._header, w._data
+    dt = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
+    arr = lambda grp, k: np.frombuffer(
+        d, dtype=dt[h[grp][k]["dtype"]], count=h[grp][k]["length"], offset=h[grp][k]["offset"]
+    )
+    kind, rank, node = arr("nodes", "kind"), arr("nodes", "rank"), arr("nodes", "node")
+    vis = (kind >= 2) | (rank < node_t) | np.isin(node, list(pinned))
+    src, dst, er = arr("edges", "source"), arr("edges", "target"), arr("edges", "rank")
+    both = np.isin(node[src], list(pinned)) & np.isin(node[dst], list(pinned))
+    edges = vis[src] & vis[dst] & ((er < edge_t) | both)
+    return int(vis.sum()), int(edges.sum())
+
+def top_feature():
+    # The most influential feature node (the lowest rank among the payload's feature nodes).
+    h, d = w._header, w._data
+    kind = np.frombuffer(d, "<u2", h["nodes"]["kind"]["length"], h["nodes"]["kind"]["offset"])
+    rank = np.frombuffer(d, "<f4", h["nodes"]["rank"]["length"], h["nodes"]["rank"]["offset"])
+    node = np.frombuffer(d, "<u4", h["nodes"]["node"]["length"], h["nodes"]["node"]["offset"])
+    j = int(np.argmin(np.where(kind == 0, rank, 2.0)))
+    return int(node[j])
+w
+"""
+
+BIG = """
+from tests.fixtures.graphs import synthetic_graph
+from gemscope_widgets.widgets.circuit import Circuit
+big = synthetic_graph(
+    n_pos=24, n_layers=18, n_features=2000, n_logits=3, n_edges=8000, labels=False, dense_logits=True, seed=5
+)
+wb = Circuit.build(big, node_threshold=1.0, edge_threshold=1.0)
+wb
+"""
+
+# Drives 90 animation frames of panning and zooming and reports frame intervals and the view's own draw times.
+PAN_ZOOM = """async (root) => {
+  const canvas = root.querySelector("canvas");
+  const r = canvas.getBoundingClientRect();
+  const cx = r.left + r.width / 2, cy = r.top + r.height / 2;
+  const frames = [], draws = [];
+  let last = performance.now();
+  await new Promise((resolve) => {
+    let k = 0;
+    const step = (now) => {
+      frames.push(now - last); last = now;
+      draws.push(Number(root.dataset.lastDrawMs));
+      if (k < 45) {
+        canvas.dispatchEvent(new WheelEvent("wheel",
+          {deltaY: k % 2 ? -40 : 60, clientX: cx, clientY: cy, bubbles: true, cancelable: true}));
+      } else {
+        const at = {clientX: cx + (k - 45) * 4, clientY: cy + (k - 45) * 2, bubbles: true, button: 0, pointerId: 1};
+        if (k === 45) canvas.dispatchEvent(new PointerEvent("pointerdown", {...at, clientX: cx, clientY: cy}));
+        canvas.dispatchEvent(new PointerEvent("pointermove", at));
+      }
+      if (++k < 90) requestAnimationFrame(step); else {
+        canvas.dispatchEvent(new PointerEvent("pointerup", {clientX: cx + 180, clientY: cy + 90, bubbles: true}));
+        resolve();
+      }
+    };
+    requestAnimationFrame(step);
+  });
+  return {frames: frames.slice(2), draws: draws.slice(2), edges: Number(root.dataset.visibleEdges)};
+}"""
+
+
+def _counts(widget) -> tuple[int, int]:
+    return int(widget.get_attribute("data-visible-nodes")), int(widget.get_attribute("data-visible-edges"))
+
+
+def _click_node(page, widget, node: int, shift: bool = False) -> None:
+    widget.locator("canvas").scroll_into_view_if_needed()
+    xy = widget.evaluate(f"e => e.gsCircuit.screen({node})")
+    assert xy is not None, f"node {node} is not drawn"
+    box = widget.locator("canvas").bounding_box()
+    if shift:
+        page.keyboard.down("Shift")
+    page.mouse.click(box["x"] + xy[0], box["y"] + xy[1])
+    if shift:
+        page.keyboard.up("Shift")
+    assert widget.evaluate("(e, p) => e.gsCircuit.hit(p[0], p[1])", [box["x"] + xy[0], box["y"] + xy[1]]) >= 0
+
+
+def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, page):
+    from playwright.sync_api import expect
+
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    lab_server.write_notebook("circuit_synthetic.ipynb", [SYNTHETIC])
+    lab_server.open_notebook(page, "circuit_synthetic.ipynb")
+    lab_server.run_all(page)
+    widget = page.locator(".gs-circuit").first
+    expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
+    page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
+
+    # What is drawn at the default thresholds is what the payload's ranks say.
+    want = json.loads(lab_server.run_code(page, "print(json.dumps(expected(0.8, 0.98)))"))
+    assert list(_counts(widget)) == want
+    assert want[1] > 0
+
+    # Click the most influential feature node: the kernel gets the click, its strongest edges are listed.
+    node = int(lab_server.run_code(page, "print(top_feature())"))
+    _click_node(page, widget, node)
+    expect(widget.locator(".gs-ct-side-title")).to_be_visible(timeout=30_000)
+    back = lab_server.run_code(page, "print(w.clicked, w.selected, clicks)").strip()
+    assert back == f"{node} [{node}] [{node}]"
+    assert widget.locator(".gs-ct-edges li").count() >= 1
+
+    # Hover shows the node's label as text: markup from tokens and labels is shown, never parsed.
+    widget.locator("canvas").scroll_into_view_if_needed()
+    xy = widget.evaluate(f"e => e.gsCircuit.screen({node})")
+    box = widget.locator("canvas").bounding_box()
+    page.mouse.move(box["x"] + xy[0], box["y"] + xy[1])
+    tip = widget.locator(".gs-ct-tip")
+    expect(tip).to_be_visible(timeout=10_000)
+    assert "<script>alert('label')</script>" in tip.text_content()
+    assert "activation" in tip.text_content()
+    side = widget.locator(".gs-ct-side").text_content()
+    assert "alert" in side  # labels/tokens with markup appear as characters
+    assert widget.locator("img, script, b").count() == 0
+
+    # The node slider prunes in the browser at once (no kernel round trip), and the kernel hears of it.
+    slider = widget.locator(".gs-ct-node-threshold input")
+    slider.evaluate("(e) => { e.value = '0.3'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
+    want_low = json.loads(lab_server.run_code(page, "print(json.dumps(expected(0.3, 0.98)))"))
+    assert list(_counts(widget)) == want_low
+    assert want_low[0] < want[0]
+    assert lab_server.run_code(page, "print(w.node_threshold)").strip() == "0.3"
+
+    # Pins from Python survive any threshold: at 0 only tokens, logits and pinned nodes remain.
+    lab_server.run_code(page, f"w.pin([{node}]); w.node_threshold = 0.0")
+    want_pin = json.loads(lab_server.run_code(page, f"print(json.dumps(expected(0.0, 0.98, [{node}])))"))
+    page.wait_for_function(
+        "([e, n]) => Number(e.dataset.visibleNodes) === n", arg=[widget.element_handle(), want_pin[0]], timeout=30_000
+    )
+    assert lab_server.run_code(page, "print(w.pinned)").strip() == f"[{node}]"
+
+    # The intervene button asks the kernel; without a model the view says why, as text.
+    widget.locator(".gs-ct-clamp").click()
+    expect(widget.locator(".gs-ct-result .gs-error")).to_be_visible(timeout=30_000)
+
+    assert alerts == [], f"text ran as markup: {alerts}"
+    lab_server.screenshot(page, "circuit_synthetic")
+
+
+def test_ten_thousand_edge_graph_pans_and_zooms_smoothly(lab_server, page):
+    from playwright.sync_api import expect
+
+    lab_server.write_notebook("circuit_big.ipynb", [BIG])
+    lab_server.open_notebook(page, "circuit_big.ipynb")
+    lab_server.run_all(page)
+    widget = page.locator(".gs-circuit").first
+    expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
+    page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
+    assert _counts(widget)[1] >= 10_000
+
+    result = widget.evaluate(PAN_ZOOM)
+    draws = sorted(result["draws"])
+    frames = sorted(result["frames"])
+    median_draw = draws[len(draws) // 2]
+    p90_frame = frames[int(len(frames) * 0.9)]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "circuit_pan_zoom.json").write_text(json.dumps(
+        {"edges": result["edges"], "median_draw_ms": median_draw, "p90_frame_ms": p90_frame,
+         "frames_ms": result["frames"], "draws_ms": result["draws"]}, indent=1))
+    # A frame at 60 Hz is 16.7 ms: the view's own drawing (wall time of one redraw of every visible edge and
+    # node) must fit inside it. The frame intervals also hold the browser's scheduling on a shared machine
+    # (seen at 500-800 ms on two busy cores), so they are recorded in test-artifacts, not asserted.
+    assert median_draw < 16.7, result
+    assert p90_frame > 0
+    lab_server.screenshot(page, "circuit_10k_edges")

@@ -1,0 +1,62 @@
+"""One selection in the explorer: a related-feature chip in the pane moves the heatmap's selection, and gives the
+feature a column when it had none. Real JupyterLab, tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+SETUP = """
+import tempfile
+from pathlib import Path
+from tests.fixtures.models import build_tiny_checkpoint
+from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.scope import Scope
+
+root = Path(tempfile.mkdtemp())
+gm = load_model(build_tiny_checkpoint(root / "model"), device="cpu", dtype="float32", name="tiny-gemma-3")
+sae = load_sae_folder(write_gemma_scope_sae(root / "resid_post/layer_1_width_16k_l0_medium", kind="sae",
+                                            site="resid_post", layer=1, width=48, seed=7, threshold=0.3))
+scope = Scope(gm, sae, check=False)
+ex = scope.explore("The capital of France is Paris. The quick brown fox.", top_n=3, progress=False)
+ex
+"""
+
+
+def test_related_chip_moves_the_heatmap_selection_and_adds_a_column(lab_server, page):
+    from playwright.sync_api import expect
+
+    lab_server.write_notebook("explorer_selection.ipynb", [SETUP])
+    lab_server.open_notebook(page, "explorer_selection.ipynb")
+    lab_server.run_all(page)
+
+    heads = page.locator(".gs-hm-fhead[data-f]")
+    expect(heads).to_have_count(3, timeout=60_000)
+    first = int(heads.first.get_attribute("data-f"))
+    heads.first.click()
+    pane = page.locator(".gs-pane")
+    expect(pane.locator("h3")).to_have_text(f"Feature {first}", timeout=60_000)
+    # Columns carry the automatic label after the feature id.
+    assert heads.first.text_content().startswith(f"{first} ") and len(heads.first.text_content()) > len(str(first))
+
+    columns = [int(h.get_attribute("data-f")) for h in heads.all()]
+    target = int(lab_server.run_code(page, (
+        f"print(next(r['feature'] for r in ex.pane.related if r['feature'] not in {columns}))"
+    )))
+    chip = pane.locator(f".gs-chip[data-feature='{target}']").first
+    expect(chip).to_be_visible(timeout=30_000)
+    chip.click()
+
+    expect(pane.locator("h3")).to_have_text(f"Feature {target}", timeout=30_000)
+    column = page.locator(f".gs-hm-fhead[data-f='{target}']")
+    expect(column).to_have_count(1, timeout=30_000)
+    expect(column).to_have_class("gs-hm-fhead gs-selected", timeout=30_000)
+    expect(page.locator(".gs-hm-fhead.gs-selected")).to_have_count(1)
+    assert lab_server.run_code(page, "print(ex.heatmap.selected_feature, ex.pane.feature)").split() == [
+        str(target), str(target)
+    ]
+    assert target in [int(f) for f in lab_server.run_code(page, "print(*ex.heatmap.top_features(0))").split()]
+    lab_server.screenshot(page, "explorer-chip-selection")
