@@ -27,7 +27,7 @@ DEMO_TRANSCODER_RECIPE: dict[str, Any] = {
     "width": 1024,
     "target_l0": 16,
     "l0_label": "small",
-    "n_tokens": 12_000,
+    "n_tokens": 16_000,
     "steps": 300,
     "batch_size": 512,
     "seed": 0,
