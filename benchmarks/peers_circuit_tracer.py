@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from benchmarks.transcoder_fixture import write_calibrated_set
     from gemscope_widgets.backend.circuits.attribution import attribute
     from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
     from gemscope_widgets.backend.gemma.model import load_model
+    from gemscope_widgets.testing.transcoders import write_calibrated_set
 
     python = args.venv / "bin" / "python"
     if not python.is_file():
