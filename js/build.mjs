@@ -1,4 +1,4 @@
-// Bundles every top-level js/*.ts file into gemscope_widgets/static/<name>.js (one ESM entry per widget).
+// Bundles every top-level js/*.ts file (not *.d.ts, *.test.ts, *.config.ts) into gemscope_widgets/static/<name>.js (one ESM entry per widget).
 import { readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -6,7 +6,7 @@ import * as esbuild from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const entries = readdirSync(here)
-  .filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts") && !f.endsWith(".test.ts") && !f.endsWith(".config.ts"))
+  .filter((f) => f.endsWith(".ts") && ![".d.ts", ".test.ts", ".config.ts"].some((end) => f.endsWith(end)))
   .map((f) => join(here, f));
 const watch = process.argv.includes("--watch");
 

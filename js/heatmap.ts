@@ -63,14 +63,20 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
         return opt;
       }),
     );
-    saeSelect.value = String(sae());
-    rankSelect.value = model.get("rank_by");
-    topInput.value = String(model.get("top_n"));
     const parts: HTMLElement[] = [];
     if (saes.length > 1) parts.push(labelled("SAE ", saeSelect));
     else parts.push(el("span", "gs-hm-sae-name", saes[0]?.name ?? ""));
     parts.push(labelled("top ", topInput), labelled("features by ", rankSelect), status);
     toolbar.replaceChildren(...parts);
+    syncToolbar();
+  };
+  // The controls show the model's values; the toolbar itself is left alone so a focused box keeps its focus.
+  const syncToolbar = () => {
+    saeSelect.value = String(sae());
+    rankSelect.value = model.get("rank_by");
+    if (document.activeElement !== topInput || Number(topInput.value) !== model.get("top_n")) {
+      topInput.value = String(model.get("top_n"));
+    }
   };
 
   const drawStatus = () => {
@@ -196,7 +202,7 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   const disposers = [keepKeys(root), onCommit(topInput, onTop)];
 
   const onGrid = () => {
-    drawToolbar();
+    syncToolbar();
     drawGrids();
   };
   const events: [string, () => void][] = [

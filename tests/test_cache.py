@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import fcntl
 
 import pytest
 
@@ -28,18 +27,24 @@ def test_staged_dir_publishes_only_complete_folders(tmp_path):
     assert (target / "config.json").read_text() == "{}"
 
 
-def test_file_lock_excludes_a_second_holder(tmp_path):
-    lock = tmp_path / "x.lock"
-    order = []
+def _lock_is_held(path) -> bool:
+    """Probe with a non-blocking flock on a fresh open file: it fails exactly while another holder has it."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
-    def second():
-        with file_lock(lock):
-            order.append("second")
 
+def test_file_lock_excludes_a_second_holder_and_is_released_on_every_exit(tmp_path):
+    lock = tmp_path / "sub" / "x.lock"
     with file_lock(lock):
-        thread = threading.Thread(target=second)
-        thread.start()
-        time.sleep(0.3)
-        order.append("first")
-    thread.join(5)
-    assert order == ["first", "second"]
+        assert lock.is_file()
+        assert _lock_is_held(lock)
+    assert not _lock_is_held(lock)
+    with pytest.raises(RuntimeError), file_lock(lock):
+        assert _lock_is_held(lock)
+        raise RuntimeError("failed while holding the lock")
+    assert not _lock_is_held(lock)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gemscope_widgets.backend.gemma.embedded import EMBEDDED_NAME
 from gemscope_widgets.cache import cache_dir, file_lock
 
 # Bump the version whenever the recipe changes, so stale caches are not reused.
@@ -59,12 +60,13 @@ def _collection_model(gm: Any | None, progress: bool) -> Any:
     if gm is not None and (gm.dtype == torch.bfloat16 or gm.device.type == "cuda" or not _cpu_has_fast_bf16()):
         return gm
     dtype = "bfloat16" if _cpu_has_fast_bf16() else "float32"
-    return load_model("gemma-3-270m", device="cpu", dtype=dtype, progress=progress)
+    return load_model(EMBEDDED_NAME, device="cpu", dtype=dtype, progress=progress)
 
 
 def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
     """Return the demo SAE folder, training it (a few minutes on a laptop CPU) if it is not cached."""
-    from gemscope_widgets.backend.training.train import default_training_texts, train_sae
+    from gemscope_widgets.backend.training.activations import default_training_texts
+    from gemscope_widgets.backend.training.train import train_sae
 
     path = demo_sae_path()
     if is_trained(path):
@@ -79,17 +81,52 @@ def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
     return path
 
 
-def load_default(*, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", progress: bool = True):
+def ensure_demo_stats(gm: Any, sae: Any, *, progress: bool = True) -> Any:
+    """The demo SAE's feature statistics over the default corpus, scanned once (about 2 minutes on 2 CPU cores).
+
+    These are exactly the statistics ``Scope.stats()`` reads (default corpus, default scan parameters, the
+    same cache entry), so the first feature pane a new user opens has its examples, density, histogram and
+    typical activation. Returns a :class:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats`.
+    """
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+
+    return FeatureStats.load_or_scan(gm, sae, progress=progress)
+
+
+def load_default(
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    progress: bool = True,
+    stats: bool = True,
+):
     """The embedded Gemma 3 270M and the demo SAE, as ``(GemmaModel, JumpReLUSAE)``.
 
-    Both come from the cache after the first call; nothing is downloaded from a model hub.
+    Everything comes from the cache after the first call; nothing is downloaded from a model hub. The first
+    call converts the model, trains the demo SAE and (with ``stats``) scans its feature statistics, each
+    with a progress bar: about 6 minutes on 2 CPU cores, once.
     """
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.model import load_model
 
-    gm = load_model("gemma-3-270m", device=device, dtype=dtype, progress=progress)
+    gm = load_model(EMBEDDED_NAME, device=device, dtype=dtype, progress=progress)
     path = ensure_demo_sae(gm, progress=progress)
-    return gm, load_sae(path, device=gm.device)
+    sae = load_sae(path, device=gm.device)
+    if stats:
+        ensure_demo_stats(gm, sae, progress=progress)
+    return gm, sae
+
+
+def prepare_default(*, progress: bool = True) -> dict[str, Any]:
+    """Everything the embedded default needs, made once and cached: the converted model, the demo SAE and
+    its feature statistics. Returns ``{"model": folder, "sae": folder, "stats": FeatureStats}``.
+    Used by ``gemscope prepare``; ``Scope.default()`` does the same on first use.
+    """
+    from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
+
+    model_dir = ensure_embedded_model(progress=progress)
+    gm, sae = load_default(progress=progress, stats=False)
+    return {"model": model_dir, "sae": demo_sae_path(), "stats": ensure_demo_stats(gm, sae, progress=progress)}
 
 
 LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the losses use a subset
@@ -97,7 +134,8 @@ LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the l
 
 def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bool = True) -> dict[str, Any]:
     """L0, FVU and dead features of ``sae`` on all of ``texts`` (early-exit activations, BOS excluded)."""
-    from gemscope_widgets.backend.training.train import collect_activations, token_windows
+    from gemscope_widgets.backend.analysis.evaluation import fvu
+    from gemscope_widgets.backend.training.activations import collect_activations, token_windows
 
     point = sae.config.hook_points_in[0]
     windows = token_windows(gm.tokenizer, texts, 128)
@@ -110,7 +148,7 @@ def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bo
     return {
         "n_tokens": len(x),
         "l0": float((acts > 0).sum(-1).float().mean()),
-        "fvu": float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()),
+        "fvu": fvu(x, recon),
         "dead_features": int((~fired).sum()),
         "dead_fraction": float((~fired).float().mean()),
     }
@@ -125,14 +163,14 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     from gemscope_widgets.backend.analysis.evaluation import sae_card
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.model import load_model
-    from gemscope_widgets.backend.training.train import held_out_texts
+    from gemscope_widgets.backend.training.activations import held_out_texts
 
     path = ensure_demo_sae(gm, progress=progress)
     cached = path / f"quality_{LOSS_DOCS}docs.json"  # re-measured when the recipe changes
     if cached.is_file():
         return json.loads(cached.read_text())
     if gm is None:
-        gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=progress)
+        gm = load_model(EMBEDDED_NAME, device="cpu", dtype="float32", progress=progress)
     sae = load_sae(path, device=gm.device)
     texts = held_out_texts()
     card = sae_card(gm, sae, texts, max_docs=LOSS_DOCS, max_doc_tokens=128, progress=progress)

@@ -41,6 +41,11 @@ def split_prompts(prompts: Any) -> list[Any]:
     return [prompts]
 
 
+def _max_of(stats: Any) -> Any:
+    """A statistics object's per-feature maxima, or None when there are none (yet)."""
+    return None if stats is None else stats.max_act
+
+
 class Heatmap(anywidget.AnyWidget):
     """Tokens × top SAE features, coloured by activation; click a token or a feature to inspect it.
 
@@ -71,6 +76,8 @@ class Heatmap(anywidget.AnyWidget):
     """The selected feature (in the current SAE), -1 when none."""
 
     def __init__(self, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
+        self._followed: tuple[Any, ...] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._callbacks: list[SelectCallback] = []
         self._last_selection: tuple[int, int, int] | None = None
         self._payload: Payload | None = None
@@ -87,7 +94,7 @@ class Heatmap(anywidget.AnyWidget):
         top_n: int = 20,
         rank_by: str = "max",
         top_k: int | None = None,
-        feature_max: Mapping[str, Any] | None = None,
+        feature_max: Mapping[str, Any] | str | None = None,
         max_tokens: int | None = None,
         progress: bool = True,
     ) -> Heatmap:
@@ -95,7 +102,9 @@ class Heatmap(anywidget.AnyWidget):
 
         ``sae`` picks SAEs of the scope by name (default: all of them; the widget switches between them).
         ``top_k`` keeps only each token's ``top_k`` strongest features in the payload. ``feature_max``
-        maps SAE names to per-feature maxima over a corpus (``[width]``), used to scale the colours.
+        maps SAE names to per-feature maxima over a corpus (``[width]``), used to scale the colours;
+        ``feature_max="stats"`` takes them from the Scope's statistics of each SAE and follows them (a scan that
+        finishes later rescales the colours).
         """
         from tqdm.auto import tqdm
 
@@ -110,7 +119,13 @@ class Heatmap(anywidget.AnyWidget):
             rows.append(acts)
             tokenized.append(acts[0].prompt)
         maxima = None
-        if feature_max is not None:
+        follow = feature_max == "stats"
+        if follow:
+            holders = [scope.stats_holder(name) for name in names]
+            maxima = [_max_of(h.stats) for h in holders]
+        elif isinstance(feature_max, str):
+            raise GemscopeError(f"feature_max must map SAE names to maxima, or be 'stats'; got {feature_max!r}.")
+        elif feature_max is not None:
             unknown = set(feature_max) - set(names)
             if unknown:
                 raise GemscopeError(
@@ -120,7 +135,26 @@ class Heatmap(anywidget.AnyWidget):
         header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
         for info, name in zip(header["saes"], names):
             info["name"] = name
-        return cls(header, data, top_n=top_n, rank_by=rank_by)
+        widget = cls(header, data, top_n=top_n, rank_by=rank_by)
+        if follow:
+            widget._followed = (tokenized, rows, top_k, names, holders)
+            widget._unsubscribe = [h.subscribe(widget._stats_changed) for h in holders]
+        return widget
+
+    def close(self) -> None:
+        for stop in self._unsubscribe:
+            stop()
+        super().close()
+
+    def _stats_changed(self, _stats: Any) -> None:
+        """A followed SAE's statistics changed: re-encode the colour maxima (no model run)."""
+        tokenized, rows, top_k, names, holders = self._followed
+        maxima = [_max_of(h.stats) for h in holders]
+        header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
+        for info, name in zip(header["saes"], names):
+            info["name"] = name
+        with self.hold_sync():
+            self._header, self._data = header, data
 
     # --- validation -------------------------------------------------------------------------------
 

@@ -311,3 +311,52 @@ interface Sender {
 export function sendMessage<M extends { type: string }>(model: Sender, message: M): void {
   model.send(message);
 }
+
+// --- circuit (widgets/circuit.py) -----------------------------------------------------------------------------
+
+/** The JSON header of the circuit payload (circuit.py's encode_graph): graph facts and where each array lies. */
+export interface CircuitHeader {
+  version: number;
+  prompt: string;
+  tokens: string[];
+  logit_tokens: string[];
+  logit_probabilities: number[];
+  n_layers: number;
+  n_nodes_total: number;
+  n_edges_total: number;
+  n_nodes: number;
+  n_edges: number;
+  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef>;
+  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef>;
+  labels: Record<string, string>;
+  top_logits: Record<string, [string, number][]>;
+  model: string;
+  scan: string;
+  bytes: number;
+}
+
+/** The last intervention (Circuit.intervention): probabilities before and after, per token. */
+export interface CircuitIntervention {
+  state?: "running" | "done" | "error";
+  nodes?: number[];
+  mode?: string;
+  value?: number;
+  rows?: [string, number, number][];
+  message?: string;
+}
+
+/** @widget gemscope_widgets.widgets.circuit.Circuit */
+export interface CircuitModel {
+  _header: CircuitHeader;
+  _data: Bytes;
+  node_threshold: number;
+  edge_threshold: number;
+  selected: number[];
+  pinned: number[];
+  clicked: number;
+  intervention: CircuitIntervention;
+}
+
+/** @messages gemscope_widgets.widgets.circuit.Circuit */
+export type CircuitMessage =
+  | { type: "intervene"; mode: "set" | "scale"; value: number };

@@ -141,10 +141,10 @@ def _check_launch(browser, base: Path, user: str | None) -> None:
         session._wait(page, _NOTEBOOK_OPEN, "quickstart.ipynb", 180_000, "the quickstart to open with a kernel")
         cells = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
         assert cells > 5
+        log = session.log_path.read_text(errors="replace")  # the launch's output, not the shutdown's
     finally:
         context.close()
         session.stop()
-    log = session.log_path.read_text(errors="replace")
     for marker in NODE_ERRORS:
         assert marker not in log, f"{marker!r} in the launch output:\n{log[-4000:]}"
     assert "Running as root is not recommended" not in log

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.prompts import masked_ids
 from gemscope_widgets.backend.gemma.sites import resolve_site
@@ -28,10 +29,23 @@ if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
-def _stack(captured: dict[str, torch.Tensor], hooks: tuple[str, ...]) -> torch.Tensor:
-    if len(hooks) == 1:
-        return captured[hooks[0]]
-    return torch.stack([captured[h] for h in hooks], dim=-2)
+def fvu_from_sums(sq_err: float, sum_sq: float, total: torch.Tensor | None, n: int) -> float:
+    """FVU from running sums over ``n`` token rows, for streaming evaluation.
+
+    ``sq_err = Σ‖t − r‖²``, ``sum_sq = Σ‖t‖²``, ``total = Σ t`` (a ``[d]`` vector); uses
+    ``Σ‖t − mean‖² = Σ‖t‖² − ‖Σt‖² / n``. NaN when the targets have no variance.
+    """
+    variance = sum_sq - (float((total.double() ** 2).sum()) / n if total is not None and n > 0 else 0.0)
+    return sq_err / variance if variance > 0 else float("nan")
+
+
+def fvu(target: torch.Tensor, recon: torch.Tensor) -> float:
+    """Fraction of variance unexplained, ``Σ‖t − r‖² / Σ‖t − mean(t)‖²`` over the rows of ``[N, d]`` tensors.
+
+    The reconstruction metric of Gemma Scope 2 and SAELens (``1 − explained variance``); summed in float64.
+    """
+    t, r = target.double(), recon.double().to(target.device)
+    return fvu_from_sums(float(((t - r) ** 2).sum()), float((t**2).sum()), t.sum(0), len(t))
 
 
 def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
@@ -92,8 +106,8 @@ def sae_card(
         s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
         losses["clean"][0] += s
         losses["clean"][1] += n
-        x_in = _stack(captured, hooks_in)
-        target = _stack(captured, hooks_out).float().cpu()
+        x_in = stack_slots(captured, hooks_in)
+        target = stack_slots(captured, hooks_out).float().cpu()
         with torch.inference_mode():
             acts = sae.encode(x_in)
             recon = sae.decode(acts, x_in).float().cpu()
@@ -122,8 +136,6 @@ def sae_card(
             losses[label][0] += s
             losses[label][1] += n
     n_tok = max(totals["tokens"], 1)
-    # Σ‖t − mean‖² = Σ‖t‖² − ‖Σt‖² / n
-    variance = totals["sum_sq"] - (float((target_sum**2).sum()) / n_tok if target_sum is not None else 0.0)
     clean, spliced, zero = (losses[k][0] / max(losses[k][1], 1) for k in ("clean", "spliced", "zero"))
     dead = int((~fired).sum())
     return {
@@ -132,7 +144,7 @@ def sae_card(
         "n_docs": len(docs),
         "n_tokens": totals["tokens"],
         "l0": totals["l0"] / n_tok,
-        "fvu": totals["sq_err"] / variance if variance > 0 else float("nan"),
+        "fvu": fvu_from_sums(totals["sq_err"], totals["sum_sq"], target_sum, totals["tokens"]),
         "dead_features": dead,
         "dead_fraction": dead / sae.width,
         "loss_clean": clean,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import Messages, Prompt
 
@@ -65,10 +66,7 @@ class SparseActivations:
 
 def sae_inputs(sae: Any, activations: dict[str, torch.Tensor]) -> torch.Tensor:
     """The encoder input for ``sae`` from captured activations: ``[..., d]``, or ``[..., n, d]`` for multi-site SAEs."""
-    points = sae.config.hook_points_in
-    if len(points) == 1:
-        return activations[points[0]]
-    return torch.stack([activations[p] for p in points], dim=-2)
+    return stack_slots(activations, sae.config.hook_points_in)
 
 
 def sparsify(acts: torch.Tensor, masked: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

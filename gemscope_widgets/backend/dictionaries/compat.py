@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
+from gemscope_widgets.backend.gemma.names import GEMMA_SIZES, parse_gemma_name, scope_repo_id
 from gemscope_widgets.errors import SAEModelMismatch
+
+__all__ = ["SAEModelWarning", "check_compatible", "parse_gemma_name"]
 
 
 class SAEModelWarning(UserWarning):
     """The SAE runs on this model but was trained on a sibling (e.g. an -it SAE on a -pt model)."""
-
-
-_NAME = re.compile(r"gemma-?v?(\d)-(\d+[mb])(?:-(pt|it))?\b")
-_SCOPE_REPO = re.compile(r"gemma-scope-2-(\d+[mb])-(pt|it)\b")
-
-
-def parse_gemma_name(name: str | None) -> tuple[str, str, bool] | None:
-    """``"google/gemma-3-1b-it"`` -> ``("3", "1b", True)`` (generation, size, instruct); None if not a Gemma name.
-
-    Gemma Scope 2 repo ids parse too: ``"google/gemma-scope-2-270m-pt"`` -> ``("3", "270m", False)``.
-    """
-    if not name:
-        return None
-    m = _NAME.search(name.lower())
-    if m is not None:
-        return m.group(1), m.group(2), m.group(3) == "it"
-    m = _SCOPE_REPO.search(name.lower())
-    return ("3", m.group(1), m.group(2) == "it") if m else None
-
-
-def _scope_repo(size: str, instruct: bool) -> str:
-    return f"google/gemma-scope-2-{size}-{'it' if instruct else 'pt'}"
 
 
 def _attn_dim(text_config: Any) -> int:
@@ -62,8 +42,8 @@ def check_compatible(gm: Any, sae: Any) -> list[str]:
     if sae_parsed and model_parsed and sae_parsed[:2] != model_parsed[:2]:
         generation, size, _ = model_parsed
         hint = (
-            f": use {_scope_repo(size, instruct)}"
-            if generation == "3" and size in ("270m", "1b", "4b", "12b", "27b")
+            f": use {scope_repo_id(size, instruct)}"
+            if generation == "3" and size in GEMMA_SIZES
             else ""
         )
         raise SAEModelMismatch(
@@ -107,7 +87,7 @@ def check_compatible(gm: Any, sae: Any) -> list[str]:
         size = model_parsed[1]
         found.append(
             f"The SAE {sae_label} was trained on the {sae_kind} {trained_on} but the model {model_name} is "
-            f"{model_kind}; features will be noisier. Prefer {_scope_repo(size, instruct)}."
+            f"{model_kind}; features will be noisier. Prefer {scope_repo_id(size, instruct)}."
         )
     for message in found:
         warnings.warn(message, SAEModelWarning, stacklevel=2)

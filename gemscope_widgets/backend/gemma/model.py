@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from gemscope_widgets.backend.gemma.embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
+from gemscope_widgets.backend.gemma.names import is_hub_id, is_instruct_name, model_size
 from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, make_prompt
+from gemscope_widgets.backend.runtime import hub_offline, resolve_device
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError
 
 _DTYPES = {
@@ -43,15 +45,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     elif dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
     raise UnsupportedDtypeError(f"Unsupported dtype {dtype!r}: use 'auto', 'float32' or 'bfloat16'.")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
-    return resolved
 
 
 @dataclass
@@ -120,13 +113,6 @@ class BaseModelChatWarning(UserWarning):
         )
 
 
-def model_size(name: str | None) -> str | None:
-    """Parse "270m", "1b", "4b", "12b" or "27b" out of a Gemma 3 model or SAE repo name."""
-    if not name:
-        return None
-    match = re.search(r"gemma-?(?:v)?3-(\d+[mb])\b", name.lower())
-    return match.group(1) if match else None
-
 
 def _find_text_model(model: nn.Module) -> nn.Module:
     for path in _TEXT_MODEL_PATHS:
@@ -149,11 +135,12 @@ def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
     model_type = getattr(text_config, "model_type", "")
     if "gemma3" not in model_type:
         raise ModelLoadError(f"Expected a Gemma 3 model, got model_type {model_type!r} ({name}).")
+    _check_loaded(text_model, name)
     param = next(model.parameters())
     if param.dtype == torch.float16:
         raise UnsupportedDtypeError(_FP16_MESSAGE)
     lm_head = model.get_output_embeddings()
-    is_instruct = name.rstrip("/").lower().endswith("-it")
+    is_instruct = is_instruct_name(name)
     stops: list[int] = []
     eos = getattr(model, "generation_config", None)
     eos_ids = getattr(eos, "eos_token_id", None) if eos is not None else None
@@ -176,7 +163,7 @@ def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> GemmaModel:
         final_norm=text_model.norm,
         embed=text_model.embed_tokens,
         lm_head=lm_head,
-        device=param.device,
+        device=execution_device(model),
         dtype=param.dtype,
         text_config=text_config,
         is_instruct=is_instruct,
@@ -198,12 +185,15 @@ def _local_name(path: Path, config: dict[str, Any]) -> str:
 
 
 def load_model(
-    name_or_path: str | os.PathLike[str] = "gemma-3-270m",
+    name_or_path: str | os.PathLike[str] = EMBEDDED_NAME,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     *,
     name: str | None = None,
     progress: bool = True,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> GemmaModel:
     """Load a Gemma 3 model.
 
@@ -211,11 +201,21 @@ def load_model(
     and cached), a Hugging Face id such as ``"google/gemma-3-1b-it"`` (from the hub cache; ``HF_HUB_OFFLINE``
     is respected) or a local checkpoint folder. ``device="auto"`` picks CUDA when present; ``dtype="auto"``
     is bfloat16 on CUDA and float32 on CPU. ``name`` overrides the canonical id used for SAE checks.
+
+    ``device_map`` (``"auto"`` or ``{module name: device | "cpu" | "disk"}``) and ``max_memory`` spread the model
+    over several devices, or offload part of it to the CPU or disk, through accelerate (``device`` is then
+    ignored; ``offload_folder`` defaults to a folder in the package cache). Capture, heatmaps, scans and
+    steering work unchanged: hooks see each layer's activations on that layer's execution device and move them
+    once to the SAE's. A map that leaves a layer on the meta device (not loaded) raises :class:`ModelLoadError`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    target_device = resolve_device(device)
+    target_device = resolve_device("auto" if device_map is not None else device)
+    if device_map is not None and isinstance(device_map, dict):
+        gpus = [v for v in device_map.values() if v not in ("cpu", "disk", "meta")]
+        target_device = torch.device(f"cuda:{gpus[0]}" if isinstance(gpus[0], int) else gpus[0]) if gpus else \
+            torch.device("cpu")
     target_dtype = resolve_dtype(dtype, target_device)
     source = str(name_or_path)
     if source == EMBEDDED_NAME:
@@ -226,12 +226,12 @@ def load_model(
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} has no config.json: point at a Hugging Face checkpoint folder.")
         canonical = name or ""
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    elif is_hub_id(source):
         path = None
         canonical = name or source
     else:
         raise ModelLoadError(
-            f"{source!r} is neither a local folder nor a Hugging Face id. Use 'gemma-3-270m' (embedded, "
+            f"{source!r} is neither a local folder nor a Hugging Face id. Use {EMBEDDED_NAME!r} (embedded, "
             "offline), an id like 'google/gemma-3-1b-it', or a checkpoint folder."
         )
 
@@ -241,16 +241,23 @@ def load_model(
 
         canonical = _local_name(path, json.loads((path / "config.json").read_text()))
     kwargs: dict[str, Any] = {"trust_remote_code": False}
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        from gemscope_widgets.cache import cache_dir
+
+        placement = {"device_map": device_map, "max_memory": max_memory,
+                     "offload_folder": str(offload_folder or cache_dir("offload", re.sub(r"\W+", "_", source)))}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "generation flags" chatter is not for our users
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs,
+                                                     **placement)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         hint = (
-            " HF_HUB_OFFLINE is set, so only models already in the Hugging Face cache can load; download it "
-            f"first (hf download {source}) or use the embedded 'gemma-3-270m'."
+            " The hub is offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), so only models already in the Hugging "
+            f"Face cache can load; download it first (hf download {source}) or use the embedded {EMBEDDED_NAME!r}."
             if offline and path is None
             else ""
         )
@@ -259,6 +266,38 @@ def load_model(
         hf_logging.set_verbosity(verbosity)
     model.eval()
     model.requires_grad_(False)
-    if target_device.type != "cpu":
+    if target_device.type != "cpu" and device_map is None:
         model.to(target_device)
     return wrap_model(model, tokenizer, canonical)
+
+
+def execution_device(model: nn.Module) -> torch.device:
+    """Where the model computes: the first accelerator of an accelerate device map, else its first parameter's."""
+    mapping = getattr(model, "hf_device_map", None)
+    if mapping:
+        for where in mapping.values():
+            if where not in ("cpu", "disk", "meta"):
+                return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+        return torch.device("cpu")
+    return next(model.parameters()).device
+
+
+def _offloads(hook: Any) -> bool:
+    """Whether an accelerate hook (or one of a sequence of hooks) loads offloaded weights before forward."""
+    if hook is None:
+        return False
+    return bool(getattr(hook, "offload", False)) or any(_offloads(h) for h in getattr(hook, "hooks", ()))
+
+
+def _check_loaded(text_model: nn.Module, name: str) -> None:
+    """Refuse layers left on the meta device without an accelerate offload hook that loads them."""
+    missing = []
+    for i, layer in enumerate(text_model.layers):
+        on_meta = any(p.device.type == "meta" for p in layer.parameters())
+        if on_meta and not any(_offloads(getattr(m, "_hf_hook", None)) for m in layer.modules()):
+            missing.append(i)
+    if missing:
+        raise ModelLoadError(
+            f"{name}: layers {missing} are on the meta device (their weights were never loaded), so they cannot "
+            "be run or hooked. Give every layer a device in device_map (a GPU, 'cpu' or 'disk')."
+        )

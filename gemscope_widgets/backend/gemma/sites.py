@@ -19,6 +19,23 @@ from gemscope_widgets.errors import SAEModelMismatch
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
+# The one table of Gemma Scope 2 sites: site name -> (hook point in, hook point out), with {layer} for the layer.
+# resid_post / mlp_out / attn_out SAEs read and write one point; transcoders (and CLTs, per layer) read the
+# MLP's input (after its pre-norm) and write its normed output. Source: the ``config.json`` of google/gemma-scope-2-*.
+SITE_HOOK_POINTS: dict[str, tuple[str, str]] = {
+    "resid_post": ("model.layers.{layer}.output", "model.layers.{layer}.output"),
+    "mlp_out": (
+        "model.layers.{layer}.post_feedforward_layernorm.output",
+        "model.layers.{layer}.post_feedforward_layernorm.output",
+    ),
+    "attn_out": ("model.layers.{layer}.self_attn.o_proj.input", "model.layers.{layer}.self_attn.o_proj.input"),
+    "transcoder": (
+        "model.layers.{layer}.pre_feedforward_layernorm.output",
+        "model.layers.{layer}.post_feedforward_layernorm.output",
+    ),
+}
+SAE_SITES = ("resid_post", "mlp_out", "attn_out")  # sites whose SAEs read and write the same point
+
 _HOOK_POINT = re.compile(r"^(?:[\w.]*?\.)?layers\.(\d+)(?:\.([\w.]+?))?\.(output|input)$")
 
 
@@ -42,6 +59,36 @@ def parse_hook_point(hook_point: str) -> tuple[int, str, Literal["output", "inpu
         )
     layer, sub, kind = match.groups()
     return int(layer), sub or "", kind  # type: ignore[return-value]
+
+
+def site_hook_points(site: str, layer: int | str) -> tuple[str, str]:
+    """``(hf_hook_point_in, hf_hook_point_out)`` of a Gemma Scope 2 site at ``layer``.
+
+    ``layer`` may be the string ``"{all}"`` to get the cross-layer transcoder's template. Raises
+    ``KeyError`` for an unknown site (callers turn it into their own error with the list of sites).
+    """
+    hook_in, hook_out = SITE_HOOK_POINTS[site]
+    return hook_in.format(layer=layer), hook_out.format(layer=layer)
+
+
+def hook_point(site: str, layer: int) -> str:
+    """The hook point a resid_post / mlp_out / attn_out SAE reads at ``layer`` (``KeyError`` if unknown)."""
+    if site not in SAE_SITES:
+        raise KeyError(site)
+    return site_hook_points(site, layer)[0]
+
+
+def site_of(hook_point_in: str) -> str | None:
+    """The single-point site (resid_post / mlp_out / attn_out) a hook point belongs to, or ``None``."""
+    try:
+        _, sub, kind = parse_hook_point(hook_point_in)
+    except SAEModelMismatch:
+        return None
+    for site in SAE_SITES:
+        _, want_sub, want_kind = parse_hook_point(SITE_HOOK_POINTS[site][0].format(layer=0))
+        if (sub, kind) == (want_sub, want_kind):
+            return site
+    return None
 
 
 def resolve_site(gm: GemmaModel, hook_point: str) -> Site:

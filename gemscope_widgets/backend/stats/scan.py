@@ -310,7 +310,7 @@ class Scanner:
 
     def __init__(self, gm: GemmaModel, sae: Any, texts: Sequence[str], params: ScanParams, *,
                  batch_size: int = 16, batch_tokens: int = 2048, act_budget: int = 2**24,
-                 docs: Sequence[int] | None = None) -> None:
+                 rank: int = 0, world: int = 1) -> None:
         from gemscope_widgets.backend.dictionaries.placement import sae_device
         from gemscope_widgets.backend.gemma.prompts import masked_ids
 
@@ -318,10 +318,11 @@ class Scanner:
         self.batch_size, self.batch_tokens, self.act_budget = batch_size, batch_tokens, act_budget
         self.hooks = tuple(sae.read_hook_points)
         self.hidden = torch.tensor(sorted(masked_ids(gm.tokenizer)))
-        self.doc_order = list(range(len(texts))) if docs is None else list(docs)
+        self.rank, self.world = int(rank), int(world)
         self.state = ScanState(int(sae.width), params, sae_device(sae))
-        self.next_doc = 0  # index into doc_order
+        self.next_doc = 0
         self.elapsed = 0.0
+        self.seen_tokens = 0  # by every process together (the max_tokens limit)
 
     # ---- checkpoints
 
@@ -346,36 +347,51 @@ class Scanner:
     # ---- the loop
 
     def done(self) -> bool:
-        return self.next_doc >= len(self.doc_order) or (
-            self.p.max_tokens is not None and self.state.n_tokens >= self.p.max_tokens
+        return self.next_doc >= len(self.texts) or (
+            self.p.max_tokens is not None and self.seen_tokens >= self.p.max_tokens
         )
+
+    def _count_tokens(self) -> None:
+        if self.world > 1:
+            from gemscope_widgets.backend.stats.distributed import total_tokens
+
+            self.seen_tokens = total_tokens(self.state.n_tokens, self.state.device)
+        else:
+            self.seen_tokens = self.state.n_tokens
 
     def run(self, *, progress: bool = True, on_progress: ProgressCallback | None = None,
             checkpoint: tuple[Path, Mapping[str, Any], int] | None = None) -> None:
         """Scan the remaining documents in blocks of ``checkpoint[2]`` (512 without checkpoints), writing a
-        checkpoint after each block; a tqdm bar when ``progress``; ``on_progress(done, total)`` per batch."""
+        checkpoint after each block; a tqdm bar when ``progress``; ``on_progress(done, total)`` per batch.
+
+        Each block is cut into the same batches whatever ``world`` is, and process ``rank`` runs batches
+        ``rank, rank + world, ...``: every batch is computed with the same shapes as in a one-process scan, so
+        merged shards equal it exactly (bit for bit on a deterministic device)."""
         from tqdm.auto import tqdm
 
         from gemscope_widgets.backend.stats.corpus import plan_batches, tokenize_docs
 
-        total = len(self.doc_order)
+        total = len(self.texts)
         block = max(1, checkpoint[2] if checkpoint else 512)
         bar = tqdm(total=total, initial=self.next_doc, desc=f"Scanning {self.sae.config.name}", unit="doc",
                    disable=not progress)
+        self._count_tokens()
         try:
             while not self.done():
                 start = time.perf_counter()
                 stop = min(total, self.next_doc + block)
-                ids = self.doc_order[self.next_doc : stop]
+                ids = list(range(self.next_doc, stop))
                 docs = tokenize_docs(self.gm, [self.texts[i] for i in ids], self.p.max_doc_tokens)
                 done = self.next_doc
-                for batch in plan_batches([len(d) for d in docs], self.batch_size, self.batch_tokens):
-                    self.batch([ids[i] for i in batch], [docs[i] for i in batch])
+                for j, batch in enumerate(plan_batches([len(d) for d in docs], self.batch_size, self.batch_tokens)):
+                    if j % self.world == self.rank:
+                        self.batch([ids[i] for i in batch], [docs[i] for i in batch])
                     done += len(batch)
                     bar.update(len(batch))
                     if on_progress is not None:
                         on_progress(done, total)
                 self.next_doc = stop
+                self._count_tokens()
                 self.elapsed += time.perf_counter() - start
                 bar.set_postfix(tokens=self.state.n_tokens,
                                 tok_s=f"{self.state.n_tokens / max(self.elapsed, 1e-9):.0f}")
@@ -455,7 +471,8 @@ def scan(gm: GemmaModel, sae: Any, corpus: Any = None, params: ScanParams | None
          batch_size: int = 16, batch_tokens: int = 2048, act_budget: int = 2**24, checkpoint_docs: int = 512,
          cache: bool = True, progress: bool = True, on_progress: ProgressCallback | None = None) -> FeatureStats:
     """Scan ``corpus`` through ``gm`` up to the SAE's layer; see
-    :meth:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats.scan` for the arguments."""
+    :meth:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats.scan` for the arguments. Inside a
+    ``torch.distributed`` process group the documents are shared by the processes (:mod:`.distributed`)."""
     from gemscope_widgets.backend.stats.corpus import load_corpus
 
     if not isinstance(progress, bool):
@@ -465,21 +482,48 @@ def scan(gm: GemmaModel, sae: Any, corpus: Any = None, params: ScanParams | None
         )
     if on_progress is not None and not callable(on_progress):
         raise GemscopeError("on_progress must be a function fn(documents_done, documents_total).")
+    from gemscope_widgets.backend.dictionaries.placement import sae_device
+    from gemscope_widgets.backend.stats import distributed
+
     params = params or ScanParams()
     texts = load_corpus(corpus)
+    device = sae_device(sae)
+    rank, world = distributed.process_group(device)
     key = store.cache_key(gm, sae, texts, params)
+    if world > 1:
+        distributed.check_same_scan(key, device)
     folder = store.cache_folder(key) if cache else None
+    ckpt = folder / f"shard-{rank}-of-{world}" if folder is not None and world > 1 else folder
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
     scanner = Scanner(gm, sae, texts, params, batch_size=batch_size, batch_tokens=batch_tokens,
-                      act_budget=act_budget)
-    if folder is not None:
-        scanner.try_resume(folder, key)
-    scanner.run(progress=progress, on_progress=on_progress,
-                checkpoint=(folder, key, checkpoint_docs) if folder else None)
-    stats = scanner.result(key)
-    if folder is not None:
-        stats.save(folder)
-        store.remove_checkpoint(folder)
-    return stats
+                      act_budget=act_budget, rank=rank, world=world)
+    if ckpt is not None:
+        scanner.try_resume(ckpt, key)
+    if world > 1 and not distributed.agree_on_start(scanner.next_doc, device):
+        warnings.warn("The processes' checkpoints are from different blocks: the scan starts over.", stacklevel=2)
+        scanner = Scanner(gm, sae, texts, params, batch_size=batch_size, batch_tokens=batch_tokens,
+                          act_budget=act_budget, rank=rank, world=world)
+    scanner.run(progress=progress and rank == 0, on_progress=on_progress,
+                checkpoint=(ckpt, key, checkpoint_docs) if ckpt is not None else None)
+    if world > 1:
+        distributed.merge_into_first(scanner.state)
+    stats = None
+    if rank == 0:
+        stats = scanner.result(key)
+        if folder is not None:
+            stats.save(folder)
+    if world > 1:
+        distributed.barrier()
+        if rank != 0 and folder is not None:
+            from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+
+            stats = FeatureStats.load(folder, expect=key)
+    if ckpt is not None:
+        store.remove_checkpoint(ckpt)
+        if ckpt != folder:
+            ckpt.rmdir()
+    return stats  # type: ignore[return-value]
 
 
 __all__ = ["ExampleTable", "ScanParams", "ScanState", "Scanner", "encode_entries", "reservoir_key", "scan"]

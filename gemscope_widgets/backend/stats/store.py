@@ -54,7 +54,9 @@ def tensor_digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes (moved to the CPU once; bfloat16 read as its raw bits).
 
     Remembered per tensor object while its storage, shape and in-place version counter are unchanged, so asking
-    again is free and any in-place change (``sae.threshold[3] = 9.0``) or replacement is noticed.
+    again is free and any in-place change (``sae.threshold[3] = 9.0``, an optimizer step, ``load_state_dict``)
+    or replacement is noticed. Writes through ``tensor.data`` bypass PyTorch's version counter: after such a
+    write call :func:`forget_digests`.
     """
     try:
         version = t._version
@@ -73,6 +75,11 @@ def tensor_digest(t: torch.Tensor) -> str:
         key = id(t)
         _DIGESTS[key] = (weakref.ref(t, lambda _r: _DIGESTS.pop(key, None)), stamp, digest)
     return digest
+
+
+def forget_digests() -> None:
+    """Drop every remembered tensor hash (the next identity reads every weight again)."""
+    _DIGESTS.clear()
 
 
 def _weights_digest(module: torch.nn.Module) -> str:

@@ -18,7 +18,7 @@ from gemscope_widgets.backend.steering.generation import generate, next_token_pr
 from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState
 from gemscope_widgets.backend.steering.spec import DirectionSpec, SteeringSpec, normalize_steering
 from gemscope_widgets.errors import SteeringError
-from tests.fixtures.models import hook_ids
+from tests.helpers import hook_ids
 
 TEXT = "Paris is the capital of France. The quick brown fox"
 N = 8

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.backend.gemma.names import neuronpedia_model_id, neuronpedia_source_id, parse_scope_folder
 from gemscope_widgets.errors import GemscopeError
 
 if TYPE_CHECKING:
@@ -27,50 +27,8 @@ if TYPE_CHECKING:
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org"
 
-# Neuronpedia's model ids: the HF name without "google/" and without "-pt" (270m base has no suffix anyway).
-_MODEL_RE = re.compile(r"^(?:google/)?gemma-3-(270m|1b|4b|12b|27b)(?:-(pt|it))?$", re.IGNORECASE)
-_FOLDER_RE = re.compile(
-    r"(?:^|/)(?P<site>resid_post|resid_post_all|transcoder|transcoder_all)/"
-    r"layer_(?P<layer>\d+)_width_(?P<width>16k|65k|262k|1m)_l0_(?P<l0>small|medium|big)(?P<affine>_affine)?/?$"
-)
-_WIDTHS = {"16k": 16384, "65k": 65536, "262k": 262144, "1m": 1048576}
-
-
 class NeuronpediaImportError(GemscopeError):
     """A Neuronpedia export file that cannot be read or does not match the SAE."""
-
-
-def neuronpedia_model_id(model_name: str | None) -> str | None:
-    """Neuronpedia's model id for a Gemma 3 model name (``google/gemma-3-1b-pt`` → ``gemma-3-1b``), else None."""
-    if not model_name:
-        return None
-    m = _MODEL_RE.match(model_name.strip())
-    if m is None:
-        return None
-    size, variant = m.group(1).lower(), (m.group(2) or "pt").lower()
-    return f"gemma-3-{size}" + ("-it" if variant == "it" else "")
-
-
-def neuronpedia_source_id(folder: str | None, width: int | None = None) -> str | None:
-    """Neuronpedia's source id for a Gemma Scope 2 folder path, or None when Neuronpedia does not host it.
-
-    ``folder`` is the path inside the release repo (``resid_post/layer_9_width_16k_l0_medium``); a local
-    path that ends in such a folder works too. ``width``, when given, must agree with the folder name.
-    """
-    if not folder:
-        return None
-    m = _FOLDER_RE.search(str(folder).replace("\\", "/").rstrip("/"))
-    if m is None:
-        return None
-    w = m.group("width")
-    if width is not None and _WIDTHS[w] != int(width):
-        return None
-    site, l0, affine = m.group("site"), m.group("l0"), bool(m.group("affine"))
-    if site.startswith("resid_post") and l0 == "medium" and not affine:
-        return f"{m.group('layer')}-gemmascope-2-res-{w}"
-    if site == "transcoder_all" and l0 == "small" and affine:
-        return f"{m.group('layer')}-gemmascope-2-transcoder-{w}"
-    return None
 
 
 def _sae_folder(sae: Any) -> str | None:
@@ -78,7 +36,7 @@ def _sae_folder(sae: Any) -> str | None:
     cfg = getattr(sae, "config", sae)
     for attr in ("folder", "path", "name", "source"):
         value = getattr(cfg, attr, None)
-        if isinstance(value, (str, Path)) and _FOLDER_RE.search(str(value).replace("\\", "/").rstrip("/")):
+        if isinstance(value, (str, Path)) and parse_scope_folder(value) is not None:
             return str(value)
     return None
 

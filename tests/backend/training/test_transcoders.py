@@ -1,0 +1,142 @@
+"""Training a set of affine skip-transcoders in the Gemma Scope 2 layout, on the tiny random Gemma 3."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+from gemscope_widgets.backend.stats.corpus import default_corpus
+from gemscope_widgets.backend.training import activations as training
+from gemscope_widgets.backend.training.activations import split_corpus
+from gemscope_widgets.backend.training.transcoders import (
+    collect_mlp_pairs,
+    fit_transcoders,
+    folder_name,
+    mlp_in_point,
+    mlp_out_point,
+    train_transcoders,
+)
+from gemscope_widgets.errors import TrainingError
+
+WIDTH = 128
+QUICK = {"width": WIDTH, "target_l0": 8, "n_tokens": 6000, "steps": 150, "batch_size": 256, "ctx": 64}
+
+
+@pytest.fixture(scope="module")
+def corpus_split() -> tuple[list[str], list[str]]:
+    return split_corpus(default_corpus(max_docs=500))
+
+
+@pytest.fixture(scope="module")
+def trained_set(tiny_model, corpus_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("transcoders") / "set"
+    return train_transcoders(tiny_model, out, corpus=corpus_split[0], seed=0, progress=False, **QUICK)
+
+
+def _folders(root, n_layers):
+    return [root / "transcoder_all" / folder_name(layer, WIDTH, "small") for layer in range(n_layers)]
+
+
+def test_set_is_exact_gemma_scope_2_layout_and_loads_with_load_sae(trained_set, tiny_model):
+    d = tiny_model.d_model
+    folders = _folders(trained_set, tiny_model.n_layers)
+    assert sorted(p.name for p in (trained_set / "transcoder_all").iterdir()) == sorted(f.name for f in folders)
+    assert folders[2].name == "layer_2_width_128_l0_small_affine"
+    for layer, folder in enumerate(folders):
+        config = json.loads((folder / "config.json").read_text())
+        assert config == {
+            "hf_hook_point_in": f"model.layers.{layer}.pre_feedforward_layernorm.output",
+            "hf_hook_point_out": f"model.layers.{layer}.post_feedforward_layernorm.output",
+            "width": WIDTH,
+            "model_name": tiny_model.name,
+            "architecture": "jump_relu",
+            "l0": config["l0"],
+            "affine_connection": True,
+            "type": "transcoder",
+        }
+        assert isinstance(config["l0"], int) and 1 <= config["l0"] <= 40
+        params = load_file(str(folder / "params.safetensors"))
+        assert {k: tuple(v.shape) for k, v in params.items()} == {
+            "w_enc": (d, WIDTH), "b_enc": (WIDTH,), "threshold": (WIDTH,), "w_dec": (WIDTH, d), "b_dec": (d,),
+            "affine_skip_connection": (d, d),
+        }
+        assert all(v.dtype == torch.float32 for v in params.values())
+        torch.testing.assert_close(params["w_dec"].norm(dim=1), torch.ones(WIDTH))
+        tc = load_sae(folder)
+        assert tc.config.kind == "transcoder" and tc.config.affine and tc.config.layer == layer
+        assert tc.config.name == f"transcoder_all/{folder.name}"
+        # The loaded module computes the GS2 math on raw activations.
+        x = torch.randn(5, d) * 3
+        pre = x @ params["w_enc"] + params["b_enc"]
+        want = (torch.relu(pre) * (pre > params["threshold"])) @ params["w_dec"] + params["b_dec"]
+        want += x @ params["affine_skip_connection"]
+        torch.testing.assert_close(tc(x), want)
+    report = json.loads((trained_set / "training.json").read_text())
+    assert [row["layer"] for row in report["layers"]] == list(range(tiny_model.n_layers))
+
+
+def test_fvu_on_held_out_text_is_under_bound(trained_set, tiny_model, corpus_split):
+    from gemscope_widgets.backend.default_transcoders import transcoder_set_quality
+
+    tcs = [load_sae(f) for f in _folders(trained_set, tiny_model.n_layers)]
+    card = transcoder_set_quality(tiny_model, tcs, corpus_split[1], max_tokens=3000, loss_docs=8, progress=False)
+    assert card["n_tokens"] == 3000
+    for row in card["layers"]:
+        assert row["fvu"] <= 0.3, row
+        assert 1 <= row["l0"] <= 40, row
+    # Replacing every MLP at once costs less than removing them.
+    assert card["loss_clean"] <= card["loss_replaced"] + 0.05
+    assert card["loss_replaced"] < card["loss_mlps_zeroed"]
+
+
+def test_training_folds_scales_into_raw_units(tiny_model, corpus_split):
+    # The FVU the fit reports (raw-unit params on raw activations) matches the folder loaded back.
+    windows = training.token_windows(tiny_model.tokenizer, corpus_split[0], 64, max_windows=40)
+    xs, ys = collect_mlp_pairs(tiny_model, windows, [1], max_tokens=2000, progress=False)
+    params, reports = fit_transcoders(xs, ys, width=64, target_l0=6, steps=60, batch_size=256, progress=False)
+    p = params[0]
+    pre = xs[0] @ p["w_enc"] + p["b_enc"]
+    out = (torch.relu(pre) * (pre > p["threshold"])) @ p["w_dec"] + p["b_dec"] + xs[0] @ p["affine_skip_connection"]
+    fvu = float(((out - ys[0]) ** 2).sum() / ((ys[0] - ys[0].mean(0)) ** 2).sum())
+    assert fvu == pytest.approx(reports[0].fvu, rel=0.05)
+    assert reports[0].fvu < reports[0].fvu_skip_only  # the features add to the linear path
+
+
+def test_collect_mlp_pairs_matches_capture_per_layer(tiny_model):
+    from gemscope_widgets.backend.gemma.capture import capture
+
+    ids = tiny_model.prompt("Paris is the capital of France.").input_ids.unsqueeze(0)
+    xs, ys = collect_mlp_pairs(tiny_model, ids, [0, 3], progress=False)
+    for i, layer in enumerate([0, 3]):
+        got = capture(tiny_model, ids, [mlp_in_point(layer), mlp_out_point(layer)])
+        torch.testing.assert_close(xs[i], got[mlp_in_point(layer)][0, 1:].float())  # <bos> dropped
+        torch.testing.assert_close(ys[i], got[mlp_out_point(layer)][0, 1:].float())
+
+
+def test_batched_fit_equals_per_layer_fits():
+    gen = torch.Generator().manual_seed(0)
+    n_layers, n, d = 3, 600, 16
+    xs = torch.randn(n_layers, n, d, generator=gen) * torch.tensor([1.0, 5.0, 30.0]).view(-1, 1, 1)
+    mix = torch.randn(n_layers, d, d, generator=gen)
+    ys = torch.relu(xs @ mix) @ torch.randn(n_layers, d, d, generator=gen) / d + 2.0
+    options = {"width": 32, "target_l0": 4, "steps": 40, "batch_size": 64, "resample_every": 10, "progress": False}
+    batched, batched_reports = fit_transcoders(xs, ys, layers=[4, 5, 6], **options)
+    for i, layer in enumerate([4, 5, 6]):
+        alone, alone_reports = fit_transcoders(xs[i : i + 1], ys[i : i + 1], layers=[layer], **options)
+        for key, value in batched[i].items():
+            torch.testing.assert_close(value, alone[0][key], rtol=1e-4, atol=1e-4 * float(value.abs().max()))
+        assert batched_reports[i].resampled == alone_reports[0].resampled
+
+
+def test_bad_arguments_raise_training_errors(tiny_model, tmp_path):
+    with pytest.raises(TrainingError, match="outside"):
+        train_transcoders(tiny_model, tmp_path / "x", layers=[7], progress=False)
+    with pytest.raises(TrainingError, match="same L and N"):
+        fit_transcoders(torch.zeros(2, 10, 4), torch.zeros(3, 10, 4), width=8, target_l0=2, steps=1)
+    with pytest.raises(TrainingError, match="target_l0"):
+        fit_transcoders(torch.zeros(1, 10, 4), torch.zeros(1, 10, 4), width=8, target_l0=9, steps=1)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,51 @@
+"""Helpers shared by test modules (test modules never import each other).
+
+Fixtures live in tests/fixtures/ (pytest plugins); the tiny model itself in gemscope_widgets.testing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+STEER_TEXT = "Paris is the capital of France. The quick brown fox"
+
+# A small corpus and scan settings that fill every section of a feature's statistics on the tiny model.
+SCAN_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France. The capital of Italy is Rome.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
+    "Sparse autoencoders find features in the residual stream of a language model.",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10.",
+    "Gemma reads text and writes text. The lazy dog sleeps.",
+    "The capital of France is Paris, and the fox is quick.",
+    "Rome, Paris, fox, dog: the residual stream of a model.",
+]
+SCAN_PARAMS = {"top_k": 6, "n_quantile": 4, "window": (3, 2), "max_doc_tokens": 24, "n_bins": 8}
+
+
+def hook_ids(module: torch.nn.Module) -> set[tuple[str, str, int]]:
+    """Every forward (pre-)hook registered on ``module`` and its children.
+
+    transformers registers hooks of its own (for ``output_hidden_states``), so tests compare this set
+    before and after a call instead of expecting none.
+    """
+    found = set()
+    for name, sub in module.named_modules():
+        found.update((name, "fwd", k) for k in sub._forward_hooks)
+        found.update((name, "pre", k) for k in sub._forward_pre_hooks)
+    return found
+
+
+def active_feature(sae: Any, gm: Any, prompt: str = STEER_TEXT) -> int:
+    """The feature with the largest activation on the prompt (so clamp/ablate have something to change)."""
+    from gemscope_widgets.backend.gemma.capture import capture
+
+    ids = gm.prompt(prompt).input_ids
+    acts = capture(gm, ids, sae.read_hook_points)
+    xs = {h: acts[h][0, 1:] for h in sae.read_hook_points}
+    peaks = [float(sae.feature_activation(f, xs).max()) for f in range(sae.width)]
+    best = max(range(sae.width), key=peaks.__getitem__)
+    assert peaks[best] > 0, "no feature fires on the prompt; the clamp tests would prove nothing"
+    return best
