@@ -30,7 +30,8 @@ setup_inputs_hash() {
     "$PY" -VV 2>&1 || true
     readlink -f "$PY" || true
     cat run.sh pyproject.toml package.json package-lock.json 2>/dev/null || true
-    find js -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    # Sources only: tools write caches (vite, tsc) that must not make a finished set-up look stale.
+    find js -name node_modules -prune -o -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256sum | cut -d' ' -f1
 }
 
