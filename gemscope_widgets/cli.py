@@ -43,6 +43,8 @@ def format_card(card: dict[str, Any]) -> str:
         f"({card.get('loss_tokens', card['n_tokens'])} tokens)",
         f"loss recovered     {100 * card['loss_recovered']:.1f} %",
     ]
+    if card.get("train_seconds") is not None:
+        lines.append(f"trained in         {card['train_seconds']:.0f} s (activations and fit)")
     return "\n".join(lines)
 
 
@@ -62,6 +64,9 @@ def format_transcoder_card(card: dict[str, Any]) -> str:
         f"(+{card['delta_loss']:.3f}), all MLPs zeroed {card['loss_mlps_zeroed']:.3f} ({card['loss_tokens']} tokens)",
         f"loss recovered     {100 * card['loss_recovered']:.1f} %",
     ]
+    seconds = card.get("training", {}).get("seconds")
+    if seconds is not None:
+        lines.append(f"trained in         {seconds:.0f} s (one activation pass and the batched fit)")
     return "\n".join(lines)
 
 

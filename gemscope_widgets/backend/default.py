@@ -191,6 +191,7 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     card["loss_docs"] = card.pop("n_docs")
     card.update(held_out_reconstruction(gm, sae, texts, progress=progress))
     card["n_docs"] = len(texts)
+    card["train_seconds"] = json.loads((path / "training.json").read_text()).get("seconds")
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(card, indent=2, default=float))
     os.replace(tmp, cached)

@@ -175,7 +175,7 @@ def transcoder_set_quality(
     most 128 tokens each).
     """
     from gemscope_widgets.backend.training.activations import token_windows
-    from gemscope_widgets.backend.training.transcoders import collect_mlp_pairs
+    from gemscope_widgets.backend.training.mlp_pairs import collect_mlp_pairs
 
     layers = [tc.config.layer for tc in transcoders]
     windows = token_windows(gm.tokenizer, texts, 128, max_windows=max_tokens // 127 + 2)

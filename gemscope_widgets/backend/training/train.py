@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,15 @@ def train_sae(
     ``corpus`` defaults to the offline corpus that ships with Python. ``steps`` defaults to two passes
     over the ``n_tokens`` collected activations. The activation pass runs wherever ``gm`` is; ``device``
     picks where the SAE itself is fitted (default: CPU). Extra keywords go to :func:`fit_jumprelu`.
-    The folder loads with ``load_sae`` like any GS2 SAE.
+    The folder loads with ``load_sae`` like any GS2 SAE; its ``training.json`` holds the
+    :class:`~.fit.TrainingReport`, the target, the seed and the wall time in seconds.
     """
     if not 0 <= layer < gm.n_layers:
         raise TrainingError(f"layer {layer} is outside the model's 0..{gm.n_layers - 1}.")
     point = hook_point(site, layer)
     if width < 2:
         raise TrainingError(f"width must be at least 2, got {width}.")
+    start = time.perf_counter()
     if corpus is None:
         corpus = default_training_texts()
     torch.manual_seed(seed)
@@ -96,5 +99,7 @@ def train_sae(
     out = Path(out_dir)
     with staged_dir(out) as tmp:
         save_gemma_scope_folder(tmp, config, params)
-        (tmp / "training.json").write_text(json.dumps({**report.__dict__, "target_l0": target_l0, "seed": seed}))
+        seconds = round(time.perf_counter() - start, 1)  # activations and fit
+        record = {**report.__dict__, "target_l0": target_l0, "seed": seed, "seconds": seconds}
+        (tmp / "training.json").write_text(json.dumps(record))
     return out

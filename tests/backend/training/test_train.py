@@ -13,6 +13,7 @@ from gemscope_widgets.backend.stats.corpus import default_corpus
 from gemscope_widgets.backend.training import fit
 from gemscope_widgets.backend.training.activations import collect_activations, token_windows
 from gemscope_widgets.backend.training.fit import fit_jumprelu
+from gemscope_widgets.backend.training.jumprelu import StackedJumpReLU
 from gemscope_widgets.backend.training.train import hook_point, train_sae
 from gemscope_widgets.errors import TrainingError
 
@@ -76,27 +77,24 @@ def test_loads_through_load_sae_and_hits_target_l0(trained, tiny_acts, tiny_mode
     assert fvu < 0.5, fvu
 
 
-def test_folded_scale_matches_training_time_math():
+def test_folded_mean_and_scale_match_training_time_math():
     gen = torch.Generator().manual_seed(3)
-    sae = fit._TrainableSAE(16, 32, gen)
+    sae = StackedJumpReLU(16, 16, 32, [gen], tied=True)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1, generator=gen)
         sae.b_dec.normal_(0, 1.0, generator=gen)
         sae.log_threshold.uniform_(-4, -1, generator=gen)
-    scale = 7123.5
-    x = torch.randn(200, 16, generator=gen) * scale
-    with torch.no_grad():
-        pre_n = sae.pre(x / scale)
-        acts_n = pre_n * (pre_n > sae.log_threshold.exp())
-        recon_n = acts_n @ sae.w_dec + sae.b_dec
-    params = fit._fold_scale(sae, scale)
+    scale, mean = 7123.5, torch.randn(16, generator=gen) * 3000
+    x = torch.randn(200, 16, generator=gen) * scale + mean
+    acts_n, recon_n = sae.layer_forward(0, (x - mean) / scale)
+    params = sae.fold(0, mean, mean, scale, scale)
     pre = x @ params["w_enc"] + params["b_enc"]
     acts = torch.relu(pre) * (pre > params["threshold"])
     recon = acts @ params["w_dec"] + params["b_dec"]
     assert (acts > 0).any()
     assert torch.equal(acts > 0, acts_n > 0)
-    torch.testing.assert_close(acts, acts_n * scale, rtol=1e-4, atol=1e-2)
-    torch.testing.assert_close(recon, recon_n * scale, rtol=1e-4, atol=1e-1)
+    torch.testing.assert_close(acts, acts_n * scale, rtol=1e-4, atol=1e-1)
+    torch.testing.assert_close(recon, recon_n * scale + mean, rtol=1e-4, atol=1e-1)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny_model, tiny_corpus, tmp_path):
