@@ -56,7 +56,7 @@ def fit_jumprelu(acts: torch.Tensor, **options: Any) -> tuple[dict[str, torch.Te
 
 
 SAE_OPTIONS: dict[str, Any] = {
-    "batch_size": 1024, "lr": 1e-3, "threshold_lr": 1e-2, "l0_coefficient": 4.0, "l0_integral": 0.02,
+    "batch_size": 1024, "lr": 1e-3, "threshold_lr": 1e-2, "l0_coefficient": 4.0, "l0_integral": 0.1,
     "resample_every": 100, "min_frequency": 3e-4,
 }
 """The SAE's defaults for :func:`~.stacked_fit.fit_stacked`'s options."""

@@ -71,6 +71,7 @@ def fit_stacked(
     max_frequency: float | None = None,
     dense_coefficient: float = 0.0,
     dead_features_init: torch.Tensor | None = None,
+    mixed_precision: bool = False,
     progress: bool = True,
     desc: str = "training",
 ) -> StackedFit:
@@ -80,7 +81,8 @@ def fit_stacked(
     ``tied``). Layer ``l`` draws its start and its resampling from ``generators[l]``; batches (the same rows
     in every layer) from ``order_generator``. ``l0_integral`` is the dual-ascent rate of the L0 integral term
     (0 turns it off). ``dead_features_init`` starts those features unable to fire in every layer (tests of
-    the resampler use it). Runs on ``x``'s device.
+    the resampler use it). ``mixed_precision`` runs the matrix products in bfloat16 (parameters, losses and
+    optimiser stay float32): about 2x faster on CPUs with native bf16 and on GPUs. Runs on ``x``'s device.
     """
     check_target(width, target_l0)
     n_layers, n, d_in = x.shape
@@ -122,18 +124,21 @@ def fit_stacked(
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
         ramp = min(1.0, (step + 1) / (steps * 0.1 + 1))
-        recon, acts, fires = tc(xb, eps)
-        mse = (recon - tb).pow(2).sum(-1).mean(-1)  # [L]
-        l0 = fires.sum(-1).mean(-1)  # [L]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+            recon, acts, fires = tc(xb, eps)
+        mse = (recon.float() - tb).pow(2).sum(-1).mean(-1)  # [L]
+        l0 = fires.float().sum(-1).mean(-1)  # [L]
         ratio = l0 / target_l0
         loss = mse.sum() + l0_coefficient * ramp * ((ratio - 1.0) ** 2).sum() - (multiplier * ratio).sum()
         if dense_coefficient and max_frequency is not None:
             over = torch.relu(frequency / max_frequency - 1.0)
             if bool((over > 0).any()):
-                loss = loss + dense_coefficient * ramp * (over * fires.mean(1)).sum()
+                loss = loss + dense_coefficient * ramp * (over * fires.float().mean(1)).sum()
         rare = frequency < min_frequency
         if revive_dead and frequency_coefficient and bool(rare.any()):
-            gap = torch.relu(tc.log_threshold.exp().detach().unsqueeze(1) - tc.pre(xb)) * rare.unsqueeze(1)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+                pre = tc.pre(xb)
+            gap = torch.relu(tc.log_threshold.exp().detach().unsqueeze(1) - pre.float()) * rare.unsqueeze(1)
             loss = loss + frequency_coefficient * gap.mean(1).sum() / width
         opt.zero_grad(set_to_none=True)
         loss.backward()

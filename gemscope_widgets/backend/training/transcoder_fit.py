@@ -83,7 +83,7 @@ def _normalise(t: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.
 
 
 TRANSCODER_OPTIONS: dict[str, Any] = {
-    "batch_size": 512, "lr": 2e-3, "threshold_lr": 2e-2, "l0_coefficient": 2.0, "l0_integral": 0.02,
+    "batch_size": 512, "lr": 2e-3, "threshold_lr": 2e-2, "l0_coefficient": 2.0, "l0_integral": 0.1,
     "resample_every": 50, "min_frequency": 1e-3,
 }
 """The transcoders' defaults for :func:`~.stacked_fit.fit_stacked`'s options."""

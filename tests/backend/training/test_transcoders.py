@@ -132,6 +132,20 @@ def test_batched_fit_equals_per_layer_fits():
         assert batched_reports[i].resampled == alone_reports[0].resampled
 
 
+def test_mixed_precision_fit_matches_float32():
+    # bfloat16 matrix products (the demo recipe's setting on CPUs with native bf16) reach the float32 fit's quality.
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn(2, 1500, 16, generator=gen)
+    hidden = torch.relu(xs @ torch.randn(2, 16, 64, generator=gen) - 1.5)
+    ys = hidden @ torch.randn(2, 64, 16, generator=gen) / 8 + 0.5 * xs
+    options = {"width": 64, "target_l0": 6, "steps": 80, "batch_size": 128, "progress": False}
+    _, full = fit_transcoders(xs, ys, **options)
+    _, mixed = fit_transcoders(xs, ys, mixed_precision=True, **options)
+    for a, b in zip(full, mixed):
+        assert b.fvu == pytest.approx(a.fvu, abs=0.02)
+        assert b.l0 == pytest.approx(a.l0, rel=0.2)
+
+
 def test_bad_arguments_raise_training_errors(tiny_model, tmp_path):
     with pytest.raises(TrainingError, match="outside"):
         train_transcoders(tiny_model, tmp_path / "x", layers=[7], progress=False)
