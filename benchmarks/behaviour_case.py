@@ -45,12 +45,17 @@ def _bare_forward(gm: Any, ids: torch.Tensor, layer: int) -> None:
         handle.remove()
 
 
-def _ratio_row(name: str, timings: dict[str, Any], ours: str, bare: str, note: str) -> dict[str, Any]:
-    a, b = timings[ours], timings[bare]
-    for t in (a, b):
+def _ratio(out: dict[str, Any], key: str, timings: dict[str, Any], note: str) -> None:
+    """Flat entries ``{key}_ratio``, ``{key}_ours_s``, ``{key}_bare_s``, ``{key}_what`` (or ``{key}_error``)."""
+    ours, bare = timings["ours"], timings["bare"]
+    for t in (ours, bare):
         if isinstance(t, BaseException):
-            return {"name": name, "error": error_text(t)}
-    return {"name": name, "ours_s": a.median, "bare_s": b.median, "ratio": a.median / b.median, "note": note}
+            out[f"{key}_error"] = error_text(t)
+            return
+    out[f"{key}_ratio"] = ours.median / bare.median
+    out[f"{key}_ours_s"] = ours.median
+    out[f"{key}_bare_s"] = bare.median
+    out[f"{key}_what"] = note
 
 
 def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
@@ -62,7 +67,7 @@ def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
     from .texts import exact_prompt, long_text
 
     warnings.filterwarnings("ignore")
-    rows: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"target": "each ratio ≤ 1.3"}
     positive = [*HARMFUL_REQUESTS, *(f"Please answer: {p}" for p in HARMFUL_REQUESTS)]
     negative = [*HARMLESS_REQUESTS, *(f"Please answer: {p}" for p in HARMLESS_REQUESTS)]
     deepest = max(1, int(gm.n_layers * CANDIDATE_FRACTION)) - 1
@@ -71,8 +76,8 @@ def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
         "ours": lambda: behaviour_direction(gm, positive, negative, chat=True, progress=False),
         "bare": lambda: [_bare_forward(gm, x, deepest) for x in ids],
     }, repeats=repeats)
-    rows.append(_ratio_row("direction (64 + 64 prompts, layer chosen)", timings, "ours", "bare",
-                           f"{len(ids)} forwards to layer {deepest}"))
+    _ratio(out, "direction", timings, f"64 + 64 chat prompts, layer chosen; bare: {len(ids)} forwards to layer "
+           f"{deepest}")
 
     text = long_text(4000)
     a = exact_prompt(gm, text, 128)
@@ -82,8 +87,8 @@ def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
         "ours": lambda: contrast(gm, sae, a, b, span="all"),
         "bare": lambda: [_bare_forward(gm, p.input_ids, layer) for p in (a, b)],
     }, repeats=repeats)
-    rows.append(_ratio_row("contrast (two 128-token prompts)", timings, "ours", "bare",
-                           f"2 forwards to layer {layer}, SAE width {sae.width}"))
+    _ratio(out, "contrast", timings, f"two 128-token prompts, SAE width {sae.width}; bare: 2 forwards to layer "
+           f"{layer}")
 
     cot = " ".join(COT_STEPS)
     cue = " So the answer is"
@@ -100,5 +105,5 @@ def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
                                          progress=False),
         "bare": bare_curve,
     }, repeats=repeats)
-    rows.append(_ratio_row("early answering (8 cuts)", timings, "ours", "bare", "8 full forwards, last logits"))
-    return {"rows": rows, "target": "ratio ≤ 1.3"}
+    _ratio(out, "early_answering", timings, "8 cuts, 3 one-token answers; bare: 8 full forwards, last logits")
+    return out

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the virtual environment of the circuit-tracer peer (never a runtime dependency of the package).
 # circuit-tracer 0.5.0 pins transformers<=4.57.3 and huggingface-hub<1, which this package's transformers 5
-# cannot share, so it gets its own environment: .cache/venv-ct (or $CT_VENV).
+# cannot share, so it gets its own environment: .cache/venv-ct (or $CT_VENV). nnsight is pinned to 0.7.0:
+# circuit-tracer 0.5.0 imports nnsight.intervention.tracing, which nnsight 0.8 no longer has.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${CT_VENV:-$here/.cache/venv-ct}"
@@ -13,5 +14,5 @@ fi
 torch_version="$("${PKG_PYTHON:-python3}" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null \
   || echo 2.13.0)"
 "$venv/bin/pip" install -q "torch==$torch_version" "circuit-tracer==0.5.0" "transformers==4.57.3" \
-  "huggingface-hub<1" safetensors
+  "huggingface-hub<1" "nnsight==0.7.0" safetensors
 "$venv/bin/python" -c "import circuit_tracer, transformers, torch; print('circuit-tracer ready:', transformers.__version__, torch.__version__)"

@@ -39,24 +39,34 @@ def ct_side(spec: dict[str, Any]) -> None:
     """Build circuit-tracer's graph from the files in ``spec`` and write its tensors to ``spec["out"]``."""
     import circuit_tracer
     from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_gemma_scope_2_clt
     from circuit_tracer.transcoder.single_layer_transcoder import TranscoderSet, load_gemma_scope_2_transcoder
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    transcoders = {
-        int(layer): load_gemma_scope_2_transcoder(str(Path(folder) / "params.safetensors"), int(layer), device=cpu,
-                                                  dtype=torch.float32)
-        for layer, folder in spec["folders"].items()
-    }
-    tset = TranscoderSet(transcoders, feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out",
-                         scan="peer-check")
+    hooks = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "hook_mlp_out"}
+    if spec.get("clt"):
+        folder = Path(spec["clt"])
+        files = sorted(folder.glob("params_layer_*.safetensors"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        paths = {i: str(p) for i, p in enumerate(files)}
+        # load_gemma_scope_2_clt reads range(max(paths)), i.e. it drops the last layer; one extra key makes it
+        # read them all.
+        paths[len(files)] = str(files[-1])
+        tset = load_gemma_scope_2_clt(paths, scan="peer-check", device=cpu, dtype=torch.float32, **hooks)
+    else:
+        transcoders = {
+            int(layer): load_gemma_scope_2_transcoder(str(Path(folder) / "params.safetensors"), int(layer),
+                                                      device=cpu, dtype=torch.float32)
+            for layer, folder in spec["folders"].items()
+        }
+        tset = TranscoderSet(transcoders, scan="peer-check", **hooks)
     model = ReplacementModel.from_pretrained_and_transcoders(
         spec["model"], tset, backend="nnsight", device=cpu, dtype=torch.float32
     )
     ids = torch.tensor(spec["ids"], dtype=torch.long)
     graph = attribute(ids, model, max_n_logits=spec["max_logits"], desired_logit_prob=spec["logit_probability"],
-                      batch_size=spec["batch_size"], max_feature_nodes=None)
+                      batch_size=spec["batch_size"], max_feature_nodes=spec.get("max_feature_nodes"))
     tensors = {
         "adjacency_matrix": graph.adjacency_matrix.float().contiguous(),
         "active_features": graph.active_features.long().contiguous(),
@@ -96,12 +106,23 @@ def build_model(folder: Path) -> Path:
                 param.copy_(0.3 * torch.randn(param.shape, generator=gen))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+    # transformers 5 writes a tokenizer config that transformers 4.57 (circuit-tracer's side) cannot read: the class
+    # "TokenizersBackend" and a list of extra_special_tokens. The fast-tokenizer class and
+    # additional_special_tokens read the same tokenizer.json in both.
+    tok_cfg = folder / "tokenizer_config.json"
+    cfg = json.loads(tok_cfg.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = cfg.pop("extra_special_tokens", None)
+    if isinstance(extra, list) and extra:
+        cfg["additional_special_tokens"] = extra
+    tok_cfg.write_text(json.dumps(cfg, indent=2))
     return folder
 
 
 def compare(ours: Any, theirs: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Differences between our graph and circuit-tracer's tensors (relative to the largest entry of each block)."""
     out: dict[str, Any] = {}
+    out["same_selected_features"] = bool(torch.equal(ours.selected_features, theirs["selected_features"]))
     same_feats = ours.active_features.shape == theirs["active_features"].shape and torch.equal(
         ours.active_features, theirs["active_features"]
     )
@@ -117,14 +138,28 @@ def compare(ours: Any, theirs: dict[str, torch.Tensor]) -> dict[str, Any]:
     out["adjacency_shape"] = [list(a.shape), list(b.shape)]
     if a.shape != b.shape:
         return out
-    blocks = {"features": ours.feature_slice, "errors": ours.error_slice, "tokens": ours.token_slice}
+    if not out["same_selected_features"]:
+        # With a feature budget the incremental influence ranking picks the same features up to near-ties at the
+        # cut-off (rows agree to float32 rounding, so a tie can break either way): compare on the common ones.
+        ours_sel, their_sel = ours.selected_features.tolist(), theirs["selected_features"].tolist()
+        common = sorted(set(ours_sel) & set(their_sel))
+        out["selected_overlap"] = [len(common), len(ours_sel)]
+        rest = torch.arange(len(ours_sel), a.shape[0])
+        ia = torch.cat([torch.tensor([ours_sel.index(i) for i in common]), rest])
+        ib = torch.cat([torch.tensor([their_sel.index(i) for i in common]), rest])
+        a, b = a[ia][:, ia], b[ib][:, ib]
+        k = len(common)
+        blocks = {"features": slice(0, k), "errors": slice(k, k + ours.n_layers * ours.n_pos),
+                  "tokens": slice(k + ours.n_layers * ours.n_pos, k + (ours.n_layers + 1) * ours.n_pos)}
+    else:
+        blocks = {"features": ours.feature_slice, "errors": ours.error_slice, "tokens": ours.token_slice}
     for name, cols in blocks.items():
         out[f"adjacency_rel_{name}"] = _rel(a[:, cols], b[:, cols])
     out["adjacency_rel"] = _rel(a, b)
     # Token columns: circuit-tracer dots the gradient at the scaled embedding with the unscaled embedding row.
     scale = float(theirs.get("embed_scale", torch.tensor(0.0)))
     if scale:
-        out["adjacency_rel_tokens_times_embed_scale"] = _rel(a[:, ours.token_slice], b[:, ours.token_slice] * scale)
+        out["adjacency_rel_tokens_times_embed_scale"] = _rel(a[:, blocks["tokens"]], b[:, blocks["tokens"]] * scale)
     return out
 
 
@@ -136,18 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "peer-circuit-tracer")
     parser.add_argument("--venv", type=Path, default=Path(os.environ.get("CT_VENV", ROOT / ".cache" / "venv-ct")))
+    parser.add_argument("--record", action="store_true", help="also write benchmarks/results/circuit_tracer_peer.json")
     parser.add_argument("--ct-side", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ct_side:
         ct_side(json.loads(args.ct_side.read_text()))
         return 0
 
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from benchmarks.transcoder_fixture import write_calibrated_set
     from gemscope_widgets.backend.circuits.attribution import attribute
     from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
     from gemscope_widgets.backend.gemma.model import load_model
+    from gemscope_widgets.testing.transcoders import write_calibrated_set
 
     python = args.venv / "bin" / "python"
     if not python.is_file():
@@ -158,22 +195,34 @@ def main(argv: list[str] | None = None) -> int:
     gm = load_model(model_dir, device="cpu", dtype="float32", name="tiny-gemma-3")
     ids = gm.prompt(PROMPT).input_ids
     report: dict[str, Any] = {"prompt": PROMPT, "n_tokens": len(ids)}
-    for affine in (True, False):
-        name = "affine" if affine else "plain"
-        root = args.out / f"transcoders-{name}"
+    cases = {
+        "affine": {"kind": "transcoder", "affine": True, "seed": 7},
+        "plain": {"kind": "transcoder", "affine": False, "seed": 8},
+        "clt": {"kind": "clt", "affine": False, "seed": 9},
+        "affine-256-features": {"kind": "transcoder", "affine": True, "seed": 7, "max_feature_nodes": 256},
+    }
+    for name, case in cases.items():
+        root = args.out / f"transcoders-{case['kind']}-{'affine' if case['affine'] else 'plain'}"
         if not root.exists():
-            write_calibrated_set(gm, root, width=256, l0=10, affine=affine, seed=7 if affine else 8)
-        tset = load_transcoders(root, affine=affine)
-        ours = attribute(gm, tset, ids, max_feature_nodes=None, batch_size=64, progress=False)
+            write_calibrated_set(gm, root, width=256, l0=10, affine=case["affine"], kind=case["kind"],
+                                 seed=case["seed"])
+        site = "clt" if case["kind"] == "clt" else "transcoder_all"
+        tset = load_transcoders(root, site, affine=case["affine"])
+        budget = case.get("max_feature_nodes")
+        ours = attribute(gm, tset, ids, max_feature_nodes=budget, batch_size=64, progress=False)
         spec = {
             "model": str(model_dir),
-            "folders": {str(layer): str(Path(tset.by_layer[layer].config.path)) for layer in tset.layers},
             "ids": ids.tolist(),
             "max_logits": 10,
             "logit_probability": 0.95,
             "batch_size": 64,
+            "max_feature_nodes": budget,
             "out": str(args.out / f"ct-{name}.safetensors"),
         }
+        if tset.clt is not None:
+            spec["clt"] = tset.clt.config.path
+        else:
+            spec["folders"] = {str(layer): str(tset.by_layer[layer].config.path) for layer in tset.layers}
         spec_path = args.out / f"spec-{name}.json"
         spec_path.write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -185,10 +234,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] circuit-tracer failed:\n{proc.stderr[-4000:]}")
             continue
         theirs = load_file(spec["out"])
+        with safe_open(spec["out"], framework="pt") as f:
+            report["peer_versions"] = f.metadata()
         theirs["embed_scale"] = torch.tensor(float(gm.embed.embed_scale))
         report[name] = compare(ours, theirs)
-        print(f"[{name}]", json.dumps(report[name], indent=1))
+        print(f"[{name}]", json.dumps({k: v for k, v in report[name].items() if k != "adjacency_shape"}))
+    import time
+
+    import transformers
+
+    report["ours_versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
+    report["date"] = time.strftime("%Y-%m-%d")
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    if args.record:
+        (ROOT / "benchmarks" / "results" / "circuit_tracer_peer.json").write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

@@ -14,7 +14,7 @@ import traitlets
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
 from .bundle import bundle_path
-from .messages import PING, PONG, MessageTable, parse_message
+from .messages import PING, MessageTable, answer_pings
 from .payload import DENSE_ABOVE, RANKS, Payload, decode_payload, encode_payload
 from .static_view import StaticFallback
 
@@ -91,7 +91,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         self._payload: Payload | None = None
         super().__init__(_header=header, _data=data, **kwargs)
         self._last_selection = self.selection
-        self.on_msg(self._on_custom_msg)
+        answer_pings(self)
 
     @classmethod
     def build(
@@ -302,14 +302,6 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         from .export import export_html
 
         return export_html(self, path, title=title)
-
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, _fields = parse_message(content, self.MESSAGES)
-        except GemscopeError:
-            return  # nothing to show it in: this view has no error line
-        if kind == "ping":
-            self.send(PONG)
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""

@@ -56,6 +56,16 @@ def _check(kind: str, name: str, value: Any, allowed: FieldSpec) -> Any:
     raise ViewMessageError(f"The view sent {name}={value!r} in a {kind!r} message; expected {names}.")
 
 
+def answer_pings(widget: Any) -> None:
+    """For a widget whose view sends nothing but the liveness ping: answers each ping with :data:`PONG`."""
+
+    def handle(_widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "ping":
+            widget.send(PONG)
+
+    widget.on_msg(handle)
+
+
 def parse_message(content: Any, table: MessageTable) -> tuple[str, dict[str, Any]]:
     """``content`` (the JSON the view sent) as ``(type, fields)`` after checking it against ``table``."""
     if not isinstance(content, dict) or not isinstance(content.get("type"), str):

@@ -101,7 +101,9 @@ def heatmap_html(widget: Any) -> str:
         tokens = payload.tokens(p)
         special = payload.header["prompts"][p]["special"]
         block = payload.block(p, sae)
-        dense_cols = payload.top_features(p, sae, min(widget.top_n, MAX_COLUMNS), widget.rank_by)
+        dense_cols = payload.top_features(
+            p, sae, min(widget.top_n, MAX_COLUMNS), widget.rank_by, widget.dense_features()
+        )
         rows = np.repeat(np.arange(len(tokens)), np.diff(block.indptr.astype(np.int64)))
 
         def column(f: int, block: Any = block, rows: Any = rows, n: int = len(tokens)) -> np.ndarray:
@@ -129,7 +131,14 @@ def heatmap_html(widget: Any) -> str:
             continue
         cols = [column(f) for f in dense_cols]
         scales = [scale(f, c) for f, c in zip(dense_cols, cols)]
-        head = "".join(f'<th style="font-weight:normal;padding:0 3px">{f}</th>' for f in dense_cols)
+        head = "".join(
+            f'<th style="font-weight:normal;padding:0 3px" title="{_e(widget.label(f, sae))}">{f}</th>'
+            for f in dense_cols
+        )
+        labelled = [f for f in dense_cols if widget.label(f, sae)]
+        if labelled:
+            names = " · ".join(f"#{f} {_e(widget.label(f, sae))}" for f in labelled)
+            parts.append(f'<div style="{_NOTE}">{names}</div>')
         body = []
         for t, token in enumerate(tokens[:MAX_TOKENS]):
             cells = "".join(

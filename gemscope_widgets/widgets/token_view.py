@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anywidget
 import traitlets
 
-from gemscope_widgets.errors import GemscopeError, PromptError
+from gemscope_widgets.errors import PromptError
 
 from .bundle import bundle_path
-from .messages import PING, PONG, MessageTable, parse_message
+from .messages import PING, MessageTable, answer_pings
 from .static_view import StaticFallback
 
 if TYPE_CHECKING:
@@ -42,14 +42,6 @@ class TokenView(StaticFallback, anywidget.AnyWidget):
     status = traitlets.Unicode(_HINT).tag(sync=True)
     """A line shown under the tokens, written by the kernel."""
 
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, _fields = parse_message(content, self.MESSAGES)
-        except GemscopeError:
-            return  # nothing to show it in: this view has no error line
-        if kind == "ping":
-            self.send(PONG)
-
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
         from .static_view import token_view_html
@@ -66,7 +58,7 @@ class TokenView(StaticFallback, anywidget.AnyWidget):
         if special and len(special) != len(tokens):
             raise PromptError(f"special has {len(special)} flags for {len(tokens)} tokens; pass one flag per token.")
         super().__init__(tokens=tokens, special=special, **kwargs)
-        self.on_msg(self._on_custom_msg)
+        answer_pings(self)
 
     @classmethod
     def from_text(cls, model: GemmaModel, text: str | list[dict[str, str]], **kwargs: Any) -> TokenView:

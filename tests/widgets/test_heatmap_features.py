@@ -57,3 +57,13 @@ def test_a_selected_feature_outside_the_top_n_gets_a_column(scope_with_stats):
     outside = next(f for f in range(scope.sae().width) if f not in shown)
     widget.select(feature=outside)
     assert widget.top_features() == [*shown, outside]
+
+
+def test_the_saved_static_view_names_each_feature(scope_with_stats):
+    import html
+
+    scope, _ = scope_with_stats
+    widget = scope.heatmap(TEXT, top_n=3, progress=False)
+    static = widget.static_html()
+    for f in widget.top_features():
+        assert f"#{f} {html.escape(widget.label(f))}" in static

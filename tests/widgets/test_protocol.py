@@ -199,6 +199,6 @@ def test_ping_is_answered_with_pong():
     view = TokenView(["a", "b"])
     sent = []
     view.send = lambda content, buffers=None: sent.append(content)
-    view._on_custom_msg(view, {"type": "ping"}, [])
-    view._on_custom_msg(view, {"type": "bogus"}, [])
+    view._handle_custom_msg({"type": "ping"}, [])
+    view._handle_custom_msg({"type": "bogus"}, [])
     assert sent == [{"type": "pong"}]

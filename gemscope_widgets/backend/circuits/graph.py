@@ -115,11 +115,22 @@ def compute_edge_influence(pruned_matrix: Tensor, logit_weights: Tensor) -> Tens
 
 
 def find_threshold(scores: Tensor, threshold: float) -> Tensor:
-    """The score above which the highest scores cover ``threshold`` of the total."""
-    sorted_scores = torch.sort(scores, descending=True).values
-    cumulative = torch.cumsum(sorted_scores, dim=0) / torch.sum(sorted_scores).clamp(min=1e-30)
+    """The score above which the highest scores cover ``threshold`` of the total (circuit-tracer's function).
+
+    Scores are non-negative; only the positive ones are sorted (an edge-score matrix is mostly zeros), which gives
+    circuit-tracer's answer: past the positive scores it returns 0.
+    """
+    positive = scores[scores > 0]
+    if positive.numel() == 0:
+        return torch.zeros((), dtype=scores.dtype)
+    sorted_scores = torch.sort(positive, descending=True).values
+    # The total summed as circuit-tracer sums it (over the sorted scores, zeros included): same rounding, same cut.
+    total = torch.cat([sorted_scores, sorted_scores.new_zeros(scores.numel() - len(sorted_scores))]).sum()
+    cumulative = torch.cumsum(sorted_scores, dim=0) / total
     index = int(torch.searchsorted(cumulative, torch.tensor(threshold, dtype=cumulative.dtype)).item())
-    return sorted_scores[min(index, len(cumulative) - 1)]
+    if index >= len(sorted_scores) and len(sorted_scores) < scores.numel():
+        return torch.zeros((), dtype=scores.dtype)
+    return sorted_scores[min(index, len(sorted_scores) - 1)]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ per step (inverse-CDF sampling over tokens sorted by probability), so difference
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import threading
@@ -113,12 +112,17 @@ def _new_cache(gm: GemmaModel) -> Any:
     return DynamicCache(config=gm.model.config)
 
 
-@functools.lru_cache(maxsize=8)
-def _cache_keyword(forward_owner: type) -> str:
+_CACHE_KEYWORDS: dict[Any, str] = {}
+
+
+def _cache_keyword(forward_owner: Any) -> str:
     """The decoder's keyword for the KV cache: ``cache`` in current transformers (``past_key_values`` is
-    deprecated there for removal in 5.40), ``past_key_values`` in older versions."""
-    params = inspect.signature(forward_owner.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    deprecated there for removal in 5.40), ``past_key_values`` in older versions (read once per class)."""
+    keyword = _CACHE_KEYWORDS.get(forward_owner)
+    if keyword is None:
+        params = inspect.signature(forward_owner.forward).parameters
+        keyword = _CACHE_KEYWORDS[forward_owner] = "cache" if "cache" in params else "past_key_values"
+    return keyword
 
 
 def _decode(gm: GemmaModel, ids: torch.Tensor, cache: Any) -> torch.Tensor:

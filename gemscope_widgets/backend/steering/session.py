@@ -18,6 +18,7 @@ the current generation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -322,7 +323,7 @@ class SteeringSession:
             try:
                 result = generate(
                     self.model, self.prompt, specs or None, sae=self.sae, cancel=cancel,
-                    on_token=lambda step, b, s, gid=gid: self._stream(gid, step, b, s),
+                    on_token=functools.partial(self._stream, gid),
                     **settings,
                 )
             except Exception as exc:

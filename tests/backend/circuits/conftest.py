@@ -1,5 +1,5 @@
 """Transcoder sets for circuit tests (Gemma Scope 2 layout, calibrated random weights; see
-benchmarks/transcoder_fixture.py)."""
+gemscope_widgets/testing/transcoders.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.transcoder_fixture import write_calibrated_set
+from gemscope_widgets.testing.transcoders import write_calibrated_set
 
 
 @pytest.fixture(scope="session")

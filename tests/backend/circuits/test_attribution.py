@@ -340,3 +340,18 @@ def test_hub_set_offline(hub_cache, tiny_model):
     with pytest.raises(TranscoderSetError, match="width="):
         load_transcoders(repo, l0="small")
     assert math.isfinite(float(tset.b_enc(0).sum()))
+
+
+@pytest.mark.real_model
+def test_zero_positions_follow_circuit_tracer(real_model):
+    import dataclasses
+
+    from gemscope_widgets.backend.circuits.replacement import zero_positions
+
+    chat = real_model.prompt([{"role": "user", "content": "Hi there"}]).input_ids
+    plain = real_model.prompt("Hi there").input_ids
+    assert zero_positions(real_model, chat) == 1 and zero_positions(real_model, plain) == 1
+    it = dataclasses.replace(real_model, is_instruct=True)
+    # An instruction-tuned model with a chat prompt: <bos><start_of_turn>user\n carry no nodes (circuit-tracer).
+    assert zero_positions(it, chat) == 4
+    assert zero_positions(it, plain) == 1

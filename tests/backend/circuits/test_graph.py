@@ -110,3 +110,23 @@ def test_bad_shapes_are_refused():
     gr = random_graph()
     with pytest.raises(GraphError, match="adjacency_matrix has shape"):
         AttributionGraph(**{**gr.__dict__, "adjacency_matrix": torch.zeros(3, 3), "replacement": None})
+
+
+def test_find_threshold_matches_circuit_tracer_formula():
+    from gemscope_widgets.backend.circuits.graph import find_threshold
+
+    def full_sort(scores, threshold):  # circuit-tracer's find_threshold, sorting every score
+        s = torch.sort(scores, descending=True).values
+        cum = torch.cumsum(s, 0) / torch.sum(s)
+        return s[min(int(torch.searchsorted(cum, threshold)), len(cum) - 1)]
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        scores = torch.rand(n, generator=g) * (torch.rand(n, generator=g) < 0.3)
+        if trial % 5 == 0:
+            scores = scores.round(decimals=1)
+        if scores.sum() == 0:
+            continue
+        for t in (0.0, 0.3, 0.8, 0.98, 0.999, 1.0):
+            assert float(find_threshold(scores, t)) == float(full_sort(scores, t)), (trial, t)

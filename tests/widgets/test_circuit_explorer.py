@@ -1,0 +1,66 @@
+"""``scope.circuit``: attribution on the tiny Gemma 3, the view, the pane of a clicked feature, interventions."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemscope_widgets.scope import Scope
+from gemscope_widgets.widgets.circuit import Circuit, CircuitError, CircuitExplorer
+from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("set")
+    for layer in range(4):
+        write_gemma_scope_sae(
+            root / "transcoder_all" / f"layer_{layer}_width_64_l0_small_affine", kind="transcoder", layer=layer,
+            width=64, affine=True, seed=layer,
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def explorer(tiny_model, tiny_set):
+    return Scope(tiny_model).circuit("Paris is the capital of", transcoders=tiny_set, progress=False)
+
+
+def test_circuit_builds_graph_view_and_opens_the_clicked_features_pane(explorer):
+    assert isinstance(explorer, CircuitExplorer) and isinstance(explorer.circuit, Circuit)
+    graph = explorer.graph
+    assert graph.n_selected > 0
+    header = explorer.circuit._header
+    assert header["n_nodes_total"] == graph.n_nodes and header["n_edges"] > 0
+    assert explorer.pane is None
+    node = int(graph.node_influence()[: graph.n_selected].argmax())
+    explorer.circuit.clicked = node  # what a click in the view sets
+    pane = explorer.pane
+    _, layer, _, feature = graph.node_info(node)
+    assert pane is not None and pane.feature == feature
+    assert pane.sae.config.layer == layer and pane.sae.config.kind == "transcoder"
+    with pytest.raises(CircuitError, match="only feature nodes"):
+        explorer.show_feature(graph.token_slice.start)
+
+
+def test_intervening_from_the_view_reports_logit_changes(explorer):
+    graph = explorer.graph
+    view = explorer.circuit
+    view.selected = list(range(min(3, graph.n_selected)))
+    view._on_custom_msg(view, {"type": "intervene", "mode": "set", "value": 0.0}, [])
+    record = view.intervention
+    assert record["state"] == "done", record
+    assert record["nodes"] == view.selected and record["mode"] == "set"
+    tokens = graph.logit_token_strings
+    rows = record["rows"]
+    assert [r[0] for r in rows[: len(tokens)]] == tokens
+    before = [r[1] for r in rows[: len(tokens)]]
+    assert before == pytest.approx(graph.logit_probabilities.tolist(), abs=1e-4)
+
+
+def test_scaling_by_one_changes_nothing(explorer):
+    view = explorer.circuit
+    view.intervene([0], mode="scale", value=1.0)
+    rows = view.intervention["rows"]
+    for _, before, after in rows:
+        if before is not None and after is not None:
+            assert after == pytest.approx(before, abs=1e-5)
