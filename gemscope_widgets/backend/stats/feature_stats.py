@@ -267,7 +267,8 @@ class FeatureStats:
 
     def _feature_docs(self, f: int) -> torch.Tensor:
         docs = torch.cat([self._tensors[f"{kind}_doc"][f] for kind in KINDS if f"{kind}_doc" in self._tensors])
-        return torch.unique(docs[docs >= 0])
+        unique: torch.Tensor = torch.unique(docs[docs >= 0])
+        return unique
 
     def _build_inverted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         docs = torch.cat([self._tensors[f"{k}_doc"] for k in KINDS if f"{k}_doc" in self._tensors], dim=1)

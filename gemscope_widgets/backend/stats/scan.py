@@ -134,7 +134,8 @@ class ExampleTable:
             s = slice(a, a + _MERGE_ROWS)
             self._merge(rows[s], key[s], value[s], doc[s], pos[s], window[s])
 
-    def _merge(self, rows, key, value, doc, pos, window) -> None:
+    def _merge(self, rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor, doc: torch.Tensor,
+               pos: torch.Tensor, window: torch.Tensor) -> None:
         all_key = torch.cat([self.key[rows], key], 1)
         all_doc = torch.cat([self.doc[rows], doc], 1)
         tie = torch.where(all_doc < 0, torch.iinfo(torch.int64).max, all_doc)

@@ -47,7 +47,7 @@ KINDS = ("top", "quantile")
 # ---------------------------------------------------------------------- identity
 
 
-_DIGESTS: dict[int, tuple[weakref.ref, tuple[Any, ...], str]] = {}
+_DIGESTS: dict[int, tuple[weakref.ref[Any], tuple[Any, ...], str]] = {}
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -69,7 +69,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     flat = t.detach().reshape(-1).contiguous().cpu()
     raw = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(memoryview(raw.numpy()))
+    h.update(raw.numpy().data)
     digest = h.hexdigest()
     if version is not None:
         key = id(t)

@@ -112,7 +112,8 @@ def residual_sites(gm: GemmaModel) -> list[Site]:
 def _span(directions: Sequence[torch.Tensor]) -> torch.Tensor:
     """An orthonormal basis ``[d, k]`` of the directions' span (dependent directions add nothing)."""
     u, sv, _ = torch.linalg.svd(torch.stack(list(directions), dim=1), full_matrices=False)
-    return u[:, sv > sv.max() * 1e-6].contiguous()
+    basis: torch.Tensor = u[:, sv > sv.max() * 1e-6].contiguous()
+    return basis
 
 
 class SteeringPlan:
@@ -243,14 +244,16 @@ class SteeringPlan:
         kind = sae.config.kind
         if kind in ("sae", "transcoder"):
             x = xs[sae.config.hook_in]
-            return sae.decode(sae.encode(x), x)
+            out: torch.Tensor = sae.decode(sae.encode(x), x)
+            return out
         # CLT / crosscoder: stack the slots; a slot not computed yet (a later layer) cannot write here.
         points = sae.read_hook_points
         like = next(iter(xs.values()))
         stacked = torch.stack([xs[h].float() if h in xs else torch.zeros_like(like, dtype=torch.float32)
                                for h in points], dim=-2)
         slot = sae.config.hook_points_out.index(hook_point)
-        return sae.decode(sae.encode(stacked), stacked)[..., slot, :]
+        stacked_out: torch.Tensor = sae.decode(sae.encode(stacked), stacked)
+        return stacked_out[..., slot, :]
 
     def _steer(self, hook_point: str, entry: _WriteSite) -> HookFn:
         def fn(x: torch.Tensor) -> torch.Tensor | None:
