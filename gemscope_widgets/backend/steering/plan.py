@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.backend.dictionaries.placement import require_model_device
 from gemscope_widgets.backend.gemma.hooks import HookFn
 from gemscope_widgets.backend.gemma.sites import Site, resolve_site
 from gemscope_widgets.backend.steering.spec import ERROR_MODES, DirectionSpec, Spec, SteeringSpec, normalize_steering
@@ -152,6 +153,8 @@ class SteeringPlan:
             if not isinstance(spec, SteeringSpec):
                 continue
             sae = spec.sae
+            if spec.mode != "add" or error == "replace":  # the SAE itself runs at every step
+                require_model_device(sae, gm, f"steering feature {spec.feature} ({spec.mode})")
             if error == "replace" and sae.config.kind == "crosscoder" and len(sae.config.layers_in) > 1:
                 raise SteeringError(
                     f"error='replace' needs {sae.config.name}'s reconstruction, which reads later layers than "
