@@ -41,9 +41,10 @@ def require_model_device(sae: Any, gm: GemmaModel, purpose: str) -> None:
     if where.type != device.type:
         from gemscope_widgets.errors import DevicePlacementError
 
+        name = getattr(sae, "config", sae).name
         raise DevicePlacementError(
-            f"{sae.config.name} is on {where} but the model runs on {device}: {purpose} would copy activations "
-            f"between them at every step. Put it where the model is: Scope(model, sae) does, or "
+            f"{name} is on {where} but the model runs on {device}: {purpose} would copy activations between "
+            f"them at every step. Put it where the model is: Scope(model, sae) does, or "
             f"sae.to({str(device)!r})."
         )
 
