@@ -21,7 +21,8 @@ import torch
 from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.backend.stats import store
 from gemscope_widgets.backend.stats.corpus import tokenize_docs  # re-exported: its home is corpus.py
-from gemscope_widgets.backend.stats.scan import ProgressCallback, ScanParams
+from gemscope_widgets.backend.stats.scan import ProgressCallback
+from gemscope_widgets.backend.stats.scan_state import ScanParams
 from gemscope_widgets.errors import GemscopeError, StatsCacheError
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.stats.corpus import tokenize_docs
 from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-from gemscope_widgets.backend.stats.scan import reservoir_key as _reservoir_key
+from gemscope_widgets.backend.stats.scan_state import reservoir_key as _reservoir_key
 from gemscope_widgets.errors import FeatureIndexError, StatsCacheError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from tests.helpers import SCAN_CORPUS
