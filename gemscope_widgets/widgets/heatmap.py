@@ -159,6 +159,8 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
 
     def _stats_changed(self, _stats: Any) -> None:
         """A shown SAE's statistics changed: new densities and labels, and (when followed) colour maxima."""
+        if self._followed is None:
+            return
         scope, tokenized, rows, top_k, names, holders, follow = self._followed
         if follow:
             maxima = [_max_of(h.stats) for h in holders]
