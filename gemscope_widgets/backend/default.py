@@ -30,7 +30,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "max_frequency": 0.05,
     "dense_coefficient": 4.0,
 }
-DEMO_NAME = "gemma-3-270m_resid_post_layer_6_width_4k_l0_48_demo_v2"
+DEMO_NAME = "gemma-3-270m_resid_post_layer_6_width_4k_l0_48_demo_v3"
 DENSE_DENSITY = 0.10
 """A feature firing on more than this fraction of held-out tokens counts as dense in the quality card; the demo
 recipe's frequency penalty keeps such features under 1 % of the SAE."""
