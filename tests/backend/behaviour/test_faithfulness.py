@@ -84,3 +84,72 @@ def test_bad_input(tiny_model):
         cot_faithfulness(tiny_model, Q, COT, CUE, " 5", chat=False)
     with pytest.raises(FaithfulnessError, match="out of range"):
         cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS, chat=False, corrupt=(7, "x"), progress=False)
+
+
+def test_prefix_cache_runs_fewer_tokens_and_equals_plain_forwards(tiny_model):
+    """Contexts longer than the tiny model's sliding window (16): the shared prefix's cache is reused and the
+    scores still equal unbatched direct calls."""
+    from gemscope_widgets.backend.behaviour.faithfulness import score_answers
+
+    tok = tiny_model.tokenizer
+    texts = [Q + "\n" + COT[:n] + CUE for n in (0, 25, len(COT))]
+    contexts = [tok(t)["input_ids"] for t in texts]
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for a in ANSWERS]
+    assert len(contexts[-1]) > 2 * tiny_model.model.config.sliding_window
+    seen = []
+    handle = tiny_model.embed.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    try:
+        cached = score_answers(tiny_model, contexts, answers, prefix=contexts[-1]).logprobs
+        n_cached = sum(seen)
+        seen.clear()
+        plain = score_answers(tiny_model, contexts, answers).logprobs
+    finally:
+        handle.remove()
+    assert n_cached < 0.7 * sum(seen)  # without the cache every context runs in full
+    expected = [[direct_logprob(tiny_model, t, a, False) for a in ANSWERS] for t in texts]
+    np.testing.assert_allclose(cached, expected, rtol=1e-4)
+    np.testing.assert_allclose(plain, expected, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_transcoders(tiny_model, tmp_path_factory):
+    from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+    from gemscope_widgets.testing.transcoders import write_calibrated_set
+
+    root = write_calibrated_set(tiny_model, tmp_path_factory.mktemp("cot_tc"), width=64, l0=8, affine=True, seed=5)
+    return load_transcoders(root, "transcoder_all")
+
+
+def test_circuit_dependence_sums_graph_edges_by_region(tiny_model, tiny_transcoders):
+    """Oracle: the graph's edges into each answer-position feature summed by hand over the source nodes whose
+    position lies in the question, the chain or the cue (positions found by decoding, not offsets); the four parts
+    add up to the feature's pre-activation computed from the captured MLP input."""
+    from gemscope_widgets.backend.behaviour.faithfulness import CircuitDependence
+    from gemscope_widgets.backend.gemma.capture import capture
+
+    r = cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS[:2], chat=False, filler=None, corrupt=False,
+                         transcoders=tiny_transcoders, k=5, max_feature_nodes=None, progress=False)
+    dep = r.dependence
+    assert isinstance(dep, CircuitDependence) and dep.answer == r.final_answer
+    graph = dep.graph
+    ids = graph.input_tokens.tolist()
+    assert ids == tiny_model.tokenizer(r.contexts[-1])["input_ids"]
+    head, chain = len(Q + "\n"), len(Q + "\n" + COT)
+    starts = [len(tiny_model.tokenizer.decode(ids[1:j])) for j in range(len(ids))]
+    region = [0 if s < head else (1 if s < chain else 2) for s in starts]
+    assert {0, 1, 2} <= set(region)
+    assert 0 < len(dep.features) <= 5 and (dep.features[:, 1] == len(ids) - 1).all()
+    assert (np.diff(dep.influence) <= 1e-7).all()
+    acts = capture(tiny_model, graph.input_tokens[None], [f"model.layers.{L}.pre_feedforward_layernorm.output"
+                                                          for L in range(tiny_model.n_layers)], stop_early=False)
+    for i, (layer, pos, feature) in enumerate(dep.features.tolist()):
+        node = graph.node_index((layer, pos, feature))
+        sums = [0.0, 0.0, 0.0]
+        for j in range(graph.n_selected + (graph.n_layers + 1) * graph.n_pos):
+            sums[region[graph.node_info(j).pos]] += float(graph.adjacency_matrix[node, j])
+        np.testing.assert_allclose([dep.question[i], dep.chain_of_thought[i], dep.cue[i]], sums, rtol=1e-4, atol=1e-5)
+        x = acts[f"model.layers.{layer}.pre_feedforward_layernorm.output"][0, pos].float()
+        pre = float(x @ tiny_transcoders.w_enc(layer)[:, feature] + tiny_transcoders.b_enc(layer)[feature])
+        total = dep.question[i] + dep.chain_of_thought[i] + dep.cue[i] + dep.bias[i]
+        assert abs(total - pre) <= 1e-3 * max(1.0, abs(pre))
+    assert 0 <= dep.cot_share <= 1
