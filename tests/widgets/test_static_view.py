@@ -105,3 +105,44 @@ def test_steer_static_view_shows_both_texts(scope):
     for token in w.steered_tokens + w.baseline_tokens + w.prompt_tokens:
         assert (token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
                 .replace("'", "&#x27;").replace("\n", "↵\n")) in html
+
+
+SCRIPT = "</div><script>alert(1)</script>"
+
+
+def _escaped(token: str) -> str:
+    return (token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+            .replace("'", "&#x27;").replace("\n", "↵\n"))
+
+
+def test_chat_static_view_escapes_messages(scope):
+    import warnings
+
+    conv = [{"role": "system", "content": SCRIPT}, {"role": "user", "content": "Hi " + XSS},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": SCRIPT}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chat = scope.chat(conv, features=[3])
+    html = static_of(chat)
+    assert "Conversation" in html and "coloured by feature #3" in html and "base model" in html
+    assert "<script" not in html and "<img" not in html
+    assert "system (folded into the first user turn): &lt;/div&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<div") == html.count("</div>")  # the message's </div> did not close anything
+    assert [line for line in html.split("<b>") if line.startswith(("user", "model"))]
+    assert "strongest: #" in html  # each turn's summary
+    for token in chat._view["tokens"]:
+        assert _escaped(token) in html
+
+
+def test_contrast_static_view_escapes_prompts_and_lists_features(scope):
+    panel = scope.contrast("The fox " + XSS, "The dog " + SCRIPT, span="all", k=5)
+    html = static_of(panel.view)
+    rows = panel.view._view["rows"]
+    assert "Contrast" in html and f"coloured by feature #{rows[0]['feature']}" in html
+    assert "<script" not in html and "<img" not in html
+    for token in panel.view._view["a"]["tokens"] + panel.view._view["b"]["tokens"]:
+        assert _escaped(token) in html
+    assert html.count("<tr>") == len(rows) + 1 and html.count("<div") == html.count("</div>")
+    panel.view.selected_feature = rows[1]["feature"]
+    html = static_of(panel)
+    assert f"coloured by feature #{rows[1]['feature']}" in html and f"Feature {rows[1]['feature']}" in html
