@@ -86,16 +86,19 @@ def test_bad_input(tiny_model):
         cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS, chat=False, corrupt=(7, "x"), progress=False)
 
 
-def test_prefix_cache_runs_fewer_tokens_and_equals_plain_forwards(tiny_model):
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_vlm_model"])
+def test_prefix_cache_runs_fewer_tokens_and_equals_plain_forwards(which, request):
     """Contexts longer than the tiny model's sliding window (16): the shared prefix's cache is reused and the
-    scores still equal unbatched direct calls."""
+    scores still equal unbatched direct calls (both model classes: the VLM's decoder sits deeper)."""
     from gemscope_widgets.backend.behaviour.faithfulness import score_answers
+
+    tiny_model = request.getfixturevalue(which)
 
     tok = tiny_model.tokenizer
     texts = [Q + "\n" + COT[:n] + CUE for n in (0, 25, len(COT))]
     contexts = [tok(t)["input_ids"] for t in texts]
     answers = [tok(a, add_special_tokens=False)["input_ids"] for a in ANSWERS]
-    assert len(contexts[-1]) > 2 * tiny_model.model.config.sliding_window
+    assert len(contexts[-1]) > 2 * tiny_model.text_model.config.sliding_window
     seen = []
     handle = tiny_model.embed.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
     try:
