@@ -470,8 +470,8 @@ class CircuitDependence(FeatureDependence):
     answer's logit node, or on all logit nodes weighted by probability when the answer's first token is not one:
     ``answer_is_logit_node``). ``question``, ``chain_of_thought``, ``cue``: ``[k]`` each feature's input from the
     graph's nodes (features, errors, tokens) at positions of that region, its direct edges summed (the cue includes
-    the answer position itself); ``bias [k]``: the rest of its input (biases, unselected features), so the four sum
-    to its pre-activation. ``influence [k]``. ``totals``: each region's input summed over every feature node at the
+    the answer position itself); ``bias [k]``: the rest of its input (biases, unselected features, the ``<bos>``
+    position's nodes), so the four sum to its pre-activation. ``influence [k]``. ``totals``: each region's input summed over every feature node at the
     answer position. ``graph``: the graph itself (open it with ``CircuitExplorer``).
     """
 
@@ -515,6 +515,7 @@ def circuit_dependence(
     pos_of[graph.logit_slice] = n_pos - 1
     node_region = torch.from_numpy(region)[pos_of]
     node_region[graph.logit_slice] = -1  # logits are targets only
+    node_region[pos_of == 0] = -1  # <bos>: a constant of every prompt (an attention sink), counted with the biases
     hits = (graph.logit_tokens == answer[0]).nonzero().flatten()
     weights = torch.zeros(graph.n_nodes)
     if len(hits):

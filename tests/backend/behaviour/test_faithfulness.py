@@ -140,6 +140,7 @@ def test_circuit_dependence_sums_graph_edges_by_region(tiny_model, tiny_transcod
     head, chain = len(Q + "\n"), len(Q + "\n" + COT)
     starts = [len(tiny_model.tokenizer.decode(ids[1:j])) for j in range(len(ids))]
     region = [0 if s < head else (1 if s < chain else 2) for s in starts]
+    region[0] = 3  # <bos>: counted with the biases
     assert {0, 1, 2} <= set(region)
     assert 0 < len(dep.features) <= 5 and (dep.features[:, 1] == len(ids) - 1).all()
     assert (np.diff(dep.influence) <= 1e-7).all()
@@ -147,10 +148,11 @@ def test_circuit_dependence_sums_graph_edges_by_region(tiny_model, tiny_transcod
                                                           for L in range(tiny_model.n_layers)], stop_early=False)
     for i, (layer, pos, feature) in enumerate(dep.features.tolist()):
         node = graph.node_index((layer, pos, feature))
-        sums = [0.0, 0.0, 0.0]
+        sums = [0.0, 0.0, 0.0, 0.0]
         for j in range(graph.n_selected + (graph.n_layers + 1) * graph.n_pos):
             sums[region[graph.node_info(j).pos]] += float(graph.adjacency_matrix[node, j])
-        np.testing.assert_allclose([dep.question[i], dep.chain_of_thought[i], dep.cue[i]], sums, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose([dep.question[i], dep.chain_of_thought[i], dep.cue[i]], sums[:3], rtol=1e-4,
+                                   atol=1e-5)
         x = acts[f"model.layers.{layer}.pre_feedforward_layernorm.output"][0, pos].float()
         pre = float(x @ tiny_transcoders.w_enc(layer)[:, feature] + tiny_transcoders.b_enc(layer)[feature])
         total = dep.question[i] + dep.chain_of_thought[i] + dep.cue[i] + dep.bias[i]
