@@ -14,6 +14,7 @@ Circuits", Marks et al., 2024).
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -131,6 +132,15 @@ class CoTFaithfulness:
     @property
     def area_over_curve(self) -> float:
         return float(1.0 - self.agreement[:-1].mean()) if len(self.cuts) > 1 else 0.0
+
+    def _repr_html_(self) -> str:
+        """The curve as an inline SVG (:func:`~.faithfulness_plot.curve_svg`) and the summary numbers."""
+        from gemscope_widgets.backend.behaviour.faithfulness_plot import curve_svg
+
+        summary = f"final answer {self.final_answer!r} · area over the curve {self.area_over_curve:.3f}"
+        if isinstance(self.dependence, FeatureDependence):
+            summary += f" · reasoning share of the attribution {self.dependence.cot_share:.2f}"
+        return f'<div>{curve_svg(self)}<div style="font:12px sans-serif">{html.escape(summary)}</div></div>'
 
 
 def _template_prefix(gm: GemmaModel, question: str) -> str:
@@ -471,8 +481,9 @@ class CircuitDependence(FeatureDependence):
     ``answer_is_logit_node``). ``question``, ``chain_of_thought``, ``cue``: ``[k]`` each feature's input from the
     graph's nodes (features, errors, tokens) at positions of that region, its direct edges summed (the cue includes
     the answer position itself); ``bias [k]``: the rest of its input (biases, unselected features, the ``<bos>``
-    position's nodes), so the four sum to its pre-activation. ``influence [k]``. ``totals``: each region's input summed over every feature node at the
-    answer position. ``graph``: the graph itself (open it with ``CircuitExplorer``).
+    position's nodes), so the four sum to its pre-activation. ``influence [k]``. ``totals``: each region's input
+    summed over every feature node at the answer position. ``graph``: the graph itself (open it with
+    ``CircuitExplorer``).
     """
 
     influence: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))

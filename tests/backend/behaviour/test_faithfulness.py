@@ -158,3 +158,40 @@ def test_circuit_dependence_sums_graph_edges_by_region(tiny_model, tiny_transcod
         total = dep.question[i] + dep.chain_of_thought[i] + dep.cue[i] + dep.bias[i]
         assert abs(total - pre) <= 1e-3 * max(1.0, abs(pre))
     assert 0 <= dep.cot_share <= 1
+
+
+def test_curve_svg_draws_every_cut_and_escapes_answers(tiny_model):
+    """The notebook rendering: one polyline per answer through (cut, normalised probability) points, the corrupted
+    and filler companions, answers as escaped text; no script, no event handler."""
+    import re
+    from html.parser import HTMLParser
+
+    from gemscope_widgets.backend.behaviour.faithfulness_plot import _xy
+
+    answers = [" 5", ' <img src=x onerror="alert(1)">']
+    r = cot_faithfulness(tiny_model, Q, COT, CUE, answers, chat=False, progress=False)
+    html = r._repr_html_()
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: set[str] = set()
+            self.attrs: set[str] = set()
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.add(tag)
+            self.attrs.update(name for name, _ in attrs)
+
+    tags = Tags()
+    tags.feed(html)
+    assert "img" not in tags.tags and "script" not in tags.tags and not any(a.startswith("on") for a in tags.attrs)
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    n = len(r.cuts)
+    for a in range(len(answers)):
+        points = re.search(rf'data-answer="{a}"[^>]*points="([^"]+)"', html).group(1).split()
+        assert len(points) == n
+        got = [tuple(float(v) for v in p.split(",")) for p in points]
+        expected = [_xy(c, r.curve.normalized[c, a], n) for c in range(n)]
+        np.testing.assert_allclose(got, expected, atol=0.01)
+    assert 'class="gs-cot-corrupted"' in html and 'class="gs-cot-filler"' in html
+    assert f"area over the curve {r.area_over_curve:.3f}" in html
