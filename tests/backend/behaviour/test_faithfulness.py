@@ -195,3 +195,13 @@ def test_curve_svg_draws_every_cut_and_escapes_answers(tiny_model):
         np.testing.assert_allclose(got, expected, atol=0.01)
     assert 'class="gs-cot-corrupted"' in html and 'class="gs-cot-filler"' in html
     assert f"area over the curve {r.area_over_curve:.3f}" in html
+
+
+def test_answer_rows_share_stems():
+    """Answers are read from as few rows as their stems allow: " 4" and " 42" (▁ 4, ▁ 4 2) from one row."""
+    from gemscope_widgets.backend.behaviour.faithfulness import _answer_rows
+
+    assert _answer_rows([[9, 4], [9, 5], [9, 6]]) == ([[9]], [0, 0, 0])
+    assert _answer_rows([[9, 4], [9, 4, 2], [7]]) == ([[9, 4]], [0, 0, 0])
+    rows, where = _answer_rows([[1, 2, 3], [4, 5], [1, 6]])
+    assert sorted(map(tuple, rows)) == [(1, 2), (4,)] and [tuple(rows[w]) for w in where] == [(1, 2), (4,), (1, 2)]
