@@ -224,8 +224,11 @@ def score_answers(
     causal attention means padding never reaches a scored position), keeping logits for the answer positions only.
     ``prefix`` (token ids, ``<bos>`` first): contexts that begin with part of it reuse its key/value cache, computed
     once, for that shared part (exact: a position's keys and values depend only on the tokens before it), so only
-    each context's own tail and the answer tokens are run; skipped when the prefix would not fit the model's
-    sliding attention window. ``progress`` is called once per context.
+    each context's own tail and the answer tokens are run. The cache keeps every position (a plain ``DynamicCache``)
+    and the attention mask applies the sliding window, so contexts longer than the window are exact too (tested on a
+    model whose window is shorter than its contexts). ``progress`` is called once per context.
+
+    Returns :class:`AnswerScores` with ``logprobs [len(contexts), len(answers)]`` (float64, nats).
     """
     out = np.zeros((len(contexts), len(answers)), dtype=np.float64)
     rows, where = _answer_rows(answers)
@@ -258,7 +261,8 @@ def score_answers(
             logits = gm.model(input_ids=ids, logits_to_keep=span, **kwargs).logits.float()
             logp = torch.log_softmax(logits, dim=-1).double()  # [R, span, V]: position j predicts answer token j
             for r, answer in enumerate(answers):
-                picked = logp[where[r], torch.arange(len(answer)), torch.tensor(answer, device=logp.device)]
+                positions = torch.arange(len(answer), device=logp.device)
+                picked = logp[where[r], positions, torch.tensor(answer, device=logp.device)]
                 out[i, r] = float(picked.sum())
             if progress is not None:
                 progress()
