@@ -7,22 +7,15 @@ import json
 
 import pytest
 
+from tests.fixtures.tiny_scope import KERNEL_SETUP
+
 pytestmark = pytest.mark.browser
 
 XSS = "<img src=x onerror=alert(1)>"
-SETUP = f"""
-import json, pathlib, tempfile, warnings
+SETUP = KERNEL_SETUP + f"""
+import json, warnings
 warnings.simplefilter("ignore")
-from gemscope_widgets.testing.tiny import TINY_NAME, build_tiny_checkpoint
-from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from tests.helpers import active_feature
-from gemscope_widgets.backend.gemma.model import load_model
-from gemscope_widgets.backend.dictionaries.loading import load_sae
-from gemscope_widgets import Scope
-_root = pathlib.Path(tempfile.mkdtemp())
-gm = load_model(build_tiny_checkpoint(_root / "tiny"), device="cpu", dtype="float32", name=TINY_NAME)
-sae = load_sae(write_gemma_scope_sae(_root / "resid_post/layer_1_width_16k_l0_medium", kind="sae", layer=1, seed=10))
-scope = Scope(gm, sae)
 XSS = {XSS!r}
 CONV = [{{"role": "user", "content": "Where is the fox? " + XSS}}, {{"role": "assistant", "content": "In the wood."}},
         {{"role": "user", "content": "And the dog?"}}]
