@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   bash run.sh lab     set everything up, then open JupyterLab on examples/quickstart.ipynb
-#   bash run.sh test    set everything up, then run lint and the whole test suite
+#   bash run.sh test    set everything up, then run lint and the whole test suite, then the backend tests again
+#                       against the lowest transformers pyproject.toml declares (a second venv, set up once)
 #   bash run.sh bench   set everything up (with the peer libraries), then run the full benchmark
 #   bash run.sh setup   only set up
 # Set-up is skipped when nothing it depends on changed since it last succeeded (a stamp in the venv);
 # GEMSCOPE_SETUP=force redoes it, GEMSCOPE_SETUP=skip never runs it (a venv you manage yourself),
 # GEMSCOPE_SETUP=check only says whether it is current (exit status 0) or would run (exit status 3).
+# GEMSCOPE_LOWEST=0 skips the lowest-versions run of `test`; it is also skipped when `test` is given pytest
+# arguments (a selection of your own), unless GEMSCOPE_LOWEST=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -30,7 +33,8 @@ setup_inputs_hash() {
     "$PY" -VV 2>&1 || true
     readlink -f "$PY" || true
     cat run.sh pyproject.toml package.json package-lock.json 2>/dev/null || true
-    find js -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    # Sources only: tools write caches (vite, tsc) that must not make a finished set-up look stale.
+    find js -name node_modules -prune -o -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -71,6 +75,45 @@ setup_python() {
   "$VENV/bin/jupyter" labextension disable "@jupyterlab/apputils-extension:announcements" >/dev/null 2>&1 || true
 }
 
+# The backend tests also run against the lowest transformers that pyproject.toml declares, in their own venv
+# (torch stays at the pinned release): the declared minimum is the version tested.
+LOWEST_VENV="${GEMSCOPE_LOWEST_VENV:-$VENV-lowest}"
+LOWEST_PY="$LOWEST_VENV/bin/python"
+LOWEST_STAMP="$LOWEST_VENV/.gemscope-setup-lowest"
+LOWEST_TESTS=(tests/backend tests/test_scope.py tests/test_cache.py -m "not browser and not slow")
+
+lowest_transformers() {
+  sed -n 's/^ *"transformers>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml
+}
+
+lowest_inputs_hash() {
+  {
+    echo "root=$ROOT transformers=$(lowest_transformers)"
+    "$LOWEST_PY" -VV 2>&1 || true
+    cat run.sh pyproject.toml 2>/dev/null || true
+  } | sha256sum | cut -d' ' -f1
+}
+
+setup_lowest() {
+  local version
+  version=$(lowest_transformers)
+  [ -n "$version" ] || { echo "pyproject.toml declares no transformers>=X minimum"; exit 1; }
+  case "${GEMSCOPE_SETUP:-auto}" in
+    skip) [ -x "$LOWEST_PY" ] || { echo "GEMSCOPE_SETUP=skip and no $LOWEST_VENV: set it up once without skip"; exit 1; }
+          return ;;
+    force) rm -f "$LOWEST_STAMP" ;;
+  esac
+  if [ ! -f "$LOWEST_STAMP" ] || [ "$(cat "$LOWEST_STAMP")" != "$(lowest_inputs_hash)" ]; then
+    say "setting up $LOWEST_VENV with transformers==$version (once)"
+    [ -x "$LOWEST_PY" ] || python3 -m venv "$LOWEST_VENV"
+    pipl() { "$LOWEST_PY" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+    pipl --upgrade pip
+    pipl torch==2.13.0
+    pipl -e ".[gguf]" "torch==2.13.0" "transformers==$version" "pytest>=8" "pytest-timeout>=2" "nbformat>=5.9"
+    lowest_inputs_hash > "$LOWEST_STAMP"
+  fi
+}
+
 [ "${GEMSCOPE_SETUP:-auto}" = check ] && { setup_is_current && exit 0; exit 3; }
 setup_system
 case "${GEMSCOPE_SETUP:-auto}" in
@@ -107,7 +150,14 @@ case "$mode" in
     npm run --silent typecheck
     npm test --silent
     say "pytest"
-    exec "$PY" -m pytest "$@"
+    status=0
+    "$PY" -m pytest "$@" || status=$?
+    if [ "${GEMSCOPE_LOWEST:-}" = 1 ] || { [ -z "${GEMSCOPE_LOWEST:-}" ] && [ $# -eq 0 ]; }; then
+      setup_lowest
+      say "pytest, backend only, transformers==$(lowest_transformers) (${LOWEST_TESTS[*]})"
+      "$LOWEST_PY" -m pytest -p no:cacheprovider "${LOWEST_TESTS[@]}" || status=$?
+    fi
+    exit "$status"
     ;;
   bench)
     exec "$PY" -m benchmarks "$@"

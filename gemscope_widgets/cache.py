@@ -7,7 +7,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -55,3 +55,17 @@ def staged_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_once(path: Path, is_ready: Callable[[Path], bool], build: Callable[[], object]) -> Path:
+    """Return ``path``, first running ``build()`` under its file lock unless ``is_ready(path)``.
+
+    Concurrent callers (a notebook kernel and a test run) wait on one lock (``<path>.lock`` beside it); only the
+    first builds, the others then find the artefact ready. ``build`` should write through :func:`staged_dir`.
+    """
+    if is_ready(path):
+        return path
+    with file_lock(path.parent / f"{path.name}.lock"):
+        if not is_ready(path):
+            build()
+    return path

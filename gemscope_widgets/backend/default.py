@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from gemscope_widgets.backend.gemma.embedded import EMBEDDED_NAME
-from gemscope_widgets.cache import cache_dir, file_lock
+from gemscope_widgets.cache import build_once, cache_dir
 
 # Bump the version whenever the recipe changes, so stale caches are not reused.
 DEMO_RECIPE: dict[str, Any] = {
@@ -75,16 +75,14 @@ def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
     from gemscope_widgets.backend.training.train import train_sae
 
     path = demo_sae_path()
-    if is_trained(path):
-        return path
-    with file_lock(path.parent / f"{DEMO_NAME}.lock"):
-        if is_trained(path):
-            return path
-        collector = _collection_model(gm, progress)
+
+    def build() -> None:
         recipe = dict(DEMO_RECIPE)
         layer = recipe.pop("layer")
+        collector = _collection_model(gm, progress)
         train_sae(collector, layer, corpus=default_training_texts(), out_dir=path, progress=progress, **recipe)
-    return path
+
+    return build_once(path, is_trained, build)
 
 
 def ensure_demo_stats(gm: Any, sae: Any, *, progress: bool = True) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gemscope_widgets.cache import cache_dir, file_lock
+from gemscope_widgets.cache import build_once, cache_dir
 
 # Bump the name whenever the recipe changes, so stale caches are not reused.
 DEMO_TRANSCODER_RECIPE: dict[str, Any] = {
@@ -71,15 +71,13 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
     from gemscope_widgets.backend.training.transcoders import train_transcoders
 
     root = demo_transcoders_path()
-    if is_trained(root):
-        return root
-    with file_lock(root.parent / f"{DEMO_TRANSCODERS_NAME}.lock"):
-        if is_trained(root):
-            return root
+
+    def build() -> None:
         collector = _collection_model(gm, progress)
         texts = default_training_texts()
         train_transcoders(collector, root, corpus=texts, progress=progress, **DEMO_TRANSCODER_RECIPE)
-    return root
+
+    return build_once(root, is_trained, build)
 
 
 def load_demo_transcoders(gm: Any | None = None, *, device: Any = None, progress: bool = True) -> list[Any]:

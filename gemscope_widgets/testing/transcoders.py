@@ -5,6 +5,7 @@ circuit-tracer peer check and the circuit benchmarks."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def write_calibrated_set(
     name = model_name if model_name is not None else gm.name
     suffix = "_affine" if affine else ""
     per_layer = width // len(layers) if kind == "clt" else width
-    slots = []
+    slots: list[Mapping[str, torch.Tensor]] = []
     for i in layers:
         x = acts[READ.format(L=i)][0, 1:].float()
         y = acts[WRITE.format(L=i)][0, 1:].float()

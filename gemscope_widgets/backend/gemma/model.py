@@ -251,8 +251,9 @@ def load_model(
     hf_logging.set_verbosity_error()  # the "generation flags" chatter is not for our users
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=target_dtype, use_safetensors=True, **kwargs,
-                                                     **placement)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            location, use_safetensors=True, **{_dtype_keyword(): target_dtype}, **kwargs, **placement
+        )
     except (OSError, ValueError) as exc:
         offline = hub_offline()
         hint = (
@@ -269,6 +270,15 @@ def load_model(
     if target_device.type != "cpu" and device_map is None:
         model.to(target_device)
     return wrap_model(model, tokenizer, canonical)
+
+
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, ``torch_dtype`` before (4.53-4.55
+    ignore ``dtype`` and pass it on to the model's ``__init__``)."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
 
 
 def execution_device(model: nn.Module) -> torch.device:

@@ -105,6 +105,10 @@ def check_settings(max_new_tokens: Any, temperature: Any, top_p: Any, frequency_
 def _new_cache(gm: GemmaModel) -> Any:
     from transformers import DynamicCache
 
+    # Before transformers 4.56 the cache takes no config (it then keeps every position; the sliding-window
+    # layers mask what they do not attend to, so the result is the same).
+    if "config" not in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache()
     return DynamicCache(config=gm.model.config)
 
 

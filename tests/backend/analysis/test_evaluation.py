@@ -30,7 +30,10 @@ def by_hand(gm, sae, texts, layer):
     for ids in tokenize_docs(gm, texts, 64):
         ids_t = torch.tensor([ids])
         seen = {}
-        h = gm.layers[layer].register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("x", o))
+        # A decoder layer returns a tuple in transformers 4.x and the hidden state alone in 5.x.
+        h = gm.layers[layer].register_forward_hook(
+            lambda m, a, o, seen=seen: seen.__setitem__("x", o[0] if isinstance(o, tuple) else o)
+        )
         with torch.no_grad():
             logits = gm.model(input_ids=ids_t).logits
         h.remove()
@@ -45,9 +48,9 @@ def by_hand(gm, sae, texts, layer):
         loss["clean"].append(F.cross_entropy(logits[0, :-1], ids_t[0, 1:], reduction="none"))
         for label, new in (("spliced", recon), ("zero", torch.zeros_like(recon))):
             def replace(m, a, o, new=new):
-                o = o.clone()
-                o[0, 1:] = new
-                return o
+                x = (o[0] if isinstance(o, tuple) else o).clone()
+                x[0, 1:] = new
+                return (x, *o[1:]) if isinstance(o, tuple) else x
 
             h = gm.layers[layer].register_forward_hook(replace)
             with torch.no_grad():

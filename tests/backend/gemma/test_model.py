@@ -78,6 +78,10 @@ def test_hub_id_loads_from_the_cache_offline(tiny_model_path, tmp_path, monkeypa
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    # transformers 4.x copies the cache folder into its own module at import time.
+    import transformers.utils.hub as transformers_hub
+
+    monkeypatch.setattr(transformers_hub, "TRANSFORMERS_CACHE", str(tmp_path), raising=False)
     gm = load_model("someorg/gemma-3-tiny-it", device="cpu")
     assert gm.name == "someorg/gemma-3-tiny-it"
     assert gm.is_instruct
