@@ -88,8 +88,7 @@ def test_graph_widget_without_a_model_is_the_view_alone(explorer, tmp_path):
 @pytest.fixture(scope="module")
 def clt_explorer(tiny_model, tmp_path_factory):
     root = write_calibrated_set(tiny_model, tmp_path_factory.mktemp("clt"), width=256, l0=8, kind="clt", seed=3)
-    return Scope(tiny_model).circuit("Paris is the capital of", transcoders=next((root / "clt").iterdir()),
-                                     progress=False)
+    return Scope(tiny_model).circuit("Paris is the capital of", transcoders=root, progress=False)  # finds clt/
 
 
 def test_clicking_a_clt_feature_opens_the_clt_pane_at_its_index_across_layers(clt_explorer):
