@@ -198,6 +198,11 @@ def features_case(gm: Any, sae: Any, sae_error: str | None, prompt: Any, p: Peer
     return rows
 
 
+def target(text: str, met: bool | None, measured: Any) -> dict[str, Any]:
+    """One target row of a report: ``measured()`` is only called when both sides were measured."""
+    return {"text": text, "met": met, "measured": measured() if met is not None else "missing"}
+
+
 def features_targets(rows: list[dict], label: str) -> list[dict]:
     by = {r["name"]: r for r in rows if r.get("dtype") == label and "value" in r}
     ours = by.get(OURS_FEATURES)
@@ -205,23 +210,15 @@ def features_targets(rows: list[dict], label: str) -> list[dict]:
     peer_names = [HF_EARLY, NN_STOP]
     fastest = min((by[n]["value"] for n in peer_names if n in by), default=None)
     met = None if ours is None or fastest is None else ours["value"] <= fastest
-    out.append(
-        {
-            "text": f"{label}: ours no slower than the fastest peer path",
-            "met": met,
-            "measured": f"ours {ours['value']:.1f} ms vs {fastest:.1f} ms" if met is not None else "missing",
-        }
-    )
+    out.append(target(
+        f"{label}: ours no slower than the fastest peer path", met,
+        lambda: f"ours {ours['value']:.1f} ms vs {fastest:.1f} ms"))
     tl = by.get(TL_FEATURES)
     need = 2.0 if label == "fp32" else 3.0
     met = None if ours is None or tl is None else tl["value"] / ours["value"] >= need
-    out.append(
-        {
-            "text": f"{label}: ≥ {need:.0f}× faster than TransformerLens + SAELens",
-            "met": met,
-            "measured": f"{tl['value'] / ours['value']:.2f}×" if met is not None else "missing",
-        }
-    )
+    out.append(target(
+        f"{label}: ≥ {need:.0f}× faster than TransformerLens + SAELens", met,
+        lambda: f"{tl['value'] / ours['value']:.2f}×"))
     return out
 
 
@@ -337,21 +334,13 @@ def generation_targets(rows: list[dict], label: str) -> list[dict]:
     ours, base = by.get(OURS_GEN), by.get(HF_GEN)
     out = []
     met = None if ours is None or base is None else ours["value"] >= 0.9 * base["value"]
-    out.append(
-        {
-            "text": f"{label}: steered stream ≥ 0.9× plain generate tok/s",
-            "met": met,
-            "measured": f"{ours['value'] / base['value']:.2f}×" if met is not None else "missing",
-        }
-    )
+    out.append(target(
+        f"{label}: steered stream ≥ 0.9× plain generate tok/s", met,
+        lambda: f"{ours['value'] / base['value']:.2f}×"))
     met = None if ours is None or base is None else 2 * ours["value"] >= 1.6 * base["value"]
-    out.append(
-        {
-            "text": f"{label}: baseline + steered pair ≥ 1.6× single-stream tok/s",
-            "met": met,
-            "measured": f"{2 * ours['value'] / base['value']:.2f}×" if met is not None else "missing",
-        }
-    )
+    out.append(target(
+        f"{label}: baseline + steered pair ≥ 1.6× single-stream tok/s", met,
+        lambda: f"{2 * ours['value'] / base['value']:.2f}×"))
     return out
 
 
@@ -426,13 +415,7 @@ def scan_targets(rows: list[dict], label: str) -> list[dict]:
     by = {r["name"]: r for r in rows if r.get("dtype") == label and "value" in r}
     ours, base = by.get(OURS_SCAN), by.get(BARE_SCAN)
     met = None if ours is None or base is None else ours["value"] >= 0.8 * base["value"]
-    return [
-        {
-            "text": f"{label}: scan ≥ 0.8× bare forward tokens/s",
-            "met": met,
-            "measured": f"{ours['value'] / base['value']:.2f}×" if met is not None else "missing",
-        }
-    ]
+    return [target(f"{label}: scan ≥ 0.8× bare forward tokens/s", met, lambda: f"{ours['value'] / base['value']:.2f}×")]
 
 
 # --- case 4 -------------------------------------------------------------------------------------------
@@ -551,10 +534,6 @@ def load_targets(rows: list[dict]) -> list[dict]:
     ours = by.get("ours: load_model (embedded default) peak RSS")
     hf = by.get("HF AutoTokenizer + AutoModelForCausalLM peak RSS")
     met = None if ours is None or hf is None else ours["value"] <= 1.25 * hf["value"]
-    return [
-        {
-            "text": "load: no second copy of the weights (peak RSS ≤ 1.25× plain HF)",
-            "met": met,
-            "measured": f"{ours['value']:.0f} MB vs {hf['value']:.0f} MB" if met is not None else "missing",
-        }
-    ]
+    return [target(
+        "load: no second copy of the weights (peak RSS ≤ 1.25× plain HF)", met,
+        lambda: f"{ours['value']:.0f} MB vs {hf['value']:.0f} MB")]

@@ -41,6 +41,10 @@ class SAEModelMismatch(GemscopeError):
     """The SAE was trained for another model, width, layer or site."""
 
 
+class DevicePlacementError(GemscopeError):
+    """An SAE and the model run on different kinds of device where that would copy activations every step."""
+
+
 class PromptError(GemscopeError):
     """The prompt is empty, too long or malformed."""
 

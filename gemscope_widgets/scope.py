@@ -193,8 +193,3 @@ class Scope:
             holder.subscribe(labels.set_stats)
             self._labels[key] = labels
         return self._labels[key]
-
-    @property
-    def _stats(self) -> dict[str, Any]:
-        """Read-only snapshot ``{sae config name: FeatureStats}`` of the statistics known so far."""
-        return {h.sae.config.name: h.stats for h in self._holders.values() if h.stats is not None}

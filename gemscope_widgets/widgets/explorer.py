@@ -56,7 +56,7 @@ class Explorer(ipywidgets.VBox):
             self.panes[name] = pane
         elif pane.feature != feature:
             pane.show(feature)
-        if self.children[-1] is not pane:
+        if self.pane is not pane:
             self.children = (self.heatmap, pane)
         return pane
 

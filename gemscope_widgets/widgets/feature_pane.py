@@ -73,7 +73,7 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
     """``{"top": [[token, value], ...], "bottom": [...]}``: the feature's direct effect on the next token."""
     histogram = traitlets.Dict().tag(sync=True)
     """``{"edges": f32 bytes [n+1], "counts": f32 bytes [n]}`` of the non-zero activations; {} when unknown."""
-    related = traitlets.List().tag(sync=True)
+    related: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     """``[{"feature", "score", "kind", "explanation"}]``: decoder-cosine neighbours, then co-activating ones."""
     examples = traitlets.Dict().tag(sync=True)
     """One page of max-activating examples: ``{"kind", "start", "total", "items": [{tokens, values, peak, value}]}``
@@ -82,7 +82,7 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
     """One page of quantile examples (below the max), same layout as ``examples``."""
     test = traitlets.Dict().tag(sync=True)
     """The "test your own text" result: ``{"text", "tokens", "special", "values" (f32 bytes), "error"}``."""
-    scan = traitlets.Dict({"state": "idle"}).tag(sync=True)
+    scan: traitlets.Dict[str, Any] = traitlets.Dict({"state": "idle"}).tag(sync=True)
     """Scan progress: ``{"state": "idle"|"running"|"done"|"error", "done", "total", "message"}``."""
     page_size = traitlets.Int(5).tag(sync=True)
     """Examples per page."""

@@ -159,6 +159,8 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
 
     def _stats_changed(self, _stats: Any) -> None:
         """A shown SAE's statistics changed: new densities and labels, and (when followed) colour maxima."""
+        if self._followed is None:
+            return
         scope, tokenized, rows, top_k, names, holders, follow = self._followed
         if follow:
             maxima = [_max_of(h.stats) for h in holders]
@@ -167,7 +169,24 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
                 info["name"] = name
             with self.hold_sync():
                 self._header, self._data = header, data
-        self.feature_info = _feature_info(scope, names, self.payload, self.top_n)
+        self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self._selected_by_sae())
+
+    @traitlets.observe("top_n", "selected_feature", "sae_index")
+    def _info_follows_the_view(self, change: traitlets.Bunch) -> None:
+        """More columns, or a selected feature outside them (a chip click, ``select``): label those too.
+
+        Labels are cached per SAE, so this costs only the features not labelled yet."""
+        if self._followed is None:
+            return
+        if change["name"] == "selected_feature":
+            f = self.selected_feature
+            if f < 0 or str(f) in self.feature_info.get(str(self.sae_index), {}).get("labels", {}):
+                return
+        scope, names = self._followed[0], self._followed[4]
+        self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self._selected_by_sae())
+
+    def _selected_by_sae(self) -> dict[int, set[int]]:
+        return {self.sae_index: {self.selected_feature}} if self.selected_feature >= 0 else {}
 
     # --- validation -------------------------------------------------------------------------------
 
@@ -310,9 +329,11 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         return heatmap_html(self)
 
 
-def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int) -> dict[str, Any]:
+def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int,
+                  also: Mapping[int, set[int]] | None = None) -> dict[str, Any]:
     """Densities (from statistics already known; nothing is scanned) and labels for the features the view
-    can show first: each ranking's top ``top_n`` columns per prompt and each token's strongest features."""
+    can show: each ranking's top ``top_n`` columns per prompt, each token's strongest features, and the
+    features in ``also`` (by SAE index: a selection outside the columns)."""
     out: dict[str, Any] = {"dense_above": DENSE_ABOVE}
     for s, name in enumerate(names):
         stats = scope.stats_holder(name).find_cached()
@@ -325,7 +346,7 @@ def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int
             values = stats.density
             density = {str(f): float(values[f]) for f in sorted(present)}
         dense = {int(f) for f, d in density.items() if d > DENSE_ABOVE}
-        wanted: set[int] = set()
+        wanted: set[int] = set((also or {}).get(s, ()))
         for p in range(payload.n_prompts):
             for by in RANKS:
                 wanted.update(payload.top_features(p, s, top_n, by, dense))

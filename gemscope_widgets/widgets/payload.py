@@ -250,7 +250,7 @@ class Block:
         """``[T, width]`` float32 with zeros where the payload has no entry."""
         n_rows = len(self.indptr) - 1
         out = np.zeros((n_rows, self.width), dtype=np.float32)
-        rows = np.repeat(np.arange(n_rows), np.diff(self.indptr.astype(np.int64)))
+        rows = np.repeat(np.arange(n_rows), np.diff(self.indptr).astype(np.int64))
         out[rows, self.indices.astype(np.int64)] = self.values.astype(np.float32)
         return out
 
@@ -339,9 +339,8 @@ class Payload:
 
 def decode_payload(header: dict[str, Any] | str, blob: bytes | memoryview) -> Payload:
     """The inverse of :func:`encode_payload` (the header may be its JSON text)."""
-    if isinstance(header, str):
-        header = json.loads(header)
-    return Payload(header, blob)
+    parsed: dict[str, Any] = json.loads(header) if isinstance(header, str) else header
+    return Payload(parsed, blob)
 
 
 def payload_nbytes(header: dict[str, Any], blob: bytes) -> int:

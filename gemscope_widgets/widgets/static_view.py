@@ -52,7 +52,7 @@ def _token_text(token: str) -> str:
 
 def tokens_html(
     tokens: Sequence[str],
-    values: Sequence[float] | None = None,
+    values: Sequence[float] | np.ndarray | None = None,
     scale: float = 0.0,
     *,
     special: Sequence[bool] | None = None,
@@ -188,12 +188,12 @@ def feature_pane_html(widget: Any) -> str:
     for label, key in (("Promotes", "top"), ("Suppresses", "bottom")):
         rows = logits.get(key) or []
         if rows:
-            items = " ".join(
+            shown_tokens = " ".join(
                 f'<span style="font-family:monospace;white-space:pre-wrap">{_e(_token_text(str(tok)))}</span>'
                 f' <span style="{_NOTE}">{_e(format_value(val))}</span>'
                 for tok, val in rows
             )
-            parts.append(f"<div><b>{label}</b>: {items}</div>")
+            parts.append(f"<div><b>{label}</b>: {shown_tokens}</div>")
     related = widget.related or []
     if related:
         chips = ", ".join(f"#{int(r['feature'])} ({_e(format_value(r['score']))})" for r in related)
@@ -201,7 +201,8 @@ def feature_pane_html(widget: Any) -> str:
     page = widget.examples or {}
     items = page.get("items") or []
     max_act = info.get("max_act")
-    scale = float(max_act) if isinstance(max_act, (int, float)) and max_act > 0 else (items[0]["value"] if items else 0)
+    scale = float(max_act) if isinstance(max_act, (int, float)) and max_act > 0 else (
+        float(items[0]["value"]) if items else 0.0)
     if items:
         parts.append(f"<div><b>Top activations</b> ({len(items)} of {int(page.get('total') or 0)})</div>")
         for ex in items:

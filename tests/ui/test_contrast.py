@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fixtures.tiny_scope import KERNEL_SETUP
+
 pytestmark = pytest.mark.browser
 
-SETUP = """
-import pathlib, tempfile
-from tests.fixtures.models import TINY_NAME, build_tiny_checkpoint
-from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-from gemscope_widgets.backend.gemma.model import load_model
-from gemscope_widgets.backend.dictionaries.loading import load_sae
-from gemscope_widgets import Scope
-_root = pathlib.Path(tempfile.mkdtemp())
-gm = load_model(build_tiny_checkpoint(_root / "tiny"), device="cpu", dtype="float32", name=TINY_NAME)
-sae = load_sae(write_gemma_scope_sae(_root / "resid_post/layer_1_width_16k_l0_medium", kind="sae", layer=1, seed=10))
-scope = Scope(gm, sae)
-"""
+SETUP = KERNEL_SETUP
 HEATMAP = """
 hm = scope.heatmap("Paris is the capital of France. The quick brown fox.", top_n=8, progress=False)
 _f = hm.top_features(0)[0]

@@ -8,19 +8,9 @@ import pytest
 pytestmark = pytest.mark.browser
 
 SETUP = """
-import tempfile
-from pathlib import Path
-from tests.fixtures.models import build_tiny_checkpoint
-from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-from gemscope_widgets.backend.gemma.model import load_model
-from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
-from gemscope_widgets.scope import Scope
-
-root = Path(tempfile.mkdtemp())
-gm = load_model(build_tiny_checkpoint(root / "model"), device="cpu", dtype="float32", name="tiny-gemma-3")
-sae = load_sae_folder(write_gemma_scope_sae(root / "resid_post/layer_1_width_16k_l0_medium", kind="sae",
-                                            site="resid_post", layer=1, width=48, seed=7, threshold=0.3))
-scope = Scope(gm, sae, check=False)
+from tests.fixtures.tiny_scope import tiny_scope
+scope = tiny_scope(width=48, seed=7, threshold=0.3)
+gm, sae = scope.model, scope.sae()
 ex = scope.explore("The capital of France is Paris. The quick brown fox.", top_n=3, progress=False)
 ex
 """

@@ -10,21 +10,11 @@ import pytest
 pytestmark = pytest.mark.browser
 
 SETUP = """
-import tempfile
-from pathlib import Path
-from gemscope_widgets.testing.tiny import build_tiny_checkpoint
-from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from tests.helpers import SCAN_CORPUS as CORPUS, SCAN_PARAMS as PARAMS
-from gemscope_widgets.backend.gemma.model import load_model
-from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-from gemscope_widgets.scope import Scope
-
-root = Path(tempfile.mkdtemp())
-gm = load_model(build_tiny_checkpoint(root / "model"), device="cpu", dtype="float32", name="tiny-gemma-3")
-sae = load_sae_folder(write_gemma_scope_sae(root / "resid_post/layer_1_width_16k_l0_medium", kind="sae",
-                                            site="resid_post", layer=1, width=48, seed=7, threshold=0.3))
-scope = Scope(gm, sae, check=False)
+from tests.fixtures.tiny_scope import tiny_scope
+scope = tiny_scope(width=48, seed=7, threshold=0.3)
+gm, sae = scope.model, scope.sae()
 stats = FeatureStats.scan(gm, sae, CORPUS, cache=False, progress=False, **PARAMS)
 scope.stats_holder().set(stats)
 ex = scope.explore("The capital of France is Paris. The quick brown fox.", progress=False)

@@ -10,16 +10,11 @@ TEXT = "Paris is the capital of France. The quick brown fox"
 N = 10
 
 SETUP = f"""
-import pathlib, tempfile
-from gemscope_widgets.testing.tiny import TINY_NAME, build_tiny_checkpoint
-from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
-from tests.helpers import active_feature
-from gemscope_widgets.backend.gemma.model import load_model
-from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets import Scope
-_root = pathlib.Path(tempfile.mkdtemp())
-gm = load_model(build_tiny_checkpoint(_root / "tiny"), device="cpu", dtype="float32", name=TINY_NAME)
-sae = load_sae(write_gemma_scope_sae(_root / "resid_post/layer_1_width_16k_l0_medium", kind="sae", layer=1, seed=10))
+from tests.fixtures.tiny_scope import tiny_scope
+from tests.helpers import active_feature
+scope = tiny_scope()
+gm, sae = scope.model, scope.sae()
 TEXT = {TEXT!r}
 F = active_feature(sae, gm, TEXT)
 """

@@ -67,3 +67,16 @@ def test_the_saved_static_view_names_each_feature(scope_with_stats):
     static = widget.static_html()
     for f in widget.top_features():
         assert f"#{f} {html.escape(widget.label(f))}" in static
+
+
+def test_labels_follow_more_columns_and_a_selection_outside_them(scope_with_stats, tiny_model):
+    scope, _ = scope_with_stats
+    sae = scope.sae()
+    widget = scope.heatmap(TEXT, top_n=1, rank_by="max", progress=False)
+    outside = next(f for f in range(sae.width) if widget.label(f) == "")
+    widget.select(feature=outside)
+    assert widget.label(outside) == compose_label([], top_logit_tokens(tiny_model, sae, [outside])[outside]) != ""
+    wider = widget.payload.top_features(0, 0, 40, "max", widget.dense_features())
+    assert any(widget.label(f) == "" for f in wider), "the test needs columns that are not labelled yet"
+    widget.top_n = 40
+    assert all(widget.label(f) != "" for f in wider)

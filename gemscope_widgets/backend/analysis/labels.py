@@ -13,7 +13,7 @@ An explanation (a user label or an imported Neuronpedia one) always wins over th
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -76,7 +76,7 @@ def top_logit_tokens(gm: GemmaModel, sae: Any, features: Sequence[int], k: int =
     :func:`~gemscope_widgets.backend.analysis.logit_lens.logit_lens`.
     """
     features = [sae.check_feature(f) for f in features]
-    w_u = cast(torch.Tensor, gm.lm_head.weight).detach()
+    w_u = gm.lm_head.weight.detach()
     gain = norm_gain(gm.final_norm).cpu()
     out: dict[int, list[str]] = {}
     for start in range(0, len(features), _BATCH):

@@ -47,7 +47,7 @@ def feature_direction(gm: GemmaModel, sae: Any, f: int) -> torch.Tensor:
 def feature_logits(gm: GemmaModel, sae: Any, f: int) -> torch.Tensor:
     """``W_U · (direction ⊙ (1 + final_norm.weight))`` over the whole vocabulary, ``[V]`` float32."""
     direction = feature_direction(gm, sae, f) * norm_gain(gm.final_norm).cpu()
-    w_u = cast(torch.Tensor, gm.lm_head.weight).detach()
+    w_u = gm.lm_head.weight.detach()
     with torch.inference_mode():
         return (w_u @ direction.to(w_u.device, w_u.dtype)).float().cpu()
 

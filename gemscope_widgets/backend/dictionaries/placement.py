@@ -29,4 +29,24 @@ def place_sae(sae: Any, gm: GemmaModel) -> Any:
     return sae
 
 
-__all__ = ["place_sae", "sae_device"]
+def require_model_device(sae: Any, gm: GemmaModel, purpose: str) -> None:
+    """Raise :class:`~gemscope_widgets.errors.DevicePlacementError` when ``sae`` sits on another kind of device
+    than the model (CPU vs an accelerator) for work that runs it at every decoding step (``purpose``): each
+    step would copy activations across devices. Accelerator to accelerator (a model spread with
+    ``device_map``) is allowed: those copies are what accelerate does between layers anyway."""
+    device = torch.device(getattr(gm, "device", "cpu"))
+    if not isinstance(sae, torch.nn.Module):
+        return
+    where = sae_device(sae)
+    if where.type != device.type:
+        from gemscope_widgets.errors import DevicePlacementError
+
+        name = getattr(sae, "config", sae).name
+        raise DevicePlacementError(
+            f"{name} is on {where} but the model runs on {device}: {purpose} would copy activations between "
+            f"them at every step. Put it where the model is: Scope(model, sae) does, or "
+            f"sae.to({str(device)!r})."
+        )
+
+
+__all__ = ["place_sae", "require_model_device", "sae_device"]

@@ -62,7 +62,7 @@ class GemmaModel:
     layers: nn.ModuleList
     final_norm: nn.Module
     embed: nn.Module
-    lm_head: nn.Module
+    lm_head: nn.Linear
     device: torch.device
     dtype: torch.dtype
     text_config: Any

@@ -92,7 +92,7 @@ def _is_dataset(obj: Any) -> bool:
     return hasattr(obj, "column_names") and hasattr(obj, "__getitem__") and hasattr(obj, "__len__")
 
 
-class DatasetTexts(Sequence):
+class DatasetTexts(Sequence[str]):
     """A read-only view of a Hugging Face ``datasets.Dataset``'s ``text`` column (rows fetched on demand)."""
 
     def __init__(self, dataset: Any, column: str = "text") -> None:

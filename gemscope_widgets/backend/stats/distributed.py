@@ -34,7 +34,7 @@ import torch
 from gemscope_widgets.errors import GemscopeError
 
 if TYPE_CHECKING:
-    from gemscope_widgets.backend.stats.scan import ScanState
+    from gemscope_widgets.backend.stats.scan_state import ScanState
 
 
 def _dist() -> Any:
@@ -106,7 +106,7 @@ def barrier() -> None:
 
 def merge_into_first(state: ScanState) -> None:
     """Send every process's state to process 0 and merge it there (exact; see :meth:`ScanState.merge_from`)."""
-    from gemscope_widgets.backend.stats.scan import ScanState
+    from gemscope_widgets.backend.stats.scan_state import ScanState
 
     dist = _dist()
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -21,7 +21,8 @@ import torch
 from gemscope_widgets.backend.dictionaries.sae import check_feature_index
 from gemscope_widgets.backend.stats import store
 from gemscope_widgets.backend.stats.corpus import tokenize_docs  # re-exported: its home is corpus.py
-from gemscope_widgets.backend.stats.scan import ProgressCallback, ScanParams
+from gemscope_widgets.backend.stats.scan import ProgressCallback
+from gemscope_widgets.backend.stats.scan_state import ScanParams
 from gemscope_widgets.errors import GemscopeError, StatsCacheError
 
 if TYPE_CHECKING:
@@ -267,7 +268,8 @@ class FeatureStats:
 
     def _feature_docs(self, f: int) -> torch.Tensor:
         docs = torch.cat([self._tensors[f"{kind}_doc"][f] for kind in KINDS if f"{kind}_doc" in self._tensors])
-        return torch.unique(docs[docs >= 0])
+        unique: torch.Tensor = torch.unique(docs[docs >= 0])
+        return unique
 
     def _build_inverted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         docs = torch.cat([self._tensors[f"{k}_doc"] for k in KINDS if f"{k}_doc" in self._tensors], dim=1)

@@ -89,7 +89,7 @@ class StatsHolder:
 def _reference(fn: Subscriber) -> Callable[[], Subscriber | None]:
     """A weak reference to a bound method, a strong one to any other callable."""
     if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
-        return weakref.WeakMethod(fn)  # type: ignore[arg-type]
+        return weakref.WeakMethod(fn)
     return lambda: fn
 
 

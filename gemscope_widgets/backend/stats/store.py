@@ -30,7 +30,7 @@ from gemscope_widgets.errors import StatsCacheError
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
     from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-    from gemscope_widgets.backend.stats.scan import ScanParams
+    from gemscope_widgets.backend.stats.scan_state import ScanParams
 
 FORMAT_VERSION = 2
 """Bumped whenever the folder layout or the meaning of a stored number changes; other versions are rebuilt."""
@@ -47,7 +47,7 @@ KINDS = ("top", "quantile")
 # ---------------------------------------------------------------------- identity
 
 
-_DIGESTS: dict[int, tuple[weakref.ref, tuple[Any, ...], str]] = {}
+_DIGESTS: dict[int, tuple[weakref.ref[Any], tuple[Any, ...], str]] = {}
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -69,7 +69,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     flat = t.detach().reshape(-1).contiguous().cpu()
     raw = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(memoryview(raw.numpy()))
+    h.update(raw.numpy().data)
     digest = h.hexdigest()
     if version is not None:
         key = id(t)
@@ -153,7 +153,7 @@ def find_cached(gm: GemmaModel, sae: Any, corpus: Any = None, params: ScanParams
     :meth:`FeatureStats.load_or_scan` to rebuild)."""
     from gemscope_widgets.backend.stats.corpus import load_corpus
     from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-    from gemscope_widgets.backend.stats.scan import ScanParams
+    from gemscope_widgets.backend.stats.scan_state import ScanParams
 
     key = cache_key(gm, sae, load_corpus(corpus), params or ScanParams())
     folder = cache_folder(key)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -109,7 +109,7 @@ def _new_cache(gm: GemmaModel) -> Any:
     # layers mask what they do not attend to, so the result is the same).
     if "config" not in inspect.signature(DynamicCache.__init__).parameters:
         return DynamicCache()
-    return DynamicCache(config=gm.model.config)
+    return DynamicCache(config=cast(Any, gm.model).config)
 
 
 _CACHE_KEYWORDS: dict[Any, str] = {}
@@ -128,7 +128,8 @@ def _cache_keyword(forward_owner: Any) -> str:
 def _decode(gm: GemmaModel, ids: torch.Tensor, cache: Any) -> torch.Tensor:
     """One cached decoder forward over ``ids [B, t]``; returns the last hidden state ``[B, t, d]``."""
     keyword = _cache_keyword(type(gm.text_model))
-    return gm.text_model(input_ids=ids, use_cache=True, **{keyword: cache}).last_hidden_state
+    hidden: torch.Tensor = gm.text_model(input_ids=ids, use_cache=True, **{keyword: cache}).last_hidden_state
+    return hidden
 
 
 def _choose(
@@ -179,7 +180,7 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 
 def _decode_text(gm: GemmaModel, ids: list[int]) -> str:
-    return gm.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return str(gm.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
 def generate(

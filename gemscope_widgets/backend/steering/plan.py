@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.backend.dictionaries.placement import require_model_device
 from gemscope_widgets.backend.gemma.hooks import HookFn
 from gemscope_widgets.backend.gemma.sites import Site, resolve_site
 from gemscope_widgets.backend.steering.spec import ERROR_MODES, DirectionSpec, Spec, SteeringSpec, normalize_steering
@@ -112,7 +113,8 @@ def residual_sites(gm: GemmaModel) -> list[Site]:
 def _span(directions: Sequence[torch.Tensor]) -> torch.Tensor:
     """An orthonormal basis ``[d, k]`` of the directions' span (dependent directions add nothing)."""
     u, sv, _ = torch.linalg.svd(torch.stack(list(directions), dim=1), full_matrices=False)
-    return u[:, sv > sv.max() * 1e-6].contiguous()
+    basis: torch.Tensor = u[:, sv > sv.max() * 1e-6].contiguous()
+    return basis
 
 
 class SteeringPlan:
@@ -151,6 +153,8 @@ class SteeringPlan:
             if not isinstance(spec, SteeringSpec):
                 continue
             sae = spec.sae
+            if spec.mode != "add" or error == "replace":  # the SAE itself runs at every step
+                require_model_device(sae, gm, f"steering feature {spec.feature} ({spec.mode})")
             if error == "replace" and sae.config.kind == "crosscoder" and len(sae.config.layers_in) > 1:
                 raise SteeringError(
                     f"error='replace' needs {sae.config.name}'s reconstruction, which reads later layers than "
@@ -243,14 +247,16 @@ class SteeringPlan:
         kind = sae.config.kind
         if kind in ("sae", "transcoder"):
             x = xs[sae.config.hook_in]
-            return sae.decode(sae.encode(x), x)
+            out: torch.Tensor = sae.decode(sae.encode(x), x)
+            return out
         # CLT / crosscoder: stack the slots; a slot not computed yet (a later layer) cannot write here.
         points = sae.read_hook_points
         like = next(iter(xs.values()))
         stacked = torch.stack([xs[h].float() if h in xs else torch.zeros_like(like, dtype=torch.float32)
                                for h in points], dim=-2)
         slot = sae.config.hook_points_out.index(hook_point)
-        return sae.decode(sae.encode(stacked), stacked)[..., slot, :]
+        stacked_out: torch.Tensor = sae.decode(sae.encode(stacked), stacked)
+        return stacked_out[..., slot, :]
 
     def _steer(self, hook_point: str, entry: _WriteSite) -> HookFn:
         def fn(x: torch.Tensor) -> torch.Tensor | None:

@@ -175,7 +175,7 @@ class SteeringSession:
         self._cond = threading.Condition(self._lock)
         self._gen_id = 0
         self._result_id = -1
-        self._pending: tuple | None = None
+        self._pending: tuple[Any, ...] | None = None
         self._cancel: threading.Event | None = None
         self._worker: threading.Thread | None = None
         self._done = threading.Event()
@@ -285,7 +285,7 @@ class SteeringSession:
         session's settings)."""
         return generate(self.model, self.prompt, self.specs() or None, sae=self.sae, **{**self.settings, **kwargs})
 
-    def _settings_key(self) -> tuple:
+    def _settings_key(self) -> tuple[Any, ...]:
         return tuple(self.settings[k] for k in _BASELINE_SETTINGS)
 
     def run(self) -> int:

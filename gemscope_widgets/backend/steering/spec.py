@@ -152,7 +152,8 @@ def unit_direction(direction: Any, d_model: int | None = None) -> torch.Tensor:
     """``direction`` (or its ``.direction``) as a unit ``[d_model]`` float32 CPU tensor; SteeringError if it is
     not a finite, non-zero vector of that length."""
     r = _vector(direction, d_model)
-    return r / r.norm()
+    unit: torch.Tensor = r / r.norm()
+    return unit
 
 
 def _vector(direction: Any, d_model: int | None) -> torch.Tensor:

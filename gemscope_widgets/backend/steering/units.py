@@ -265,7 +265,7 @@ def compute_feature_units(
     return FeatureUnits(q_values, counts, site_norm, used, quantile, key)
 
 
-_MEMO: weakref.WeakKeyDictionary[Any, dict[tuple, FeatureUnits]] = weakref.WeakKeyDictionary()
+_MEMO: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], FeatureUnits]] = weakref.WeakKeyDictionary()
 _MEMO_LOCK = threading.Lock()
 
 

@@ -13,20 +13,15 @@ from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.stats.corpus import tokenize_docs
 from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-from gemscope_widgets.backend.stats.scan import reservoir_key as _reservoir_key
+from gemscope_widgets.backend.stats.scan_state import reservoir_key as _reservoir_key
 from gemscope_widgets.errors import FeatureIndexError, StatsCacheError
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
+from tests.helpers import SCAN_CORPUS
 
+# The shared scan corpus plus documents with quotes, tabs and newlines, and a repeated code fragment.
 CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Paris is the capital of France. The capital of Italy is Rome.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)",
-    "Sparse autoencoders find features in the residual stream of a language model.",
-    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10.",
-    "Gemma reads text and writes text. The lazy dog sleeps.",
-    "The capital of France is Paris, and the fox is quick.",
+    *SCAN_CORPUS,
     "quotes 'single' and \"double\" & tabs\tand newlines\nhere",
-    "Rome, Paris, fox, dog: the residual stream of a model.",
     "return fibonacci(n - 1) + fibonacci(n - 2) is recursion.",
     "A language model reads the text one token at a time.",
 ]

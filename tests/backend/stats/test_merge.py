@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemscope_widgets.backend.stats.scan import Scanner, ScanParams
+from gemscope_widgets.backend.stats.scan import Scanner
+from gemscope_widgets.backend.stats.scan_state import ScanParams
 from gemscope_widgets.errors import GemscopeError
 
 

@@ -252,3 +252,19 @@ def test_row_by_row_and_batched_decoding_agree(tiny_model, gemma_scope_folders, 
     assert per_row.steered_ids == batched.steered_ids
     if mode == "add":
         assert per_row.steered_ids != per_row.baseline_ids, "the steering should change the text here"
+
+
+def test_an_sae_on_another_kind_of_device_is_refused_before_any_hook(tiny_model, gemma_scope_folders):
+    # "meta" stands in for an accelerator here: a CPU model with an SAE elsewhere would copy activations at
+    # every decoding step, so clamping through it is refused up front and the model is left as it was.
+    from gemscope_widgets.errors import DevicePlacementError
+
+    elsewhere = load_sae_folder(gemma_scope_folders["resid_post"]).to("meta")
+    hooks_before = hook_ids(tiny_model.model)
+    with pytest.raises(DevicePlacementError, match=r"is on meta but the model runs on cpu.*Scope\(model, sae\)"):
+        generate(tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="clamp")], sae=elsewhere, max_new_tokens=2)
+    assert hook_ids(tiny_model.model) == hooks_before
+    # Adding a decoder direction needs the SAE only once, to read the direction: that still works.
+    out = generate(tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="add")],
+                   sae=load_sae_folder(gemma_scope_folders["resid_post"]), max_new_tokens=2)
+    assert out.steered_ids

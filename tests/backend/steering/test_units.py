@@ -83,7 +83,7 @@ def test_the_same_strength_is_the_same_raw_value_across_prompts_and_a_scan(tiny_
     before = [raw_strengths(p) for p in PROMPTS]
     assert before[0] == before[1] == before[2]
     scope.stats(corpus=["A short corpus for a scan.", "It has two documents."], progress=False)
-    assert scope._stats, "the scan should have produced statistics"
+    assert scope.stats_holder().stats is not None, "the scan should have produced statistics"
     after = [raw_strengths(p) for p in PROMPTS]
     assert after == before
     unit = feature_units(tiny_model, sae)

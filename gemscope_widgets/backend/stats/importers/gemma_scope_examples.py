@@ -120,7 +120,8 @@ class GemmaScopeExamples(FeatureStats):
     def _row(self, key: str, f: int) -> np.ndarray:
         with safe_open(str(self.path), "pt") as fh:
             row = fh.get_slice(key)[f : f + 1][0]
-        return row.long().numpy() if key in _INT_KEYS else row.float().numpy()
+        out: np.ndarray = row.long().numpy() if key in _INT_KEYS else row.float().numpy()
+        return out
 
     # --- FeatureStats reading interface --------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class GemmaScopeExamples(FeatureStats):
         f = self._check(f)
         if "top_tokens" not in self.shapes:
             return None
-        pairs = []
+        pairs: list[Any] = []
         for ids_key, vals_key in (("top_tokens", "top_logits"), ("bottom_tokens", "bottom_logits")):
             if ids_key not in self.shapes:
                 pairs.append([])
