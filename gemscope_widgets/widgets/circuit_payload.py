@@ -191,8 +191,8 @@ def encode_graph(
     features = [j for j, i in enumerate(nodes.tolist()) if kinds[i] == "feature"]
     features.sort(key=lambda j: -float(influence[int(nodes[j])]))
     chosen = features[:max_logit_nodes]
-    top = _feature_top_logits(graph, model, transcoders, [int(nodes[j]) for j in chosen], top_logits_k)
-    top_logits: dict[str, Any] = {str(j): t for j, t in zip(chosen, top) if t}
+    promoted = _feature_top_logits(graph, model, transcoders, [int(nodes[j]) for j in chosen], top_logits_k)
+    top_logits: dict[str, Any] = {str(j): t for j, t in zip(chosen, promoted) if t}
     labels = {}
     for j in features:
         _, layer, _, feature = infos[j]

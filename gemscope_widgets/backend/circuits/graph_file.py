@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gemscope_widgets.errors import GraphError
 
@@ -83,6 +83,7 @@ def load_graph(cls: type[AttributionGraph], path: str | os.PathLike[str]) -> Att
     missing = [k for k in TENSORS if k not in tensors and k not in OPTIONAL]
     if missing:
         raise GraphError(f"{path.name} lacks the tensor(s) {missing}.")
+    fields: dict[str, Any] = {k: tensors.get(k) for k in TENSORS}
     return cls(
         input_string=meta["input_string"],
         n_layers=meta["n_layers"],
@@ -92,5 +93,5 @@ def load_graph(cls: type[AttributionGraph], path: str | os.PathLike[str]) -> Att
         scan=meta.get("scan"),
         feature_labels={(int(a), int(b)): str(c) for a, b, c in meta.get("feature_labels", [])},
         info=meta.get("info") or {},
-        **{k: tensors.get(k) for k in TENSORS},
+        **fields,
     )

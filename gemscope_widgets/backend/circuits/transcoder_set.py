@@ -393,12 +393,13 @@ def load_transcoders(
         raise TranscoderSetError(f"site={site!r} is not a transcoder site; use one of {TRANSCODER_SITES}.")
     if isinstance(repo_or_folder, TranscoderSet):
         tset = repo_or_folder
-    elif isinstance(repo_or_folder, (JumpReLUSAE, CrossLayerTranscoder)) or (
-        isinstance(repo_or_folder, Sequence) and not isinstance(repo_or_folder, (str, bytes))
-    ):
+    elif isinstance(repo_or_folder, (JumpReLUSAE, CrossLayerTranscoder)):
         tset = TranscoderSet(repo_or_folder)
+    elif isinstance(repo_or_folder, Sequence) and not isinstance(repo_or_folder, (str, bytes)):
+        items: list[Any] = [*repo_or_folder]
+        tset = TranscoderSet(items)
     else:
-        text = os.fspath(repo_or_folder)
+        text = os.fsdecode(repo_or_folder)
         local = Path(text).expanduser()
         if local.exists():
             dicts = _local_set(local, site, width, l0, affine, layer_list)
