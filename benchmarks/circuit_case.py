@@ -172,7 +172,10 @@ def _peer_python() -> str | None:
 
 def _last_json(done: subprocess.CompletedProcess[str], kind: str) -> dict[str, Any]:
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1]) if lines else {"kind": kind, "error": done.stderr[-2000:]}
+    if lines:
+        return json.loads(lines[-1])
+    killed = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+    return {"kind": kind, "error": f"{killed}: {done.stderr[-2000:]}".rstrip(": ")}
 
 
 def run(
@@ -206,7 +209,7 @@ def run(
         try:
             done = subprocess.run([python, script, "--ct-time", spec], capture_output=True, text=True, env=env,
                                   cwd=out_dir, check=False, timeout=peer_timeout)
-            ct = _last_json(done, "circuit_tracer")
+            ct = {"tokens": n, **_last_json(done, "circuit_tracer")}
         except subprocess.TimeoutExpired:
             ct = {"kind": "circuit_tracer", "tokens": n, "timed_out_after": peer_timeout}
             if "seconds" in attr:
@@ -257,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 earlier = json.load(fh)
             if earlier.get("set") == args.which:
                 kept = [r for r in earlier.get("rows", []) if r.get("tokens") not in set(args.tokens)]
-                report["rows"] = sorted(kept + rows, key=lambda r: r.get("tokens", 0))
+                order = {"baseline": 0, "attribute": 1, "circuit_tracer": 2}
+                report["rows"] = sorted(kept + rows, key=lambda r: (r.get("tokens", 0), order.get(r.get("kind"), 3)))
         with open(RESULT, "w") as fh:
             json.dump(report, fh, indent=1)
             fh.write("\n")
