@@ -3,8 +3,6 @@ model and token text escaped (the fallback a notebook saved without widget state
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ from gemscope_widgets.widgets.heatmap import Heatmap
 from gemscope_widgets.widgets.payload import PromptView, encode_payload, format_value
 from gemscope_widgets.widgets.static_view import heat_style
 from gemscope_widgets.widgets.token_view import TokenView
+from tests.helpers import assert_inert
 
 XSS = '<img src=x onerror="alert(1)">'
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -25,26 +24,6 @@ def static_of(widget) -> str:
     html = data["text/html"]
     assert_inert(html)
     return html
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: set[str] = set()
-        self.attrs: set[str] = set()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.add(tag)
-        self.attrs.update(name for name, _ in attrs)
-
-
-def assert_inert(html: str) -> None:
-    """Parsed as a browser would: only plain layout tags and style/title/class attributes; no script, no event
-    handler, no external resource, nothing made from text."""
-    parser = _Tags()
-    parser.feed(html)
-    assert parser.tags <= {"div", "span", "b", "table", "tr", "td", "th", "ul", "li"}, parser.tags
-    assert parser.attrs <= {"style", "title", "class"}, parser.attrs
 
 
 class _Sparse:

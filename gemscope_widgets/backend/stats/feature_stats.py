@@ -416,9 +416,10 @@ class FeatureStats:
         documents are cut to ``max_doc_tokens`` (``<bos>`` included); ``max_tokens`` stops after that many
         scanned tokens. Batches hold at most ``batch_size`` documents and ``batch_tokens`` padded tokens
         (documents of similar length are batched together); the SAE encodes ``act_budget // width`` tokens
-        at a time. The state lives on the SAE's device (see :mod:`.scan` for its size: 0.73 GB at 262k
-        features). With ``cache``, the result is saved under :meth:`cache_folder`, and a checkpoint is written
-        every ``checkpoint_docs`` documents so an interrupted scan resumes where it stopped. ``progress``
+        at a time. The state lives on the SAE's device (see :mod:`.scan_state` for its size: 0.73 GB at 262k
+        features). Documents are batched within blocks of ``checkpoint_docs``; with ``cache``, the result is
+        saved under :meth:`cache_folder`, and a checkpoint is written after every block so an interrupted scan
+        (one process or several) resumes where it stopped. ``progress``
         shows a tqdm bar; ``on_progress(documents_done, documents_total)`` is called after every batch.
         """
         from gemscope_widgets.backend.stats.scan import scan

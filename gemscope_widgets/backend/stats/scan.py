@@ -110,10 +110,13 @@ class Scanner:
         else:
             self.seen_tokens = self.state.n_tokens
 
-    def run(self, *, progress: bool = True, on_progress: ProgressCallback | None = None,
-            checkpoint: tuple[Path, Mapping[str, Any], int] | None = None) -> None:
-        """Scan the remaining documents in blocks of ``checkpoint[2]`` (512 without checkpoints), writing a
-        checkpoint after each block; a tqdm bar when ``progress``; ``on_progress(done, total)`` per batch.
+    def run(self, *, progress: bool = True, on_progress: ProgressCallback | None = None, block: int = 512,
+            checkpoint: tuple[Path, Mapping[str, Any]] | None = None) -> None:
+        """Scan the remaining documents in blocks of ``block`` documents, writing a checkpoint after each block
+        when ``checkpoint`` is given; a tqdm bar when ``progress``; ``on_progress(done, total)`` per batch.
+
+        Batches are planned within a block, so the block size (not whether checkpoints are written) decides
+        the batches, and a cached scan equals an uncached one bit for bit.
 
         Each block is cut into the same batches whatever ``world`` is, and process ``rank`` runs batches
         ``rank, rank + world, ...``: every batch is computed with the same shapes as in a one-process scan, so
@@ -123,7 +126,7 @@ class Scanner:
         from gemscope_widgets.backend.stats.corpus import plan_batches, tokenize_docs
 
         total = len(self.texts)
-        block = max(1, checkpoint[2] if checkpoint else 512)
+        block = max(1, int(block))
         bar = tqdm(total=total, initial=self.next_doc, desc=f"Scanning {self.sae.config.name}", unit="doc",
                    disable=not progress)
         self._count_tokens()
@@ -258,8 +261,8 @@ def scan(gm: GemmaModel, sae: Any, corpus: Any = None, params: ScanParams | None
         warnings.warn("The processes' checkpoints are from different blocks: the scan starts over.", stacklevel=2)
         scanner = Scanner(gm, sae, texts, params, batch_size=batch_size, batch_tokens=batch_tokens,
                           act_budget=act_budget, rank=rank, world=world)
-    scanner.run(progress=progress and rank == 0, on_progress=on_progress,
-                checkpoint=(ckpt, key, checkpoint_docs) if ckpt is not None else None)
+    scanner.run(progress=progress and rank == 0, on_progress=on_progress, block=checkpoint_docs,
+                checkpoint=(ckpt, key) if ckpt is not None else None)
     if world > 1:
         distributed.merge_into_first(scanner.state)
     stats = None
