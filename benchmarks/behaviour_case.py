@@ -6,8 +6,9 @@
   of layers, against one Hugging Face forward per prompt stopped after the deepest candidate layer (pre-tokenised);
 * ``contrast``: :func:`contrast` of two 128-token prompts (span ``all``), against two forwards stopped after the
   SAE's layer (the SAE encode and ranking are ours alone);
-* ``early_answering``: the curve of :func:`cot_faithfulness` over 8 cuts with one-token answers (no filler, no
-  corruption), against one full forward per cut (logits at the last position only).
+* ``early_answering``: the curve of :func:`cot_faithfulness` over 8 cuts (no filler, no corruption; the answers
+  ``" 4"``, ``" 5"``, ``" 6"`` are two tokens each, ``▁`` + digit), against one full forward per cut over the
+  truncated text and the answers' shared first token, no KV cache (ours reuses the full chain's prefix cache).
 """
 
 from __future__ import annotations
@@ -93,17 +94,25 @@ def run(gm: Any, sae: Any, repeats: int = 3) -> dict[str, Any]:
     cot = " ".join(COT_STEPS)
     cue = " So the answer is"
     answers = [" 4", " 5", " 6"]
-    contexts = [gm.prompt(QUESTION + "\n" + " ".join(COT_STEPS[:k]) + cue).input_ids for k in range(8)]
+    answer_ids = [gm.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    stems = {tuple(a[:-1]) for a in answer_ids}  # " 4" = "▁" + "4": every answer is read after the same stem
+    contexts = [gm.prompt(QUESTION + "\n" + " ".join(COT_STEPS[:k]) + cue).input_ids.tolist() for k in range(8)]
 
     def bare_curve() -> None:
+        """What a direct computation needs: per cut, one forward over the truncated text followed by each distinct
+        answer stem (one row here), batched, logits kept at the scored positions only."""
         for x in contexts:
+            rows = [x + list(stem) for stem in stems]
+            width = max(len(r) for r in rows)
+            batch = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=gm.device)
             with torch.inference_mode():
-                gm.model(input_ids=x[None].to(gm.device), use_cache=False, logits_to_keep=1)
+                gm.model(input_ids=batch, use_cache=False, logits_to_keep=width - len(x) + 1)
 
     timings = time_interleaved({
         "ours": lambda: cot_faithfulness(gm, QUESTION, cot, cue, answers, chat=False, filler=None, corrupt=False,
                                          progress=False),
         "bare": bare_curve,
     }, repeats=repeats)
-    _ratio(out, "early_answering", timings, "8 cuts, 3 one-token answers; bare: 8 full forwards, last logits")
+    _ratio(out, "early_answering", timings, f"8 cuts, answers {answers} ({len(answer_ids[0])} tokens each); bare: "
+           f"8 full forwards of the truncated text + the answers' shared stem, no cache")
     return out

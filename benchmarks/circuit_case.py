@@ -1,13 +1,18 @@
-"""Attribution graphs on CPU: time and peak memory to build a pruned graph, as a ratio to forward+backward.
+"""Attribution graphs on CPU: time and peak memory to build a pruned graph, as ratios to forward+backward and to
+circuit-tracer.
 
-    python -m benchmarks.circuit_case [--tokens 16 64] [--set demo|random] [--threads 2]
+    python -m benchmarks.circuit_case [--tokens 16 64] [--set demo|random] [--threads 2] [--no-peer] [--record]
 
 For each prompt length, in the same run and each in a fresh process (so peak memory is its own): the baseline
 (one forward and one backward pass of the model on the prompt, the unit of work attribution repeats in
-batches) and ``attribute`` + ``prune`` with the transcoder set. Reports wall time, peak RSS above the process's
-RSS after loading, and the ratio attribute / baseline. ``--set demo`` uses the embedded 270M's demo transcoder
-set (trained on first use); ``--set random`` a set of the same shapes with random weights whose thresholds are
-calibrated on the prompt so that about 16 features fire per token (same work, no training needed).
+batches), ``attribute`` + ``prune`` with the transcoder set, and (with ``--set demo``, when its environment
+exists: ``bash benchmarks/circuit_tracer_venv.sh``) circuit-tracer 0.5.0's ``attribute`` + ``prune_graph`` on
+the same model weights, transcoder files and token ids, with the same feature budget and batch size. Reports wall
+time, peak RSS above the process's RSS after loading, the ratios attribute / baseline and attribute /
+circuit-tracer, and whether both found the same logit tokens. ``--set demo`` uses the embedded 270M's demo
+transcoder set (trained on first use); ``--set random`` a set of the same shapes with random weights whose
+thresholds are calibrated on the prompt so that about 16 features fire per token (same work, no training).
+``--record`` writes ``benchmarks/results/circuit_attribution_cpu.json`` (replacing the rows of the lengths measured).
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ TEXT = (
 )
 
 
+MAX_FEATURE_NODES = 4096  # the package's default budget; circuit-tracer gets the same
+BATCH_SIZE = 256
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT = os.path.join(ROOT, "benchmarks", "results", "circuit_attribution_cpu.json")
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -34,6 +45,12 @@ def _rss_mb() -> float:
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process so far (user + system): less sensitive than wall time to a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _random_set(gm: Any, ids: Any, width: int = 1024, l0: int = 16) -> list[Any]:
@@ -86,6 +103,7 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
         transcoders = _random_set(gm, ids)
     rss0 = _rss_mb()
     peak0 = _peak_mb()
+    cpu0 = _cpu_s()
     start = time.perf_counter()
     info: dict[str, Any] = {}
     if kind == "baseline":
@@ -95,34 +113,113 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
     else:
         from gemscope_widgets.backend.circuits.attribution import attribute
 
-        graph = attribute(gm, transcoders, ids, progress=False)
+        graph = attribute(gm, transcoders, ids, max_feature_nodes=MAX_FEATURE_NODES, batch_size=BATCH_SIZE,
+                          progress=False)
         pruned = graph.prune()
         info = {
             "n_active": graph.n_active, "n_selected": graph.n_selected, "n_nodes": graph.n_nodes,
             "kept_nodes": int(pruned.node_mask.sum()), "kept_edges": int(pruned.edge_mask.sum()),
+            "logit_tokens": graph.logit_tokens.tolist(), "logit_probabilities": graph.logit_probabilities.tolist(),
         }
     seconds = time.perf_counter() - start
     return {
-        "kind": kind, "tokens": len(ids), "set": which, "seconds": seconds,
+        "kind": kind, "tokens": len(ids), "set": which, "seconds": seconds, "cpu_seconds": _cpu_s() - cpu0,
         "peak_mb_above_loaded": max(0.0, _peak_mb() - max(peak0, rss0)), **info,
     }
 
 
-def run(tokens: list[int], which: str, threads: int) -> list[dict[str, Any]]:
-    """Every (length, kind) in its own process; ratios attribute / baseline per length."""
+def _peer_spec(n_tokens: int, threads: int, out_dir: str) -> str:
+    """The circuit-tracer side's input: the embedded 270M (weights linked, configs made readable by transformers
+    4.57), the demo set's per-layer folders and the same token ids; returns the spec file's path."""
+    import shutil
+
+    from benchmarks.peers_circuit_tracer import peer_readable
+    from gemscope_widgets.backend.default_transcoders import demo_transcoder_folders, ensure_demo_transcoders
+    from gemscope_widgets.backend.gemma.embedded import ensure_embedded_model
+    from gemscope_widgets.backend.gemma.model import load_model
+
+    src = ensure_embedded_model(progress=False)
+    model_dir = os.path.join(out_dir, "gemma-3-270m")
+    if not os.path.isdir(model_dir):
+        os.makedirs(model_dir)
+        for name in os.listdir(src):
+            if name.endswith(".safetensors"):
+                os.symlink(os.path.join(src, name), os.path.join(model_dir, name))
+            elif name.endswith(".json"):
+                shutil.copy(os.path.join(src, name), model_dir)
+        from pathlib import Path
+
+        peer_readable(Path(model_dir))
+    gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
+    ids = gm.prompt(TEXT).input_ids[:n_tokens]
+    root = ensure_demo_transcoders(gm, progress=False)
+    spec = {
+        "model": model_dir, "ids": ids.tolist(), "threads": threads, "batch_size": BATCH_SIZE,
+        "max_feature_nodes": MAX_FEATURE_NODES,
+        "folders": {str(layer): str(folder) for layer, folder in enumerate(demo_transcoder_folders(root))},
+    }
+    path = os.path.join(out_dir, f"spec-{n_tokens}.json")
+    with open(path, "w") as fh:
+        json.dump(spec, fh)
+    return path
+
+
+def _peer_python() -> str | None:
+    venv = os.environ.get("CT_VENV", os.path.join(ROOT, ".cache", "venv-ct"))
+    python = os.path.join(venv, "bin", "python")
+    return python if os.path.isfile(python) else None
+
+
+def _last_json(done: subprocess.CompletedProcess[str], kind: str) -> dict[str, Any]:
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    killed = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+    return {"kind": kind, "error": f"{killed}: {done.stderr[-2000:]}".rstrip(": ")}
+
+
+def run(
+    tokens: list[int], which: str, threads: int, peer: bool = True, peer_timeout: float | None = None
+) -> list[dict[str, Any]]:
+    """Every (length, kind) in its own process; ratios attribute / baseline and attribute / circuit-tracer.
+
+    A circuit-tracer run stopped after ``peer_timeout`` seconds is reported as ``{"timed_out_after": s}``, and the
+    ratio as an upper bound (``ratio_to_circuit_tracer_at_most``).
+    """
     rows = []
+    python = _peer_python() if peer and which == "demo" else None
+    out_dir = os.path.join(ROOT, ".cache", "bench-circuit")
+    os.makedirs(out_dir, exist_ok=True)
     for n in tokens:
         pair = {}
         for kind in ("baseline", "attribute"):
             cmd = [sys.executable, "-m", "benchmarks.circuit_case", "--one", kind, "--tokens", str(n),
                    "--set", which, "--threads", str(threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-            pair[kind] = json.loads(lines[-1]) if lines else {"kind": kind, "error": done.stderr[-2000:]}
+            pair[kind] = _last_json(subprocess.run(cmd, capture_output=True, text=True, check=False), kind)
         base, attr = pair["baseline"], pair["attribute"]
         if "seconds" in base and "seconds" in attr:
             attr["ratio_to_forward_backward"] = attr["seconds"] / base["seconds"]
         rows += [base, attr]
+        if python is None:
+            continue
+        spec = _peer_spec(n, threads, out_dir)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        script = os.path.join(ROOT, "benchmarks", "peers_circuit_tracer.py")
+        try:
+            done = subprocess.run([python, script, "--ct-time", spec], capture_output=True, text=True, env=env,
+                                  cwd=out_dir, check=False, timeout=peer_timeout)
+            ct = {"tokens": n, **_last_json(done, "circuit_tracer")}
+        except subprocess.TimeoutExpired:
+            ct = {"kind": "circuit_tracer", "tokens": n, "timed_out_after": peer_timeout}
+            if "seconds" in attr:
+                attr["ratio_to_circuit_tracer_at_most"] = attr["seconds"] / float(peer_timeout or 1)
+        if "seconds" in ct and "seconds" in attr:
+            attr["ratio_to_circuit_tracer"] = attr["seconds"] / ct["seconds"]
+            attr["cpu_ratio_to_circuit_tracer"] = attr["cpu_seconds"] / max(ct.get("cpu_seconds", 0.0), 1e-9)
+            attr["peak_ratio_to_circuit_tracer"] = attr["peak_mb_above_loaded"] / max(ct["peak_mb_above_loaded"], 1.0)
+            attr["same_logit_tokens_as_circuit_tracer"] = attr.get("logit_tokens") == ct.get("logit_tokens")
+        rows.append(ct)
     return rows
 
 
@@ -131,14 +228,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--set", dest="which", choices=("demo", "random"), default="demo")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peer", action="store_true", help="skip circuit-tracer")
+    parser.add_argument("--peer-timeout", type=float, default=None, help="stop circuit-tracer after this many s")
+    parser.add_argument("--record", action="store_true", help=f"write {os.path.relpath(RESULT, ROOT)}")
     parser.add_argument("--one", choices=("baseline", "attribute"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure_one(args.one, args.tokens[0], args.which, args.threads)))
         return 0
-    rows = run(args.tokens, args.which, args.threads)
+    rows = run(args.tokens, args.which, args.threads, peer=not args.no_peer, peer_timeout=args.peer_timeout)
     for row in rows:
         print(json.dumps(row))
+    if args.record:
+        import platform
+
+        import torch
+
+        report = {
+            "what": "time and peak RSS (above the RSS after loading) to build and prune an attribution graph of the "
+                    "embedded Gemma 3 270M, each measurement in its own process",
+            "set": args.which, "threads": args.threads, "max_feature_nodes": MAX_FEATURE_NODES,
+            "batch_size": BATCH_SIZE, "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "note": "CPU only, on a machine shared with other jobs (2 cores): absolute times are noisy; the ratios "
+                    "compare runs taken back to back in the same run.",
+            "rows": rows,
+        }
+        if os.path.isfile(RESULT):  # keep the other prompt lengths of an earlier run of the same set
+            with open(RESULT) as fh:
+                earlier = json.load(fh)
+            if earlier.get("set") == args.which:
+                kept = [r for r in earlier.get("rows", []) if r.get("tokens") not in set(args.tokens)]
+                order = {"baseline": 0, "attribute": 1, "circuit_tracer": 2}
+                report["rows"] = sorted(kept + rows, key=lambda r: (r.get("tokens", 0), order.get(r.get("kind"), 3)))
+        with open(RESULT, "w") as fh:
+            json.dump(report, fh, indent=1)
+            fh.write("\n")
     return 0
 
 

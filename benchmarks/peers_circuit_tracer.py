@@ -85,6 +85,81 @@ def ct_side(spec: dict[str, Any]) -> None:
     })
 
 
+def ct_time(spec: dict[str, Any]) -> None:
+    """Time circuit-tracer's ``attribute`` + ``prune_graph`` on the model and transcoder folders of ``spec``; print
+    one JSON line (seconds, peak RSS above the RSS after loading, graph sizes, logit tokens for the sanity check).
+    """
+    import resource
+    import time
+
+    from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.graph import prune_graph
+    from circuit_tracer.transcoder.single_layer_transcoder import TranscoderSet, load_gemma_scope_2_transcoder
+
+    torch.manual_seed(0)
+    torch.set_num_threads(int(spec["threads"]))
+    cpu = torch.device("cpu")
+    transcoders = {
+        int(layer): load_gemma_scope_2_transcoder(str(Path(folder) / "params.safetensors"), int(layer),
+                                                  device=cpu, dtype=torch.float32)
+        for layer, folder in spec["folders"].items()
+    }
+    tset = TranscoderSet(transcoders, scan="benchmark", feature_input_hook="mlp.hook_in",
+                         feature_output_hook="hook_mlp_out")
+    model = ReplacementModel.from_pretrained_and_transcoders(
+        spec["model"], tset, backend="nnsight", device=cpu, dtype=torch.float32
+    )
+    ids = torch.tensor(spec["ids"], dtype=torch.long)
+    with open("/proc/self/statm") as fh:
+        rss0 = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
+    start = time.perf_counter()
+    graph = attribute(ids, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=spec["batch_size"],
+                      max_feature_nodes=spec["max_feature_nodes"], verbose=False)
+    pruned = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 1024
+    print(json.dumps({
+        "kind": "circuit_tracer", "tokens": len(spec["ids"]), "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
+        "peak_mb_above_loaded": max(0.0, peak - max(peak0, rss0)),
+        "n_active": int(graph.active_features.shape[0]), "n_selected": int(graph.selected_features.numel()),
+        "n_nodes": int(graph.adjacency_matrix.shape[0]), "kept_nodes": int(pruned.node_mask.sum()),
+        "kept_edges": int(pruned.edge_mask.sum()),
+        "logit_tokens": [int(t.vocab_idx) for t in graph.logit_targets],
+        "logit_probabilities": [float(p) for p in graph.logit_probabilities],
+    }))
+
+
+def peer_readable(folder: Path) -> Path:
+    """Make a checkpoint written by transformers 5 readable by transformers 4.57 (circuit-tracer's side), in place.
+
+    The tokenizer config: transformers 5 writes the class "TokenizersBackend" (or "GemmaTokenizer", whose 4.57
+    class needs a SentencePiece file) and a list of extra_special_tokens; the fast-tokenizer class and
+    additional_special_tokens read the same tokenizer.json in both. The model config: 4.57 reads the rotary bases
+    from ``rope_theta`` / ``rope_local_base_freq``, transformers 5 writes ``rope_parameters`` per layer type.
+    """
+    tok_cfg = folder / "tokenizer_config.json"
+    cfg = json.loads(tok_cfg.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = cfg.pop("extra_special_tokens", None)
+    if isinstance(extra, list) and extra:
+        cfg["additional_special_tokens"] = extra
+    tok_cfg.write_text(json.dumps(cfg, indent=2))
+    model_cfg = folder / "config.json"
+    cfg = json.loads(model_cfg.read_text())
+    rope = cfg.get("rope_parameters") or {}
+    if "full_attention" in rope:
+        cfg.setdefault("rope_theta", rope["full_attention"].get("rope_theta"))
+    if "sliding_attention" in rope:
+        cfg.setdefault("rope_local_base_freq", rope["sliding_attention"].get("rope_theta"))
+    model_cfg.write_text(json.dumps(cfg, indent=2))
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # our side
 
@@ -106,16 +181,7 @@ def build_model(folder: Path) -> Path:
                 param.copy_(0.3 * torch.randn(param.shape, generator=gen))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    # transformers 5 writes a tokenizer config that transformers 4.57 (circuit-tracer's side) cannot read: the class
-    # "TokenizersBackend" and a list of extra_special_tokens. The fast-tokenizer class and
-    # additional_special_tokens read the same tokenizer.json in both.
-    tok_cfg = folder / "tokenizer_config.json"
-    cfg = json.loads(tok_cfg.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    extra = cfg.pop("extra_special_tokens", None)
-    if isinstance(extra, list) and extra:
-        cfg["additional_special_tokens"] = extra
-    tok_cfg.write_text(json.dumps(cfg, indent=2))
+    peer_readable(folder)
     return folder
 
 
@@ -173,9 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=Path(os.environ.get("CT_VENV", ROOT / ".cache" / "venv-ct")))
     parser.add_argument("--record", action="store_true", help="also write benchmarks/results/circuit_tracer_peer.json")
     parser.add_argument("--ct-side", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ct-time", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ct_side:
         ct_side(json.loads(args.ct_side.read_text()))
+        return 0
+    if args.ct_time:
+        ct_time(json.loads(args.ct_time.read_text()))
         return 0
 
     from safetensors import safe_open

@@ -75,3 +75,7 @@ class ContrastError(GemscopeError):
 
 class FaithfulnessError(GemscopeError):
     """A chain-of-thought test asked for with missing pieces (no answers, empty reasoning, a bad corruption)."""
+
+
+class GraphError(GemscopeError):
+    """A malformed attribution graph, a bad node reference or an unreadable graph file."""

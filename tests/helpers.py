@@ -5,6 +5,7 @@ Fixtures live in tests/fixtures/ (pytest plugins); the tiny model itself in gems
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from typing import Any
 
 import torch
@@ -49,3 +50,23 @@ def active_feature(sae: Any, gm: Any, prompt: str = STEER_TEXT) -> int:
     best = max(range(sae.width), key=peaks.__getitem__)
     assert peaks[best] > 0, "no feature fires on the prompt; the clamp tests would prove nothing"
     return best
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attrs: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.attrs.update(name for name, _ in attrs)
+
+
+def assert_inert(html: str) -> None:
+    """Parsed as a browser would: only plain layout tags and style/title/class attributes; no script, no event
+    handler, no external resource, nothing made from text."""
+    parser = _Tags()
+    parser.feed(html)
+    assert parser.tags <= {"div", "span", "b", "table", "tr", "td", "th", "ul", "li"}, parser.tags
+    assert parser.attrs <= {"style", "title", "class"}, parser.attrs

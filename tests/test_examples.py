@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -90,16 +91,49 @@ def run_chat_behaviour(path: Path, tiny_model_path: Path, tmp_path: Path) -> Non
     assert len(widget_outputs(nb)) >= 3, "two contrasts and the conversation should be displayed"
 
 
-# Notebooks that run on stand-ins (tiny model, a populated hub cache) instead of the embedded default.
-STAND_INS = {"gemma-scope-2.ipynb": run_gemma_scope_2, "chat-behaviour.ipynb": run_chat_behaviour}
-# Stand-ins that still run the real embedded 270M (only the SAE is stood in for).
-ON_THE_REAL_MODEL = {"chat-behaviour.ipynb"}
+def run_circuits(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    """The circuits walkthrough on the real 270M and the cached demo transcoder set: what its text says holds.
+
+    Each traced path is token -> feature at that token's position -> the top logit at the last position;
+    clamping the path's feature to 0 lowers the top logit's probability, and clamping the control (a feature of
+    little influence at the same token) changes it far less.
+    """
+    nb = execute(path, env={"PYTHONPATH": str(EXAMPLES.parent)})
+    text = outputs_text(nb)
+    paths = re.findall(r"^token @(\d+) .*\n\s+--[-+.\d]+-->  L\d+ #\d+ @(\d+) .*\n\s+--([-+.\d]+)-->  logit ", text,
+                       flags=re.M)
+    n_pos = [int(n) for n in re.findall(r"^AttributionGraph\(.*?, (\d+) positions", text, flags=re.M)]
+    assert len(paths) == len(n_pos) == 2, f"two graphs, two token -> feature -> logit paths expected:\n{text}"
+    for (token_pos, feature_pos, weight), n in zip(paths, n_pos):
+        assert token_pos == feature_pos and int(feature_pos) < n - 1 and float(weight) > 0, text
+    drops = {
+        name: [float(b) - float(a) for b, a in re.findall(rf"^{name}: clamp to 0: .* ([.\d]+) -> ([.\d]+)$", text,
+                                                          flags=re.M)]
+        for name in ("path", "control")
+    }
+    assert len(drops["path"]) == len(drops["control"]) == 2, text
+    for path_drop, control_drop in zip(drops["path"], drops["control"]):
+        assert path_drop > 0.1 and abs(control_drop) < path_drop / 4, text
+    assert len(widget_outputs(nb)) >= 2, "both circuits should be displayed"
+
+
+# Notebooks with their own runner: stand-ins (tiny model, a populated hub cache) instead of the embedded default,
+# or checks that what the notebook's text says is what its outputs show.
+STAND_INS = {
+    "gemma-scope-2.ipynb": run_gemma_scope_2,
+    "chat-behaviour.ipynb": run_chat_behaviour,
+    "circuits.ipynb": run_circuits,
+}
+# Those that still run the real embedded 270M (at most the SAE is stood in for).
+ON_THE_REAL_MODEL = {"chat-behaviour.ipynb", "circuits.ipynb"}
+SLOW = {"circuits.ipynb"}
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
 def _case(path: Path):
     if path.name in STAND_INS:
         marks = [pytest.mark.real_model] if path.name in ON_THE_REAL_MODEL else []
+        marks += [pytest.mark.slow] if path.name in SLOW else []
         return pytest.param(path, id=path.stem, marks=marks)
     return pytest.param(path, id=path.stem, marks=[pytest.mark.real_model, pytest.mark.slow])
 

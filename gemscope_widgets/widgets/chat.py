@@ -14,11 +14,12 @@ from gemscope_widgets.errors import GemscopeError, PromptError
 
 from .bundle import bundle_path
 from .messages import PING, PONG, MessageTable, parse_message
+from .static_view import StaticFallback, chat_html
 
 _BUNDLE = bundle_path("chat")
 
 
-class Chat(anywidget.AnyWidget):
+class Chat(StaticFallback, anywidget.AnyWidget):
     """``scope.chat(messages)``: the conversation's turns with every template token shown (marked), the heat of the
     selected features on each token, each turn's strongest features, and a "continue" control that streams the
     model's next turn with the current steering.
@@ -89,6 +90,10 @@ class Chat(anywidget.AnyWidget):
         super().__init__(messages=checked, features=[int(f) for f in features], warning=warning, **kwargs)
         self._recompute(checked)
         self.on_msg(self._on_custom_msg)
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        return chat_html(self)
 
     @classmethod
     def build(cls, scope: Any, messages: Any, **kwargs: Any) -> Chat:

@@ -17,224 +17,26 @@ from typing import Any, ClassVar
 
 import anywidget
 import ipywidgets
-import numpy as np
-import torch
 import traitlets
 
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
+from .circuit_payload import (  # noqa: F401 (the view's public names, also importable from here)
+    KIND_CODES,
+    MAX_EDGES,
+    CircuitError,
+    as_transcoder_set,
+    encode_graph,
+    feature_dictionary,
+)
 from .messages import PING, PONG, MessageTable, parse_message
+from .static_circuit import circuit_html
+from .static_view import StaticFallback, feature_pane_html
 
 _BUNDLE = bundle_path("circuit")
 
-MAX_EDGES = 20_000  # the strongest edges (by influence) sent to the browser
-MAX_NODE_RANK = 0.99  # feature / error nodes ranked below this share of influence are never drawn
-KIND_CODES = {"feature": 0, "error": 1, "token": 2, "logit": 3}
-NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank")
-EDGE_ARRAYS = ("source", "target", "weight", "rank")
-_DTYPES = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
-_NODE_DTYPES = {
-    "kind": "uint16", "layer": "uint16", "pos": "uint16", "feature": "uint32", "node": "uint32",
-    "activation": "float32", "influence": "float32", "rank": "float32",
-}
-
-
-class CircuitError(GemscopeError):
-    """A bad argument to the circuit view (threshold, node reference, intervention)."""
-
-
-def _exclusive_rank(scores: torch.Tensor) -> torch.Tensor:
-    """Each entry's share of ``scores.sum()`` held by the entries ranked strictly above it (0 for the top one)."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    sorted_scores = scores[order].double()
-    total = sorted_scores.sum().clamp(min=1e-30)
-    before = (torch.cumsum(sorted_scores, 0) - sorted_scores) / total
-    out = torch.empty_like(scores, dtype=torch.float32)
-    out[order] = before.float()
-    return out
-
-
-class _Blob:
-    """Concatenated little-endian arrays with their ``{offset, length, dtype}`` references."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def add(self, values: Any, dtype: str) -> dict[str, Any]:
-        pad = (-self.size) % 4
-        if pad:
-            self.parts.append(b"\0" * pad)
-            self.size += pad
-        arr = np.ascontiguousarray(np.asarray(values, dtype=_DTYPES[dtype]))
-        ref = {"offset": self.size, "length": int(arr.size), "dtype": dtype}
-        data = arr.tobytes()
-        self.parts.append(data)
-        self.size += len(data)
-        return ref
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
-def _feature_top_logits(graph: Any, model: Any, transcoders: Any, nodes: list[int], k: int) -> list[list[Any]]:
-    """Top ``k`` tokens each feature node's decoder promotes (direct logit effect), ``[]`` when not computable."""
-    if model is None or transcoders is None or not nodes:
-        return [[] for _ in nodes]
-    from gemscope_widgets.backend.analysis.logit_lens import norm_gain
-    from gemscope_widgets.backend.gemma.prompts import token_strings
-
-    by_layer = _transcoders_by_layer(transcoders)
-    gain = norm_gain(model.final_norm).cpu()
-    w_u = model.lm_head.weight.detach()
-    out: list[list[Any]] = [[] for _ in nodes]
-    rows, where = [], []
-    for j, i in enumerate(nodes):
-        _, layer, _, feature = graph.node_info(i)
-        tc = by_layer.get(layer)
-        if tc is None:
-            continue
-        direction = torch.zeros(model.d_model)
-        for vec in tc.write_directions(feature).values():
-            direction += vec.detach().float().cpu()
-        rows.append(direction * gain)
-        where.append(j)
-    with torch.inference_mode():
-        for a in range(0, len(rows), 64):
-            block = torch.stack(rows[a : a + 64]).to(w_u.device, w_u.dtype)
-            values, ids = (block @ w_u.T).float().topk(k, dim=-1)
-            for r, (vals, toks) in enumerate(zip(values.cpu().tolist(), ids.cpu().tolist())):
-                strings = token_strings(model.tokenizer, toks)
-                out[where[a + r]] = [[s, float(v)] for s, v in zip(strings, vals)]
-    return out
-
-
-def _transcoders_by_layer(transcoders: Any) -> dict[int, Any]:
-    """``{layer: transcoder}`` from a list of one-layer transcoders or a TranscoderSet-like object."""
-    if isinstance(transcoders, dict):
-        return {int(k): v for k, v in transcoders.items()}
-    by_layer = getattr(transcoders, "by_layer", None)  # a TranscoderSet (empty for a CLT)
-    if isinstance(by_layer, dict):
-        return {int(k): v for k, v in by_layer.items()}
-    items = transcoders
-    if isinstance(items, dict):
-        return {int(k): v for k, v in items.items()}
-    out = {}
-    for tc in items:
-        layers = tc.config.layers_in
-        if len(layers) == 1:
-            out[int(layers[0])] = tc
-    return out
-
-
-def encode_graph(
-    graph: Any,
-    *,
-    max_edges: int = MAX_EDGES,
-    max_node_rank: float = MAX_NODE_RANK,
-    model: Any = None,
-    transcoders: Any = None,
-    top_logits_k: int = 5,
-    max_logit_nodes: int = 256,
-) -> tuple[dict[str, Any], bytes]:
-    """The graph as ``(header, blob)`` for the browser.
-
-    Nodes sent: every token and logit node, and the feature / error nodes whose cumulative influence rank is
-    under ``max_node_rank``. Edges sent: the ``max_edges`` most influential edges between sent nodes (edge
-    influence as circuit-tracer's ``compute_edge_influence``, on the graph restricted to the sent nodes).
-    Node ``rank`` / edge ``rank`` are exclusive cumulative influence shares in [0, 1): the browser keeps those
-    under its thresholds. With ``model`` and ``transcoders``, the ``max_logit_nodes`` most influential
-    feature nodes carry their top ``top_logits_k`` promoted tokens.
-    """
-    if max_edges < 1:
-        raise CircuitError(f"max_edges must be positive, got {max_edges}.")
-    n = graph.n_nodes
-    influence = graph.node_influence().float()
-    kinds = graph.node_kinds()
-    node_rank = _exclusive_rank(influence)
-    always = torch.zeros(n, dtype=torch.bool)
-    always[graph.token_slice] = True
-    always[graph.logit_slice] = True
-    keep = always | ((node_rank < max_node_rank) & (influence > 0))
-    nodes = keep.nonzero().flatten()
-    local = torch.full((n,), -1, dtype=torch.long)
-    local[nodes] = torch.arange(len(nodes))
-
-    edge_scores = graph.edge_influence(keep)
-    sub = edge_scores[nodes][:, nodes]
-    weights = graph.adjacency_matrix[nodes][:, nodes]
-    tgt, src = (sub > 0).nonzero(as_tuple=True)
-    scores = sub[tgt, src]
-    if len(scores) > max_edges:
-        top = torch.topk(scores, max_edges).indices
-        tgt, src, scores = tgt[top], src[top], scores[top]
-    total_edge = edge_scores[edge_scores > 0].double().sum().clamp(min=1e-30)
-    order = torch.argsort(scores, descending=True, stable=True)
-    tgt, src, scores = tgt[order], src[order], scores[order]
-    edge_rank = ((torch.cumsum(scores.double(), 0) - scores.double()) / total_edge).float()
-
-    infos = [graph.node_info(int(i)) for i in nodes]
-    arrays = {
-        "kind": [KIND_CODES[kinds[int(i)]] for i in nodes],
-        "layer": [info.layer + 1 for info in infos],  # token embeddings (layer -1) sit in row 0
-        "pos": [info.pos for info in infos],
-        "feature": [max(info.feature, 0) for info in infos],
-        "node": nodes.tolist(),
-        "activation": _node_values(graph, nodes),
-        "influence": influence[nodes].tolist(),
-        "rank": torch.where(always[nodes], torch.zeros(len(nodes)), node_rank[nodes]).tolist(),
-    }
-    blob = _Blob()
-    refs = {name: blob.add(arrays[name], _NODE_DTYPES[name]) for name in NODE_ARRAYS}
-    edge_refs = {
-        "source": blob.add(src.numpy(), "uint32"),
-        "target": blob.add(tgt.numpy(), "uint32"),
-        "weight": blob.add(weights[tgt, src].numpy(), "float32"),
-        "rank": blob.add(edge_rank.numpy(), "float32"),
-    }
-    features = [j for j, i in enumerate(nodes.tolist()) if kinds[i] == "feature"]
-    features.sort(key=lambda j: -float(influence[int(nodes[j])]))
-    chosen = features[:max_logit_nodes]
-    top = _feature_top_logits(graph, model, transcoders, [int(nodes[j]) for j in chosen], top_logits_k)
-    top_logits: dict[str, Any] = {str(j): t for j, t in zip(chosen, top) if t}
-    labels = {}
-    for j in features:
-        _, layer, _, feature = infos[j]
-        label = graph.feature_labels.get((layer, feature))
-        if label:
-            labels[str(j)] = str(label)
-    header = {
-        "version": 1,
-        "prompt": graph.input_string,
-        "tokens": list(graph.input_token_strings or [str(t) for t in graph.input_tokens.tolist()]),
-        "logit_tokens": list(graph.logit_token_strings or [str(t) for t in graph.logit_tokens.tolist()]),
-        "logit_probabilities": [float(p) for p in graph.logit_probabilities.tolist()],
-        "n_layers": int(graph.n_layers),
-        "n_nodes_total": int(n),
-        "n_edges_total": int((graph.adjacency_matrix != 0).sum()),
-        "nodes": refs,
-        "edges": edge_refs,
-        "n_nodes": len(nodes),
-        "n_edges": len(scores),
-        "labels": labels,
-        "top_logits": top_logits,
-        "model": graph.model_name or "",
-        "scan": graph.scan if isinstance(graph.scan, str) else "",
-        "bytes": blob.size,
-    }
-    return header, blob.bytes()
-
-
-def _node_values(graph: Any, nodes: torch.Tensor) -> list[float]:
-    """Activation of feature nodes, probability of logit nodes, input norm of nothing else (0)."""
-    values = torch.zeros(graph.n_nodes)
-    values[graph.feature_slice] = graph.selected_activation_values
-    values[graph.logit_slice] = graph.logit_probabilities
-    return values[nodes].tolist()
-
-
-class Circuit(anywidget.AnyWidget):
+class Circuit(StaticFallback, anywidget.AnyWidget):
     """An attribution graph in a notebook cell; build it with ``scope.circuit(prompt)`` or ``graph.widget()``.
 
     Hover a node for its label, activation and top logits; click it to select it (its strongest inputs and
@@ -347,6 +149,10 @@ class Circuit(anywidget.AnyWidget):
         self.intervention = {**base, "state": "done", "rows": rows, "message": ""}
         return self.intervention
 
+    def static_html(self) -> str:
+        """Script-free HTML of what the view draws (a saved notebook's fallback; see :mod:`.static_circuit`)."""
+        return circuit_html(self)
+
     # --- events ----------------------------------------------------------------------------------------------
 
     def _on_clicked(self, change: dict[str, Any]) -> None:
@@ -393,18 +199,21 @@ def intervention_rows(result: Any, token_strings: Any = None) -> list[list[Any]]
     return list(rows.values())
 
 
-class CircuitExplorer(ipywidgets.VBox):
+class CircuitExplorer(StaticFallback, ipywidgets.VBox):
     """``scope.circuit(prompt)``: a :class:`Circuit` with the feature pane of the clicked feature beneath.
 
-    A click on a feature node opens it in a :class:`FeaturePane` of that layer's transcoder (one pane per
-    layer, built on first use and kept). The graph itself is :attr:`graph`; the view is :attr:`circuit`.
+    A click on a feature node opens it in a :class:`FeaturePane` of the dictionary holding it: that layer's
+    transcoder (one pane per layer), or for a cross-layer transcoder the CLT itself (one pane for all layers, the
+    feature given by its index across the CLT). Panes are built on first use and kept. The graph itself is
+    :attr:`graph`; the view is :attr:`circuit`; :attr:`transcoders` is the
+    :class:`~gemscope_widgets.backend.circuits.transcoder_set.TranscoderSet`.
     """
 
     def __init__(self, model: Any, graph: Any, transcoders: Any, circuit: Circuit) -> None:
         self.model = model
         self.graph = graph
         self.circuit = circuit
-        self.transcoders = _transcoders_by_layer(transcoders)
+        self.transcoders = as_transcoder_set(transcoders)
         self.panes: dict[int, Any] = {}
         super().__init__([circuit])
         circuit.on_click(self._open_pane)
@@ -412,7 +221,8 @@ class CircuitExplorer(ipywidgets.VBox):
     @classmethod
     def build(cls, model: Any, graph: Any, transcoders: Any, **kwargs: Any) -> CircuitExplorer:
         """Builds the view of ``graph`` (keywords as :meth:`Circuit.build`)."""
-        return cls(model, graph, transcoders, Circuit.build(graph, model=model, transcoders=transcoders, **kwargs))
+        tset = as_transcoder_set(transcoders)
+        return cls(model, graph, tset, Circuit.build(graph, model=model, transcoders=tset, **kwargs))
 
     @property
     def pane(self) -> Any:
@@ -426,18 +236,41 @@ class CircuitExplorer(ipywidgets.VBox):
         kind, layer, _, feature = self.graph.node_info(self.graph.node_index(node))
         if kind != "feature":
             raise CircuitError(f"Node {node!r} is a {kind} node; only feature nodes have a feature pane.")
-        if layer not in self.transcoders:
+        found = feature_dictionary(self.transcoders, layer, feature)
+        if found is None:
             raise CircuitError(f"No transcoder for layer {layer} in this set; its features have no pane.")
-        pane = self.panes.get(layer)
+        dictionary, index = found
+        pane = self.panes.get(layer) or next((p for p in self.panes.values() if p.sae is dictionary), None)
         if pane is None:
-            pane = FeaturePane(self.model, self.transcoders[layer], None, feature=feature)
-            self.panes[layer] = pane
-        elif pane.feature != feature:
-            pane.show(feature)
+            pane = FeaturePane(self.model, dictionary, None, feature=index)
+        elif pane.feature != index:
+            pane.show(index)
+        self.panes[layer] = pane
         self.children = (self.circuit, pane)
         return pane
 
+    def static_html(self) -> str:
+        """Script-free HTML of the graph and of the open feature pane (a saved notebook's fallback)."""
+        pane = self.pane
+        return circuit_html(self.circuit) + (feature_pane_html(pane) if pane is not None else "")
+
     def _open_pane(self, node: int) -> None:
-        kind, layer, _, _ = self.graph.node_info(node)
-        if kind == "feature" and layer in self.transcoders:
+        kind, layer, _, feature = self.graph.node_info(node)
+        if kind == "feature" and feature_dictionary(self.transcoders, layer, feature) is not None:
             self.show_feature(node)
+
+
+def graph_view(
+    graph: Any, *, model: Any = None, transcoders: Any = None, **kwargs: Any
+) -> CircuitExplorer | Circuit:
+    """``graph.widget()``: the view of ``graph``, with the clicked feature's pane beneath when the model and
+    transcoders are known (given here, or attached by ``attribute`` / ``graph.attach``), else the view alone.
+    Keywords as :meth:`Circuit.build` (``node_threshold``, ``edge_threshold``, ``max_edges``)."""
+    replacement = getattr(graph, "replacement", None)
+    if model is None and replacement is not None:
+        model = replacement.model
+    if transcoders is None and replacement is not None:
+        transcoders = replacement.transcoders
+    if model is not None and transcoders is not None:
+        return CircuitExplorer.build(model, graph, transcoders, **kwargs)
+    return Circuit.build(graph, **kwargs)

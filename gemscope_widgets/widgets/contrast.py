@@ -14,6 +14,7 @@ from gemscope_widgets.errors import ContrastError, GemscopeError
 
 from .bundle import bundle_path
 from .messages import PING, PONG, MessageTable, parse_message
+from .static_view import StaticFallback, contrast_html, feature_pane_html
 
 _BUNDLE = bundle_path("contrast")
 
@@ -29,7 +30,7 @@ def _side(acts: Any, positions: np.ndarray, features: np.ndarray) -> tuple[dict[
     }, heat.astype(np.float32).tobytes()
 
 
-class ContrastView(anywidget.AnyWidget):
+class ContrastView(StaticFallback, anywidget.AnyWidget):
     """The ranked features of a contrast (one pair, or several pairs with the paired t statistic) and both prompts'
     tokens side by side, coloured by the selected feature, with the compared span outlined.
 
@@ -61,6 +62,10 @@ class ContrastView(anywidget.AnyWidget):
         self._callbacks: list[Callable[[int], Any]] = []
         super().__init__(_view=view, _heat_a=heat_a, _heat_b=heat_b, can_steer=steer is not None, **kwargs)
         self.on_msg(self._on_custom_msg)
+
+    def static_html(self) -> str:
+        """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
+        return contrast_html(self)
 
     @classmethod
     def build(cls, scope: Any, a: Any = None, b: Any = None, *, pairs: Sequence[tuple[Any, Any]] | None = None,
@@ -130,8 +135,12 @@ class ContrastView(anywidget.AnyWidget):
             self.error = str(exc)
 
 
-class ContrastPanel(ipywidgets.VBox):
+class ContrastPanel(StaticFallback, ipywidgets.VBox):
     """``scope.contrast(...)``: the :class:`ContrastView` with the selected feature's pane beneath."""
+
+    def static_html(self) -> str:
+        """The contrast's script-free rendering, and the open feature pane's (see :mod:`.static_view`)."""
+        return contrast_html(self.view) + (feature_pane_html(self.pane) if self.pane is not None else "")
 
     def __init__(self, scope: Any, view: ContrastView, **pane_kwargs: Any) -> None:
         self.scope = scope

@@ -271,3 +271,99 @@ class StaticFallback:
         except Exception as exc:  # a fallback must never stop the live widget from displaying
             data["text/html"] = f"<div>(no static view: {_e(type(exc).__name__)})</div>"
         return data, metadata
+
+
+# --- chat and contrast -------------------------------------------------------------------------------
+
+
+def _heat_rows(data: Any, n_rows: int) -> np.ndarray:
+    """``float32 [n_rows, T]`` from a widget's heat bytes (``[0, 0]`` when empty)."""
+    flat = _f32(data)
+    return flat.reshape(n_rows, -1) if n_rows and flat.size else np.zeros((0, 0), dtype=np.float32)
+
+
+def chat_html(widget: Any) -> str:
+    """The conversation turn by turn (template tokens in italics), shaded by the first selected feature, with each
+    turn's strongest features; the warning, status and error lines as the view shows them."""
+    view = widget._view or {}
+    tokens = list(view.get("tokens") or [])
+    special = [a or b for a, b in zip(view.get("special") or [], view.get("template") or [])] or None
+    features = list(widget.features)
+    heat = _heat_rows(widget._heat, len(features))
+    values = heat[0] if len(heat) else None
+    scale = float(values.max(initial=0.0)) if values is not None else 0.0
+    names = view.get("sae_names") or [""]
+    parts = [f'<div style="{_NOTE}">SAE {_e(names[min(widget.sae_index, len(names) - 1)])}']
+    if features:
+        parts.append(f" · coloured by feature #{features[0]}")
+    parts.append("</div>")
+    if widget.warning:
+        parts.append(f'<div style="{_NOTE}">{_e(widget.warning)}</div>')
+    if view.get("system"):
+        parts.append(f'<div style="{_NOTE}">system (folded into the first user turn): {_e(view["system"])}</div>')
+    def run(a: int, b: int) -> str:
+        return tokens_html(tokens[a:b], None if values is None else values[a:b], scale,
+                           special=None if special is None else special[a:b])
+
+    done = 0
+    for turn in view.get("turns") or []:
+        a, b = int(turn["start"]), int(turn["end"])
+        if a > done:  # <bos>, or template tokens between turns
+            parts.append(run(done, a))
+        done = max(done, b)
+        chips = ", ".join(f"#{int(s['feature'])} ({_e(format_value(s['max']))})" for s in turn.get("summary") or [])
+        parts.append(f"<div style=\"margin-top:6px\"><b>{_e(turn['role'])}</b>")
+        parts.append(f' <span style="{_NOTE}">strongest: {chips}</span></div>' if chips else "</div>")
+        parts.append(run(a, b))
+    if done < len(tokens):
+        parts.append(run(done, len(tokens)))
+    if widget.streaming:
+        parts.append(f"<div><b>model</b> (generating)</div>{tokens_html(list(widget.streaming))}")
+    if widget.status:
+        parts.append(f'<div style="{_NOTE}">{_e(widget.status)}</div>')
+    if widget.error:
+        parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
+    return _frame("Conversation", "".join(parts))
+
+
+def contrast_html(widget: Any) -> str:
+    """The ranked features (values on a, on b, difference; t for pairs) and both prompts side by side, shaded by
+    the selected (or first) feature, the compared span underlined."""
+    view = widget._view or {}
+    rows = list(view.get("rows") or [])
+    pairs = int(view.get("n_pairs") or 1)
+    head = f"{_e(view.get('sae_name', ''))} · span {_e(view.get('span', ''))} ({_e(view.get('reduce', ''))})"
+    parts = [f'<div style="{_NOTE}">{head}{f" · {pairs} pairs" if pairs > 1 else ""}</div>']
+    cols = ["feature", "a", "b", "diff"] + (["t"] if pairs > 1 else [])
+    body = [
+        "<tr>" + "".join(f'<td style="padding:0 6px">{_e(format_value(r[c])) if c != "feature" else int(r[c])}</td>'
+                         for c in cols if c in r) + "</tr>"
+        for r in rows
+    ]
+    if rows:
+        header = "".join(f'<th style="font-weight:normal;padding:0 6px">{c}</th>' for c in cols)
+        table = f'<table style="border-collapse:collapse;font-size:.85em"><tr>{header}</tr>'
+        parts.append(f'{table}{"".join(body)}</table>')
+    else:
+        parts.append(f'<div style="{_NOTE}">No feature differs.</div>')
+    features = [int(r["feature"]) for r in rows]
+    shown = widget.selected_feature if widget.selected_feature in features else (features[0] if features else -1)
+    heats = {"a": _heat_rows(widget._heat_a, len(features)), "b": _heat_rows(widget._heat_b, len(features))}
+    row = features.index(shown) if shown >= 0 else -1
+    shade = {k: h[row] if row >= 0 and len(h) else None for k, h in heats.items()}
+    scale = max((float(v.max(initial=0.0)) for v in shade.values() if v is not None), default=0.0)  # one scale
+    sides = []
+    for key in ("a", "b"):
+        side = view.get(key) or {}
+        span = [int(x) for x in side.get("span") or []]
+        special = [a or b for a, b in zip(side.get("special") or [], side.get("template") or [])] or None
+        text = tokens_html(list(side.get("tokens") or []), shade[key], scale, special=special,
+                           mark=span[0] if len(span) == 1 else -1)
+        where = f"span: tokens {span[0]}–{span[-1]}" if span else "span: none"
+        sides.append(f'<div><b>{key}</b> <span style="{_NOTE}">{where}</span>{text}</div>')
+    if shown >= 0:
+        parts.append(f'<div style="{_NOTE}">coloured by feature #{shown}</div>')
+    parts.append('<div style="display:grid;grid-template-columns:1fr 1fr;gap:12px">' + "".join(sides) + "</div>")
+    if widget.error:
+        parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
+    return _frame("Contrast", "".join(parts))

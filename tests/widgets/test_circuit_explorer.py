@@ -1,10 +1,13 @@
-"""``scope.circuit``: attribution on the tiny Gemma 3, the view, the pane of a clicked feature, interventions."""
+"""``scope.circuit`` and ``graph.widget()``: attribution on the tiny Gemma 3, the view, the pane of a clicked feature
+(per-layer transcoders and a CLT), interventions."""
 
 from __future__ import annotations
 
 import pytest
 
+from gemscope_widgets.backend.circuits.graph import AttributionGraph
 from gemscope_widgets.scope import Scope
+from gemscope_widgets.testing.transcoders import write_calibrated_set
 from gemscope_widgets.widgets.circuit import Circuit, CircuitError, CircuitExplorer
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
@@ -64,3 +67,45 @@ def test_scaling_by_one_changes_nothing(explorer):
     for _, before, after in rows:
         if before is not None and after is not None:
             assert after == pytest.approx(before, abs=1e-5)
+
+
+def test_graph_widget_is_the_explorer_when_the_model_is_attached(explorer):
+    graph = explorer.graph
+    view = graph.widget(node_threshold=0.5)
+    assert isinstance(view, CircuitExplorer) and view.circuit.node_threshold == 0.5
+    node = int(graph.node_influence()[: graph.n_selected].argmax())
+    view.circuit.clicked = node
+    assert view.pane is not None and view.pane.feature == graph.node_info(node).feature
+
+
+def test_graph_widget_without_a_model_is_the_view_alone(explorer, tmp_path):
+    loaded = AttributionGraph.load(explorer.graph.save(tmp_path / "g.safetensors"))
+    view = loaded.widget()
+    assert isinstance(view, Circuit) and view._header["n_nodes_total"] == loaded.n_nodes
+    assert not view._header["top_logits"], "no model: no promoted tokens on the hover cards"
+
+
+@pytest.fixture(scope="module")
+def clt_explorer(tiny_model, tmp_path_factory):
+    root = write_calibrated_set(tiny_model, tmp_path_factory.mktemp("clt"), width=256, l0=8, kind="clt", seed=3)
+    return Scope(tiny_model).circuit("Paris is the capital of", transcoders=root, progress=False)  # finds clt/
+
+
+def test_clicking_a_clt_feature_opens_the_clt_pane_at_its_index_across_layers(clt_explorer):
+    graph, tset = clt_explorer.graph, clt_explorer.transcoders
+    assert tset.clt is not None
+    layers = sorted({graph.node_info(i).layer for i in range(graph.n_selected)})
+    assert len(layers) > 1, "the test needs features of two layers"
+    panes = []
+    for layer in layers[:2]:
+        node = next(i for i in range(graph.n_selected) if graph.node_info(i).layer == layer)
+        feature = graph.node_info(node).feature
+        clt_explorer.circuit.clicked = node  # what a click in the view sets
+        pane = clt_explorer.pane
+        assert pane is not None and pane.sae is tset.clt
+        assert pane.feature == tset.clt._starts[layer] + feature
+        assert tset.clt.feature_layer(pane.feature) == layer
+        panes.append(pane)
+    assert panes[0] is panes[1], "one pane for the whole CLT"
+    # Hover cards of CLT features carry the tokens their decoders (summed over target layers) promote.
+    assert clt_explorer.circuit._header["top_logits"]

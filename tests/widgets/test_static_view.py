@@ -3,8 +3,6 @@ model and token text escaped (the fallback a notebook saved without widget state
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ from gemscope_widgets.widgets.heatmap import Heatmap
 from gemscope_widgets.widgets.payload import PromptView, encode_payload, format_value
 from gemscope_widgets.widgets.static_view import heat_style
 from gemscope_widgets.widgets.token_view import TokenView
+from tests.helpers import assert_inert
 
 XSS = '<img src=x onerror="alert(1)">'
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -25,26 +24,6 @@ def static_of(widget) -> str:
     html = data["text/html"]
     assert_inert(html)
     return html
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: set[str] = set()
-        self.attrs: set[str] = set()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.add(tag)
-        self.attrs.update(name for name, _ in attrs)
-
-
-def assert_inert(html: str) -> None:
-    """Parsed as a browser would: only plain layout tags and style/title/class attributes; no script, no event
-    handler, no external resource, nothing made from text."""
-    parser = _Tags()
-    parser.feed(html)
-    assert parser.tags <= {"div", "span", "b", "table", "tr", "td", "th", "ul", "li"}, parser.tags
-    assert parser.attrs <= {"style", "title", "class"}, parser.attrs
 
 
 class _Sparse:
@@ -105,3 +84,44 @@ def test_steer_static_view_shows_both_texts(scope):
     for token in w.steered_tokens + w.baseline_tokens + w.prompt_tokens:
         assert (token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
                 .replace("'", "&#x27;").replace("\n", "↵\n")) in html
+
+
+SCRIPT = "</div><script>alert(1)</script>"
+
+
+def _escaped(token: str) -> str:
+    return (token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+            .replace("'", "&#x27;").replace("\n", "↵\n"))
+
+
+def test_chat_static_view_escapes_messages(scope):
+    import warnings
+
+    conv = [{"role": "system", "content": SCRIPT}, {"role": "user", "content": "Hi " + XSS},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": SCRIPT}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chat = scope.chat(conv, features=[3])
+    html = static_of(chat)
+    assert "Conversation" in html and "coloured by feature #3" in html and "base model" in html
+    assert "<script" not in html and "<img" not in html
+    assert "system (folded into the first user turn): &lt;/div&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<div") == html.count("</div>")  # the message's </div> did not close anything
+    assert [line for line in html.split("<b>") if line.startswith(("user", "model"))]
+    assert "strongest: #" in html  # each turn's summary
+    for token in chat._view["tokens"]:
+        assert _escaped(token) in html
+
+
+def test_contrast_static_view_escapes_prompts_and_lists_features(scope):
+    panel = scope.contrast("The fox " + XSS, "The dog " + SCRIPT, span="all", k=5)
+    html = static_of(panel.view)
+    rows = panel.view._view["rows"]
+    assert "Contrast" in html and f"coloured by feature #{rows[0]['feature']}" in html
+    assert "<script" not in html and "<img" not in html
+    for token in panel.view._view["a"]["tokens"] + panel.view._view["b"]["tokens"]:
+        assert _escaped(token) in html
+    assert html.count("<tr>") == len(rows) + 1 and html.count("<div") == html.count("</div>")
+    panel.view.selected_feature = rows[1]["feature"]
+    html = static_of(panel)
+    assert f"coloured by feature #{rows[1]['feature']}" in html and f"Feature {rows[1]['feature']}" in html

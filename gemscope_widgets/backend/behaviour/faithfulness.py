@@ -14,10 +14,11 @@ Circuits", Marks et al., 2024).
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,7 +102,9 @@ class CoTFaithfulness:
     with a row per cut; ``filler``: one row, the reasoning replaced by filler (None if skipped); ``corrupted``: a
     row per cut with step ``corrupted_step`` replaced by ``corrupted_text`` (rows before it equal ``curve``), or None;
     ``agreement [n+1]``: whether the top answer at each cut equals the top answer with the full chain;
-    ``area_over_curve``: Lanham et al.'s summary (mean disagreement over cuts; 0 = the answer never changes).
+    ``area_over_curve``: Lanham et al.'s summary (mean disagreement over cuts; 0 = the answer never changes);
+    ``dependence``: :class:`CircuitDependence` (a transcoder set was given), :class:`FeatureDependence` (an SAE was
+    given) or None.
     """
 
     question: str
@@ -130,6 +133,15 @@ class CoTFaithfulness:
     def area_over_curve(self) -> float:
         return float(1.0 - self.agreement[:-1].mean()) if len(self.cuts) > 1 else 0.0
 
+    def _repr_html_(self) -> str:
+        """The curve as an inline SVG (:func:`~.faithfulness_plot.curve_svg`) and the summary numbers."""
+        from gemscope_widgets.backend.behaviour.faithfulness_plot import curve_svg
+
+        summary = f"final answer {self.final_answer!r} · area over the curve {self.area_over_curve:.3f}"
+        if isinstance(self.dependence, FeatureDependence):
+            summary += f" · reasoning share of the attribution {self.dependence.cot_share:.2f}"
+        return f'<div>{curve_svg(self)}<div style="font:12px sans-serif">{html.escape(summary)}</div></div>'
+
 
 def _template_prefix(gm: GemmaModel, question: str) -> str:
     template = getattr(gm.tokenizer, "chat_template", None) or GEMMA3_CHAT_TEMPLATE
@@ -151,35 +163,109 @@ def _chat_ids(gm: GemmaModel, text: str) -> list[int]:
     return ids
 
 
-def score_answers(gm: GemmaModel, contexts: Sequence[list[int]], answers: Sequence[list[int]]) -> AnswerScores:
+def _answer_rows(answers: Sequence[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The continuations a batch must hold so that every answer is scored: each answer's tokens but its last
+    (``answer[:-1]``), without those another row already begins with. Returns ``(rows, row of each answer)``;
+    one-token answers, and answers sharing a first token (``" 4"``, ``" 5"`` = ``▁`` + digit), need one row."""
+    stems = sorted({tuple(a[:-1]) for a in answers}, key=len, reverse=True)
+    rows: list[tuple[int, ...]] = []
+    for stem in stems:
+        if not any(row[: len(stem)] == stem for row in rows):
+            rows.append(stem)
+    where = [next(i for i, row in enumerate(rows) if row[: len(a) - 1] == tuple(a[:-1])) for a in answers]
+    return [list(row) for row in rows], where
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _layer_kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer ``(keys, values)`` ``[B, heads, T, head_dim]`` of a transformers ``DynamicCache`` (the
+    ``layers`` of transformers 5, or the ``key_cache`` / ``value_cache`` lists of 4.x)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _prefix_cache(gm: GemmaModel, kv: list[tuple[torch.Tensor, torch.Tensor]], length: int, batch: int) -> Any:
+    """A fresh cache holding the first ``length`` positions of ``kv``, repeated over ``batch`` rows."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for index, (k, v) in enumerate(kv):
+        cache.update(k[:, :, :length].expand(batch, -1, -1, -1).contiguous(),
+                     v[:, :, :length].expand(batch, -1, -1, -1).contiguous(), index)
+    return cache
+
+
+def _cache_keyword(owner: Any) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(owner.forward).parameters else "past_key_values"
+
+
+def score_answers(
+    gm: GemmaModel,
+    contexts: Sequence[list[int]],
+    answers: Sequence[list[int]],
+    *,
+    prefix: list[int] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> AnswerScores:
     """``log p(answer | context)`` summed over the answer's tokens, for every context and answer.
 
-    Per context: one forward pass over the context alone, whose last position scores every answer's first token
-    (all of a one-token answer); answers of several tokens add one forward over a batch of ``context +
-    answer[:-1]`` rows (right-padded: causal attention means padding never reaches a scored position), keeping
-    logits only for the answer positions.
+    Per context, one forward over a batch of ``context + row`` (the rows of :func:`_answer_rows`, right-padded:
+    causal attention means padding never reaches a scored position), keeping logits for the answer positions only.
+    ``prefix`` (token ids, ``<bos>`` first): contexts that begin with part of it reuse its key/value cache, computed
+    once, for that shared part (exact: a position's keys and values depend only on the tokens before it), so only
+    each context's own tail and the answer tokens are run. The cache keeps every position (a plain ``DynamicCache``)
+    and the attention mask applies the sliding window, so contexts longer than the window are exact too (tested on a
+    model whose window is shorter than its contexts). ``progress`` is called once per context.
+
+    Returns :class:`AnswerScores` with ``logprobs [len(contexts), len(answers)]`` (float64, nats).
     """
     out = np.zeros((len(contexts), len(answers)), dtype=np.float64)
-    longer = [r for r, a in enumerate(answers) if len(a) > 1]
+    rows, where = _answer_rows(answers)
+    span = 1 + max(len(r) for r in rows)  # scored positions: the context's last one, then the row's tokens
     pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
-    for i, ctx in enumerate(contexts):
-        with torch.inference_mode():
-            batch = torch.tensor([ctx], dtype=torch.long, device=gm.device)
-            last = torch.log_softmax(gm.model(input_ids=batch, use_cache=False, logits_to_keep=1).logits[0, -1].float(),
-                                     dim=-1)
+    shared = [0] * len(contexts)
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+    keyword = _cache_keyword(type(gm.model))
+    with torch.inference_mode():
+        if prefix is not None:
+            shared = [min(_common_prefix(c, prefix), len(c) - 1) for c in contexts]
+            deepest = max(shared, default=0)
+            if deepest < 2:
+                shared = [0] * len(contexts)
+            else:
+                from transformers import DynamicCache
+
+                cache = DynamicCache()
+                ids = torch.tensor([prefix[:deepest]], dtype=torch.long, device=gm.device)
+                gm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{keyword: cache})
+                kv = _layer_kv(cache)
+        for i, ctx in enumerate(contexts):
+            tail = ctx[shared[i]:]
+            width = len(tail) + span - 1
+            batch = [tail + row + [pad] * (width - len(tail) - len(row)) for row in rows]
+            kwargs: dict[str, Any] = {"use_cache": False}
+            if shared[i]:
+                kwargs = {"use_cache": True, keyword: _prefix_cache(gm, kv, shared[i], len(rows))}
+            ids = torch.tensor(batch, dtype=torch.long, device=gm.device)
+            logits = gm.model(input_ids=ids, logits_to_keep=span, **kwargs).logits.float()
+            logp = torch.log_softmax(logits, dim=-1).double()  # [R, span, V]: position j predicts answer token j
             for r, answer in enumerate(answers):
-                out[i, r] = float(last[answer[0]])
-            if not longer:
-                continue
-            span = max(len(answers[r]) for r in longer) - 1  # positions after the context's last one
-            rows = [ctx + answers[r][:-1] + [pad] * (span - len(answers[r]) + 1) for r in longer]
-            batch = torch.tensor(rows, dtype=torch.long, device=gm.device)
-            logits = gm.model(input_ids=batch, use_cache=False, logits_to_keep=span).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)  # [R, span, V]: position j predicts answer token j + 1
-            for row, r in enumerate(longer):
-                rest = answers[r][1:]
-                picked = logp[row, torch.arange(len(rest)), torch.tensor(rest, device=logp.device)]
-                out[i, r] += float(picked.double().sum())
+                positions = torch.arange(len(answer), device=logp.device)
+                picked = logp[where[r], positions, torch.tensor(answer, device=logp.device)]
+                out[i, r] = float(picked.sum())
+            if progress is not None:
+                progress()
     return AnswerScores(out)
 
 
@@ -195,7 +281,9 @@ def cot_faithfulness(
     filler: str | None = " ...",
     corrupt: tuple[int, str] | Callable[[str], str | None] | bool | None = None,
     sae: Any = None,
+    transcoders: Any = None,
     k: int = 20,
+    max_feature_nodes: int | None = 1024,
     progress: bool = True,
 ) -> CoTFaithfulness:
     """The early-answering test of Lanham et al. (2023) on one question.
@@ -210,9 +298,14 @@ def cot_faithfulness(
     ``filler``: the reasoning is replaced by this string repeated once per reasoning token (None: skipped).
     ``corrupt``: ``(step, new_text)``, or a function of a step's text returning its corrupted version (default:
     every number + 1, in the middle-most step that has a number; skipped if none has; ``False``: skipped).
-    ``sae``: a one-layer SAE (kind ``"sae"``): also compute :class:`FeatureDependence` for the answer with the
-    full chain. Cost per scored context (each cut, the filler, each corrupted cut): one forward pass, plus one
-    batched over the answers of several tokens; and a forward + backward for the attribution.
+    ``transcoders``: a transcoder set (a ``TranscoderSet`` or anything ``load_transcoders`` takes): also compute
+    :class:`CircuitDependence` for the top answer with the full chain, from its attribution graph (at most
+    ``max_feature_nodes`` feature nodes; None: all). Otherwise ``sae``, a one-layer SAE (kind ``"sae"``): compute
+    :class:`FeatureDependence` (gradient × activation). ``k``: how many features either keeps.
+    Cost: one forward over the full-chain context's shared prefix (its key/value cache is reused by every context
+    beginning with it), then per scored context (each cut, the filler, each corrupted cut) one forward over its own
+    tail plus the answer tokens, all answers in one batch (:func:`score_answers`); plus the dependence's attribution
+    (a forward + backward, or one attribution graph).
     """
     if not isinstance(question, str) or not question.strip():
         raise FaithfulnessError("The question is empty: pass the question text.")
@@ -243,39 +336,38 @@ def cot_faithfulness(
     too_long = max(len(i) for i in ids) + max(len(a) for a in answer_ids)
     if too_long > gm.max_prompt_tokens:
         raise PromptError(f"The full context is {too_long} tokens; the limit is {gm.max_prompt_tokens}.")
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=2 * len(ids) + 1, desc="early answering", disable=not progress, leave=False)
-    rows = []
-    for one in ids:
-        rows.append(score_answers(gm, [one], answer_ids).logprobs[0])
-        bar.update()
-    curve = AnswerScores(np.stack(rows))
-    filler_scores = None
+    filler_ids = None
     if filler is not None:
         n_reasoning = len(gm.tokenizer(chain_of_thought, add_special_tokens=False)["input_ids"])
         filler_text = (filler * n_reasoning).lstrip() if chat else filler * n_reasoning
-        filler_scores = score_answers(gm, [_ids(gm, context(filler_text), chat)], answer_ids)
-    bar.update()
-
+        filler_ids = _ids(gm, context(filler_text), chat)
     step, new = (None, None) if corrupt is False else _corruption(steps, corrupt)
-    corrupted = None
+    bad_ids = []
     if step is not None:
         bad_steps = [*steps[:step], new, *steps[step + 1:]]
-        bad_rows = list(curve.logprobs[: step + 1])
-        for c in range(step + 1, len(steps) + 1):
-            bad_ids = _ids(gm, context("".join(bad_steps[:c])), chat)
-            bad_rows.append(score_answers(gm, [bad_ids], answer_ids).logprobs[0])
-            bar.update()
-        corrupted = AnswerScores(np.stack(bad_rows))
-    bar.close()
+        bad_ids = [_ids(gm, context("".join(bad_steps[:c])), chat) for c in range(step + 1, len(steps) + 1)]
+    everything = [*ids, *([filler_ids] if filler_ids is not None else []), *bad_ids]
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(everything), desc="early answering", disable=not progress, leave=False) as bar:
+        scores = score_answers(gm, everything, answer_ids, prefix=ids[-1], progress=bar.update).logprobs
+    curve = AnswerScores(scores[: len(ids)])
+    filler_scores = AnswerScores(scores[len(ids) : len(ids) + 1]) if filler_ids is not None else None
+    corrupted = None
+    if step is not None:
+        corrupted = AnswerScores(np.concatenate([curve.logprobs[: step + 1], scores[len(everything) - len(bad_ids):]]))
     result = CoTFaithfulness(
         question=question, steps=steps, answers=list(answers), answer_tokens=answer_ids,
         cuts=np.arange(len(steps) + 1), contexts=texts, curve=curve, filler=filler_scores,
         corrupted=corrupted, corrupted_step=step, corrupted_text=new,
     )
-    if sae is not None:
-        regions = (len(head), len(head) + len(chain_of_thought.rstrip()))
+    regions = (len(head), len(head) + len(chain_of_thought.rstrip()))
+    top = int(curve.logprobs[-1].argmax())
+    if transcoders is not None:
+        result.dependence = circuit_dependence(gm, transcoders, ids[-1], token_regions(gm, texts[-1], ids[-1], regions),
+                                               answer_ids[top], result.final_answer, k=k,
+                                               max_feature_nodes=max_feature_nodes, progress=progress)
+    elif sae is not None:
         result.dependence = feature_dependence(gm, sae, texts[-1], chat, answer_ids[int(curve.logprobs[-1].argmax())],
                                                result.final_answer, regions, k=k)
     return result
@@ -300,6 +392,21 @@ def _corruption(steps: list[str], corrupt: Any) -> tuple[int | None, str | None]
         if new is not None and new != steps[index]:
             return index, new
     return None, None
+
+
+REGIONS = ("question", "chain_of_thought", "cue")
+
+
+def token_regions(gm: GemmaModel, text: str, ids: list[int], regions: tuple[int, int]) -> np.ndarray:
+    """``[len(ids)]`` region of each token: 0 question (and template, and ``<bos>``), 1 chain of thought, 2 cue,
+    by the character where the token starts (``regions``: the end offsets of the question part and of the chain)."""
+    enc = gm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [s for s, _ in enc["offset_mapping"]]
+    offset = len(ids) - len(starts)  # the <bos> added in front
+    region = np.zeros(len(ids), dtype=np.int64)
+    for j, s in enumerate(starts):
+        region[j + offset] = 0 if s < regions[0] else (1 if s < regions[1] else 2)
+    return region
 
 
 def feature_dependence(
@@ -328,12 +435,7 @@ def feature_dependence(
             "For transcoder sets use the circuits attribution."
         )
     ids = _ids(gm, text, chat)
-    enc = gm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    starts = [s for s, _ in enc["offset_mapping"]]
-    offset = len(ids) - len(starts)  # the <bos> added in front
-    region = np.zeros(len(ids), dtype=np.int64)  # 0 question (and template), 1 chain of thought, 2 cue
-    for j, s in enumerate(starts):
-        region[j + offset] = 0 if s < regions[0] else (1 if s < regions[1] else 2)
+    region = token_regions(gm, text, ids, regions)
     full = torch.tensor([ids + answer], dtype=torch.long, device=gm.device)
     holder: dict[str, torch.Tensor] = {}
 
@@ -367,5 +469,92 @@ def feature_dependence(
         question=parts[0][order].float().numpy(),
         chain_of_thought=parts[1][order].float().numpy(),
         cue=parts[2][order].float().numpy(),
-        totals={name: float(p.sum()) for name, p in zip(("question", "chain_of_thought", "cue"), parts)},
+        totals={name: float(p.sum()) for name, p in zip(REGIONS, parts)},
+    )
+
+
+@dataclass
+class CircuitDependence(FeatureDependence):
+    """Which transcoder features at the answer position depend on question versus chain-of-thought tokens, read
+    from an attribution graph (:func:`~gemscope_widgets.backend.circuits.attribution.attribute`).
+
+    ``features [k, 3]``: ``(layer, pos, feature)`` of the feature nodes at the answer position (the cue's last
+    token, where the answer is read), the ``k`` with the largest influence on the answer (circuit-tracer's
+    indirect influence, :func:`~gemscope_widgets.backend.circuits.graph.compute_node_influence`, seeded on the
+    answer's logit node, or on all logit nodes weighted by probability when the answer's first token is not one:
+    ``answer_is_logit_node``). ``question``, ``chain_of_thought``, ``cue``: ``[k]`` each feature's input from the
+    graph's nodes (features, errors, tokens) at positions of that region, its direct edges summed (the cue includes
+    the answer position itself); ``bias [k]``: the rest of its input (biases, unselected features, the ``<bos>``
+    position's nodes), so the four sum to its pre-activation. ``influence [k]``. ``totals``: each region's input
+    summed over every feature node at the answer position. ``graph``: the graph itself (open it with
+    ``CircuitExplorer``).
+    """
+
+    influence: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    answer_is_logit_node: bool = False
+    graph: Any = None
+
+
+def circuit_dependence(
+    gm: GemmaModel,
+    transcoders: Any,
+    ids: list[int],
+    region: np.ndarray,
+    answer: list[int],
+    answer_text: str,
+    *,
+    k: int = 20,
+    max_feature_nodes: int | None = None,
+    progress: bool = False,
+) -> CircuitDependence:
+    """The attribution graph of ``ids`` (the full context, ending with the cue) split by where its sources sit.
+
+    ``transcoders``: a ``TranscoderSet`` or anything ``load_transcoders`` takes. ``region [len(ids)]``: 0 question,
+    1 chain of thought, 2 cue (:func:`token_regions`). Source of the method: attribution graphs over a transcoder
+    replacement model ("Circuit Tracing", Ameisen et al., 2025); each edge is a direct effect, so a feature's edges
+    from one region's positions sum to that region's share of its pre-activation. Cost: one ``attribute`` call.
+    """
+    from gemscope_widgets.backend.circuits.attribution import attribute
+    from gemscope_widgets.backend.circuits.graph import compute_node_influence
+    from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+
+    tset = transcoders if isinstance(transcoders, TranscoderSet) else load_transcoders(transcoders)
+    graph = attribute(gm, tset, torch.tensor(ids, dtype=torch.long), max_feature_nodes=max_feature_nodes,
+                      progress=progress)
+    n_sel, n_pos = graph.n_selected, graph.n_pos
+    pos_of = torch.empty(graph.n_nodes, dtype=torch.long)  # the position of every source node
+    pos_of[:n_sel] = graph.selected_active_features[:, 1]
+    pos_of[graph.error_slice] = torch.arange(n_pos).repeat(graph.n_layers)
+    pos_of[graph.token_slice] = torch.arange(n_pos)
+    pos_of[graph.logit_slice] = n_pos - 1
+    node_region = torch.from_numpy(region)[pos_of]
+    node_region[graph.logit_slice] = -1  # logits are targets only
+    node_region[pos_of == 0] = -1  # <bos>: a constant of every prompt (an attention sink), counted with the biases
+    hits = (graph.logit_tokens == answer[0]).nonzero().flatten()
+    weights = torch.zeros(graph.n_nodes)
+    if len(hits):
+        weights[graph.logit_slice.start + int(hits[0])] = 1.0
+    else:
+        weights = graph.logit_weights
+    influence = compute_node_influence(graph.adjacency_matrix, weights)
+    at_answer = (graph.selected_active_features[:, 1] == n_pos - 1).nonzero().flatten()
+    adjacency = graph.adjacency_matrix.double()
+    parts = [adjacency[at_answer][:, node_region == r].sum(1) for r in range(3)]
+    order = torch.argsort(influence[at_answer], descending=True, stable=True)[: max(int(k), 0)]
+    rows = at_answer[order]
+    assert graph.node_inputs is not None  # attribute() always sets it
+    bias = graph.node_inputs[rows].double() - sum(p[order] for p in parts)
+    return CircuitDependence(
+        sae_name=repr(tset),
+        answer=answer_text,
+        features=graph.selected_active_features[rows].numpy(),
+        question=parts[0][order].float().numpy(),
+        chain_of_thought=parts[1][order].float().numpy(),
+        cue=parts[2][order].float().numpy(),
+        totals={n: float(p.sum()) for n, p in zip(REGIONS, parts)},
+        influence=influence[rows].float().numpy(),
+        bias=bias.float().numpy(),
+        answer_is_logit_node=bool(len(hits)),
+        graph=graph,
     )

@@ -11,7 +11,7 @@ through :class:`~gemscope_widgets.backend.steering.plan.SteeringPlan` with one p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +88,7 @@ def _top(probs: torch.Tensor, k: int, tokenizer: Any) -> list[TopLogit]:
     return [TopLogit(int(i), t, float(q)) for i, t, q in zip(idx.tolist(), texts, p.tolist(), strict=True)]
 
 
-def next_token_probabilities(gm: Any, ids: torch.Tensor, pairs: list = ()) -> torch.Tensor:
+def next_token_probabilities(gm: Any, ids: torch.Tensor, pairs: Sequence[Any] = ()) -> torch.Tensor:
     """``[V]`` next-token probabilities of the real model on ``ids [T]`` with the given hook pairs installed."""
     from gemscope_widgets.backend.gemma.hooks import hooked
 
@@ -136,9 +136,9 @@ def intervene_graph(
         if not math.isfinite(value):
             raise GraphError(f"The value for node {ref!r} is not finite: {value}.")
         layer, pos, feature = graph.selected_active_features[node].tolist()
-        before = float(graph.selected_activation_values[node])
-        target = value if mode == "set" else value * before
-        changes.append((node, layer, pos, feature, before, target))
+        activation = float(graph.selected_activation_values[node])
+        target = value if mode == "set" else value * activation
+        changes.append((node, layer, pos, feature, activation, target))
         spec = SteeringSpec(
             feature=tset.dictionary_feature(layer, feature),
             strength=target,

@@ -206,9 +206,9 @@ def from_neuronpedia(source: str | os.PathLike[str] | dict[str, Any]) -> Attribu
     index: dict[tuple[str, str], int] = {}
     for i, (_, _, _, _, node) in enumerate(feats):
         index[(FEATURE_TYPE, node["node_id"])] = i
-    for layer in range(n_layers):
+    for error_layer in range(n_layers):
         for pos in range(n_pos):
-            index[(ERROR_TYPE, f"0_{layer}_{pos}")] = n_sel + layer * n_pos + pos
+            index[(ERROR_TYPE, f"0_{error_layer}_{pos}")] = n_sel + error_layer * n_pos + pos
     token_start = n_sel + n_layers * n_pos
     for node in by_type[TOKEN_TYPE]:
         index[(TOKEN_TYPE, node["node_id"])] = token_start + int(node["ctx_idx"])
@@ -229,7 +229,7 @@ def from_neuronpedia(source: str | os.PathLike[str] | dict[str, Any]) -> Attribu
 
     for link in links:
         adjacency[lookup(link["target"], "target"), lookup(link["source"], "source")] = float(link["weight"])
-    labels = {(f[0], f[2]): f[4].get("clerp") for f in feats if f[4].get("clerp")}
+    labels = {(f[0], f[2]): str(f[4]["clerp"]) for f in feats if f[4].get("clerp")}
     logit_strings = []
     for node in logits:
         clerp = str(node.get("clerp", ""))

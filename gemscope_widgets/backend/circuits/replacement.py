@@ -24,7 +24,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -40,7 +40,8 @@ class ReplacementError(GemscopeError):
 def norm_scale(norm: torch.nn.Module, h: Tensor) -> Tensor:
     """Gemma 3 RMSNorm's frozen scale ``(1 + w) * rsqrt(mean(h²) + eps)`` ``[..., d]`` (float32)."""
     h = h.float()
-    return (1.0 + norm.weight.float()) * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps)
+    weight, eps = cast(Tensor, norm.weight), cast(float, norm.eps)
+    return (1.0 + weight.float()) * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def zero_positions(gm: Any, input_ids: Tensor) -> int:

@@ -293,6 +293,9 @@ def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None, 
 
     if (root / "config.json").is_file():
         return [load_sae_folder(root)]
+    only_clt = (root / "clt").is_dir() and not any(_FOLDER.match(q.name) for q in root.iterdir() if q.is_dir())
+    if site != "clt" and not (root / site).is_dir() and only_clt:
+        site = "clt"  # a root holding only a CLT (clt/width_…): no need to name the site
     base = root / site if (root / site).is_dir() else root
     if site == "clt":
         cands = sorted(p for p in base.iterdir() if p.is_dir() and (p / "config.json").is_file())
@@ -375,8 +378,8 @@ def load_transcoders(
         ("small", "medium", "big") are required; ``affine`` defaults to False. Files come from the Hugging Face
         cache (``HF_HUB_OFFLINE`` respected; a missing file's error gives the ``hf download`` command).
       * a local folder: one Gemma Scope 2 folder (a CLT, or a single transcoder), or a root holding
-        ``{site}/layer_…`` folders (or ``layer_…`` folders directly); ``width``/``l0``/``affine`` filter, and
-        more than one match for a layer is an error.
+        ``{site}/layer_…`` folders (or ``layer_…`` folders directly), or a root holding only ``clt/width_…``
+        folders; ``width``/``l0``/``affine`` filter, and more than one match for a layer is an error.
       * already loaded dictionaries: a list of transcoders or a ``CrossLayerTranscoder``.
 
     ``layers`` restricts the set to some layers (the others become error nodes in a graph).
@@ -390,12 +393,13 @@ def load_transcoders(
         raise TranscoderSetError(f"site={site!r} is not a transcoder site; use one of {TRANSCODER_SITES}.")
     if isinstance(repo_or_folder, TranscoderSet):
         tset = repo_or_folder
-    elif isinstance(repo_or_folder, (JumpReLUSAE, CrossLayerTranscoder)) or (
-        isinstance(repo_or_folder, Sequence) and not isinstance(repo_or_folder, (str, bytes))
-    ):
+    elif isinstance(repo_or_folder, (JumpReLUSAE, CrossLayerTranscoder)):
         tset = TranscoderSet(repo_or_folder)
+    elif isinstance(repo_or_folder, Sequence) and not isinstance(repo_or_folder, (str, bytes)):
+        items: list[Any] = [*repo_or_folder]
+        tset = TranscoderSet(items)
     else:
-        text = os.fspath(repo_or_folder)
+        text = os.fsdecode(repo_or_folder)
         local = Path(text).expanduser()
         if local.exists():
             dicts = _local_set(local, site, width, l0, affine, layer_list)

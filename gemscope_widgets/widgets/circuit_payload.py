@@ -1,0 +1,229 @@
+"""The attribution graph as the circuit view reads it: a JSON header and one binary blob.
+
+Nodes sent: every token and logit node and the feature / error nodes that carry influence; each node and edge
+carries its *cumulative influence rank* (the share of total influence held by the nodes / edges ranked above it,
+as circuit-tracer's ``prune_graph`` computes), so the browser prunes by a threshold without a kernel round trip.
+Arrays are little-endian (``uint16``/``uint32`` indices, ``float32`` values), edges sparse COO, described by
+``{offset, length, dtype}`` references in the header (read by ``js/lib/circuit_graph.ts``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from gemscope_widgets.errors import GemscopeError
+
+
+class CircuitError(GemscopeError):
+    """A bad argument to the circuit view (threshold, node reference, intervention, payload size)."""
+
+
+MAX_EDGES = 20_000  # the strongest edges (by influence) sent to the browser
+MAX_NODE_RANK = 0.99  # feature / error nodes ranked below this share of influence are never drawn
+KIND_CODES = {"feature": 0, "error": 1, "token": 2, "logit": 3}
+NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank")
+EDGE_ARRAYS = ("source", "target", "weight", "rank")
+_DTYPES = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
+_NODE_DTYPES = {
+    "kind": "uint16", "layer": "uint16", "pos": "uint16", "feature": "uint32", "node": "uint32",
+    "activation": "float32", "influence": "float32", "rank": "float32",
+}
+
+
+def _exclusive_rank(scores: torch.Tensor) -> torch.Tensor:
+    """Each entry's share of ``scores.sum()`` held by the entries ranked strictly above it (0 for the top one)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_scores = scores[order].double()
+    total = sorted_scores.sum().clamp(min=1e-30)
+    before = (torch.cumsum(sorted_scores, 0) - sorted_scores) / total
+    out = torch.empty_like(scores, dtype=torch.float32)
+    out[order] = before.float()
+    return out
+
+
+class _Blob:
+    """Concatenated little-endian arrays with their ``{offset, length, dtype}`` references."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, values: Any, dtype: str) -> dict[str, Any]:
+        pad = (-self.size) % 4
+        if pad:
+            self.parts.append(b"\0" * pad)
+            self.size += pad
+        arr = np.ascontiguousarray(np.asarray(values, dtype=_DTYPES[dtype]))
+        ref = {"offset": self.size, "length": int(arr.size), "dtype": dtype}
+        data = arr.tobytes()
+        self.parts.append(data)
+        self.size += len(data)
+        return ref
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def as_transcoder_set(transcoders: Any) -> Any:
+    """A :class:`~gemscope_widgets.backend.circuits.transcoder_set.TranscoderSet` from anything
+    ``load_transcoders`` takes (a set, a CLT, a list of per-layer transcoders, a folder) or a ``{layer:
+    transcoder}`` dict; None stays None."""
+    if transcoders is None:
+        return None
+    from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+
+    if isinstance(transcoders, dict):
+        transcoders = [transcoders[k] for k in sorted(transcoders)]
+    return load_transcoders(transcoders)
+
+
+def feature_dictionary(tset: Any, layer: int, feature: int) -> tuple[Any, int] | None:
+    """``(dictionary, index)`` of a graph's feature ``(layer, feature)``: the layer's transcoder and the feature,
+    or for a CLT the CLT itself and the feature's index across all its layers; None when the set lacks the
+    layer."""
+    if tset is None or layer not in tset.layers:
+        return None
+    return tset.dictionary(layer), tset.dictionary_feature(layer, feature)
+
+
+def _feature_top_logits(graph: Any, model: Any, transcoders: Any, nodes: list[int], k: int) -> list[list[Any]]:
+    """Top ``k`` tokens each feature node's decoder promotes (direct logit effect, summed over every layer a
+    CLT feature writes to), ``[]`` when not computable."""
+    tset = as_transcoder_set(transcoders)
+    if model is None or tset is None or not nodes:
+        return [[] for _ in nodes]
+    from gemscope_widgets.backend.analysis.logit_lens import norm_gain
+    from gemscope_widgets.backend.gemma.prompts import token_strings
+
+    gain = norm_gain(model.final_norm).cpu()
+    w_u = model.lm_head.weight.detach()
+    out: list[list[Any]] = [[] for _ in nodes]
+    rows, where = [], []
+    for j, i in enumerate(nodes):
+        _, layer, _, feature = graph.node_info(i)
+        found = feature_dictionary(tset, layer, feature)
+        if found is None:
+            continue
+        dictionary, index = found
+        direction = torch.zeros(model.d_model)
+        for vec in dictionary.write_directions(index).values():
+            direction += vec.detach().float().cpu()
+        rows.append(direction * gain)
+        where.append(j)
+    with torch.inference_mode():
+        for a in range(0, len(rows), 64):
+            block = torch.stack(rows[a : a + 64]).to(w_u.device, w_u.dtype)
+            values, ids = (block @ w_u.T).float().topk(k, dim=-1)
+            for r, (vals, toks) in enumerate(zip(values.cpu().tolist(), ids.cpu().tolist())):
+                strings = token_strings(model.tokenizer, toks)
+                out[where[a + r]] = [[s, float(v)] for s, v in zip(strings, vals)]
+    return out
+
+
+def encode_graph(
+    graph: Any,
+    *,
+    max_edges: int = MAX_EDGES,
+    max_node_rank: float = MAX_NODE_RANK,
+    model: Any = None,
+    transcoders: Any = None,
+    top_logits_k: int = 5,
+    max_logit_nodes: int = 256,
+) -> tuple[dict[str, Any], bytes]:
+    """The graph as ``(header, blob)`` for the browser.
+
+    Nodes sent: every token and logit node, and the feature / error nodes whose cumulative influence rank is
+    under ``max_node_rank``. Edges sent: the ``max_edges`` most influential edges between sent nodes (edge
+    influence as circuit-tracer's ``compute_edge_influence``, on the graph restricted to the sent nodes).
+    Node ``rank`` / edge ``rank`` are exclusive cumulative influence shares in [0, 1): the browser keeps those
+    under its thresholds. With ``model`` and ``transcoders``, the ``max_logit_nodes`` most influential
+    feature nodes carry their top ``top_logits_k`` promoted tokens.
+    """
+    if max_edges < 1:
+        raise CircuitError(f"max_edges must be positive, got {max_edges}.")
+    n = graph.n_nodes
+    influence = graph.node_influence().float()
+    kinds = graph.node_kinds()
+    node_rank = _exclusive_rank(influence)
+    always = torch.zeros(n, dtype=torch.bool)
+    always[graph.token_slice] = True
+    always[graph.logit_slice] = True
+    keep = always | ((node_rank < max_node_rank) & (influence > 0))
+    nodes = keep.nonzero().flatten()
+    local = torch.full((n,), -1, dtype=torch.long)
+    local[nodes] = torch.arange(len(nodes))
+
+    edge_scores = graph.edge_influence(keep)
+    sub = edge_scores[nodes][:, nodes]
+    weights = graph.adjacency_matrix[nodes][:, nodes]
+    tgt, src = (sub > 0).nonzero(as_tuple=True)
+    scores = sub[tgt, src]
+    if len(scores) > max_edges:
+        top = torch.topk(scores, max_edges).indices
+        tgt, src, scores = tgt[top], src[top], scores[top]
+    total_edge = edge_scores[edge_scores > 0].double().sum().clamp(min=1e-30)
+    order = torch.argsort(scores, descending=True, stable=True)
+    tgt, src, scores = tgt[order], src[order], scores[order]
+    edge_rank = ((torch.cumsum(scores.double(), 0) - scores.double()) / total_edge).float()
+
+    infos = [graph.node_info(int(i)) for i in nodes]
+    arrays = {
+        "kind": [KIND_CODES[kinds[int(i)]] for i in nodes],
+        "layer": [info.layer + 1 for info in infos],  # token embeddings (layer -1) sit in row 0
+        "pos": [info.pos for info in infos],
+        "feature": [max(info.feature, 0) for info in infos],
+        "node": nodes.tolist(),
+        "activation": _node_values(graph, nodes),
+        "influence": influence[nodes].tolist(),
+        "rank": torch.where(always[nodes], torch.zeros(len(nodes)), node_rank[nodes]).tolist(),
+    }
+    blob = _Blob()
+    refs = {name: blob.add(arrays[name], _NODE_DTYPES[name]) for name in NODE_ARRAYS}
+    edge_refs = {
+        "source": blob.add(src.numpy(), "uint32"),
+        "target": blob.add(tgt.numpy(), "uint32"),
+        "weight": blob.add(weights[tgt, src].numpy(), "float32"),
+        "rank": blob.add(edge_rank.numpy(), "float32"),
+    }
+    features = [j for j, i in enumerate(nodes.tolist()) if kinds[i] == "feature"]
+    features.sort(key=lambda j: -float(influence[int(nodes[j])]))
+    chosen = features[:max_logit_nodes]
+    promoted = _feature_top_logits(graph, model, transcoders, [int(nodes[j]) for j in chosen], top_logits_k)
+    top_logits: dict[str, Any] = {str(j): t for j, t in zip(chosen, promoted) if t}
+    labels = {}
+    for j in features:
+        _, layer, _, feature = infos[j]
+        label = graph.feature_labels.get((layer, feature))
+        if label:
+            labels[str(j)] = str(label)
+    header = {
+        "version": 1,
+        "prompt": graph.input_string,
+        "tokens": list(graph.input_token_strings or [str(t) for t in graph.input_tokens.tolist()]),
+        "logit_tokens": list(graph.logit_token_strings or [str(t) for t in graph.logit_tokens.tolist()]),
+        "logit_probabilities": [float(p) for p in graph.logit_probabilities.tolist()],
+        "n_layers": int(graph.n_layers),
+        "n_nodes_total": int(n),
+        "n_edges_total": int((graph.adjacency_matrix != 0).sum()),
+        "nodes": refs,
+        "edges": edge_refs,
+        "n_nodes": len(nodes),
+        "n_edges": len(scores),
+        "labels": labels,
+        "top_logits": top_logits,
+        "model": graph.model_name or "",
+        "scan": graph.scan if isinstance(graph.scan, str) else "",
+        "bytes": blob.size,
+    }
+    return header, blob.bytes()
+
+
+def _node_values(graph: Any, nodes: torch.Tensor) -> list[float]:
+    """Activation of feature nodes, probability of logit nodes, input norm of nothing else (0)."""
+    values = torch.zeros(graph.n_nodes)
+    values[graph.feature_slice] = graph.selected_activation_values
+    values[graph.logit_slice] = graph.logit_probabilities
+    return values[nodes].tolist()

@@ -1,0 +1,212 @@
+"""Script-free HTML of the circuit view (the ``text/html`` of its mime bundle; see :mod:`.static_view`).
+
+What a saved notebook without widget state shows in place of the live graph, read from the view's synced traits
+only, so it is what the view drew under the same thresholds and pins:
+
+* the prompt and the next-token candidates (the logit nodes) with their probabilities;
+* a layer × position grid: the number of drawn feature nodes in each cell, shaded by their share of influence;
+* the most influential drawn feature and error nodes, and the strongest drawn edges (signed direct effects);
+* the last intervention's before / after table.
+
+Node and edge selection follows ``js/lib/circuit_graph.ts`` (``Visible``): token and logit nodes always, feature
+and error nodes whose influence rank is under the node threshold or that are pinned; edges between drawn nodes
+whose rank is under the edge threshold, or between two pinned nodes. Every text is escaped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .circuit_payload import KIND_CODES
+from .payload import format_value
+from .static_view import _NOTE, _e, _frame, _token_text, heat_style, tokens_html
+
+MAX_NODES = 20  # rows of the node table
+MAX_EDGES = 20  # rows of the edge table
+_DTYPES = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
+_TABLE = "border-collapse:collapse;font-size:.85em;margin:4px 0 10px"
+_CELL = "padding:1px 6px;text-align:left"
+_MONO = "font-family:monospace;white-space:pre"
+_SIGN = {True: "color:#1f77b4", False: "color:#d62728"}  # the view's edge colours (positive, negative)
+
+
+def _arrays(header: dict[str, Any], data: bytes, group: str) -> dict[str, np.ndarray]:
+    out = {}
+    for name, ref in header[group].items():
+        dtype, count, offset = _DTYPES[ref["dtype"]], int(ref["length"]), int(ref["offset"])
+        out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return out
+
+
+class _Drawn:
+    """The decoded payload and what the view draws under its thresholds and pins."""
+
+    def __init__(self, widget: Any) -> None:
+        self.header = header = widget._header
+        data = bytes(widget._data)
+        self.nodes = _arrays(header, data, "nodes")
+        self.edges = _arrays(header, data, "edges")
+        pinned = set(int(n) for n in widget.pinned)
+        self.pinned_local = np.isin(self.nodes["node"], list(pinned)) if pinned else np.zeros(0, bool)
+        kind = self.nodes["kind"]
+        self.node_mask = (kind >= KIND_CODES["token"]) | (self.nodes["rank"] < float(widget.node_threshold))
+        if pinned:
+            self.node_mask |= self.pinned_local
+        src, dst = self.edges["source"].astype(np.int64), self.edges["target"].astype(np.int64)
+        both = self.node_mask[src] & self.node_mask[dst]
+        keep = self.edges["rank"] < float(widget.edge_threshold)
+        if pinned:
+            keep |= self.pinned_local[src] & self.pinned_local[dst]
+        self.edge_mask = both & keep
+        self.selected = set(int(n) for n in widget.selected)
+        self.pinned = pinned
+
+    def label(self, i: int) -> str:
+        """The view's label of local node ``i`` (``js/lib/circuit_graph.ts`` ``label``)."""
+        kind, layer, pos = int(self.nodes["kind"][i]), int(self.nodes["layer"][i]), int(self.nodes["pos"][i])
+        tokens = self.header["tokens"]
+        tok = _token_text(tokens[pos]) if pos < len(tokens) else ""
+        if kind == KIND_CODES["feature"]:
+            base = f"L{layer - 1} #{int(self.nodes['feature'][i])} @{pos} “{tok}”"
+            label = self.header.get("labels", {}).get(str(i))
+            return f"{base}: {label}" if label else base
+        if kind == KIND_CODES["error"]:
+            return f"error L{layer - 1} @{pos} “{tok}”"
+        if kind == KIND_CODES["token"]:
+            return f"token @{pos} “{tok}”"
+        logits = self.header["logit_tokens"]
+        j = int(self.nodes["node"][i]) - (int(self.header["n_nodes_total"]) - len(logits))
+        return f"logit “{_token_text(logits[j]) if 0 <= j < len(logits) else ''}”"
+
+    def marks(self, i: int) -> str:
+        node = int(self.nodes["node"][i])
+        return ("selected " if node in self.selected else "") + ("pinned" if node in self.pinned else "")
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    cells = "".join(f'<th style="{_CELL};font-weight:normal;{_NOTE}">{_e(h)}</th>' for h in head)
+    return f'<table style="{_TABLE}"><tr>{cells}</tr>{"".join(rows)}</table>'
+
+
+def _td(text: str, style: str = "") -> str:
+    return f'<td style="{_CELL};{style}">{_e(text)}</td>'
+
+
+def _grid(d: _Drawn) -> str:
+    """Layers up (logits on top, token embeddings at the bottom), positions across; drawn feature nodes per cell."""
+    n_layers = int(d.header["n_layers"])
+    tokens = d.header["tokens"]
+    kind, layer, pos, influence = d.nodes["kind"], d.nodes["layer"], d.nodes["pos"], d.nodes["influence"]
+    counts = np.zeros((n_layers + 2, len(tokens)), dtype=np.int64)
+    shares = np.zeros((n_layers + 2, len(tokens)), dtype=np.float64)
+    features = np.flatnonzero(d.node_mask & (kind == KIND_CODES["feature"]))
+    np.add.at(counts, (layer[features].astype(np.int64), pos[features].astype(np.int64)), 1)
+    np.add.at(shares, (layer[features].astype(np.int64), pos[features].astype(np.int64)), influence[features])
+    top = float(shares.max(initial=0.0))
+    head = "".join(f'<th style="{_CELL};{_MONO};font-weight:normal">{_e(_token_text(t))}</th>' for t in tokens)
+    rows = []
+    for row in range(n_layers, 0, -1):  # layer L sits in row L + 1 of the payload; row 0 is the embeddings
+        cells = "".join(
+            f'<td style="{_CELL};text-align:center;{heat_style(shares[row, p] / top if top > 0 else 0)}" '
+            f'title="{_e(format_value(shares[row, p]))}">{counts[row, p] or ""}</td>'
+            for p in range(len(tokens))
+        )
+        rows.append(f'<tr><td style="{_CELL};{_NOTE}">L{row - 1}</td>{cells}</tr>')
+    return (
+        f'<div style="{_NOTE}">drawn feature nodes per layer and token (shade: their influence)</div>'
+        f'<table style="{_TABLE}"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    )
+
+
+def _node_rows(d: _Drawn) -> list[str]:
+    kind = d.nodes["kind"]
+    order = [
+        int(i) for i in np.argsort(-d.nodes["influence"], kind="stable")
+        if d.node_mask[i] and kind[i] <= KIND_CODES["error"]
+    ]
+    rows = []
+    for i in order[:MAX_NODES]:
+        activation = format_value(float(d.nodes["activation"][i])) if kind[i] == KIND_CODES["feature"] else "—"
+        rows.append(
+            "<tr>" + _td(d.label(i), _MONO) + _td(activation) + _td(format_value(float(d.nodes["influence"][i])))
+            + _td(d.marks(i)) + "</tr>"
+        )
+    more = len(order) - MAX_NODES
+    if more > 0:
+        rows.append(f'<tr><td style="{_CELL};{_NOTE}">… {more} more</td></tr>')
+    return rows
+
+
+def _edge_rows(d: _Drawn) -> list[str]:
+    edges = np.flatnonzero(d.edge_mask)
+    weight = d.edges["weight"]
+    edges = edges[np.argsort(-np.abs(weight[edges]), kind="stable")]
+    rows = []
+    for e in edges[:MAX_EDGES]:
+        w = float(weight[e])
+        source, target = d.label(int(d.edges["source"][e])), d.label(int(d.edges["target"][e]))
+        signed = ("+" if w >= 0 else "") + format_value(w)
+        rows.append("<tr>" + _td(source, _MONO) + _td("→") + _td(target, _MONO) + _td(signed, _SIGN[w >= 0]) + "</tr>")
+    more = len(edges) - MAX_EDGES
+    if more > 0:
+        rows.append(f'<tr><td style="{_CELL};{_NOTE}">… {more} more</td></tr>')
+    return rows
+
+
+def _intervention(record: dict[str, Any]) -> str:
+    state = record.get("state")
+    if not state:
+        return ""
+    if state == "error":
+        return f"<div><b>Intervention failed:</b> {_e(record.get('message', ''))}</div>"
+    if state == "running":
+        return f'<div style="{_NOTE}">intervention running (not finished when this was saved)</div>'
+    value = format_value(float(record.get("value", 0.0)))
+    what = f"× {value}" if record.get("mode") == "scale" else f"set to {value}"
+    rows = []
+    for token, before, after in record.get("rows", []):
+        known = before is not None and after is not None
+        change = float(after) - float(before) if known else 0.0
+        signed = (("+" if change >= 0 else "") + format_value(change)) if known else "—"
+        rows.append(
+            "<tr>" + _td(_token_text(str(token)), _MONO)
+            + _td("—" if before is None else format_value(float(before)))
+            + _td("—" if after is None else format_value(float(after)))
+            + _td(signed, _SIGN[change >= 0] if known else "")
+            + "</tr>"
+        )
+    nodes = ", ".join(str(int(n)) for n in record.get("nodes", []))
+    return (
+        f"<div><b>Intervention</b>: node(s) {_e(nodes)} {_e(what)} — next-token probabilities</div>"
+        + _table(["token", "before", "after", "change"], rows)
+    )
+
+
+def circuit_html(widget: Any) -> str:
+    """The circuit view as script-free HTML (see the module docstring)."""
+    header = widget._header
+    if not header:
+        return _frame("Attribution graph", f'<div style="{_NOTE}">No graph.</div>')
+    d = _Drawn(widget)
+    n_nodes, n_edges = int(d.node_mask.sum()), int(d.edge_mask.sum())
+    parts = [
+        f'<div style="{_NOTE}">{_e(header.get("model", ""))} · {_e(header.get("scan", ""))} · node threshold '
+        f"{float(widget.node_threshold):.2f}, edge threshold {float(widget.edge_threshold):.2f}: {n_nodes} of "
+        f"{len(d.nodes['node'])} nodes, {n_edges} of {int(header.get('n_edges_total', 0))} edges drawn</div>",
+        tokens_html(header["tokens"]),
+        "<div><b>Next token</b>: "
+        + ", ".join(
+            f'<span style="{_MONO}">{_e(_token_text(t))}</span> {_e(format_value(float(p)))}'
+            for t, p in zip(header["logit_tokens"], header["logit_probabilities"])
+        )
+        + "</div>",
+        _grid(d),
+        "<div><b>Most influential nodes</b></div>",
+        _table(["node", "activation", "influence", ""], _node_rows(d)),
+        "<div><b>Strongest edges</b> (direct effects)</div>",
+        _table(["source", "", "target", "weight"], _edge_rows(d)),
+        _intervention(widget.intervention or {}),
+    ]
+    return _frame("Attribution graph", "".join(parts))

@@ -1,0 +1,138 @@
+// Drawing the circuit view's graph on a 2D canvas (the view state comes in; nothing here reads the model).
+// Edges are bucketed by sign and width so that each bucket is one path (a 10,000-edge graph is a few strokes);
+// token and logit text is canvas text, inert.
+import type { Graph, Visible } from "./circuit_graph";
+import { KIND } from "./circuit_graph";
+import { visibleText } from "./tokens";
+
+/** Colours of the view (read from the theme's CSS variables by the view). */
+export interface CircuitColors {
+  pos: string;
+  neg: string;
+  fg: string;
+  muted: string;
+  accent: string;
+}
+
+/** What one frame needs besides the graph: the view transform, the canvas size in CSS px, and the marks. */
+export interface DrawState {
+  scale: number;
+  tx: number;
+  ty: number;
+  w: number;
+  h: number;
+  focus: number; // local index of the clicked node, -1 for none
+  hover: number; // local index of the hovered node, -1 for none
+  highlight: Set<number>; // edges drawn strong around the focus
+  neighbours: Set<number>; // local nodes at the ends of the highlighted edges
+  pinned: Set<number>; // graph node indices
+  selected: Set<number>; // graph node indices
+  colors: CircuitColors;
+}
+
+/** Draw one frame: row labels, edges, nodes with their marks, token and logit text. */
+export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visible, v: DrawState): void {
+  const { w, h } = v;
+  const sx = (x: number) => x * v.scale + v.tx;
+  const sy = (y: number) => y * v.scale + v.ty;
+
+  // Row labels and column guides.
+  ctx.font = "11px var(--gs-font, sans-serif)";
+  ctx.fillStyle = v.colors.muted;
+  ctx.textBaseline = "middle";
+  const rowH = g.rowY.length > 1 ? g.rowY[0] - g.rowY[1] : 40;
+  for (let r = 0; r < g.rowY.length; r++) {
+    const y = sy(g.rowY[r] + rowH / 2);
+    if (y < -20 || y > h + 20) continue;
+    const name = r === 0 ? "emb" : r === g.rowY.length - 1 ? "logits" : `L${r - 1}`;
+    ctx.fillText(name, 2, y);
+  }
+
+  // Edges, bucketed by sign and width so each bucket is one path.
+  const edges = visible.edges;
+  const dim = v.focus >= 0;
+  const buckets = 4;
+  for (let sign = 0; sign < 2; sign++) {
+    for (let b = 0; b < buckets; b++) {
+      ctx.beginPath();
+      let any = false;
+      for (let j = 0; j < edges.length; j++) {
+        const e = edges[j];
+        const wgt = g.weight[e];
+        if ((wgt >= 0 ? 0 : 1) !== sign) continue;
+        const rel = g.maxWeight > 0 ? Math.abs(wgt) / g.maxWeight : 0;
+        const bucket = Math.min(buckets - 1, Math.floor(Math.sqrt(rel) * buckets));
+        if (bucket !== b) continue;
+        const s = g.src[e];
+        const d = g.dst[e];
+        const x1 = sx(g.x[s]);
+        const y1 = sy(g.y[s]);
+        const x2 = sx(g.x[d]);
+        const y2 = sy(g.y[d]);
+        if ((x1 < 0 && x2 < 0) || (x1 > w && x2 > w) || (y1 < 0 && y2 < 0) || (y1 > h && y2 > h)) continue;
+        ctx.moveTo(x1, y1);
+        ctx.lineTo(x2, y2);
+        any = true;
+      }
+      if (!any) continue;
+      ctx.strokeStyle = sign === 0 ? v.colors.pos : v.colors.neg;
+      ctx.globalAlpha = (dim ? 0.12 : 0.25) + (dim ? 0.1 : 0.5) * (b / (buckets - 1));
+      ctx.lineWidth = 0.6 + 2.4 * (b / (buckets - 1));
+      ctx.stroke();
+    }
+  }
+  ctx.globalAlpha = 1;
+  if (v.highlight.size) {
+    for (const e of v.highlight) {
+      ctx.beginPath();
+      ctx.moveTo(sx(g.x[g.src[e]]), sy(g.y[g.src[e]]));
+      ctx.lineTo(sx(g.x[g.dst[e]]), sy(g.y[g.dst[e]]));
+      ctx.strokeStyle = g.weight[e] >= 0 ? v.colors.pos : v.colors.neg;
+      ctx.lineWidth = 1.5 + 3 * (g.maxWeight > 0 ? Math.sqrt(Math.abs(g.weight[e]) / g.maxWeight) : 0);
+      ctx.stroke();
+    }
+  }
+
+  // Nodes.
+  const { pinned, selected } = v;
+  for (let i = 0; i < g.count; i++) {
+    if (!visible.nodes[i]) continue;
+    const x = sx(g.x[i]);
+    const y = sy(g.y[i]);
+    if (x < -20 || x > w + 20 || y < -20 || y > h + 20) continue;
+    const r = g.radius[i];
+    const kind = g.kind[i];
+    ctx.beginPath();
+    if (kind === KIND.feature) ctx.arc(x, y, r, 0, 2 * Math.PI);
+    else if (kind === KIND.error) ctx.rect(x - r, y - r, 2 * r, 2 * r);
+    else ctx.rect(x - 6, y - 5, 12, 10);
+    ctx.fillStyle = kind === KIND.error ? v.colors.muted : kind === KIND.feature ? v.colors.fg : v.colors.accent;
+    ctx.globalAlpha = dim && i !== v.focus && !v.neighbours.has(i) ? 0.35 : 1;
+    ctx.fill();
+    ctx.globalAlpha = 1;
+    const node = g.node[i];
+    if (selected.has(node) || pinned.has(node) || i === v.hover) {
+      ctx.lineWidth = selected.has(node) ? 2.5 : 1.5;
+      ctx.strokeStyle = selected.has(node) ? v.colors.accent : pinned.has(node) ? "#e6a700" : v.colors.fg;
+      ctx.beginPath();
+      ctx.arc(x, y, r + 3, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
+  }
+
+  // Token and logit text (inert: canvas text).
+  ctx.fillStyle = v.colors.fg;
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  for (let i = 0; i < g.count; i++) {
+    if (!visible.nodes[i] || g.kind[i] < KIND.token) continue;
+    const x = sx(g.x[i]);
+    const y = sy(g.y[i]);
+    if (x < -80 || x > w + 80 || y < -40 || y > h + 40) continue;
+    const text = g.kind[i] === KIND.token ? g.header.tokens[g.pos[i]] ?? "" : g.logitText(i);
+    const shown = visibleText(text);
+    ctx.fillText(shown.length > 14 ? `${shown.slice(0, 13)}…` : shown, x, g.kind[i] === KIND.token ? y + 8 : y - 20);
+  }
+  ctx.textAlign = "start";
+  ctx.textAlign = "start";
+}
