@@ -160,15 +160,13 @@ def test_bad_arguments_raise_training_errors(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_demo_set_reconstructs_every_layer_on_held_out_text(real_model):
     # Trains the demo set on first use (one activation pass and the batched fit), then measures it on held-out text.
-    # The first recipe (16k tokens from the corpus's first documents) reached held-out FVU 0.03-0.39 (mean 0.22) and
-    # a replaced-model loss above zero-ablation; the current one (48k tokens from across the corpus) lowered the FVU
-    # of every layer probed (0-4) and the loss with those layers replaced. These bounds guard the first recipe's
-    # level until the whole current set has been measured against the targets (FVU <= 0.3 per layer).
+    # Measured: held-out FVU 0.02-0.34 per layer (mean 0.188; only layer 13 above the 0.3 target, at 0.341); with
+    # all 18 MLPs replaced the loss (11.9) is still above zero-ablation (10.7). These bounds guard what is reached.
     from gemscope_widgets.backend.default_transcoders import demo_transcoders_quality
 
     card = demo_transcoders_quality(real_model, progress=False)
     assert len(card["layers"]) == 18
-    bad = {row["layer"]: round(row["fvu"], 3) for row in card["layers"] if row["fvu"] > 0.45}
-    assert not bad, f"held-out FVU above 0.45 on layers {bad}"
-    assert sum(row["fvu"] for row in card["layers"]) / 18 <= 0.25, card["layers"]
+    bad = {row["layer"]: round(row["fvu"], 3) for row in card["layers"] if row["fvu"] > 0.38}
+    assert not bad, f"held-out FVU above 0.38 on layers {bad}"
+    assert sum(row["fvu"] for row in card["layers"]) / 18 <= 0.21, card["layers"]
     assert card["loss_clean"] < card["loss_mlps_zeroed"]
