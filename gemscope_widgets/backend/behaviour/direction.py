@@ -325,6 +325,21 @@ def projection_track(
     return ProjectionTrack(tokenized.tokens, chosen, values.numpy(), cosine.numpy(), tokenized)
 
 
+def projection_at_layer(
+    gm: GemmaModel, prompt: Any, direction: Any, *, layer: int | None = None
+) -> tuple[np.ndarray, str]:
+    """The track a view draws under a prompt's tokens: each token's residual stream after ``layer`` projected on
+    ``direction`` (``float32 [T]``, in residual-stream units), and a label ``"<name> · layer L"``.
+
+    ``layer`` defaults to the direction's own (:class:`BehaviourDirection`), or the middle layer for a bare vector.
+    Errors: :class:`~gemscope_widgets.errors.DirectionError` for a vector of the wrong size or a layer out of range.
+    """
+    chosen = layer if layer is not None else getattr(direction, "layer", gm.n_layers // 2)
+    track = projection_track(gm, prompt, direction, layers=[int(chosen)])
+    name = getattr(direction, "name", None) or "direction"
+    return track.values[0].astype(np.float32), f"{name} · layer {track.layers[0]}"
+
+
 @dataclass
 class Decomposition:
     """A direction explained by SAE features.
