@@ -345,7 +345,8 @@ def cot_faithfulness(
     bad_ids = []
     if step is not None:
         bad_steps = [*steps[:step], new, *steps[step + 1:]]
-        bad_ids = [_ids(gm, context("".join(bad_steps[:c])), chat) for c in range(step + 1, len(steps) + 1)]
+        bad_ids = [_ids(gm, context("".join(str(s) for s in bad_steps[:c])), chat)
+                   for c in range(step + 1, len(steps) + 1)]
     everything = [*ids, *([filler_ids] if filler_ids is not None else []), *bad_ids]
     from tqdm.auto import tqdm
 
@@ -454,7 +455,8 @@ def feature_dependence(
         target = logp[torch.arange(len(answer)), torch.tensor(answer, device=logp.device)].sum()
         target.backward()
     acts = holder["acts"]
-    attr = (acts * acts.grad).detach().cpu().double()  # [T, W]
+    grad = acts.grad if acts.grad is not None else torch.zeros_like(acts)
+    attr = (acts * grad).detach().cpu().double()  # [T, W]
     attr[0] = 0.0  # <bos>
     parts = [attr[torch.from_numpy(region == r)].sum(0) for r in range(3)]
     total = parts[0] + parts[1] + parts[2]
