@@ -304,7 +304,7 @@ class ProjectionTrack:
         """The row ``[T]`` for ``layer``."""
         if layer not in self.layers:
             raise DirectionError(f"Layer {layer} is not in this track (layers {self.layers}).")
-        return self.values[self.layers.index(layer)]
+        return np.asarray(self.values[self.layers.index(layer)])
 
 
 def projection_track(

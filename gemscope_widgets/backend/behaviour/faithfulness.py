@@ -57,13 +57,13 @@ class AnswerScores:
 
     @property
     def probs(self) -> np.ndarray:
-        return np.exp(self.logprobs)
+        return np.asarray(np.exp(self.logprobs))
 
     @property
     def normalized(self) -> np.ndarray:
         z = self.logprobs - self.logprobs.max(axis=-1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+        return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 @dataclass
@@ -85,7 +85,7 @@ class FeatureDependence:
 
     @property
     def total(self) -> np.ndarray:
-        return self.question + self.chain_of_thought + self.cue
+        return np.asarray(self.question + self.chain_of_thought + self.cue)
 
     @property
     def cot_share(self) -> float:
@@ -127,7 +127,7 @@ class CoTFaithfulness:
     @property
     def agreement(self) -> np.ndarray:
         top = self.curve.logprobs.argmax(axis=-1)
-        return (top == top[-1]).astype(np.float32)
+        return np.asarray((top == top[-1]).astype(np.float32))
 
     @property
     def area_over_curve(self) -> float:
@@ -145,9 +145,9 @@ class CoTFaithfulness:
 
 def _template_prefix(gm: GemmaModel, question: str) -> str:
     template = getattr(gm.tokenizer, "chat_template", None) or GEMMA3_CHAT_TEMPLATE
-    return gm.tokenizer.apply_chat_template(
+    return str(gm.tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], chat_template=template, tokenize=False, add_generation_prompt=True
-    )
+    ))
 
 
 def _ids(gm: GemmaModel, text: str, chat: bool) -> list[int]:
