@@ -3,7 +3,7 @@
 // Mirrors gemscope_widgets/widgets/chat.py.
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
-import { heatBackground, normalise } from "./lib/colors";
+import { heatBackground, normalise, trackUnderline } from "./lib/colors";
 import { el, mountTheme } from "./lib/dom";
 import { type ChatMessage, type ChatModel, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
@@ -73,8 +73,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       if (track.length === n) {
         const t = track[i];
         parts.push(`projection ${t.toFixed(3)}`);
-        const pct = Math.round(normalise(Math.abs(t), maxTrack) * 100);
-        span.style.boxShadow = `inset 0 -3px 0 0 color-mix(in srgb, ${t >= 0 ? "var(--gs-pos)" : "var(--gs-neg)"} ${pct}%, transparent)`;
+        span.style.boxShadow = trackUnderline(t, maxTrack);
       }
       span.title = parts.join("\n");
       return span;

@@ -11,7 +11,7 @@ import { densityText, describeFeature, type FeatureNotes, NO_NOTES, PromptGrid, 
 import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit } from "./lib/keys";
 import type { HeatmapModel, RankBy } from "./lib/protocol";
-import { Payload } from "./lib/sparse";
+import { float32Of as floats, Payload } from "./lib/sparse";
 import { renderToken, visibleText } from "./lib/tokens";
 
 const MAX_TOP_N = 256; // the most feature columns the grid draws (heatmap.py's MAX_TOP_N)
@@ -188,6 +188,13 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     for (const b of blocks) b.destroy();
     data = new Payload(model.get("_header"), model.get("_data"));
     blocks = data.header.prompts.map((info, p) => new PromptGrid(p, info, selection));
+    const track = floats(model.get("_track"));
+    let offset = 0;
+    for (const b of blocks) {
+      const n = b.info.tokens.length;
+      b.setTrack(track.length ? track.subarray(offset, offset + n) : null, model.get("track_label"));
+      offset += n;
+    }
     blocksEl.replaceChildren(...blocks.map((b) => b.root));
     drawToolbar();
     drawGrids();

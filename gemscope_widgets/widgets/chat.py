@@ -118,12 +118,10 @@ class Chat(StaticFallback, anywidget.AnyWidget):
             track = b""
             label = ""
             if self.direction is not None:
-                from gemscope_widgets.backend.behaviour.direction import projection_track
+                from gemscope_widgets.backend.behaviour.direction import projection_at_layer
 
-                layer = getattr(self.direction, "layer", self.scope.model.n_layers // 2)
-                t = projection_track(self.scope.model, conv.prompt, self.direction, layers=[layer])
-                track = t.values[0].astype(np.float32).tobytes()
-                label = f"{getattr(self.direction, 'name', 'direction')} · layer {layer}"
+                values, label = projection_at_layer(self.scope.model, conv.prompt, self.direction)
+                track = values.tobytes()
             turns_out = []
             summaries = conv.summary(self.sae_index, self.summary_k)
             for s in summaries:

@@ -75,6 +75,7 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs
 
         chosen = scope.sae(sae)
+        result: Any  # a Contrast, or a PairedContrast with pairs
         if pairs is not None:
             if a is not None or b is not None:
                 raise ContrastError("Pass either a and b, or pairs=[(a, b), ...], not both.")
@@ -86,10 +87,11 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         else:
             if a is None or b is None:
                 raise ContrastError("scope.contrast needs two prompts a and b (or pairs=[(a, b), ...]).")
-            result = first = contrast(scope.model, chosen, a, b, span=span, reduce=reduce, k=k)
+            single = first = contrast(scope.model, chosen, a, b, span=span, reduce=reduce, k=k)
             rows = [{"feature": int(f), "diff": float(d), "a": float(x), "b": float(y)}
-                    for f, d, x, y in zip(result.features, result.diff, result.a, result.b)]
-            features = result.features
+                    for f, d, x, y in zip(single.features, single.diff, single.a, single.b)]
+            features = single.features
+            result = single
         side_a, heat_a = _side(first.acts_a, first.positions_a, features)
         side_b, heat_b = _side(first.acts_b, first.positions_b, features)
         if pairs is not None:
@@ -98,7 +100,8 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
             red_a = reduce_span(first.acts_a, first.positions_a, reduce)
             red_b = reduce_span(first.acts_b, first.positions_b, reduce)
             for row in rows:  # the first pair's values, beside its heatmaps
-                row["a"], row["b"] = float(red_a[row["feature"]]), float(red_b[row["feature"]])
+                f = int(row["feature"])
+                row["a"], row["b"] = float(red_a[f]), float(red_b[f])
         view = {
             "a": side_a, "b": side_b, "rows": rows, "span": result.span, "reduce": reduce,
             "sae_name": chosen.config.name, "n_pairs": len(pairs) if pairs is not None else 1,

@@ -82,6 +82,11 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
     """Position of the selected token in the selected prompt, -1 when none."""
     selected_feature = traitlets.Int(-1).tag(sync=True)
     """The selected feature (in the current SAE), -1 when none."""
+    _track = traitlets.Bytes(b"").tag(sync=True)
+    """``float32 [sum of T]``: each prompt's projection track (its tokens in order, prompt after prompt), drawn
+    under the text; empty without ``direction=``."""
+    track_label = traitlets.Unicode("").tag(sync=True)
+    """What the track projects on (``"<direction> · layer L"``); "" without one."""
 
     def __init__(self, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
         self._followed: tuple[Any, ...] | None = None
@@ -105,6 +110,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         top_k: int | None = None,
         feature_max: Mapping[str, Any] | str | None = None,
         max_tokens: int | None = None,
+        direction: Any = None,
         progress: bool = True,
     ) -> Heatmap:
         """Runs the model once per prompt (every SAE encoded from that one forward) and builds the widget.
@@ -113,7 +119,10 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         ``top_k`` keeps only each token's ``top_k`` strongest features in the payload. ``feature_max``
         maps SAE names to per-feature maxima over a corpus (``[width]``), used to scale the colours;
         ``feature_max="stats"`` takes them from the Scope's statistics of each SAE and follows them (a scan that
-        finishes later rescales the colours).
+        finishes later rescales the colours). ``direction`` (a
+        :class:`~gemscope_widgets.backend.behaviour.direction.BehaviourDirection` or a ``[d_model]`` vector) adds
+        a projection track under each prompt's text: every token's residual stream at the direction's layer
+        projected on it (:func:`~gemscope_widgets.backend.behaviour.direction.projection_at_layer`).
         """
         from tqdm.auto import tqdm
 
@@ -145,7 +154,15 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         for info, name in zip(header["saes"], names):
             info["name"] = name
         info = _feature_info(scope, names, decode_payload(header, data), top_n)
-        widget = cls(header, data, top_n=top_n, rank_by=rank_by, feature_info=info)
+        track, track_label = b"", ""
+        if direction is not None:
+            from gemscope_widgets.backend.behaviour.direction import projection_at_layer
+
+            parts = [projection_at_layer(scope.model, prompt, direction) for prompt in tokenized]
+            track = np.concatenate([values for values, _ in parts]).astype("<f4").tobytes()
+            track_label = parts[0][1]
+        widget = cls(header, data, top_n=top_n, rank_by=rank_by, feature_info=info, _track=track,
+                     track_label=track_label)
         # Densities and labels follow the statistics always; colour maxima only with feature_max="stats".
         holders = [scope.stats_holder(name) for name in names]
         widget._followed = (scope, tokenized, rows, top_k, names, holders, follow)

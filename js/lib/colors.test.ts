@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { HEAT_CEIL, HEAT_FLOOR, heatBackground, heatPercent, normalise } from "./colors";
+import { HEAT_CEIL, HEAT_FLOOR, heatBackground, heatPercent, normalise, trackUnderline } from "./colors";
 
 describe("heat scale", () => {
   it("gives no colour at or below zero and for NaN", () => {
@@ -33,5 +33,13 @@ describe("normalise", () => {
   it("is 0 without a positive max", () => {
     expect(normalise(3, 0)).toBe(0);
     expect(normalise(3, -2)).toBe(0);
+  });
+});
+
+describe("trackUnderline", () => {
+  it("colours by sign and scales by |value| / maxAbs", () => {
+    expect(trackUnderline(2, 4)).toBe("inset 0 -3px 0 0 color-mix(in srgb, var(--gs-pos) 50%, transparent)");
+    expect(trackUnderline(-4, 4)).toBe("inset 0 -3px 0 0 color-mix(in srgb, var(--gs-neg) 100%, transparent)");
+    expect(trackUnderline(1, 0)).toContain(" 0%");
   });
 });

@@ -25,6 +25,14 @@ export function heatBackground(t: number): string {
   return pct ? `color-mix(in srgb, var(--gs-heat) ${pct}%, transparent)` : "";
 }
 
+/** A signed projection under a token: an inset underline, var(--gs-pos) or var(--gs-neg), as strong as
+ *  |value| / maxAbs (the projection tracks of the heatmap and the conversation view). */
+export function trackUnderline(value: number, maxAbs: number): string {
+  const pct = Math.round(normalise(Math.abs(value), maxAbs) * 100);
+  const colour = value >= 0 ? "var(--gs-pos)" : "var(--gs-neg)";
+  return `inset 0 -3px 0 0 color-mix(in srgb, ${colour} ${pct}%, transparent)`;
+}
+
 /** `value / max` clamped to [0, 1]; 0 when max is not positive. */
 export function normalise(value: number, max: number): number {
   return max > 0 ? Math.max(0, Math.min(1, value / max)) : 0;

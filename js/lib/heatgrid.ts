@@ -10,7 +10,7 @@
 //
 // Elements carry data-t (token) / data-f (feature) for the caller's click handler: .gs-hm-cell, .gs-hm-fhead,
 // .gs-hm-label, and the text's .gs-token[data-index]. Styles: heatmap.css.
-import { heatBackground, normalise } from "./colors";
+import { heatBackground, normalise, trackUnderline } from "./colors";
 import { el } from "./dom";
 import { formatValue } from "./format";
 import { VirtualRows } from "./grid";
@@ -64,6 +64,9 @@ export class PromptGrid {
   csr!: Csr;
   maxima: Map<number, number> | null = null;
   notes: FeatureNotes = NO_NOTES;
+  private track: Float32Array | null = null;
+  private trackMax = 0;
+  private readonly trackNote = el("div", "gs-hm-track-note");
 
   constructor(
     readonly index: number,
@@ -75,11 +78,22 @@ export class PromptGrid {
     const title = el("div", "gs-hm-title", `Prompt ${index + 1} · ${info.tokens.length} tokens${kind}`);
     this.grid = new VirtualRows({ rowHeight: ROW_HEIGHT, renderRow: (t) => this.renderRow(t) });
     this.grid.scroller.classList.add("gs-hm-grid");
-    this.root.append(title, this.text, this.grid.scroller);
+    this.trackNote.hidden = true;
+    this.root.append(title, this.text, this.trackNote, this.grid.scroller);
     this.spans = renderTokens(this.text, info.tokens, info.special);
     this.spans.forEach((span, i) => {
       if (info.template[i] && !info.special[i]) span.classList.add("gs-template");
     });
+  }
+
+  /** The projection track under the text (`values [T]`, or null for none) and what it projects on. */
+  setTrack(values: Float32Array | null, label: string): void {
+    this.track = values && values.length === this.info.tokens.length ? values : null;
+    this.trackMax = this.track ? this.track.reduce((m, v) => Math.max(m, Math.abs(v)), 0) : 0;
+    this.trackNote.hidden = !this.track;
+    this.trackNote.textContent = this.track
+      ? `underline: projection on ${label} (largest |value| ${formatValue(this.trackMax)})`
+      : "";
   }
 
   /** Recomputes the feature columns for a SAE / ranking / N. */
@@ -166,6 +180,10 @@ export class PromptGrid {
       } else {
         span.style.background = "";
         span.title = tok;
+      }
+      if (this.track) {
+        span.style.boxShadow = trackUnderline(this.track[t], this.trackMax);
+        span.title += ` · projection ${formatValue(this.track[t])}`;
       }
     });
     for (const head of this.grid.header.querySelectorAll<HTMLElement>(".gs-hm-fhead")) {

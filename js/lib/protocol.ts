@@ -162,6 +162,8 @@ export interface HeatmapModel {
   selected_prompt: number;
   selected_feature: number;
   selected_token: number;
+  _track: Bytes;
+  track_label: string;
 }
 
 /** @messages gemscope_widgets.widgets.heatmap.Heatmap */

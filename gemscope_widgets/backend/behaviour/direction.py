@@ -304,7 +304,7 @@ class ProjectionTrack:
         """The row ``[T]`` for ``layer``."""
         if layer not in self.layers:
             raise DirectionError(f"Layer {layer} is not in this track (layers {self.layers}).")
-        return self.values[self.layers.index(layer)]
+        return np.asarray(self.values[self.layers.index(layer)])
 
 
 def projection_track(
@@ -323,6 +323,21 @@ def projection_track(
     values = stacked @ unit
     cosine = values / stacked.norm(dim=-1).clamp_min(1e-12)
     return ProjectionTrack(tokenized.tokens, chosen, values.numpy(), cosine.numpy(), tokenized)
+
+
+def projection_at_layer(
+    gm: GemmaModel, prompt: Any, direction: Any, *, layer: int | None = None
+) -> tuple[np.ndarray, str]:
+    """The track a view draws under a prompt's tokens: each token's residual stream after ``layer`` projected on
+    ``direction`` (``float32 [T]``, in residual-stream units), and a label ``"<name> · layer L"``.
+
+    ``layer`` defaults to the direction's own (:class:`BehaviourDirection`), or the middle layer for a bare vector.
+    Errors: :class:`~gemscope_widgets.errors.DirectionError` for a vector of the wrong size or a layer out of range.
+    """
+    chosen = layer if layer is not None else getattr(direction, "layer", gm.n_layers // 2)
+    track = projection_track(gm, prompt, direction, layers=[int(chosen)])
+    name = getattr(direction, "name", None) or "direction"
+    return track.values[0].astype(np.float32), f"{name} · layer {track.layers[0]}"
 
 
 @dataclass

@@ -57,13 +57,13 @@ class AnswerScores:
 
     @property
     def probs(self) -> np.ndarray:
-        return np.exp(self.logprobs)
+        return np.asarray(np.exp(self.logprobs))
 
     @property
     def normalized(self) -> np.ndarray:
         z = self.logprobs - self.logprobs.max(axis=-1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+        return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 @dataclass
@@ -85,7 +85,7 @@ class FeatureDependence:
 
     @property
     def total(self) -> np.ndarray:
-        return self.question + self.chain_of_thought + self.cue
+        return np.asarray(self.question + self.chain_of_thought + self.cue)
 
     @property
     def cot_share(self) -> float:
@@ -127,7 +127,7 @@ class CoTFaithfulness:
     @property
     def agreement(self) -> np.ndarray:
         top = self.curve.logprobs.argmax(axis=-1)
-        return (top == top[-1]).astype(np.float32)
+        return np.asarray((top == top[-1]).astype(np.float32))
 
     @property
     def area_over_curve(self) -> float:
@@ -145,9 +145,9 @@ class CoTFaithfulness:
 
 def _template_prefix(gm: GemmaModel, question: str) -> str:
     template = getattr(gm.tokenizer, "chat_template", None) or GEMMA3_CHAT_TEMPLATE
-    return gm.tokenizer.apply_chat_template(
+    return str(gm.tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], chat_template=template, tokenize=False, add_generation_prompt=True
-    )
+    ))
 
 
 def _ids(gm: GemmaModel, text: str, chat: bool) -> list[int]:
@@ -345,7 +345,8 @@ def cot_faithfulness(
     bad_ids = []
     if step is not None:
         bad_steps = [*steps[:step], new, *steps[step + 1:]]
-        bad_ids = [_ids(gm, context("".join(bad_steps[:c])), chat) for c in range(step + 1, len(steps) + 1)]
+        bad_ids = [_ids(gm, context("".join(str(s) for s in bad_steps[:c])), chat)
+                   for c in range(step + 1, len(steps) + 1)]
     everything = [*ids, *([filler_ids] if filler_ids is not None else []), *bad_ids]
     from tqdm.auto import tqdm
 
@@ -454,7 +455,8 @@ def feature_dependence(
         target = logp[torch.arange(len(answer)), torch.tensor(answer, device=logp.device)].sum()
         target.backward()
     acts = holder["acts"]
-    attr = (acts * acts.grad).detach().cpu().double()  # [T, W]
+    grad = acts.grad if acts.grad is not None else torch.zeros_like(acts)
+    attr = (acts * grad).detach().cpu().double()  # [T, W]
     attr[0] = 0.0  # <bos>
     parts = [attr[torch.from_numpy(region == r)].sum(0) for r in range(3)]
     total = parts[0] + parts[1] + parts[2]

@@ -185,7 +185,8 @@ def _pull_back(
     return rows, bias
 
 
-def compute_partial_influences(edge_matrix: Tensor, logit_p: Tensor, row_to_node_index: Tensor, max_iter: int = 128):
+def compute_partial_influences(edge_matrix: Tensor, logit_p: Tensor, row_to_node_index: Tensor,
+                               max_iter: int = 128) -> Tensor:
     """Influence of every node on the logits from the rows computed so far (circuit-tracer's function)."""
     normalized = edge_matrix.abs()
     normalized /= normalized.sum(dim=1, keepdim=True).clamp(min=1e-8)
@@ -210,7 +211,8 @@ def _cost_order(layers: Tensor, positions: Tensor, batch_size: int, n_layers: in
     return torch.argsort(key, stable=True)
 
 
-def _logit_targets(gm: Any, fwd: FrozenForward, max_logits: int, logit_probability: float):
+def _logit_targets(gm: Any, fwd: FrozenForward, max_logits: int,
+                   logit_probability: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = fwd.logits  # [V], before any soft-capping
     cap = getattr(gm.text_config, "final_logit_softcapping", None)
     capped = torch.tanh(logits / cap) * cap if cap else logits

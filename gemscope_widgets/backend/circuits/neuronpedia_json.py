@@ -123,8 +123,9 @@ def to_neuronpedia(
     }
 
 
-def _node(node_id, feature, layer, ctx_idx, feature_type, *, js, influence=None, activation=None, clerp="",
-          token_prob=0.0, is_target_logit=False) -> dict[str, Any]:
+def _node(node_id: str, feature: int, layer: Any, ctx_idx: int, feature_type: str, *, js: Any,
+          influence: float | None = None, activation: float | None = None, clerp: str = "",
+          token_prob: float = 0.0, is_target_logit: bool = False) -> dict[str, Any]:
     return {
         "node_id": node_id,
         "feature": int(feature),
@@ -142,7 +143,8 @@ def _node(node_id, feature, layer, ctx_idx, feature_type, *, js, influence=None,
     }
 
 
-def save_neuronpedia(graph: AttributionGraph, path: str | os.PathLike[str], slug: str | None = None, **kwargs) -> Path:
+def save_neuronpedia(graph: AttributionGraph, path: str | os.PathLike[str], slug: str | None = None,
+                     **kwargs: Any) -> Path:
     """Write ``to_neuronpedia(graph, slug, **kwargs)`` to ``path`` (``.json``); the slug defaults to the file stem."""
     path = Path(path)
     if path.suffix != ".json":

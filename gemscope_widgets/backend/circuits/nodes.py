@@ -127,7 +127,7 @@ class GraphNodes:
             raise GraphError(f"Node {i!r} is not an integer node index.") from None
         if not 0 <= i < self.n_nodes:
             raise GraphError(f"Node {i} does not exist: this graph has nodes 0..{self.n_nodes - 1}.")
-        return i
+        return int(i)
 
     def node_kind(self, i: int) -> str:
         """``"feature"``, ``"error"``, ``"token"`` or ``"logit"``."""
@@ -186,12 +186,12 @@ class GraphNodes:
                 f"Node id {node_id!r} is not of the form layer_feature_pos, 0_layer_pos, E_token_pos or L_token_pos."
             ) from None
         if head == "E":
-            return self.token_slice.start + self._check_pos(b)
+            return int(self.token_slice.start + self._check_pos(b))
         if head == str(self.n_layers + 1):
             hits = (self.logit_tokens == a).nonzero()
             if not len(hits):
                 raise GraphError(f"Token {a} is not a logit node of this graph.")
-            return self.logit_slice.start + int(hits[0, 0])
+            return int(self.logit_slice.start + int(hits[0, 0]))
         layer = int(head)
         if layer == 0:
             # "0_{layer}_{pos}" is Neuronpedia's error id, the same shape as a layer-0 feature's id: a selected
@@ -200,7 +200,7 @@ class GraphNodes:
             if len(match):
                 return int(match[0, 0])
             if 0 <= a < self.n_layers:
-                return self.error_slice.start + a * self.n_pos + self._check_pos(b)
+                return int(self.error_slice.start + a * self.n_pos + self._check_pos(b))
         return self.node_index((layer, b, a))
 
     def _check_pos(self, pos: int) -> int:

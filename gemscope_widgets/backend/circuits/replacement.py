@@ -97,7 +97,8 @@ def _forward_hooks(pairs: list[tuple[torch.nn.Module, str, Any]]) -> Iterator[No
 
 
 def _first(x: Any) -> Tensor:
-    return x[0] if isinstance(x, tuple) else x
+    first: Tensor = x[0] if isinstance(x, tuple) else x
+    return first
 
 
 @dataclass

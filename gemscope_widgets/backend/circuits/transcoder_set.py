@@ -224,7 +224,8 @@ class TranscoderSet:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.dictionaries[0].buffers())).device
+        device: torch.device = next(iter(self.dictionaries[0].buffers())).device
+        return device
 
     def to(self, device: Any) -> TranscoderSet:
         """Move every dictionary to ``device`` (in place); returns self."""
@@ -288,7 +289,8 @@ def _matches(name: str, width: Any, l0: Any, affine: bool | None) -> tuple[int, 
     return int(layer), name
 
 
-def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None, layers: Sequence[int] | None):
+def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None,
+               layers: Sequence[int] | None) -> list[Any]:
     from gemscope_widgets.backend.dictionaries.folder import load_sae_folder
 
     if (root / "config.json").is_file():
@@ -340,7 +342,8 @@ def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None, 
     return [load_sae_folder(base / names[0], name=f"{base.name}/{names[0]}") for _, names in sorted(per_layer.items())]
 
 
-def _hub_set(repo: str, site: str, width: Any, l0: Any, affine: bool | None, layers: Sequence[int] | None):
+def _hub_set(repo: str, site: str, width: Any, l0: Any, affine: bool | None,
+             layers: Sequence[int] | None) -> list[Any]:
     from gemscope_widgets.backend.dictionaries.hub import load_sae_from_hub
     from gemscope_widgets.backend.gemma.names import parse_gemma_name
 
