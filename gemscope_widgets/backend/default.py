@@ -103,12 +103,12 @@ def load_default(
     dtype: str | torch.dtype = "auto",
     progress: bool = True,
     stats: bool = True,
-):
+) -> tuple[Any, Any]:
     """The embedded Gemma 3 270M and the demo SAE, as ``(GemmaModel, JumpReLUSAE)``.
 
     Everything comes from the cache after the first call; nothing is downloaded from a model hub. The first
     call converts the model, trains the demo SAE and (with ``stats``) scans its feature statistics, each
-    with a progress bar: about 6 minutes on 2 CPU cores, once.
+    with a progress bar, once (several minutes on 2 CPU cores; the quality card records the training time).
     """
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.model import load_model
@@ -181,7 +181,8 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     path = ensure_demo_sae(gm, progress=progress)
     cached = path / f"quality_{LOSS_DOCS}docs.json"  # re-measured when the recipe changes
     if cached.is_file():
-        return json.loads(cached.read_text())
+        card: dict[str, Any] = json.loads(cached.read_text())
+        return card
     if gm is None:
         gm = load_model(EMBEDDED_NAME, device="cpu", dtype="float32", progress=progress)
     sae = load_sae(path, device=gm.device)

@@ -128,7 +128,7 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
         valid = mask.bool() & ~torch.isin(ids, hidden)
         where = valid.to(gm.device).unsqueeze(-1)
         for label in totals:
-            pairs = []
+            pairs: list[tuple[Any, Any]] = []
             if label != "clean":
                 for tc in transcoders:
                     inputs: dict[str, torch.Tensor] = {}
@@ -225,7 +225,8 @@ def demo_transcoders_quality(gm: Any | None = None, *, progress: bool = True) ->
     root = ensure_demo_transcoders(gm, progress=progress)
     cached = root / f"quality_{QUALITY_DOCS}docs.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        card: dict[str, Any] = json.loads(cached.read_text())
+        return card
     if gm is None:
         gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=progress)
     transcoders = load_demo_transcoders(gm, progress=progress)
