@@ -70,3 +70,15 @@ def assert_inert(html: str) -> None:
     parser.feed(html)
     assert parser.tags <= {"div", "span", "b", "table", "tr", "td", "th", "ul", "li"}, parser.tags
     assert parser.attrs <= {"style", "title", "class"}, parser.attrs
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def static_of(widget: Any) -> str:
+    """A widget's script-free ``text/html`` fallback, checked inert; the live view stays first in the bundle."""
+    data, _meta = widget._repr_mimebundle_()
+    assert WIDGET_VIEW in data, "the live widget view stays first in the bundle"
+    html = str(data["text/html"])
+    assert_inert(html)
+    return html

@@ -11,17 +11,12 @@ from gemscope_widgets.backend.circuits.graph import find_threshold
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.testing.transcoders import write_calibrated_set
 from gemscope_widgets.widgets.circuit import Circuit, CircuitExplorer
+from tests import helpers
 from tests.fixtures.graphs import LABEL_XSS, XSS_TOKENS, synthetic_graph
-from tests.helpers import assert_inert
-
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def static_of(widget) -> str:
-    data, _meta = widget._repr_mimebundle_()
-    assert WIDGET_VIEW in data, "the live widget view stays first in the bundle"
-    html = data["text/html"]
-    assert_inert(html)
+    html = helpers.static_of(widget)
     assert html.count("<div") == html.count("</div>") and html.count("<table") == html.count("</table>")
     return html
 

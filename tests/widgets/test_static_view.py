@@ -12,18 +12,9 @@ from gemscope_widgets.widgets.heatmap import Heatmap
 from gemscope_widgets.widgets.payload import PromptView, encode_payload, format_value
 from gemscope_widgets.widgets.static_view import heat_style
 from gemscope_widgets.widgets.token_view import TokenView
-from tests.helpers import assert_inert
+from tests.helpers import static_of
 
 XSS = '<img src=x onerror="alert(1)">'
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
-def static_of(widget) -> str:
-    data, _meta = widget._repr_mimebundle_()
-    assert WIDGET_VIEW in data, "the live widget view stays first in the bundle"
-    html = data["text/html"]
-    assert_inert(html)
-    return html
 
 
 class _Sparse:
