@@ -127,7 +127,7 @@ def test_circuit_dependence_sums_graph_edges_by_region(tiny_model, tiny_transcod
     """Oracle: the graph's edges into each answer-position feature summed by hand over the source nodes whose
     position lies in the question, the chain or the cue (positions found by decoding, not offsets); the four parts
     add up to the feature's pre-activation computed from the captured MLP input."""
-    from gemscope_widgets.backend.behaviour.faithfulness import CircuitDependence
+    from gemscope_widgets.backend.behaviour.cot_dependence import CircuitDependence
     from gemscope_widgets.backend.gemma.capture import capture
 
     r = cot_faithfulness(tiny_model, Q, COT, CUE, ANSWERS[:2], chat=False, filler=None, corrupt=False,
