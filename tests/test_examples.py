@@ -94,16 +94,17 @@ def run_chat_behaviour(path: Path, tiny_model_path: Path, tmp_path: Path) -> Non
 def run_circuits(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     """The circuits walkthrough on the real 270M and the cached demo transcoder set: what its text says holds.
 
-    Each traced path is token -> feature at that token's position -> the top logit at the last position;
+    Each traced path is a source at the name's token (the token itself, or an earlier-layer feature there) ->
+    a feature at that same position -> the top logit at the last position;
     clamping the path's feature to 0 lowers the top logit's probability, and clamping the control (a feature of
     little influence at the same token) changes it far less.
     """
     nb = execute(path, env={"PYTHONPATH": str(EXAMPLES.parent)})
     text = outputs_text(nb)
-    paths = re.findall(r"^token @(\d+) .*\n\s+--[-+.\d]+-->  L\d+ #\d+ @(\d+) .*\n\s+--([-+.\d]+)-->  logit ", text,
-                       flags=re.M)
+    source, feature = r"^(?:token|L\d+ #\d+) @(\d+) .*\n", r"\s+--[-+.\d]+-->  L\d+ #\d+ @(\d+) .*\n"
+    paths = re.findall(source + feature + r"\s+--([-+.\d]+)-->  logit ", text, flags=re.M)
     n_pos = [int(n) for n in re.findall(r"^AttributionGraph\(.*?, (\d+) positions", text, flags=re.M)]
-    assert len(paths) == len(n_pos) == 2, f"two graphs, two token -> feature -> logit paths expected:\n{text}"
+    assert len(paths) == len(n_pos) == 2, f"two graphs, two source -> feature -> logit paths expected:\n{text}"
     for (token_pos, feature_pos, weight), n in zip(paths, n_pos):
         assert token_pos == feature_pos and int(feature_pos) < n - 1 and float(weight) > 0, text
     drops = {
