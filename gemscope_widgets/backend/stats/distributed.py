@@ -43,9 +43,14 @@ def _dist() -> Any:
     return dist
 
 
+_OWN_GROUP = False  # whether the process group was initialised here (and is to be destroyed here)
+
+
 def process_group(device: torch.device) -> tuple[int, int]:
     """``(rank, world)`` of the current process group, initialising one from ``torchrun``'s environment
-    (``WORLD_SIZE`` > 1) when there is none; ``(0, 1)`` for a one-process scan."""
+    (``WORLD_SIZE`` > 1) when there is none (:func:`release_group` destroys it); ``(0, 1)`` for a one-process
+    scan."""
+    global _OWN_GROUP
     dist = _dist()
     if not dist.is_available():
         return 0, 1
@@ -53,7 +58,19 @@ def process_group(device: torch.device) -> tuple[int, int]:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
             return 0, 1
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _OWN_GROUP = True
     return dist.get_rank(), dist.get_world_size()
+
+
+def release_group() -> None:
+    """Destroy the process group :func:`process_group` initialised, if it did (a group the caller made is the
+    caller's). A live gloo group at interpreter exit can abort the process ("terminate called without an active
+    exception")."""
+    global _OWN_GROUP
+    dist = _dist()
+    if _OWN_GROUP and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def _comm_device(device: torch.device) -> torch.device:

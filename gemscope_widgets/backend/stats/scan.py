@@ -246,40 +246,43 @@ def scan(gm: GemmaModel, sae: Any, corpus: Any = None, params: ScanParams | None
     texts = load_corpus(corpus)
     device = sae_device(sae)
     rank, world = distributed.process_group(device)
-    key = store.cache_key(gm, sae, texts, params)
-    if world > 1:
-        distributed.check_same_scan(key, device)
-    folder = store.cache_folder(key) if cache else None
-    ckpt = folder / f"shard-{rank}-of-{world}" if folder is not None and world > 1 else folder
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-    scanner = Scanner(gm, sae, texts, params, batch_size=batch_size, batch_tokens=batch_tokens,
-                      act_budget=act_budget, rank=rank, world=world)
-    if ckpt is not None:
-        scanner.try_resume(ckpt, key)
-    if world > 1 and not distributed.agree_on_start(scanner.next_doc, device):
-        warnings.warn("The processes' checkpoints are from different blocks: the scan starts over.", stacklevel=2)
+    try:
+        key = store.cache_key(gm, sae, texts, params)
+        if world > 1:
+            distributed.check_same_scan(key, device)
+        folder = store.cache_folder(key) if cache else None
+        ckpt = folder / f"shard-{rank}-of-{world}" if folder is not None and world > 1 else folder
+        if ckpt is not None:
+            ckpt.mkdir(parents=True, exist_ok=True)
         scanner = Scanner(gm, sae, texts, params, batch_size=batch_size, batch_tokens=batch_tokens,
                           act_budget=act_budget, rank=rank, world=world)
-    scanner.run(progress=progress and rank == 0, on_progress=on_progress, block=checkpoint_docs,
-                checkpoint=(ckpt, key) if ckpt is not None else None)
-    if world > 1:
-        distributed.merge_into_first(scanner.state)
-    stats = None
-    if rank == 0:
-        stats = scanner.result(key)
-        if folder is not None:
-            stats.save(folder)
-    if world > 1:
-        distributed.barrier()
-        if rank != 0 and folder is not None:
-            from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+        if ckpt is not None:
+            scanner.try_resume(ckpt, key)
+        if world > 1 and not distributed.agree_on_start(scanner.next_doc, device):
+            warnings.warn("The processes' checkpoints are from different blocks: the scan starts over.", stacklevel=2)
+            scanner = Scanner(gm, sae, texts, params, batch_size=batch_size, batch_tokens=batch_tokens,
+                              act_budget=act_budget, rank=rank, world=world)
+        scanner.run(progress=progress and rank == 0, on_progress=on_progress, block=checkpoint_docs,
+                    checkpoint=(ckpt, key) if ckpt is not None else None)
+        if world > 1:
+            distributed.merge_into_first(scanner.state)
+        stats = None
+        if rank == 0:
+            stats = scanner.result(key)
+            if folder is not None:
+                stats.save(folder)
+        if world > 1:
+            distributed.barrier()
+            if rank != 0 and folder is not None:
+                from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
-            stats = FeatureStats.load(folder, expect=key)
-    if ckpt is not None:
-        store.remove_checkpoint(ckpt)
-        if ckpt != folder:
-            ckpt.rmdir()
+                stats = FeatureStats.load(folder, expect=key)
+        if ckpt is not None:
+            store.remove_checkpoint(ckpt)
+            if ckpt != folder:
+                ckpt.rmdir()
+    finally:
+        distributed.release_group()
     return stats  # type: ignore[return-value]
 
 
