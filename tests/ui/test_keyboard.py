@@ -32,9 +32,11 @@ def test_keys_stay_in_widgets_arrows_move_sliders_enter_commits(lab_server, page
     step = float(slider.get_attribute("step"))
 
     # Put the notebook in command mode on the steering cell, as a click into its output does.
-    slider.click(position={"x": 1, "y": 1})  # the far left: -3x
-    expect(value).to_contain_text("-3×", timeout=30_000)
+    slider.click(position={"x": 1, "y": 1})  # near the far left
     slider.focus()
+    page.keyboard.press("Home")  # exactly the minimum, wherever the click landed on the step grid
+    expect(value).to_contain_text("-3× = ", timeout=30_000)
+    assert float(slider.input_value()) == -3.0
     before = page.evaluate(_NOTEBOOK_STATE)
 
     expected = -3.0
