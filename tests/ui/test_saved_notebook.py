@@ -1,6 +1,6 @@
 """A notebook saved with JupyterLab's default settings (widget state not saved) and reopened with no kernel shows
-each widget's static rendering: the heatmap's colours, the pane's summary, the steering texts; token text stays
-text (no element, no script from it)."""
+each widget's static rendering: the heatmap's colours, the pane's summary, the steering texts, the circuit's
+drawn graph with its pinned node; token and label text stays text (no element, no script from it)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ SETUP = KERNEL_SETUP
 HEATMAP = f'hm = scope.heatmap("Paris is the capital. {XSS}", top_n=6, progress=False)\nhm'
 PANE = "pane = scope.feature(hm.top_features(0)[0])\npane"
 STEER = 'w = scope.steer("The quick brown fox", {3: 30.0}, max_new_tokens=5, stop_at_eos=False)\nw'
+# A graph whose tokens, feature labels and logits are markup (XSS probes), with its top feature pinned at a node
+# threshold that would hide it otherwise.
+CIRCUIT = """from tests.fixtures.graphs import synthetic_graph
+from gemscope_widgets.widgets.circuit import Circuit
+g = synthetic_graph(n_features=60, n_edges=600, seed=3)
+cw = Circuit.build(g, node_threshold=0.0)
+top = int(g.node_influence()[: g.n_selected].argmax())
+cw.pinned = [top]
+cw"""
 
 _SAVE = "await window.jupyterapp.commands.execute('docmanager:save'); return true;"
 
@@ -27,19 +36,20 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
 
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    path = lab_server.write_notebook("saved.ipynb", [SETUP, HEATMAP, PANE, STEER])
+    path = lab_server.write_notebook("saved.ipynb", [SETUP, HEATMAP, PANE, STEER, CIRCUIT])
     lab_server.open_notebook(page, "saved.ipynb")
     lab_server.run_all(page)
     expect(page.locator(".gs-steered .gs-token")).to_have_count(5, timeout=60_000)
     steered = json.loads(lab_server.run_code(page, "import json; print(json.dumps(w.steered_tokens))"))
     feature = int(lab_server.run_code(page, "print(pane.feature)"))
+    pinned = lab_server.run_code(page, "print('L{0} #{2} @{1}'.format(*g.selected_active_features[top].tolist()))")
     lab_server._execute(page, _SAVE, {}, 60_000, "save the notebook")
 
     # Saved as JupyterLab saves by default: the widget views without their state, and our static HTML.
     nb = nbformat.read(path, as_version=4)
     assert not nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
-    data = [o["data"] for c in nb.cells[1:4] for o in c.outputs if o.get("output_type") == "execute_result"]
-    assert len(data) == 3 and all("text/html" in d and "application/vnd.jupyter.widget-view+json" in d for d in data)
+    data = [o["data"] for c in nb.cells[1:5] for o in c.outputs if o.get("output_type") == "execute_result"]
+    assert len(data) == 4 and all("text/html" in d and "application/vnd.jupyter.widget-view+json" in d for d in data)
 
     # Reopen with no kernel: a kernel name that does not exist, and "No Kernel" chosen.
     nb.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "none", "language": "python"}
@@ -47,12 +57,12 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
     lab_server.shutdown_kernels()
     page.goto(f"{lab_server.url}/lab/workspaces/reopen/tree/reopened.ipynb?reset&token={lab_server.token}")
     statics = page.locator(".jp-OutputArea-output .gs-static")
-    expect(statics).to_have_count(3, timeout=120_000)
+    expect(statics).to_have_count(4, timeout=120_000)
     no_kernel = page.locator(".jp-Dialog button:has-text('No Kernel')")
     if no_kernel.count():
         no_kernel.first.click()
 
-    heatmap, pane, steer = statics.nth(0), statics.nth(1), statics.nth(2)
+    heatmap, pane, steer, circuit = statics.nth(0), statics.nth(1), statics.nth(2), statics.nth(3)
     # Heatmap: the text coloured by its strongest feature, a shaded grid, the XSS token as plain text.
     shaded = heatmap.locator("span[style*='background-color'], td[style*='background-color']")
     assert shaded.count() >= 5
@@ -68,6 +78,15 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
     # Steering: both texts as the kernel had them.
     expect(steer).to_contain_text("baseline")
     assert "".join(steered).replace("\n", "↵\n") in steer.text_content()
+    # Circuit: what the view drew (only tokens, logits and the pin at node threshold 0), the pin marked, every
+    # token, label and logit string as text.
+    expect(circuit).to_contain_text("Most influential nodes")
+    expect(circuit).to_contain_text(pinned.strip())
+    expect(circuit).to_contain_text("pinned")
+    circuit_text = circuit.text_content()
+    probes = ["<img src=x onerror=alert(1)>", "</script><script>alert(2)</script>", "<script>alert('label')</script>"]
+    assert all(probe in circuit_text for probe in probes)
+    assert circuit.locator("script, img, iframe").count() == 0
     # Nothing falls back to the object repr.
     assert "object at 0x" not in page.locator(".jp-Notebook").text_content()
     assert alerts == []

@@ -12,7 +12,11 @@ The recipe, built for speed on a CPU:
 - the **skip connection is solved in closed form** (ridge regression of output on input, per layer), so the
   features only have to learn what a linear map cannot;
 - the **features of every layer are fitted at once** by :func:`~.stacked_fit.fit_stacked` (the loop the demo
-  SAE uses: JumpReLU, quadratic L0 target with its integral term, resampling, revival of rare features).
+  SAE uses: JumpReLU, quadratic L0 target with its integral term, resampling, revival of rare features);
+- **layers a linear map explains worst get more steps**: a layer whose skip alone leaves more than
+  ``hard_skip_fvu`` of the output's variance is fitted in a second stack for ``hard_steps`` (on the embedded
+  270M those are the middle-to-late layers, whose MLPs are the least linear; more steps lower their held-out FVU
+  where more width or a higher L0 target at the same cost did not).
 
 Inputs and outputs are centred and divided by one scalar per layer during training; those are folded into
 the saved weights, so the parameters are plain GS2 math on raw activations. Feature activations come out in
@@ -41,6 +45,7 @@ class TranscoderReport:
     fvu_skip_only: float
     dead_fraction: float
     resampled: int
+    steps: int
     scale_in: float
     scale_out: float
 
@@ -96,6 +101,8 @@ def fit_transcoders(
     ridge: float = 1e-6,
     layers: Sequence[int] | None = None,
     seed: int = 0,
+    hard_skip_fvu: float | None = None,
+    hard_steps: int | None = None,
     progress: bool = True,
     **options: Any,
 ) -> tuple[list[dict[str, torch.Tensor]], list[TranscoderReport]]:
@@ -106,7 +113,10 @@ def fit_transcoders(
     and a :class:`TranscoderReport`. Layer ``l``'s result depends only on ``xs[l], ys[l]``, ``seed`` and its
     label ``layers[l]`` (default ``l``), so fitting a subset of layers gives the same transcoders for them.
     ``xs`` and ``ys`` may be stored in bfloat16 to halve their memory (every step computes in float32).
-    ``ridge`` regularises the skip (relative to the inputs' unit variance). The other options (``width``,
+    ``ridge`` regularises the skip (relative to the inputs' unit variance). With ``hard_skip_fvu`` and
+    ``hard_steps``, layers whose skip-only FVU (on their training tokens) exceeds ``hard_skip_fvu`` are fitted for
+    ``hard_steps`` instead of ``steps`` (a second stack; each layer still depends only on its own data). The
+    other options (``width``,
     ``target_l0`` and ``steps`` required, the rest defaulting to :data:`TRANSCODER_OPTIONS`) go to
     :func:`~.stacked_fit.fit_stacked`, which documents the loss. Runs on ``xs``'s device.
     """
@@ -120,7 +130,6 @@ def fit_transcoders(
     layers = list(range(n_layers)) if layers is None else list(layers)
     if len(layers) != n_layers:
         raise TrainingError(f"got {len(layers)} layer labels for {n_layers} layers of activations.")
-    order_gen = torch.Generator().manual_seed(seed)
     check = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, 8192)]
     check_x, check_y = xs[:, check].float(), ys[:, check].float()
     # Centre and scale per layer so that E‖x‖² = E‖y‖² = 1: losses then read as FVU, and lr/eps transfer.
@@ -132,16 +141,30 @@ def fit_transcoders(
         rest = r[:, a : a + 8192].float() - torch.bmm(x[:, a : a + 8192].float(), skip)
         skip_err += rest.pow(2).sum((1, 2)).double()
         r[:, a : a + 8192] = rest.to(r.dtype)
-    generators = [torch.Generator().manual_seed(seed * 1000 + layer) for layer in layers]
     options = {**TRANSCODER_OPTIONS, **options}
-    run = fit_stacked(
-        x, r, generators, order_gen, tied=False, progress=progress, desc=f"training {n_layers} transcoders", **options
-    )
+    skip_fvu = skip_err / n
+    hard = [i for i in range(n_layers) if hard_skip_fvu is not None and hard_steps and skip_fvu[i] > hard_skip_fvu]
+    groups = [([i for i in range(n_layers) if i not in hard], options["steps"]), (hard, hard_steps or 0)]
+    fitted: dict[int, tuple[Any, int, int]] = {}  # layer index -> (module, index in its stack, resampled)
+    for members, steps in groups:
+        if not members:
+            continue
+        idx = torch.tensor(members)
+        whole = len(members) == n_layers
+        run = fit_stacked(
+            x if whole else x[idx],
+            r if whole else r[idx],
+            [torch.Generator().manual_seed(seed * 1000 + layers[i]) for i in members],
+            torch.Generator().manual_seed(seed), tied=False, progress=progress,
+            desc=f"training {len(members)} transcoders", **{**options, "steps": steps},
+        )
+        fitted.update({i: (run.module, k, run.resampled[k]) for k, i in enumerate(members)})
     del x, r
     params, reports = [], []
     with torch.no_grad():
         for i in range(n_layers):
-            p = run.module.fold(i, mean_in[i], mean_out[i], float(scale_in[i]), float(scale_out[i]), skip[i])
+            module, k, resampled = fitted[i]
+            p = module.fold(k, mean_in[i], mean_out[i], float(scale_in[i]), float(scale_out[i]), skip[i])
             xi, yi = check_x[i], check_y[i]
             pre = xi @ p["w_enc"] + p["b_enc"]
             f = torch.relu(pre) * (pre > p["threshold"])
@@ -152,9 +175,10 @@ def fit_transcoders(
                     layer=layers[i],
                     l0=float((f > 0).sum(-1).float().mean()),
                     fvu=float((out - yi).pow(2).sum() / (yi - yi.mean(0)).pow(2).sum()),
-                    fvu_skip_only=float(skip_err[i] / n),
+                    fvu_skip_only=float(skip_fvu[i]),
                     dead_fraction=float(((f > 0).sum(0) == 0).float().mean()),
-                    resampled=run.resampled[i],
+                    resampled=resampled,
+                    steps=hard_steps if i in hard and hard_steps else options["steps"],
                     scale_in=float(scale_in[i]),
                     scale_out=float(scale_out[i]),
                 )

@@ -132,6 +132,30 @@ def test_batched_fit_equals_per_layer_fits():
         assert batched_reports[i].resampled == alone_reports[0].resampled
 
 
+def test_layers_a_linear_map_explains_worst_get_the_hard_steps():
+    # Layer 0's output is linear in its input (skip-only FVU ~0), layers 1 and 2 are not: with a cut between, 1 and
+    # 2 are fitted for hard_steps, and every layer equals its fit alone with its own number of steps.
+    gen = torch.Generator().manual_seed(4)
+    n, d = 600, 16
+    xs = torch.randn(3, n, d, generator=gen)
+    linear = xs[0] @ torch.randn(d, d, generator=gen)
+    hidden = torch.relu(xs[1:] @ torch.randn(2, d, 4 * d, generator=gen) - 1.0)
+    nonlinear = hidden @ torch.randn(2, 4 * d, d, generator=gen)
+    ys = torch.cat([linear[None], nonlinear])
+    options = {"width": 32, "target_l0": 4, "steps": 30, "batch_size": 64, "resample_every": 10, "progress": False}
+    params, reports = fit_transcoders(xs, ys, hard_skip_fvu=0.2, hard_steps=50, **options)
+    assert reports[0].fvu_skip_only < 0.2 < min(reports[1].fvu_skip_only, reports[2].fvu_skip_only)
+    assert [r.steps for r in reports] == [30, 50, 50]
+    for layer, steps in [(0, 30), (1, 50), (2, 50)]:
+        one = {**options, "steps": steps}
+        alone, _ = fit_transcoders(xs[layer : layer + 1], ys[layer : layer + 1], layers=[layer], **one)
+        for key, value in params[layer].items():
+            torch.testing.assert_close(value, alone[0][key], rtol=1e-4, atol=1e-4 * float(value.abs().max()))
+    # More steps for the non-linear layers fit them better than the plain budget does.
+    _, plain = fit_transcoders(xs, ys, **options)
+    assert reports[1].fvu < plain[1].fvu and reports[2].fvu < plain[2].fvu
+
+
 def test_mixed_precision_fit_matches_float32():
     # bfloat16 matrix products (the demo recipe's setting on CPUs with native bf16) reach the float32 fit's quality.
     gen = torch.Generator().manual_seed(1)
@@ -160,13 +184,14 @@ def test_bad_arguments_raise_training_errors(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_demo_set_reconstructs_every_layer_on_held_out_text(real_model):
     # Trains the demo set on first use (one activation pass and the batched fit), then measures it on held-out text.
-    # Measured: held-out FVU 0.02-0.34 per layer (mean 0.188; only layer 13 above the 0.3 target, at 0.341); with
-    # all 18 MLPs replaced the loss (11.9) is still above zero-ablation (10.7). These bounds guard what is reached.
+    # Measured (v3): held-out FVU 0.02-0.288 per layer (mean 0.169); with all 18 MLPs replaced the loss is 6.43,
+    # against 10.71 with every MLP zeroed and 3.83 clean. The issue's targets are asserted as they stand.
     from gemscope_widgets.backend.default_transcoders import demo_transcoders_quality
 
     card = demo_transcoders_quality(real_model, progress=False)
     assert len(card["layers"]) == 18
-    bad = {row["layer"]: round(row["fvu"], 3) for row in card["layers"] if row["fvu"] > 0.38}
-    assert not bad, f"held-out FVU above 0.38 on layers {bad}"
-    assert sum(row["fvu"] for row in card["layers"]) / 18 <= 0.21, card["layers"]
+    bad = {row["layer"]: round(row["fvu"], 3) for row in card["layers"] if row["fvu"] > 0.3}
+    assert not bad, f"held-out FVU above 0.3 on layers {bad}"
+    assert sum(row["fvu"] for row in card["layers"]) / 18 <= 0.2, card["layers"]
+    assert card["loss_replaced"] < card["loss_mlps_zeroed"], "all 18 transcoders at once are worse than no MLPs"
     assert card["loss_clean"] < card["loss_mlps_zeroed"]
