@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help=f"write {os.path.relpath(RESULT, ROOT)}")
     parser.add_argument("--one", choices=("baseline", "attribute"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     if args.one:
         print(json.dumps(measure_one(args.one, args.tokens[0], args.which, args.threads)))
         return 0
@@ -251,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": BATCH_SIZE, "cpu_count": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "note": "CPU only, on a machine shared with other jobs (2 cores): absolute times are noisy; the ratios "
-                    "compare runs taken back to back in the same run.",
+            "load_average_before": round(load_before, 2),
+            "note": "CPU only; load_average_before is the 1-minute load average when the run started (above the "
+                    "thread count, other jobs shared the cores and absolute times are longer); the ratios compare "
+                    "runs taken back to back in the same run.",
             "rows": rows,
         }
         if os.path.isfile(RESULT):  # keep the other prompt lengths of an earlier run of the same set
