@@ -120,6 +120,7 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
             "n_active": graph.n_active, "n_selected": graph.n_selected, "n_nodes": graph.n_nodes,
             "kept_nodes": int(pruned.node_mask.sum()), "kept_edges": int(pruned.edge_mask.sum()),
             "logit_tokens": graph.logit_tokens.tolist(), "logit_probabilities": graph.logit_probabilities.tolist(),
+            "selected": graph.active_features[graph.selected_features].tolist(),
         }
     seconds = time.perf_counter() - start
     return {
@@ -219,7 +220,12 @@ def run(
             attr["cpu_ratio_to_circuit_tracer"] = attr["cpu_seconds"] / max(ct.get("cpu_seconds", 0.0), 1e-9)
             attr["peak_ratio_to_circuit_tracer"] = attr["peak_mb_above_loaded"] / max(ct["peak_mb_above_loaded"], 1.0)
             attr["same_logit_tokens_as_circuit_tracer"] = attr.get("logit_tokens") == ct.get("logit_tokens")
+        if "selected" in attr and "selected" in ct:  # which features got rows: (layer, position, feature) triples
+            ours, theirs = {tuple(t) for t in attr["selected"]}, {tuple(t) for t in ct["selected"]}
+            attr["selected_shared_with_circuit_tracer"] = len(ours & theirs) / max(len(ours), 1)
         rows.append(ct)
+    for row in rows:
+        row.pop("selected", None)
     return rows
 
 

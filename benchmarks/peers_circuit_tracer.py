@@ -131,6 +131,7 @@ def ct_time(spec: dict[str, Any]) -> None:
         "kept_edges": int(pruned.edge_mask.sum()),
         "logit_tokens": [int(t.vocab_idx) for t in graph.logit_targets],
         "logit_probabilities": [float(p) for p in graph.logit_probabilities],
+        "selected": graph.active_features[graph.selected_features].tolist(),
     }))
 
 
