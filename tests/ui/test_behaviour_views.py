@@ -28,9 +28,7 @@ CONTRAST = 'panel = scope.contrast("The fox " + XSS, "The dog jumps over the laz
 def test_chat_and_contrast_views(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("behaviour.ipynb", [SETUP, CHAT, CONTRAST])
-    lab_server.open_notebook(page, "behaviour.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "behaviour.ipynb", [SETUP, CHAT, CONTRAST])
 
     # --- chat: turns, template marks, heat, inert text ------------------------------------------------------
     chat = page.locator(".gs-chat").first

@@ -108,9 +108,7 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
 
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    lab_server.write_notebook("circuit_synthetic.ipynb", [SYNTHETIC])
-    lab_server.open_notebook(page, "circuit_synthetic.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "circuit_synthetic.ipynb", [SYNTHETIC])
     widget = page.locator(".gs-circuit").first
     expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
     page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
@@ -168,9 +166,7 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
 def test_ten_thousand_edge_graph_pans_and_zooms_smoothly(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("circuit_big.ipynb", [BIG])
-    lab_server.open_notebook(page, "circuit_big.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "circuit_big.ipynb", [BIG])
     widget = page.locator(".gs-circuit").first
     expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
     page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)

@@ -107,9 +107,7 @@ def _failures(page) -> list[str]:
 def test_text_contrast_in_light_and_dark_themes_and_no_clipped_tokens(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("contrast.ipynb", [SETUP, HEATMAP, PANE, STEER])
-    lab_server.open_notebook(page, "contrast.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "contrast.ipynb", [SETUP, HEATMAP, PANE, STEER])
     expect(page.locator(".gs-hm-cell").first).to_be_visible(timeout=60_000)
     expect(page.locator(".gs-pane .gs-pos .gs-token").first).to_be_visible(timeout=60_000)
     expect(page.locator(".gs-steered .gs-token")).to_have_count(6, timeout=60_000)

@@ -19,9 +19,7 @@ ex
 def test_related_chip_moves_the_heatmap_selection_and_adds_a_column(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("explorer_selection.ipynb", [SETUP])
-    lab_server.open_notebook(page, "explorer_selection.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "explorer_selection.ipynb", [SETUP])
 
     heads = page.locator(".gs-hm-fhead[data-f]")
     expect(heads).to_have_count(3, timeout=60_000)

@@ -25,11 +25,9 @@ ex
 def test_heatmap_click_opens_the_pane_with_examples_histogram_and_test_box(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("feature_pane.ipynb", [SETUP])
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    lab_server.open_notebook(page, "feature_pane.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "feature_pane.ipynb", [SETUP])
 
     heads = page.locator(".gs-hm-fhead[data-f]")
     expect(heads.first).to_be_visible(timeout=60_000)

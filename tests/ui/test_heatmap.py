@@ -66,9 +66,7 @@ def _check_heatmap_flow(lab_server, page, setup: str, name: str) -> None:
 
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    lab_server.write_notebook(f"{name}.ipynb", [setup, SHOW])
-    lab_server.open_notebook(page, f"{name}.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, f"{name}.ipynb", [setup, SHOW])
     widget = page.locator(".gs-heatmap").first
     expect(widget.locator(".gs-hm-cell").first).to_be_visible(timeout=60_000)
 

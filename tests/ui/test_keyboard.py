@@ -22,9 +22,7 @@ _NOTEBOOK_STATE = """() => {
 def test_keys_stay_in_widgets_arrows_move_sliders_enter_commits(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("keyboard.ipynb", [SETUP, STEER, HEATMAP])
-    lab_server.open_notebook(page, "keyboard.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "keyboard.ipynb", [SETUP, STEER, HEATMAP])
     steer = page.locator(".gs-root:has(.gs-slider)").first
     value = steer.locator(".gs-steer-value").first
     expect(value).to_contain_text("raw", timeout=60_000)

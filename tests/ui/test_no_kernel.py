@@ -17,9 +17,7 @@ PANE = "pane = scope.feature(3)\npane"
 def test_widgets_notice_a_gone_kernel_and_turn_controls_off(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("no_kernel.ipynb", [SETUP, STEER, PANE])
-    lab_server.open_notebook(page, "no_kernel.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "no_kernel.ipynb", [SETUP, STEER, PANE])
     steer = page.locator(".gs-root:has(.gs-slider)").first
     pane = page.locator(".gs-root:has(.gs-pane)").first
     expect(steer.locator(".gs-steered .gs-token")).to_have_count(4, timeout=60_000)

@@ -18,20 +18,15 @@ def test_token_view_renders_and_round_trips(lab_server, page, record_property):
     from playwright.sync_api import expect
 
     started = time.monotonic()
-    lab_server.write_notebook(
-        "token_view.ipynb",
-        [
-            "from gemscope_widgets.widgets.token_view import TokenView\n"
-            f"w = TokenView({TOKENS!r}, special={SPECIAL!r})\n"
-            "w",
-            "print('PY_SELECTED', w.selected_token)",
-        ],
-    )
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-
-    lab_server.open_notebook(page, "token_view.ipynb")
-    lab_server.run_all(page)
+    cells = [
+        "from gemscope_widgets.widgets.token_view import TokenView\n"
+        f"w = TokenView({TOKENS!r}, special={SPECIAL!r})\n"
+        "w",
+        "print('PY_SELECTED', w.selected_token)",
+    ]
+    lab_server.open_and_run(page, "token_view.ipynb", cells)
     widget = page.locator(".gs-root").first
     spans = widget.locator(".gs-token")
     expect(spans).to_have_count(len(TOKENS), timeout=60_000)

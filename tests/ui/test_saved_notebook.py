@@ -36,9 +36,7 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
 
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    path = lab_server.write_notebook("saved.ipynb", [SETUP, HEATMAP, PANE, STEER, CIRCUIT])
-    lab_server.open_notebook(page, "saved.ipynb")
-    lab_server.run_all(page)
+    path = lab_server.open_and_run(page, "saved.ipynb", [SETUP, HEATMAP, PANE, STEER, CIRCUIT])
     expect(page.locator(".gs-steered .gs-token")).to_have_count(5, timeout=60_000)
     steered = json.loads(lab_server.run_code(page, "import json; print(json.dumps(w.steered_tokens))"))
     feature = int(lab_server.run_code(page, "print(pane.feature)"))

@@ -29,9 +29,7 @@ w
 def test_slider_restreams_steered_column_and_marks_divergence(lab_server, page):
     from playwright.sync_api import expect
 
-    lab_server.write_notebook("steer.ipynb", [SETUP, SHOW])
-    lab_server.open_notebook(page, "steer.ipynb")
-    lab_server.run_all(page)
+    lab_server.open_and_run(page, "steer.ipynb", [SETUP, SHOW])
     root = page.locator(".gs-root").first
     base = root.locator(".gs-baseline .gs-token")
     steered = root.locator(".gs-steered .gs-token")
