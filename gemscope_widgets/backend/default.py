@@ -56,6 +56,12 @@ def _cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def fast_bf16_products(collector: Any) -> bool:
+    """Whether a fit beside ``collector`` should run its matrix products in bfloat16 (mixed precision): on CUDA
+    and on CPUs with native bf16, where it is about 1.5-2x faster at the same FVU (float32 elsewhere)."""
+    return bool(collector.device.type == "cuda" or _cpu_has_fast_bf16())
+
+
 def _collection_model(gm: Any | None, progress: bool) -> Any:
     """The model to stream training activations from: bf16 where the hardware runs it fast.
 
@@ -81,11 +87,9 @@ def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
         recipe = dict(DEMO_RECIPE)
         layer = recipe.pop("layer")
         collector = _collection_model(gm, progress)
-        # bfloat16 matrix products in the fit where the hardware runs them fast (1.45x on such CPUs, same FVU).
-        fast = collector.device.type == "cuda" or _cpu_has_fast_bf16()
         train_sae(
             collector, layer, corpus=default_training_texts(), out_dir=path, progress=progress,
-            mixed_precision=fast, **recipe,
+            mixed_precision=fast_bf16_products(collector), **recipe,
         )
 
     return build_once(path, is_trained, build)

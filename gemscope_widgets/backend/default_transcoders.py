@@ -72,7 +72,7 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
 
     Concurrent callers (a notebook kernel and a test run) wait on one file lock; only one trains.
     """
-    from gemscope_widgets.backend.default import _collection_model, _cpu_has_fast_bf16
+    from gemscope_widgets.backend.default import _collection_model, fast_bf16_products
     from gemscope_widgets.backend.training.activations import default_training_texts
     from gemscope_widgets.backend.training.transcoders import train_transcoders
 
@@ -81,10 +81,9 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
     def build() -> None:
         collector = _collection_model(gm, progress)
         texts = default_training_texts()
-        # bfloat16 matrix products in the fit where the hardware runs them fast (about 2x on such CPUs).
-        fast = collector.device.type == "cuda" or _cpu_has_fast_bf16()
         train_transcoders(
-            collector, root, corpus=texts, progress=progress, mixed_precision=fast, **DEMO_TRANSCODER_RECIPE
+            collector, root, corpus=texts, progress=progress, mixed_precision=fast_bf16_products(collector),
+            **DEMO_TRANSCODER_RECIPE,
         )
 
     return build_once(root, is_trained, build)

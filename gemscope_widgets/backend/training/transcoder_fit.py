@@ -116,9 +116,9 @@ def fit_transcoders(
     ``ridge`` regularises the skip (relative to the inputs' unit variance). With ``hard_skip_fvu`` and
     ``hard_steps``, layers whose skip-only FVU (on their training tokens) exceeds ``hard_skip_fvu`` are fitted for
     ``hard_steps`` instead of ``steps`` (a second stack; each layer still depends only on its own data). The
-    other options (``width``,
-    ``target_l0`` and ``steps`` required, the rest defaulting to :data:`TRANSCODER_OPTIONS`) go to
-    :func:`~.stacked_fit.fit_stacked`, which documents the loss. Runs on ``xs``'s device.
+    other options (``width``, ``target_l0`` and ``steps`` required, the rest defaulting to
+    :data:`TRANSCODER_OPTIONS`) go to :func:`~.stacked_fit.fit_stacked`, which documents the loss. Runs on
+    ``xs``'s device.
     """
     if xs.ndim != 3 or ys.ndim != 3 or xs.shape[:2] != ys.shape[:2] or xs.shape[1] < 2:
         raise TrainingError(
