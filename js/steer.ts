@@ -3,7 +3,7 @@
 // goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
 import { choice as select, el, labelled, mountTheme } from "./lib/dom";
-import { EchoGuard } from "./lib/echo";
+import { EchoGuard, requestId } from "./lib/echo";
 import { formatValue } from "./lib/format";
 import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
@@ -156,9 +156,10 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     if (f.scale_source === "raw") return `${formatValue(multiple)} raw`;
     return `${formatValue(multiple)}× = ${formatValue(multiple * f.scale)} raw`;
   };
-  const sendEntry = (f: FeatureEntry, key: "multiple" | "mode" | "positions", value: number | string) => {
-    if (f.kind === "direction") send({ type: "set_direction", direction: String(f.key), key, value });
-    else send({ type: "set", feature: Number(f.feature), key, value });
+  const sendEntry = (f: FeatureEntry, key: "multiple" | "mode" | "positions", value: number | string,
+    request = requestId()) => {
+    if (f.kind === "direction") send({ type: "set_direction", direction: String(f.key), key, value, request });
+    else send({ type: "set", feature: Number(f.feature), key, value, request });
   };
   const drawFeatures = () => {
     const all = entries();
@@ -201,7 +202,8 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
         const current = () => entries().find((e) => String(e.key) === id) ?? f;
         const sendValue = () => {
           const v = Number(input.value);
-          if (state.guard.send(v, current().multiple)) sendEntry(current(), "multiple", v);
+          const request = requestId();
+          if (state.guard.send(v, current().multiple, request)) sendEntry(current(), "multiple", v, request);
         };
         // While dragging, at most one update per 150 ms; the release always sends the final value.
         input.addEventListener("input", () => {
@@ -232,7 +234,8 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     for (const f of all) {
       const s = rows.get(String(f.key));
       if (!s) continue;
-      if (!s.guard.accept(f.multiple)) continue; // an older value while the user drags or awaits an echo
+      // An older value while the user drags or the kernel has not yet handled the last value sent.
+      if (!s.guard.accept(model.get("applied_request"))) continue;
       s.input.value = String(f.multiple);
       s.input.disabled = f.kind === "feature" && f.mode === "ablate";
       s.value.textContent = valueText(f);
@@ -323,7 +326,11 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   drawNext();
   // Every control asks the kernel: without one a slider would move its label while the texts stay old.
   // When it stops answering, the sliders go back to the values the texts were made with.
-  disposers.push(watchKernel(model, root, { onChange: (live) => live || drawFeatures() }).dispose);
+  const onOffline = () => {
+    for (const s of rows.values()) s.guard.reset(); // no echo will come
+    drawFeatures();
+  };
+  disposers.push(watchKernel(model, root, { onChange: (live) => live || onOffline() }).dispose);
   const handlers: [string, () => void][] = [
     ["change:sae_name", drawHead],
     ["change:unit", drawHead],
@@ -332,6 +339,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     ["change:strength_range", () => { drawSettings(); drawFeatures(); }],
     ["change:features", drawFeatures],
     ["change:directions", drawFeatures],
+    ["change:applied_request", drawFeatures],
     ["change:error", onError],
     ["change:prompt_tokens", drawPrompt],
     ["change:chat", drawPrompt],

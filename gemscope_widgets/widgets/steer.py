@@ -44,9 +44,10 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
     _esm = _BUNDLE
 
     MESSAGES: ClassVar[MessageTable] = {
-        "set": {"feature": (int,), "key": frozenset({"multiple", "mode", "positions"}), "value": (float, str)},
+        "set": {"feature": (int,), "key": frozenset({"multiple", "mode", "positions"}), "value": (float, str),
+                "request": (int,)},
         "set_direction": {"direction": (str,), "key": frozenset({"multiple", "mode", "positions", "layer"}),
-                          "value": (float, str)},
+                          "value": (float, str), "request": (int,)},
         "add": {"feature": (int,)},
         "remove": {"feature": (int,)},
         "remove_direction": {"direction": (str,)},
@@ -99,6 +100,10 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
     whenever the steering or settings change."""
     error = traitlets.Unicode("").tag(sync=True)
     """A user-facing message about the last failed action, "" when none."""
+    applied_request = traitlets.Int(0).tag(sync=True)
+    """The id of the last ``set``/``set_direction`` request from the view that the kernel handled, applied or
+    refused; the view shows a dragged slider's kernel value again once its own last request is handled
+    (``js/lib/echo.ts``)."""
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`).
@@ -331,19 +336,11 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
             kind, msg = parse_message(content, self.MESSAGES)
             if kind == "ping":
                 self.send(PONG)
-            elif kind == "set":
-                key, feature, value = msg["key"], msg["feature"], msg["value"]
-                if key == "multiple":
-                    self.set_strength(feature, value)
-                elif key == "mode":
-                    self.set_mode(feature, str(value))
-                else:
-                    self.set_positions(feature, str(value))
-            elif kind == "set_direction":
-                value = msg["value"]
-                if msg["key"] == "layer":
-                    value = _int(value)
-                self.set_direction(msg["direction"], **{msg["key"]: value})
+            elif kind in ("set", "set_direction"):
+                try:
+                    self._apply_set(kind, msg)
+                finally:  # after the entries' echo: the view then knows that echo answers its latest request
+                    self.applied_request = max(self.applied_request, msg["request"])
             elif kind == "add":
                 self.add_feature(msg["feature"])
             elif kind == "remove":
@@ -364,6 +361,22 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
             self.error = str(exc)
         except (TypeError, ValueError) as exc:
             self.error = f"Bad request from the view: {exc}"
+
+
+    def _apply_set(self, kind: str, msg: dict[str, Any]) -> None:
+        key, value = msg["key"], msg["value"]
+        if kind == "set":
+            feature = msg["feature"]
+            if key == "multiple":
+                self.set_strength(feature, value)
+            elif key == "mode":
+                self.set_mode(feature, str(value))
+            else:
+                self.set_positions(feature, str(value))
+            return
+        if key == "layer":
+            value = _int(value)
+        self.set_direction(msg["direction"], **{key: value})
 
 
 def _int(value: Any) -> int:

@@ -1,24 +1,32 @@
 // A control whose value the kernel echoes back (a slider whose trait the kernel sets after checking it).
 //
 // While the user drags, the kernel answers older values than the thumb shows; written to the control they would
-// move its label back. `EchoGuard` remembers the last value sent and tells which kernel values to show:
+// move its label back. Each value sent carries a request id (`requestId()`: increasing within a page) and the
+// kernel reports the id of the last request it handled, applied or refused (`applied_request`). `EchoGuard`
+// remembers the last request it sent and tells when the kernel's values may be shown again:
 //
-//   guard.grab() / guard.release()   the user holds the control: nothing from the kernel is shown meanwhile
-//   guard.send(v, current)            true when v should be sent (never a value the kernel already holds: it
-//                                     would not echo it), and then remembers it
-//   guard.accept(v)                   whether the kernel's value v may be shown now: the echo of the last value
-//                                     sent, or anything once nothing is awaited or `waitMs` have passed
-//   guard.reset()                     forget what was sent (the kernel refused it and keeps its value)
+//   guard.grab() / guard.release()    the user holds the control: nothing from the kernel is shown meanwhile
+//   guard.send(v, current, id)        true when v should be sent (never a value the kernel already holds),
+//                                     and then remembers request `id`
+//   guard.accept(applied)             whether the kernel's values may be shown now: not held, and nothing
+//                                     awaited or the kernel has handled the awaited request (applied >= id)
+//   guard.reset()                     forget what was sent (the kernel is gone: show what the texts were made with)
+//
+// No timer: a slow kernel (a large model, a loaded machine) answers late but in order, so an older value is
+// never shown after a newer one was sent.
+
+let lastRequest = 0;
+
+/** A request id larger than every earlier one on this page (so several views of one widget stay ordered). */
+export function requestId(now: () => number = Date.now): number {
+  lastRequest = Math.max(lastRequest + 1, now() * 1000);
+  return lastRequest;
+}
 
 export class EchoGuard {
-  private awaiting: number | null = null;
-  private sentAt = 0;
+  private awaitingValue: number | null = null;
+  private awaitingId: number | null = null;
   private held = false;
-
-  constructor(
-    private readonly waitMs = 3000,
-    private readonly now: () => number = () => Date.now(),
-  ) {}
 
   grab(): void {
     this.held = true;
@@ -28,22 +36,24 @@ export class EchoGuard {
     this.held = false;
   }
 
-  send(value: number, current: number): boolean {
-    if (value === (this.awaiting ?? current)) return false;
-    this.awaiting = value;
-    this.sentAt = this.now();
+  send(value: number, current: number, id: number): boolean {
+    if (value === (this.awaitingValue ?? current)) return false;
+    this.awaitingValue = value;
+    this.awaitingId = id;
     return true;
   }
 
-  accept(value: number): boolean {
+  accept(applied: number): boolean {
     if (this.held) return false;
-    if (this.awaiting !== null && this.awaiting !== value && this.now() - this.sentAt < this.waitMs) return false;
-    this.awaiting = null;
+    if (this.awaitingId !== null && applied < this.awaitingId) return false;
+    this.awaitingValue = null;
+    this.awaitingId = null;
     return true;
   }
 
   reset(): void {
-    this.awaiting = null;
+    this.awaitingValue = null;
+    this.awaitingId = null;
     this.held = false;
   }
 }

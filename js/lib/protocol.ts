@@ -214,12 +214,13 @@ export interface SteerModel {
   generation_id: number;
   next_token: SteerNextToken;
   error: string;
+  applied_request: number;
 }
 
 /** @messages gemscope_widgets.widgets.steer.Steer */
 export type SteerMessage =
-  | { type: "set"; feature: number; key: "multiple" | "mode" | "positions"; value: number | string }
-  | { type: "set_direction"; direction: string; key: "multiple" | "mode" | "positions" | "layer"; value: number | string }
+  | { type: "set"; feature: number; key: "multiple" | "mode" | "positions"; value: number | string; request: number }
+  | { type: "set_direction"; direction: string; key: "multiple" | "mode" | "positions" | "layer"; value: number | string; request: number }
   | { type: "add"; feature: number }
   | { type: "remove"; feature: number }
   | { type: "remove_direction"; direction: string }

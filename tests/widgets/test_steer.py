@@ -123,15 +123,23 @@ def test_add_remove_modes_and_messages(scope, feature, sae):
         w._on_custom_msg(w, {"type": "add", "feature": feature}, [])
         w.wait()
         assert [e["feature"] for e in w.features] == [feature]
-        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "mode", "value": "clamp"}, [])
-        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "positions", "value": "generated"}, [])
+        changed: list[str] = []
+        w.observe(lambda change: changed.append(change["name"]), names=["features", "applied_request"])
+        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "mode", "value": "clamp", "request": 7}, [])
+        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "positions", "value": "generated",
+                             "request": 8}, [])
         w.wait()
         assert w.features[0]["mode"] == "clamp" and w.features[0]["positions"] == "generated"
+        # Each request is reported handled after its echo, so the view never takes an older echo for the answer.
+        assert changed == ["features", "applied_request"] * 2 and w.applied_request == 8
         spec = w.specs()[0]
         assert (spec.mode, spec.positions, spec.strength) == ("clamp", "generated", pytest.approx(w.features[0]["raw"]))
         # Bad values from the view land in `error`, not as a traceback.
-        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "mode", "value": "boost"}, [])
+        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "mode", "value": "boost", "request": 9}, [])
         assert "Unknown steering mode 'boost'" in w.error and w.features[0]["mode"] == "clamp"
+        assert w.applied_request == 9  # refused, and handled: the view shows the kernel's value again
+        w._on_custom_msg(w, {"type": "set", "feature": feature, "key": "mode", "value": "add"}, [])
+        assert "request" in w.error and w.features[0]["mode"] == "clamp" and w.applied_request == 9
         w._on_custom_msg(w, {"type": "add", "feature": sae.width}, [])
         assert f"Feature {sae.width} does not exist" in w.error
         w._on_custom_msg(w, {"type": "settings", "values": {"temperature": -2}}, [])

@@ -38,10 +38,12 @@ def test_directions_sit_beside_features_with_baseline_beside_steered(scope, tiny
         assert w.baseline_tokens == direct.baseline_tokens and w.steered_tokens == direct.steered_tokens
         key = w.add_direction(r, 0.5, mode="add", layer=2, name="push")
         assert key == "d1" and w.directions[1]["raw"] == pytest.approx(0.5 * float(r.norm()))
-        w._on_custom_msg(w, {"type": "set_direction", "direction": "d0", "key": "multiple", "value": 0.25}, [])
+        w._on_custom_msg(w, {"type": "set_direction", "direction": "d0", "key": "multiple", "value": 0.25,
+                             "request": 1}, [])
         w.wait()
         assert w.directions[0]["multiple"] == 0.25 and w.error == ""
-        w._on_custom_msg(w, {"type": "set_direction", "direction": "d0", "key": "multiple", "value": 2.0}, [])
+        w._on_custom_msg(w, {"type": "set_direction", "direction": "d0", "key": "multiple", "value": 2.0,
+                             "request": 2}, [])
         assert "[0, 1]" in w.error and w.directions[0]["multiple"] == 0.25
         w._on_custom_msg(w, {"type": "remove_direction", "direction": "d0"}, [])
         w.wait()
