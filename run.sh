@@ -9,7 +9,9 @@
 # GEMSCOPE_SETUP=force redoes it, GEMSCOPE_SETUP=skip never runs it (a venv you manage yourself),
 # GEMSCOPE_SETUP=check only says whether it is current (exit status 0) or would run (exit status 3).
 # GEMSCOPE_LOWEST=0 skips the lowest-versions run of `test`; it is also skipped when `test` is given pytest
-# arguments (a selection of your own), unless GEMSCOPE_LOWEST=1.
+# arguments (a selection of your own), unless GEMSCOPE_LOWEST=1. In the same way, `test` first sets up
+# circuit-tracer 0.5.0 in .cache/venv-ct (once) so that the peer check of attribution graphs runs;
+# GEMSCOPE_PEERS=0 skips that (the peer test then skips).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -149,10 +151,15 @@ case "$mode" in
     [ -x node_modules/.bin/vitest ] || npm ci --no-audit --no-fund
     npm run --silent typecheck
     npm test --silent
+    whole_suite() { [ "${1:-}" = 1 ] || { [ -z "${1:-}" ] && [ "$2" -eq 0 ]; }; }
+    if whole_suite "${GEMSCOPE_PEERS:-}" $#; then
+      say "circuit-tracer 0.5.0 in its own venv (.cache/venv-ct), for the peer check of attribution graphs"
+      PKG_PYTHON="$PY" bash benchmarks/circuit_tracer_venv.sh
+    fi
     say "pytest"
     status=0
     "$PY" -m pytest "$@" || status=$?
-    if [ "${GEMSCOPE_LOWEST:-}" = 1 ] || { [ -z "${GEMSCOPE_LOWEST:-}" ] && [ $# -eq 0 ]; }; then
+    if whole_suite "${GEMSCOPE_LOWEST:-}" $#; then
       setup_lowest
       say "pytest, backend only, transformers==$(lowest_transformers) (${LOWEST_TESTS[*]})"
       "$LOWEST_PY" -m pytest -p no:cacheprovider "${LOWEST_TESTS[@]}" || status=$?
