@@ -21,7 +21,8 @@ if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${pins
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 # The pinned torch first, alone: resolved together with circuit-tracer, pip could pick CUDA wheels.
-"$venv/bin/pip" install -q "torch==$torch_version"
-"$venv/bin/pip" install -q "${pins[@]}"
+pipq() { "$venv/bin/pip" install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+pipq "torch==$torch_version"
+pipq "${pins[@]}"
 "$venv/bin/python" -c "import circuit_tracer, transformers, torch; print('circuit-tracer ready:', transformers.__version__, torch.__version__)"
 echo "${pins[*]}" > "$stamp"
