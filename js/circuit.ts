@@ -8,7 +8,7 @@ import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
-import { Graph, KIND, KIND_NAMES, Visible } from "./lib/circuit_graph";
+import { canvasHeight, Graph, KIND, KIND_NAMES, Visible } from "./lib/circuit_graph";
 import { renderIntervention } from "./lib/circuit_result";
 import type { CircuitModel as Model } from "./lib/protocol";
 import { visibleText } from "./lib/tokens";
@@ -66,9 +66,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
 
   let g = new Graph(model.get("_header"), model.get("_data"));
   let visible: Visible;
-  let scale = 1;
+  // The view transform (screen = world * k + t) and whether the user has panned or zoomed since the last fit.
+  let kx = 1;
+  let ky = 1;
   let tx = 0;
   let ty = 0;
+  let moved = false;
   let hover = -1;
   let focus = -1; // local index of the clicked node
   let highlight = new Set<number>(); // edges highlighted around the focus
@@ -103,25 +106,44 @@ function render({ model, el }: RenderProps<Model>): () => void {
     nodeSlider.out.textContent = model.get("node_threshold").toFixed(2);
     edgeSlider.input.value = String(model.get("edge_threshold"));
     edgeSlider.out.textContent = model.get("edge_threshold").toFixed(2);
+    // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus.
+    if (focus >= 0) setFocus(visible.nodes[focus] ? focus : -1);
     request();
   };
 
+  // "fit": the whole graph in the view (a prompt too long for its columns is squeezed across).
   const fit = () => {
-    const w = canvas.clientWidth || 600;
-    const h = canvas.clientHeight || 400;
-    scale = Math.min(w / (g.width + 40), h / (g.height + 40), 4);
-    tx = (w - g.width * scale) / 2;
-    ty = (h - g.height * scale) / 2;
+    const w = canvas.clientWidth || g.width;
+    kx = Math.min(1, w / g.width);
+    ky = 1;
+    tx = 0;
+    ty = 0;
+    moved = false;
+    request();
+  };
+  // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
+  const home = () => {
+    const w = canvas.clientWidth || g.width;
+    kx = 1;
+    ky = 1;
+    tx = Math.min(0, w - g.width);
+    ty = 0;
+    moved = false;
     request();
   };
 
+  let laidOut = "";
   const resize = () => {
-    const w = stage.clientWidth || 600;
-    const h = Math.max(320, Math.min(720, g.height * 0.9 + 60));
+    const w = stage.clientWidth || 800;
+    const h = canvasHeight(g.nRows);
+    if (laidOut === `${w}x${h}`) return;
+    laidOut = `${w}x${h}`;
     canvas.style.width = `${w}px`;
     canvas.style.height = `${h}px`;
     canvas.width = Math.round(w * dpr());
     canvas.height = Math.round(h * dpr());
+    g.layout(w, h);
+    if (!moved) home();
     request();
   };
 
@@ -138,7 +160,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     ctx.setTransform(k, 0, 0, k, 0, 0);
     ctx.clearRect(0, 0, canvas.width / k, canvas.height / k);
     drawGraph(ctx, g, visible, {
-      scale, tx, ty, w: canvas.width / k, h: canvas.height / k, focus, hover, highlight, neighbours,
+      kx, ky, tx, ty, w: canvas.width / k, h: canvas.height / k, focus, hover, highlight, neighbours,
       pinned: pinnedSet(), selected: selectedSet(), colors,
     });
     frames++;
@@ -182,7 +204,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       const ul = element("ul", "gs-ct-edges");
       for (const e of edges) {
         const li = element("li", g.weight[e] >= 0 ? "gs-ct-pos" : "gs-ct-neg");
-        li.textContent = `${formatValue(g.weight[e])}  ${g.label(other(e))}`;
+        li.append(`${formatValue(g.weight[e])}  `, element("bdi", "", g.label(other(e))));
         li.dataset.node = String(g.node[other(e)]);
         ul.append(li);
       }
@@ -201,8 +223,8 @@ function render({ model, el }: RenderProps<Model>): () => void {
     let bestD = Infinity;
     for (let i = 0; i < g.count; i++) {
       if (!visible.nodes[i]) continue;
-      const dx = g.x[i] * scale + tx - px;
-      const dy = g.y[i] * scale + ty - py;
+      const dx = g.x[i] * kx + tx - px;
+      const dy = g.y[i] * ky + ty - py;
       const d = dx * dx + dy * dy;
       const r = Math.max(g.radius[i], 6) + 3;
       if (d <= r * r && d < bestD) {
@@ -229,7 +251,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const top = g.header.top_logits[String(i)];
     if (top?.length) {
       tip.append(element("div", "gs-ct-tip-head", "top logits"));
-      for (const [tok, val] of top) tip.append(element("div", "gs-ct-tip-logit", `${visibleText(tok)}  ${formatValue(val)}`));
+      for (const [tok, val] of top) {
+        // <bdi>: a right-to-left token keeps its place before its number
+        const line = element("div", "gs-ct-tip-logit");
+        line.append(element("bdi", "", visibleText(tok)), `  ${formatValue(val)}`);
+        tip.append(line);
+      }
     }
     tip.append(element("div", "gs-ct-tip-kind", `${KIND_NAMES[kind]} node ${g.node[i]}`));
     const rect = stage.getBoundingClientRect();
@@ -257,6 +284,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       const dy = ev.clientY - drag.y;
       if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
       if (drag.moved) {
+        moved = true;
         tx = drag.tx + dx;
         ty = drag.ty + dy;
         tip.hidden = true;
@@ -308,11 +336,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
       const rect = canvas.getBoundingClientRect();
       const px = ev.clientX - rect.left;
       const py = ev.clientY - rect.top;
-      const f = Math.exp(-ev.deltaY * 0.0015);
-      const next = Math.min(40, Math.max(0.05, scale * f));
-      tx = px - ((px - tx) * next) / scale;
-      ty = py - ((py - ty) * next) / scale;
-      scale = next;
+      const f = Math.min(40 / Math.max(kx, ky), Math.max(0.05 / Math.min(kx, ky), Math.exp(-ev.deltaY * 0.0015)));
+      tx = px - (px - tx) * f;
+      ty = py - (py - ty) * f;
+      kx *= f;
+      ky *= f;
+      moved = true;
       request();
     },
     { passive: false },
@@ -357,11 +386,13 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const renderResult = () => renderIntervention(result, model.get("intervention") ?? {});
 
   const onData = () => {
-    g = new Graph(model.get("_header"), model.get("_data"));
+    g = new Graph(model.get("_header"), model.get("_data"), { width: stage.clientWidth || 800,
+      height: canvasHeight(model.get("_header").n_layers + 2) });
+    laidOut = "";
+    moved = false;
     setFocus(-1);
     recompute();
     resize();
-    fit();
   };
   model.on("change:_header", onData);
   model.on("change:node_threshold", recompute);
@@ -377,16 +408,15 @@ function render({ model, el }: RenderProps<Model>): () => void {
   readColors();
   recompute();
   resize();
-  fit();
   renderResult();
 
   // Test hook: screen position of a node (graph node index) relative to the canvas, and the view transform.
   (el as unknown as { gsCircuit: unknown }).gsCircuit = {
     screen: (node: number) => {
       const i = g.local.get(node);
-      return i === undefined ? null : [g.x[i] * scale + tx, g.y[i] * scale + ty];
+      return i === undefined ? null : [g.x[i] * kx + tx, g.y[i] * ky + ty];
     },
-    view: () => ({ scale, tx, ty }),
+    view: () => ({ kx, ky, tx, ty, width: g.width }),
     hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
   };
 

@@ -16,7 +16,8 @@ export interface CircuitColors {
 
 /** What one frame needs besides the graph: the view transform, the canvas size in CSS px, and the marks. */
 export interface DrawState {
-  scale: number;
+  kx: number; // world -> screen: x * kx + tx, y * ky + ty
+  ky: number;
   tx: number;
   ty: number;
   w: number;
@@ -30,23 +31,12 @@ export interface DrawState {
   colors: CircuitColors;
 }
 
-/** Draw one frame: row labels, edges, nodes with their marks, token and logit text. */
+/** Draw one frame: edges, nodes with their marks, token and logit text, row labels. */
 export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visible, v: DrawState): void {
   const { w, h } = v;
-  const sx = (x: number) => x * v.scale + v.tx;
-  const sy = (y: number) => y * v.scale + v.ty;
-
-  // Row labels and column guides.
-  ctx.font = "11px var(--gs-font, sans-serif)";
-  ctx.fillStyle = v.colors.muted;
-  ctx.textBaseline = "middle";
-  const rowH = g.rowY.length > 1 ? g.rowY[0] - g.rowY[1] : 40;
-  for (let r = 0; r < g.rowY.length; r++) {
-    const y = sy(g.rowY[r] + rowH / 2);
-    if (y < -20 || y > h + 20) continue;
-    const name = r === 0 ? "emb" : r === g.rowY.length - 1 ? "logits" : `L${r - 1}`;
-    ctx.fillText(name, 2, y);
-  }
+  const sx = (x: number) => x * v.kx + v.tx;
+  const sy = (y: number) => y * v.ky + v.ty;
+  ctx.font = "11px sans-serif"; // canvas fonts take no CSS variables
 
   // Edges, bucketed by sign and width so each bucket is one path.
   const edges = visible.edges;
@@ -120,19 +110,44 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
     }
   }
 
-  // Token and logit text (inert: canvas text).
+  // Token and logit text (inert: canvas text), thinned so that no two labels overlap.
   ctx.fillStyle = v.colors.fg;
-  ctx.textAlign = "center";
+  ctx.textAlign = "left";
   ctx.textBaseline = "top";
-  for (let i = 0; i < g.count; i++) {
-    if (!visible.nodes[i] || g.kind[i] < KIND.token) continue;
-    const x = sx(g.x[i]);
-    const y = sy(g.y[i]);
-    if (x < -80 || x > w + 80 || y < -40 || y > h + 40) continue;
-    const text = g.kind[i] === KIND.token ? g.header.tokens[g.pos[i]] ?? "" : g.logitText(i);
-    const shown = visibleText(text);
-    ctx.fillText(shown.length > 14 ? `${shown.slice(0, 13)}…` : shown, x, g.kind[i] === KIND.token ? y + 8 : y - 20);
+  const room = Math.max(24, g.colWidth * v.kx - 4); // a token label fits its column
+  for (const kind of [KIND.token, KIND.logit]) {
+    let lastRight = -Infinity;
+    const order: number[] = [];
+    for (let i = 0; i < g.count; i++) if (visible.nodes[i] && g.kind[i] === kind) order.push(i);
+    order.sort((a, b) => g.x[a] - g.x[b]);
+    for (const i of order) {
+      const x = sx(g.x[i]);
+      const y = sy(g.y[i]);
+      if (x < -80 || x > w + 80 || y < -40 || y > h + 40) continue;
+      const text = visibleText(kind === KIND.token ? g.header.tokens[g.pos[i]] ?? "" : g.logitText(i));
+      const shown = fitText(ctx, text, kind === KIND.token ? room : 68);
+      const width = ctx.measureText(shown).width;
+      const left = x - width / 2;
+      if (left < lastRight + 4) continue;
+      ctx.fillText(shown, left, kind === KIND.token ? y + 8 : y - 20);
+      lastRight = left + width;
+    }
   }
-  ctx.textAlign = "start";
-  ctx.textAlign = "start";
+  // Row labels last, over everything, at the left edge of the view whatever the pan.
+  ctx.font = "11px sans-serif";
+  ctx.fillStyle = v.colors.muted;
+  ctx.textBaseline = "middle";
+  for (let r = 0; r < g.rowY.length; r++) {
+    const y = sy(g.rowY[r]);
+    if (y < -20 || y > h + 20) continue;
+    const name = r === 0 ? "emb" : r === g.rowY.length - 1 ? "logits" : `L${r - 1}`;
+    ctx.fillText(name, 2, y);
+  }
+}
+
+/** `text` cut (with "…") to at most `maxPx` CSS px wide and 14 characters. */
+export function fitText(ctx: CanvasRenderingContext2D, text: string, maxPx: number): string {
+  let shown = text.length > 14 ? `${text.slice(0, 13)}…` : text;
+  while (shown.length > 1 && ctx.measureText(shown).width > maxPx) shown = `${shown.slice(0, -2)}…`;
+  return shown;
 }

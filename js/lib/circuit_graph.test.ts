@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { Graph, KIND, Visible } from "./circuit_graph";
+import { canvasHeight, Graph, KIND, MARGIN, Visible } from "./circuit_graph";
 import type { ArrayRef, CircuitHeader } from "./protocol";
 
 // Lays arrays out as circuit_payload.py's _Blob does: little-endian, each start a multiple of 4 bytes.
@@ -83,6 +83,101 @@ describe("Graph", () => {
     expect(g.label(1)).toBe("L1 #9 @1 “<img/src=x/onerror=alert(1)>”: <b>label</b>");
     expect(g.label(2)).toBe("error L0 @1 “<img/src=x/onerror=alert(1)>”");
     expect(g.label(5)).toBe("logit “</script>”");
+  });
+});
+
+// `perCell` features in every (layer, position) cell of an `nTokens`-position, `nLayers`-layer graph, plus tokens
+// and `nLogits` logit nodes; no edges.
+function crowded(nTokens: number, nLayers: number, perCell: number, nLogits: number): Graph {
+  const kind: number[] = [];
+  const layer: number[] = [];
+  const pos: number[] = [];
+  for (let l = 0; l < nLayers; l++) {
+    for (let p = 0; p < nTokens; p++) {
+      for (let k = 0; k < perCell; k++) {
+        kind.push(KIND.feature);
+        layer.push(l + 1);
+        pos.push(p);
+      }
+    }
+  }
+  for (let p = 0; p < nTokens; p++) {
+    kind.push(KIND.token);
+    layer.push(0);
+    pos.push(p);
+  }
+  for (let k = 0; k < nLogits; k++) {
+    kind.push(KIND.logit);
+    layer.push(nLayers + 1);
+    pos.push(nTokens - 1);
+  }
+  const n = kind.length;
+  const { bytes, refs } = blob({
+    kind: new Uint16Array(kind), layer: new Uint16Array(layer), pos: new Uint16Array(pos),
+    feature: new Uint32Array(n), node: Uint32Array.from({ length: n }, (_, i) => i),
+    activation: new Float32Array(n).fill(1), influence: Float32Array.from({ length: n }, (_, i) => 1 / (1 + i)),
+    rank: new Float32Array(n), source: new Uint32Array(0), target: new Uint32Array(0),
+    weight: new Float32Array(0), edgeRank: new Float32Array(0),
+  });
+  const header = {
+    version: 1, prompt: "", tokens: Array.from({ length: nTokens }, (_, i) => `t${i}`),
+    logit_tokens: Array.from({ length: nLogits }, (_, i) => `l${i}`), logit_probabilities: new Array(nLogits).fill(0.1),
+    n_layers: nLayers, n_nodes_total: n, n_edges_total: 0, n_nodes: n, n_edges: 0,
+    nodes: {
+      kind: refs.kind, layer: refs.layer, pos: refs.pos, feature: refs.feature, node: refs.node,
+      activation: refs.activation, influence: refs.influence, rank: refs.rank,
+    },
+    edges: { source: refs.source, target: refs.target, weight: refs.weight, rank: refs.edgeRank },
+    labels: {}, top_logits: {}, model: "m", scan: "s", bytes: bytes.byteLength,
+  } as CircuitHeader;
+  return new Graph(header, bytes, { width: 1000, height: canvasHeight(nLayers + 2) });
+}
+
+describe("layout", () => {
+  it("fills the view: the plot spans the width and the height it is given", () => {
+    const g = crowded(7, 18, 12, 10);
+    const h = canvasHeight(20);
+    expect(g.width).toBeCloseTo(1000, 6);
+    const xs = Array.from(g.x);
+    const ys = Array.from(g.y);
+    expect(Math.min(...xs)).toBeLessThan(MARGIN.left + 1000 / 7 / 2);
+    expect(Math.max(...xs)).toBeGreaterThan(1000 - MARGIN.right - 1000 / 7 / 2 - 12);
+    expect(Math.max(...ys) - Math.min(...ys)).toBeGreaterThan(0.85 * (h - MARGIN.top - MARGIN.bottom));
+  });
+
+  it("keeps the nodes of a crowded cell apart: no two circles overlap", () => {
+    for (const perCell of [5, 40, 200]) {
+      const g = crowded(7, 18, perCell, 3);
+      const cell = Array.from({ length: perCell }, (_, k) => k); // layer 0, position 0
+      for (const a of cell) {
+        for (const b of cell) {
+          if (a >= b) continue;
+          const d = Math.hypot(g.x[a] - g.x[b], g.y[a] - g.y[b]);
+          expect(d).toBeGreaterThanOrEqual(g.radius[a] + g.radius[b] - 1e-3);
+        }
+      }
+      // and stay inside their own cell
+      for (const a of cell) expect(Math.abs(g.x[a] - g.colX[0])).toBeLessThanOrEqual(g.colWidth / 2);
+      for (const a of cell) expect(Math.abs(g.y[a] - g.rowY[1])).toBeLessThanOrEqual(g.rowHeight / 2);
+    }
+  });
+
+  it("spreads the logits along the top row, ending above the last position", () => {
+    const g = crowded(7, 4, 2, 10);
+    const logits = Array.from({ length: g.count }, (_, i) => i).filter((i) => g.kind[i] === KIND.logit);
+    const xs = logits.map((i) => g.x[i]);
+    for (let k = 1; k < xs.length; k++) expect(xs[k] - xs[k - 1]).toBeGreaterThanOrEqual(60);
+    expect(xs[xs.length - 1]).toBeLessThanOrEqual(g.colX[6] + g.colWidth / 2);
+    for (const i of logits) expect(g.y[i]).toBeCloseTo(g.rowY[g.nRows - 1], 3);
+  });
+
+  it("gives a long prompt columns of at least 28 px: the world grows wider than the view", () => {
+    const g = crowded(300, 4, 1, 2);
+    expect(g.colWidth).toBe(28);
+    expect(g.width).toBeCloseTo(MARGIN.left + 300 * 28 + MARGIN.right, 6);
+    g.layout(20_000, 400); // a wider view: columns widen, the world is the view again
+    expect(g.width).toBeCloseTo(20_000, 6);
+    expect(g.colWidth).toBeGreaterThan(28);
   });
 });
 

@@ -1,7 +1,9 @@
-// The circuit view's graph: the binary payload of gemscope_widgets/widgets/circuit_payload.py decoded, a stable
-// layout in world coordinates (token positions across, layers up), and what is drawn under the thresholds and pins.
+// The circuit view's graph: the binary payload of gemscope_widgets/widgets/circuit_payload.py decoded, a layout in
+// world coordinates sized to the view (token positions across, layers up), and what is drawn under the thresholds
+// and pins.
 //
-//   Graph     decoded node and edge arrays, per-node x / y / radius, cells (row = layer + 1, column = position)
+//   Graph     decoded node and edge arrays, per-node x / y / radius from layout(width, height): cells (row =
+//             layer + 1, column = position) filled as grids; logits spread along the top row
 //   Visible   node and edge masks: token and logit nodes always, feature / error nodes whose influence rank is
 //             under the node threshold or pinned; edges between drawn nodes under the edge threshold or between
 //             two pinned nodes (gemscope_widgets/widgets/static_circuit.py draws the same for saved notebooks)
@@ -13,11 +15,22 @@ import { visibleText } from "./tokens";
 
 export const KIND = { feature: 0, error: 1, token: 2, logit: 3 } as const;
 export const KIND_NAMES = ["feature", "error", "token", "logit"];
-const CELL_SPACING = 13; // world px between nodes of one (layer, position) cell
-const PER_ROW = 8; // nodes per line inside a cell
-const MIN_COL = 96;
 
-/** The decoded graph plus a stable layout in world coordinates. */
+/** Space around the plot in CSS px: row labels on the left, logit labels above, token labels below. */
+export const MARGIN = { left: 40, right: 12, top: 34, bottom: 26 };
+const MIN_COL = 28; // narrowest position column (px at zoom 1); longer prompts make the world wider than the view
+const NODE_STEP = 12; // px between nodes of one (layer, position) cell when there is room
+const LOGIT_STEP = 72; // px per logit node across the top row
+
+/**
+ * The canvas height (CSS px) that gives every row of an `nRows` graph room for a few lines of nodes.
+ * Source of the layout: circuit-tracer's and Neuronpedia's graph view (layers up, token positions across).
+ */
+export function canvasHeight(nRows: number): number {
+  return Math.max(320, Math.min(900, nRows * 40 + MARGIN.top + MARGIN.bottom));
+}
+
+/** The decoded graph plus a layout in world coordinates (CSS px of the canvas at zoom 1). */
 export class Graph {
   readonly kind: Uint16Array | Uint32Array;
   readonly layer: Uint16Array | Uint32Array;
@@ -35,14 +48,21 @@ export class Graph {
   readonly y: Float32Array;
   readonly radius: Float32Array;
   readonly local = new Map<number, number>(); // graph node index -> local index
-  readonly width: number;
-  readonly height: number;
-  readonly rowY: number[] = [];
-  readonly colX: number[] = [];
-  readonly colWidth: number;
+  readonly nRows: number;
+  readonly nCols: number;
+  /** World size after `layout`: at least the view; wider when the prompt has more positions than fit. */
+  width = 0;
+  height = 0;
+  /** Centre of each row (0 = token embeddings, 1..n_layers = layers, last = logits) and of each position. */
+  rowY: number[] = [];
+  colX: number[] = [];
+  colWidth = 0;
+  rowHeight = 0;
   maxWeight = 0;
+  private readonly cells = new Map<number, number[]>(); // row * nCols + position -> local nodes by influence
+  private readonly maxInfluence: number;
 
-  constructor(readonly header: Header, data: Bytes) {
+  constructor(readonly header: Header, data: Bytes, view: { width: number; height: number } = { width: 800, height: 600 }) {
     const bytes = asBytes(data);
     const n = header.nodes;
     this.kind = readUint(bytes, n.kind);
@@ -61,50 +81,72 @@ export class Graph {
     for (let i = 0; i < this.weight.length; i++) this.maxWeight = Math.max(this.maxWeight, Math.abs(this.weight[i]));
     const count = this.kind.length;
     for (let i = 0; i < count; i++) this.local.set(this.node[i], i);
-
-    // Cells: (row, position). Rows: 0 = token embeddings, 1..n_layers = layers, n_layers + 1 = logits.
-    const nRows = header.n_layers + 2;
-    const nCols = Math.max(1, header.tokens.length);
-    const cells = new Map<number, number[]>();
-    for (let i = 0; i < count; i++) {
-      const row = this.kind[i] === KIND.logit ? nRows - 1 : this.layer[i];
-      const key = row * nCols + this.pos[i];
-      let cell = cells.get(key);
-      if (!cell) cells.set(key, (cell = []));
-      cell.push(i);
-    }
-    let widest = 1;
-    let deepest = 1;
-    for (const cell of cells.values()) {
-      widest = Math.max(widest, Math.min(PER_ROW, cell.length));
-      deepest = Math.max(deepest, Math.ceil(cell.length / PER_ROW));
-    }
-    this.colWidth = Math.max(MIN_COL, widest * CELL_SPACING + 24);
-    const rowHeight = 34 + Math.min(deepest, 6) * 9;
-    for (let c = 0; c < nCols; c++) this.colX.push(c * this.colWidth);
-    for (let r = 0; r < nRows; r++) this.rowY.push((nRows - 1 - r) * rowHeight);
-    this.width = nCols * this.colWidth;
-    this.height = nRows * rowHeight;
     this.x = new Float32Array(count);
     this.y = new Float32Array(count);
     this.radius = new Float32Array(count);
+
+    // Cells: (row, position). Rows: 0 = token embeddings, 1..n_layers = layers, n_layers + 1 = logits.
+    this.nRows = header.n_layers + 2;
+    this.nCols = Math.max(1, header.tokens.length);
     let maxInf = 0;
-    for (let i = 0; i < count; i++) if (this.kind[i] <= KIND.error) maxInf = Math.max(maxInf, this.influence[i]);
-    for (const [key, cell] of cells) {
-      const row = Math.floor(key / nCols);
-      const col = key % nCols;
-      cell.sort((a, b) => this.influence[b] - this.influence[a]);
-      const perRow = Math.min(PER_ROW, cell.length);
-      const left = this.colX[col] + this.colWidth / 2 - ((perRow - 1) * CELL_SPACING) / 2;
-      const lines = Math.min(6, Math.ceil(cell.length / PER_ROW));
+    for (let i = 0; i < count; i++) {
+      if (this.kind[i] === KIND.logit) continue; // the logit row is laid out on its own
+      const key = this.layer[i] * this.nCols + this.pos[i];
+      let cell = this.cells.get(key);
+      if (!cell) this.cells.set(key, (cell = []));
+      cell.push(i);
+      if (this.kind[i] <= KIND.error) maxInf = Math.max(maxInf, this.influence[i]);
+    }
+    for (const cell of this.cells.values()) cell.sort((a, b) => this.influence[b] - this.influence[a]);
+    this.maxInfluence = maxInf;
+    this.layout(view.width, view.height);
+  }
+
+  /**
+   * Places every node for a view of `width` × `height` CSS px: rows share the height, positions share the width
+   * (at least MIN_COL px each), and each cell's nodes form a grid that fills the cell, closer together (and
+   * smaller) when a cell holds many. Logit nodes spread along the top row, ending above the last position.
+   */
+  layout(width: number, height: number): void {
+    const plotW = Math.max(60, width - MARGIN.left - MARGIN.right);
+    const plotH = Math.max(60, height - MARGIN.top - MARGIN.bottom);
+    this.colWidth = Math.max(MIN_COL, plotW / this.nCols);
+    this.rowHeight = plotH / this.nRows;
+    this.width = MARGIN.left + this.colWidth * this.nCols + MARGIN.right;
+    this.height = height;
+    this.colX = Array.from({ length: this.nCols }, (_, c) => MARGIN.left + (c + 0.5) * this.colWidth);
+    this.rowY = Array.from({ length: this.nRows }, (_, r) => MARGIN.top + (this.nRows - 1 - r + 0.5) * this.rowHeight);
+    const cw = Math.max(4, this.colWidth - 6);
+    const ch = Math.max(4, this.rowHeight - 6);
+    for (const [key, cell] of this.cells) {
+      const row = Math.floor(key / this.nCols);
+      const col = key % this.nCols;
+      const n = cell.length;
+      const step = Math.min(NODE_STEP, Math.sqrt((cw * ch) / n));
+      const perLine = Math.max(1, Math.min(n, Math.floor(cw / step)));
+      const lines = Math.ceil(n / perLine);
+      const dx = Math.min(NODE_STEP, cw / perLine);
+      const dy = Math.min(NODE_STEP, ch / lines);
+      const cap = Math.max(1.5, 0.5 * Math.min(dx, dy));
       cell.forEach((i, k) => {
-        const line = Math.floor(k / PER_ROW) % 6;
-        this.x[i] = left + (k % PER_ROW) * CELL_SPACING;
-        this.y[i] = this.rowY[row] + rowHeight / 2 + (line - (lines - 1) / 2) * 9;
-        const share = maxInf > 0 ? Math.sqrt(Math.max(0, this.influence[i]) / maxInf) : 0;
-        this.radius[i] = this.kind[i] >= KIND.token ? 5 : 2.5 + 5 * share;
+        const line = Math.floor(k / perLine);
+        const inLine = line === lines - 1 ? n - line * perLine : perLine;
+        this.x[i] = this.colX[col] + (k % perLine - (inLine - 1) / 2) * dx;
+        this.y[i] = this.rowY[row] + (line - (lines - 1) / 2) * dy;
+        const share = this.maxInfluence > 0 ? Math.sqrt(Math.max(0, this.influence[i]) / this.maxInfluence) : 0;
+        this.radius[i] = this.kind[i] >= KIND.token ? 5 : Math.min(2.5 + 5 * share, cap);
       });
     }
+    // Logits: most probable first (payload order), left to right, ending above the last position.
+    const logits: number[] = [];
+    for (let i = 0; i < this.count; i++) if (this.kind[i] === KIND.logit) logits.push(i);
+    const span = Math.min(this.colWidth * this.nCols, logits.length * LOGIT_STEP);
+    const right = MARGIN.left + this.colWidth * this.nCols;
+    logits.forEach((i, k) => {
+      this.x[i] = right - span + (k + 0.5) * (span / logits.length);
+      this.y[i] = this.rowY[this.nRows - 1];
+      this.radius[i] = 5;
+    });
   }
 
   get count(): number {

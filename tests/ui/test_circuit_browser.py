@@ -42,6 +42,15 @@ def top_feature():
     node = np.frombuffer(d, "<u4", h["nodes"]["node"]["length"], h["nodes"]["node"]["offset"])
     j = int(np.argmin(np.where(kind == 0, rank, 2.0)))
     return int(node[j])
+
+def mid_feature():
+    # A feature node drawn at node threshold 0.8 but pruned at 0.3.
+    h, d = w._header, w._data
+    kind = np.frombuffer(d, "<u2", h["nodes"]["kind"]["length"], h["nodes"]["kind"]["offset"])
+    rank = np.frombuffer(d, "<f4", h["nodes"]["rank"]["length"], h["nodes"]["rank"]["offset"])
+    node = np.frombuffer(d, "<u4", h["nodes"]["node"]["length"], h["nodes"]["node"]["offset"])
+    j = int(np.flatnonzero((kind == 0) & (rank > 0.4) & (rank < 0.7))[0])
+    return int(node[j])
 w
 """
 
@@ -103,6 +112,10 @@ def _click_node(page, widget, node: int, shift: bool = False) -> None:
     assert widget.evaluate("(e, p) => e.gsCircuit.hit(p[0], p[1])", [box["x"] + xy[0], box["y"] + xy[1]]) >= 0
 
 
+def mid_feature_number(lab_server, page, node: int) -> int:
+    return int(lab_server.run_code(page, f"print(int(g.selected_active_features[{node}][2]))"))
+
+
 def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, page):
     from playwright.sync_api import expect
 
@@ -125,6 +138,8 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
     back = lab_server.run_code(page, "print(w.clicked, w.selected, clicks)").strip()
     assert back == f"{node} [{node}] [{node}]"
     assert widget.locator(".gs-ct-edges li").count() >= 1
+    # Each neighbour's label is bidi-isolated, so a right-to-left token cannot swap places with its weight.
+    assert widget.locator(".gs-ct-edges li bdi").count() == widget.locator(".gs-ct-edges li").count()
 
     # Hover shows the node's label as text: markup from tokens and labels is shown, never parsed.
     widget.locator("canvas").scroll_into_view_if_needed()
@@ -139,8 +154,18 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
     assert "alert" in side  # labels/tokens with markup appear as characters
     assert widget.locator("img, script, b").count() == 0
 
-    # The node slider prunes in the browser at once (no kernel round trip), and the kernel hears of it.
+    # A clicked node that the slider prunes away stops being the focus: no highlighted edges left hanging.
     slider = widget.locator(".gs-ct-node-threshold input")
+    mid = int(lab_server.run_code(page, "print(mid_feature())"))
+    _click_node(page, widget, mid)
+    expect(widget.locator(".gs-ct-side-title")).to_contain_text(f"#{mid_feature_number(lab_server, page, mid)}")
+    slider.evaluate("(e) => { e.value = '0.3'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
+    expect(widget.locator(".gs-ct-side-title")).to_have_count(0)
+    slider.evaluate("(e) => { e.value = '0.8'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
+    _click_node(page, widget, node)
+    expect(widget.locator(".gs-ct-side-title")).to_be_visible()
+
+    # The node slider prunes in the browser at once (no kernel round trip), and the kernel hears of it.
     slider.evaluate("(e) => { e.value = '0.3'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
     want_low = json.loads(lab_server.run_code(page, "print(json.dumps(expected(0.3, 0.98)))"))
     assert list(_counts(widget)) == want_low
