@@ -31,7 +31,7 @@ from .circuit_payload import (  # noqa: F401 (the view's public names, also impo
     feature_dictionary,
 )
 from .messages import PING, PONG, MessageTable, parse_message
-from .static_circuit import circuit_html
+from .static_circuit import circuit_html, feature_label
 from .static_view import StaticFallback, feature_pane_html
 
 _BUNDLE = bundle_path("circuit")
@@ -145,8 +145,13 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
             message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
             self.intervention = {**base, "state": "error", "rows": [], "message": message}
             raise
-        rows = intervention_rows(result, self.graph.logit_token_strings)
-        self.intervention = {**base, "state": "done", "rows": rows, "message": ""}
+        tokens = self.graph.input_token_strings or []
+        changed = [
+            [feature_label(layer, feature, pos, tokens[pos] if pos < len(tokens) else ""), act, target]
+            for _node, layer, pos, feature, act, target in result.changes
+        ]
+        rows = intervention_rows(result)
+        self.intervention = {**base, "state": "done", "rows": rows, "changed": changed, "message": ""}
         return self.intervention
 
     def static_html(self) -> str:
@@ -176,27 +181,10 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
             self.intervention = {**self.intervention, "state": "error", "rows": [], "message": message}
 
 
-def intervention_rows(result: Any, token_strings: Any = None) -> list[list[Any]]:
-    """``[[token, p_before, p_after], ...]`` from an ``InterventionResult``: the graph's logit tokens first (both
-    probabilities known), then the other tokens of the top lists before and after (None where a token was not
-    in that list)."""
-    text: dict[int, str] = {}
-    for t in [*result.top_before, *result.top_after]:
-        text[int(t.token_id)] = str(t.token)
-    rows: dict[int, list[Any]] = {}
-    strings = list(token_strings or [])
-    for j, (tok, before, after) in enumerate(
-        zip(result.logit_tokens, result.logit_probabilities_before, result.logit_probabilities_after)
-    ):
-        label = text.get(int(tok), strings[j] if j < len(strings) else str(tok))
-        rows[int(tok)] = [label, float(before), float(after)]
-    for t in result.top_before:
-        rows.setdefault(int(t.token_id), [str(t.token), float(t.probability), None])
-    for t in result.top_after:
-        row = rows.setdefault(int(t.token_id), [str(t.token), None, None])
-        if row[2] is None:
-            row[2] = float(t.probability)
-    return list(rows.values())
+def intervention_rows(result: Any) -> list[list[Any]]:
+    """``[[token, p_before, p_after], ...]`` from an ``InterventionResult``'s ``compared`` list: the graph's logit
+    tokens first, then the other tokens of the top lists before and after, every probability known."""
+    return [[str(text), float(before), float(after)] for _id, text, before, after in result.compared]
 
 
 class CircuitExplorer(StaticFallback, ipywidgets.VBox):

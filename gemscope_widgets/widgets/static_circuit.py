@@ -67,9 +67,10 @@ class _Drawn:
         """The view's label of local node ``i`` (``js/lib/circuit_graph.ts`` ``label``)."""
         kind, layer, pos = int(self.nodes["kind"][i]), int(self.nodes["layer"][i]), int(self.nodes["pos"][i])
         tokens = self.header["tokens"]
-        tok = _token_text(tokens[pos]) if pos < len(tokens) else ""
+        raw = tokens[pos] if pos < len(tokens) else ""
+        tok = _token_text(raw)
         if kind == KIND_CODES["feature"]:
-            base = f"L{layer - 1} #{int(self.nodes['feature'][i])} @{pos} “{tok}”"
+            base = feature_label(layer - 1, int(self.nodes["feature"][i]), pos, raw)
             label = self.header.get("labels", {}).get(str(i))
             return f"{base}: {label}" if label else base
         if kind == KIND_CODES["error"]:
@@ -83,6 +84,12 @@ class _Drawn:
     def marks(self, i: int) -> str:
         node = int(self.nodes["node"][i])
         return ("selected " if node in self.selected else "") + ("pinned" if node in self.pinned else "")
+
+
+def feature_label(layer: int, feature: int, pos: int, token: str) -> str:
+    """How the circuit view names a feature node: ``L{layer} #{feature} @{pos} “token”`` (``layer`` from 0,
+    ``token`` the input token's text, shown with its spaces and newlines visible). Plain text, not HTML."""
+    return f"L{layer} #{feature} @{pos} “{_token_text(token)}”"
 
 
 def _table(head: list[str], rows: list[str]) -> str:
@@ -177,9 +184,12 @@ def _intervention(record: dict[str, Any]) -> str:
             + _td(signed, _SIGN[change >= 0] if known else "")
             + "</tr>"
         )
-    nodes = ", ".join(str(int(n)) for n in record.get("nodes", []))
+    changed = "; ".join(
+        f"{label} ({format_value(float(before))} → {format_value(float(after))})"
+        for label, before, after in record.get("changed", [])
+    ) or ", ".join(str(int(n)) for n in record.get("nodes", []))
     return (
-        f"<div><b>Intervention</b>: node(s) {_e(nodes)} {_e(what)} — next-token probabilities</div>"
+        f"<div><b>Intervention</b>: {_e(what)}: {_e(changed)} — next-token probabilities</div>"
         + _table(["token", "before", "after", "change"], rows)
     )
 

@@ -18,7 +18,14 @@ export function renderIntervention(result: HTMLElement, r: CircuitIntervention):
     return;
   }
   const what = r.mode === "scale" ? `× ${formatValue(r.value ?? 0)}` : `set to ${formatValue(r.value ?? 0)}`;
-  result.append(element("div", "gs-ct-result-title", `${(r.nodes ?? []).length} feature(s) ${what}`));
+  result.append(element("div", "gs-ct-result-title", `${(r.nodes ?? []).length} feature(s) ${what}:`));
+  const changed = element("ul", "gs-ct-changed");
+  for (const [label, before, after] of r.changed ?? []) {
+    const li = element("li");
+    li.append(element("bdi", "", label), `  ${formatValue(before)} → ${formatValue(after)}`);
+    changed.append(li);
+  }
+  result.append(changed);
   const table = element("table", "gs-ct-table");
   const head = element("tr");
   for (const t of ["token", "before", "after", "change"]) head.append(element("th", "", t));

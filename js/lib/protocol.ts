@@ -75,6 +75,7 @@ export interface PaneExamplePage {
 }
 export interface PaneInfo {
   sae?: string;
+  dictionary?: string; // "SAE", "transcoder", "cross-layer transcoder" or "crosscoder" (registry.py)
   width?: number;
   url?: string;
   explanation?: string;
@@ -301,6 +302,7 @@ export interface ContrastSide {
 }
 export interface ContrastRow {
   feature: number;
+  label?: string; // the feature's explanation, or its automatic label
   diff: number;
   a: number;
   b: number;
@@ -374,6 +376,7 @@ export interface CircuitIntervention {
   mode?: string;
   value?: number;
   rows?: [string, number | null, number | null][];
+  changed?: [string, number, number][]; // per intervened feature: label, activation on the prompt, value set
   message?: string;
 }
 

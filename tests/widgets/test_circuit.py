@@ -118,5 +118,6 @@ def test_intervention_rows_from_an_intervention_result():
         logit_tokens=[5],
         logit_probabilities_before=[0.5],
         logit_probabilities_after=[0.1],
+        compared=[(5, " Paris", 0.5, 0.1), (7, " Rome", 0.2, 0.4), (9, " Lyon", 0.01, 0.3)],
     )
-    assert intervention_rows(result) == [[" Paris", 0.5, 0.1], [" Rome", 0.2, 0.4], [" Lyon", None, 0.3]]
+    assert intervention_rows(result) == [[" Paris", 0.5, 0.1], [" Rome", 0.2, 0.4], [" Lyon", 0.01, 0.3]]

@@ -41,6 +41,7 @@ def test_circuit_builds_graph_view_and_opens_the_clicked_features_pane(explorer)
     _, layer, _, feature = graph.node_info(node)
     assert pane is not None and pane.feature == feature
     assert pane.sae.config.layer == layer and pane.sae.config.kind == "transcoder"
+    assert pane.info["dictionary"] == "transcoder"  # the pane's text names what it shows, not "SAE"
     with pytest.raises(CircuitError, match="only feature nodes"):
         explorer.show_feature(graph.token_slice.start)
 
@@ -58,15 +59,23 @@ def test_intervening_from_the_view_reports_logit_changes(explorer):
     assert [r[0] for r in rows[: len(tokens)]] == tokens
     before = [r[1] for r in rows[: len(tokens)]]
     assert before == pytest.approx(graph.logit_probabilities.tolist(), abs=1e-4)
+    assert all(r[1] is not None and r[2] is not None for r in rows)  # tokens new to the top list keep their before
+    # The record names what was changed: each feature, its activation on the prompt and the value it was set to.
+    changed = record["changed"]
+    assert len(changed) == len(view.selected)
+    for node, (label, act, target) in zip(view.selected, changed, strict=True):
+        layer, pos, feature = graph.selected_active_features[node].tolist()
+        assert label.startswith(f"L{layer} #{feature} @{pos} “") and target == 0.0
+        assert act == pytest.approx(float(graph.selected_activation_values[node]))
 
 
 def test_scaling_by_one_changes_nothing(explorer):
     view = explorer.circuit
     view.intervene([0], mode="scale", value=1.0)
     rows = view.intervention["rows"]
+    assert rows
     for _, before, after in rows:
-        if before is not None and after is not None:
-            assert after == pytest.approx(before, abs=1e-5)
+        assert after == pytest.approx(before, abs=1e-5)
 
 
 def test_graph_widget_is_the_explorer_when_the_model_is_attached(explorer):

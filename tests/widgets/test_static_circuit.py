@@ -69,9 +69,11 @@ def test_static_circuit_marks_pins_and_shows_the_last_intervention():
     view.intervention = {
         "state": "done", "nodes": [node], "mode": "set", "value": 0.0,
         "rows": [["<b>logit0</b>", 0.5, 0.25], [" Rome", None, 0.125]],
+        "changed": [["L1 #3 @2 “<i>x</i>”", 1.5, 0.0]],
     }
     html = static_of(view)
     assert "Intervention" in html and "set to 0" in html and "&lt;b&gt;logit0&lt;/b&gt;" in html
+    assert "L1 #3 @2 “&lt;i&gt;x&lt;/i&gt;” (1.5 → 0)" in html
     assert "-0.25" in html and "—" in html
 
 

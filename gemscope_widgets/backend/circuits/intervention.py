@@ -42,7 +42,10 @@ class InterventionResult:
 
     ``changes``: per intervened node ``(node, layer, pos, feature, activation_before, target)``;
     ``top_before`` / ``top_after``: the ``top_k`` most likely next tokens; ``logit_probabilities_before`` /
-    ``_after``: probabilities of the graph's logit nodes (``graph.logit_tokens``), aligned with them.
+    ``_after``: probabilities of the graph's logit nodes (``graph.logit_tokens``), aligned with them;
+    ``compared``: every token of the logit nodes and of both top lists, once, as ``(token_id, text, p_before,
+    p_after)`` with both probabilities known (a token that enters the top list after the intervention keeps its
+    probability before it).
     """
 
     changes: list[tuple[int, int, int, int, float, float]]
@@ -51,6 +54,7 @@ class InterventionResult:
     logit_tokens: list[int]
     logit_probabilities_before: list[float]
     logit_probabilities_after: list[float]
+    compared: list[tuple[int, str, float, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +66,7 @@ class InterventionResult:
             "logit_tokens": self.logit_tokens,
             "logit_probabilities_before": self.logit_probabilities_before,
             "logit_probabilities_after": self.logit_probabilities_after,
+            "compared": [list(c) for c in self.compared],
         }
 
     def __repr__(self) -> str:
@@ -159,13 +164,22 @@ def intervene_graph(
     with model_lock(gm):
         before = next_token_probabilities(gm, ids)
         after = next_token_probabilities(gm, ids, pairs)
+    from gemscope_widgets.backend.gemma.prompts import token_strings
+
     logit_ids = graph.logit_tokens.tolist()
+    top_before, top_after = _top(before, top_k, gm.tokenizer), _top(after, top_k, gm.tokenizer)
+    union = list(dict.fromkeys([*logit_ids, *(t.token_id for t in top_before), *(t.token_id for t in top_after)]))
+    compared = [
+        (i, text, float(before[i]), float(after[i]))
+        for i, text in zip(union, token_strings(gm.tokenizer, union), strict=True)
+    ]
     return InterventionResult(
         changes=changes,
-        top_before=_top(before, top_k, gm.tokenizer),
-        top_after=_top(after, top_k, gm.tokenizer),
+        top_before=top_before,
+        top_after=top_after,
         logit_tokens=logit_ids,
         logit_probabilities_before=before[logit_ids].tolist(),
         logit_probabilities_after=after[logit_ids].tolist(),
+        compared=compared,
         info={"mode": mode},
     )

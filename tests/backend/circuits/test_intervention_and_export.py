@@ -82,6 +82,14 @@ def test_intervene_matches_direct_hooks(tiny_model, graphs, which):
                                rtol=1e-4, atol=1e-6)
     assert not torch.allclose(got, torch.tensor(result.logit_probabilities_before))
     assert result.top_after[0].probability == pytest.approx(float(want.max()), rel=1e-4)
+    # Every token shown (logit nodes, both top lists) has both probabilities, from the same two forwards.
+    ids = [c[0] for c in result.compared]
+    assert len(ids) == len(set(ids)) and set(ids) == {*graph.logit_tokens.tolist(),
+                                                      *(t.token_id for t in result.top_before),
+                                                      *(t.token_id for t in result.top_after)}
+    torch.testing.assert_close(torch.tensor([c[3] for c in result.compared]), want[ids], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor([c[2] for c in result.compared]), plain[ids].detach(),
+                               rtol=1e-4, atol=1e-6)
     # Scaling by 2 clamps to twice the node's activation on the prompt.
     node = top[0]
     scaled = graph.intervene({graph.node_id(node): 2.0}, mode="scale")
