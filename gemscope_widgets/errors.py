@@ -6,7 +6,12 @@ Messages say what was wrong and what to do about it.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
+
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 class GemscopeError(ValueError):
@@ -23,6 +28,18 @@ class GemscopeError(ValueError):
         if os.environ.get("GEMSCOPE_TRACEBACKS", "").strip() not in ("", "0"):
             raise AttributeError("_render_traceback_")
         return lambda: [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+def warn_user(message: str | Warning, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the caller's own code: the first frame outside this package (a notebook
+    cell, a script), so the warning names the user's line rather than a line of the library. The same as
+    Python 3.12's ``skip_file_prefixes``, which Python 3.10 and 3.11 lack."""
+    level = 2  # 1 is this function, 2 its caller
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class UnsupportedDtypeError(GemscopeError):

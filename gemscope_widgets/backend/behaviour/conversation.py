@@ -8,14 +8,13 @@ when the tokenizer ships none).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gemscope_widgets.backend.gemma.model import BaseModelChatWarning
 from gemscope_widgets.backend.gemma.prompts import Prompt
-from gemscope_widgets.errors import PromptError
+from gemscope_widgets.errors import PromptError, warn_user
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -29,7 +28,7 @@ def warn_if_base(gm: GemmaModel) -> None:
     if gm.is_instruct or getattr(gm, "_warned_chat", False):
         return
     gm._warned_chat = True
-    warnings.warn(BaseModelChatWarning(gm.name), stacklevel=3)
+    warn_user(BaseModelChatWarning(gm.name))
 
 
 def model_role(role: str) -> str:

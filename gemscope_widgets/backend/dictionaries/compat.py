@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from gemscope_widgets.backend.gemma.names import GEMMA_SIZES, parse_gemma_name, scope_repo_id
-from gemscope_widgets.errors import SAEModelMismatch
+from gemscope_widgets.errors import SAEModelMismatch, warn_user
 
 __all__ = ["SAEModelWarning", "check_compatible", "parse_gemma_name"]
 
@@ -90,5 +89,5 @@ def check_compatible(gm: Any, sae: Any) -> list[str]:
             f"{model_kind}; features will be noisier. Prefer {scope_repo_id(size, instruct)}."
         )
     for message in found:
-        warnings.warn(message, SAEModelWarning, stacklevel=2)
+        warn_user(message, SAEModelWarning)
     return found

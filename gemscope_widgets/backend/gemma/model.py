@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -16,7 +15,7 @@ from gemscope_widgets.backend.gemma.embedded import EMBEDDED_HF_ID, EMBEDDED_NAM
 from gemscope_widgets.backend.gemma.names import is_hub_id, is_instruct_name, model_size
 from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, make_prompt
 from gemscope_widgets.backend.runtime import hub_offline, resolve_device
-from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError
+from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError, warn_user
 
 _DTYPES = {
     "float32": torch.float32,
@@ -93,7 +92,7 @@ class GemmaModel:
         made = make_prompt(self.tokenizer, prompt, max_tokens=max_tokens or self.max_prompt_tokens)
         if made.is_chat and not self.is_instruct and not self._warned_chat:
             self._warned_chat = True
-            warnings.warn(BaseModelChatWarning(self.name), stacklevel=2)
+            warn_user(BaseModelChatWarning(self.name))
         return made
 
     def __repr__(self) -> str:
