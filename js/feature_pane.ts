@@ -55,7 +55,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   const density = el("div", "gs-density gs-muted");
   const hist = el("div", "gs-hist");
   const noStats = el("div", "gs-nostats");
-  const noStatsText = el("span", "gs-muted", "No corpus statistics for this SAE yet: examples and density need a scan. ");
+  const noStatsText = el("span", "gs-muted");
   const scanButton = el("button", "gs-scan", "run scan");
   const progress = el("progress", "gs-progress");
   const scanStatus = el("span", "gs-muted gs-scan-status");
@@ -103,6 +103,8 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
 
   const drawInfo = () => {
     const info = model.get("info");
+    noStatsText.textContent =
+      `No corpus statistics for this ${info.dictionary ?? "SAE"} yet: examples and density need a scan. `;
     title.textContent = `Feature ${model.get("feature")}`;
     saeName.textContent = `${info.sae ?? ""} · ${info.width?.toLocaleString() ?? "?"} features`;
     const url = info.url ?? "";

@@ -229,11 +229,13 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         return check_feature_index(feature, self.width, self.sae.config.name)
 
     def _info(self, f: int) -> dict[str, Any]:
+        from gemscope_widgets.backend.dictionaries.registry import dictionary_noun
         from gemscope_widgets.backend.stats.importers.neuronpedia import feature_url
 
         stats = self.stats
         info: dict[str, Any] = {
             "sae": str(self.sae.config.name),
+            "dictionary": dictionary_noun(str(getattr(self.sae.config, "kind", "sae"))),
             "width": self.width,
             "url": feature_url(self.sae, f, getattr(self.model, "name", None)) or "",
             "explanation": "",

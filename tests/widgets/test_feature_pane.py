@@ -57,6 +57,7 @@ def test_pane_shows_scan_statistics(tiny_model, pane_sae, pane_stats, busy_featu
     assert pane.info["density"] == pytest.approx(float(pane_stats.density[f]))
     assert pane.info["max_act"] == pytest.approx(float(pane_stats.max_act[f]))
     assert pane.info["url"] == ""  # a local tiny SAE has no Neuronpedia page
+    assert pane.info["dictionary"] == "SAE"
     edges, counts = pane_stats.histogram(f)
     np.testing.assert_allclose(f32(pane.histogram["edges"]), edges, rtol=1e-6)
     np.testing.assert_array_equal(f32(pane.histogram["counts"]), counts)

@@ -30,6 +30,21 @@ DICTIONARY_TYPES: dict[str, DictionaryClass] = {
 }
 
 
+DICTIONARY_NOUNS: dict[str, str] = {
+    "sae": "SAE",
+    "transcoder": "transcoder",
+    "clt": "cross-layer transcoder",
+    "crosscoder": "crosscoder",
+}
+"""What a dictionary of each Gemma Scope 2 ``type`` is called in text shown to people."""
+
+
+def dictionary_noun(kind: str) -> str:
+    """``"SAE"``, ``"transcoder"``, ``"cross-layer transcoder"`` or ``"crosscoder"`` for a config's ``kind``
+    (``"dictionary"`` for a kind this package does not know)."""
+    return DICTIONARY_NOUNS.get(kind, "dictionary")
+
+
 def dictionary_class(kind: str) -> DictionaryClass:
     """The class that loads dictionaries of Gemma Scope 2 ``type`` ``kind``."""
     try:
