@@ -66,7 +66,13 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       const tr = el("tr", "gs-ct-row");
       tr.dataset.feature = String(r.feature);
       tr.classList.toggle("gs-selected", r.feature === selected);
-      tr.append(el("td", "gs-ct-fid", `#${r.feature}`));
+      const fid = el("td", "gs-ct-fid", `#${r.feature}`);
+      if (r.label) {
+        const label = el("span", "gs-ct-label gs-muted", ` ${r.label}`);
+        label.title = r.label;
+        fid.append(label);
+      }
+      tr.append(fid);
       const bar = el("div", `gs-ct-bar ${r.diff >= 0 ? "gs-ct-pos" : "gs-ct-neg"}`);
       bar.style.width = `${Math.round(normalise(Math.abs(r.diff), maxDiff) * 60)}px`;
       const diffCell = el("td", "gs-ct-num");

@@ -92,6 +92,9 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
                     for f, d, x, y in zip(single.features, single.diff, single.a, single.b)]
             features = single.features
             result = single
+        labels = scope.labels(sae).labels([int(r["feature"]) for r in rows])  # explanation or automatic label
+        for row in rows:
+            row["label"] = labels[int(row["feature"])]
         side_a, heat_a = _side(first.acts_a, first.positions_a, features)
         side_b, heat_b = _side(first.acts_b, first.positions_b, features)
         if pairs is not None:

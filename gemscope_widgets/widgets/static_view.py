@@ -335,9 +335,14 @@ def contrast_html(widget: Any) -> str:
     head = f"{_e(view.get('sae_name', ''))} · span {_e(view.get('span', ''))} ({_e(view.get('reduce', ''))})"
     parts = [f'<div style="{_NOTE}">{head}{f" · {pairs} pairs" if pairs > 1 else ""}</div>']
     cols = ["feature", "a", "b", "diff"] + (["t"] if pairs > 1 else [])
+    def cell(r: dict[str, Any], c: str) -> str:
+        if c != "feature":
+            return _e(format_value(r[c]))
+        label = str(r.get("label") or "")
+        return f"#{int(r[c])}" + (f' <span style="{_NOTE}">{_e(label)}</span>' if label else "")
+
     body = [
-        "<tr>" + "".join(f'<td style="padding:0 6px">{_e(format_value(r[c])) if c != "feature" else int(r[c])}</td>'
-                         for c in cols if c in r) + "</tr>"
+        "<tr>" + "".join(f'<td style="padding:0 6px">{cell(r, c)}</td>' for c in cols if c in r) + "</tr>"
         for r in rows
     ]
     if rows:

@@ -95,6 +95,10 @@ def test_contrast_view_matches_backend(scope):
     view = panel.view
     expected = contrast(scope.model, scope.sae(), a, b, k=6)
     assert [r["feature"] for r in view._view["rows"]] == expected.features.tolist()
+    # Each row carries the label the heatmap and pane show for that feature.
+    labels = scope.labels().labels(expected.features.tolist())
+    assert [r["label"] for r in view._view["rows"]] == [labels[int(f)] for f in expected.features]
+    assert all(r["label"] for r in view._view["rows"])
     assert view._view["a"]["span"] == expected.positions_a.tolist()
     heat = np.frombuffer(view._heat_b, dtype=np.float32).reshape(len(expected.features), -1)
     np.testing.assert_array_equal(heat[0], expected.acts_b.feature(int(expected.features[0])))

@@ -3,6 +3,8 @@ model and token text escaped (the fallback a notebook saved without widget state
 
 from __future__ import annotations
 
+from html import escape as html_escape
+
 import numpy as np
 import pytest
 
@@ -113,6 +115,7 @@ def test_contrast_static_view_escapes_prompts_and_lists_features(scope):
     for token in panel.view._view["a"]["tokens"] + panel.view._view["b"]["tokens"]:
         assert _escaped(token) in html
     assert html.count("<tr>") == len(rows) + 1 and html.count("<div") == html.count("</div>")
+    assert all(html_escape(r["label"]) in html for r in rows)  # each feature's label, as text
     panel.view.selected_feature = rows[1]["feature"]
     html = static_of(panel)
     assert f"coloured by feature #{rows[1]['feature']}" in html and f"Feature {rows[1]['feature']}" in html
