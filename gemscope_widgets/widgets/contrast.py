@@ -58,6 +58,8 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         self.steer = steer
         self.sae = sae
         self.result: Any = None
+        self._labeller: Any = None
+        self._unsubscribe: Callable[[], None] = lambda: None
         self.sae_key: str | None = None
         self._callbacks: list[Callable[[int], Any]] = []
         super().__init__(_view=view, _heat_a=heat_a, _heat_b=heat_b, can_steer=steer is not None, **kwargs)
@@ -92,7 +94,8 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
                     for f, d, x, y in zip(single.features, single.diff, single.a, single.b)]
             features = single.features
             result = single
-        labels = scope.labels(sae).labels([int(r["feature"]) for r in rows])  # explanation or automatic label
+        labeller = scope.labels(sae)  # subscribed to the statistics before this view, so it is current first
+        labels = labeller.labels([int(r["feature"]) for r in rows])  # explanation or automatic label
         for row in rows:
             row["label"] = labels[int(row["feature"])]
         side_a, heat_a = _side(first.acts_a, first.positions_a, features)
@@ -112,7 +115,19 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         widget = cls(view, heat_a, heat_b, steer=steer, sae=chosen)
         widget.sae_key = sae or next(iter(scope.saes))
         widget.result = result
+        widget._labeller = labeller
+        widget._unsubscribe = scope.stats_holder(sae).subscribe(widget._stats_changed)
         return widget
+
+    def _stats_changed(self, _stats: Any) -> None:
+        """New statistics (a scan finished): the rows' labels are recomputed, never left stale."""
+        rows = self._view.get("rows", [])
+        labels = self._labeller.labels([int(r["feature"]) for r in rows])
+        self._view = {**self._view, "rows": [{**r, "label": labels[int(r["feature"])]} for r in rows]}
+
+    def close(self) -> None:
+        self._unsubscribe()
+        super().close()
 
     def on_select(self, callback: Callable[[int], Any]) -> None:
         """Call ``callback(feature)`` whenever a feature is selected."""

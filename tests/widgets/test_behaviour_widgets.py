@@ -99,6 +99,17 @@ def test_contrast_view_matches_backend(scope):
     labels = scope.labels().labels(expected.features.tolist())
     assert [r["label"] for r in view._view["rows"]] == [labels[int(f)] for f in expected.features]
     assert all(r["label"] for r in view._view["rows"])
+    # A scan or an import that brings an explanation relabels the open view (no stale label).
+    from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+
+    top = int(expected.features[0])
+    sae = scope.sae()
+    scope.stats_holder().set(FeatureStats.from_parts(sae_name=sae.config.name, width=sae.width, source="test",
+                                                     explanations={top: "foxes <i>and</i> rules"}))
+    assert view._view["rows"][0]["label"] == "foxes <i>and</i> rules"
+    view.close()
+    scope.stats_holder().set(None)
+    assert view._view["rows"][0]["label"] == "foxes <i>and</i> rules"  # a closed view no longer listens
     assert view._view["a"]["span"] == expected.positions_a.tolist()
     heat = np.frombuffer(view._heat_b, dtype=np.float32).reshape(len(expected.features), -1)
     np.testing.assert_array_equal(heat[0], expected.acts_b.feature(int(expected.features[0])))
