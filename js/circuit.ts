@@ -27,7 +27,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   stage.append(canvas, tip);
   const side = element("div", "gs-ct-side");
   const result = element("div", "gs-ct-result");
-  el.append(toolbar, stage, side, result);
+  el.append(toolbar, stage, result, side); // the intervention result right under the graph it changes
 
   const slider = (cls: string, title: string, text: string) => {
     const label = element("label", cls, text);
@@ -82,14 +82,18 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const dpr = () => window.devicePixelRatio || 1;
   const colors = { pos: "#1f77b4", neg: "#d62728", fg: "#333", muted: "#888", accent: "#1976d2", bg: "#fff" };
 
+  // The theme's colours, read at every frame: the view may be drawn before it is attached, and the user may
+  // switch between light and dark themes while it is shown.
   const readColors = () => {
+    if (!el.isConnected) return;
     const s = getComputedStyle(el);
     const v = (name: string, fallback: string) => s.getPropertyValue(name).trim() || fallback;
     colors.pos = v("--gs-ct-pos", colors.pos);
     colors.neg = v("--gs-ct-neg", colors.neg);
-    colors.fg = s.color || colors.fg;
+    colors.fg = s.color || v("--jp-ui-font-color1", colors.fg);
     colors.muted = v("--gs-ct-muted", colors.muted);
     colors.accent = v("--gs-ct-accent", colors.accent);
+    colors.bg = v("--gs-ct-bg", colors.bg);
   };
 
   const pinnedSet = () => new Set(model.get("pinned") ?? []);
@@ -106,8 +110,22 @@ function render({ model, el }: RenderProps<Model>): () => void {
     nodeSlider.out.textContent = model.get("node_threshold").toFixed(2);
     edgeSlider.input.value = String(model.get("edge_threshold"));
     edgeSlider.out.textContent = model.get("edge_threshold").toFixed(2);
-    // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus.
+    // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus,
+    // hovered or selected (an intervention acts only on nodes the user can see).
     if (focus >= 0) setFocus(visible.nodes[focus] ? focus : -1);
+    if (hover >= 0 && !visible.nodes[hover]) {
+      hover = -1;
+      tip.hidden = true;
+    }
+    const selected = model.get("selected") ?? [];
+    const shown = selected.filter((n) => {
+      const i = g.local.get(n);
+      return i !== undefined && visible.nodes[i] === 1;
+    });
+    if (shown.length !== selected.length) {
+      model.set("selected", shown);
+      model.save_changes();
+    }
     request();
   };
 
@@ -157,6 +175,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const ctx = canvas.getContext("2d");
     if (!ctx || !visible) return;
     const k = dpr();
+    readColors();
     ctx.setTransform(k, 0, 0, k, 0, 0);
     ctx.clearRect(0, 0, canvas.width / k, canvas.height / k);
     drawGraph(ctx, g, visible, {
@@ -260,9 +279,13 @@ function render({ model, el }: RenderProps<Model>): () => void {
     }
     tip.append(element("div", "gs-ct-tip-kind", `${KIND_NAMES[kind]} node ${g.node[i]}`));
     const rect = stage.getBoundingClientRect();
-    tip.style.left = `${Math.min(clientX - rect.left + 14, rect.width - 260)}px`;
-    tip.style.top = `${clientY - rect.top + 14}px`;
+    tip.style.left = `${Math.max(0, Math.min(clientX - rect.left + 14, rect.width - 260))}px`;
     tip.hidden = false;
+    // Below the pointer when it fits inside the graph, else above it: the stage clips what overflows.
+    const below = clientY - rect.top + 14;
+    const height = tip.offsetHeight;
+    const y = below + height <= rect.height ? below : Math.max(0, clientY - rect.top - 14 - height);
+    tip.style.top = `${y}px`;
   };
 
   // --- interaction -----------------------------------------------------------------------------------------
@@ -383,7 +406,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
   });
   resetBtn.addEventListener("click", fit);
 
-  const renderResult = () => renderIntervention(result, model.get("intervention") ?? {});
+  // Changed features are named as the graph names them (the record's own label only for nodes not in the payload).
+  const nodeLabel = (node: number) => {
+    const i = g.local.get(node);
+    return i === undefined ? undefined : g.label(i);
+  };
+  const renderResult = () => renderIntervention(result, model.get("intervention") ?? {}, nodeLabel);
 
   const onData = () => {
     g = new Graph(model.get("_header"), model.get("_data"), { width: stage.clientWidth || 800,
@@ -405,7 +433,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
     resize();
   });
   observer.observe(stage);
-  readColors();
   recompute();
   resize();
   renderResult();

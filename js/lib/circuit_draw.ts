@@ -12,6 +12,7 @@ export interface CircuitColors {
   fg: string;
   muted: string;
   accent: string;
+  bg: string;
 }
 
 /** What one frame needs besides the graph: the view transform, the canvas size in CSS px, and the marks. */
@@ -114,7 +115,6 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
   ctx.fillStyle = v.colors.fg;
   ctx.textAlign = "left";
   ctx.textBaseline = "top";
-  const room = Math.max(24, g.colWidth * v.kx - 4); // a token label fits its column
   for (const kind of [KIND.token, KIND.logit]) {
     let lastRight = -Infinity;
     const order: number[] = [];
@@ -125,7 +125,8 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
       const y = sy(g.y[i]);
       if (x < -80 || x > w + 80 || y < -40 || y > h + 40) continue;
       const text = visibleText(kind === KIND.token ? g.header.tokens[g.pos[i]] ?? "" : g.logitText(i));
-      const shown = fitText(ctx, text, kind === KIND.token ? room : 68);
+      const room = kind === KIND.token ? Math.max(24, g.colWidths[g.pos[i]] * v.kx - 4) : 68; // fits its column
+      const shown = fitText(ctx, text, room);
       const width = ctx.measureText(shown).width;
       const left = x - width / 2;
       if (left < lastRight + 4) continue;
@@ -133,14 +134,18 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
       lastRight = left + width;
     }
   }
-  // Row labels last, over everything, at the left edge of the view whatever the pan.
+  // Row labels last, on the view's background, at the left edge of the view whatever the pan.
   ctx.font = "11px sans-serif";
-  ctx.fillStyle = v.colors.muted;
   ctx.textBaseline = "middle";
   for (let r = 0; r < g.rowY.length; r++) {
     const y = sy(g.rowY[r]);
     if (y < -20 || y > h + 20) continue;
     const name = r === 0 ? "emb" : r === g.rowY.length - 1 ? "logits" : `L${r - 1}`;
+    ctx.fillStyle = v.colors.bg;
+    ctx.globalAlpha = 0.85;
+    ctx.fillRect(0, y - 7, ctx.measureText(name).width + 5, 14);
+    ctx.globalAlpha = 1;
+    ctx.fillStyle = v.colors.muted;
     ctx.fillText(name, 2, y);
   }
 }

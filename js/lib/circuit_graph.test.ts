@@ -88,13 +88,14 @@ describe("Graph", () => {
 
 // `perCell` features in every (layer, position) cell of an `nTokens`-position, `nLayers`-layer graph, plus tokens
 // and `nLogits` logit nodes; no edges.
-function crowded(nTokens: number, nLayers: number, perCell: number, nLogits: number): Graph {
+function crowded(nTokens: number, nLayers: number, perCell: number | ((pos: number) => number), nLogits: number): Graph {
+  const count = typeof perCell === "number" ? () => perCell : perCell;
   const kind: number[] = [];
   const layer: number[] = [];
   const pos: number[] = [];
   for (let l = 0; l < nLayers; l++) {
     for (let p = 0; p < nTokens; p++) {
-      for (let k = 0; k < perCell; k++) {
+      for (let k = 0; k < count(p); k++) {
         kind.push(KIND.feature);
         layer.push(l + 1);
         pos.push(p);
@@ -157,7 +158,7 @@ describe("layout", () => {
         }
       }
       // and stay inside their own cell
-      for (const a of cell) expect(Math.abs(g.x[a] - g.colX[0])).toBeLessThanOrEqual(g.colWidth / 2);
+      for (const a of cell) expect(Math.abs(g.x[a] - g.colX[0])).toBeLessThanOrEqual(g.colWidths[0] / 2);
       for (const a of cell) expect(Math.abs(g.y[a] - g.rowY[1])).toBeLessThanOrEqual(g.rowHeight / 2);
     }
   });
@@ -167,17 +168,26 @@ describe("layout", () => {
     const logits = Array.from({ length: g.count }, (_, i) => i).filter((i) => g.kind[i] === KIND.logit);
     const xs = logits.map((i) => g.x[i]);
     for (let k = 1; k < xs.length; k++) expect(xs[k] - xs[k - 1]).toBeGreaterThanOrEqual(60);
-    expect(xs[xs.length - 1]).toBeLessThanOrEqual(g.colX[6] + g.colWidth / 2);
+    expect(xs[xs.length - 1]).toBeLessThanOrEqual(g.colX[6] + g.colWidths[6] / 2);
     for (const i of logits) expect(g.y[i]).toBeCloseTo(g.rowY[g.nRows - 1], 3);
   });
 
   it("gives a long prompt columns of at least 28 px: the world grows wider than the view", () => {
     const g = crowded(300, 4, 1, 2);
-    expect(g.colWidth).toBe(28);
+    expect(Math.min(...g.colWidths)).toBe(28);
     expect(g.width).toBeCloseTo(MARGIN.left + 300 * 28 + MARGIN.right, 6);
     g.layout(20_000, 400); // a wider view: columns widen, the world is the view again
     expect(g.width).toBeCloseTo(20_000, 6);
-    expect(g.colWidth).toBeGreaterThan(28);
+    expect(Math.min(...g.colWidths)).toBeGreaterThan(28);
+  });
+
+  it("gives the position whose cells hold many nodes a wider column than positions with few", () => {
+    const even = crowded(4, 3, 1, 2);
+    expect(even.colWidths[3]).toBeCloseTo(even.colWidths[0], 6); // equal demand, equal widths
+    const last = crowded(4, 3, (pos) => (pos === 3 ? 36 : 1), 2); // the last position holds most features
+    expect(last.colWidths[3]).toBeGreaterThan(3 * last.colWidths[0]);
+    expect(last.colWidths.reduce((a, b) => a + b, 0)).toBeCloseTo(1000 - MARGIN.left - MARGIN.right, 6);
+    expect(last.width).toBeCloseTo(1000, 6);
   });
 });
 

@@ -27,7 +27,7 @@ const LOGIT_STEP = 72; // px per logit node across the top row
  * Source of the layout: circuit-tracer's and Neuronpedia's graph view (layers up, token positions across).
  */
 export function canvasHeight(nRows: number): number {
-  return Math.max(320, Math.min(900, nRows * 40 + MARGIN.top + MARGIN.bottom));
+  return Math.max(320, Math.min(720, nRows * 30 + MARGIN.top + MARGIN.bottom));
 }
 
 /** The decoded graph plus a layout in world coordinates (CSS px of the canvas at zoom 1). */
@@ -56,10 +56,12 @@ export class Graph {
   /** Centre of each row (0 = token embeddings, 1..n_layers = layers, last = logits) and of each position. */
   rowY: number[] = [];
   colX: number[] = [];
-  colWidth = 0;
+  /** Width of each position's column: wider where its cells hold more nodes, at least MIN_COL. */
+  colWidths: number[] = [];
   rowHeight = 0;
   maxWeight = 0;
   private readonly cells = new Map<number, number[]>(); // row * nCols + position -> local nodes by influence
+  private readonly demand: number[]; // per position: the most nodes in one of its cells
   private readonly maxInfluence: number;
 
   constructor(readonly header: Header, data: Bytes, view: { width: number; height: number } = { width: 800, height: 600 }) {
@@ -97,30 +99,44 @@ export class Graph {
       cell.push(i);
       if (this.kind[i] <= KIND.error) maxInf = Math.max(maxInf, this.influence[i]);
     }
-    for (const cell of this.cells.values()) cell.sort((a, b) => this.influence[b] - this.influence[a]);
+    this.demand = new Array<number>(this.nCols).fill(0);
+    for (const [key, cell] of this.cells) {
+      cell.sort((a, b) => this.influence[b] - this.influence[a]);
+      const col = key % this.nCols;
+      this.demand[col] = Math.max(this.demand[col], cell.length);
+    }
     this.maxInfluence = maxInf;
     this.layout(view.width, view.height);
   }
 
   /**
-   * Places every node for a view of `width` × `height` CSS px: rows share the height, positions share the width
-   * (at least MIN_COL px each), and each cell's nodes form a grid that fills the cell, closer together (and
-   * smaller) when a cell holds many. Logit nodes spread along the top row, ending above the last position.
+   * Places every node for a view of `width` × `height` CSS px: rows share the height; positions share the width
+   * in proportion to how many nodes their fullest cell holds (1 + sqrt of it, at most 8: a position with 40
+   * features gets about 7 times an empty one's width), each at least MIN_COL px; each cell's nodes form a grid
+   * that fills the cell, closer together (and smaller) when a cell holds many. Logit nodes spread along the top
+   * row, ending above the last position.
    */
   layout(width: number, height: number): void {
     const plotW = Math.max(60, width - MARGIN.left - MARGIN.right);
     const plotH = Math.max(60, height - MARGIN.top - MARGIN.bottom);
-    this.colWidth = Math.max(MIN_COL, plotW / this.nCols);
+    const weights = this.demand.map((d) => 1 + Math.min(7, Math.sqrt(d)));
+    const total = weights.reduce((a, b) => a + b, 0);
+    this.colWidths = weights.map((w) => Math.max(MIN_COL, (plotW * w) / total));
     this.rowHeight = plotH / this.nRows;
-    this.width = MARGIN.left + this.colWidth * this.nCols + MARGIN.right;
+    this.colX = [];
+    let left = MARGIN.left;
+    for (const w of this.colWidths) {
+      this.colX.push(left + w / 2);
+      left += w;
+    }
+    this.width = left + MARGIN.right;
     this.height = height;
-    this.colX = Array.from({ length: this.nCols }, (_, c) => MARGIN.left + (c + 0.5) * this.colWidth);
     this.rowY = Array.from({ length: this.nRows }, (_, r) => MARGIN.top + (this.nRows - 1 - r + 0.5) * this.rowHeight);
-    const cw = Math.max(4, this.colWidth - 6);
     const ch = Math.max(4, this.rowHeight - 6);
     for (const [key, cell] of this.cells) {
       const row = Math.floor(key / this.nCols);
       const col = key % this.nCols;
+      const cw = Math.max(4, this.colWidths[col] - 6);
       const n = cell.length;
       const step = Math.min(NODE_STEP, Math.sqrt((cw * ch) / n));
       const perLine = Math.max(1, Math.min(n, Math.floor(cw / step)));
@@ -140,8 +156,8 @@ export class Graph {
     // Logits: most probable first (payload order), left to right, ending above the last position.
     const logits: number[] = [];
     for (let i = 0; i < this.count; i++) if (this.kind[i] === KIND.logit) logits.push(i);
-    const span = Math.min(this.colWidth * this.nCols, logits.length * LOGIT_STEP);
-    const right = MARGIN.left + this.colWidth * this.nCols;
+    const right = this.width - MARGIN.right;
+    const span = Math.min(right - MARGIN.left, logits.length * LOGIT_STEP);
     logits.forEach((i, k) => {
       this.x[i] = right - span + (k + 0.5) * (span / logits.length);
       this.y[i] = this.rowY[this.nRows - 1];

@@ -5,8 +5,16 @@ import { formatValue } from "./format";
 import type { CircuitIntervention } from "./protocol";
 import { visibleText } from "./tokens";
 
-/** Replace ``result``'s children with the record of the last intervention (nothing when there is none). */
-export function renderIntervention(result: HTMLElement, r: CircuitIntervention): void {
+/**
+ * Replace ``result``'s children with the record of the last intervention (nothing when there is none).
+ * ``nodeLabel(node)`` names a changed node as the view does; without it (or for an unknown node) the record's own
+ * label is shown.
+ */
+export function renderIntervention(
+  result: HTMLElement,
+  r: CircuitIntervention,
+  nodeLabel: (node: number) => string | undefined = () => undefined,
+): void {
   result.replaceChildren();
   if (!r.state) return;
   if (r.state === "running") {
@@ -20,11 +28,13 @@ export function renderIntervention(result: HTMLElement, r: CircuitIntervention):
   const what = r.mode === "scale" ? `× ${formatValue(r.value ?? 0)}` : `set to ${formatValue(r.value ?? 0)}`;
   result.append(element("div", "gs-ct-result-title", `${(r.nodes ?? []).length} feature(s) ${what}:`));
   const changed = element("ul", "gs-ct-changed");
-  for (const [label, before, after] of r.changed ?? []) {
+  (r.changed ?? []).forEach(([label, before, after], k) => {
     const li = element("li");
-    li.append(element("bdi", "", label), `  ${formatValue(before)} → ${formatValue(after)}`);
+    const node = r.nodes?.[k];
+    const name = (node === undefined ? undefined : nodeLabel(node)) ?? label;
+    li.append(element("bdi", "", name), `  ${formatValue(before)} → ${formatValue(after)}`);
     changed.append(li);
-  }
+  });
   result.append(changed);
   const table = element("table", "gs-ct-table");
   const head = element("tr");

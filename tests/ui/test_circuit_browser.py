@@ -161,6 +161,8 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
     expect(widget.locator(".gs-ct-side-title")).to_contain_text(f"#{mid_feature_number(lab_server, page, mid)}")
     slider.evaluate("(e) => { e.value = '0.3'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
     expect(widget.locator(".gs-ct-side-title")).to_have_count(0)
+    # ... nor selected: an intervention acts only on nodes that are drawn.
+    assert lab_server.run_code(page, "print(w.selected)").strip() == "[]"
     slider.evaluate("(e) => { e.value = '0.8'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
     _click_node(page, widget, node)
     expect(widget.locator(".gs-ct-side-title")).to_be_visible()
@@ -183,6 +185,32 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
     # The intervene button asks the kernel; without a model the view says why, as text.
     widget.locator(".gs-ct-clamp").click()
     expect(widget.locator(".gs-ct-result .gs-error")).to_be_visible(timeout=30_000)
+
+    # A tooltip near the bottom of the graph opens above the pointer, inside the graph (which clips overflow).
+    token = int(lab_server.run_code(page, "print(g.token_slice.start)"))
+    widget.locator("canvas").scroll_into_view_if_needed()
+    xy = widget.evaluate(f"e => e.gsCircuit.screen({token})")
+    box = widget.locator("canvas").bounding_box()
+    page.mouse.move(box["x"] + xy[0], box["y"] + xy[1])
+    expect(tip).to_be_visible(timeout=10_000)
+    tip_box, stage_box = tip.bounding_box(), widget.locator(".gs-ct-stage").bounding_box()
+    assert tip_box["y"] >= stage_box["y"] and tip_box["y"] + tip_box["height"] <= stage_box["y"] + stage_box["height"]
+
+    # The canvas follows the theme, also when it changes while shown: feature nodes are light on a dark theme.
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+    page.mouse.move(box["x"] + 2, box["y"] + 2)  # a redraw, away from any node
+    node_xy = widget.evaluate(f"e => e.gsCircuit.screen({node})")
+    luminance = widget.evaluate(
+        """(e, p) => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => {
+             const c = e.querySelector("canvas"); const k = c.width / c.clientWidth;
+             const [r, g, b] = c.getContext("2d").getImageData(Math.round(p[0] * k), Math.round(p[1] * k), 1, 1).data;
+             done((0.2126 * r + 0.7152 * g + 0.0722 * b) / 255);
+           })))""",
+        node_xy,
+    )
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
+    assert luminance > 0.5, f"a feature node is drawn dark ({luminance:.2f}) on the dark theme"
 
     assert alerts == [], f"text ran as markup: {alerts}"
     lab_server.screenshot(page, "circuit_synthetic")
