@@ -4,14 +4,13 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./circuit.css";
 import { el as element, mountTheme } from "./lib/dom";
-import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
-import { canvasHeight, Graph, KIND, KIND_NAMES, Visible } from "./lib/circuit_graph";
+import { canvasHeight, Graph, KIND, Visible } from "./lib/circuit_graph";
+import { nodeEdges, nodeTip } from "./lib/circuit_details";
 import { renderIntervention } from "./lib/circuit_result";
 import type { CircuitModel as Model } from "./lib/protocol";
-import { visibleText } from "./lib/tokens";
 
 const HIGHLIGHT_EDGES = 6;
 
@@ -213,26 +212,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     request();
   };
 
-  const renderSide = () => {
-    side.replaceChildren();
-    if (focus < 0) return;
-    side.append(element("div", "gs-ct-side-title", g.label(focus)));
-    const list = (title: string, edges: number[], other: (e: number) => number) => {
-      if (!edges.length) return;
-      side.append(element("div", "gs-ct-side-head", title));
-      const ul = element("ul", "gs-ct-edges");
-      for (const e of edges) {
-        const li = element("li", g.weight[e] >= 0 ? "gs-ct-pos" : "gs-ct-neg");
-        li.append(`${formatValue(g.weight[e])}  `, element("bdi", "", g.label(other(e))));
-        li.dataset.node = String(g.node[other(e)]);
-        ul.append(li);
-      }
-      side.append(ul);
-    };
-    const hl = [...highlight];
-    list("strongest inputs", hl.filter((e) => g.dst[e] === focus), (e) => g.src[e]);
-    list("strongest outputs", hl.filter((e) => g.src[e] === focus), (e) => g.dst[e]);
-  };
+  const renderSide = () => side.replaceChildren(...(focus < 0 ? [] : nodeEdges(g, focus, highlight)));
 
   const nodeAt = (clientX: number, clientY: number): number => {
     const rect = canvas.getBoundingClientRect();
@@ -259,25 +239,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       tip.hidden = true;
       return;
     }
-    tip.replaceChildren();
-    tip.append(element("div", "gs-ct-tip-title", g.label(i)));
-    const kind = g.kind[i];
-    if (kind === KIND.feature) tip.append(element("div", "", `activation ${formatValue(g.activation[i])}`));
-    if (kind === KIND.logit) tip.append(element("div", "", `probability ${formatValue(g.activation[i])}`));
-    if (kind <= KIND.error || kind === KIND.token) {
-      tip.append(element("div", "", `influence ${formatValue(g.influence[i])}`));
-    }
-    const top = g.header.top_logits[String(i)];
-    if (top?.length) {
-      tip.append(element("div", "gs-ct-tip-head", "top logits"));
-      for (const [tok, val] of top) {
-        // <bdi>: a right-to-left token keeps its place before its number
-        const line = element("div", "gs-ct-tip-logit");
-        line.append(element("bdi", "", visibleText(tok)), `  ${formatValue(val)}`);
-        tip.append(line);
-      }
-    }
-    tip.append(element("div", "gs-ct-tip-kind", `${KIND_NAMES[kind]} node ${g.node[i]}`));
+    tip.replaceChildren(...nodeTip(g, i));
     const rect = stage.getBoundingClientRect();
     tip.style.left = `${Math.max(0, Math.min(clientX - rect.left + 14, rect.width - 260))}px`;
     tip.hidden = false;

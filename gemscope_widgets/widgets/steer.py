@@ -362,7 +362,6 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
         except (TypeError, ValueError) as exc:
             self.error = f"Bad request from the view: {exc}"
 
-
     def _apply_set(self, kind: str, msg: dict[str, Any]) -> None:
         key, value = msg["key"], msg["value"]
         if kind == "set":
