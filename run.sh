@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
-#   bash run.sh lab     set everything up, then open JupyterLab on examples/quickstart.ipynb
+#   bash run.sh lab     set everything up, then open JupyterLab on a copy of examples/ ($GEMSCOPE_NOTEBOOKS,
+#                       default ~/gemscope-notebooks; copied once, never overwritten) at quickstart.ipynb
 #   bash run.sh test    set everything up, then run lint and the whole test suite, then the backend tests again
 #                       against the lowest transformers pyproject.toml declares (a second venv, set up once)
 #   bash run.sh bench   set everything up (with the peer libraries), then run the full benchmark
@@ -136,11 +137,26 @@ export PATH="$VENV/bin:$PATH"
 case "$mode" in
   setup) ;;
   lab)
-    say "opening JupyterLab on examples/quickstart.ipynb"
+    # JupyterLab works on a copy of examples/ outside the checkout, so that autosave and File > New never write
+    # into tracked files. Each notebook is copied once, when the copy is missing; an existing copy is the
+    # user's and is never overwritten (delete it to get the checkout's version again).
+    notebooks="${GEMSCOPE_NOTEBOOKS:-$HOME/gemscope-notebooks}"
+    mkdir -p "$notebooks"
+    for example in examples/*.ipynb; do
+      copy="$notebooks/$(basename "$example")"
+      if [ ! -e "$copy" ]; then
+        cp "$example" "$copy"
+      elif ! cmp -s "$example" "$copy"; then
+        echo "note: keeping your $copy (it differs from $example; delete it to get the checkout's version)"
+      fi
+    done
+    say "opening JupyterLab on $notebooks/quickstart.ipynb"
     # JupyterLab refuses to run as root without this flag; containers and cloud notebooks often are root.
     root_flag=()
     [ "$(id -u)" = 0 ] && root_flag=(--allow-root)
-    exec "$VENV/bin/jupyter" lab examples/quickstart.ipynb ${root_flag[@]+"${root_flag[@]}"} "$@"
+    cd "$notebooks"
+    exec "$VENV/bin/jupyter" lab quickstart.ipynb --ServerApp.root_dir="$notebooks" \
+      ${root_flag[@]+"${root_flag[@]}"} "$@"
     ;;
   test)
     say "ruff"

@@ -124,7 +124,14 @@ def test_run_sh_lab_answers_and_opens_the_quickstart(browser, tmp_path, who):
             shutil.rmtree(base, ignore_errors=True)
 
 
+def _git_status(path: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def _check_launch(browser, base: Path, user: str | None) -> None:
+    examples_before = _git_status(REPO / "examples")
     session, setup = _launch(base, user)
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     try:
@@ -141,6 +148,13 @@ def _check_launch(browser, base: Path, user: str | None) -> None:
         session._wait(page, _NOTEBOOK_OPEN, "quickstart.ipynb", 180_000, "the quickstart to open with a kernel")
         cells = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
         assert cells > 5
+        # The lab serves a copy outside the checkout: File > New lands there, and autosave cannot touch examples/.
+        copy = base / "home" / "gemscope-notebooks"
+        assert (copy / "quickstart.ipynb").is_file(), "run.sh lab did not open a copy of the examples"
+        made = session.api("POST", "/api/contents", {"type": "notebook"})
+        assert (copy / made["path"]).is_file() and not (REPO / "examples" / made["path"]).exists()
+        session.api("DELETE", f"/api/contents/{made['path']}")
+        assert _git_status(REPO / "examples") == examples_before
         log = session.log_path.read_text(errors="replace")  # the launch's output, not the shutdown's
     finally:
         context.close()
@@ -160,3 +174,22 @@ _NOTEBOOK_OPEN = """(path) => {
   const sc = nb.sessionContext;
   return !!(sc.session && sc.session.kernel) && sc.kernelDisplayStatus === 'idle' && nb.content.widgets.length > 0;
 }"""
+
+
+def test_run_sh_lab_copies_examples_once_and_never_overwrites(tmp_path):
+    """The copy is the user's: a changed notebook survives the next launch, a missing one is copied again."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    mine = notebooks / "quickstart.ipynb"
+    mine.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    env = {**os.environ, "GEMSCOPE_NOTEBOOKS": str(notebooks), "GEMSCOPE_VENV": sys.prefix, "GEMSCOPE_SETUP": "skip"}
+    before = _git_status(REPO / "examples")
+    done = subprocess.run(["bash", str(REPO / "run.sh"), "lab", "--version"], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert mine.read_text().startswith('{"cells": []'), "run.sh lab overwrote the user's copy"
+    assert "keeping your" in done.stdout and "quickstart.ipynb" in done.stdout
+    for example in (REPO / "examples").glob("*.ipynb"):
+        if example.name != "quickstart.ipynb":
+            assert (notebooks / example.name).read_bytes() == example.read_bytes()
+    assert _git_status(REPO / "examples") == before
