@@ -11,6 +11,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
 from .bundle import bundle_path
@@ -124,7 +125,6 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         a projection track under each prompt's text: every token's residual stream at the direction's layer
         projected on it (:func:`~gemscope_widgets.backend.behaviour.direction.projection_at_layer`).
         """
-        from tqdm.auto import tqdm
 
         from gemscope_widgets.backend.analysis.features import prompt_features
 
@@ -132,7 +132,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         saes = [scope.sae(name) for name in names]
         items = split_prompts(prompts)
         rows, tokenized = [], []
-        for item in tqdm(items, desc="heatmap", unit="prompt", disable=not progress or len(items) < 2):
+        for item in progress_bar(items, desc="heatmap", unit="prompt", disable=not progress or len(items) < 2):
             acts = prompt_features(scope.model, saes, item, max_tokens=max_tokens)
             rows.append(acts)
             tokenized.append(acts[0].prompt)

@@ -23,6 +23,7 @@ from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.hooks import HookFn, hooked
 from gemscope_widgets.backend.gemma.prompts import masked_ids
 from gemscope_widgets.backend.gemma.sites import Site, resolve_site
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats.corpus import load_corpus, pad_batch, tokenize_docs
 
 if TYPE_CHECKING:
@@ -80,7 +81,6 @@ def sae_card(
     ``corpus`` is anything :func:`load_corpus` takes (default: the offline default corpus), cut to
     ``max_docs`` documents of at most ``max_doc_tokens`` tokens.
     """
-    from tqdm.auto import tqdm
 
     texts = load_corpus(corpus, max_docs=max_docs)
     docs = tokenize_docs(gm, list(texts[: len(texts)]), max_doc_tokens)
@@ -93,7 +93,7 @@ def sae_card(
     totals = {"l0": 0.0, "sq_err": 0.0, "sum": 0.0, "sum_sq": 0.0, "tokens": 0}
     target_sum: torch.Tensor | None = None
     losses = {"clean": [0.0, 0], "spliced": [0.0, 0], "zero": [0.0, 0]}
-    for a in tqdm(range(0, len(docs), batch_size), desc=f"SAE card {sae.config.name}", disable=not progress):
+    for a in progress_bar(range(0, len(docs), batch_size), desc=f"SAE card {sae.config.name}", disable=not progress):
         batch = docs[a : a + batch_size]
         ids, mask = pad_batch(batch, pad)
         valid = mask.bool() & ~torch.isin(ids, hidden)

@@ -17,6 +17,7 @@ import numpy as np
 
 from gemscope_widgets.backend.analysis.features import SparseActivations, prompt_features
 from gemscope_widgets.backend.behaviour.conversation import check_conversation, turns
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import ContrastError
 
 if TYPE_CHECKING:
@@ -178,7 +179,6 @@ def contrast_pairs(
     progress: bool = True,
 ) -> PairedContrast:
     """:func:`contrast` over a batch of ``(a, b)`` pairs (at least 2), ranked by the paired t statistic."""
-    from tqdm.auto import tqdm
 
     k = _check_k(k)
     if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or len(pairs) < 2:
@@ -188,7 +188,7 @@ def contrast_pairs(
             raise ContrastError(f"Pair {i} is not an (a, b) pair: {pair!r:.80}.")
     span = span or _default_span(*pairs[0])
     diffs = np.zeros((len(pairs), sae.width), dtype=np.float64)
-    for i, (a, b) in enumerate(tqdm(pairs, desc="contrast pairs", disable=not progress, leave=False)):
+    for i, (a, b) in enumerate(progress_bar(pairs, desc="contrast pairs", disable=not progress, leave=False)):
         diffs[i] = contrast(gm, sae, a, b, span=span, reduce=reduce, k=1).full_diff
     n = len(pairs)
     mean = diffs.mean(0)

@@ -22,6 +22,7 @@ from gemscope_widgets.backend.behaviour.prompt_sets import HARMFUL_REQUESTS, HAR
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import Prompt
 from gemscope_widgets.backend.gemma.sites import hook_point
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import DirectionError
 
 if TYPE_CHECKING:
@@ -137,11 +138,10 @@ def prompt_residuals(
 
     One forward pass per prompt, stopped after the deepest layer needed.
     """
-    from tqdm.auto import tqdm
 
     points = [resid_hook_point(layer) for layer in layers]
     out = torch.empty(len(prompts), len(layers), gm.d_model, dtype=torch.float32)
-    for i, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
+    for i, prompt in enumerate(progress_bar(prompts, desc=desc, disable=not progress, leave=False)):
         tokenized = _as_prompt(gm, prompt, chat)
         where = _positions(gm, tokenized, position).to(gm.device)
         acts = capture(gm, tokenized.input_ids, points)

@@ -29,6 +29,7 @@ from gemscope_widgets.backend.behaviour.cot_dependence import (
     token_regions,
 )
 from gemscope_widgets.backend.gemma.prompts import GEMMA3_CHAT_TEMPLATE
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import FaithfulnessError, PromptError
 
 if TYPE_CHECKING:
@@ -323,9 +324,8 @@ def cot_faithfulness(
         bad_ids = [_ids(gm, context("".join(str(s) for s in bad_steps[:c])), chat)
                    for c in range(step + 1, len(steps) + 1)]
     everything = [*ids, *([filler_ids] if filler_ids is not None else []), *bad_ids]
-    from tqdm.auto import tqdm
 
-    with tqdm(total=len(everything), desc="early answering", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(everything), desc="early answering", disable=not progress, leave=False) as bar:
         scores = score_answers(gm, everything, answer_ids, prefix=ids[-1], progress=bar.update).logprobs
     curve = AnswerScores(scores[: len(ids)])
     filler_scores = AnswerScores(scores[len(ids) : len(ids) + 1]) if filler_ids is not None else None

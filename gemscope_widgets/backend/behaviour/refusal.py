@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import DirectionError
 
 if TYPE_CHECKING:
@@ -123,7 +124,6 @@ def refusal_sweep(
     generation per prompt and strength (the steering backend's :func:`generate`).
     Method: Arditi et al. (2024), refusal score over directional-ablation strength.
     """
-    from tqdm.auto import tqdm
 
     from gemscope_widgets.backend.behaviour.conversation import stopping_at_end_of_turn, warn_if_base
     from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
@@ -147,7 +147,7 @@ def refusal_sweep(
     baseline_texts = [""] * len(items)
     if layer is None and mode == "add":
         layer = getattr(direction, "layer", None)
-    bar = tqdm(total=len(values) * len(items), desc="refusal sweep", disable=not progress, leave=False)
+    bar = progress_bar(total=len(values) * len(items), desc="refusal sweep", disable=not progress, leave=False)
     for j, prompt in enumerate(items):
         messages = [{"role": "user", "content": prompt}] if chat and isinstance(prompt, str) else prompt
         for i, strength in enumerate(values):

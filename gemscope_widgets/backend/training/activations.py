@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import TrainingError
 
 
@@ -62,7 +62,7 @@ def collect_activations(
     total = 0
     available = int((~torch.isin(windows, special)).sum())
     want = min(max_tokens, available) if max_tokens is not None else available
-    bar = tqdm(total=want, desc=f"activations {point}", unit="tok", disable=not progress)
+    bar = progress_bar(total=want, desc=f"activations {point}", unit="tok", disable=not progress)
     for start in range(0, len(windows), batch_size):
         ids = windows[start : start + batch_size]
         acts = capture(gm, ids.to(device), [point], stop_early=True)[point]

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.training.jumprelu import StackedJumpReLU
 from gemscope_widgets.errors import TrainingError
 
@@ -109,7 +109,7 @@ def fit_stacked(
     resampled = [0] * n_layers
     order = torch.randperm(n, generator=order_generator)
     cursor = 0
-    bar = tqdm(range(steps), desc=f"{desc} (width {width}, L0 → {target_l0:g})", disable=not progress)
+    bar = progress_bar(range(steps), desc=f"{desc} (width {width}, L0 → {target_l0:g})", disable=not progress)
     for step in bar:
         if cursor + batch_size > n:
             order = torch.randperm(n, generator=order_generator)
