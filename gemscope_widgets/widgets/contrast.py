@@ -10,6 +10,7 @@ import ipywidgets
 import numpy as np
 import traitlets
 
+from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs, reduce_span
 from gemscope_widgets.errors import ContrastError, GemscopeError
 
 from .bundle import bundle_path
@@ -74,15 +75,13 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
               span: str | None = None, reduce: str = "mean", k: int = 20, sae: str | None = None,
               steer: Any = None) -> ContrastView:
         """Compute the contrast of ``a`` and ``b`` (or of ``pairs``) and build its view."""
-        from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs
-
         chosen = scope.sae(sae)
         result: Any  # a Contrast, or a PairedContrast with pairs
         if pairs is not None:
             if a is not None or b is not None:
                 raise ContrastError("Pass either a and b, or pairs=[(a, b), ...], not both.")
             result = contrast_pairs(scope.model, chosen, pairs, span=span, reduce=reduce, k=k, progress=False)
-            first = contrast(scope.model, chosen, *pairs[0], span=result.span, reduce=reduce, k=1)
+            first = result.first
             rows = [{"feature": int(f), "diff": float(m), "stderr": float(s), "t": float(t)}
                     for f, m, s, t in zip(result.features, result.mean_diff, result.stderr, result.t)]
             features = result.features
@@ -101,8 +100,6 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         side_a, heat_a = _side(first.acts_a, first.positions_a, features)
         side_b, heat_b = _side(first.acts_b, first.positions_b, features)
         if pairs is not None:
-            from gemscope_widgets.backend.behaviour.contrast import reduce_span
-
             red_a = reduce_span(first.acts_a, first.positions_a, reduce)
             red_b = reduce_span(first.acts_b, first.positions_b, reduce)
             for row in rows:  # the first pair's values, beside its heatmaps
@@ -111,6 +108,7 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         view = {
             "a": side_a, "b": side_b, "rows": rows, "span": result.span, "reduce": reduce,
             "sae_name": chosen.config.name, "n_pairs": len(pairs) if pairs is not None else 1,
+            "caveat": None if pairs is not None else first.caveat,
         }
         widget = cls(view, heat_a, heat_b, steer=steer, sae=chosen)
         widget.sae_key = sae or next(iter(scope.saes))

@@ -334,6 +334,8 @@ def contrast_html(widget: Any) -> str:
     pairs = int(view.get("n_pairs") or 1)
     head = f"{_e(view.get('sae_name', ''))} · span {_e(view.get('span', ''))} ({_e(view.get('reduce', ''))})"
     parts = [f'<div style="{_NOTE}">{head}{f" · {pairs} pairs" if pairs > 1 else ""}</div>']
+    if view.get("caveat"):
+        parts.append(f'<div style="{_NOTE}">{_e(view["caveat"])}</div>')
     cols = ["feature", "a", "b", "diff"] + (["t"] if pairs > 1 else [])
     def cell(r: dict[str, Any], c: str) -> str:
         if c != "feature":

@@ -317,6 +317,8 @@ export interface ContrastInfo {
   reduce?: string;
   sae_name?: string;
   n_pairs?: number;
+  /** Why a single pair's ranking needs care (backend SINGLE_PAIR_CAVEAT); null for several pairs. */
+  caveat?: string | null;
 }
 
 /** @widget gemscope_widgets.widgets.contrast.ContrastView */

@@ -82,6 +82,9 @@ print(json.dumps({"stopped": r.stopped, "ids": list(map(int, r.steered_ids)), "e
     assert [int(r.get_attribute("data-feature")) for r in table_rows.all()] == [r["feature"] for r in rows]
     sides = contrast.locator(".gs-ct-side")
     expect(sides).to_have_count(2)
+    # One pair: the view says that the ranking reflects wording as much as content, and points to pairs=.
+    expect(contrast.locator(".gs-ct-caveat")).to_be_visible()
+    expect(contrast.locator(".gs-ct-caveat")).to_contain_text("pairs=[(a, b), ...]")
     assert XSS in sides.first.evaluate("e => e.textContent") and contrast.locator("img").count() == 0
     target = rows[1]["feature"]
     table_rows.nth(1).click()

@@ -29,6 +29,12 @@ message folded into it is left out); ``first_response_token``: the first token o
 is one, else the last token (where the first response token is predicted); ``response``: the content of the last
 model turn; ``last_token``: the prompt's last token."""
 REDUCTIONS = ("mean", "max")
+SINGLE_PAIR_CAVEAT = (
+    "One pair of prompts cannot separate content from wording: this ranking reflects tokenisation and phrasing "
+    "differences as much as the behaviour. Rank over several pairs that differ only in what you study: "
+    "pairs=[(a, b), ...] (paired t statistic)."
+)
+"""Shown with every single-pair :class:`Contrast` (``Contrast.caveat``), in scripts and views alike."""
 
 
 def span_positions(gm: GemmaModel, prompt: Any, span: str) -> np.ndarray:
@@ -99,6 +105,11 @@ class Contrast:
     reduce: str
     sae_name: str
 
+    @property
+    def caveat(self) -> str:
+        """Why one pair's ranking needs care: :data:`SINGLE_PAIR_CAVEAT`."""
+        return SINGLE_PAIR_CAVEAT
+
 
 def _default_span(a: Any, b: Any) -> str:
     def chat(p: Any) -> bool:
@@ -153,8 +164,9 @@ class PairedContrast:
     """Features ranked over several pairs by the paired t statistic ``mean(d) / (sd(d)/√n)``.
 
     ``features``: ``[k]`` by ``|t|``; ``mean_diff``, ``stderr``, ``t``: ``[k]``; ``diffs``: ``[n_pairs, k]`` the
-    per-pair differences of those features. A feature whose differences are all equal and non-zero has ``t = ±inf``
-    (ranked first); features that never differ are left out.
+    per-pair differences of those features; ``first``: the first pair's :class:`Contrast` (its per-token
+    activations and span, for showing one example pair beside the ranking). A feature whose differences are all
+    equal and non-zero has ``t = ±inf`` (ranked first); features that never differ are left out.
     """
 
     features: np.ndarray
@@ -166,6 +178,7 @@ class PairedContrast:
     span: str
     reduce: str
     sae_name: str
+    first: Contrast
 
 
 def contrast_pairs(
@@ -188,8 +201,12 @@ def contrast_pairs(
             raise ContrastError(f"Pair {i} is not an (a, b) pair: {pair!r:.80}.")
     span = span or _default_span(*pairs[0])
     diffs = np.zeros((len(pairs), sae.width), dtype=np.float64)
+    first = None
     for i, (a, b) in enumerate(progress_bar(pairs, desc="contrast pairs", disable=not progress, leave=False)):
-        diffs[i] = contrast(gm, sae, a, b, span=span, reduce=reduce, k=1).full_diff
+        single = contrast(gm, sae, a, b, span=span, reduce=reduce, k=1)
+        first = first or single
+        diffs[i] = single.full_diff
+    assert first is not None  # at least 2 pairs
     n = len(pairs)
     mean = diffs.mean(0)
     se = diffs.std(0, ddof=1) / np.sqrt(n)
@@ -200,5 +217,5 @@ def contrast_pairs(
     order = order[mean[order] != 0]
     return PairedContrast(order, mean[order].astype(np.float32), se[order].astype(np.float32),
                           t[order].astype(np.float32), diffs[:, order].astype(np.float32), n, span, reduce,
-                          sae.config.name)
+                          sae.config.name, first)
 

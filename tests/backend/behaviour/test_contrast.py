@@ -96,3 +96,12 @@ def test_paired_statistic(tiny_model, sae):
     finite = np.where((se > 0) & (mean != 0), np.abs(mean / np.where(se > 0, se, 1)), 0)
     assert abs(pc.t[0]) == pytest.approx(finite.max(), rel=1e-4)
     assert np.all(np.diff(np.abs(pc.t)) <= 1e-6)
+    # The first pair travels with the ranking (a view shows it beside the table without a second forward pass).
+    one = contrast(tiny_model, sae, *pairs[0], k=1)
+    np.testing.assert_array_equal(pc.first.full_diff, one.full_diff)
+    np.testing.assert_array_equal(pc.first.positions_a, one.positions_a)
+
+
+def test_a_single_pair_says_it_cannot_separate_content_from_wording(tiny_model, sae):
+    single = contrast(tiny_model, sae, "The fox runs.", "The dog runs.")
+    assert "pairs=" in single.caveat and "wording" in single.caveat
