@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gemscope_widgets.backend.grad_mode import gradients_on
 from gemscope_widgets.errors import FaithfulnessError
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def feature_dependence(
         return new.to(x.dtype)
 
     site = resolve_site(gm, sae.config.hook_in)
-    with torch.enable_grad(), hooked((site, splice)):
+    with gradients_on(), hooked((site, splice)):
         logits = gm.model(input_ids=full, use_cache=False, logits_to_keep=len(answer) + 1).logits[0].float()
         logp = torch.log_softmax(logits[:-1], dim=-1)
         target = logp[torch.arange(len(answer)), torch.tensor(answer, device=logp.device)].sum()

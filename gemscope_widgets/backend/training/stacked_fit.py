@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gemscope_widgets.backend.grad_mode import gradients_on
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.training.jumprelu import StackedJumpReLU
 from gemscope_widgets.errors import TrainingError
@@ -47,6 +48,7 @@ def check_target(width: int, target_l0: float) -> None:
         raise TrainingError(f"target_l0 must be between 0 and the width ({width}), got {target_l0}.")
 
 
+@gradients_on()  # also under a caller's torch.inference_mode() / no_grad()
 def fit_stacked(
     x: torch.Tensor,
     target: torch.Tensor,
