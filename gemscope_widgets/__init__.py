@@ -50,6 +50,17 @@ _EXPORTS = {
     "ContrastView": "gemscope_widgets.widgets.contrast",
     "Circuit": "gemscope_widgets.widgets.circuit",
     "train_transcoders": "gemscope_widgets.backend.training.transcoders",
+    # coarse-to-fine structure (Matryoshka prefixes, parents and children, the family tree across widths)
+    "prefix_curve": "gemscope_widgets.backend.analysis.matryoshka",
+    "PrefixCurve": "gemscope_widgets.backend.analysis.matryoshka",
+    "LatentOrder": "gemscope_widgets.backend.analysis.matryoshka",
+    "cofiring": "gemscope_widgets.backend.stats.cofiring",
+    "CoFiring": "gemscope_widgets.backend.stats.cofiring",
+    "latent_family": "gemscope_widgets.backend.analysis.hierarchy",
+    "LatentFamily": "gemscope_widgets.backend.analysis.hierarchy",
+    "family_tree": "gemscope_widgets.backend.analysis.width_family",
+    "FamilyTree": "gemscope_widgets.backend.analysis.width_family",
+    "MatryoshkaError": "gemscope_widgets.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -96,3 +96,8 @@ class FaithfulnessError(GemscopeError):
 
 class GraphError(GemscopeError):
     """A malformed attribution graph, a bad node reference or an unreadable graph file."""
+
+
+class MatryoshkaError(GemscopeError):
+    """A coarse-to-fine question asked badly: prefix sizes that do not increase or exceed the width, a latent
+    family asked of statistics for another dictionary, or two dictionaries of different sites or models."""

@@ -82,3 +82,29 @@ def static_of(widget: Any) -> str:
     html = str(data["text/html"])
     assert_inert(html)
     return html
+
+
+def token_activations(gm: Any, sae: Any, texts: list[str], max_doc_tokens: int) -> torch.Tensor:
+    """Dense ``[N, W]`` activations of a one-layer SAE on every unmasked token of ``texts``, by hand: one
+    document at a time (no padding), a plain forward hook on the layer, ``relu(pre) * (pre > threshold)``."""
+    from gemscope_widgets.backend.gemma.prompts import masked_ids
+    from gemscope_widgets.backend.gemma.sites import parse_hook_point
+    from gemscope_widgets.backend.stats.corpus import tokenize_docs
+
+    layer, sub, kind = parse_hook_point(sae.config.hook_in)
+    assert not sub and kind == "output", "resid_post SAEs only"
+    hidden = sorted(masked_ids(gm.tokenizer))
+    rows = []
+    for ids in tokenize_docs(gm, texts, max_doc_tokens):
+        seen: dict[str, torch.Tensor] = {}
+        h = gm.layers[layer].register_forward_hook(
+            lambda m, a, o, seen=seen: seen.__setitem__("x", o[0] if isinstance(o, tuple) else o)
+        )
+        with torch.no_grad():
+            gm.model(input_ids=torch.tensor([ids]))
+        h.remove()
+        keep = ~torch.isin(torch.tensor(ids), torch.tensor(hidden))
+        x = seen["x"][0][keep].float()
+        pre = x @ sae.w_enc + sae.b_enc
+        rows.append(torch.where(pre > sae.threshold, pre, torch.zeros(())))
+    return torch.cat(rows)

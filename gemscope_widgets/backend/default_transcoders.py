@@ -115,7 +115,7 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
     """
     from tqdm.auto import tqdm
 
-    from gemscope_widgets.backend.analysis.evaluation import _next_token_loss
+    from gemscope_widgets.backend.analysis.evaluation import next_token_loss
     from gemscope_widgets.backend.gemma.hooks import hooked
     from gemscope_widgets.backend.gemma.prompts import masked_ids
     from gemscope_widgets.backend.gemma.sites import resolve_site
@@ -153,7 +153,7 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
             with torch.inference_mode(), hooked(*pairs):
                 out = gm.model(input_ids=ids.to(gm.device), attention_mask=mask.to(gm.device), use_cache=False)
                 logits = out.logits
-            s, n = _next_token_loss(logits, ids, mask)
+            s, n = next_token_loss(logits, ids, mask)
             totals[label][0] += s
             totals[label][1] += n
     clean, replaced, zero = (totals[k][0] / max(totals[k][1], 1) for k in ("clean", "replaced", "zero"))

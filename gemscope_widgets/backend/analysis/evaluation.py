@@ -49,21 +49,51 @@ def fvu(target: torch.Tensor, recon: torch.Tensor) -> float:
     return fvu_from_sums(float(((t - r) ** 2).sum()), float((t**2).sum()), t.sum(0), len(t))
 
 
-def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """Summed cross-entropy of predicting each real token after the first, and how many there were."""
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """Summed cross-entropy of predicting each real token after the first, and how many there were.
+
+    ``logits [B, T, V]``, ``ids [B, T]``, ``mask [B, T]`` (1 on real tokens); the sum is in nats.
+    """
     targets = ids[:, 1:]
     valid = mask[:, 1:].bool()
     ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.to(logits.device), reduction="none")
     return float(ce[valid.to(ce.device)].sum()), int(valid.sum())
 
 
-def _forward_logits(
+def forward_logits(
     gm: GemmaModel, ids: torch.Tensor, mask: torch.Tensor, pairs: list[tuple[Site, HookFn]]
 ) -> torch.Tensor:
+    """Logits ``[B, T, V]`` of a padded batch with ``pairs`` of (site, hook) attached (removed on every exit)."""
     with torch.inference_mode(), hooked(*pairs):
         out = gm.model(input_ids=ids.to(gm.device), attention_mask=mask.to(gm.device), use_cache=False)
     logits: torch.Tensor = out.logits
     return logits
+
+
+def spliced_loss(
+    gm: GemmaModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    sites_out: list[Site],
+    replacement: torch.Tensor,
+    where: torch.Tensor,
+) -> tuple[float, int]:
+    """Summed next-token loss (nats) and token count with ``replacement`` spliced in at ``sites_out``.
+
+    ``replacement [B, T, d]`` (one site) or ``[B, T, n, d]`` (slot ``j`` at ``sites_out[j]``) replaces the
+    activation where ``where [B, T]`` is true; elsewhere (``<bos>``, padding) the model's own value stays.
+    """
+
+    def splice(slot: int) -> HookFn:
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            part = replacement if replacement.dim() == t.dim() else replacement[..., slot, :]
+            keep_mask = where.to(t.device).unsqueeze(-1)
+            return torch.where(keep_mask, part.to(t.device, t.dtype), t)
+
+        return fn
+
+    pairs = [(site, splice(j)) for j, site in enumerate(sites_out)]
+    return next_token_loss(forward_logits(gm, ids, mask, pairs), ids, mask)
 
 
 def sae_card(
@@ -106,7 +136,7 @@ def sae_card(
             return fn
 
         pairs = [(s, keep(s.hook_point)) for s in [*sites_in, *sites_out]]
-        s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
+        s, n = next_token_loss(forward_logits(gm, ids, mask, pairs), ids, mask)
         losses["clean"][0] += s
         losses["clean"][1] += n
         x_in = stack_slots(captured, hooks_in)
@@ -125,17 +155,7 @@ def sae_card(
         totals["tokens"] += int(v.sum())
 
         for label, replacement in (("spliced", recon), ("zero", torch.zeros_like(recon))):
-
-            def splice(slot: int, new: torch.Tensor, where: torch.Tensor = valid) -> HookFn:
-                def fn(t: torch.Tensor) -> torch.Tensor:
-                    part = new if new.dim() == t.dim() else new[..., slot, :]
-                    keep_mask = where.to(t.device).unsqueeze(-1)
-                    return torch.where(keep_mask, part.to(t.device, t.dtype), t)
-
-                return fn
-
-            pairs = [(site, splice(j, replacement)) for j, site in enumerate(sites_out)]
-            s, n = _next_token_loss(_forward_logits(gm, ids, mask, pairs), ids, mask)
+            s, n = spliced_loss(gm, ids, mask, sites_out, replacement, valid)
             losses[label][0] += s
             losses[label][1] += n
     n_tok = max(totals["tokens"], 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,3 +61,49 @@ def related_by_decoder(sae: Any, f: int, k: int = 10, *, chunk: int = 1 << 14) -
         top = torch.topk(vals, min(k, vals.numel()))
         best_val, best_idx = top.values, ids[top.indices]
     return [(int(i), float(v)) for i, v in zip(best_idx, best_val, strict=True)]
+
+
+def nearest_decoder_rows(
+    queries: Any,
+    keys: Any,
+    n: int = 5,
+    *,
+    exclude_self: bool = False,
+    chunk: int = 4096,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every decoder row of ``queries``, the ``n`` decoder rows of ``keys`` with the highest cosine.
+
+    Returns ``(indices [W_q, n] int64, cosines [W_q, n] float32)``, best first (exact ties in either order). Both
+    decoders are streamed ``chunk`` rows at a time, keeping only the running top ``n`` per query row: memory
+    is ``O(chunk² + W_q · n)``, never ``W_q × W_k`` (a 16k × 262k comparison holds one ``chunk × chunk``
+    block). ``exclude_self`` (``queries`` and ``keys`` the same dictionary) leaves each row out of its own
+    list. Rows of zero norm have cosine 0 with everything.
+    """
+    from tqdm.auto import tqdm
+
+    n = min(int(n), int(keys.width) - (1 if exclude_self else 0))
+    out_idx = torch.empty(int(queries.width), n, dtype=torch.long)
+    out_val = torch.empty(int(queries.width), n, dtype=torch.float32)
+    bar = tqdm(total=int(queries.width), desc="Nearest decoder rows", unit="row", disable=not progress)
+    for q0, q_rows in _decoder_blocks(queries, chunk):
+        q = q_rows / q_rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        best_val = torch.full((q.shape[0], 0), -math.inf, device=q.device)
+        best_idx = torch.empty((q.shape[0], 0), dtype=torch.long, device=q.device)
+        for k0, k_rows in _decoder_blocks(keys, chunk):
+            k_rows = k_rows.to(q.device)
+            sims = q @ (k_rows / k_rows.norm(dim=1, keepdim=True).clamp_min(1e-12)).T
+            idx = torch.arange(k0, k0 + k_rows.shape[0], device=q.device)
+            if exclude_self:
+                own = torch.arange(q0, q0 + q.shape[0], device=q.device).unsqueeze(1) == idx.unsqueeze(0)
+                sims = sims.masked_fill(own, -math.inf)
+            top = sims.topk(min(n, sims.shape[1]), dim=1)
+            vals = torch.cat([best_val, top.values], 1)
+            ids = torch.cat([best_idx, idx[top.indices]], 1)
+            order = vals.topk(min(n, vals.shape[1]), dim=1).indices
+            best_val, best_idx = vals.gather(1, order), ids.gather(1, order)
+        out_idx[q0 : q0 + q.shape[0]] = best_idx.cpu()
+        out_val[q0 : q0 + q.shape[0]] = best_val.float().cpu()
+        bar.update(q.shape[0])
+    bar.close()
+    return out_idx, out_val
