@@ -319,6 +319,7 @@ def ours_generate_fn(
             gen_ids,
             specs,
             sae=sae,
+            unit="raw",
             max_new_tokens=n_new,
             min_new_tokens=n_new,
             greedy=True,

@@ -173,7 +173,7 @@ def measure_shape(shape: str, widths: list[int], device: torch.device, dtype: to
                      "ratio": bare / ours})
         prompt = torch.tensor(long_ids[:32])
         def pair(prompt=prompt, sae=sae) -> None:
-            generate(gm, prompt, {0: 1.0}, sae=sae, max_new_tokens=new_tokens, stop_at_eos=False)
+            generate(gm, prompt, {0: 1.0}, sae=sae, unit="raw", max_new_tokens=new_tokens, stop_at_eos=False)
 
         def hf(prompt=prompt) -> None:
             with torch.inference_mode():

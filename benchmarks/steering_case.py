@@ -42,7 +42,7 @@ def _ours(gm: Any, sae: Any, ids: torch.Tensor, n_new: int, steering: dict[int, 
     from gemscope_widgets.backend.steering.generation import generate
 
     t0 = time.perf_counter()
-    result = generate(gm, ids, steering, sae=sae, max_new_tokens=n_new, min_new_tokens=n_new)
+    result = generate(gm, ids, steering, sae=sae, unit="raw", max_new_tokens=n_new, min_new_tokens=n_new)
     elapsed = time.perf_counter() - t0
     assert len(result.steered_ids) == n_new, (len(result.steered_ids), result.stopped)
     return elapsed

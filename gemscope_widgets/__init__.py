@@ -6,8 +6,11 @@ The public names are imported lazily so that ``import gemscope_widgets`` does no
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from gemscope_widgets.backend.views import register_view
 
 try:
     __version__ = version("gemscope-widgets")
@@ -37,7 +40,7 @@ _EXPORTS = {
     "projection_track": "gemscope_widgets.backend.behaviour.direction",
     "refusal_score": "gemscope_widgets.backend.behaviour.refusal",
     "refusal_sweep": "gemscope_widgets.backend.behaviour.refusal",
-    "contrast": "gemscope_widgets.backend.behaviour.contrast",
+    "contrast_features": "gemscope_widgets.backend.behaviour.contrast:contrast",
     "contrast_pairs": "gemscope_widgets.backend.behaviour.contrast",
     "cot_faithfulness": "gemscope_widgets.backend.behaviour.faithfulness",
     "Scope": "gemscope_widgets.scope",
@@ -50,6 +53,21 @@ _EXPORTS = {
     "ContrastView": "gemscope_widgets.widgets.contrast",
     "Circuit": "gemscope_widgets.widgets.circuit",
     "train_transcoders": "gemscope_widgets.backend.training.transcoders",
+    # what the README and the examples present as public
+    "GemscopeError": "gemscope_widgets.errors",
+    "Prompt": "gemscope_widgets.backend.gemma.prompts",
+    "generate": "gemscope_widgets.backend.steering.generation",
+    "next_token_probs": "gemscope_widgets.backend.steering.generation",
+    "SteeringSession": "gemscope_widgets.backend.steering.session",
+    "logit_lens": "gemscope_widgets.backend.analysis.logit_lens",
+    "sae_card": "gemscope_widgets.backend.analysis.evaluation",
+    "BehaviourDirection": "gemscope_widgets.backend.behaviour.direction",
+    "decompose": "gemscope_widgets.backend.behaviour.direction",
+    "HARMFUL_REQUESTS": "gemscope_widgets.backend.behaviour.prompt_sets",
+    "HARMLESS_REQUESTS": "gemscope_widgets.backend.behaviour.prompt_sets",
+    "SYCOPHANCY_PAIRS": "gemscope_widgets.backend.behaviour.prompt_sets",
+    "read_prompts": "gemscope_widgets.backend.behaviour.prompt_sets",
+    "REFUSAL_PHRASES": "gemscope_widgets.backend.behaviour.refusal",
     # coarse-to-fine structure (Matryoshka prefixes, parents and children, the family tree across widths)
     "prefix_curve": "gemscope_widgets.backend.analysis.matryoshka",
     "PrefixCurve": "gemscope_widgets.backend.analysis.matryoshka",
@@ -62,12 +80,30 @@ _EXPORTS = {
     "FamilyTree": "gemscope_widgets.backend.analysis.width_family",
     "MatryoshkaError": "gemscope_widgets.errors",
 }
+"""Public name -> the module defining it (``"module:attribute"`` where the public name differs)."""
+
+_RENAMED = {
+    "contrast": (
+        "contrast_features",
+        "gemscope_widgets.contrast is now gemscope_widgets.contrast_features (the data: features ranked by how "
+        "differently they fire on two prompts); Scope.contrast is the view.",
+    ),
+}
+"""Old public name -> (new name, why): still importable, with a DeprecationWarning."""
 
 __all__ = ["__version__", *_EXPORTS]
 
+# The backend's results ask this registry for their view; the widget layer builds it (imported when first asked).
+register_view("AttributionGraph", "gemscope_widgets.widgets.circuit:graph_view")
+
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name in _RENAMED:
+        new, why = _RENAMED[name]
+        warnings.warn(why, DeprecationWarning, stacklevel=2)
+        name = new
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'gemscope_widgets' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute or name)

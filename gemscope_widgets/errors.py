@@ -101,3 +101,31 @@ class GraphError(GemscopeError):
 class MatryoshkaError(GemscopeError):
     """A coarse-to-fine question asked badly: prefix sizes that do not increase or exceed the width, a latent
     family asked of statistics for another dictionary, or two dictionaries of different sites or models."""
+
+
+class NeuronpediaImportError(GemscopeError):
+    """A Neuronpedia export file that cannot be read or does not match the SAE."""
+
+
+class ExamplesFormatError(GemscopeError):
+    """An ``examples.safetensors`` whose keys or shapes do not match the Gemma Scope 2 layout."""
+
+
+class AttributionError(GemscopeError):
+    """Bad arguments to ``attribute`` (a non-positive batch size, a bad logit probability, ...)."""
+
+
+class TranscoderSetError(SAELoadError):
+    """A transcoder set that cannot be built: wrong kind, duplicate layers, mixed widths, missing folders."""
+
+
+class ReplacementError(GemscopeError):
+    """The model could not be frozen into a linear replacement (an unexpected architecture or dtype)."""
+
+
+class ViewMessageError(GemscopeError):
+    """A message from the view that the widget does not understand (a front end of another version)."""
+
+
+class CircuitError(GemscopeError):
+    """A bad argument to the circuit view (threshold, node reference, intervention, payload size)."""

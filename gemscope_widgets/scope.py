@@ -96,7 +96,10 @@ class Scope:
         return Explorer.build(self, prompts, steer=steer, **kwargs)
 
     def steer(self, prompt: Any, steering: Mapping[int, float] | None = None, **kwargs: Any) -> Any:
-        """Steering widget: sliders per feature, baseline and steered continuations side by side."""
+        """Steering widget: sliders per feature, baseline and steered continuations side by side.
+
+        ``prompt``: text, chat messages or token ids. ``steering``: ``{feature: x}`` (x × the feature's unit;
+        ``unit="raw"`` for raw values) or SteeringSpecs and DirectionSpecs, as :meth:`generate`."""
         from .widgets.steer import Steer
 
         return Steer.build(self, prompt, steering or {}, **kwargs)
@@ -104,7 +107,9 @@ class Scope:
     def generate(self, prompt: Any, steering: Any = None, *, unit: str = "typical", **kwargs: Any) -> Any:
         """Baseline and steered continuations without a widget (the steering widget's session and units).
 
-        ``steering`` is ``{feature: strength}`` or a list of SteeringSpecs and DirectionSpecs. With
+        ``prompt``: text, chat messages or token ids (a 1-D tensor or a list of ints; see
+        :func:`~gemscope_widgets.backend.gemma.prompts.make_prompt`). ``steering`` is ``{feature: strength}`` or
+        a list of SteeringSpecs and DirectionSpecs. With
         ``unit="typical"`` (the default, as in the widget) strengths are multiples of each entry's stable unit
         (:mod:`~gemscope_widgets.backend.steering.units`); ``unit="raw"`` takes them as raw values. Other
         keywords go to :func:`~gemscope_widgets.backend.steering.generation.generate` (``sae=`` picks the SAE).
@@ -115,20 +120,28 @@ class Scope:
         sae = self.sae(name) if (self.saes or name is not None) else None
         return SteeringSession(self.model, prompt, steering, sae=sae, unit=unit).generate(**kwargs)
 
-    def chat(self, messages: Any, **kwargs: Any) -> Any:
+    def chat(self, messages: Any, *, steering: Any = None, unit: str = "typical", **kwargs: Any) -> Any:
         """Conversation view: turns with template tokens marked, feature heat, per-turn summaries, "continue".
 
-        Keywords: ``features`` (to heat), ``steer`` (a steering widget whose sliders steer the reply) or
-        ``steering``, ``direction`` (a projection track), ``summary_k``, ``max_new_tokens``.
+        ``steering`` steers each reply: ``{feature: x}`` is x × the feature's unit, as in :meth:`generate` and
+        :meth:`steer` (``unit="raw"`` for raw values), or SteeringSpecs and DirectionSpecs. Other keywords:
+        ``features`` (to heat), ``steer`` (a steering widget whose sliders steer the reply instead),
+        ``direction`` (a projection track), ``summary_k``, ``max_new_tokens``.
         """
+        from gemscope_widgets.backend.steering.spec import in_unit, normalize_steering
+
         from .widgets.chat import Chat
 
-        return Chat.build(self, messages, **kwargs)
+        if steering is not None:
+            steering = in_unit(steering, unit)  # each entry says its unit, so the reply steers as generate does
+            normalize_steering(steering, self.sae() if self.saes else None, model=self.model)  # fail now, not later
+        return Chat.build(self, messages, steering=steering, **kwargs)
 
     def contrast(self, a: Any = None, b: Any = None, **kwargs: Any) -> Any:
-        """Features ranked by how differently they fire on ``a`` and ``b`` over a span, both heatmaps side by side;
-        ``pairs=[(a, b), ...]`` ranks by the paired t statistic. Keywords: ``span``, ``reduce``, ``k``, ``sae``,
-        ``steer`` (a steering widget to add features to)."""
+        """The contrast view: features ranked by how differently they fire on ``a`` and ``b`` over a span, both
+        heatmaps side by side; ``pairs=[(a, b), ...]`` ranks by the paired t statistic. Keywords: ``span``,
+        ``reduce``, ``k``, ``sae``, ``steer`` (a steering widget to add features to). The ranking alone, as data:
+        ``gemscope_widgets.contrast_features`` / ``contrast_pairs``."""
         from .widgets.contrast import ContrastPanel, ContrastView
 
         pane_keys = ("related_k", "logits_k", "page_size", "corpus")

@@ -14,12 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gemscope_widgets.errors import GemscopeError
-
-
-class CircuitError(GemscopeError):
-    """A bad argument to the circuit view (threshold, node reference, intervention, payload size)."""
-
+from gemscope_widgets.errors import CircuitError
 
 MAX_EDGES = 20_000  # the strongest edges (by influence) sent to the browser
 MAX_NODE_RANK = 0.99  # feature / error nodes ranked below this share of influence are never drawn

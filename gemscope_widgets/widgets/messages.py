@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from gemscope_widgets.errors import GemscopeError
+from gemscope_widgets.errors import ViewMessageError
 
 FieldSpec = tuple[type, ...] | frozenset[str]
 """A field's allowed Python types, or the set of strings it may be (a string-literal union in TypeScript)."""
@@ -26,10 +26,6 @@ PING: dict[str, FieldSpec] = {}
 """Every widget's view sends ``{"type": "ping"}`` to learn whether the kernel answers (``js/lib/live.ts``)."""
 PONG = {"type": "pong"}
 """The answer to a ping (``KernelMessage`` in ``js/lib/protocol.ts``)."""
-
-
-class ViewMessageError(GemscopeError):
-    """A message from the view that the widget does not understand (a front end of another version)."""
 
 
 def _check(kind: str, name: str, value: Any, allowed: FieldSpec) -> Any:

@@ -42,7 +42,7 @@ def test_widget_matches_backend_generation(scope, tiny_model, sae, feature):
         assert entry["scale_source"] == "quantile" and entry["scale"] > 0
         assert entry["unit_source"].startswith("p99 of non-zero activations over")
         assert entry["raw"] == pytest.approx(3.0 * entry["scale"])
-        direct = generate(tiny_model, TEXT, {feature: 3.0 * entry["scale"]}, sae=sae, max_new_tokens=8)
+        direct = generate(tiny_model, TEXT, {feature: 3.0 * entry["scale"]}, sae=sae, unit="raw", max_new_tokens=8)
         assert result.steered_ids == direct.steered_ids and result.baseline_ids == direct.baseline_ids
         assert w.baseline_tokens == direct.baseline_tokens and w.steered_tokens == direct.steered_tokens
         assert w.divergence == (-1 if direct.divergence is None else direct.divergence)
@@ -77,7 +77,8 @@ def test_concurrent_slider_updates_end_with_the_last_value(scope, tiny_model, sa
         final_id = w.set_strength(feature, last) or w.generation_id
         result = w.wait()
         scale = w.features[0]["scale"]
-        direct = generate(tiny_model, TEXT, {feature: last * scale}, sae=sae, max_new_tokens=40, stop_at_eos=False)
+        direct = generate(tiny_model, TEXT, {feature: last * scale}, sae=sae, unit="raw", max_new_tokens=40,
+                          stop_at_eos=False)
         assert result.steered_ids == direct.steered_ids
         assert w.steered_tokens == direct.steered_tokens
         assert w.generation_id == final_id

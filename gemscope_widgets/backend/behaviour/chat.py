@@ -88,19 +88,21 @@ def continue_conversation(
     steering: Any = None,
     *,
     sae: Any = None,
+    unit: str = "typical",
     max_new_tokens: int = 64,
     **kwargs: Any,
 ) -> tuple[GenerationResult, list[dict[str, str]]]:
     """Generate the model's next turn, baseline and steered, stopping at ``<end_of_turn>``.
 
-    ``messages`` must end on a user turn. ``steering``/``sae``/other keywords as
-    :func:`~gemscope_widgets.backend.steering.generation.generate` (``on_token`` streams each step). Returns the
-    generation and the conversation with the steered reply appended as an ``assistant`` (model) turn.
+    ``messages`` must end on a user turn. ``steering``/``sae``/``unit``/other keywords as
+    :func:`~gemscope_widgets.backend.steering.generation.generate` (``{feature: x}`` is x times the feature's
+    unit unless ``unit="raw"``; ``on_token`` streams each step). Returns the generation and the conversation
+    with the steered reply appended as an ``assistant`` (model) turn.
     """
     from gemscope_widgets.backend.steering.generation import generate
 
     checked = check_conversation(messages, ending="user")
     warn_if_base(gm)
-    result = generate(stopping_at_end_of_turn(gm), checked, steering, sae=sae, max_new_tokens=max_new_tokens,
-                      **kwargs)
+    result = generate(stopping_at_end_of_turn(gm), checked, steering, sae=sae, unit=unit,
+                      max_new_tokens=max_new_tokens, **kwargs)
     return result, [*checked, {"role": "assistant", "content": result.steered_text}]

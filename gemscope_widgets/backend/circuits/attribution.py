@@ -42,13 +42,9 @@ from gemscope_widgets.backend.circuits.replacement import (
 )
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
 from gemscope_widgets.backend.progress import progress_bar
-from gemscope_widgets.errors import GemscopeError
+from gemscope_widgets.errors import AttributionError
 
 DEFAULT_MAX_FEATURE_NODES = 4096
-
-
-class AttributionError(GemscopeError):
-    """Bad arguments to ``attribute`` (a non-positive batch size, a bad logit probability, ...)."""
 
 
 @dataclass

@@ -29,7 +29,6 @@ pruning (:mod:`.influence`), graph files (:mod:`.graph_file`).
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from gemscope_widgets.backend.circuits.influence import (
     prune_graph,
 )
 from gemscope_widgets.backend.circuits.nodes import NODE_KINDS, GraphNodes, LogitTarget, NodeInfo, feature_triples
+from gemscope_widgets.backend.views import view_factory
 from gemscope_widgets.errors import GraphError
 
 __all__ = [
@@ -76,8 +76,6 @@ __all__ = [
     "find_threshold",
     "normalize_matrix",
 ]
-
-VIEW_MODULE = "gemscope_widgets.widgets.circuit"  # graph.widget()'s view, looked up by name when asked for
 
 
 def _long(x: Any, name: str, ndim: int) -> Tensor:
@@ -277,10 +275,10 @@ class AttributionGraph(GraphNodes):
         attaches them; or pass ``model=`` and ``transcoders=``), else the view alone (``Circuit``). Keywords:
         ``node_threshold``, ``edge_threshold``, ``max_edges``.
 
-        The view is part of the widget layer (anywidget); the backend never imports it, it is looked up by name
-        (:data:`VIEW_MODULE`) when this is called.
+        The view is part of the widget layer (anywidget), which registers it
+        (:func:`~gemscope_widgets.backend.views.register_view`); the backend only asks the registry for it.
         """
-        return importlib.import_module(VIEW_MODULE).graph_view(self, **kwargs)
+        return view_factory("AttributionGraph")(self, **kwargs)
 
     # ---- files -------------------------------------------------------------------------------------------------
 

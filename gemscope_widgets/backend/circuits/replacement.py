@@ -30,11 +30,7 @@ import torch
 from torch import Tensor
 
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet
-from gemscope_widgets.errors import GemscopeError
-
-
-class ReplacementError(GemscopeError):
-    """The model could not be frozen into a linear replacement (an unexpected architecture or dtype)."""
+from gemscope_widgets.errors import ReplacementError
 
 
 def norm_scale(norm: torch.nn.Module, h: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from gemscope_widgets.backend.dictionaries.sae import CrossLayerTranscoder, JumpReLUSAE
-from gemscope_widgets.errors import SAELoadError, SAEModelMismatch
+from gemscope_widgets.errors import SAEModelMismatch, TranscoderSetError
 
 # Decoder layers per Gemma 3 size (the published configs' num_hidden_layers).
 GEMMA3_LAYERS = {"270m": 18, "1b": 26, "4b": 34, "12b": 48, "27b": 62}
@@ -32,10 +32,6 @@ TRANSCODER_SITES = ("transcoder_all", "transcoder", "clt")
 _READ = "pre_feedforward_layernorm.output"
 _WRITE = "post_feedforward_layernorm.output"
 _FOLDER = re.compile(r"^layer_(\d+)_width_(\w+?)_l0_(small|medium|big|\d+)(_affine)?(_seed_\d+)?$")
-
-
-class TranscoderSetError(SAELoadError):
-    """A transcoder set that cannot be built: wrong kind, duplicate layers, mixed widths, missing folders."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torch import nn
 
 from gemscope_widgets.backend.gemma.embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
 from gemscope_widgets.backend.gemma.names import is_hub_id, is_instruct_name, model_size
-from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, make_prompt
+from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, TokenIds, make_prompt
 from gemscope_widgets.backend.runtime import hub_offline, resolve_device
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError, warn_user
 
@@ -83,13 +83,15 @@ class GemmaModel:
         """The Gemma 3 size in the model's name ("270m", "1b", ...), if it has one."""
         return model_size(self.name)
 
-    def prompt(self, prompt: str | Messages | Prompt, *, max_tokens: int | None = None) -> Prompt:
-        """Tokenise text or chat messages (exactly one leading ``<bos>``).
+    def prompt(self, prompt: str | Messages | TokenIds | Prompt, *, max_tokens: int | None = None) -> Prompt:
+        """Tokenise text, chat messages or token ids (:func:`~.prompts.make_prompt`: exactly one leading
+        ``<bos>``; ids otherwise kept as given, each below the model's ``vocab_size``).
 
         Chat messages on a base (pretrained, ``-pt``) model warn once per model: it never saw chat turns, so
         its replies and features on them say little about the instruction-tuned (``-it``) model.
         """
-        made = make_prompt(self.tokenizer, prompt, max_tokens=max_tokens or self.max_prompt_tokens)
+        made = make_prompt(self.tokenizer, prompt, max_tokens=max_tokens or self.max_prompt_tokens,
+                           vocab_size=int(self.text_config.vocab_size))
         if made.is_chat and not self.is_instruct and not self._warned_chat:
             self._warned_chat = True
             warn_user(BaseModelChatWarning(self.name))

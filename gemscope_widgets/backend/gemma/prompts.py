@@ -1,15 +1,25 @@
-"""Turning text or chat messages into the token ids a Gemma 3 model expects.
+"""Turning a prompt into the token ids a Gemma 3 model expects.
+
+A prompt is one of three things, everywhere in the package (:func:`make_prompt` is the one rule):
+
+* **text**, a ``str``: tokenised with the tokenizer's ``<bos>``;
+* **chat messages**, a list of ``{"role", "content"}`` dicts: rendered with the model's chat template (Gemma 3's
+  when the tokenizer has none), which writes its own ``<bos>``;
+* **token ids**, a 1-D integer tensor or array or a list of ints: kept exactly as given.
 
 Gemma is very sensitive to a missing ``<bos>`` and the chat template emits one itself, so a templated text
-must not get a second one from the tokenizer. Every prompt here starts with exactly one ``<bos>``.
+must not get a second one from the tokenizer. Every prompt here starts with exactly one ``<bos>``
+(:func:`one_bos`): a missing one is prepended and a run of leading ones collapsed to one, for token ids too;
+nothing else in the ids is changed (a ``<bos>`` or ``<pad>`` further in stays, masked like any other).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from gemscope_widgets.errors import PromptError
@@ -33,15 +43,23 @@ GEMMA3_CHAT_TEMPLATE = (
 
 _ROLES = {"system", "user", "assistant", "model"}
 Messages = Sequence[Mapping[str, str]]
+TokenIds = torch.Tensor | np.ndarray | Sequence[int]
+PROMPT_FORMS = (
+    "text (a string), chat messages (a list of {'role': ..., 'content': ...} dicts) "
+    "or token ids (a 1-D integer tensor or a list of ints)"
+)
+"""The three accepted forms of a prompt, as error messages name them."""
 
 
 @dataclass
 class Prompt:
     """A tokenised prompt.
 
-    ``special`` marks control tokens (``<bos>``, ``<pad>``, ``<start_of_turn>``, ...); ``template`` adds the
-    chat template's role lines (not steered by default); ``masked`` marks the positions left out of feature
-    results by default (``<bos>`` and ``<pad>``, whose huge-norm residuals light up many features).
+    ``input_ids [T]`` long (one leading ``<bos>``); ``tokens``: each token's text; ``special [T]`` bool marks
+    control tokens (``<bos>``, ``<pad>``, ``<start_of_turn>``, ...); ``template [T]`` adds the chat template's
+    role lines (not steered by default); ``masked [T]`` marks the positions left out of feature results by
+    default (``<bos>`` and ``<pad>``, whose huge-norm residuals light up many features). ``source``: the text,
+    the checked messages (a list) or the ids as given (a tuple of ints).
     """
 
     input_ids: torch.Tensor
@@ -49,14 +67,21 @@ class Prompt:
     special: torch.Tensor
     template: torch.Tensor
     masked: torch.Tensor
-    source: str | list[dict[str, str]]
+    source: str | list[dict[str, str]] | tuple[int, ...]
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
     @property
+    def kind(self) -> Literal["text", "chat", "ids"]:
+        """Which of the three forms the prompt was given as."""
+        if isinstance(self.source, str):
+            return "text"
+        return "chat" if isinstance(self.source, list) else "ids"
+
+    @property
     def is_chat(self) -> bool:
-        return isinstance(self.source, list)
+        return self.kind == "chat"
 
 
 def _validate_messages(messages: Any) -> list[dict[str, str]]:
@@ -66,7 +91,8 @@ def _validate_messages(messages: Any) -> list[dict[str, str]]:
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise PromptError(
-                f"Chat message {i} must be a dict with 'role' and 'content' keys, got {message!r}."
+                f"Chat message {i} must be a dict with 'role' and 'content' keys, got {message!r}. "
+                f"A prompt is {PROMPT_FORMS}."
             )
         if message["role"] not in _ROLES:
             raise PromptError(
@@ -125,19 +151,78 @@ def masked_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def make_prompt(tokenizer: Any, prompt: str | Messages | Prompt, *, max_tokens: int | None = None) -> Prompt:
-    """Tokenise plain text or a list of ``{"role", "content"}`` messages, with exactly one leading ``<bos>``."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_token_ids(prompt: Any) -> bool:
+    """Whether ``prompt`` is given as token ids (a tensor, an array, or a non-empty sequence of ints)."""
+    if isinstance(prompt, (torch.Tensor, np.ndarray)):
+        return True
+    return (
+        isinstance(prompt, Sequence) and not isinstance(prompt, (str, bytes, bytearray)) and len(prompt) > 0
+        and all(_is_int(i) for i in prompt)
+    )
+
+
+def check_token_ids(prompt: Any, vocab_size: int) -> list[int]:
+    """Token ids as a list of ints, or a :class:`PromptError`: one prompt's ids are a 1-D integer tensor or
+    array or a list of ints, non-empty, each in ``0 .. vocab_size - 1``."""
+    if isinstance(prompt, (torch.Tensor, np.ndarray)):
+        if isinstance(prompt, torch.Tensor):
+            integer = not (prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool)
+        else:
+            integer = bool(np.issubdtype(prompt.dtype, np.integer))
+        if not integer:
+            raise PromptError(f"Token ids must be integers, got a {type(prompt).__name__} of {prompt.dtype}. "
+                              f"A prompt is {PROMPT_FORMS}.")
+        if prompt.ndim != 1:
+            raise PromptError(
+                f"Token ids must be one prompt's ids, a 1-D {type(prompt).__name__}; got shape {tuple(prompt.shape)}"
+                + (" (pass ids[0] for a batch of one)." if prompt.ndim == 2 and prompt.shape[0] == 1 else ".")
+            )
+        ids = [int(i) for i in prompt.tolist()]
+    else:
+        ids = [int(i) for i in prompt]
+    if not ids:
+        raise PromptError("The prompt has no tokens: pass at least one token id.")
+    for position, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise PromptError(
+                f"Token id {token} at position {position} is outside the vocabulary (0 to {vocab_size - 1})."
+            )
+    return ids
+
+
+def make_prompt(
+    tokenizer: Any,
+    prompt: str | Messages | TokenIds | Prompt,
+    *,
+    max_tokens: int | None = None,
+    vocab_size: int | None = None,
+) -> Prompt:
+    """The one prompt rule: text, chat messages or token ids (see the module docstring) -> :class:`Prompt`.
+
+    Every form ends with exactly one leading ``<bos>`` (:func:`one_bos`); token ids are otherwise kept exactly.
+    ``vocab_size`` bounds token ids (default: the tokenizer's size; a model passes its embedding's). Raises
+    :class:`PromptError` for an empty prompt, malformed messages, ids outside the vocabulary, more than
+    ``max_tokens`` tokens, or anything else (naming the three accepted forms).
+    """
     if isinstance(prompt, Prompt):
         return prompt
     bos = tokenizer.bos_token_id
     if bos is None:
         raise PromptError("This tokenizer has no <bos> token; Gemma 3 needs one. Use a Gemma 3 tokenizer.")
-    if isinstance(prompt, str):
+    source: str | list[dict[str, str]] | tuple[int, ...]
+    if is_token_ids(prompt):
+        ids = check_token_ids(prompt, len(tokenizer) if vocab_size is None else vocab_size)
+        source = tuple(ids)
+    elif isinstance(prompt, str):
         if prompt == "":
             raise PromptError("The prompt is empty: pass some text.")
         ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        source: str | list[dict[str, str]] = prompt
-    elif isinstance(prompt, Sequence):
+        source = prompt
+    elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
         messages = _validate_messages(prompt)
         template = getattr(tokenizer, "chat_template", None) or GEMMA3_CHAT_TEMPLATE
         text = tokenizer.apply_chat_template(
@@ -150,9 +235,7 @@ def make_prompt(tokenizer: Any, prompt: str | Messages | Prompt, *, max_tokens: 
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         source = messages
     else:
-        raise PromptError(
-            f"A prompt must be a string or a list of chat messages, got {type(prompt).__name__}."
-        )
+        raise PromptError(f"A prompt must be {PROMPT_FORMS}; got {type(prompt).__name__}.")
     ids = one_bos(ids, bos)
     if max_tokens is not None and len(ids) > max_tokens:
         raise PromptError(

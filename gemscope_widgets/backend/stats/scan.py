@@ -5,7 +5,7 @@ The model runs over the corpus in padded batches of similar-length documents and
 padding, wherever they are: :func:`~gemscope_widgets.backend.gemma.prompts.masked_ids`) are encoded, in chunks of
 ``act_budget // width`` tokens, and each chunk is reduced at once to its non-zero entries ``(token, feature,
 value)``. Everything else works on those entries with batched tensor operations on the SAE's device (the
-model's device once :class:`~gemscope_widgets.scope.Scope` placed it there): no loop over features, no
+model's device once ``Scope`` placed it there): no loop over features, no
 per-batch copy of the state to the host.
 
 The state it fills, its memory and its exact merge are in :mod:`.scan_state`.

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 
 from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.backend.gemma.prompts import Prompt, special_ids, token_strings
 from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
-from gemscope_widgets.backend.steering.spec import normalize_steering
-from gemscope_widgets.errors import PromptError, SteeringError
+from gemscope_widgets.backend.steering.spec import Spec, normalize_steering
+from gemscope_widgets.backend.steering.units import to_raw
+from gemscope_widgets.errors import SteeringError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -71,18 +73,12 @@ class _Inputs:
     tokens: list[str]
 
 
+def _raw_specs(gm: GemmaModel, steering: Any, sae: Any, unit: str) -> list[Spec]:
+    """The steering, validated and in raw units (the prompt is checked after: a bad unit fails first)."""
+    return to_raw(gm, normalize_steering(steering, sae, model=gm), unit)
+
+
 def _as_inputs(gm: GemmaModel, prompt: Any) -> _Inputs:
-    if isinstance(prompt, torch.Tensor) or (
-        isinstance(prompt, Sequence) and prompt and all(isinstance(i, int) for i in prompt)
-    ):
-        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
-        if ids.numel() == 0:
-            raise PromptError("The prompt has no tokens.")
-        vocab = int(gm.text_config.vocab_size)
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise PromptError(f"Token ids must be in 0..{vocab - 1} for {gm.name}.")
-        controls = torch.tensor(sorted(special_ids(gm.tokenizer)), dtype=torch.long)
-        return _Inputs(ids, torch.isin(ids, controls), token_strings(gm.tokenizer, ids.tolist()))
     p: Prompt = gm.prompt(prompt)
     return _Inputs(p.input_ids, p.special | p.template, list(p.tokens))
 
@@ -157,10 +153,11 @@ def _logits(gm: GemmaModel, hidden: torch.Tensor) -> torch.Tensor:
     On CPU BLAS a [262k, d] @ [d, 2] product reads the unembedding once, while ``linear`` with two rows
     is 2-4x slower than with one: this is what makes the pair cost about one generation.
     """
-    weight = gm.lm_head.weight
-    logits = torch.matmul(weight, hidden.to(weight.dtype).t()).t().float()
-    if getattr(gm.lm_head, "bias", None) is not None:
-        logits = logits + gm.lm_head.bias.float()
+    with resident(gm.model, gm.lm_head):  # loaded for this product when accelerate offloads it
+        weight = gm.lm_head.weight
+        logits = torch.matmul(weight, hidden.to(weight.dtype).t()).t().float()
+        if getattr(gm.lm_head, "bias", None) is not None:
+            logits = logits + gm.lm_head.bias.float()
     cap = getattr(gm.text_config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -189,6 +186,7 @@ def generate(
     steering: Any = None,
     *,
     sae: Any = None,
+    unit: str = "typical",
     max_new_tokens: int = 32,
     min_new_tokens: int = 0,
     temperature: float = 0.0,
@@ -204,9 +202,12 @@ def generate(
 ) -> GenerationResult:
     """Generate the baseline and the steered continuation of ``prompt`` together (a batch of two).
 
-    ``prompt``: text, chat messages, a :class:`Prompt` or token ids. ``steering``: ``{feature: strength}``
-    (raw activation units) or a list of :class:`SteeringSpec` and :class:`DirectionSpec` (residual-stream
-    directions to ablate or add; see :mod:`~gemscope_widgets.backend.steering.spec`). ``temperature=0`` (or
+    ``prompt``: text, chat messages or token ids (a 1-D tensor or a list of ints), or a :class:`Prompt`
+    (:func:`~gemscope_widgets.backend.gemma.prompts.make_prompt`). ``steering``: ``{feature: strength}`` or a
+    list of :class:`SteeringSpec` and :class:`DirectionSpec` (residual-stream directions to ablate or add; see
+    :mod:`~gemscope_widgets.backend.steering.spec`), strengths in ``unit``: ``"typical"`` (multiples of each
+    entry's stable unit, :mod:`~gemscope_widgets.backend.steering.units`) or ``"raw"`` (activation units); a
+    spec's own ``unit`` wins. The result's ``specs`` are in raw units (``unit="raw"``). ``temperature=0`` (or
     ``greedy=True``) is greedy; otherwise sampling with ``top_p`` and ``seed``, the same draws for both rows.
     ``frequency_penalty`` subtracts ``penalty × count`` from each token's logit per row. Generation stops at
     ``max_new_tokens``, or when both rows produced a stop token (``<eos>``, ``<end_of_turn>`` for -it models),
@@ -215,7 +216,7 @@ def generate(
     ``"replace"`` the activation by the SAE reconstruction at steered positions.
     """
     check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
-    specs = normalize_steering(steering, sae, model=gm)
+    specs = _raw_specs(gm, steering, sae, unit)
     inputs = _as_inputs(gm, prompt)
     state = StepState(prompt_len=int(inputs.ids.shape[0]), rows=slice(1, 2))
     plan = SteeringPlan(gm, specs, state, error=error, steer_special_tokens=steer_special_tokens)
@@ -327,6 +328,7 @@ def next_token_probs(
     steering: Any = None,
     *,
     sae: Any = None,
+    unit: str = "typical",
     continuation: Sequence[int] = (),
     position: int = -1,
     steer_special_tokens: bool = False,
@@ -336,8 +338,9 @@ def next_token_probs(
 
     Returns ``(probs, ids, position)`` with ``ids`` the full token sequence and ``position`` made absolute.
     Both rows read the same tokens, so the difference is the steering's effect on that one prediction.
+    ``prompt``, ``steering``, ``sae`` and ``unit`` as :func:`generate`.
     """
-    specs = normalize_steering(steering, sae, model=gm)
+    specs = _raw_specs(gm, steering, sae, unit)
     inputs = _as_inputs(gm, prompt)
     extra = torch.as_tensor(list(continuation), dtype=torch.long)
     ids = torch.cat([inputs.ids, extra])

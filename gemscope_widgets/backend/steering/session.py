@@ -38,9 +38,10 @@ from gemscope_widgets.backend.steering.spec import (
     DirectionSpec,
     Spec,
     SteeringSpec,
+    check_unit,
     normalize_steering,
 )
-from gemscope_widgets.backend.steering.units import UNITS, StrengthUnit, strength_unit
+from gemscope_widgets.backend.steering.units import StrengthUnit, strength_unit
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
 if TYPE_CHECKING:
@@ -103,8 +104,8 @@ class Entry:
         return self.multiple * self.unit.value
 
     def raw_spec(self) -> Spec:
-        """The spec as :func:`generate` takes it (raw units)."""
-        return replace(self.spec, strength=self.raw)
+        """The spec in raw units, saying so (``unit="raw"``): any entry point steers exactly as much with it."""
+        return replace(self.spec, strength=self.raw, unit="raw")
 
     def describe(self) -> dict[str, Any]:
         """A plain dict for views: key, kind, label, multiple, mode, positions, scale, scale_source, unit_source,
@@ -147,9 +148,10 @@ class SessionListener:
 class SteeringSession:
     """Steering state for one prompt, and a latest-wins runner for its baseline + steered generation.
 
-    ``steering``: ``{feature: strength}``, SteeringSpecs and DirectionSpecs, strengths in ``unit``
-    (``"typical"``: multiples of each entry's unit; ``"raw"``: raw values). ``sae``: the SAE whose features are
-    steered (None for directions only). ``settings``: keys of :data:`DEFAULT_SETTINGS`.
+    ``prompt``: text, chat messages or token ids. ``steering``: ``{feature: strength}``, SteeringSpecs and
+    DirectionSpecs, strengths in ``unit`` (``"typical"``: multiples of each entry's unit; ``"raw"``: raw values;
+    a spec's own ``unit`` wins and is converted to the session's). ``sae``: the SAE whose features are steered
+    (None for directions only). ``settings``: keys of :data:`DEFAULT_SETTINGS`.
     """
 
     def __init__(
@@ -163,9 +165,7 @@ class SteeringSession:
         listener: SessionListener | None = None,
         **settings: Any,
     ) -> None:
-        if unit not in UNITS:
-            raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of a stable per-feature unit) or 'raw'.")
-        self.model, self.sae, self.unit = model, sae, unit
+        self.model, self.sae, self.unit = model, sae, check_unit(unit)
         self.settings = check_session_settings({}, settings)
         self.prompt = model.prompt(prompt)
         self.listener = listener or SessionListener()
@@ -203,6 +203,11 @@ class SteeringSession:
                 raise SteeringError(f"Feature {spec.feature} is already steered here; move its slider instead.")
         else:
             key = f"d{next(self._direction_ids)}"
+        if spec.unit is not None:  # a strength in its own unit becomes a multiple of the session's
+            if spec.unit != self.unit:
+                raw = spec.strength * strength_unit(self.model, spec, spec.unit).value
+                spec = replace(spec, strength=raw / strength_unit(self.model, spec, self.unit).value)
+            spec = replace(spec, unit=None)
         entry = Entry(key, spec, strength_unit(self.model, spec, self.unit))
         self.entries = [*self.entries, entry]
         return entry
@@ -259,8 +264,7 @@ class SteeringSession:
 
     def set_unit(self, unit: str) -> None:
         """Shows strengths in ``"typical"`` multiples or ``"raw"`` values; each entry keeps its raw strength."""
-        if unit not in UNITS:
-            raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of a stable per-feature unit) or 'raw'.")
+        check_unit(unit)
         with self._lock:
             self.unit = unit
             entries = []
@@ -283,7 +287,8 @@ class SteeringSession:
     def generate(self, **kwargs: Any) -> GenerationResult:
         """Baseline and steered continuations now, in this thread (keywords: :func:`generate`'s, overriding the
         session's settings)."""
-        return generate(self.model, self.prompt, self.specs() or None, sae=self.sae, **{**self.settings, **kwargs})
+        return generate(self.model, self.prompt, self.specs() or None, sae=self.sae, unit="raw",
+                        **{**self.settings, **kwargs})
 
     def _settings_key(self) -> tuple[Any, ...]:
         return tuple(self.settings[k] for k in _BASELINE_SETTINGS)
@@ -322,7 +327,7 @@ class SteeringSession:
                 self._pending = None
             try:
                 result = generate(
-                    self.model, self.prompt, specs or None, sae=self.sae, cancel=cancel,
+                    self.model, self.prompt, specs or None, sae=self.sae, unit="raw", cancel=cancel,
                     on_token=functools.partial(self._stream, gid),
                     **settings,
                 )
@@ -412,7 +417,7 @@ class SteeringSession:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(ids):
             raise SteeringError(f"No token {index} in the {column} continuation (it has {len(ids)}).")
         view = next_token_distribution(
-            self.model, self.prompt, specs or None, sae=self.sae, continuation=ids[:index], k=k,
+            self.model, self.prompt, specs or None, sae=self.sae, unit="raw", continuation=ids[:index], k=k,
             steer_special_tokens=settings["steer_special_tokens"], error=settings["error"],
         )
         return {

@@ -27,13 +27,22 @@ Direction" (arXiv:2406.11717):
   chosen positions; ``α = strength`` is in residual-stream units (the length of the added vector, since
   ``|r̂| = 1``). Special tokens follow the same rule as feature steering.
 
+Strengths, everywhere steering is accepted (``generate``, ``next_token_probs``, ``Scope.generate``,
+``Scope.steer``, ``Scope.chat``, the steering session and widget), are read in the run's ``unit``:
+``"typical"`` (the default) is a multiple of each entry's stable unit
+(:func:`~gemscope_widgets.backend.steering.units.strength_unit`: a feature's p99 activation, an added
+direction's length, an ablation's fraction), ``"raw"`` the value as given (activation or residual-stream
+units). So ``{feature: 2.0}`` means 2× the feature's unit in every entry point. A spec may carry its own
+``unit``, which wins over the run's: the specs a session or a generation result hands back say
+``unit="raw"``, so passing them anywhere again steers exactly as much.
+
 The API, for code that computes directions (e.g. a difference of means)::
 
-    from gemscope_widgets.backend.steering.spec import DirectionSpec
-    from gemscope_widgets.backend.steering.generation import generate
+    from gemscope_widgets import DirectionSpec, generate
 
     ablate = DirectionSpec(r, mode="ablate")                   # r: [d_model] tensor / array / list
-    add = DirectionSpec(r, mode="add", strength=8.0, layer=6)  # at model.layers.6.output
+    add = DirectionSpec(r, mode="add", strength=2.0, layer=6)  # 2x r's length at model.layers.6.output
+    raw = DirectionSpec(r, mode="add", strength=8.0, layer=6, unit="raw")  # 8 residual-stream units
     result = generate(gm, prompt, [ablate])                    # baseline row unsteered, steered row ablated
     scope.generate(prompt, [add, SteeringSpec(123, 1.0)])      # mixed with SAE features
 
@@ -60,16 +69,30 @@ MODES = ("add", "clamp", "ablate")
 DIRECTION_MODES = ("ablate", "add")
 POSITIONS = ("all", "prompt", "generated")
 ERROR_MODES = ("keep", "replace")
+UNITS = ("typical", "raw")
+"""``"typical"``: multiples of each feature's (or direction's) stable unit; ``"raw"``: the values as given."""
+
+
+def check_unit(unit: Any) -> str:
+    """``unit`` if it is one of :data:`UNITS`, else a SteeringError that names them."""
+    if not isinstance(unit, str) or unit not in UNITS:
+        raise SteeringError(
+            f"Unknown steering unit {unit!r}: use 'typical' (multiples of each feature's or direction's stable "
+            "unit, the default) or 'raw' (the values as given)."
+        )
+    return unit
 
 
 @dataclass(frozen=True)
 class SteeringSpec:
     """One feature to steer.
 
-    ``strength`` is in the SAE's activation units: the coefficient of ``w_dec[f]`` for ``add``, the target
-    activation for ``clamp``, ignored for ``ablate``. ``positions``: ``"all"``, ``"prompt"`` (prompt tokens
-    only) or ``"generated"`` (tokens produced by generation; the first new token is still predicted from the
-    unsteered prompt). ``sae`` picks the SAE when a run steers with several; None means the run's SAE.
+    ``strength``, in ``unit`` (None: the run's unit, ``"typical"`` unless the call says otherwise): the
+    coefficient of ``w_dec[f]`` for ``add``, the target activation for ``clamp``, ignored for ``ablate``; in
+    raw activation units once :func:`~gemscope_widgets.backend.steering.units.to_raw` has converted it (then
+    ``unit="raw"``). ``positions``: ``"all"``, ``"prompt"`` (prompt tokens only) or ``"generated"`` (tokens
+    produced by generation; the first new token is still predicted from the unsteered prompt). ``sae`` picks
+    the SAE when a run steers with several; None means the run's SAE.
     """
 
     feature: int
@@ -77,6 +100,7 @@ class SteeringSpec:
     mode: str = "add"
     positions: str = "all"
     sae: Any = field(default=None, compare=False)
+    unit: str | None = None
 
     @property
     def target(self) -> float:
@@ -109,6 +133,8 @@ def _check_spec(spec: SteeringSpec, default_sae: Any) -> SteeringSpec:
         ) from None
     if not math.isfinite(strength):
         raise SteeringError(f"Strength {strength} for feature {feature} is not finite; pass a finite float.")
+    if spec.unit is not None:
+        check_unit(spec.unit)
     if spec.mode in ("clamp", "ablate") and sae.config.kind == "crosscoder" and len(sae.config.layers_in) > 1:
         raise SteeringError(
             f"{sae.config.name} is a crosscoder reading several layers: a feature's activation needs later "
@@ -125,10 +151,11 @@ class DirectionSpec:
     a ``direction`` attribute (and optionally ``layer`` and ``name``). ``mode``: ``"ablate"`` (every layer,
     every position; ``strength`` in [0, 1] is the removed fraction) or ``"add"`` (``strength`` × unit vector
     at the output of decoder layer ``layer``). ``positions``: ``"all"``, ``"prompt"`` or ``"generated"``.
-    ``name``: a label for views. ``length``: the direction's natural length, the unit of ``add`` strengths in
-    views (default: the object's ``norm`` attribute, e.g. a mean difference's norm, else the length of the
-    vector given). After :func:`normalize_steering`, ``direction`` is the unit ``[d_model]`` float32 tensor on
-    the CPU and ``layer``, ``name`` and ``length`` are filled in.
+    ``name``: a label for views. ``length``: the direction's natural length, the ``"typical"`` unit of ``add``
+    strengths (default: the object's ``norm`` attribute, e.g. a mean difference's norm, else the length of the
+    vector given). ``unit``: as :class:`SteeringSpec`'s (None: the run's). After :func:`normalize_steering`,
+    ``direction`` is the unit ``[d_model]`` float32 tensor on the CPU and ``layer``, ``name`` and ``length``
+    are filled in.
     """
 
     direction: Any = field(compare=False)
@@ -138,6 +165,7 @@ class DirectionSpec:
     positions: str = "all"
     name: str = ""
     length: float | None = field(default=None, compare=False)
+    unit: str | None = None
 
     @property
     def label(self) -> str:
@@ -199,6 +227,8 @@ def _check_direction(spec: DirectionSpec, gm: GemmaModel | None) -> DirectionSpe
         raise SteeringError(f"Direction strength {spec.strength!r} is not a number; pass a finite float.") from None
     if not math.isfinite(strength):
         raise SteeringError(f"Direction strength {strength} is not finite; pass a finite float.")
+    if spec.unit is not None:
+        check_unit(spec.unit)
     name = spec.name or str(getattr(source, "name", "") or "")
     layer = spec.layer
     if spec.mode == "ablate":
@@ -222,9 +252,31 @@ def _check_direction(spec: DirectionSpec, gm: GemmaModel | None) -> DirectionSpe
     return replace(spec, direction=r, strength=strength, layer=layer, name=name, length=length)
 
 
+def in_unit(steering: Any, unit: str) -> list[Any]:
+    """``steering`` (as :func:`normalize_steering` takes it) as a list whose every entry says its unit: entries
+    without one get ``unit``; nothing else is checked or bound (features stay with the run's SAE)."""
+    check_unit(unit)
+    if steering is None:
+        return []
+    if isinstance(steering, Mapping):
+        return [SteeringSpec(feature=f, strength=s, unit=unit) for f, s in steering.items()]
+    items = [steering] if isinstance(steering, (SteeringSpec, DirectionSpec)) else steering
+    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
+        normalize_steering(items)  # raises the usual error for a wrong type
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, (SteeringSpec, DirectionSpec)) and item.unit is None:
+            item = replace(item, unit=unit)
+        elif isinstance(item, Mapping) and item.get("unit") is None:
+            item = {**item, "unit": unit}
+        out.append(item)
+    return out
+
+
 def normalize_steering(steering: Any, sae: Any = None, *, model: GemmaModel | None = None) -> list[Spec]:
     """Validate ``{feature: strength}``, one spec, or a list of :class:`SteeringSpec` / :class:`DirectionSpec`
-    (or of dicts: a dict with a ``direction`` key is a direction).
+    (or of dicts: a dict with a ``direction`` key is a direction). Strengths stay as given, in their unit
+    (see the module docstring; :func:`~gemscope_widgets.backend.steering.units.to_raw` converts them).
 
     ``model``, when given, checks each direction's length and layer against it. Raises
     :class:`SteeringError` / :class:`FeatureIndexError` before any model is touched.
@@ -247,9 +299,9 @@ def normalize_steering(steering: Any, sae: Any = None, *, model: GemmaModel | No
     for item in items:
         if isinstance(item, Mapping):
             kind, keys = (
-                (DirectionSpec, "direction, mode, strength, layer, positions, name")
+                (DirectionSpec, "direction, mode, strength, layer, positions, name, unit")
                 if "direction" in item
-                else (SteeringSpec, "feature, strength, mode, positions, sae")
+                else (SteeringSpec, "feature, strength, mode, positions, sae, unit")
             )
             try:
                 item = kind(**item)

@@ -15,9 +15,10 @@ Directions (:class:`~gemscope_widgets.backend.steering.spec.DirectionSpec`): abl
 (unit 1); an added direction's unit is the length of the vector it was given as (for a difference-of-means
 direction, the norm of the mean difference, so ``1×`` adds the whole difference, as Arditi et al. 2024 do).
 
-``unit="raw"`` anywhere means strengths are taken as they are (activation or residual-stream units).
-:func:`strength_unit` is the one function every caller (``Scope.generate``, the steering session and widget)
-uses.
+``unit="typical"`` (the default of every entry point: ``generate``, ``next_token_probs``, ``Scope.generate``,
+``Scope.steer``, ``Scope.chat``) reads a strength as a multiple of these units; ``unit="raw"`` takes it as it is
+(activation or residual-stream units). :func:`strength_unit` is the one function every caller uses and
+:func:`to_raw` the one conversion.
 """
 
 from __future__ import annotations
@@ -34,14 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gemscope_widgets.backend.steering.spec import DirectionSpec, Spec, SteeringSpec
+from gemscope_widgets.backend.steering.spec import UNITS as UNITS  # re-exported: the units are defined in spec
+from gemscope_widgets.backend.steering.spec import DirectionSpec, Spec, SteeringSpec, check_unit
 from gemscope_widgets.errors import SteeringError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
-UNITS = ("typical", "raw")
-"""``"typical"``: multiples of each feature's (or direction's) unit below; ``"raw"``: the values as given."""
 UNIT_QUANTILE = 0.99
 """The quantile of a feature's non-zero activations over the sample that is its ``1×``."""
 UNIT_TOKENS = 16_384
@@ -301,9 +301,7 @@ def strength_unit(gm: GemmaModel, spec: Spec, unit: str = "typical", *, progress
     ``spec`` is a validated :class:`SteeringSpec` (its ``sae`` set) or :class:`DirectionSpec`. ``unit``:
     ``"typical"`` (the module docstring's units) or ``"raw"`` (always 1).
     """
-    if unit not in UNITS:
-        raise SteeringError(f"unit={unit!r}: use 'typical' (multiples of a stable per-feature unit) or 'raw'.")
-    if unit == "raw":
+    if check_unit(unit) == "raw":
         return RAW
     if isinstance(spec, DirectionSpec):
         if spec.mode == "ablate":
@@ -315,11 +313,15 @@ def strength_unit(gm: GemmaModel, spec: Spec, unit: str = "typical", *, progress
 
 
 def to_raw(gm: GemmaModel, specs: Sequence[Spec], unit: str = "typical") -> list[Spec]:
-    """``specs`` with each strength (a multiple of its unit) turned into raw units."""
+    """``specs`` (validated) with each strength turned into raw units and marked ``unit="raw"``: a spec's own
+    ``unit`` wins over ``unit``, the run's. Ablations keep their fraction (their unit is 1 either way)."""
+    check_unit(unit)
     out: list[Spec] = []
     for spec in specs:
-        value = strength_unit(gm, spec, unit).value
-        if isinstance(spec, SteeringSpec) or (isinstance(spec, DirectionSpec) and spec.mode == "add"):
-            spec = replace(spec, strength=spec.strength * value)
-        out.append(spec)
+        own = spec.unit or unit
+        if own != "raw":
+            value = strength_unit(gm, spec, own).value
+            if isinstance(spec, SteeringSpec) or (isinstance(spec, DirectionSpec) and spec.mode == "add"):
+                spec = replace(spec, strength=spec.strength * value)
+        out.append(replace(spec, unit="raw"))
     return out

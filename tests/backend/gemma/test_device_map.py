@@ -44,8 +44,8 @@ def test_features_and_steered_tokens_equal_the_plain_load(offloaded, tiny_model,
     for a, b in zip(plain, spread, strict=True):
         torch.testing.assert_close(b.dense(), a.dense(), rtol=1e-5, atol=1e-6)
     for steer_sae in (sae, deep):
-        want = generate(tiny_model, TEXT, {7: 40.0}, sae=steer_sae, max_new_tokens=8, stop_at_eos=False)
-        got = generate(offloaded, TEXT, {7: 40.0}, sae=steer_sae, max_new_tokens=8, stop_at_eos=False)
+        want = generate(tiny_model, TEXT, {7: 40.0}, sae=steer_sae, unit="raw", max_new_tokens=8, stop_at_eos=False)
+        got = generate(offloaded, TEXT, {7: 40.0}, sae=steer_sae, unit="raw", max_new_tokens=8, stop_at_eos=False)
         assert got.baseline_ids == want.baseline_ids and got.steered_ids == want.steered_ids
         assert want.steered_ids != want.baseline_ids
 

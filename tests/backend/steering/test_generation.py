@@ -35,7 +35,7 @@ def test_baseline_row_equals_plain_greedy_generation(tiny_model, sae):
         hf = tiny_model.model.generate(
             ids.unsqueeze(0), max_new_tokens=N, do_sample=False, eos_token_id=None, pad_token_id=0
         )[0, len(ids):].tolist()
-    result = generate(tiny_model, TEXT, {7: 40.0}, sae=sae, max_new_tokens=N, stop_at_eos=False)
+    result = generate(tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False)
     assert result.baseline_ids == hf
     assert result.steered_ids != hf, "a strength of 40 should change the tiny model's continuation"
     d = result.divergence
@@ -48,20 +48,20 @@ def test_baseline_row_equals_plain_greedy_generation(tiny_model, sae):
 
 @pytest.mark.parametrize("steering", [None, {}, {7: 0.0}, [SteeringSpec(7, 0.0), SteeringSpec(9, 0.0)]])
 def test_strength_zero_is_the_baseline(tiny_model, sae, steering):
-    result = generate(tiny_model, TEXT, steering, sae=sae, max_new_tokens=N, stop_at_eos=False)
+    result = generate(tiny_model, TEXT, steering, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False)
     assert result.steered_ids == result.baseline_ids and len(result.baseline_ids) == N
     assert result.divergence is None
 
 
 def test_sampling_uses_the_same_draws_for_both_rows(tiny_model, sae):
-    kw = dict(sae=sae, max_new_tokens=N, temperature=1.0, top_p=0.95, stop_at_eos=False)
+    kw = dict(sae=sae, unit="raw", max_new_tokens=N, temperature=1.0, top_p=0.95, stop_at_eos=False)
     a = generate(tiny_model, TEXT, {7: 0.0}, seed=1, **kw)
     assert a.steered_ids == a.baseline_ids  # identical distributions + shared draws = identical samples
     again = generate(tiny_model, TEXT, {7: 0.0}, seed=1, **kw)
     assert again.baseline_ids == a.baseline_ids
     other = generate(tiny_model, TEXT, {7: 0.0}, seed=2, **kw)
     assert other.baseline_ids != a.baseline_ids
-    greedy = generate(tiny_model, TEXT, None, sae=sae, max_new_tokens=N, stop_at_eos=False)
+    greedy = generate(tiny_model, TEXT, None, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False)
     assert a.baseline_ids != greedy.baseline_ids, "temperature 1 should not reproduce greedy decoding"
     # Steering changes the steered row only; the baseline of a seeded run does not depend on the steering.
     steered = generate(tiny_model, TEXT, {7: 40.0}, seed=1, **kw)
@@ -69,31 +69,32 @@ def test_sampling_uses_the_same_draws_for_both_rows(tiny_model, sae):
 
 
 def test_frequency_penalty(tiny_model, sae):
-    plain = generate(tiny_model, TEXT, None, sae=sae, max_new_tokens=N, stop_at_eos=False)
+    plain = generate(tiny_model, TEXT, None, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False)
     assert len(set(plain.baseline_ids)) < N, "the tiny model repeats itself; the penalty test needs that"
-    penalised = generate(tiny_model, TEXT, None, sae=sae, max_new_tokens=N, stop_at_eos=False, frequency_penalty=1e3)
+    penalised = generate(tiny_model, TEXT, None, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False,
+                         frequency_penalty=1e3)
     assert len(set(penalised.baseline_ids)) == N
 
 
 def test_rows_stop_independently_at_stop_tokens(tiny_model, sae):
-    free = generate(tiny_model, TEXT, {7: 40.0}, sae=sae, max_new_tokens=N, stop_at_eos=False)
+    free = generate(tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False)
     d = free.divergence
     stop = free.baseline_ids[d]
     gm = dataclasses.replace(tiny_model, stop_token_ids=(stop,))
-    result = generate(gm, TEXT, {7: 40.0}, sae=sae, max_new_tokens=N)
+    result = generate(gm, TEXT, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=N)
     assert result.baseline_ids == free.baseline_ids[:d]  # stopped; the stop token itself is not kept
     assert len(result.steered_ids) > d and stop not in result.steered_ids[: len(result.steered_ids)]
-    both = generate(gm, TEXT, None, sae=sae, max_new_tokens=N)
+    both = generate(gm, TEXT, None, sae=sae, unit="raw", max_new_tokens=N)
     assert both.stopped == "eos" and both.baseline_ids == both.steered_ids == free.baseline_ids[:d]
     # min_new_tokens ignores stop tokens until then.
-    forced = generate(gm, TEXT, None, sae=sae, max_new_tokens=N, min_new_tokens=N)
+    forced = generate(gm, TEXT, None, sae=sae, unit="raw", max_new_tokens=N, min_new_tokens=N)
     assert forced.baseline_ids == free.baseline_ids[:N] or len(forced.baseline_ids) == N
 
 
 def test_streaming_order_and_callbacks(tiny_model, sae):
     seen = []
     result = generate(
-        tiny_model, TEXT, {7: 40.0}, sae=sae, max_new_tokens=N, stop_at_eos=False,
+        tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=N, stop_at_eos=False,
         on_token=lambda step, b, s: seen.append((step, b, s)),
     )
     assert [s for s, _, _ in seen] == list(range(N))
@@ -111,7 +112,7 @@ def test_cancel_mid_generation_leaves_the_model_clean(tiny_model, sae):
             cancel.set()
 
     result = generate(
-        tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="clamp")], sae=sae, max_new_tokens=50,
+        tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="clamp")], sae=sae, unit="raw", max_new_tokens=50,
         stop_at_eos=False, on_token=on_token, cancel=cancel, error="replace",
     )
     assert result.stopped == "cancelled" and len(result.baseline_ids) == 4
@@ -128,10 +129,11 @@ def test_exception_in_callback_removes_hooks_and_releases_the_model(tiny_model, 
             raise RuntimeError("widget went away")
 
     with pytest.raises(RuntimeError, match="widget went away"):
-        generate(tiny_model, TEXT, {7: 40.0}, sae=sae, max_new_tokens=N, on_token=boom)
+        generate(tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=N, on_token=boom)
     assert hook_ids(tiny_model.model) == before_hooks
     assert torch.equal(plain_logits(tiny_model), before)
-    assert len(generate(tiny_model, TEXT, {7: 1.0}, sae=sae, max_new_tokens=2, stop_at_eos=False).steered_ids) == 2
+    again = generate(tiny_model, TEXT, {7: 1.0}, sae=sae, unit="raw", max_new_tokens=2, stop_at_eos=False)
+    assert len(again.steered_ids) == 2
 
 
 def test_cancel_while_waiting_for_another_run(tiny_model, sae):
@@ -140,13 +142,13 @@ def test_cancel_while_waiting_for_another_run(tiny_model, sae):
     cancel = threading.Event()
     cancel.set()
     with model_lock(tiny_model):
-        result = generate(tiny_model, TEXT, {7: 1.0}, sae=sae, cancel=cancel)
+        result = generate(tiny_model, TEXT, {7: 1.0}, sae=sae, unit="raw", cancel=cancel)
     assert result.stopped == "cancelled" and result.steps == 0
 
 
 def test_chat_prompt(tiny_model, sae):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    result = generate(tiny_model, messages, {7: 0.0}, sae=sae, max_new_tokens=4, stop_at_eos=False)
+    result = generate(tiny_model, messages, {7: 0.0}, sae=sae, unit="raw", max_new_tokens=4, stop_at_eos=False)
     assert result.prompt_tokens == tiny_model.prompt(messages).tokens
     assert "".join(result.prompt_tokens).endswith("<start_of_turn>model\n")
     assert result.baseline_ids == result.steered_ids and len(result.baseline_ids) == 4
@@ -154,8 +156,8 @@ def test_chat_prompt(tiny_model, sae):
 
 def test_token_id_prompt(tiny_model, sae):
     ids = tiny_model.prompt(TEXT).input_ids
-    by_ids = generate(tiny_model, ids, {7: 40.0}, sae=sae, max_new_tokens=6, stop_at_eos=False)
-    by_text = generate(tiny_model, TEXT, {7: 40.0}, sae=sae, max_new_tokens=6, stop_at_eos=False)
+    by_ids = generate(tiny_model, ids, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=6, stop_at_eos=False)
+    by_text = generate(tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", max_new_tokens=6, stop_at_eos=False)
     assert by_ids.steered_ids == by_text.steered_ids
 
 
@@ -165,11 +167,12 @@ def test_next_token_distribution(tiny_model, sae):
     assert position == len(ids) - 1
     assert torch.equal(probs[0], probs[1])
     torch.testing.assert_close(probs[0], torch.softmax(plain_logits(tiny_model)[0, -1], -1))
-    view = next_token_distribution(tiny_model, TEXT, {7: 40.0}, sae=sae, k=5, continuation=[5, 6], position=-2)
+    view = next_token_distribution(tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", k=5, continuation=[5, 6],
+                                   position=-2)
     assert view.position == len(ids) and view.context_token == tiny_model.tokenizer.convert_ids_to_tokens(5)
     assert 5 <= len(view.tokens) <= 10 and view.baseline != view.steered
     top_base = max(range(len(view.tokens)), key=view.baseline.__getitem__)
-    full, _, _ = next_token_probs(tiny_model, TEXT, {7: 40.0}, sae=sae, continuation=[5, 6], position=-2)
+    full, _, _ = next_token_probs(tiny_model, TEXT, {7: 40.0}, sae=sae, unit="raw", continuation=[5, 6], position=-2)
     assert view.token_ids[top_base] == int(full[0].argmax())
     assert max(view.steered) == pytest.approx(float(full[1].max()))
 
@@ -195,7 +198,7 @@ def test_bad_inputs_fail_before_the_model_runs(tiny_model, sae, kwargs, error, m
     try:
         prompt = kwargs.pop("prompt", TEXT)
         with pytest.raises(error, match=match):
-            generate(tiny_model, prompt, sae=sae, **kwargs)
+            generate(tiny_model, prompt, sae=sae, unit="raw", **kwargs)
     finally:
         handle.remove()
     assert calls == []
@@ -231,7 +234,7 @@ def test_real_model_token_direction_raises_its_probability(real_model, tmp_path)
     print(f"p(' banana') at {multiples}× {source} scale {scale:.0f}: {probs}")
     assert all(b > a for a, b in itertools.pairwise(probs)), probs
     assert probs[-1] > 10 * probs[0]
-    result = generate(gm, prompt, {0: 0.04 * scale}, sae=sae, max_new_tokens=8)
+    result = generate(gm, prompt, {0: 0.04 * scale}, sae=sae, unit="raw", max_new_tokens=8)
     assert token in result.steered_ids and result.divergence is not None
 
 
@@ -245,9 +248,11 @@ def test_row_by_row_and_batched_decoding_agree(tiny_model, gemma_scope_folders, 
     sae = load_sae(gemma_scope_folders["transcoder"])
     spec = [SteeringSpec(3, 4.0, mode=mode)]
     prompt = "Paris is the capital of France. The quick brown fox"
-    per_row = generation.generate(tiny_model, prompt, sae=sae, steering=spec, max_new_tokens=8, stop_at_eos=False)
+    per_row = generation.generate(tiny_model, prompt, sae=sae, unit="raw", steering=spec, max_new_tokens=8,
+                                  stop_at_eos=False)
     monkeypatch.setattr(generation, "rows_one_at_a_time", lambda gm: False)
-    batched = generation.generate(tiny_model, prompt, sae=sae, steering=spec, max_new_tokens=8, stop_at_eos=False)
+    batched = generation.generate(tiny_model, prompt, sae=sae, unit="raw", steering=spec, max_new_tokens=8,
+                                  stop_at_eos=False)
     assert per_row.baseline_ids == batched.baseline_ids
     assert per_row.steered_ids == batched.steered_ids
     if mode == "add":
@@ -262,9 +267,9 @@ def test_an_sae_on_another_kind_of_device_is_refused_before_any_hook(tiny_model,
     elsewhere = load_sae_folder(gemma_scope_folders["resid_post"]).to("meta")
     hooks_before = hook_ids(tiny_model.model)
     with pytest.raises(DevicePlacementError, match=r"is on meta but the model runs on cpu.*Scope\(model, sae\)"):
-        generate(tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="clamp")], sae=elsewhere, max_new_tokens=2)
+        generate(tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="clamp")], sae=elsewhere, unit="raw", max_new_tokens=2)
     assert hook_ids(tiny_model.model) == hooks_before
     # Adding a decoder direction needs the SAE only once, to read the direction: that still works.
     out = generate(tiny_model, TEXT, [SteeringSpec(7, 3.0, mode="add")],
-                   sae=load_sae_folder(gemma_scope_folders["resid_post"]), max_new_tokens=2)
+                   sae=load_sae_folder(gemma_scope_folders["resid_post"]), unit="raw", max_new_tokens=2)
     assert out.steered_ids

@@ -20,7 +20,7 @@ def test_generate_with_warnings_as_errors(tiny_model, gemma_scope_folders, monke
     monkeypatch.setattr(generation, "rows_one_at_a_time", lambda _: per_row)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = generate(tiny_model, TEXT, [SteeringSpec(3, 4.0, mode="clamp")], sae=sae, max_new_tokens=4,
+        result = generate(tiny_model, TEXT, [SteeringSpec(3, 4.0, mode="clamp")], sae=sae, unit="raw", max_new_tokens=4,
                           stop_at_eos=False)
     assert len(result.steered_ids) == 4
 

@@ -46,7 +46,8 @@ def test_a_session_runs_from_a_script_like_generate(tiny_model, sae):
         result = session.wait()
         entry = session.entries[0]
         assert entry.raw == pytest.approx(2.0 * entry.unit.value)
-        direct = generate(tiny_model, TEXT, [SteeringSpec(5, entry.raw)], sae=sae, max_new_tokens=6, stop_at_eos=False)
+        direct = generate(tiny_model, TEXT, [SteeringSpec(5, entry.raw)], sae=sae, unit="raw", max_new_tokens=6,
+                          stop_at_eos=False)
         assert result.steered_ids == direct.steered_ids and result.baseline_ids == direct.baseline_ids
         session.update(5, multiple=-30.0)
         assert session.run() == gid + 1

@@ -141,5 +141,5 @@ def test_direction_units_and_raw(tiny_model, sae):
     assert strength_unit(tiny_model, ablate).kind == "fraction"
     feature = normalize_steering({5: 1.0}, sae)[0]
     assert strength_unit(tiny_model, feature, "raw").value == 1.0
-    with pytest.raises(SteeringError, match="unit="):
+    with pytest.raises(SteeringError, match="Unknown steering unit 'sigma': use 'typical' .* or 'raw'"):
         strength_unit(tiny_model, feature, "sigma")

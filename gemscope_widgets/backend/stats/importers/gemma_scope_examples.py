@@ -22,17 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from gemscope_widgets.backend.stats.feature_stats import Example, FeatureStats
-from gemscope_widgets.errors import GemscopeError
+from gemscope_widgets.errors import ExamplesFormatError
 
 EXAMPLES_FILE = "examples.safetensors"
 _EXAMPLE_KEYS = ("activations", "seq_ids", "positions", "tokens")
 _LOGIT_KEYS = ("top_tokens", "top_logits", "bottom_tokens", "bottom_logits")
 _CHUNK_ROWS = 4096
 _INT_KEYS = {"seq_ids", "positions", "top_tokens", "bottom_tokens", "tokens"}
-
-
-class ExamplesFormatError(GemscopeError):
-    """An ``examples.safetensors`` whose keys or shapes do not match the Gemma Scope 2 layout."""
 
 
 def find_examples_file(sae_or_folder: Any) -> Path | None:

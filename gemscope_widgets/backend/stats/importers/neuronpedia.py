@@ -20,15 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gemscope_widgets.backend.gemma.names import neuronpedia_model_id, neuronpedia_source_id, parse_scope_folder
-from gemscope_widgets.errors import GemscopeError
+from gemscope_widgets.errors import NeuronpediaImportError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org"
-
-class NeuronpediaImportError(GemscopeError):
-    """A Neuronpedia export file that cannot be read or does not match the SAE."""
 
 
 def _sae_folder(sae: Any) -> str | None:
