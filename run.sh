@@ -42,12 +42,15 @@ setup_inputs_hash() {
 }
 
 STAMP="$VENV/.gemscope-setup-$extras"
+LABEXTENSION="$VENV/share/jupyter/labextensions/gemscope-widgets"
 
 setup_is_current() {
   [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(setup_inputs_hash)" ] || return 1
   for bundle in heatmap feature_pane token_view steer; do
     [ -f "gemscope_widgets/static/$bundle.js" ] || return 1
   done
+  # The JupyterLab extension: built, and the venv's copy (made by the editable install) is that build.
+  cmp -s gemscope_widgets/labextension/package.json "$LABEXTENSION/package.json" || return 1
   # The venv must still import this checkout (not another one, not an uninstalled package).
   [ "$("$PY" -c 'import gemscope_widgets, os; print(os.path.dirname(os.path.dirname(gemscope_widgets.__file__)))' \
       2>/dev/null)" = "$ROOT" ]
@@ -74,6 +77,8 @@ setup_python() {
   pipq torch==2.13.0
   pipq -e ".[$extras]" "torch==2.13.0"
   test -f gemscope_widgets/static/heatmap.js || { echo "the front-end bundle was not built"; exit 1; }
+  cmp -s gemscope_widgets/labextension/package.json "$LABEXTENSION/package.json" \
+    || { echo "the JupyterLab extension was not built or not installed into $LABEXTENSION"; exit 1; }
   # The news toast covers the notebook in a fresh JupyterLab; nobody here needs it.
   "$VENV/bin/jupyter" labextension disable "@jupyterlab/apputils-extension:announcements" >/dev/null 2>&1 || true
 }

@@ -1,10 +1,14 @@
-"""A notebook saved with JupyterLab's default settings (widget state not saved) and reopened with no kernel shows
-each widget's static rendering: the heatmap's colours, the pane's summary, the steering texts, the circuit's
-drawn graph with its pinned node; token and label text stays text (no element, no script from it)."""
+"""A notebook saved with JupyterLab's default settings (widget state not saved) shows each widget's static
+rendering when its widget models are gone: reopened with no kernel (an untrusted copy: JupyterLab shows the
+``text/html``), and reopened with its kernel or reloaded (trusted: the package's JupyterLab plugin,
+js/labextension/plugin.ts, shows the ``text/html`` where the widget view would say "model not found"). The heatmap's
+colours, the pane's summary, the steering texts, the circuit's drawn graph with its pinned node; token and label
+text stays text (no element, no script from it)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -49,16 +53,16 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
     data = [o["data"] for c in nb.cells[1:5] for o in c.outputs if o.get("output_type") == "execute_result"]
     assert len(data) == 4 and all("text/html" in d and "application/vnd.jupyter.widget-view+json" in d for d in data)
 
-    # Reopen with no kernel: a kernel name that does not exist, and "No Kernel" chosen.
-    nb.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "none", "language": "python"}
+    # Reopen with no kernel: a kernel name and language that do not exist (JupyterLab would start any kernel of the
+    # notebook's language), and "No Kernel" chosen.
+    nb.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "none", "language": "no-such-language"}
+    nb.metadata["language_info"] = {"name": "no-such-language"}
     nbformat.write(nb, lab_server.root_dir / "reopened.ipynb")
     lab_server.shutdown_kernels()
     page.goto(f"{lab_server.url}/lab/workspaces/reopen/tree/reopened.ipynb?reset&token={lab_server.token}")
     statics = page.locator(".jp-OutputArea-output .gs-static")
     expect(statics).to_have_count(4, timeout=120_000)
-    no_kernel = page.locator(".jp-Dialog button:has-text('No Kernel')")
-    if no_kernel.count():
-        no_kernel.first.click()
+    page.locator(".jp-Dialog button:has-text('No Kernel')").click(timeout=60_000)
 
     heatmap, pane, steer, circuit = statics.nth(0), statics.nth(1), statics.nth(2), statics.nth(3)
     # Heatmap: the text coloured by its strongest feature, a shaded grid, the XSS token as plain text.
@@ -90,3 +94,58 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
     assert alerts == []
     page.locator(".jp-Notebook").scroll_into_view_if_needed()
     lab_server.screenshot(page, "saved_notebook_static")
+
+    # Trusted, still with no kernel: JupyterLab now prefers the widget views, which wait for a widget manager that
+    # never comes ("Loading widget..."); the package's plugin shows the same static renderings, saying why.
+    assert page.evaluate("() => !window.jupyterapp.shell.currentWidget.sessionContext.session")
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:trust'); }")
+    page.locator(".jp-Dialog button.jp-mod-accept").click()
+    notes = page.locator(".jp-OutputArea-output .gs-saved-note")
+    expect(notes).to_have_count(4, timeout=30_000)
+    expect(notes.first).to_have_text(re.compile(r"^Saved rendering: no kernel"))
+    expect(statics).to_have_count(4)
+    expect(statics.nth(2)).to_contain_text("baseline")
+    _no_model_errors(page, range(1, 5))
+    assert page.locator(".jp-OutputArea img, .jp-OutputArea script").count() == 0 and alerts == []
+
+
+def _no_model_errors(page, cells: range) -> None:
+    """The views' cells say nothing of a missing model (the set-up cell's progress bars are ipywidgets of their own:
+    without state they do)."""
+    for i in cells:
+        text = page.locator(".jp-Notebook .jp-Cell").nth(i).locator(".jp-OutputArea").text_content()
+        assert "model not found" not in text and "Loading widget" not in text, f"cell {i}: {text[:200]}"
+
+
+def test_saved_notebook_reopened_with_its_kernel_shows_saved_renderings(lab_server, page):
+    """The normal case: saved with JupyterLab's defaults (a trusted notebook, no widget state), closed, its kernel
+    shut down, reopened with the default kernel, then reloaded. The widget views' models are gone from the new
+    kernel; each output shows its static rendering under the saved-rendering line, never "model not found"."""
+    from playwright.sync_api import expect
+
+    path = lab_server.open_and_run(page, "reopen.ipynb", [SETUP, HEATMAP, STEER])
+    expect(page.locator(".gs-steered .gs-token")).to_have_count(5, timeout=60_000)
+    steered = "".join(json.loads(lab_server.run_code(page, "import json; print(json.dumps(w.steered_tokens))")))
+    lab_server._execute(page, _SAVE, {}, 60_000, "save the notebook")
+    nb = nbformat.read(path, as_version=4)
+    assert not nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state")
+    lab_server.close_notebook(page)
+    lab_server.shutdown_kernels()
+
+    lab_server.open_notebook(page, "reopen.ipynb")  # a new kernel, none of the widget models
+    for when in ("reopened", "reloaded"):
+        statics = page.locator(".jp-OutputArea-output .gs-static")
+        expect(statics).to_have_count(2, timeout=60_000)
+        notes = page.locator(".jp-OutputArea-output .gs-saved-note")
+        expect(notes).to_have_count(2)
+        expect(notes.first).to_have_text(re.compile(r"^Saved rendering: the live widget was not saved"))
+        heatmap, steer = statics.nth(0), statics.nth(1)
+        expect(heatmap).to_contain_text("Feature heatmap")
+        assert heatmap.locator("span[style*='background-color']").count() >= 1
+        assert XSS in heatmap.text_content() and page.locator(".jp-OutputArea img").count() == 0
+        expect(steer).to_contain_text("baseline")
+        assert steered.replace("\n", "↵\n") in steer.text_content()
+        _no_model_errors(page, range(1, 3))
+        lab_server.screenshot(page, f"saved_notebook_{when}")
+        if when == "reopened":
+            lab_server.reload_notebook(page, "reopen.ipynb")
