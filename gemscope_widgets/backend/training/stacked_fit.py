@@ -4,6 +4,10 @@ at once to centred, scaled inputs and targets (Gemma Scope 2's recipe, Rajamanoh
 Loss per layer, summed over layers (so layers never interact):
 
 - reconstruction: ``mean_batch ‖recon − target‖²`` (targets have unit total variance, so this reads as FVU);
+  with ``matryoshka_groups`` (nested prefix sizes ``k_1 < … < k_m = W``), the mean over the prefixes of the
+  reconstruction error of the first ``k_i`` latents alone, so each prefix reconstructs on its own and early
+  latents learn general directions (Bussmann, Nabeshima, Karvonen, Nanda, 2025, "Learning Multi-Level Features
+  with Matryoshka SAEs"; SAELens ``matryoshka_widths``);
 - L0: ``c · (L0_batch / T − 1)²``, Gemma Scope 2's quadratic pull towards the target ``T``, plus an integral
   term ``− λ · L0_batch / T`` whose ``λ`` accumulates ``(1 − L0_batch / T)`` every step (a Lagrange multiplier
   updated by dual ascent): the quadratic pull alone settles where the reconstruction's push on the thresholds
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gemscope_widgets.backend.analysis.matryoshka import check_sizes
 from gemscope_widgets.backend.grad_mode import gradients_on
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.training.jumprelu import StackedJumpReLU
@@ -46,6 +51,19 @@ def check_target(width: int, target_l0: float) -> None:
     """Raise :class:`TrainingError` unless ``0 < target_l0 < width``."""
     if not 0 < target_l0 < width:
         raise TrainingError(f"target_l0 must be between 0 and the width ({width}), got {target_l0}.")
+
+
+def check_matryoshka_groups(groups: Sequence[int] | None, width: int) -> list[int]:
+    """The nested prefix sizes as ints (empty for None); :class:`TrainingError` unless they increase strictly
+    and end at ``width``."""
+    if groups is None:
+        return []
+    sizes = check_sizes(groups, width, f"the {width}-wide dictionary")
+    if sizes[-1] != width:
+        raise TrainingError(
+            f"matryoshka_groups must end at the width ({width}), e.g. (128, 512, {width}); got {sizes}."
+        )
+    return sizes
 
 
 @gradients_on()  # also under a caller's torch.inference_mode() / no_grad()
@@ -73,6 +91,7 @@ def fit_stacked(
     max_frequency: float | None = None,
     dense_coefficient: float = 0.0,
     dead_features_init: torch.Tensor | None = None,
+    matryoshka_groups: Sequence[int] | None = None,
     mixed_precision: bool = False,
     progress: bool = True,
     desc: str = "training",
@@ -83,10 +102,13 @@ def fit_stacked(
     ``tied``). Layer ``l`` draws its start and its resampling from ``generators[l]``; batches (the same rows
     in every layer) from ``order_generator``. ``l0_integral`` is the dual-ascent rate of the L0 integral term
     (0 turns it off). ``dead_features_init`` starts those features unable to fire in every layer (tests of
-    the resampler use it). ``mixed_precision`` runs the matrix products in bfloat16 (parameters, losses and
-    optimiser stay float32): about 2x faster on CPUs with native bf16 and on GPUs. Runs on ``x``'s device.
+    the resampler use it). ``matryoshka_groups``: nested prefix sizes ending at ``width`` whose reconstruction
+    errors are averaged (module docstring); ``(width,)`` is the plain loss. ``mixed_precision`` runs the matrix
+    products in bfloat16 (parameters, losses and optimiser stay float32): about 2x faster on CPUs with native
+    bf16 and on GPUs. Runs on ``x``'s device.
     """
     check_target(width, target_l0)
+    prefixes = check_matryoshka_groups(matryoshka_groups, width)
     n_layers, n, d_in = x.shape
     device = x.device
     batch_size = min(batch_size, n)
@@ -128,7 +150,11 @@ def fit_stacked(
         ramp = min(1.0, (step + 1) / (steps * 0.1 + 1))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
             recon, acts, fires = tc(xb, eps)
+            # Each smaller prefix's own reconstruction (the last prefix is the whole dictionary: recon).
+            parts = [torch.baddbmm(tc.b_dec.unsqueeze(1), acts[..., :k], tc.w_dec[:, :k]) for k in prefixes[:-1]]
         mse = (recon.float() - tb).pow(2).sum(-1).mean(-1)  # [L]
+        if len(prefixes) > 1:
+            mse = (mse + sum((r.float() - tb).pow(2).sum(-1).mean(-1) for r in parts)) / len(prefixes)
         l0 = fires.float().sum(-1).mean(-1)  # [L]
         ratio = l0 / target_l0
         loss = mse.sum() + l0_coefficient * ramp * ((ratio - 1.0) ** 2).sum() - (multiplier * ratio).sum()

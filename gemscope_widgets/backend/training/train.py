@@ -24,6 +24,10 @@ from gemscope_widgets.cache import cache_dir, staged_dir
 from gemscope_widgets.errors import TrainingError
 
 SITES = sites.SAE_SITES
+MATRYOSHKA_KEY = "matryoshka_groups"
+"""The extra ``config.json`` key recording a Matryoshka SAE's nested prefix sizes (``[128, 512, ..., width]``).
+Gemma Scope 2 publishes no such key; loaders that read the published keys by name (SAELens, circuit-tracer,
+this package) ignore it."""
 
 
 def hook_point(site: str, layer: int) -> str:
@@ -70,7 +74,9 @@ def train_sae(
 
     ``corpus`` defaults to the offline corpus that ships with Python. ``steps`` defaults to two passes
     over the ``n_tokens`` collected activations. The activation pass runs wherever ``gm`` is; ``device``
-    picks where the SAE itself is fitted (default: CPU). Extra keywords go to :func:`fit_jumprelu`.
+    picks where the SAE itself is fitted (default: CPU). Extra keywords go to :func:`fit_jumprelu`;
+    ``matryoshka_groups=(128, 512, 1024, width)`` trains the nested prefixes as a Matryoshka SAE and records
+    them in ``config.json`` under :data:`MATRYOSHKA_KEY`.
     The folder loads with ``load_sae`` like any GS2 SAE; its ``training.json`` holds the
     :class:`~.fit.TrainingReport`, the target, the seed and the wall time in seconds.
     """
@@ -94,6 +100,8 @@ def train_sae(
         progress=progress, device=device, **fit_options,
     )
     config = gs2_config(gm, point, width, report.l0)
+    if fit_options.get("matryoshka_groups") is not None:
+        config[MATRYOSHKA_KEY] = [int(k) for k in fit_options["matryoshka_groups"]]
     if out_dir is None:
         out_dir = cache_dir("saes") / f"{gm.name.split('/')[-1]}_{site}_layer_{layer}_width_{width}_seed_{seed}"
     out = Path(out_dir)
