@@ -98,6 +98,11 @@ class GraphError(GemscopeError):
     """A malformed attribution graph, a bad node reference or an unreadable graph file."""
 
 
+class JobCancelled(GemscopeError):
+    """A background job stopped because it was cancelled (``cancel()``, or a newer job for the same thing);
+    raised inside the job at its next check and by ``Job.wait``. Start the job again to redo the work."""
+
+
 class MatryoshkaError(GemscopeError):
     """A coarse-to-fine question asked badly: prefix sizes that do not increase or exceed the width, a latent
     family asked of statistics for another dictionary, or two dictionaries of different sites or models."""

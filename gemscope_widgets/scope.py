@@ -89,6 +89,18 @@ class Scope:
 
         return FeaturePane.build(self, feature, **kwargs)
 
+    def card(self, feature: int, sae: str | None = None, **kwargs: Any) -> Any:
+        """What the feature pane shows, as data: the
+        :class:`~gemscope_widgets.backend.analysis.card.FeatureCard` of ``feature`` of SAE ``sae`` (default: the
+        first), under the statistics it has (those on disk are found, nothing is scanned). Keywords:
+        :class:`~gemscope_widgets.backend.analysis.card.FeatureCards`' (``logits_k``, ``related_k``,
+        ``page_size``)."""
+        from gemscope_widgets.backend.analysis.card import FeatureCards
+
+        holder = self.stats_holder(sae)
+        holder.find_cached()
+        return FeatureCards(self.model, holder.sae, holder, labels=self.labels(sae), **kwargs).card(feature)
+
     def explore(self, prompts: Any, *, steer: Any = None, **kwargs: Any) -> Any:
         """Heatmap with a feature pane beneath: clicking a feature opens it (``steer``: a Steer to add to)."""
         from .widgets.explorer import Explorer

@@ -1,48 +1,82 @@
 """FeaturePane: what one SAE feature means: explanation, logits, density, examples, and a live test box.
 
-The pane shows whatever exists. Logits and decoder neighbours need only the SAE weights; examples, density
-and the histogram come from a :class:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats` (a corpus scan or an
-import). Without one, the pane offers to run the scan in a background thread and shows its progress.
-Activation arrays travel as float32 binary buffers; token text travels as JSON strings.
+A relay of the backend's :class:`~gemscope_widgets.backend.analysis.card.FeatureCard`: the pane turns the card
+into traits (activation arrays as float32 binary buffers, token text as JSON strings) and calls the card from its
+message handlers. Without statistics, the pane offers the statistics holder's background scan
+(:meth:`~gemscope_widgets.backend.stats.holder.StatsHolder.scan_in_background`) and shows its progress.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import anywidget
 import numpy as np
 import traitlets
 
-from gemscope_widgets.backend.dictionaries.sae import check_feature_index
+from gemscope_widgets.backend.analysis.card import ExamplePage, FeatureCard, FeatureCards
+from gemscope_widgets.backend.jobs import Job, JobListener
+from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
 from .messages import PING, PONG, MessageTable, parse_message
-from .static_view import StaticFallback
+from .static_view import StaticFallback, feature_pane_html
 
 _BUNDLE = bundle_path("feature_pane")
 
-_MAX_TEST_TOKENS = 512
-
 
 def _f32(values: Any) -> bytes:
-    """float32 little-endian bytes of a tensor / array / list."""
-    if hasattr(values, "detach"):
-        values = values.detach().float().cpu().numpy()
+    """float32 little-endian bytes of an array / list."""
     return np.ascontiguousarray(np.asarray(values, dtype="<f4")).tobytes()
 
 
-def _example_payload(example: Any) -> dict[str, Any]:
-    values = example.values
+def page_payload(page: ExamplePage) -> dict[str, Any]:
+    """The ``examples`` / ``quantiles`` trait of one page of examples."""
+    items = [{"tokens": [str(t) for t in e.tokens], "values": _f32(e.values), "peak": int(e.peak),
+              "value": float(e.value)} for e in page.items]
+    return {"kind": page.kind, "start": page.start, "total": page.total, "items": items}
+
+
+def card_traits(card: FeatureCard) -> dict[str, Any]:
+    """The pane's traits of ``card``: ``info``, ``logits``, ``histogram``, ``related``, ``examples``,
+    ``quantiles`` (one entry per section of the card)."""
+    hist = card.histogram
     return {
-        "tokens": [str(t) for t in example.tokens],
-        "values": _f32(values),
-        "peak": int(example.peak),
-        "value": float(example.value),
+        "info": asdict(card.info),
+        "logits": {"top": [[t, v] for t, v in card.logits.top], "bottom": [[t, v] for t, v in card.logits.bottom]},
+        "histogram": {} if hist is None else {"edges": _f32(hist.edges), "counts": _f32(hist.counts)},
+        "related": [{"feature": r.feature, "score": r.score, "kind": r.kind, "explanation": r.label,
+                     "density": r.density} for r in card.related],
+        "examples": page_payload(card.top),
+        "quantiles": page_payload(card.quantile),
     }
+
+
+class _ScanProgress(JobListener):
+    """Writes the holder's scan job into the pane's ``scan`` trait."""
+
+    def __init__(self, pane: FeaturePane) -> None:
+        self.pane = pane
+
+    def job_progress(self, job: Job, done: int, total: int, message: str) -> None:
+        self.pane.scan = {"state": "running", "done": done, "total": total,
+                          "message": message or f"{done:,} / {total:,} documents"}
+
+    def job_done(self, job: Job, result: Any) -> None:
+        n_tokens = int(getattr(result, "n_tokens", 0) or 0)
+        self.pane.scan = {"state": "done", "done": job.done, "total": job.done,
+                          "message": f"scanned {n_tokens:,} tokens"}
+
+    def job_failed(self, job: Job, error: BaseException) -> None:
+        message = str(error) if isinstance(error, GemscopeError) else f"{type(error).__name__}: {error}"
+        self.pane.scan = {"state": "error", "done": 0, "total": 0, "message": message}
+
+    def job_cancelled(self, job: Job) -> None:
+        self.pane.scan = {"state": "idle", "done": 0, "total": 0,
+                          "message": "scan cancelled; run it again to resume"}
 
 
 class FeaturePane(StaticFallback, anywidget.AnyWidget):
@@ -93,8 +127,6 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
-        from .static_view import feature_pane_html
-
         return feature_pane_html(self)
 
     def __init__(
@@ -107,31 +139,24 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         corpus: Any = None,
         related_k: int = 8,
         logits_k: int = 10,
-        holder: Any = None,
+        holder: StatsHolder | None = None,
         labels: Any = None,
         **kwargs: Any,
     ) -> None:
-        from gemscope_widgets.backend.analysis.labels import FeatureLabels
-        from gemscope_widgets.backend.stats.holder import StatsHolder
-
         super().__init__(**kwargs)
         self.model = model
         self.sae = sae
         self.holder = holder if holder is not None else StatsHolder(model, sae, stats)
         if stats is not None and self.holder.stats is not stats:
             self.holder.set(stats)
-        self.stats = self.holder.stats
-        if labels is None:
-            labels = FeatureLabels(model, sae, self.stats)
-            self.holder.subscribe(labels.set_stats)  # held weakly, alive as long as this pane
-        self.labels = labels
+        self.cards = FeatureCards(model, sae, self.holder, labels=labels, logits_k=logits_k, related_k=related_k)
+        self.labels = self.cards.labels
         self.corpus = corpus
-        self.related_k = related_k
-        self.logits_k = logits_k
+        self.card: FeatureCard | None = None
+        """The card shown (the backend result every trait is made from)."""
         self._steer_callbacks: list[Callable[[int], Any]] = []
-        self._logit_cache: dict[int, dict[str, Any]] = {}
-        self._related_cache: dict[int, list[dict[str, Any]]] = {}
-        self._scan_thread: threading.Thread | None = None
+        self._scan_listener = _ScanProgress(self)
+        self._scan_job: Job | None = None
         self.on_msg(self._on_custom_msg)
         self._unsubscribe = self.holder.subscribe(self._stats_changed)
         self.show(feature)
@@ -152,27 +177,36 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
 
     @property
     def width(self) -> int:
-        return int(self.sae.config.width)
+        return self.cards.width
+
+    @property
+    def stats(self) -> Any:
+        """The statistics shown (the holder's)."""
+        return self.holder.stats
+
+    @property
+    def logits_k(self) -> int:
+        return self.cards.logits_k
+
+    @property
+    def related_k(self) -> int:
+        return self.cards.related_k
 
     def show(self, feature: int) -> None:
-        """Switches the pane to ``feature``; logits and neighbours are computed once per feature and kept."""
-        feature = self._check(feature)
+        """Switches the pane to ``feature`` (its :class:`FeatureCard`; logits and neighbours are kept per
+        feature by the cards)."""
+        card = self.cards.card(feature, page_size=self.page_size)
         with self.hold_sync():
-            self.feature = feature
+            self.card = card
+            self.feature = card.feature
             self.error = ""
             self.test = {}
-            self.info = self._info(feature)
-            self.logits = self._logits(feature)
-            self.histogram = self._histogram(feature)
-            self.related = self._related(feature)
-            self.examples = self._page(feature, "top", 0)
-            self.quantiles = self._page(feature, "quantile", 0)
+            for name, value in card_traits(card).items():
+                setattr(self, name, value)
 
     def page(self, kind: str, start: int) -> None:
         """Shows the page of ``kind`` ("top" or "quantile") examples that starts at ``start``."""
-        if kind not in ("top", "quantile"):
-            raise GemscopeError(f"Example kind must be 'top' or 'quantile', got {kind!r}.")
-        payload = self._page(self.feature, kind, max(0, int(start)))
+        payload = page_payload(self._card().page(kind, start, self.page_size))
         if kind == "top":
             self.examples = payload
         else:
@@ -180,40 +214,32 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
 
     def test_text(self, text: str) -> None:
         """Runs ``text`` through model + SAE and shows this feature's activation on every token."""
-        from gemscope_widgets.backend.analysis.features import prompt_features
-
         try:
-            prompt = self.model.prompt(text, max_tokens=_MAX_TEST_TOKENS)
-            acts = prompt_features(self.model, [self.sae], prompt)[0]
-            values = acts.feature(self.feature)
-            self.test = {
-                "text": text,
-                "tokens": [str(t) for t in prompt.tokens],
-                "special": [bool(s) for s in prompt.special],
-                "values": _f32(values),
-                "error": "",
-            }
+            acts = self._card().test(text)
         except GemscopeError as exc:
             self.test = {"text": text, "tokens": [], "special": [], "values": b"", "error": str(exc)}
+            return
+        self.test = {"text": text, "tokens": acts.tokens, "special": acts.special, "values": _f32(acts.values),
+                     "error": ""}
 
     def on_steer(self, fn: Callable[[int], Any]) -> None:
         """Calls ``fn(feature)`` when the user presses "steer"."""
         self._steer_callbacks.append(fn)
         self.can_steer = True
 
-    def run_scan(self, corpus: Any = None, *, wait: bool = False, **kwargs: Any) -> None:
-        """Scans ``corpus`` (the default corpus when None) in a background thread, showing progress.
+    def run_scan(self, corpus: Any = None, *, wait: bool = False, **kwargs: Any) -> Job:
+        """Scans ``corpus`` (the pane's corpus, else the default corpus, when None) in the background, showing
+        progress; returns the job (``job.cancel()`` stops it after the current batch).
 
-        ``wait=True`` blocks until the scan ends (for scripts and tests).
+        A scan of the same statistics already running is followed, not started again. ``wait=True`` blocks until
+        the scan ends (for scripts and tests; a failure is shown in the pane, not raised).
         """
-        if self._scan_thread is not None and self._scan_thread.is_alive():
-            return
         corpus = corpus if corpus is not None else self.corpus
         self.scan = {"state": "running", "done": 0, "total": 0, "message": "starting the scan"}
-        self._scan_thread = threading.Thread(target=self._scan_worker, args=(corpus, kwargs), daemon=True)
-        self._scan_thread.start()
+        self._scan_job = self.holder.scan_in_background(corpus, listener=self._scan_listener, **kwargs)
         if wait:
-            self._scan_thread.join()
+            self._scan_job.join()
+        return self._scan_job
 
     def set_stats(self, stats: Any) -> None:
         """Uses ``stats`` from now on, in this pane and every other view of the same statistics holder."""
@@ -221,117 +247,19 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
 
     def close(self) -> None:
         self._unsubscribe()
+        if self._scan_job is not None:
+            self._scan_job.remove_listener(self._scan_listener)
         super().close()
 
     # --- internals -----------------------------------------------------------------------------------
 
-    def _check(self, feature: Any) -> int:
-        return check_feature_index(feature, self.width, self.sae.config.name)
-
-    def _info(self, f: int) -> dict[str, Any]:
-        from gemscope_widgets.backend.dictionaries.registry import dictionary_noun
-        from gemscope_widgets.backend.stats.importers.neuronpedia import feature_url
-
-        stats = self.stats
-        info: dict[str, Any] = {
-            "sae": str(self.sae.config.name),
-            "dictionary": dictionary_noun(str(getattr(self.sae.config, "kind", "sae"))),
-            "width": self.width,
-            "url": feature_url(self.sae, f, getattr(self.model, "name", None)) or "",
-            "explanation": "",
-            "label": self.labels.auto(f),
-            "density": None,
-            "max_act": None,
-            "n_tokens": 0,
-            "source": "",
-        }
-        if stats is None:
-            return info
-        info["source"] = str(getattr(stats, "source", "") or "statistics")
-        info["n_tokens"] = int(getattr(stats, "n_tokens", 0) or 0)
-        info["explanation"] = stats.explanation(f) or ""
-        for key, attr in (("density", "density"), ("max_act", "max_act")):
-            arr = getattr(stats, attr, None)
-            if arr is not None:
-                value = float(arr[f])
-                info[key] = value if np.isfinite(value) else None
-        return info
-
-    def _logits(self, f: int) -> dict[str, Any]:
-        if f not in self._logit_cache:
-            pair = self.stats.stored_logits(f) if self.stats is not None else None
-            if pair is None:
-                from gemscope_widgets.backend.analysis.logit_lens import logit_lens
-
-                pair = logit_lens(self.model, self.sae, f, self.logits_k)
-            top, bottom = pair
-            self._logit_cache[f] = {
-                "top": [[str(t), float(v)] for t, v in top],
-                "bottom": [[str(t), float(v)] for t, v in bottom],
-            }
-        return self._logit_cache[f]
-
-    def _histogram(self, f: int) -> dict[str, Any]:
-        hist = self.stats.histogram(f) if self.stats is not None else None
-        if hist is None:
-            return {}
-        edges, counts = hist
-        if len(counts) == 0:
-            return {}
-        return {"edges": _f32(edges), "counts": _f32(counts)}
-
-    def _related(self, f: int) -> list[dict[str, Any]]:
-        if f not in self._related_cache:
-            from gemscope_widgets.backend.analysis.related import related_by_decoder
-
-            rows = [("decoder", int(i), float(s)) for i, s in related_by_decoder(self.sae, f, self.related_k)]
-            co = self.stats.related_by_coactivation(f, self.related_k) if self.stats is not None else None
-            rows += [("coactivation", int(i), float(s)) for i, s in (co or [])]
-            self._related_cache[f] = [
-                {"feature": i, "score": s, "kind": kind, "explanation": ""} for kind, i, s in rows if i != f
-            ]
-        related = self._related_cache[f]
-        # Explanations can change (user labels, a scan's examples), so they are read fresh; automatic labels
-        # stand in where there is none.
-        texts = self.labels.labels([r["feature"] for r in related])
-        density = getattr(self.stats, "density", None) if self.stats is not None else None
-        out = []
-        for r in related:
-            f = r["feature"]
-            out.append({**r, "explanation": texts[f], "density": None if density is None else float(density[f])})
-        return out
-
-    def _page(self, f: int, kind: str, start: int) -> dict[str, Any]:
-        if self.stats is None:
-            return {"kind": kind, "start": 0, "total": 0, "items": []}
-        total = int(self.stats.n_examples(f, kind))
-        start = min(start, max(0, total - 1))
-        items = self.stats.examples(f, kind=kind, start=start, count=self.page_size) if total else []
-        return {"kind": kind, "start": start, "total": total, "items": [_example_payload(e) for e in items]}
+    def _card(self) -> FeatureCard:
+        if self.card is None:  # only while the constructor has not shown a feature yet
+            raise GemscopeError("The pane shows no feature yet: call show(feature).")
+        return self.card
 
     def _stats_changed(self, stats: Any) -> None:
-        self.stats = stats
-        self._related_cache.clear()
-        self._logit_cache.clear()
         self.show(self.feature)
-
-    def _scan_worker(self, corpus: Any, kwargs: dict[str, Any]) -> None:
-        done = 0
-
-        def progress(now: int, total: int) -> None:  # called by the scan after every batch
-            nonlocal done
-            done = int(now)
-            message = f"{done:,} / {total:,} documents"
-            self.scan = {"state": "running", "done": done, "total": int(total), "message": message}
-
-        try:
-            stats = self.holder.load_or_scan(corpus, progress=False, on_progress=progress, **kwargs)
-        except Exception as exc:  # the thread must report every failure in the widget, not die silently
-            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
-            self.scan = {"state": "error", "done": 0, "total": 0, "message": message}
-            return
-        n_tokens = int(getattr(stats, "n_tokens", 0) or 0)
-        self.scan = {"state": "done", "done": done, "total": done, "message": f"scanned {n_tokens:,} tokens"}
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
@@ -351,4 +279,3 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
                     fn(self.feature)
         except GemscopeError as exc:
             self.error = str(exc)
-

@@ -3,7 +3,8 @@
 A :class:`StatsHolder` holds the current :class:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats` of
 one SAE (or ``None``) and calls its subscribers whenever they change: a scan that finishes, statistics found on
 disk, an import set by hand. Subscribers are held weakly when they are bound methods, so a closed view does not
-stay alive because of it.
+stay alive because of it. :meth:`StatsHolder.scan_in_background` runs the scan as a job of the backend's runner
+(:mod:`gemscope_widgets.backend.jobs`), so a view only listens to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from gemscope_widgets.backend.jobs import Job, JobListener, JobRunner
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -31,6 +34,8 @@ class StatsHolder:
 
     def __init__(self, gm: GemmaModel, sae: Any, stats: FeatureStats | None = None) -> None:
         self.gm, self.sae = gm, sae
+        self.jobs = JobRunner(f"gemscope-scan-{sae.config.name}")
+        """Where :meth:`scan_in_background` runs."""
         self._stats = stats
         self._lock = threading.Lock()
         self._subscribers: list[Callable[[], Subscriber | None]] = []
@@ -84,6 +89,20 @@ class StatsHolder:
         stats = FeatureStats.load_or_scan(self.gm, self.sae, corpus, **kwargs)
         self.set(stats)
         return stats
+
+    def scan_in_background(self, corpus: Any = None, *, listener: JobListener | None = None,
+                           **kwargs: Any) -> Job:
+        """:meth:`load_or_scan` as a background job (no tqdm bar): ``listener`` hears its progress in documents
+        (``done`` of ``total``, after every batch) and its end; ``job.wait()`` returns the statistics.
+
+        A scan of this holder that is still running is joined (``listener`` added), not started twice, whatever
+        ``corpus`` and ``kwargs`` say. ``job.cancel()`` stops the scan after its current batch (a cached scan
+        resumes from its last checkpoint next time).
+        """
+        def work(job: Job) -> FeatureStats:
+            return self.load_or_scan(corpus, progress=False, on_progress=job.progress, **kwargs)
+
+        return self.jobs.submit(work, key="scan", listener=listener, join=True, name=f"scan {self.sae.config.name}")
 
 
 def _reference(fn: Subscriber) -> Callable[[], Subscriber | None]:
