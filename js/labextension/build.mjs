@@ -30,6 +30,15 @@ if (!process.argv.includes("--force") && built > 0 && inputs.every((path) => mti
   process.exit(0);
 }
 
+for (const pkg of ["@jupyterlab/builder", "@jupyterlab/core-meta"]) {
+  try {
+    require.resolve(`${pkg}/package.json`);
+  } catch {
+    console.error(`labextension: ${pkg} is not installed; run \`npm install\` first`);
+    process.exit(1);
+  }
+}
+
 const started = performance.now();
 await esbuild.build({
   entryPoints: [join(here, "plugin.ts")],
