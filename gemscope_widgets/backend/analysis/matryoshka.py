@@ -46,6 +46,11 @@ from gemscope_widgets.errors import MatryoshkaError
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
+MATRYOSHKA_KEY = "matryoshka_groups"
+"""The extra ``config.json`` key recording a Matryoshka SAE's nested prefix sizes (``[128, 512, ..., width]``),
+written by ``train_sae(..., matryoshka_groups=...)``. Gemma Scope 2 publishes no such key; loaders that read the
+published keys by name (SAELens, circuit-tracer, this package) ignore it. :func:`prefix_curve` uses it as its
+default sizes."""
 ORDER_RHO = 0.1
 """|Spearman ρ| at or above which the latent index is said to order firing frequency (or contribution)."""
 ORDER_P = 0.01
@@ -186,7 +191,8 @@ def prefix_curve(
 
     ``corpus``: anything :func:`~gemscope_widgets.backend.stats.corpus.load_corpus` takes; default the
     held-out tenth of the offline corpus (text the demo SAE never trained on), cut to ``max_docs`` documents of
-    at most ``max_doc_tokens`` tokens. ``sizes``: strictly increasing latent counts in ``1..width`` (default
+    at most ``max_doc_tokens`` tokens. ``sizes``: strictly increasing latent counts in ``1..width`` (default:
+    the groups a Matryoshka SAE's ``config.json`` records under :data:`MATRYOSHKA_KEY`, else
     :func:`default_sizes`). ``loss``: also splice each prefix reconstruction into the model (one forward pass
     per size and batch) for the next-token loss and loss recovered. Method: Bussmann et al. (2025); see the
     module docstring.
@@ -203,7 +209,9 @@ def prefix_curve(
             "latent index runs over layers."
         )
     width = int(sae.width)
-    sizes = check_sizes(default_sizes(width) if sizes is None else sizes, width, sae.config.name)
+    if sizes is None:
+        sizes = sae.config.raw.get(MATRYOSHKA_KEY) or default_sizes(width)
+    sizes = check_sizes(sizes, width, sae.config.name)
     texts = held_out_texts(max_docs) if corpus is None else load_corpus(corpus, max_docs=max_docs)
     docs = tokenize_docs(gm, list(texts[: len(texts)]), max_doc_tokens)
     hook_in, hook_out = sae.config.hook_points_in[0], sae.config.hook_points_out[0]
@@ -301,5 +309,5 @@ def latent_order(frequency: np.ndarray, energy: np.ndarray, sizes: Sequence[int]
                        rho_contribution=rho_c, p_contribution=p_c, sizes=bounds[1:], group_frequency=groups)
 
 
-__all__ = ["ORDER_P", "ORDER_RHO", "LatentOrder", "PrefixCurve", "check_sizes", "default_sizes", "latent_order",
-           "prefix_curve", "spearman"]
+__all__ = ["MATRYOSHKA_KEY", "ORDER_P", "ORDER_RHO", "LatentOrder", "PrefixCurve", "check_sizes", "default_sizes",
+           "latent_order", "prefix_curve", "spearman"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gemscope_widgets.backend.analysis.matryoshka import MATRYOSHKA_KEY
 from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma import sites
 from gemscope_widgets.backend.training.activations import collect_activations, default_training_texts, token_windows
@@ -24,10 +25,6 @@ from gemscope_widgets.cache import cache_dir, staged_dir
 from gemscope_widgets.errors import TrainingError
 
 SITES = sites.SAE_SITES
-MATRYOSHKA_KEY = "matryoshka_groups"
-"""The extra ``config.json`` key recording a Matryoshka SAE's nested prefix sizes (``[128, 512, ..., width]``).
-Gemma Scope 2 publishes no such key; loaders that read the published keys by name (SAELens, circuit-tracer,
-this package) ignore it."""
 
 
 def hook_point(site: str, layer: int) -> str:

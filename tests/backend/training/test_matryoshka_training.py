@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from gemscope_widgets.backend.analysis.evaluation import fvu
+from gemscope_widgets.backend.analysis.matryoshka import prefix_curve
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.stats.corpus import default_corpus
 from gemscope_widgets.backend.training.activations import collect_activations, token_windows
@@ -51,6 +52,9 @@ def test_nested_prefixes_reconstruct_on_their_own(tiny_model, corpus, acts, tmp_
     coarse_flat, coarse_nested = prefix_fvu(p_flat, acts, GROUPS[0]), prefix_fvu(p_nested, acts, GROUPS[0])
     assert coarse_nested < coarse_flat - 0.05, (coarse_nested, coarse_flat)
     assert prefix_fvu(p_nested, acts, WIDTH) < 0.9  # the whole dictionary still reconstructs
+    # prefix_curve reads the recorded groups as its default sizes.
+    curve = prefix_curve(tiny_model, load_sae(nested), corpus[:8], loss=False, progress=False)
+    assert curve.sizes == list(GROUPS) and curve.monotone
 
 
 def test_one_group_is_the_plain_loss(acts):
