@@ -98,7 +98,8 @@ class AttributionGraph(GraphNodes):
 
     Fields (circuit-tracer's ``Graph`` names):
         input_string: the prompt text.
-        input_tokens: ``[n_pos]`` long, the token ids (``<bos>`` at position 0).
+        input_tokens: ``[n_pos]`` long, the token ids (``<bos>`` at position 0; -1 where a graph file did not
+            say).
         active_features: ``[n_active, 3]`` long, rows of ``(layer, pos, feature)`` of every active feature.
         activation_values: ``[n_active]`` float32, aligned with ``active_features``.
         selected_features: ``[n_selected]`` long, indices into ``active_features`` of the feature nodes.
@@ -240,7 +241,15 @@ class AttributionGraph(GraphNodes):
         return intervene_graph(self, interventions, mode=mode, top_k=top_k)
 
     def attach(self, model: Any, transcoders: Any) -> AttributionGraph:
-        """Attach the model and transcoder set (e.g. after :meth:`load`) so :meth:`intervene` can run."""
+        """Attach the model and transcoder set (e.g. after :meth:`load`) so :meth:`intervene` can run.
+
+        Raises GraphError for a graph whose token ids are not all known (read from a file without them)."""
+        unknown = (self.input_tokens < 0).nonzero().flatten().tolist()
+        if unknown:
+            raise GraphError(
+                f"Position(s) {unknown} of this graph have no token id (its file had no embedding node there), so "
+                "it cannot be re-run on a model; attribute the prompt again instead."
+            )
         from gemscope_widgets.backend.circuits.intervention import attach_replacement
 
         attach_replacement(self, model, transcoders)
@@ -248,7 +257,7 @@ class AttributionGraph(GraphNodes):
 
     # ---- Neuronpedia graph JSON -------------------------------------------------------------------------------
 
-    def to_neuronpedia(self, slug: str = "graph", **kwargs: Any) -> dict[str, Any]:
+    def to_neuronpedia(self, slug: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """Neuronpedia graph JSON (pruned; see :func:`~.neuronpedia_json.to_neuronpedia`)."""
         from gemscope_widgets.backend.circuits.neuronpedia_json import to_neuronpedia
 

@@ -1,40 +1,82 @@
 """Attribution graphs as the JSON that Neuronpedia's graph viewer reads, both ways.
 
-The schema is the one circuit-tracer 0.5.0 writes (``circuit_tracer/utils/create_graph_files.py`` with the
-pydantic models of ``circuit_tracer/frontend/graph_models.py``)::
+Writes what circuit-tracer writes (``circuit_tracer/utils/create_graph_files.py`` with the pydantic models of
+``circuit_tracer/frontend/graph_models.py``, v0.5.1 and later), valid against Neuronpedia's draft-07
+``graph-schema.json`` (``hijohnnylin/neuronpedia:apps/webapp/app/api/graph/graph-schema.json``)::
 
     {"metadata": {"slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold",
-                  "schema_version": 1},
+                  "schema_version": 1, "info", "generation_settings", "pruning_settings", ...},
      "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
      "nodes": [{"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit",
                 "run_idx", "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}, ...],
      "links": [{"source", "target", "weight"}, ...]}
 
-Node ids: features ``{layer}_{feature}_{pos}`` (``feature_type`` "cross layer transcoder", ``feature`` the Cantor
-pairing of layer and feature), errors ``0_{layer}_{pos}`` ("mlp reconstruction error"), tokens
-``E_{token_id}_{pos}`` ("embedding", layer "E"), logits ``{n_layers + 1}_{token_id}_{pos}`` ("logit"). Exported
-graphs are pruned as circuit-tracer does (node and edge influence thresholds); ``influence`` is a node's
-cumulative influence share. Import rebuilds an :class:`AttributionGraph` holding the nodes and links of the file
-(a graph made elsewhere has no ``bias_input`` or ``node_inputs``: they are zero / None).
+Node ids (``node_id`` / ``jsNodeId``): features ``{layer}_{feature}_{pos}`` / ``{layer}_{feature}-0``
+("cross layer transcoder", ``feature`` the Cantor pairing of layer and feature), errors ``{layer}_-1_{pos}`` /
+``{layer}_-1-{pos}`` ("mlp reconstruction error", ``feature`` -1; circuit-tracer before v0.5.1 wrote
+``0_{layer}_{pos}``, which collides with a layer-0 feature whose index is the layer: decoderesearch/circuit-tracer
+#78, PRs #100 and #102), tokens ``E_{token_id}_{pos}`` / ``E_{token_id}-{pos}`` ("embedding", layer "E",
+``feature`` the position), logits ``{n_layers + 1}_{token_id}_{pos}`` / ``L_{token_id}-{pos}`` ("logit").
+``metadata.scan`` is the model's Neuronpedia id (``gemma-3-270m``); ``influence`` is a node's cumulative
+influence share (Neuronpedia prunes by it in the browser). Exports are strict JSON (no NaN / Infinity): a
+non-finite ``influence`` or ``activation`` is written as null (as pydantic writes it), a non-finite weight or
+probability is refused. :func:`save_neuronpedia` also records the graph in ``graph-metadata.json`` beside it,
+the list circuit-tracer's local viewer (``circuit_tracer/frontend/local_server.py``) reads.
+
+Import reads both error-id schemes and the files of Neuronpedia's second backend
+(``apps/graph/neuronpedia_graph/format_converter.py``: ``{layer}_cro_{feature}_{pos}`` features,
+``{layer}_error_mlp_{pos}`` errors, logits on layer ``n_layers``). Nodes are identified by their fields
+(``feature_type``, ``layer``, ``ctx_idx``), ids only join links to nodes. ``bias`` nodes are read as the bias
+input of their targets; ``lorsa``, ``lorsa error``, ``unknown`` and other node types are refused by name. What an
+:class:`AttributionGraph` has no field for (each node's ``influence``, ``is_target_logit``, logit, error and token
+labels, ``qParams`` with pins and supernodes, ``info``, generation and pruning settings, other top-level blocks)
+is kept in ``graph.info["neuronpedia"]`` and written back on export, so import -> export keeps the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
+import re
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
+from gemscope_widgets.backend.gemma.names import neuronpedia_model_id
+from gemscope_widgets.errors import warn_user
 
 SCHEMA_VERSION = 1
 FEATURE_TYPE = "cross layer transcoder"
 ERROR_TYPE = "mlp reconstruction error"
 TOKEN_TYPE = "embedding"
 LOGIT_TYPE = "logit"
+BIAS_TYPE = "bias"
+# Neuronpedia's other node types, with why this package cannot hold them.
+REFUSED_TYPES = {
+    "lorsa": "attention (LoRSA) features",
+    "lorsa error": "attention (LoRSA) reconstruction errors",
+    "unknown": "nodes of an unknown source",
+}
+DEFAULT_NODE_THRESHOLD = 0.8  # circuit-tracer's create_graph_files defaults (the paper's)
+DEFAULT_EDGE_THRESHOLD = 0.98
+GRAPH_METADATA = "graph-metadata.json"  # circuit-tracer's local viewer lists the graphs of a folder from it
+DEFAULT_Q_PARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+INFO_KEY = "neuronpedia"  # graph.info[INFO_KEY]: what an imported file said beyond the graph's own fields
+_IDENTITY = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId")
+_OWN = {  # fields a node's export takes from the graph, by kind (a file's value would go stale)
+    FEATURE_TYPE: {"activation", "clerp"},
+    ERROR_TYPE: set(),
+    TOKEN_TYPE: set(),
+    LOGIT_TYPE: {"token_prob"},
+}
+_CLERP_TOKEN = re.compile(r'^\w+ "(.*)" \(p=[^)]*\)$', re.DOTALL)  # 'Output " Paris" (p=0.412)'
+_SECOND_BACKEND_ID = re.compile(r"^-?\d+_(?:cro|error)_")
+_SETTINGS = {"max_n_logits": int, "desired_logit_prob": float, "batch_size": int, "max_feature_nodes": int}
 
 
 def cantor_pairing(x: int, y: int) -> int:
@@ -42,137 +84,232 @@ def cantor_pairing(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
-def _scan(graph: AttributionGraph, scan: Any) -> tuple[str, list[str]]:
-    scan = graph.scan if scan is None else scan
-    if isinstance(scan, (list, tuple)):
-        names = [str(s) for s in scan]
-        return "custom-" + hashlib.sha1("-".join(names).encode()).hexdigest()[:16], names
-    if scan is None:
-        return (graph.model_name or "unknown").split("/")[-1], []
-    return str(scan), []
+def _generator() -> dict[str, str]:
+    try:
+        package_version = version("gemscope-widgets")
+    except PackageNotFoundError:
+        package_version = "0.0.0"
+    return {"name": "gemscope_widgets", "version": package_version}
 
 
-def to_neuronpedia(
-    graph: AttributionGraph,
-    slug: str = "graph",
-    *,
-    scan: Any = None,
-    node_threshold: float | None = 0.8,
-    edge_threshold: float = 0.98,
-) -> dict[str, Any]:
-    """The graph as Neuronpedia graph JSON (a dict). ``node_threshold=None`` keeps every node and nonzero edge.
+def _scan(graph: AttributionGraph, scan: str | None, record: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """``(metadata.scan, metadata.transcoder_list)``: the model's Neuronpedia id and the transcoders' names."""
+    names = graph.scan if isinstance(graph.scan, list) else [graph.scan] if graph.scan else []
+    meta = record.get("metadata", {})
+    model_id = scan or meta.get("scan") or neuronpedia_model_id(graph.model_name)
+    if not model_id:
+        model_id = re.sub(r"[^a-zA-Z0-9_.-]+", "-", (graph.model_name or "unknown").rstrip("/").split("/")[-1])
+        warn_user(
+            f"Neuronpedia knows no model id for {graph.model_name!r}; metadata.scan is {model_id!r}, which "
+            "circuit-tracer's local viewer shows but neuronpedia.org refuses: pass scan='<model id>' to upload."
+        )
+    if not re.fullmatch(r"[a-zA-Z0-9_.-]+", str(model_id)):
+        raise GraphError(f"scan must be a Neuronpedia model id such as 'gemma-3-270m', got {model_id!r}.")
+    return str(model_id), list(meta.get("transcoder_list", [str(n) for n in names]))
 
-    Pruning, kept nodes (those with a kept edge, plus every token and logit) and field values follow
-    circuit-tracer's ``create_graph_files``. Raises GraphError for thresholds outside [0, 1].
-    """
-    n = graph.n_nodes
-    if node_threshold is None:
-        node_mask = torch.ones(n, dtype=torch.bool)
-        edge_mask = graph.adjacency_matrix != 0
-        influence = graph.prune(1.0, 1.0).cumulative_scores
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for NaN / infinity / None (the schema's null)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def node_record(graph: AttributionGraph, i: int, influence: float | None) -> dict[str, Any]:
+    """Node ``i`` as circuit-tracer's ``Node`` (fields in its order); ``influence`` its cumulative share."""
+    kind, layer, pos, feature = graph.node_info(i)
+    token_prob, is_target, clerp, activation = 0.0, False, "", None
+    if kind == "feature":
+        node_id, number, layer_s = f"{layer}_{feature}_{pos}", cantor_pairing(layer, feature), str(layer)
+        js = f"{layer}_{feature}-0"
+        feature_type, clerp = FEATURE_TYPE, graph.feature_labels.get((layer, feature), "")
+        activation = _finite(graph.activation_values[graph.selected_features[i]])
+    elif kind == "error":
+        node_id, number, layer_s, js = f"{layer}_-1_{pos}", -1, str(layer), f"{layer}_-1-{pos}"
+        feature_type = ERROR_TYPE
+    elif kind == "token":
+        node_id, number, layer_s, js = f"E_{feature}_{pos}", pos, "E", f"E_{feature}-{pos}"
+        feature_type = TOKEN_TYPE
     else:
-        node_mask, edge_mask, influence = graph.prune(node_threshold, edge_threshold)
-    scan_id, transcoder_list = _scan(graph, scan)
-    tokens = graph.input_token_strings or [str(t) for t in graph.input_tokens.tolist()]
-    logit_strings = graph.logit_token_strings or [str(t) for t in graph.logit_tokens.tolist()]
-    nodes: dict[int, dict[str, Any]] = {}
-    for i in node_mask.nonzero().flatten().tolist():
-        kind, layer, pos, feature = graph.node_info(i)
-        inf = float(influence[i])
-        if kind == "feature":
-            nodes[i] = _node(
-                f"{layer}_{feature}_{pos}", cantor_pairing(layer, feature), str(layer), pos, FEATURE_TYPE,
-                js=f"{layer}_{feature}-0", influence=inf,
-                activation=float(graph.activation_values[graph.selected_features[i]]),
-                clerp=graph.feature_labels.get((layer, feature), ""),
-            )
-        elif kind == "error":
-            nodes[i] = _node(f"0_{layer}_{pos}", -1, str(layer), pos, ERROR_TYPE, js=f"{layer}_{pos}-0", influence=inf)
-        elif kind == "token":
-            nodes[i] = _node(f"E_{feature}_{pos}", pos, "E", pos, TOKEN_TYPE, js=f"E_{feature}-{pos}", influence=inf)
-        else:
-            j = i - graph.logit_slice.start
-            prob = float(graph.logit_probabilities[j])
-            layer_s = str(graph.n_layers + 1)
-            nodes[i] = _node(
-                f"{layer_s}_{feature}_{pos}", feature, layer_s, pos, LOGIT_TYPE, js=f"L_{feature}-{pos}",
-                token_prob=prob, is_target_logit=j == 0, clerp=f'Output "{logit_strings[j]}" (p={prob:.3f})',
-            )
-    dsts, srcs = edge_mask.nonzero(as_tuple=True)
-    weights = graph.adjacency_matrix[dsts, srcs].tolist()
-    links = [
-        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": w}
-        for s, t, w in zip(srcs.tolist(), dsts.tolist(), weights, strict=True)
-        if s in nodes and t in nodes
-    ]
-    connected = {link["source"] for link in links} | {link["target"] for link in links}
-    used = [v for v in nodes.values() if v["node_id"] in connected or v["feature_type"] in (TOKEN_TYPE, LOGIT_TYPE)]
-    return {
-        "metadata": {
-            "slug": slug,
-            "scan": scan_id,
-            "transcoder_list": transcoder_list,
-            "prompt_tokens": tokens,
-            "prompt": graph.input_string,
-            "node_threshold": node_threshold,
-            "schema_version": SCHEMA_VERSION,
-        },
-        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-        "nodes": used,
-        "links": links,
-    }
-
-
-def _node(node_id: str, feature: int, layer: Any, ctx_idx: int, feature_type: str, *, js: Any,
-          influence: float | None = None, activation: float | None = None, clerp: str = "",
-          token_prob: float = 0.0, is_target_logit: bool = False) -> dict[str, Any]:
+        j = i - graph.logit_slice.start
+        token_prob = float(graph.logit_probabilities[j])
+        if not math.isfinite(token_prob):
+            raise GraphError(f"Logit {j} has probability {token_prob}; a graph file needs finite probabilities.")
+        layer_s = str(graph.n_layers + 1)
+        node_id, number, js = f"{layer_s}_{feature}_{pos}", feature, f"L_{feature}-{pos}"
+        feature_type, is_target, influence = LOGIT_TYPE, j == 0, None
+        text = graph.logit_token_strings[j] if graph.logit_token_strings else str(feature)
+        clerp = f'Output "{text}" (p={token_prob:.3f})'
     return {
         "node_id": node_id,
-        "feature": int(feature),
-        "layer": layer,
-        "ctx_idx": int(ctx_idx),
+        "feature": int(number),
+        "layer": layer_s,
+        "ctx_idx": int(pos),
         "feature_type": feature_type,
-        "token_prob": float(token_prob),
-        "is_target_logit": bool(is_target_logit),
+        "token_prob": token_prob,
+        "is_target_logit": is_target,
         "run_idx": 0,
         "reverse_ctx_idx": 0,
         "jsNodeId": js,
         "clerp": clerp,
-        "influence": influence,
+        "influence": _finite(influence),
         "activation": activation,
     }
 
 
-def save_neuronpedia(graph: AttributionGraph, path: str | os.PathLike[str], slug: str | None = None,
-                     **kwargs: Any) -> Path:
-    """Write ``to_neuronpedia(graph, slug, **kwargs)`` to ``path`` (``.json``); the slug defaults to the file stem."""
+def _settings(graph: AttributionGraph) -> dict[str, Any]:
+    """circuit-tracer's generation settings the graph's ``info`` holds (schema types only)."""
+    out: dict[str, Any] = {}
+    for key, kind in _SETTINGS.items():
+        value = graph.info.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = kind(value)
+    return out
+
+
+def to_neuronpedia(
+    graph: AttributionGraph,
+    slug: str | None = None,
+    *,
+    scan: str | None = None,
+    node_threshold: float | None = None,
+    edge_threshold: float | None = None,
+    q_params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The graph as Neuronpedia graph JSON (a dict, strict-JSON-ready; see the module docstring for the fields).
+
+    Pruning (``graph.prune(node_threshold, edge_threshold)``: the nodes with a kept edge, plus every token and
+    logit; the kept edges with nonzero weight) and field values follow circuit-tracer's ``create_graph_files``.
+    Thresholds left None mean: a graph read from a file keeps every node and link of the file (it was pruned
+    when written); any other graph is pruned at circuit-tracer's 0.8 / 0.98. ``scan`` defaults to the file's
+    or to the model's Neuronpedia id (``google/gemma-3-270m`` -> ``gemma-3-270m``). ``q_params`` replaces the
+    viewer state (``pinnedIds``, ``supernodes`` as ``[label, node_id, ...]``, ``linkType``, ``clickedId``,
+    ``sg_pos``). ``slug`` defaults to the file's, else "graph". Raises GraphError for thresholds outside [0, 1],
+    a ``scan`` that is not an id, or non-finite edge weights or probabilities.
+    """
+    finite = torch.isfinite(graph.adjacency_matrix)
+    if not finite.all():
+        raise GraphError(
+            f"{int((~finite).sum())} edge weight(s) are NaN or infinite; Neuronpedia graph JSON needs finite weights."
+        )
+    record: Mapping[str, Any] = graph.info.get(INFO_KEY) or {}
+    from_file = bool(record) and node_threshold is None and edge_threshold is None
+    node_t = DEFAULT_NODE_THRESHOLD if node_threshold is None else float(node_threshold)
+    edge_t = DEFAULT_EDGE_THRESHOLD if edge_threshold is None else float(edge_threshold)
+    if from_file:
+        n = graph.n_nodes
+        node_mask = torch.ones(n, dtype=torch.bool)
+        edge_mask = graph.adjacency_matrix != 0
+        influence = graph.prune(1.0, 1.0).cumulative_scores
+    else:
+        node_mask, edge_mask, influence = graph.prune(node_t, edge_t)
+        edge_mask = edge_mask & (graph.adjacency_matrix != 0)
+    scan_id, transcoder_list = _scan(graph, scan, record)
+    overlays: Mapping[str, Mapping[str, Any]] = record.get("nodes", {})
+    unknown_tokens = (graph.input_tokens < 0).tolist()
+    nodes: dict[int, dict[str, Any]] = {}
+    for i in node_mask.nonzero().flatten().tolist():
+        kind = graph.node_kind(i)
+        if kind == "token" and unknown_tokens[i - graph.token_slice.start]:
+            continue  # the file this graph was read from had no node for this position
+        node = node_record(graph, i, float(influence[i]))
+        own = _OWN[node["feature_type"]]
+        node.update((k, v) for k, v in overlays.get(node["node_id"], {}).items() if k not in own)
+        nodes[i] = node
+    dsts, srcs = edge_mask.nonzero(as_tuple=True)
+    weights = graph.adjacency_matrix[dsts, srcs]
+    links = [
+        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": w}
+        for s, t, w in zip(srcs.tolist(), dsts.tolist(), weights.tolist(), strict=True)
+        if s in nodes and t in nodes
+    ]
+    written = {str(n["node_id"]) for n in nodes.values()}
+    links += [dict(link) for link in record.get("bias_links", []) if link["target"] in written]
+    connected = {link["source"] for link in links} | {link["target"] for link in links}
+    used = [v for v in nodes.values() if v["node_id"] in connected or v["feature_type"] in (TOKEN_TYPE, LOGIT_TYPE)]
+    used += [dict(node) for node in record.get("bias_nodes", []) if node["node_id"] in connected]
+    meta: dict[str, Any] = {
+        "slug": slug or record.get("metadata", {}).get("slug") or "graph",
+        "scan": scan_id,
+        "transcoder_list": transcoder_list,
+        "prompt_tokens": list(graph.input_token_strings or [str(t) for t in graph.input_tokens.tolist()]),
+        "prompt": graph.input_string,
+        "node_threshold": node_t,
+        "schema_version": SCHEMA_VERSION,
+    }
+    if from_file:
+        kept = {k: v for k, v in record.get("metadata", {}).items() if k not in ("slug", "scan", "prompt")}
+        meta.update(kept)
+        if "node_threshold" not in kept:
+            del meta["node_threshold"]
+    else:
+        meta["info"] = {**record.get("metadata", {}).get("info", {}), "generator": _generator()}
+        settings = _settings(graph)
+        if settings:
+            meta["generation_settings"] = settings
+        meta["pruning_settings"] = {"node_threshold": node_t, "edge_threshold": edge_t}
+    q = dict(DEFAULT_Q_PARAMS) | dict(record.get("qParams", {})) | dict(q_params or {})
+    out = {"metadata": meta, "qParams": q, "nodes": used, "links": links}
+    out.update((k, v) for k, v in record.get("extra", {}).items() if k not in out)
+    return out
+
+
+def graph_json(data: Mapping[str, Any], indent: int | None = 2) -> str:
+    """``data`` as strict JSON text (``allow_nan=False``: GraphError instead of bare ``NaN`` / ``Infinity``)."""
+    try:
+        return json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise GraphError(f"The graph holds a value JSON cannot carry ({exc}).") from None
+
+
+def add_graph_metadata(metadata: Mapping[str, Any], folder: str | os.PathLike[str]) -> Path:
+    """Record a graph's metadata in ``folder/graph-metadata.json`` (``{"graphs": [metadata, ...]}``, an entry of
+    the same slug replaced), as circuit-tracer's ``frontend/utils.add_graph_metadata`` does for its local
+    viewer. Raises GraphError when an existing file is not such a list."""
+    path = Path(folder) / GRAPH_METADATA
+    listing: dict[str, Any] = {"graphs": []}
+    if path.exists():
+        try:
+            listing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GraphError(f"Could not read {str(path)!r}: {exc}") from None
+        if not isinstance(listing, dict) or not isinstance(listing.get("graphs"), list):
+            raise GraphError(f"{str(path)!r} is not a graph list ({{'graphs': [...]}}); move it away or fix it.")
+    listing["graphs"] = [g for g in listing["graphs"] if g.get("slug") != metadata["slug"]] + [dict(metadata)]
+    path.write_text(graph_json(listing), encoding="utf-8")
+    return path
+
+
+def save_neuronpedia(
+    graph: AttributionGraph,
+    path: str | os.PathLike[str],
+    slug: str | None = None,
+    *,
+    graph_metadata: bool = True,
+    **kwargs: Any,
+) -> Path:
+    """Write ``to_neuronpedia(graph, slug, **kwargs)`` to ``path`` (``.json``, strict JSON); the slug defaults to
+    the file stem. With ``graph_metadata`` the graph is also listed in ``graph-metadata.json`` beside it, so
+    circuit-tracer's local viewer (``serve(data_dir=path.parent)``) shows it. Raises GraphError as
+    :func:`to_neuronpedia`, and for a path that does not end in ``.json``."""
     path = Path(path)
     if path.suffix != ".json":
         raise GraphError(f"Neuronpedia graph files are .json, not {path.name!r}.")
     data = to_neuronpedia(graph, slug or path.stem, **kwargs)
+    text = graph_json(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    if graph_metadata:
+        add_graph_metadata(data["metadata"], path.parent)
     return path
 
 
-def _split_id(node: dict[str, Any]) -> tuple[str, int, int]:
-    parts = str(node["node_id"]).split("_")
-    if len(parts) != 3:
-        raise GraphError(f"Node id {node['node_id']!r} is not of the form a_b_c.")
-    try:
-        return parts[0], int(parts[1]), int(parts[2])
-    except ValueError:
-        raise GraphError(f"Node id {node['node_id']!r} does not hold integers.") from None
+# ---- import ------------------------------------------------------------------------------------------------------
 
 
-def from_neuronpedia(source: str | os.PathLike[str] | dict[str, Any]) -> AttributionGraph:
-    """Read Neuronpedia graph JSON (a path or the parsed dict) into an :class:`AttributionGraph`.
-
-    Feature nodes become the active and selected features (in the file's order sorted by layer, position,
-    feature); error nodes for every layer and position exist (without edges unless the file has them); links
-    become the adjacency matrix. Raises GraphError for a file that is not graph JSON.
-    """
-    if isinstance(source, dict):
+def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
         data = source
     else:
         path = Path(source)
@@ -180,77 +317,249 @@ def from_neuronpedia(source: str | os.PathLike[str] | dict[str, Any]) -> Attribu
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GraphError(f"Could not read a Neuronpedia graph from {str(path)!r}: {exc}") from None
-    if not isinstance(data, dict) or not {"metadata", "nodes", "links"} <= set(data):
+    if not isinstance(data, Mapping) or not {"metadata", "nodes", "links"} <= set(data):
         raise GraphError("Not a Neuronpedia graph: expected an object with metadata, nodes and links.")
-    meta, node_list, links = data["metadata"], data["nodes"], data["links"]
-    by_type: dict[str, list[dict[str, Any]]] = {FEATURE_TYPE: [], ERROR_TYPE: [], TOKEN_TYPE: [], LOGIT_TYPE: []}
+    return data
+
+
+def _int(node: Mapping[str, Any], key: str) -> int:
+    try:
+        return int(str(node[key]))
+    except (KeyError, TypeError, ValueError):
+        raise GraphError(f"Node {node.get('node_id')!r} has no integer {key!r} (got {node.get(key)!r}).") from None
+
+
+def _feature_index(node: Mapping[str, Any], layer: int) -> int:
+    """A feature node's index: from ``{layer}_{feature}_{pos}`` or ``{layer}_cro_{feature}_{pos}``, else the
+    inverse Cantor pairing of ``feature`` with the layer."""
+    parts = str(node["node_id"]).split("_")
+    try:
+        if len(parts) == 3:
+            return int(parts[1])
+        if len(parts) == 4 and parts[1] == "cro":
+            return int(parts[2])
+    except ValueError:
+        pass
+    number = node.get("feature")
+    if isinstance(number, int):
+        w = int((math.isqrt(8 * number + 1) - 1) // 2)
+        index = number - w * (w + 1) // 2
+        if w - index == layer:
+            return index
+    raise GraphError(f"Feature node {node['node_id']!r} names no feature index (id layer_feature_pos).")
+
+
+def _token_id(node: Mapping[str, Any]) -> int | None:
+    parts = str(node["node_id"]).split("_")
+    if len(parts) == 3 and parts[0] == "E":
+        try:
+            return int(parts[1])
+        except ValueError:
+            return None
+    return None
+
+
+def _logit_text(clerp: str) -> str:
+    match = _CLERP_TOKEN.match(clerp)
+    return match.group(1) if match else clerp
+
+
+def from_neuronpedia(source: str | os.PathLike[str] | Mapping[str, Any]) -> AttributionGraph:
+    """Read Neuronpedia graph JSON (a path or the parsed dict) into an :class:`AttributionGraph`.
+
+    Feature nodes become the active and selected features (in the file's order); error nodes exist for every
+    layer and position (without edges unless the file has them); links become the adjacency matrix, links from
+    ``bias`` nodes the targets' ``bias_input``; logits keep the file's order. Both error-id schemes
+    (``{layer}_-1_{pos}`` and the older ``0_{layer}_{pos}``) are read; where an old file gives a layer-0 feature
+    and an error node the same id, a link the layers leave ambiguous goes to the node listed last (Neuronpedia's
+    rule), with a warning. A position without an embedding node gets token id -1 (with a warning). What the
+    graph has no field for is kept in ``info["neuronpedia"]`` (see the module docstring).
+
+    Raises GraphError for a file that is not graph JSON, node types this package cannot hold (``lorsa``,
+    ``lorsa error``, ``unknown``, ...), and links to nodes the file does not have.
+    """
+    data = _read(source)
+    meta, node_list, links = data["metadata"], list(data["nodes"]), list(data["links"])
+    types: dict[str, int] = {}
     for node in node_list:
-        by_type.setdefault(node.get("feature_type", ""), []).append(node)
-    if not by_type[LOGIT_TYPE]:
+        types[str(node.get("feature_type", ""))] = types.get(str(node.get("feature_type", "")), 0) + 1
+    known = {FEATURE_TYPE, ERROR_TYPE, TOKEN_TYPE, LOGIT_TYPE, BIAS_TYPE}
+    for name, count in types.items():
+        if name not in known:
+            what = REFUSED_TYPES.get(name, "a node type this package does not know")
+            raise GraphError(
+                f"The graph has {count} {name!r} node(s) ({what}); an AttributionGraph holds transcoder features, "
+                "MLP errors, tokens and logits only."
+            )
+    logit_nodes = [n for n in node_list if n.get("feature_type") == LOGIT_TYPE]
+    if not logit_nodes:
         raise GraphError("The graph has no logit node.")
-    logit_layers = {int(n["layer"]) for n in by_type[LOGIT_TYPE]}
+    logit_layers = {_int(n, "layer") for n in logit_nodes}
     if len(logit_layers) != 1:
         raise GraphError(f"Logit nodes sit on several layers {sorted(logit_layers)}; expected one.")
-    n_layers = logit_layers.pop() - 1
-    prompt_tokens = list(meta.get("prompt_tokens") or [])
-    n_pos = len(prompt_tokens) or 1 + max(int(n["ctx_idx"]) for n in node_list)
-    input_tokens = torch.zeros(n_pos, dtype=torch.long)
-    for node in by_type[TOKEN_TYPE]:
-        _, token, pos = _split_id(node)
-        input_tokens[pos] = token
-    feats = []
-    for node in by_type[FEATURE_TYPE]:
-        layer, feature, pos = _split_id(node)
-        feats.append((int(layer), pos, feature, float(node.get("activation") or 0.0), node))
-    feats.sort(key=lambda f: f[:3])
-    logits = sorted(by_type[LOGIT_TYPE], key=lambda n: -float(n.get("token_prob", 0.0)))
-    n_sel = len(feats)
-    index: dict[tuple[str, str], int] = {}
-    for i, (_, _, _, _, node) in enumerate(feats):
-        index[(FEATURE_TYPE, node["node_id"])] = i
-    for error_layer in range(n_layers):
-        for pos in range(n_pos):
-            index[(ERROR_TYPE, f"0_{error_layer}_{pos}")] = n_sel + error_layer * n_pos + pos
-    token_start = n_sel + n_layers * n_pos
-    for node in by_type[TOKEN_TYPE]:
-        index[(TOKEN_TYPE, node["node_id"])] = token_start + int(node["ctx_idx"])
-    for j, node in enumerate(logits):
-        index[(LOGIT_TYPE, node["node_id"])] = token_start + n_pos + j
-    types_of: dict[str, list[str]] = {}
+    second_backend = any(_SECOND_BACKEND_ID.match(str(n.get("node_id", ""))) for n in node_list)
+    n_layers = logit_layers.pop() - (0 if second_backend else 1)
+    prompt_tokens = [str(t) for t in meta.get("prompt_tokens") or []]
+    n_pos = len(prompt_tokens) or 1 + max(_int(n, "ctx_idx") for n in node_list)
+
+    # Every node of the file -> (kind, graph-order key); features get their graph index below.
+    feats: dict[tuple[int, int, int], tuple[float, Mapping[str, Any]]] = {}
+    where: list[tuple[str, Any]] = []
+    input_tokens = torch.full((n_pos,), -1, dtype=torch.long)
     for node in node_list:
-        types_of.setdefault(node["node_id"], []).append(node.get("feature_type", ""))
+        kind = node.get("feature_type")
+        if kind == BIAS_TYPE:
+            where.append(("bias", None))
+            continue
+        pos = _int(node, "ctx_idx")
+        if not 0 <= pos < n_pos:
+            raise GraphError(f"Node {node['node_id']!r} sits at position {pos}, outside the {n_pos}-token prompt.")
+        if kind == TOKEN_TYPE:
+            token = _token_id(node)
+            if token is not None:
+                input_tokens[pos] = token
+            where.append(("token", pos))
+        elif kind == LOGIT_TYPE:
+            where.append(("logit", node))
+        else:
+            layer = _int(node, "layer")
+            if not 0 <= layer < n_layers:
+                raise GraphError(f"Node {node['node_id']!r} is on layer {layer}; the graph has {n_layers} layers.")
+            if kind == ERROR_TYPE:
+                where.append(("error", (layer, pos)))
+            else:
+                key = (layer, pos, _feature_index(node, layer))
+                feats[key] = (float(_finite(node.get("activation")) or 0.0), node)
+                where.append(("feature", key))
+    feature_keys = list(feats)
+    feature_index = {key: i for i, key in enumerate(feature_keys)}
+    n_sel = len(feature_keys)
+    logits = [n for n in node_list if n.get("feature_type") == LOGIT_TYPE]
+    logit_index = {id(n): j for j, n in enumerate(logits)}
+    token_start = n_sel + n_layers * n_pos
     n_nodes = token_start + n_pos + len(logits)
-    adjacency = torch.zeros(n_nodes, n_nodes)
 
-    def lookup(node_id: str, role: str) -> int:
-        kinds = types_of.get(node_id)
-        if not kinds:
+    def graph_index(kind: str, key: Any) -> int:
+        if kind == "feature":
+            return feature_index[key]
+        if kind == "error":
+            return n_sel + int(key[0]) * n_pos + int(key[1])
+        if kind == "token":
+            return token_start + int(key)
+        return token_start + n_pos + logit_index[id(key)]
+
+    candidates: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
+    for node, (kind, key) in zip(node_list, where, strict=True):
+        index = -1 if kind == "bias" else graph_index(kind, key)
+        candidates.setdefault(str(node["node_id"]), []).append((index, node))
+
+    def layer_of(index: int) -> int:  # where a node writes from / is read at: tokens -1, logits n_layers
+        if index < 0:
+            return -1
+        if index < n_sel:
+            return feature_keys[index][0]
+        if index < token_start:
+            return (index - n_sel) // n_pos
+        return -1 if index < token_start + n_pos else n_layers
+
+    ambiguous = 0
+
+    def resolve(node_id: Any, role: str, target: int | None = None) -> tuple[int, Mapping[str, Any]]:
+        nonlocal ambiguous
+        found = candidates.get(str(node_id))
+        if not found:
             raise GraphError(f"Link {role} {node_id!r} is not a node of the graph.")
-        # A layer-0 feature and an error node can share an id (circuit-tracer's ids); the feature wins.
-        return index[(FEATURE_TYPE if FEATURE_TYPE in kinds else kinds[0], node_id)]
+        if len(found) > 1:
+            if role == "target":  # only features and logits have inputs
+                found = [c for c in found if 0 <= c[0] < n_sel or c[0] >= token_start + n_pos] or found
+            elif target is not None:  # a source writes to later layers than its own
+                found = [c for c in found if layer_of(c[0]) < layer_of(target)] or found
+            ambiguous += len(found) > 1
+        return found[-1]
 
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    bias_input = torch.zeros(n_nodes)
+    bias_links = []
     for link in links:
-        adjacency[lookup(link["target"], "target"), lookup(link["source"], "source")] = float(link["weight"])
-    labels = {(f[0], f[2]): str(f[4]["clerp"]) for f in feats if f[4].get("clerp")}
-    logit_strings = []
-    for node in logits:
-        clerp = str(node.get("clerp", ""))
-        logit_strings.append(clerp[8 : clerp.rfind('" (p=')] if clerp.startswith('Output "') else "")
-    scan = meta.get("transcoder_list") or meta.get("scan")
-    return AttributionGraph(
+        t, _ = resolve(link["target"], "target")
+        if t < 0:
+            raise GraphError(f"Link target {link['target']!r} is a bias node; biases only have outgoing links.")
+        s, _ = resolve(link["source"], "source", t)
+        weight = float(link["weight"])
+        if s < 0:
+            bias_input[t] += weight
+            bias_links.append(dict(link))
+        else:
+            adjacency[t, s] = weight
+    if ambiguous:
+        warn_user(
+            f"{ambiguous} link(s) of this graph name a node id that a layer-0 feature and an error node share "
+            "(circuit-tracer's ids before v0.5.1); they were read as the node listed last, as Neuronpedia does."
+        )
+    missing = (input_tokens < 0).nonzero().flatten().tolist()
+    if missing:
+        warn_user(
+            f"Position(s) {missing} have no embedding node in this graph file, so their token ids are unknown "
+            "(-1); the graph cannot be re-run on the model (attach / intervene)."
+        )
+
+    graph = AttributionGraph(
         input_string=str(meta.get("prompt", "")),
         input_tokens=input_tokens,
-        active_features=torch.tensor([f[:3] for f in feats], dtype=torch.long).reshape(-1, 3),
-        activation_values=torch.tensor([f[3] for f in feats], dtype=torch.float32),
+        active_features=torch.tensor(feature_keys, dtype=torch.long).reshape(-1, 3),
+        activation_values=torch.tensor([feats[k][0] for k in feature_keys], dtype=torch.float32),
         selected_features=torch.arange(n_sel),
         adjacency_matrix=adjacency,
-        logit_tokens=torch.tensor([int(n["feature"]) for n in logits], dtype=torch.long),
-        logit_probabilities=torch.tensor([float(n.get("token_prob", 0.0)) for n in logits]),
-        bias_input=torch.zeros(n_nodes),
+        logit_tokens=torch.tensor([_int(n, "feature") for n in logits], dtype=torch.long),
+        logit_probabilities=torch.tensor([_finite(n.get("token_prob")) or 0.0 for n in logits]),
+        bias_input=bias_input,
         n_layers=n_layers,
-        input_token_strings=[str(t) for t in prompt_tokens] if prompt_tokens else None,
-        logit_token_strings=logit_strings,
-        scan=scan,
-        feature_labels=labels,
-        info={"imported_from": "neuronpedia", "slug": meta.get("slug"), "node_threshold": meta.get("node_threshold")},
+        input_token_strings=prompt_tokens or None,
+        logit_token_strings=[_logit_text(str(n.get("clerp", ""))) for n in logits],
+        scan=list(meta.get("transcoder_list") or []) or None,
+        feature_labels={(k[0], k[2]): str(feats[k][1]["clerp"]) for k in feature_keys if feats[k][1].get("clerp")},
     )
+    graph.info = {"imported_from": "neuronpedia", INFO_KEY: _record(data, graph, candidates, bias_links)}
+    return graph
+
+
+def _record(
+    data: Mapping[str, Any],
+    graph: AttributionGraph,
+    candidates: Mapping[str, list[tuple[int, Mapping[str, Any]]]],
+    bias_links: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What the file says beyond the graph's fields, keyed by the ids the graph now writes."""
+    nodes: dict[str, dict[str, Any]] = {}
+    ids: dict[str, str] = {}
+    js_ids: dict[str, str] = {}
+    bias_nodes = []
+    for old_id, found in candidates.items():
+        for index, node in found:  # the last of duplicate ids wins, as in Neuronpedia
+            if index < 0:
+                bias_nodes.append(dict(node))
+                continue
+            new = node_record(graph, index, None)
+            ids[old_id] = new["node_id"]
+            if node.get("jsNodeId") is not None:
+                js_ids[str(node["jsNodeId"])] = new["jsNodeId"]
+            nodes[new["node_id"]] = {k: v for k, v in node.items() if k not in _IDENTITY}
+
+    def rename(value: Any) -> Any:
+        return ids.get(value, js_ids.get(value, value)) if isinstance(value, str) else value
+
+    q = dict(data.get("qParams") or {})
+    if isinstance(q.get("pinnedIds"), list):
+        q["pinnedIds"] = [rename(v) for v in q["pinnedIds"]]
+    if isinstance(q.get("supernodes"), list):
+        q["supernodes"] = [
+            [group[0], *(rename(v) for v in group[1:])] if isinstance(group, list) and group else group
+            for group in q["supernodes"]
+        ]
+    if isinstance(q.get("clickedId"), str):
+        q["clickedId"] = rename(q["clickedId"])
+    meta = {k: v for k, v in data["metadata"].items() if k not in ("prompt", "prompt_tokens")}
+    extra = {k: v for k, v in data.items() if k not in ("metadata", "qParams", "nodes", "links")}
+    bias_links = [{**link, "target": rename(link["target"])} for link in bias_links]
+    return {"metadata": meta, "qParams": q, "nodes": nodes, "bias_nodes": bias_nodes, "bias_links": bias_links,
+            "extra": extra}

@@ -2,8 +2,10 @@
 
 Node order (circuit-tracer's): selected features, error nodes (layer-major, then position), token nodes (one per
 position), logit nodes. Node ids are Neuronpedia's graph JSON ids (as circuit-tracer's ``create_graph_files``
-writes them): ``{layer}_{feature}_{pos}`` for features, ``0_{layer}_{pos}`` for errors, ``E_{token}_{pos}`` for
-tokens and ``{n_layers + 1}_{token}_{pos}`` for logits.
+writes them since v0.5.1): ``{layer}_{feature}_{pos}`` for features, ``{layer}_-1_{pos}`` for errors,
+``E_{token}_{pos}`` for tokens and ``{n_layers + 1}_{token}_{pos}`` for logits. The error ids circuit-tracer wrote
+before, ``0_{layer}_{pos}``, are still read (decoderesearch/circuit-tracer#78: they collide with a layer-0 feature
+whose index is the layer; the feature wins).
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ class GraphNodes:
             head, a, b = parts[0], int(parts[1]), int(parts[2])
         except ValueError:
             raise GraphError(
-                f"Node id {node_id!r} is not of the form layer_feature_pos, 0_layer_pos, E_token_pos or L_token_pos."
+                f"Node id {node_id!r} is not of the form layer_feature_pos, layer_-1_pos, E_token_pos or "
+                "{n_layers + 1}_token_pos."
             ) from None
         if head == "E":
             return int(self.token_slice.start + self._check_pos(b))
@@ -193,6 +196,8 @@ class GraphNodes:
                 raise GraphError(f"Token {a} is not a logit node of this graph.")
             return int(self.logit_slice.start + int(hits[0, 0]))
         layer = int(head)
+        if a == -1 and 0 <= layer < self.n_layers:
+            return int(self.error_slice.start + layer * self.n_pos + self._check_pos(b))
         if layer == 0:
             # "0_{layer}_{pos}" is Neuronpedia's error id, the same shape as a layer-0 feature's id: a selected
             # layer-0 feature wins, otherwise it is the error node.
@@ -209,13 +214,13 @@ class GraphNodes:
         return pos
 
     def node_id(self, i: int) -> str:
-        """Neuronpedia's node id: ``{layer}_{feature}_{pos}`` (features), ``0_{layer}_{pos}`` (errors),
+        """Neuronpedia's node id: ``{layer}_{feature}_{pos}`` (features), ``{layer}_-1_{pos}`` (errors),
         ``E_{token}_{pos}`` (tokens), ``{n_layers + 1}_{token}_{pos}`` (logits)."""
         kind, layer, pos, feature = self.node_info(i)
         if kind == "feature":
             return f"{layer}_{feature}_{pos}"
         if kind == "error":
-            return f"0_{layer}_{pos}"
+            return f"{layer}_-1_{pos}"
         if kind == "token":
             return f"E_{feature}_{pos}"
         return f"{self.n_layers + 1}_{feature}_{pos}"
