@@ -122,7 +122,8 @@ def test_contrast_view_matches_backend(scope):
     # One pair carries the wording caveat in the view and its saved rendering; several pairs do not need it.
     assert view._view["caveat"] == expected.caveat and expected.caveat in view.static_html()
     assert paired._view["caveat"] is None
-    np.testing.assert_array_equal(paired.result.first.full_diff, contrast(scope.model, scope.sae(), *pairs[0]).full_diff)
+    first = contrast(scope.model, scope.sae(), *pairs[0])
+    np.testing.assert_array_equal(paired.result.first.full_diff, first.full_diff)
     with pytest.raises(ContrastError, match="two prompts"):
         scope.contrast("only one")
     with pytest.raises(ContrastError, match="not both"):

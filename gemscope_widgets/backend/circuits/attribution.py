@@ -41,6 +41,7 @@ from gemscope_widgets.backend.circuits.replacement import (
     zero_positions,
 )
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import AttributionError
 
@@ -217,9 +218,10 @@ def _logit_targets(gm: Any, fwd: FrozenForward, max_logits: int,
     top_p, top_idx = torch.topk(probs, min(max_logits, probs.numel()))
     cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), torch.tensor(logit_probability, device=top_p.device)))
     idx = top_idx[: cutoff + 1]
-    w_u = gm.lm_head.weight
-    mean_row = torch.mean(w_u, dim=0, dtype=torch.float32)
-    vecs = w_u[idx].float() - mean_row
+    with resident(gm.model, gm.lm_head):  # the unembedding, loaded for this read if offloaded
+        w_u = gm.lm_head.weight
+        mean_row = torch.mean(w_u, dim=0, dtype=torch.float32)
+        vecs = w_u[idx].float() - mean_row
     return idx.cpu(), probs[idx].float().cpu(), vecs, (logits[idx] - logits.mean()).float().cpu()
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet
+from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.errors import ReplacementError
 
 
@@ -208,9 +209,16 @@ def capture_forward(gm: Any, input_ids: Tensor) -> FrozenForward:
     stack = {k: torch.stack([t[0].float() for t in v]) for k, v in store.items()}
     patterns = stack["pat"]
     r_final = final["r"][0].float()
-    s_in = torch.stack([norm_scale(b.input_layernorm, stack["r_pre"][i]) for i, b in enumerate(gm.layers)])
-    s_pa = torch.stack([norm_scale(b.post_attention_layernorm, stack["attn"][i]) for i, b in enumerate(gm.layers)])
-    s_pf = torch.stack([norm_scale(b.pre_feedforward_layernorm, stack["r_mid"][i]) for i, b in enumerate(gm.layers)])
+    s_in, s_pa, s_pf, w_o, w_v = [], [], [], [], []
+    for i, b in enumerate(gm.layers):  # weights read outside a forward: loaded one layer at a time if offloaded
+        with resident(gm.model, b):
+            s_in.append(norm_scale(b.input_layernorm, stack["r_pre"][i]))
+            s_pa.append(norm_scale(b.post_attention_layernorm, stack["attn"][i]))
+            s_pf.append(norm_scale(b.pre_feedforward_layernorm, stack["r_mid"][i]))
+            w_o.append(b.self_attn.o_proj.weight.detach().float().clone())
+            w_v.append(b.self_attn.v_proj.weight.detach().float().clone())
+    with resident(gm.model, gm.final_norm):
+        s_final = norm_scale(gm.final_norm, r_final)
     attn0 = gm.layers[0].self_attn
     n_heads = int(config.num_attention_heads)
     n_kv = int(config.num_key_value_heads)
@@ -223,15 +231,15 @@ def capture_forward(gm: Any, input_ids: Tensor) -> FrozenForward:
         r_mid=stack["r_mid"],
         x=stack["x"],
         mlp_out=stack["mlp"],
-        s_in=s_in,
-        s_pa=s_pa,
-        s_pf=s_pf,
+        s_in=torch.stack(s_in),
+        s_pa=torch.stack(s_pa),
+        s_pf=torch.stack(s_pf),
         patterns=patterns,
         r_final=r_final,
-        s_final=norm_scale(gm.final_norm, r_final),
+        s_final=s_final,
         logits=logits,
-        w_o=[b.self_attn.o_proj.weight.detach().float() for b in gm.layers],
-        w_v=[b.self_attn.v_proj.weight.detach().float() for b in gm.layers],
+        w_o=w_o,
+        w_v=w_v,
         n_heads=n_heads,
         n_kv=n_kv,
         head_dim=head_dim,

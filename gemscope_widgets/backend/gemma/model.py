@@ -13,6 +13,7 @@ from torch import nn
 
 from gemscope_widgets.backend.gemma.embedded import EMBEDDED_HF_ID, EMBEDDED_NAME, ensure_embedded_model
 from gemscope_widgets.backend.gemma.names import is_hub_id, is_instruct_name, model_size
+from gemscope_widgets.backend.gemma.offload import offloads
 from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, TokenIds, make_prompt
 from gemscope_widgets.backend.runtime import hub_offline, resolve_device
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError, warn_user
@@ -305,7 +306,7 @@ def _check_loaded(text_model: nn.Module, name: str) -> None:
     missing = []
     for i, layer in enumerate(cast(nn.ModuleList, text_model.layers)):
         on_meta = any(p.device.type == "meta" for p in layer.parameters())
-        if on_meta and not any(_offloads(getattr(m, "_hf_hook", None)) for m in layer.modules()):
+        if on_meta and not any(offloads(getattr(m, "_hf_hook", None)) for m in layer.modules()):
             missing.append(i)
     if missing:
         raise ModelLoadError(
