@@ -103,6 +103,19 @@ class JobCancelled(GemscopeError):
     raised inside the job at its next check and by ``Job.wait``. Start the job again to redo the work."""
 
 
+class ProbeError(GemscopeError):
+    """A probe asked for with unusable prompt sets (unequal, too small to split), a bad position or bad settings."""
+
+
+class CausalCheckError(GemscopeError):
+    """A causal check with nothing to intervene on, a bad scorer (one that fails or returns no number) or prompts."""
+
+
+class EntityError(GemscopeError):
+    """An entity-knowledge scan with a malformed entity record, an entity whose last token cannot be located, or a
+    set where known and unknown entities do not both occur."""
+
+
 class MatryoshkaError(GemscopeError):
     """A coarse-to-fine question asked badly: prefix sizes that do not increase or exceed the width, a latent
     family asked of statistics for another dictionary, or two dictionaries of different sites or models."""
