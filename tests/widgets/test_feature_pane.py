@@ -9,6 +9,7 @@ import torch
 from gemscope_widgets.backend.analysis.features import prompt_features
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.errors import FeatureIndexError
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.widgets.feature_pane import FeaturePane
@@ -148,3 +149,29 @@ def test_custom_messages_do_not_shadow_the_comm_handler():
 
     # The browser's messages reach Python through Widget._handle_msg; the pane's handler must not replace it.
     assert FeaturePane._handle_msg is ipywidgets.Widget._handle_msg
+
+
+def test_the_scan_runs_as_the_holders_job_shared_cancellable_and_its_failure_shown(
+        tiny_model, pane_sae, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEMSCOPE_CACHE", str(tmp_path / "cache"))
+    holder = StatsHolder(tiny_model, pane_sae)
+    pane, other = (FeaturePane(tiny_model, pane_sae, holder=holder, feature=f, corpus=CORPUS) for f in (3, 4))
+
+    pane.run_scan(corpus=123, wait=True)  # a bad corpus: the short error, in the pane
+    assert pane.scan["state"] == "error" and "Cannot use a int as a corpus" in pane.scan["message"]
+
+    def cancel_after_first_batch(change):
+        if change["new"]["state"] == "running" and change["new"]["done"]:
+            holder.jobs.cancel("scan")
+
+    pane.observe(cancel_after_first_batch, names="scan")
+    job = pane.run_scan(wait=True, batch_size=2, **PARAMS)
+    assert job.state == "cancelled" and pane.scan["state"] == "idle" and "cancelled" in pane.scan["message"]
+    assert holder.stats is None and pane.info["source"] == ""
+    pane.unobserve(cancel_after_first_batch, names="scan")
+
+    job = pane.run_scan(batch_size=2, **PARAMS)
+    assert other.run_scan() is job  # a second pane follows the running scan instead of starting another
+    job.wait(120)
+    assert pane.scan["state"] == other.scan["state"] == "done"
+    assert pane.info["source"] == other.info["source"] == "scan" and other.stats is holder.stats
