@@ -33,6 +33,8 @@ _EXPORTS = {
     "load_default": "gemscope_widgets.backend.default",
     "attribute": "gemscope_widgets.backend.circuits.attribution",
     "AttributionGraph": "gemscope_widgets.backend.circuits.graph",
+    "compare_graphs": "gemscope_widgets.backend.circuits.comparison",
+    "GraphComparison": "gemscope_widgets.backend.circuits.comparison",
     "load_transcoders": "gemscope_widgets.backend.circuits.transcoder_set",
     "TranscoderSet": "gemscope_widgets.backend.circuits.transcoder_set",
     "behaviour_direction": "gemscope_widgets.backend.behaviour.direction",
