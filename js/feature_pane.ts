@@ -36,6 +36,12 @@ export function highlightTokens(
   return spans;
 }
 
+/** Related rows from co-firing counts (backend/analysis/hierarchy.py): a mark before the chip and its tooltip. */
+const FAMILY_KINDS: Record<string, { mark: string; words: string }> = {
+  parent: { mark: "↑ parent ", words: "coarser parent: P(it fires | this fires) =" },
+  child: { mark: "↓ child ", words: "finer child: P(this fires | it fires) =" },
+};
+
 function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void {
   mountTheme(root, css);
   const send = (message: FeaturePaneMessage) => sendMessage(model, message);
@@ -181,6 +187,11 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
         const b = el("button", "gs-chip", `#${r.feature} ${r.explanation ? `${r.explanation} ` : ""}${r.score.toFixed(2)}`);
         b.dataset.feature = String(r.feature);
         b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"} ${r.score.toFixed(3)}${dense}`;
+        const family = FAMILY_KINDS[r.kind];
+        if (family) {
+          b.prepend(family.mark);
+          b.title = `${family.words} ${formatValue(r.score)}${dense}`;
+        }
         return b;
       }),
     );

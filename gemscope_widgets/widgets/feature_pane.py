@@ -83,7 +83,9 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
     """Detail pane for one feature of one SAE; ``scope.feature(f)`` builds it.
 
     Clicking a related feature switches the pane to it (:meth:`show`); ``on_steer(fn)`` is called with the
-    feature index when the "steer" button is pressed.
+    feature index when the "steer" button is pressed. ``cofiring`` (the dictionary's
+    :func:`~gemscope_widgets.backend.stats.cofiring.cofiring` counts) adds its parents and children to the
+    related features.
     """
 
     _esm = _BUNDLE
@@ -141,6 +143,7 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         logits_k: int = 10,
         holder: StatsHolder | None = None,
         labels: Any = None,
+        cofiring: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -149,7 +152,8 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         self.holder = holder if holder is not None else StatsHolder(model, sae, stats)
         if stats is not None and self.holder.stats is not stats:
             self.holder.set(stats)
-        self.cards = FeatureCards(model, sae, self.holder, labels=labels, logits_k=logits_k, related_k=related_k)
+        self.cards = FeatureCards(model, sae, self.holder, labels=labels, logits_k=logits_k, related_k=related_k,
+                                  cofiring=cofiring)
         self.labels = self.cards.labels
         self.corpus = corpus
         self.card: FeatureCard | None = None

@@ -4,7 +4,9 @@ A :class:`FeatureCard` puts together what a feature dashboard shows first (Neuro
 "Towards Monosemanticity" feature browser): the header facts (explanation or automatic label, density, maximum
 activation, Neuronpedia link), the logit lens (:func:`~gemscope_widgets.backend.analysis.logit_lens.logit_lens`),
 the activation histogram, related features (decoder cosine,
-:func:`~gemscope_widgets.backend.analysis.related.related_by_decoder`, then co-activation from the statistics),
+:func:`~gemscope_widgets.backend.analysis.related.related_by_decoder`, then co-activation from the statistics, then
+parents and children from co-firing counts when given,
+:func:`~gemscope_widgets.backend.analysis.hierarchy.latent_family`),
 the first page of max-activating and quantile examples, and "test your own text" (:meth:`FeatureCard.test`).
 
 :class:`FeatureCards` builds cards for one model + dictionary and follows its statistics
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from gemscope_widgets.backend.analysis.features import prompt_features
+from gemscope_widgets.backend.analysis.hierarchy import latent_family
 from gemscope_widgets.backend.analysis.labels import FeatureLabels
 from gemscope_widgets.backend.analysis.logit_lens import logit_lens
 from gemscope_widgets.backend.analysis.related import related_by_decoder
@@ -30,13 +33,15 @@ from gemscope_widgets.backend.dictionaries.base import check_feature_index
 from gemscope_widgets.backend.dictionaries.registry import dictionary_noun
 from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.backend.stats.importers.neuronpedia import feature_url
-from gemscope_widgets.errors import GemscopeError
+from gemscope_widgets.errors import GemscopeError, MatryoshkaError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
+    from gemscope_widgets.backend.stats.cofiring import CoFiring
     from gemscope_widgets.backend.stats.feature_stats import Example, FeatureStats
 
 ExampleKind = Literal["top", "quantile"]
+RelatedKind = Literal["decoder", "coactivation", "parent", "child"]
 MAX_TEST_TOKENS = 512
 """Longest text :meth:`FeatureCard.test` runs (tokens, ``<bos>`` included); longer text is cut."""
 
@@ -86,13 +91,14 @@ class Histogram:
 
 @dataclass(frozen=True)
 class RelatedFeature:
-    """A neighbour: ``kind`` "decoder" (``score`` = decoder cosine) or "coactivation" (``score`` = Jaccard of
-    example documents); ``label``: its explanation, else its automatic label; ``density`` (None without
-    statistics)."""
+    """A neighbour: ``kind`` "decoder" (``score`` = decoder cosine), "coactivation" (``score`` = Jaccard of
+    example documents), "parent" (an earlier, coarser feature: ``score`` = P(it fires | this fires)) or "child"
+    (a later, finer one: ``score`` = P(this fires | it fires)); ``label``: its explanation, else its automatic
+    label; ``density`` (None without statistics)."""
 
     feature: int
     score: float
-    kind: Literal["decoder", "coactivation"]
+    kind: RelatedKind
     label: str
     density: float | None
 
@@ -158,12 +164,20 @@ class FeatureCards:
     ``stats``: a :class:`StatsHolder` to follow, fixed statistics, or None (a card without examples, density or
     histogram). ``labels``: the dictionary's :class:`FeatureLabels` (made and kept following the statistics when
     None). ``logits_k`` tokens each way, ``related_k`` neighbours of each kind, ``page_size`` examples a page.
+    ``cofiring``: the dictionary's co-firing counts (:func:`~gemscope_widgets.backend.stats.cofiring.cofiring`),
+    which add its parents and children (at most ``related_k`` of each) to the related features.
     """
 
     def __init__(self, gm: GemmaModel, sae: Any, stats: StatsHolder | FeatureStats | None = None, *,
                  labels: FeatureLabels | None = None, logits_k: int = 10, related_k: int = 8,
-                 page_size: int = 5) -> None:
+                 page_size: int = 5, cofiring: CoFiring | None = None) -> None:
         self.gm, self.sae = gm, sae
+        if cofiring is not None and (cofiring.saes[0] != str(sae.config.name) or cofiring.widths[0] != sae.width):
+            raise MatryoshkaError(
+                f"These co-firing counts are for {cofiring.saes[0]} ({cofiring.widths[0]} features), not "
+                f"{sae.config.name}: count them with cofiring(model, sae)."
+            )
+        self.cofiring = cofiring
         self.holder = stats if isinstance(stats, StatsHolder) else StatsHolder(gm, sae, stats)
         if labels is None:
             labels = FeatureLabels(gm, sae, self.holder.stats)
@@ -172,7 +186,7 @@ class FeatureCards:
         self.logits_k, self.related_k, self.page_size = int(logits_k), int(related_k), int(page_size)
         self._cached_for: FeatureStats | None = None
         self._logits: dict[int, LogitEffect] = {}
-        self._neighbours: dict[int, list[tuple[Literal["decoder", "coactivation"], int, float]]] = {}
+        self._neighbours: dict[int, list[tuple[RelatedKind, int, float]]] = {}
 
     @property
     def width(self) -> int:
@@ -244,12 +258,17 @@ class FeatureCards:
         return Histogram(np.asarray(hist[0]), np.asarray(hist[1]))
 
     def related(self, stats: FeatureStats | None, f: int) -> list[RelatedFeature]:
-        """Decoder neighbours, then co-activating ones (kept per feature), with labels and densities read now."""
+        """Decoder neighbours, co-activating ones, then parents and children (kept per feature), with labels and
+        densities read now."""
         if f not in self._neighbours:
-            rows: list[tuple[Literal["decoder", "coactivation"], int, float]] = [
+            rows: list[tuple[RelatedKind, int, float]] = [
                 ("decoder", int(i), float(s)) for i, s in related_by_decoder(self.sae, f, self.related_k)]
             co = stats.related_by_coactivation(f, self.related_k) if stats is not None else None
             rows += [("coactivation", int(i), float(s)) for i, s in (co or [])]
+            if self.cofiring is not None:
+                family = latent_family(self.cofiring, f)
+                rows += [("parent", r.latent, r.p_implied) for r in family.parents[: self.related_k]]
+                rows += [("child", r.latent, r.p_implied) for r in family.children[: self.related_k]]
             self._neighbours[f] = [r for r in rows if r[1] != f]
         rows = self._neighbours[f]
         labels = self.labels.labels([i for _, i, _ in rows])
