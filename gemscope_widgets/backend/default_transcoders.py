@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.cache import build_once, cache_dir
 
 # Bump the name whenever the recipe changes, so stale caches are not reused.
@@ -38,7 +39,7 @@ DEMO_TRANSCODER_RECIPE: dict[str, Any] = {
     "batch_size": 512,
     "seed": 0,
 }
-DEMO_TRANSCODERS_NAME = "gemma-3-270m_transcoder_all_width_1k_l0_small_affine_demo_v3"
+DEMO_TRANSCODERS_NAME = "gemma-3-270m_transcoder_all_width_1k_l0_small_affine_demo_v4"
 SITE_FOLDER = "transcoder_all"
 
 
@@ -113,7 +114,6 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
     Replacement is closed-loop: each transcoder reads the MLP input of the already-replaced model. ``<bos>``
     and padding are never replaced and never scored (as in the SAE card).
     """
-    from tqdm.auto import tqdm
 
     from gemscope_widgets.backend.analysis.evaluation import next_token_loss
     from gemscope_widgets.backend.gemma.hooks import hooked
@@ -125,7 +125,7 @@ def _replacement_losses(gm: Any, transcoders: list[Any], texts: list[str], *, pr
     hidden = torch.tensor(sorted(masked_ids(gm.tokenizer)))
     totals = {"clean": [0.0, 0], "replaced": [0.0, 0], "zero": [0.0, 0]}
     batch_size = 8
-    for a in tqdm(range(0, len(docs), batch_size), desc="transcoder losses", disable=not progress):
+    for a in progress_bar(range(0, len(docs), batch_size), desc="transcoder losses", disable=not progress):
         ids, mask = pad_batch(docs[a : a + batch_size], gm.tokenizer.pad_token_id)
         valid = mask.bool() & ~torch.isin(ids, hidden)
         where = valid.to(gm.device).unsqueeze(-1)

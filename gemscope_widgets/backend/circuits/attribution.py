@@ -18,6 +18,10 @@ algorithm and its defaults follow circuit-tracer 0.5.0 (``circuit_tracer/attribu
 4. Feature rows are computed for the features with the largest influence on the logits, re-ranked as rows
    arrive, until ``max_feature_nodes`` (circuit-tracer's incremental selection).
 
+Memory is estimated from the prompt length before any work and checked again with the exact number of active
+features before the rows (:mod:`.attribution_memory`); a prompt that would not fit is refused with settings
+that would. After an error or an interrupt no buffer stays held by the traceback.
+
 The part of each target's input that comes from constants (``b_enc``, every ``b_dec`` upstream, the MLP outputs
 at positions without nodes) is returned as ``bias_input``, so each row plus its bias equals the target's input.
 """
@@ -33,6 +37,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gemscope_widgets.backend.circuits.attribution_memory import (
+    RANKING_CHUNK_BYTES,
+    AttributionMemory,
+    check_fits,
+    estimate_attribution_memory,
+    with_active,
+)
 from gemscope_widgets.backend.circuits.graph import AttributionGraph
 from gemscope_widgets.backend.circuits.replacement import (
     FrozenForward,
@@ -42,6 +53,8 @@ from gemscope_widgets.backend.circuits.replacement import (
 )
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
 from gemscope_widgets.backend.gemma.offload import resident
+from gemscope_widgets.backend.gemma.prompts import token_strings
+from gemscope_widgets.backend.memory import available_memory, format_bytes, released_on_error
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import AttributionError
 
@@ -56,7 +69,6 @@ class _Nodes:
     values: Tensor  # [n]
     pre: Tensor  # [n] pre-activations
     b_enc: Tensor  # [n]
-    enc: Tensor  # [n, d] input direction at r_mid: s_pf[l, pos] * w_enc[:, f]
     writers: dict[int, list[tuple[int, Tensor, Tensor]]]  # target layer -> [(pos, cols, vectors [k, d])]
     err: Tensor  # [L, T, d]
     const: Tensor  # [L, T, d]
@@ -70,7 +82,7 @@ class _Nodes:
 
 def _active_features(fwd: FrozenForward, tset: TranscoderSet, n_zero: int, device: torch.device) -> _Nodes:
     n_layers, n_pos, d = fwd.x.shape
-    rows, values, pres, b_encs, encs = [], [], [], [], []
+    rows, values, pres, b_encs = [], [], [], []
     per_layer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # layer -> (positions, features, activations)
     for layer in tset.layers:
         w_enc = tset.w_enc(layer).to(device)
@@ -84,7 +96,6 @@ def _active_features(fwd: FrozenForward, tset: TranscoderSet, n_zero: int, devic
         values.append(acts[pos, feat])
         pres.append(pre[pos, feat])
         b_encs.append(b_enc[feat])
-        encs.append(fwd.s_pf[layer, pos] * w_enc[:, feat].T)
     empty = torch.zeros(0, device=device)
     active = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long, device=device)
     # Reconstruction, errors and constants per layer the MLP output of which is (partly) explained.
@@ -132,13 +143,24 @@ def _active_features(fwd: FrozenForward, tset: TranscoderSet, n_zero: int, devic
         values=torch.cat(values).cpu() if values else empty.cpu(),
         pre=torch.cat(pres).cpu() if pres else empty.cpu(),
         b_enc=torch.cat(b_encs).cpu() if b_encs else empty.cpu(),
-        enc=torch.cat(encs) if encs else torch.zeros(0, d, device=device),
         writers=writers,
         err=err,
         const=const,
         tok=fwd.r_pre[0],
         skip=skips,
     )
+
+
+def _input_directions(fwd: FrozenForward, tset: TranscoderSet, active: Tensor, device: torch.device) -> Tensor:
+    """Input directions ``[n, d]`` at ``r_mid`` of the features ``active [n, 3]`` (layer, pos, feature):
+    ``s_pf[l, pos] * w_enc[:, f]``, made per batch rather than held for every active feature."""
+    out = torch.empty(len(active), fwd.x.shape[-1], device=device)
+    layer_of = active[:, 0]
+    for layer in layer_of.unique().tolist():
+        m = layer_of == layer
+        pos, feat = active[m, 1].to(device), active[m, 2].to(device)
+        out[m.to(device)] = fwd.s_pf[layer, pos] * tset.w_enc(layer).to(device)[:, feat].T
+    return out
 
 
 def _pull_back(
@@ -185,14 +207,29 @@ def _pull_back(
 
 def compute_partial_influences(edge_matrix: Tensor, logit_p: Tensor, row_to_node_index: Tensor,
                                max_iter: int = 128) -> Tensor:
-    """Influence of every node on the logits from the rows computed so far (circuit-tracer's function)."""
-    normalized = edge_matrix.abs()
-    normalized /= normalized.sum(dim=1, keepdim=True).clamp(min=1e-8)
-    influences = torch.zeros(edge_matrix.shape[1])
-    prod = torch.zeros(edge_matrix.shape[1])
+    """Influence of every node on the logits from the rows computed so far (circuit-tracer's function).
+
+    The row-normalised ``|edge_matrix|`` is made once when it takes at most ``RANKING_CHUNK_BYTES``; a larger one
+    is made chunk of rows by chunk of rows at every step instead of being held (same numbers, more time).
+    """
+    n_rows, n_cols = edge_matrix.shape
+    step = max(1, RANKING_CHUNK_BYTES // max(1, 4 * n_cols))
+
+    def normalised(a: int) -> Tensor:
+        part = edge_matrix[a : a + step].abs()
+        part /= part.sum(dim=1, keepdim=True).clamp(min=1e-8)
+        return part
+
+    whole = normalised(0) if step >= n_rows else None
+    influences = torch.zeros(n_cols)
+    prod = torch.zeros(n_cols)
     prod[-len(logit_p) :] = logit_p
     for _ in range(max_iter):
-        prod = prod[row_to_node_index] @ normalized
+        weights = prod[row_to_node_index]
+        if whole is not None:
+            prod = weights @ whole
+        else:
+            prod = sum((weights[a : a + step] @ normalised(a) for a in range(0, n_rows, step)), torch.zeros(n_cols))
         if not prod.any():
             break
         influences += prod
@@ -246,6 +283,7 @@ def attribute(
     max_feature_nodes: int | None = DEFAULT_MAX_FEATURE_NODES,
     batch_size: int = 256,
     update_interval: int = 4,
+    memory_budget: int | None = None,
     progress: bool = True,
 ) -> AttributionGraph:
     """Build the attribution graph of ``prompt``'s next-token prediction (see the module docstring).
@@ -261,6 +299,10 @@ def attribute(
         max_feature_nodes: how many active features get rows (by influence on the logits); None for all.
         batch_size: targets per pull-back; memory ``~ batch_size × T × d_model × 4`` bytes a few times over.
         update_interval: batches between re-rankings of the pending features (circuit-tracer's default 4).
+        memory_budget: bytes the call may use (default: the memory available now, see
+            :func:`~gemscope_widgets.backend.memory.available_memory`). The estimate
+            (:func:`~.attribution_memory.estimate_attribution_memory`) is checked before the forward pass and again
+            with the exact number of active features before the rows, and shown with the progress bar.
         progress: a tqdm bar over feature rows.
 
     Returns:
@@ -271,6 +313,8 @@ def attribute(
         SAEModelMismatch: the set was trained for another model (size, width, depth).
         TranscoderSetError: the set itself is malformed (see :func:`load_transcoders`).
         AttributionError: bad numeric arguments. PromptError: an empty or too long prompt.
+        AttributionMemoryError: the estimate exceeds ``memory_budget``; the message names a shorter prompt, a
+            ``max_feature_nodes`` or a ``batch_size`` that fits.
     """
     if int(batch_size) < 1:
         raise AttributionError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -280,17 +324,45 @@ def attribute(
         raise AttributionError(f"logit_probability must be in (0, 1], got {logit_probability!r}.")
     if max_feature_nodes is not None and int(max_feature_nodes) < 0:
         raise AttributionError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes!r}.")
+    with released_on_error():  # an interrupt leaves no buffer held by the notebook's last traceback
+        return _attribute(
+            model, transcoders, prompt, max_logits=max_logits, logit_probability=logit_probability,
+            max_feature_nodes=max_feature_nodes, batch_size=int(batch_size), update_interval=update_interval,
+            memory_budget=memory_budget, progress=progress,
+        )
 
+
+def _attribute(
+    gm: Any,
+    transcoders: Any,
+    prompt: Any,
+    *,
+    max_logits: int,
+    logit_probability: float,
+    max_feature_nodes: int | None,
+    batch_size: int,
+    update_interval: int,
+    memory_budget: int | None,
+    progress: bool,
+) -> AttributionGraph:
     t_start = time.perf_counter()
-    gm = model
     tset = transcoders if isinstance(transcoders, TranscoderSet) else load_transcoders(transcoders)
     tset.check_model(gm)
     ids, text = _as_ids(gm, prompt)
     n_zero = zero_positions(gm, ids)
     device = gm.device
+    budget = memory_budget if memory_budget is not None else available_memory()
+    est = estimate_attribution_memory(
+        gm, tset, len(ids), max_feature_nodes=max_feature_nodes, batch_size=batch_size, max_logits=max_logits
+    )
+    if budget is not None:
+        check_fits(gm, tset, est, budget, max_feature_nodes=max_feature_nodes)
     with torch.no_grad():
         fwd = capture_forward(gm, ids)
         nodes = _active_features(fwd, tset, n_zero, device)
+        est = with_active(est, gm, tset, nodes.n_active, max_feature_nodes)
+        if budget is not None:
+            check_fits(gm, tset, est, budget, max_feature_nodes=max_feature_nodes)
         logit_ids, logit_probs, logit_vecs, logit_inputs = _logit_targets(gm, fwd, max_logits, logit_probability)
         t_setup = time.perf_counter()
         n_layers, n_pos, _ = fwd.x.shape
@@ -317,7 +389,7 @@ def attribute(
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         feat_layers, feat_pos = nodes.active[:, 0], nodes.active[:, 1]
-        bar = progress_bar(total=n_feat, desc="Attribution rows", disable=not progress, leave=False)
+        bar = progress_bar(total=n_feat, desc=_bar_desc(est, budget), disable=not progress, leave=False)
         try:
             while n_visited < n_feat:
                 if n_feat == n_active:
@@ -330,13 +402,12 @@ def attribute(
                 pending = pending[_cost_order(feat_layers[pending], feat_pos[pending], batch_size, n_layers)]
                 for start in range(0, len(pending), batch_size):
                     idx = pending[start : start + batch_size]
-                    dev_idx = idx.to(device)
                     rows, bias = _pull_back(
                         fwd,
                         nodes,
                         feat_layers[idx].to(device),
                         feat_pos[idx].to(device),
-                        nodes.enc[dev_idx],
+                        _input_directions(fwd, tset, nodes.active[idx], device),
                         logit_offset,
                     )
                     end = st + len(idx)
@@ -354,7 +425,11 @@ def attribute(
     selected = torch.where(visited)[0]
     row_unselected = torch.zeros(n_feat + n_logits)
     if n_feat < n_active:
-        row_unselected = edge[:, :n_active][:, ~visited].sum(1)
+        unvisited = ~visited
+        step = max(1, RANKING_CHUNK_BYTES // max(1, 4 * n_active))  # no full copy of the unselected columns
+        row_unselected = torch.cat(
+            [edge[a : a + step, :n_active][:, unvisited].sum(1) for a in range(0, edge.shape[0], step)]
+        )
         keep_cols = torch.cat([selected, torch.arange(n_active, total)])
         edge = edge[:, keep_cols]
     order = row_to_node.argsort()
@@ -372,7 +447,6 @@ def attribute(
     node_inputs = torch.zeros(n_nodes)
     node_inputs[:n_feat] = nodes.pre[selected]
     node_inputs[n_nodes - n_logits :] = logit_inputs
-    from gemscope_widgets.backend.gemma.prompts import token_strings
 
     graph = AttributionGraph(
         input_string=text,
@@ -398,6 +472,7 @@ def attribute(
             "zero_positions": n_zero,
             "n_active": n_active,
             "max_feature_nodes": max_feature_nodes,
+            "memory_estimate_bytes": est.total_bytes,
             "batch_size": int(batch_size),
             "seconds": {
                 "setup": round(t_setup - t_start, 3),
@@ -408,3 +483,9 @@ def attribute(
     )
     graph.replacement = Replacement(gm, tset, n_zero)
     return graph
+
+
+def _bar_desc(est: AttributionMemory, budget: int | None) -> str:
+    """The rows bar's label: the memory estimate, and the budget it was checked against."""
+    of = f" of {format_bytes(budget)} free" if budget is not None else ""
+    return f"Attribution rows (memory {est}{of})"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gemscope_widgets.backend.analysis.evaluation import fvu
+from gemscope_widgets.backend.memory import releases_buffers_on_error
 from gemscope_widgets.backend.training.stacked_fit import fit_stacked
 from gemscope_widgets.errors import TrainingError
 
@@ -39,6 +40,7 @@ class TrainingReport:
     scale: float
 
 
+@releases_buffers_on_error
 def fit_jumprelu(acts: torch.Tensor, **options: Any) -> tuple[dict[str, torch.Tensor], TrainingReport]:
     """Fit a JumpReLU SAE to raw activations ``[N, d]``; return GS2 params (mean and scale folded in).
 

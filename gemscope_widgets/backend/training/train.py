@@ -19,6 +19,7 @@ import torch
 from gemscope_widgets.backend.analysis.matryoshka import MATRYOSHKA_KEY
 from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma import sites
+from gemscope_widgets.backend.memory import releases_buffers_on_error
 from gemscope_widgets.backend.training.activations import collect_activations, default_training_texts, token_windows
 from gemscope_widgets.backend.training.fit import fit_jumprelu
 from gemscope_widgets.cache import cache_dir, staged_dir
@@ -49,6 +50,7 @@ def gs2_config(gm: Any, point: str, width: int, l0: float) -> dict[str, Any]:
     }
 
 
+@releases_buffers_on_error
 def train_sae(
     gm: Any,
     layer: int,

@@ -3,8 +3,9 @@
     <root>/transcoder_all/layer_{L}_width_{W}_l0_{S}_affine/{config.json, params.safetensors}
     <root>/training.json        (the recipe and each layer's TranscoderReport)
 
-One activation pass collects every layer's MLP input and output (:mod:`.mlp_pairs`) and the layers are fitted
-at once (:mod:`.transcoder_fit`). Every folder loads with ``load_sae`` like a downloaded one.
+One activation pass collects every layer's MLP input and output into bfloat16 files on disk (:mod:`.mlp_pairs`)
+and the layers are fitted a group at a time from them (:mod:`.transcoder_fit`), so memory holds one group's
+data, not the whole collection. Every folder loads with ``load_sae`` like a downloaded one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -21,15 +24,22 @@ from typing import Any
 import torch
 
 from gemscope_widgets.backend.dictionaries.loading import save_gemma_scope_folder
-from gemscope_widgets.backend.training.activations import token_windows
-from gemscope_widgets.backend.training.mlp_pairs import collect_mlp_pairs, mlp_in_point, mlp_out_point
+from gemscope_widgets.backend.memory import releases_buffers_on_error
+from gemscope_widgets.backend.training.activations import default_training_texts, token_windows
+from gemscope_widgets.backend.training.mlp_pairs import (
+    MlpPairStore,
+    collect_mlp_pairs,
+    mlp_in_point,
+    mlp_out_point,
+    store_mlp_pairs,
+)
 from gemscope_widgets.backend.training.transcoder_fit import TranscoderReport, fit_transcoders
-from gemscope_widgets.cache import staged_dir
+from gemscope_widgets.cache import cache_dir, staged_dir
 from gemscope_widgets.errors import TrainingError
 
 __all__ = [
-    "TranscoderReport", "collect_mlp_pairs", "fit_transcoders", "folder_name", "mlp_in_point", "mlp_out_point",
-    "train_transcoders", "transcoder_config", "width_label",
+    "MlpPairStore", "TranscoderReport", "collect_mlp_pairs", "fit_transcoders", "folder_name", "mlp_in_point",
+    "mlp_out_point", "store_mlp_pairs", "train_transcoders", "transcoder_config", "width_label",
 ]
 
 
@@ -58,6 +68,7 @@ def transcoder_config(gm: Any, layer: int, width: int, l0: float) -> dict[str, A
     }
 
 
+@releases_buffers_on_error
 def train_transcoders(
     gm: Any,
     out_dir: str | os.PathLike[str],
@@ -83,10 +94,11 @@ def train_transcoders(
     layer's :class:`TranscoderReport`. The root appears
     by one atomic rename. ``corpus`` defaults to the offline training texts; its documents are shuffled (by
     ``seed``) before they are cut into windows, so a budget of ``n_tokens`` samples the whole corpus rather than
-    its first documents. Activations are held in the model's dtype when that is bfloat16 (half the memory).
+    its first documents. Activations go to bfloat16 files in a scratch folder under ``cache_dir("scratch")``
+    (``n_tokens × layers × 2 × d_model × 2`` bytes of disk, removed afterwards, also on an interrupt); memory
+    holds one group of layers' data at a time (``layers_at_once``, a :func:`~.transcoder_fit.fit_transcoders`
+    option).
     """
-    from gemscope_widgets.backend.training.activations import default_training_texts
-
     layers = list(range(gm.n_layers)) if layers is None else sorted(set(int(layer) for layer in layers))
     bad = [layer for layer in layers if not 0 <= layer < gm.n_layers]
     if bad or not layers:
@@ -98,22 +110,23 @@ def train_transcoders(
     random.Random(seed).shuffle(texts)
     torch.manual_seed(seed)
     windows = token_windows(gm.tokenizer, texts, ctx, max_windows=n_tokens // (ctx - 1) + 2)
-    store = torch.bfloat16 if getattr(gm, "dtype", None) == torch.bfloat16 else torch.float32
-    xs, ys = collect_mlp_pairs(gm, windows, layers, max_tokens=n_tokens, dtype=store, progress=progress)
+    scratch = Path(tempfile.mkdtemp(prefix="mlp_pairs.", dir=cache_dir("scratch")))
     threads = torch.get_num_threads()
     try:
+        pairs = store_mlp_pairs(gm, windows, layers, scratch, max_tokens=n_tokens, progress=progress)
         params, reports = fit_transcoders(
-            xs, ys, width=width, target_l0=target_l0, steps=steps, batch_size=batch_size, layers=layers,
-            seed=seed, progress=progress, **fit_options,
+            pairs.inputs, pairs.outputs, width=width, target_l0=target_l0, steps=steps, batch_size=batch_size,
+            layers=layers, seed=seed, progress=progress, **fit_options,
         )
     finally:
         torch.set_num_threads(threads)
+        shutil.rmtree(scratch, ignore_errors=True)
     out = Path(out_dir)
     with staged_dir(out) as tmp:
         for layer, p, rep in zip(layers, params, reports):
             folder = tmp / "transcoder_all" / folder_name(layer, width, l0_label)
             save_gemma_scope_folder(folder, transcoder_config(gm, layer, width, rep.l0), p)
-        recipe = {"width": width, "target_l0": target_l0, "n_tokens": int(xs.shape[1]), "steps": steps,
+        recipe = {"width": width, "target_l0": target_l0, "n_tokens": pairs.n, "steps": steps,
                   "batch_size": batch_size, "ctx": ctx, "seed": seed, **fit_options}
         (tmp / "training.json").write_text(
             json.dumps({"model": gm.name, "recipe": recipe, "seconds": round(time.perf_counter() - start, 1),

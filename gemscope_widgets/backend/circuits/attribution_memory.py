@@ -1,0 +1,186 @@
+"""How much memory ``attribute`` needs for a prompt, before the work, and the settings that would fit.
+
+Attribution's memory grows with the prompt: every token adds its active features (a few hundred across the
+layers of a transcoder set), and the edge matrix has one column per active feature for every feature row it
+computes. The parts, in float32 bytes (``T`` tokens, ``L`` layers, ``d`` model width, ``H`` heads, ``A`` active
+features, ``F = min(max_feature_nodes, A)`` feature rows, ``K`` logits, ``B`` batch size,
+``C = A + (L + 1)·T + K`` columns):
+
+- ``forward``: the frozen forward pass (residuals, norm scales, MLP inputs and outputs, ``~16·L·T·d``) and its
+  attention patterns (``2·L·H·T²``);
+- ``nodes``: each active feature's decoder vector where it writes (``A·d`` per target layer), its bookkeeping,
+  and the error and constant terms (``2·L·T·d``);
+- ``edges``: the edge matrix, ``(F + K)·C`` (the dominant term for long prompts);
+- ``ranking``: the normalised copy the influence ranking uses, at most :data:`RANKING_CHUNK_BYTES` (larger
+  matrices are ranked chunk by chunk);
+- ``batch``: one pull-back, ``B·T`` gradients a few times over and ``B·C`` rows;
+- ``graph``: the final graph's adjacency ``(F + (L + 1)·T + K)²`` and the kept columns, while the edge matrix
+  is still held.
+
+``A`` is unknown before the forward pass; :func:`active_per_token` gives a prior from the set's L0 (each
+dictionary's ``config.l0``), and ``attribute`` checks again with the exact count before the rows. The
+benchmark ``python -m benchmarks.memory_case`` compares the estimate with the measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+from gemscope_widgets.backend.memory import format_bytes
+from gemscope_widgets.errors import AttributionError
+
+FLOAT = 4
+RANKING_CHUNK_BYTES = 1 << 30
+FALLBACK_ACTIVE_PER_TOKEN = 700.0  # a 16k-wide Gemma Scope 2 set on Gemma 3 (about 685 measured) when no L0 is known
+
+
+class AttributionMemoryError(AttributionError):
+    """``attribute`` would need more memory than is available; the message names settings that fit."""
+
+
+@dataclass(frozen=True)
+class AttributionMemory:
+    """An estimate of ``attribute``'s peak memory above what the process already holds (bytes per part)."""
+
+    n_tokens: int
+    active_per_token: float
+    n_active: int
+    feature_rows: int
+    batch_size: int
+    max_logits: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    def __str__(self) -> str:
+        return f"≈{format_bytes(self.total_bytes)}"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    head_dim: int
+    d_ff: int
+    targets_per_feature: float
+    max_logits: int
+
+
+def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
+    cfg = gm.text_config
+    n_heads = int(getattr(cfg, "num_attention_heads", 1))
+    head_dim = int(getattr(cfg, "head_dim", None) or gm.d_model // n_heads)
+    targets = [len(tset.target_layers(layer)) for layer in tset.layers]
+    return _Shape(
+        n_layers=int(gm.n_layers), d_model=int(gm.d_model), n_heads=n_heads, head_dim=head_dim,
+        d_ff=int(getattr(cfg, "intermediate_size", 4 * gm.d_model)),
+        targets_per_feature=sum(targets) / max(len(targets), 1), max_logits=int(max_logits),
+    )
+
+
+def active_per_token(tset: Any) -> float:
+    """Prior for active features per token: the sum of the set's dictionaries' L0 (``config.l0``), or
+    :data:`FALLBACK_ACTIVE_PER_TOKEN` when a dictionary does not state one."""
+    l0s = [float(getattr(d.config, "l0", 0) or 0) for d in tset.dictionaries]
+    if not l0s or min(l0s) <= 0:
+        return FALLBACK_ACTIVE_PER_TOKEN
+    return sum(l0s)
+
+
+def _parts(s: _Shape, t: int, a: int, max_feature_nodes: int | None, b: int) -> tuple[int, dict[str, int]]:
+    L, d, H = s.n_layers, s.d_model, s.n_heads  # noqa: N806 (the shapes' own letters)
+    k = s.max_logits
+    f = a if max_feature_nodes is None else min(int(max_feature_nodes), a)
+    cols = a + (L + 1) * t + k
+    edges = (f + k) * cols * FLOAT
+    kept = f + (L + 1) * t + k
+    parts = {
+        "forward": FLOAT * (16 * L * t * d + 2 * L * H * t * t + 3 * t * s.d_ff),
+        "nodes": int(a * (FLOAT * d * s.targets_per_feature + 48)) + FLOAT * 2 * L * t * d,
+        "edges": edges,
+        "ranking": min(edges, RANKING_CHUNK_BYTES) if f < a else 0,
+        "batch": FLOAT * (b * t * (4 * d + 3 * H * s.head_dim) + 2 * b * cols),
+    }
+    graph = FLOAT * (kept * kept + (f + k) * kept)
+    # The graph is assembled after the rows: its buffers replace the ranking copy and the batch's.
+    parts["graph"] = max(0, graph - parts["ranking"] - parts["batch"])
+    return f, parts
+
+
+def estimate_attribution_memory(
+    model: Any,
+    transcoders: Any,
+    n_tokens: int,
+    *,
+    max_feature_nodes: int | None = 4096,
+    batch_size: int = 256,
+    max_logits: int = 10,
+    n_active: int | None = None,
+) -> AttributionMemory:
+    """Estimate ``attribute``'s peak memory (bytes above what the process holds) for an ``n_tokens`` prompt.
+
+    ``n_active`` is the exact number of active features when known (after the forward pass); otherwise
+    ``n_tokens × active_per_token(transcoders)``. The other arguments are ``attribute``'s. See the module
+    docstring for the parts.
+    """
+    tset = transcoders if isinstance(transcoders, TranscoderSet) else load_transcoders(transcoders)
+    s = _shape(model, tset, max_logits)
+    per_token = active_per_token(tset) if n_active is None else n_active / max(n_tokens, 1)
+    a = int(n_active) if n_active is not None else round(per_token * n_tokens)
+    f, parts = _parts(s, int(n_tokens), a, max_feature_nodes, int(batch_size))
+    return AttributionMemory(int(n_tokens), per_token, a, f, int(batch_size), int(max_logits), parts)
+
+
+def _largest(fits: Any, low: int, high: int) -> int:
+    """The largest ``v`` in ``[low, high]`` with ``fits(v)`` (``fits`` monotone decreasing), or ``low − 1``."""
+    if high < low or not fits(low):
+        return low - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+def check_fits(
+    model: Any, transcoders: Any, est: AttributionMemory, budget: int, *, max_feature_nodes: int | None
+) -> None:
+    """Raise :class:`AttributionMemoryError` when ``est`` exceeds ``budget`` bytes, naming a shorter prompt, a
+    smaller ``max_feature_nodes`` or a smaller ``batch_size`` that would fit."""
+    if est.total_bytes <= budget:
+        return
+    s = _shape(model, transcoders, est.max_logits)
+    per_token, b = est.active_per_token, est.batch_size
+
+    def total(t: int, f: int | None, bb: int) -> int:
+        return sum(_parts(s, t, round(per_token * t), f, bb)[1].values())
+
+    ideas = []
+    tokens = _largest(lambda t: total(t, max_feature_nodes, b) <= budget, 1, est.n_tokens - 1)
+    if tokens >= 1:
+        ideas.append(f"a prompt of at most {tokens} tokens")
+    rows = _largest(lambda f: total(est.n_tokens, f, b) <= budget, 0, est.feature_rows - 1)
+    if rows >= 0:
+        ideas.append(f"max_feature_nodes={rows}")
+    batch = _largest(lambda bb: total(est.n_tokens, max_feature_nodes, bb) <= budget, 1, b - 1)
+    if batch >= 1:
+        ideas.append(f"batch_size={batch}")
+    fix = ("Settings that fit: " + ", or ".join(ideas) + ".") if ideas else "Free memory or use a larger machine."
+    raise AttributionMemoryError(
+        f"attribute needs {est} for this {est.n_tokens}-token prompt ({est.n_active:,} active features, "
+        f"{est.feature_rows:,} feature rows), more than the {format_bytes(budget)} available. {fix}"
+    )
+
+
+def with_active(
+    est: AttributionMemory, model: Any, transcoders: Any, n_active: int, max_feature_nodes: int | None
+) -> AttributionMemory:
+    """``est`` recomputed for the exact number of active features."""
+    s = _shape(model, transcoders, est.max_logits)
+    f, parts = _parts(s, est.n_tokens, int(n_active), max_feature_nodes, est.batch_size)
+    return replace(est, n_active=int(n_active), active_per_token=n_active / max(est.n_tokens, 1),
+                   feature_rows=f, parts=parts)
