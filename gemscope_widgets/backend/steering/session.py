@@ -2,9 +2,10 @@
 
 The session holds what the steering view shows (features and directions, each with a strength in multiples of
 its unit, :func:`~gemscope_widgets.backend.steering.units.strength_unit`) and runs baseline + steered
-generation on a background worker thread: every :meth:`SteeringSession.run` cancels the running generation
-(checked before every token step) and queues the new one; a generation id guards every event, so a listener
-only ever hears about the latest generation. It works from a script as well as behind a widget::
+generation as jobs of the backend's runner (:mod:`gemscope_widgets.backend.jobs`, latest wins): every
+:meth:`SteeringSession.run` cancels the running generation (checked before every token step) and queues the new
+one; a generation id guards every event, so a listener only ever hears about the latest generation. It works
+from a script as well as behind a widget::
 
     session = SteeringSession(gm, "The capital of France is", {123: 2.0}, sae=sae, max_new_tokens=16)
     session.run()
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gemscope_widgets.backend.gemma.prompts import token_strings
+from gemscope_widgets.backend.jobs import Job, JobListener, JobRunner
 from gemscope_widgets.backend.steering.generation import (
     GenerationResult,
     check_settings,
@@ -42,7 +44,7 @@ from gemscope_widgets.backend.steering.spec import (
     normalize_steering,
 )
 from gemscope_widgets.backend.steering.units import StrengthUnit, strength_unit
-from gemscope_widgets.errors import GemscopeError, SteeringError
+from gemscope_widgets.errors import GemscopeError, JobCancelled, SteeringError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -59,7 +61,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 """Generation settings a session keeps (keywords of :func:`~gemscope_widgets.backend.steering.generation.generate`)."""
 _BASELINE_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "frequency_penalty", "stop_at_eos")
-_IDLE_EXIT_S = 30.0
 
 
 def check_session_settings(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,12 +173,9 @@ class SteeringSession:
         self.entries: list[Entry] = []
         self.result: GenerationResult | None = None
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
+        self._jobs = JobRunner("gemscope-steer")
         self._gen_id = 0
         self._result_id = -1
-        self._pending: tuple[Any, ...] | None = None
-        self._cancel: threading.Event | None = None
-        self._worker: threading.Thread | None = None
         self._done = threading.Event()
         self._done.set()
         self._exc: BaseException | None = None
@@ -295,46 +293,22 @@ class SteeringSession:
 
     def run(self) -> int:
         """Cancels the running generation and starts one with the current entries; returns its id."""
-        with self._cond:
+        with self._lock:
             specs, settings = self.specs(), dict(self.settings)
             self._gen_id += 1
             gid = self._gen_id
-            if self._cancel is not None:
-                self._cancel.set()
-            cancel = threading.Event()
-            self._cancel = cancel
             keep_baseline = self._baseline_key == self._settings_key()
-            self._pending = (gid, specs, settings, keep_baseline, cancel)
             self._done.clear()
             self._exc = None
             self._streamed = {"b": [], "s": []}
             self.listener.session_started(gid, keep_baseline)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, name="gemscope-steer", daemon=True)
-                self._worker.start()
-            self._cond.notify_all()
+            self._jobs.submit(functools.partial(self._generate, gid, specs, settings), key="generation",
+                              listener=_GenerationEnd(self, gid, keep_baseline), name=f"generation {gid}")
         return gid
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                if self._pending is None:
-                    self._cond.wait(timeout=_IDLE_EXIT_S)
-                if self._pending is None:
-                    self._worker = None
-                    return
-                gid, specs, settings, keep_baseline, cancel = self._pending
-                self._pending = None
-            try:
-                result = generate(
-                    self.model, self.prompt, specs or None, sae=self.sae, unit="raw", cancel=cancel,
-                    on_token=functools.partial(self._stream, gid),
-                    **settings,
-                )
-            except Exception as exc:
-                self._fail(gid, exc)
-            else:
-                self._finish(gid, result, keep_baseline)
+    def _generate(self, gid: int, specs: list[Spec], settings: dict[str, Any], job: Job) -> GenerationResult:
+        return generate(self.model, self.prompt, specs or None, sae=self.sae, unit="raw", cancel=job.cancel_event,
+                        on_token=functools.partial(self._stream, gid), **settings)
 
     def _stream(self, gid: int, step: int, base: int | None, steered: int | None) -> None:
         with self._lock:
@@ -374,9 +348,7 @@ class SteeringSession:
 
     def cancel(self) -> None:
         """Cancels the running generation (within one token step); the next :meth:`run` starts afresh."""
-        with self._cond:
-            if self._cancel is not None:
-                self._cancel.set()
+        self._jobs.cancel()
 
     def wait(self, timeout: float | None = 120.0) -> GenerationResult:
         """Blocks until the latest generation ends; returns its result or raises its error."""
@@ -391,11 +363,7 @@ class SteeringSession:
 
     def close(self) -> None:
         """Cancels any generation and lets the worker thread end."""
-        with self._cond:
-            self._pending = None
-            if self._cancel is not None:
-                self._cancel.set()
-            self._cond.notify_all()
+        self._jobs.close()
 
     # --- next-token view ----------------------------------------------------------------------------------
 
@@ -429,6 +397,22 @@ class SteeringSession:
             "baseline": view.baseline,
             "steered": view.steered,
         }
+
+
+class _GenerationEnd(JobListener):
+    """Hands the end of generation ``gid``'s job to its session, which drops it unless ``gid`` is the latest."""
+
+    def __init__(self, session: SteeringSession, gid: int, keep_baseline: bool) -> None:
+        self.session, self.gid, self.keep_baseline = session, gid, keep_baseline
+
+    def job_done(self, job: Job, result: GenerationResult) -> None:  # a cancelled generation ends here too
+        self.session._finish(self.gid, result, self.keep_baseline)
+
+    def job_failed(self, job: Job, error: BaseException) -> None:
+        self.session._fail(self.gid, error)
+
+    def job_cancelled(self, job: Job) -> None:  # cancelled before it started
+        self.session._fail(self.gid, JobCancelled("The generation was cancelled before it started; run() again."))
 
 
 def _what(key: int | str) -> str:
