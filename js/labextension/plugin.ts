@@ -28,12 +28,12 @@ export const MODEL_NOT_FOUND = "Error displaying widget: model not found";
 export const LOADING = "Loading widget...";
 /** The marker of this package's static renderings (the frame of static_view._frame). */
 export const STATIC_MARKER = 'class="gs-static"';
-/** How long a renderer may wait for a manager, with no kernel, before the saved rendering shows. */
+/** How long a renderer may wait for a manager, with no kernel connected, before the saved rendering shows. */
 const NO_KERNEL_WAIT_MS = 500;
-
 export const SAVED_NOTE =
   "Saved rendering: the live widget was not saved with the notebook. Run the cell again for the interactive view.";
-export const NO_KERNEL_NOTE = "Saved rendering: no kernel. Start a kernel and run the cell for the interactive view.";
+export const NO_KERNEL_NOTE =
+  "Saved rendering: no kernel is connected. Run the cell with a kernel for the interactive view.";
 
 interface MimeModel {
   readonly data: Readonly<Record<string, unknown>>;
@@ -108,8 +108,9 @@ function isNotebookPanel(widget: LuminoWidget): widget is NotebookPanel {
 
 /**
  * Makes `renderer` (a widget-view renderer) show the output's static rendering, rendered by `createHtml()`, when
- * its widget model is gone: after "model not found", or while it waits with `hasKernel()` false. Each call of
- * renderModel (the first render and jupyterlab_widgets' rerender after the manager's restore) starts afresh.
+ * its widget model is gone: after "model not found", or while it waits for a manager with `hasKernel()` false (the
+ * manager comes with a kernel: with "No Kernel" chosen, never). Each call of renderModel (the first render and
+ * jupyterlab_widgets' rerender after the manager's restore) starts afresh.
  */
 function withSavedRendering(renderer: Renderer, createHtml: () => Renderer, hasKernel: () => boolean): void {
   const render = renderer.renderModel.bind(renderer);
@@ -146,12 +147,10 @@ function withSavedRendering(renderer: Renderer, createHtml: () => Renderer, hasK
     clear();
     if (!isStaticRendering(model.data["text/html"])) return render(model);
     const waiting = setTimeout(() => {
-      if (mine === generation && showsOnly(renderer, LOADING) && !hasKernel()) {
-        void show(model, NO_KERNEL_NOTE, mine);
-      }
+      if (mine === generation && showsOnly(renderer, LOADING) && !hasKernel()) void show(model, NO_KERNEL_NOTE, mine);
     }, NO_KERNEL_WAIT_MS);
     try {
-      await render(model);
+      await render(model); // without a kernel, this waits until one starts
     } finally {
       clearTimeout(waiting);
     }

@@ -102,7 +102,7 @@ def test_saved_without_widget_state_reopens_with_static_views(lab_server, page):
     page.locator(".jp-Dialog button.jp-mod-accept").click()
     notes = page.locator(".jp-OutputArea-output .gs-saved-note")
     expect(notes).to_have_count(4, timeout=30_000)
-    expect(notes.first).to_have_text(re.compile(r"^Saved rendering: no kernel"))
+    expect(notes.first).to_have_text(re.compile(r"^Saved rendering: no kernel is connected"))
     expect(statics).to_have_count(4)
     expect(statics.nth(2)).to_contain_text("baseline")
     _no_model_errors(page, range(1, 5))
@@ -149,3 +149,11 @@ def test_saved_notebook_reopened_with_its_kernel_shows_saved_renderings(lab_serv
         lab_server.screenshot(page, f"saved_notebook_{when}")
         if when == "reopened":
             lab_server.reload_notebook(page, "reopen.ipynb")
+
+    # Running a view's cell again gives the live view in place of the saved rendering.
+    lab_server.run_cell(page, 0)
+    lab_server.run_cell(page, 1)
+    heatmap_cell = page.locator(".jp-Notebook .jp-Cell").nth(1)
+    expect(heatmap_cell.locator(".gs-root")).to_have_count(1, timeout=60_000)
+    expect(heatmap_cell.locator(".gs-saved-note, .gs-static")).to_have_count(0)
+    expect(page.locator(".jp-OutputArea-output .gs-saved-note")).to_have_count(1)
