@@ -12,7 +12,7 @@ from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.backend.steering.generation import generate
 from gemscope_widgets.backend.steering.session import SessionListener, SteeringSession
 from gemscope_widgets.backend.steering.spec import DirectionSpec, SteeringSpec
-from gemscope_widgets.errors import SteeringError
+from gemscope_widgets.errors import JobCancelled, SteeringError
 
 TEXT = "Paris is the capital of France. The quick brown fox"
 
@@ -131,3 +131,22 @@ def test_bad_session_input(tiny_model, sae):
         SteeringSession(tiny_model, TEXT).add_feature(1)
     with pytest.raises(SteeringError, match="call run"):
         session.wait()
+
+
+def test_a_generation_cancelled_at_once_ends_and_leaves_no_worker(tiny_model, sae):
+    recorder = Recorder()
+    session = SteeringSession(tiny_model, TEXT, {5: 1.0}, sae=sae, listener=recorder, max_new_tokens=50,
+                              stop_at_eos=False)
+    gid = session.run()
+    session.cancel()  # before or just after its job starts: either way it ends, and says how
+    try:
+        result = session.wait(30)
+    except JobCancelled:
+        assert recorder.events[-1] == ("fail", gid)
+    else:
+        assert result.stopped == "cancelled" and len(result.steered_ids) < 50
+        assert recorder.events[-1] == ("finish", gid)
+    session._jobs.wait(30)
+    assert session._jobs.jobs() == []
+    assert session.run() == gid + 1 and len(session.wait(60).steered_ids) == 50  # the next run starts afresh
+    session.close()
