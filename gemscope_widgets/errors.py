@@ -133,6 +133,10 @@ class AttributionError(GemscopeError):
     """Bad arguments to ``attribute`` (a non-positive batch size, a bad logit probability, ...)."""
 
 
+class AttributionMemoryError(AttributionError):
+    """``attribute`` would need more memory than is available; the message names settings that fit."""
+
+
 class TranscoderSetError(SAELoadError):
     """A transcoder set that cannot be built: wrong kind, duplicate layers, mixed widths, missing folders."""
 

@@ -4,7 +4,8 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise, trackUnderline } from "./lib/colors";
-import { el, mountTheme } from "./lib/dom";
+import { el, mountTheme, VIEW_ROOTS } from "./lib/dom";
+import { formatValue } from "./lib/format";
 import { type ChatMessage, type ChatModel, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
 import { keepKeys } from "./lib/keys";
@@ -14,8 +15,7 @@ import { renderToken } from "./lib/tokens";
 type Model = ChatModel;
 
 function render({ model, el: root }: RenderProps<Model>): () => void {
-  mountTheme(root, css);
-  root.classList.add("gs-chat");
+  mountTheme(root, VIEW_ROOTS.chat, css);
   const warning = el("div", "gs-chat-warning");
   const legend = el("div", "gs-chat-legend");
   const turnsBox = el("div", "gs-chat-turns");
@@ -39,15 +39,20 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     const n = tokens.length;
     const maxHeat = heat.reduce((m, v) => Math.max(m, v), 0);
     const maxTrack = track.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    // Chips name their features: "#12" and the label from the kernel (Scope.labels), cut short, whole on hover.
+    const labelOf = (f: number): string => view.labels?.[String(f)] ?? "";
+    const chipText = (f: number, label: string): (HTMLElement | string)[] =>
+      label ? [`#${f} `, el("span", "gs-chat-chip-label", label)] : [`#${f}`];
     warning.textContent = model.get("warning");
     warning.hidden = !model.get("warning");
     legend.replaceChildren();
     if (features.length) {
       legend.append(el("span", "gs-chat-muted", "heat: "));
       for (const f of features) {
-        const chip = el("button", "gs-chat-chip gs-selected", `#${f} ✕`);
+        const chip = el("button", "gs-chat-chip gs-selected");
+        chip.append(...chipText(f, labelOf(f)), " ✕");
         chip.type = "button";
-        chip.title = `stop heating feature ${f}`;
+        chip.title = `stop heating feature ${f}${labelOf(f) ? `: ${labelOf(f)}` : ""}`;
         chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: f }));
         legend.append(chip);
       }
@@ -67,12 +72,12 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       features.forEach((f, r) => {
         const v = heat[r * n + i] ?? 0;
         value = Math.max(value, v);
-        if (v > 0) parts.push(`#${f} = ${v.toFixed(3)}`);
+        if (v > 0) parts.push(`#${f} = ${formatValue(v)}`);
       });
       if (value > 0) span.style.background = heatBackground(normalise(value, maxHeat));
       if (track.length === n) {
         const t = track[i];
-        parts.push(`projection ${t.toFixed(3)}`);
+        parts.push(`projection ${formatValue(t)}`);
         span.style.boxShadow = trackUnderline(t, maxTrack);
       }
       span.title = parts.join("\n");
@@ -101,10 +106,12 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       cursor = turn.end;
       const chips = el("div", "gs-chat-summary");
       for (const item of turn.summary) {
-        const chip = el("button", "gs-chat-chip", `#${item.feature} ${item.max.toFixed(2)}`);
+        const chip = el("button", "gs-chat-chip");
+        chip.append(...chipText(item.feature, item.label ?? labelOf(item.feature)), ` ${formatValue(item.max)}`);
         chip.type = "button";
         chip.classList.toggle("gs-selected", features.includes(item.feature));
-        chip.title = `feature ${item.feature}: max ${item.max.toFixed(3)}, mean ${item.mean.toFixed(3)} on this turn`;
+        chip.title = `feature ${item.feature}${item.label ? ` (${item.label})` : ""}: max ${formatValue(item.max)}, `
+          + `mean ${formatValue(item.mean)} on this turn`;
         chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: item.feature }));
         chips.append(chip);
       }

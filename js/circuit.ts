@@ -3,20 +3,27 @@
 // All text from the model (tokens, labels, logits) is drawn with fillText or set with textContent.
 import type { RenderProps } from "@anywidget/types";
 import css from "./circuit.css";
-import { el as element, mountTheme } from "./lib/dom";
+import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
+import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
-import { canvasHeight, Graph, KIND, Visible } from "./lib/circuit_graph";
+import { canvasHeight, Graph, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
 import { renderIntervention } from "./lib/circuit_result";
 import type { CircuitModel as Model } from "./lib/protocol";
 
 const HIGHLIGHT_EDGES = 6;
+const WHEEL_HINT = "Drag to pan · Ctrl/⌘ + wheel zooms (or click the graph, then the wheel zooms) · “fit” shows it all";
+const FOCUSED_HINT = "The wheel zooms the graph (click outside it to scroll the page again) · drag to pan";
+
+/** Whether a wheel event over the graph zooms it (else it scrolls the page): a modifier, or the graph focused. */
+function wheelZooms(ev: { ctrlKey: boolean; metaKey: boolean }, focused: boolean): boolean {
+  return ev.ctrlKey || ev.metaKey || focused;
+}
 
 function render({ model, el }: RenderProps<Model>): () => void {
-  mountTheme(el, css);
-  el.classList.add("gs-circuit");
+  mountTheme(el, VIEW_ROOTS.circuit, css);
   const releaseKeys = keepKeys(el);
   const toolbar = element("div", "gs-ct-toolbar");
   const stage = element("div", "gs-ct-stage");
@@ -24,9 +31,13 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const tip = element("div", "gs-ct-tip");
   tip.hidden = true;
   stage.append(canvas, tip);
+  // The wheel scrolls the notebook over the graph; it zooms only with Ctrl/⌘ held or once the graph has focus.
+  canvas.tabIndex = 0;
+  canvas.setAttribute("aria-label", "attribution graph: drag to pan; Ctrl/⌘ + wheel, or wheel after a click, zooms");
+  const hint = element("div", "gs-ct-hint gs-muted", WHEEL_HINT);
   const side = element("div", "gs-ct-side");
   const result = element("div", "gs-ct-result");
-  el.append(toolbar, stage, result, side); // the intervention result right under the graph it changes
+  el.append(toolbar, stage, hint, result, side); // the intervention result right under the graph it changes
 
   const slider = (cls: string, title: string, text: string) => {
     const label = element("label", cls, text);
@@ -105,10 +116,13 @@ function render({ model, el }: RenderProps<Model>): () => void {
     status.textContent =
       `${visible.nodeCount} of ${g.count} nodes, ${visible.edges.length} of ${g.header.n_edges} edges drawn` +
       (g.header.n_edges < g.header.n_edges_total ? ` (graph: ${g.header.n_edges_total} edges)` : "");
+    const note = viewNote(g, visible);
+    if (note) status.textContent += ` · ${note}`;
+    el.dataset.exact = String(visible.exact);
     nodeSlider.input.value = String(model.get("node_threshold"));
-    nodeSlider.out.textContent = model.get("node_threshold").toFixed(2);
+    nodeSlider.out.textContent = formatValue(model.get("node_threshold"));
     edgeSlider.input.value = String(model.get("edge_threshold"));
-    edgeSlider.out.textContent = model.get("edge_threshold").toFixed(2);
+    edgeSlider.out.textContent = formatValue(model.get("edge_threshold"));
     // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus,
     // hovered or selected (an intervention acts only on nodes the user can see).
     if (focus >= 0) setFocus(visible.nodes[focus] ? focus : -1);
@@ -141,6 +155,21 @@ function render({ model, el }: RenderProps<Model>): () => void {
   // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
   const home = () => {
     const w = canvas.clientWidth || g.width;
+  // After a zoom or pan, a threshold change must not leave drawn nodes outside the view: if any is, fit again.
+  const keepInView = () => {
+    if (!moved || !visible) return;
+    const w = canvas.clientWidth || g.width;
+    const h = canvas.clientHeight || canvasHeight(g.nRows);
+    for (let i = 0; i < g.count; i++) {
+      if (!visible.nodes[i]) continue;
+      const x = g.x[i] * kx + tx;
+      const y = g.y[i] * ky + ty;
+      if (x < 0 || x > w || y < 0 || y > h) {
+        fit();
+        return;
+      }
+    }
+  };
     kx = 1;
     ky = 1;
     tx = Math.min(0, w - g.width);
@@ -258,6 +287,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
     try {
       canvas.setPointerCapture(ev.pointerId);
+    canvas.focus({ preventScroll: true }); // a clicked graph takes the wheel (the hint says so)
     } catch {
       // synthetic events have no active pointer to capture
     }
@@ -320,6 +350,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       ev.preventDefault();
       const rect = canvas.getBoundingClientRect();
       const px = ev.clientX - rect.left;
+      if (!wheelZooms(ev, document.activeElement === canvas)) return; // the page scrolls, as everywhere else
       const py = ev.clientY - rect.top;
       const f = Math.min(40 / Math.max(kx, ky), Math.max(0.05 / Math.min(kx, ky), Math.exp(-ev.deltaY * 0.0015)));
       tx = px - (px - tx) * f;
@@ -335,15 +366,24 @@ function render({ model, el }: RenderProps<Model>): () => void {
   nodeSlider.input.addEventListener("input", () => {
     model.set("node_threshold", Number(nodeSlider.input.value));
     model.save_changes();
+  canvas.addEventListener("focus", () => {
+    hint.textContent = FOCUSED_HINT;
+  });
+  canvas.addEventListener("blur", () => {
+    hint.textContent = WHEEL_HINT;
+  });
+
     recompute();
   });
   edgeSlider.input.addEventListener("input", () => {
     model.set("edge_threshold", Number(edgeSlider.input.value));
+    keepInView();
     model.save_changes();
     recompute();
   });
 
   const selectedFeatures = () =>
+    keepInView();
     (model.get("selected") ?? []).filter((n) => {
       const i = g.local.get(n);
       return i !== undefined && g.kind[i] === KIND.feature;
@@ -385,8 +425,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
     resize();
   };
   model.on("change:_header", onData);
-  model.on("change:node_threshold", recompute);
-  model.on("change:edge_threshold", recompute);
+  const onThreshold = () => {
+    recompute();
+    keepInView();
+  };
+  model.on("change:node_threshold", onThreshold);
+  model.on("change:edge_threshold", onThreshold);
   model.on("change:pinned", recompute);
   model.on("change:selected", request);
   model.on("change:intervention", renderResult);

@@ -4,7 +4,7 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./feature_pane.css";
 import { heatBackground, normalise } from "./lib/colors";
-import { el, mountTheme } from "./lib/dom";
+import { el, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { formatPercent, formatValue } from "./lib/format";
 import { drawHistogram } from "./lib/histogram";
 import { watchKernel } from "./lib/live";
@@ -43,7 +43,7 @@ const FAMILY_KINDS: Record<string, { mark: string; words: string }> = {
 };
 
 function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void {
-  mountTheme(root, css);
+  mountTheme(root, VIEW_ROOTS.feature_pane, css);
   const send = (message: FeaturePaneMessage) => sendMessage(model, message);
   const pane = el("div", "gs-pane");
   root.append(pane);
@@ -184,9 +184,9 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     related.replaceChildren(
       ...rows.map((r) => {
         const dense = typeof r.density === "number" ? ` · ${formatPercent(r.density)} of tokens` : "";
-        const b = el("button", "gs-chip", `#${r.feature} ${r.explanation ? `${r.explanation} ` : ""}${r.score.toFixed(2)}`);
+        const b = el("button", "gs-chip", `#${r.feature} ${r.explanation ? `${r.explanation} ` : ""}${formatValue(r.score)}`);
         b.dataset.feature = String(r.feature);
-        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"} ${r.score.toFixed(3)}${dense}`;
+        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"} ${formatValue(r.score)}${dense}`;
         const family = FAMILY_KINDS[r.kind];
         if (family) {
           b.prepend(family.mark);

@@ -5,26 +5,31 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./heatmap.css";
 import { normalise } from "./lib/colors";
-import { el, labelled, mountTheme } from "./lib/dom";
+import { el, labelled, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { formatValue } from "./lib/format";
 import { densityText, describeFeature, type FeatureNotes, NO_NOTES, PromptGrid, type Selection } from "./lib/heatgrid";
 import { watchKernel } from "./lib/live";
-import { keepKeys, onCommit } from "./lib/keys";
+import { gridKey, keepKeys, moveIndex, onCommit } from "./lib/keys";
 import type { HeatmapModel, RankBy } from "./lib/protocol";
 import { float32Of as floats, Payload } from "./lib/sparse";
 import { renderToken, visibleText } from "./lib/tokens";
 
 const MAX_TOP_N = 256; // the most feature columns the grid draws (heatmap.py's MAX_TOP_N)
+const KEY_HINT = "Click the grid, then ↑ ↓ move the token, ← → the feature, Enter opens it";
 
 function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
-  mountTheme(root, css);
-  root.classList.add("gs-heatmap");
+  mountTheme(root, VIEW_ROOTS.heatmap, css);
   const toolbar = el("div", "gs-hm-toolbar");
   const main = el("div", "gs-hm-main");
   const blocksEl = el("div", "gs-hm-blocks");
   const side = el("div", "gs-hm-side");
   main.append(blocksEl, side);
-  root.append(toolbar, main);
+  // The grid takes the keyboard once clicked (or tabbed to): ↑/↓ move the token, ←/→ the feature column,
+  // Enter selects that feature (the explorer opens its pane). Keys stop in the view (keepKeys).
+  main.tabIndex = 0;
+  main.setAttribute("aria-label", "heatmap: ↑ ↓ move the token, ← → the feature, Enter opens the feature");
+  const keyHint = el("div", "gs-hm-keys gs-muted", KEY_HINT);
+  root.append(toolbar, keyHint, main);
 
   const saeSelect = el("select", "gs-hm-sae");
   const rankSelect = el("select", "gs-hm-rank");
@@ -134,9 +139,12 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
           const density = el("span", "gs-hm-density", densityText(known.density.get(f)));
           if (known.dense.has(f)) density.classList.add("gs-hm-dense");
           item.title = describeFeature(f, known);
+          // The label on a line of its own, the width of the list; cut with an ellipsis, whole on hover.
+          const label = el("span", "gs-hm-flabel", known.labels.get(f) ?? "");
+          label.title = known.labels.get(f) ?? "";
           item.append(
             el("span", "gs-hm-fid", `#${f}`),
-            el("span", "gs-hm-flabel", known.labels.get(f) ?? ""),
+            label,
             box,
             el("span", "gs-hm-value", formatValue(value)),
             density,
@@ -188,6 +196,8 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     for (const b of blocks) b.destroy();
     data = new Payload(model.get("_header"), model.get("_data"));
     blocks = data.header.prompts.map((info, p) => new PromptGrid(p, info, selection));
+    cursor = -1;
+    keyHint.textContent = KEY_HINT;
     const track = floats(model.get("_track"));
     let offset = 0;
     for (const b of blocks) {
@@ -200,9 +210,47 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     drawGrids();
   };
 
+  // The keyboard cursor: a feature column (-1: none; then ←/→ start from the selected feature).
+  let cursor = -1;
+  const setCursor = (f: number) => {
+    cursor = f;
+    for (const b of blocks) b.setCursor(f);
+    const known = notes();
+    keyHint.textContent = f >= 0 ? `${describeFeature(f, known)}: Enter opens it` : KEY_HINT;
+  };
+  const onKey = (event: KeyboardEvent) => {
+    const step = gridKey(event.key);
+    if (step === null || event.altKey || event.ctrlKey || event.metaKey) return;
+    event.preventDefault(); // no scrolling of the page or the grid by the same keys
+    const { prompt, token, feature } = selection();
+    const p = prompt >= 0 && prompt < blocks.length ? prompt : 0;
+    const block = blocks[p];
+    if (!block) return;
+    if (step === "clear") return setCursor(-1);
+    if (step === "open") {
+      const row = token >= 0 ? block.csr.row(token, 1) : [];
+      const f = cursor >= 0 ? cursor : feature >= 0 ? feature : (row[0]?.feature ?? -1);
+      if (f < 0) return;
+      setCursor(-1);
+      return select({ prompt: p, feature: f });
+    }
+    if (step.rows) {
+      const t = moveIndex(prompt === p ? token : -1, step.rows, block.info.tokens.length);
+      if (t >= 0) select({ prompt: p, token: t });
+    }
+    if (step.cols) {
+      const cols = block.features;
+      const from = cols.indexOf(cursor >= 0 ? cursor : feature);
+      const j = moveIndex(from, step.cols, cols.length);
+      if (j >= 0) setCursor(cols[j]);
+    }
+  };
+  main.addEventListener("keydown", onKey);
+
   const onClick = (event: MouseEvent) => {
     const target = event.target instanceof Element ? event.target : null;
     if (!target) return;
+    if (cursor >= 0) setCursor(-1); // a click selects: the keyboard goes on from there
     const item = target.closest<HTMLElement>(".gs-hm-item[data-f]");
     if (item) return select({ feature: Number(item.dataset.f) });
     const blockEl = target.closest<HTMLElement>(".gs-hm-block");
@@ -269,6 +317,7 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   return () => {
     for (const [name, fn] of events) model.off(name, fn);
     root.removeEventListener("click", onClick);
+    main.removeEventListener("keydown", onKey);
     for (const dispose of disposers) dispose();
     for (const b of blocks) b.destroy();
   };

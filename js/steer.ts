@@ -2,9 +2,9 @@
 // Mirrors gemscope_widgets/widgets/steer.py (traits and messages: lib/protocol.ts). Every string from the kernel
 // goes in via textContent.
 import type { RenderProps } from "@anywidget/types";
-import { choice as select, el, labelled, mountTheme } from "./lib/dom";
+import { choice as select, el, labelled, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { EchoGuard, requestId } from "./lib/echo";
-import { formatValue } from "./lib/format";
+import { formatPercent, formatValue } from "./lib/format";
 import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
 import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
@@ -15,7 +15,7 @@ type Settings = SteerModel["settings"];
 
 
 function render({ model, el: root }: RenderProps<SteerModel>): () => void {
-  mountTheme(root, css);
+  mountTheme(root, VIEW_ROOTS.steer, css);
   const disposers = [keepKeys(root)];
   const head = el("div", "gs-steer-head");
   const errorLine = el("div", "gs-error");
@@ -142,6 +142,8 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
     input: HTMLInputElement;
     value: HTMLSpanElement;
     unit: HTMLSpanElement;
+    label: HTMLSpanElement;
+    widened: HTMLSpanElement;
     mode: HTMLSelectElement;
     positions: HTMLSelectElement;
     // Older kernel values do not move the slider or its label back while the user drags or awaits an echo.
@@ -177,6 +179,12 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
         else row.dataset.direction = id;
         const title = f.kind === "direction" && f.mode === "add" ? `${f.label} @ layer ${f.layer}` : f.label;
         const name = el("span", "gs-steer-name", title);
+        name.title = title;
+        // The feature's label (from the kernel: Scope.labels) under its id, cut short, whole on hover.
+        const label = el("span", "gs-steer-label gs-muted");
+        // Said next to the slider itself when its range was widened to show this value.
+        const widened = el("span", "gs-steer-widened");
+        widened.setAttribute("role", "note");
         const modes: [string, string][] =
           f.kind === "direction"
             ? [["ablate", "ablate"], ["add", "add"]]
@@ -197,7 +205,8 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
         const unit = el("span", "gs-steer-unit gs-muted");
         const remove = el("button", "gs-remove", "×");
         remove.title = `remove ${f.kind === "feature" ? `feature ${f.feature}` : f.label}`;
-        const state: Row = { input, value, unit, mode, positions, guard: previous.get(id)?.guard ?? new EchoGuard() };
+        const state: Row = { input, value, unit, label, widened, mode, positions,
+          guard: previous.get(id)?.guard ?? new EchoGuard() };
         let timer: number | undefined;
         const current = () => entries().find((e) => String(e.key) === id) ?? f;
         const sendValue = () => {
@@ -225,15 +234,27 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
         });
         sliderKeys(input); // the row and its listeners go together when the rows are rebuilt
         rows.set(id, state);
-        row.append(name, mode, positions, input, value, remove, unit);
+        row.dataset.gsAnchor = ""; // lib/live.ts says next to this row why a change was not sent
+        row.append(name, mode, positions, input, value, remove, label, unit, widened);
         return row;
       });
       featureBox.replaceChildren(...built);
       if (!all.length) featureBox.append(el("div", "gs-muted", "No features: add one below."));
     }
+    const note = model.get("note");
     for (const f of all) {
       const s = rows.get(String(f.key));
       if (!s) continue;
+      s.label.textContent = f.feature_label ?? "";
+      s.label.title = f.feature_label ?? "";
+      s.label.hidden = !f.feature_label;
+      // The kernel widened the range to show a value outside it (Steer._fit_range): the row at its end says so.
+      const atEnd = !isFraction(f) && note !== "" && (f.multiple <= lo || f.multiple >= hi);
+      s.widened.hidden = !atEnd;
+      s.widened.textContent = atEnd
+        ? `slider widened to ${formatValue(lo)}…${formatValue(hi)} to show ${formatValue(f.multiple)}; `
+          + "set “slider range” below to narrow it"
+        : "";
       // An older value while the user drags or the kernel has not yet handled the last value sent.
       if (!s.guard.accept(model.get("applied_request"))) continue;
       s.input.value = String(f.multiple);
@@ -305,7 +326,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
       const wrap = el("td");
       const b = el("span", "gs-bar");
       b.style.width = `${Math.round(p * 80)}px`;
-      wrap.append(b, document.createTextNode(` ${(100 * p).toFixed(1)}%`));
+      wrap.append(b, document.createTextNode(` ${formatPercent(p)}`));
       return wrap;
     };
     n.tokens.forEach((tok, i) => {
@@ -334,7 +355,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
   const handlers: [string, () => void][] = [
     ["change:sae_name", drawHead],
     ["change:unit", drawHead],
-    ["change:note", drawNote],
+    ["change:note", () => { drawNote(); drawFeatures(); }],
     ["change:settings", () => drawSettings()],
     ["change:strength_range", () => { drawSettings(); drawFeatures(); }],
     ["change:features", drawFeatures],

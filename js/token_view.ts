@@ -1,13 +1,13 @@
 // TokenView: a prompt's tokens; clicking one tells Python, whose reply (`status`) is shown below.
 // Mirrors gemscope_widgets/widgets/token_view.py (traits: TokenViewModel in lib/protocol.ts).
 import type { RenderProps } from "@anywidget/types";
-import { el as element, mountTheme } from "./lib/dom";
+import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { watchKernel } from "./lib/live";
 import type { TokenViewModel } from "./lib/protocol";
 import { renderTokens, tokenIndexOf } from "./lib/tokens";
 
 function render({ model, el }: RenderProps<TokenViewModel>): () => void {
-  mountTheme(el);
+  mountTheme(el, VIEW_ROOTS.token_view);
   const list = element("div");
   const status = element("div", "gs-status");
   el.append(list, status);

@@ -124,12 +124,14 @@ class Chat(StaticFallback, anywidget.AnyWidget):
                 track = values.tobytes()
             turns_out = []
             summaries = conv.summary(self.sae_index, self.summary_k)
+            shown = {int(f) for s in summaries for f in s.features} | set(self.features)
+            labels = self._labels(shown)  # every chip names its feature, as the other views do
             for s in summaries:
                 t = s.turn
                 turns_out.append({
                     "role": t.role, "message": t.message, "start": t.start, "end": t.end,
                     "content_start": t.content_start, "content_end": t.content_end, "message_start": t.message_start,
-                    "summary": [{"feature": int(f), "max": float(m), "mean": float(a)}
+                    "summary": [{"feature": int(f), "max": float(m), "mean": float(a), "label": labels[int(f)]}
                                 for f, m, a in zip(s.features, s.max, s.mean)],
                 })
             p = conv.prompt
@@ -144,9 +146,15 @@ class Chat(StaticFallback, anywidget.AnyWidget):
                     "sae_names": list(self.scope.saes),
                     "track_label": label,
                     "system": messages[0]["content"] if messages[0]["role"] == "system" else "",
+                    "labels": {str(f): text for f, text in labels.items()},
                 }
                 self._track = track
                 self._update_heat()
+
+    def _labels(self, features: Any) -> dict[int, str]:
+        """Each feature's explanation or automatic label (``Scope.labels`` of the current SAE)."""
+        wanted = sorted({int(f) for f in features})
+        return self.scope.labels(list(self.scope.saes)[self.sae_index]).labels(wanted) if wanted else {}
 
     def _update_heat(self) -> None:
         conv = self.conversation
@@ -165,7 +173,13 @@ class Chat(StaticFallback, anywidget.AnyWidget):
             if _change["name"] == "sae_index":
                 self._recompute()
             else:
-                self._update_heat()
+                known = self._view.get("labels", {})
+                missing = [f for f in self.features if str(f) not in known]
+                with self.hold_sync():
+                    if missing:  # a feature selected from Python: its chip gets a label too
+                        fresh = {str(f): text for f, text in self._labels(missing).items()}
+                        self._view = {**self._view, "labels": {**known, **fresh}}
+                    self._update_heat()
 
     def select(self, *features: int) -> None:
         """Draw the heat of exactly these features (indices in the current SAE)."""

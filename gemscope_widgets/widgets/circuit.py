@@ -88,16 +88,21 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         transcoders: Any = None,
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
-        max_edges: int = MAX_EDGES,
+        max_edges: int | None = MAX_EDGES,
     ) -> Circuit:
         """The view of ``graph``. ``model`` and ``transcoders`` (default: those attached by ``attribute``) add
-        each feature's top promoted tokens to its hover card."""
+        each feature's top promoted tokens to its hover card. At ``node_threshold`` / ``edge_threshold`` the view
+        draws exactly the nodes and edges of ``graph.prune(node_threshold, edge_threshold)``; ``max_edges`` caps the
+        edges sent to the browser (default: no cap), and the view says how many kept edges a cap left out."""
         replacement = getattr(graph, "replacement", None)
         if model is None and replacement is not None:
             model = getattr(replacement, "model", None)
         if transcoders is None and replacement is not None:
             transcoders = getattr(replacement, "transcoders", None)
-        header, data = encode_graph(graph, max_edges=max_edges, model=model, transcoders=transcoders)
+        header, data = encode_graph(
+            graph, node_threshold=node_threshold, edge_threshold=edge_threshold, max_edges=max_edges, model=model,
+            transcoders=transcoders,
+        )
         return cls(graph, header, data, node_threshold=node_threshold, edge_threshold=edge_threshold)
 
     @traitlets.validate("node_threshold", "edge_threshold")

@@ -1,8 +1,12 @@
 """The attribution graph as the circuit view reads it: a JSON header and one binary blob.
 
-Nodes sent: every token and logit node and the feature / error nodes that carry influence; each node and edge
-carries its *cumulative influence rank* (the share of total influence held by the nodes / edges ranked above it,
-as circuit-tracer's ``prune_graph`` computes), so the browser prunes by a threshold without a kernel round trip.
+Nodes sent: every token and logit node and the feature / error nodes that carry influence; every node and edge
+carries a ``kept`` flag, set on exactly the nodes and edges ``graph.prune(node_threshold, edge_threshold)`` keeps at
+the view's thresholds (what the view draws at those thresholds, and what the Neuronpedia JSON holds), and its
+*cumulative influence rank* (the share of total influence held by the nodes / edges ranked above it, as
+circuit-tracer's ``prune_graph`` computes), so the browser previews other thresholds without a kernel round trip.
+No edge is dropped unless the caller caps them (``max_edges``); the header then says how many of the kept edges
+were left out, and the view says it on screen.
 Arrays are little-endian (``uint16``/``uint32`` indices, ``float32`` values), edges sparse COO, described by
 ``{offset, length, dtype}`` references in the header (read by ``js/lib/circuit_graph.ts``).
 """
@@ -16,15 +20,15 @@ import torch
 
 from gemscope_widgets.errors import CircuitError
 
-MAX_EDGES = 20_000  # the strongest edges (by influence) sent to the browser
+MAX_EDGES: int | None = None  # no cap: every influential edge goes to the browser (a cap is reported on screen)
 MAX_NODE_RANK = 0.99  # feature / error nodes ranked below this share of influence are never drawn
 KIND_CODES = {"feature": 0, "error": 1, "token": 2, "logit": 3}
-NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank")
-EDGE_ARRAYS = ("source", "target", "weight", "rank")
+NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank", "kept")
+EDGE_ARRAYS = ("source", "target", "weight", "rank", "kept")
 _DTYPES = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
 _NODE_DTYPES = {
     "kind": "uint16", "layer": "uint16", "pos": "uint16", "feature": "uint32", "node": "uint32",
-    "activation": "float32", "influence": "float32", "rank": "float32",
+    "activation": "float32", "influence": "float32", "rank": "float32", "kept": "uint16",
 }
 
 
@@ -121,7 +125,9 @@ def _feature_top_logits(graph: Any, model: Any, transcoders: Any, nodes: list[in
 def encode_graph(
     graph: Any,
     *,
-    max_edges: int = MAX_EDGES,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    max_edges: int | None = MAX_EDGES,
     max_node_rank: float = MAX_NODE_RANK,
     model: Any = None,
     transcoders: Any = None,
@@ -130,38 +136,53 @@ def encode_graph(
 ) -> tuple[dict[str, Any], bytes]:
     """The graph as ``(header, blob)`` for the browser.
 
-    Nodes sent: every token and logit node, and the feature / error nodes whose cumulative influence rank is
-    under ``max_node_rank``. Edges sent: the ``max_edges`` most influential edges between sent nodes (edge
-    influence as circuit-tracer's ``compute_edge_influence``, on the graph restricted to the sent nodes).
-    Node ``rank`` / edge ``rank`` are exclusive cumulative influence shares in [0, 1): the browser keeps those
-    under its thresholds. With ``model`` and ``transcoders``, the ``max_logit_nodes`` most influential
-    feature nodes carry their top ``top_logits_k`` promoted tokens.
+    Nodes sent: every token and logit node, the feature / error nodes whose cumulative influence rank is under
+    ``max_node_rank``, and every node ``graph.prune(node_threshold, edge_threshold)`` keeps. Edges sent: every
+    edge with influence between sent nodes (edge influence as circuit-tracer's ``compute_edge_influence``, on the
+    graph restricted to the sent nodes; it holds every edge ``prune`` keeps), or the ``max_edges`` most
+    influential of them when capped. ``kept`` (0/1) marks exactly ``prune``'s nodes and its edges of nonzero
+    weight; node ``rank`` / edge ``rank`` are exclusive cumulative influence shares in [0, 1), by which the browser
+    previews other thresholds. The header's ``pruned`` gives the thresholds and counts, ``left_out`` the kept
+    nodes and edges a cap left out (and why). With ``model`` and ``transcoders``, the ``max_logit_nodes`` most
+    influential feature nodes carry their top ``top_logits_k`` promoted tokens.
+
+    Raises CircuitError for a ``max_edges`` under 1 (GraphError for thresholds outside [0, 1]).
     """
-    if max_edges < 1:
-        raise CircuitError(f"max_edges must be positive, got {max_edges}.")
+    if max_edges is not None and max_edges < 1:
+        raise CircuitError(f"max_edges must be positive (or None: no cap), got {max_edges}.")
     n = graph.n_nodes
+    pruned = graph.prune(node_threshold, edge_threshold)
+    kept_edges = pruned.edge_mask & (graph.adjacency_matrix != 0)
     influence = graph.node_influence().float()
     kinds = graph.node_kinds()
     node_rank = _exclusive_rank(influence)
     always = torch.zeros(n, dtype=torch.bool)
     always[graph.token_slice] = True
     always[graph.logit_slice] = True
-    keep = always | ((node_rank < max_node_rank) & (influence > 0))
+    keep = always | ((node_rank < max_node_rank) & (influence > 0)) | pruned.node_mask
     nodes = keep.nonzero().flatten()
-    local = torch.full((n,), -1, dtype=torch.long)
-    local[nodes] = torch.arange(len(nodes))
 
     edge_scores = graph.edge_influence(keep)
     sub = edge_scores[nodes][:, nodes]
     weights = graph.adjacency_matrix[nodes][:, nodes]
-    tgt, src = (sub > 0).nonzero(as_tuple=True)
+    sub_kept = kept_edges[nodes][:, nodes]
+    tgt, src = ((sub > 0) | sub_kept).nonzero(as_tuple=True)
     scores = sub[tgt, src]
-    if len(scores) > max_edges:
+    n_kept_edges = int(kept_edges.sum())
+    if max_edges is not None and len(scores) > max_edges:
         top = torch.topk(scores, max_edges).indices
         tgt, src, scores = tgt[top], src[top], scores[top]
+    edge_kept = sub_kept[tgt, src]
+    left_out: dict[str, Any] | None = None
+    if int(edge_kept.sum()) < n_kept_edges:
+        missing = n_kept_edges - int(edge_kept.sum())
+        left_out = {
+            "edges": missing,
+            "reason": f"max_edges={max_edges}: only the {max_edges} most influential edges were sent to the browser",
+        }
     total_edge = edge_scores[edge_scores > 0].double().sum().clamp(min=1e-30)
     order = torch.argsort(scores, descending=True, stable=True)
-    tgt, src, scores = tgt[order], src[order], scores[order]
+    tgt, src, scores, edge_kept = tgt[order], src[order], scores[order], edge_kept[order]
     edge_rank = ((torch.cumsum(scores.double(), 0) - scores.double()) / total_edge).float()
 
     infos = [graph.node_info(int(i)) for i in nodes]
@@ -174,6 +195,7 @@ def encode_graph(
         "activation": _node_values(graph, nodes),
         "influence": influence[nodes].tolist(),
         "rank": torch.where(always[nodes], torch.zeros(len(nodes)), node_rank[nodes]).tolist(),
+        "kept": pruned.node_mask[nodes].to(torch.int32).tolist(),
     }
     blob = _Blob()
     refs = {name: blob.add(arrays[name], _NODE_DTYPES[name]) for name in NODE_ARRAYS}
@@ -182,6 +204,7 @@ def encode_graph(
         "target": blob.add(tgt.numpy(), "uint32"),
         "weight": blob.add(weights[tgt, src].numpy(), "float32"),
         "rank": blob.add(edge_rank.numpy(), "float32"),
+        "kept": blob.add(edge_kept.to(torch.int32).numpy(), "uint16"),
     }
     features = [j for j, i in enumerate(nodes.tolist()) if kinds[i] == "feature"]
     features.sort(key=lambda j: -float(influence[int(nodes[j])]))
@@ -207,6 +230,13 @@ def encode_graph(
         "edges": edge_refs,
         "n_nodes": len(nodes),
         "n_edges": len(scores),
+        "pruned": {
+            "node_threshold": float(node_threshold),
+            "edge_threshold": float(edge_threshold),
+            "n_nodes": int(pruned.node_mask.sum()),
+            "n_edges": n_kept_edges,
+        },
+        "left_out": left_out,
         "labels": labels,
         "top_logits": top_logits,
         "model": graph.model_name or "",

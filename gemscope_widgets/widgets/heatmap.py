@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 _BUNDLE = bundle_path("heatmap")
 
-_LIST_LABELS = 5  # each token's strongest features get labels for the side list
+LIST_K = 20  # how many of the selected token's features the side list shows (each one labelled)
 MAX_TOP_N = 256  # the front end draws at most this many feature columns
 
 SelectCallback = Callable[[int, int, int], Any]
@@ -75,8 +75,8 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
     feature_info = traitlets.Dict().tag(sync=True)
     """Per SAE (by index, as a string): ``{"density": {feature: fraction}, "labels": {feature: text}}`` for the
     features the statistics and labels know; plus ``"dense_above"``, the density that marks a feature dense."""
-    list_k = traitlets.Int(20).tag(sync=True)
-    """How many of the selected token's features the side list shows."""
+    list_k = traitlets.Int(LIST_K).tag(sync=True)
+    """How many of the selected token's features the side list shows (every one of them carries its label)."""
     selected_prompt = traitlets.Int(-1).tag(sync=True)
     """Index of the prompt of the selection, -1 when none."""
     selected_token = traitlets.Int(-1).tag(sync=True)
@@ -153,7 +153,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
         for info, name in zip(header["saes"], names):
             info["name"] = name
-        info = _feature_info(scope, names, decode_payload(header, data), top_n)
+        info = _feature_info(scope, names, decode_payload(header, data), top_n, LIST_K)
         track, track_label = b"", ""
         if direction is not None:
             from gemscope_widgets.backend.behaviour.direction import projection_at_layer
@@ -186,11 +186,12 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
                 info["name"] = name
             with self.hold_sync():
                 self._header, self._data = header, data
-        self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self._selected_by_sae())
+        self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self.list_k, self._selected_by_sae())
 
-    @traitlets.observe("top_n", "selected_feature", "sae_index")
+    @traitlets.observe("top_n", "list_k", "selected_feature", "sae_index")
     def _info_follows_the_view(self, change: traitlets.Bunch) -> None:
-        """More columns, or a selected feature outside them (a chip click, ``select``): label those too.
+        """More columns, a longer side list, or a selected feature outside them (a chip click, ``select``): label
+        those too.
 
         Labels are cached per SAE, so this costs only the features not labelled yet."""
         if self._followed is None:
@@ -200,7 +201,7 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
             if f < 0 or str(f) in self.feature_info.get(str(self.sae_index), {}).get("labels", {}):
                 return
         scope, names = self._followed[0], self._followed[4]
-        self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self._selected_by_sae())
+        self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self.list_k, self._selected_by_sae())
 
     def _selected_by_sae(self) -> dict[int, set[int]]:
         return {self.sae_index: {self.selected_feature}} if self.selected_feature >= 0 else {}
@@ -346,11 +347,12 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         return heatmap_html(self)
 
 
-def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int,
+def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int, list_k: int,
                   also: Mapping[int, set[int]] | None = None) -> dict[str, Any]:
-    """Densities (from statistics already known; nothing is scanned) and labels for the features the view
-    can show: each ranking's top ``top_n`` columns per prompt, each token's strongest features, and the
-    features in ``also`` (by SAE index: a selection outside the columns)."""
+    """Densities (from statistics already known; nothing is scanned) and labels (``scope.labels``) for the
+    features the view can show: each ranking's top ``top_n`` columns per prompt, each token's ``list_k``
+    strongest features (the side list), and the features in ``also`` (by SAE index: a selection outside the
+    columns)."""
     out: dict[str, Any] = {"dense_above": DENSE_ABOVE}
     for s, name in enumerate(names):
         stats = scope.stats_holder(name).find_cached()
@@ -369,7 +371,7 @@ def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int
                 wanted.update(payload.top_features(p, s, top_n, by, dense))
             block = payload.block(p, s)
             for t in range(len(block.indptr) - 1):
-                wanted.update(block.row(t)[0][:_LIST_LABELS].tolist())
+                wanted.update(block.row(t)[0][:list_k].tolist())
         labels = scope.labels(name).labels(sorted(wanted)) if wanted else {}
         out[str(s)] = {"density": density, "labels": {str(f): text for f, text in labels.items() if text}}
     return out

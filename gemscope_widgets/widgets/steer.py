@@ -71,7 +71,8 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
     features = traitlets.List(traitlets.Dict()).tag(sync=True)
     """``[{"feature", "multiple", "mode", "positions", "scale", "scale_source", "unit_source", "raw", ...}]``:
     ``raw`` is ``multiple × scale`` in the SAE's activation units; ``scale_source`` is the unit's kind
-    ("quantile", "site norm" or "raw") and ``unit_source`` says where it came from."""
+    ("quantile", "site norm" or "raw") and ``unit_source`` says where it came from; ``feature_label`` (built from
+    a Scope) is the feature's explanation or automatic label (``Scope.labels``)."""
     directions = traitlets.List(traitlets.Dict()).tag(sync=True)
     """Steered directions, as ``features`` with ``key`` ("d0", ...), ``label`` and ``layer`` (for "add")."""
     unit = traitlets.Unicode("typical").tag(sync=True)
@@ -126,9 +127,12 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
         unit: str = "typical",
         strength_range: tuple[float, float] = (-3.0, 3.0),
         autorun: bool = True,
+        labels: Any = None,
         **settings: Any,
     ) -> None:
         self._keep_baseline = False
+        self._labeller = labels  # FeatureLabels of the SAE (Scope.labels): each feature row shows its label
+        self._unsubscribe: Any = None
         self.session = SteeringSession(model, prompt, steering, sae=sae, unit=unit, listener=self, **settings)
         self.model, self.sae, self.prompt = model, sae, self.session.prompt
         p = self.prompt
@@ -153,7 +157,12 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
         """The widget for a Scope's model and SAE; ``steering``: ``{feature: multiple}``, SteeringSpecs or
         DirectionSpecs."""
         chosen = scope.sae(sae) if (scope.saes or sae is not None) else None
-        return cls(scope.model, chosen, prompt, steering, **kwargs)
+        if chosen is None:
+            return cls(scope.model, chosen, prompt, steering, **kwargs)
+        # Subscribed to the statistics after the labels, so a finished scan relabels the rows with current text.
+        widget = cls(scope.model, chosen, prompt, steering, labels=scope.labels(sae), **kwargs)
+        widget._unsubscribe = scope.stats_holder(sae).subscribe(widget._stats_changed)
+        return widget
 
     @property
     def result(self) -> Any:
@@ -162,8 +171,18 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
 
     # --- entries ------------------------------------------------------------------------------------------
 
+    def _stats_changed(self, _stats: Any) -> None:
+        """New statistics (a scan finished): the feature rows' labels are recomputed, never left stale."""
+        self._show_entries()
+
     def _show_entries(self) -> None:
         described = [e.describe() for e in self.session.entries]
+        if self._labeller is not None:  # each feature's explanation or automatic label, beside its id
+            ids = [int(d["feature"]) for d in described if d["kind"] == "feature"]
+            texts = self._labeller.labels(ids) if ids else {}
+            for d in described:
+                if d["kind"] == "feature":
+                    d["feature_label"] = texts[int(d["feature"])]
         with self.hold_sync():
             self.features = [d for d in described if d["kind"] == "feature"]
             self.directions = [d for d in described if d["kind"] == "direction"]
@@ -276,6 +295,9 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
         session = getattr(self, "session", None)
         if session is not None:
             session.close()
+        if getattr(self, "_unsubscribe", None) is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         super().close()
 
     def session_started(self, gid: int, keep_baseline: bool) -> None:

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { canvasHeight, Graph, KIND, MARGIN, Visible } from "./circuit_graph";
+import { canvasHeight, Graph, KIND, MARGIN, Visible, viewNote } from "./circuit_graph";
 import type { ArrayRef, CircuitHeader } from "./protocol";
 
 // Lays arrays out as circuit_payload.py's _Blob does: little-endian, each start a multiple of 4 bytes.
@@ -23,7 +23,9 @@ function blob(arrays: Record<string, Uint32Array | Uint16Array | Float32Array>):
 
 // Two layers, two positions. Local nodes: 0 feature L0@0, 1 feature L1@1, 2 error L0@1, 3 token @0, 4 token @1,
 // 5 logit. Graph node indices: features 0-1, errors 2-5, tokens 6-7, logit 8 (n_nodes_total 9).
-function graph(): Graph {
+// With `pruned`, the payload also carries prune()'s flags at 0.8 / 0.98: here they keep the error node (rank 0.8,
+// which the rank preview would drop) and drop feature 1's logit edge (edge rank 0.7 < 0.98).
+function graph(pruned = false, leftOut = 0): Graph {
   const { bytes, refs } = blob({
     kind: new Uint16Array([KIND.feature, KIND.feature, KIND.error, KIND.token, KIND.token, KIND.logit]),
     layer: new Uint16Array([1, 2, 1, 0, 0, 3]),
@@ -37,6 +39,8 @@ function graph(): Graph {
     target: new Uint32Array([0, 1, 5, 5]),
     weight: new Float32Array([2, -1, 0.5, 0.25]),
     edgeRank: new Float32Array([0, 0.4, 0.7, 0.9]),
+    kept: new Uint16Array([1, 1, 1, 1, 1, 1]),
+    edgeKept: new Uint16Array([1, 1, 0, 1]),
   });
   const header: CircuitHeader = {
     version: 1,
@@ -60,6 +64,12 @@ function graph(): Graph {
     scan: "s",
     bytes: bytes.byteLength,
   };
+  if (pruned) {
+    header.nodes.kept = refs.kept;
+    header.edges.kept = refs.edgeKept;
+    header.pruned = { node_threshold: 0.8, edge_threshold: 0.98, n_nodes: 6, n_edges: 3 + leftOut };
+    header.left_out = leftOut ? { edges: leftOut, reason: "max_edges=4: only the 4 most influential edges" } : null;
+  }
   return new Graph(header, bytes);
 }
 
@@ -210,5 +220,29 @@ describe("Visible", () => {
     const pinned = new Visible(g, 0, 0, new Set([0, 1])); // graph node indices of both features
     expect(Array.from(pinned.nodes)).toEqual([1, 1, 0, 1, 1, 1]);
     expect(Array.from(pinned.edges)).toEqual([1]); // feature 0 -> feature 1 only: the others have an unpinned end
+  });
+
+  it("draws exactly prune()'s nodes and edges at the thresholds the payload was pruned at", () => {
+    const g = graph(true);
+    const exact = new Visible(g, 0.8, 0.98, new Set());
+    expect(exact.exact).toBe(true);
+    expect(Array.from(exact.nodes)).toEqual([1, 1, 1, 1, 1, 1]); // the error node too: prune() keeps it
+    expect(Array.from(exact.edges)).toEqual([0, 1, 3]); // not edge 2, which prune() drops
+    expect(viewNote(g, exact)).toBe("= graph.prune(0.8, 0.98): 6 nodes, 3 edges");
+    // Other thresholds: the rank preview, and the note says so.
+    const preview = new Visible(g, 0.6, 0.5, new Set());
+    expect(preview.exact).toBe(false);
+    expect(Array.from(preview.nodes)).toEqual([1, 1, 0, 1, 1, 1]);
+    expect(viewNote(g, preview)).toContain("preview by influence rank");
+    // Without flags (an older payload) it is the preview everywhere, with nothing to say.
+    const old = graph();
+    expect(new Visible(old, 0.8, 0.98, new Set()).exact).toBe(false);
+    expect(viewNote(old, new Visible(old, 0.8, 0.98, new Set()))).toBe("");
+  });
+
+  it("says on screen how many of prune()'s edges a cap left out, and why", () => {
+    const g = graph(true, 2);
+    const note = viewNote(g, new Visible(g, 0.8, 0.98, new Set()));
+    expect(note).toContain("2 kept edges not sent (max_edges=4");
   });
 });

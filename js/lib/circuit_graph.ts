@@ -4,9 +4,12 @@
 //
 //   Graph     decoded node and edge arrays, per-node x / y / radius from layout(width, height): cells (row =
 //             layer + 1, column = position) filled as grids; logits spread along the top row
-//   Visible   node and edge masks: token and logit nodes always, feature / error nodes whose influence rank is
-//             under the node threshold or pinned; edges between drawn nodes under the edge threshold or between
-//             two pinned nodes (gemscope_widgets/widgets/static_circuit.py draws the same for saved notebooks)
+//   Visible   node and edge masks. At the thresholds the payload was pruned at (header.pruned), exactly what
+//             graph.prune() keeps (the `kept` flags) plus pinned nodes; at other thresholds a preview by influence
+//             rank: token and logit nodes always, feature / error nodes whose rank is under the node threshold or
+//             pinned; edges between drawn nodes under the edge threshold or between two pinned nodes
+//             (gemscope_widgets/widgets/static_circuit.py draws the preview for saved notebooks)
+//   viewNote  what the drawing is (prune()'s graph or a preview) and what a cap left out, said on screen
 //
 // No DOM here: labels are plain strings for textContent / fillText.
 import type { CircuitHeader as Header } from "./protocol";
@@ -40,6 +43,9 @@ export class Graph {
   readonly activation: Float32Array;
   readonly influence: Float32Array;
   readonly rank: Float32Array;
+  /** 1 where graph.prune(header.pruned thresholds) keeps the node / edge; null for a payload without flags. */
+  readonly kept: Uint16Array | Uint32Array | null;
+  readonly edgeKept: Uint16Array | Uint32Array | null;
   readonly src: Uint16Array | Uint32Array;
   readonly dst: Uint16Array | Uint32Array;
   readonly weight: Float32Array;
@@ -75,11 +81,13 @@ export class Graph {
     this.activation = readFloat(bytes, n.activation);
     this.influence = readFloat(bytes, n.influence);
     this.rank = readFloat(bytes, n.rank);
+    this.kept = n.kept ? readUint(bytes, n.kept) : null;
     const e = header.edges;
     this.src = readUint(bytes, e.source);
     this.dst = readUint(bytes, e.target);
     this.weight = readFloat(bytes, e.weight);
     this.edgeRank = readFloat(bytes, e.rank);
+    this.edgeKept = e.kept ? readUint(bytes, e.kept) : null;
     for (let i = 0; i < this.weight.length; i++) this.maxWeight = Math.max(this.maxWeight, Math.abs(this.weight[i]));
     const count = this.kind.length;
     for (let i = 0; i < count; i++) this.local.set(this.node[i], i);
@@ -190,14 +198,27 @@ export class Graph {
   }
 }
 
+/** True when `nodeT` / `edgeT` are the thresholds the payload's `kept` flags were computed at. */
+export function atPrunedThresholds(g: Graph, nodeT: number, edgeT: number): boolean {
+  const p = g.header.pruned;
+  return !!p && !!g.kept && !!g.edgeKept && p.node_threshold === nodeT && p.edge_threshold === edgeT;
+}
+
 /** What is drawn under the current thresholds and pins. */
 export class Visible {
   nodes: Uint8Array;
   edges: Uint32Array = new Uint32Array(0);
   nodeCount = 0;
+  /** True when the drawing is exactly graph.prune(nodeT, edgeT) (plus pins), false for a rank preview. */
+  readonly exact: boolean;
 
   constructor(g: Graph, nodeT: number, edgeT: number, pinned: Set<number>) {
     this.nodes = new Uint8Array(g.count);
+    this.exact = atPrunedThresholds(g, nodeT, edgeT);
+    if (this.exact) {
+      this.fromKept(g, pinned);
+      return;
+    }
     for (let i = 0; i < g.count; i++) {
       const keep = g.kind[i] >= KIND.token || g.rank[i] < nodeT || pinned.has(g.node[i]);
       if (keep) {
@@ -213,4 +234,42 @@ export class Visible {
     }
     this.edges = Uint32Array.from(edges);
   }
+
+  private fromKept(g: Graph, pinned: Set<number>): void {
+    const kept = g.kept as Uint16Array | Uint32Array;
+    const edgeKept = g.edgeKept as Uint16Array | Uint32Array;
+    for (let i = 0; i < g.count; i++) {
+      if (kept[i] || pinned.has(g.node[i])) {
+        this.nodes[i] = 1;
+        this.nodeCount++;
+      }
+    }
+    const edges: number[] = [];
+    for (let e = 0; e < g.src.length; e++) {
+      if (!this.nodes[g.src[e]] || !this.nodes[g.dst[e]]) continue;
+      const bothPinned = pinned.has(g.node[g.src[e]]) && pinned.has(g.node[g.dst[e]]);
+      if (edgeKept[e] || bothPinned) edges.push(e);
+    }
+    this.edges = Uint32Array.from(edges);
+  }
+}
+
+/**
+ * One line saying what the drawing is: graph.prune()'s graph at the payload's thresholds, or a preview by influence
+ * rank at others (the exact pruning is at the thresholds the view was built with); and, when the payload was
+ * capped, how many of prune()'s edges were not sent and why. Plain text, for textContent.
+ */
+export function viewNote(g: Graph, v: Visible): string {
+  const p = g.header.pruned;
+  const parts: string[] = [];
+  if (p && g.kept) {
+    parts.push(
+      v.exact
+        ? `= graph.prune(${p.node_threshold}, ${p.edge_threshold}): ${p.n_nodes} nodes, ${p.n_edges} edges`
+        : `preview by influence rank; exactly graph.prune() at ${p.node_threshold} / ${p.edge_threshold}`,
+    );
+  }
+  const out = g.header.left_out;
+  if (out && out.edges > 0) parts.push(`${out.edges} kept edges not sent (${out.reason})`);
+  return parts.join(" · ");
 }

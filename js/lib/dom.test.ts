@@ -40,9 +40,10 @@ describe("mountTheme", () => {
   it("marks the root and puts the styles first", () => {
     const root = el("div");
     root.append(el("p"));
-    mountTheme(root, ".x { color: red; }");
+    mountTheme(root, "gs-heatmap", ".gs-heatmap .x { color: red; }");
     expect(root.classList.contains("gs-root")).toBe(true);
+    expect(root.classList.contains("gs-heatmap")).toBe(true);
     expect(root.firstElementChild?.tagName).toBe("STYLE");
-    expect(root.firstElementChild?.textContent).toContain(".x { color: red; }");
+    expect(root.firstElementChild?.textContent).toContain(".gs-heatmap .x { color: red; }");
   });
 });

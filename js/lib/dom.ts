@@ -4,7 +4,9 @@
 //   svg(tag, attrs)                 an SVG element with attributes
 //   labelled(text, control)         <label>text control</label>
 //   choice([[value, label]], value) a <select> with its options, set to `value`
-//   mountTheme(root, ...css)        marks `root` as a themed widget root and adds lib/theme.css + the widget's CSS
+//   mountTheme(root, view, ...css)  marks `root` as a themed widget root of class `view` (every rule of the view's
+//                                   CSS starts with `.view`, every rule of lib/theme.css with `.gs-root`, so no
+//                                   view's rule matches inside another view) and adds lib/theme.css + the view's CSS
 //
 // Keyboard handling inside widgets lives in lib/keys.ts.
 import themeCss from "./theme.css";
@@ -52,12 +54,26 @@ export function choice(options: readonly (readonly [string, string])[], value: s
   return s;
 }
 
+/** The root class of each view: every selector of the view's CSS file starts with it (tested by css_scope.test.ts). */
+export const VIEW_ROOTS = {
+  heatmap: "gs-heatmap",
+  feature_pane: "gs-feature-pane",
+  steer: "gs-steering",
+  contrast: "gs-contrast",
+  chat: "gs-chat",
+  circuit: "gs-circuit",
+  token_view: "gs-token-view",
+} as const;
+
+export type ViewRoot = (typeof VIEW_ROOTS)[keyof typeof VIEW_ROOTS];
+
 /**
- * Makes `root` a themed widget root: adds the `gs-root` class and a <style> holding the shared theme
- * plus any widget-specific CSS. Styles live inside the widget so it works in any anywidget host.
+ * Makes `root` a themed widget root: adds the `gs-root` class, the view's own class `view` (the prefix of all
+ * of its CSS) and a <style> holding the shared theme plus the view's CSS. Styles live inside the widget so it
+ * works in any anywidget host; being scoped, one view's rules never restyle another view on the same page.
  */
-export function mountTheme(root: HTMLElement, ...extraCss: string[]): HTMLElement {
-  root.classList.add("gs-root");
+export function mountTheme(root: HTMLElement, view: ViewRoot, ...extraCss: string[]): HTMLElement {
+  root.classList.add("gs-root", view);
   const style = el("style");
   style.textContent = [themeCss, ...extraCss].join("\n");
   root.prepend(style);

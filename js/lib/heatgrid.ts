@@ -6,13 +6,14 @@
 //   setData(csr, corpusMaxima, n, rankBy, notes)    picks the n top features (plus the selected feature when it
 //                                                  is not among them) and redraws the grid
 //   showSelection()                                 re-shades the text and marks the selected row / column
+//   setCursor(feature)                              marks the keyboard cursor's column (-1: none)
 //   features                                        the feature ids of the columns, in order
 //
 // Elements carry data-t (token) / data-f (feature) for the caller's click handler: .gs-hm-cell, .gs-hm-fhead,
 // .gs-hm-label, and the text's .gs-token[data-index]. Styles: heatmap.css.
 import { heatBackground, normalise, trackUnderline } from "./colors";
 import { el } from "./dom";
-import { formatValue } from "./format";
+import { formatPercent, formatValue } from "./format";
 import { VirtualRows } from "./grid";
 import type { PromptInfo, RankBy } from "./protocol";
 import type { Csr } from "./sparse";
@@ -27,11 +28,10 @@ export interface FeatureNotes {
 
 export const NO_NOTES: FeatureNotes = { dense: new Set(), labels: new Map(), density: new Map() };
 
-/** "12.3 %" style text for a density (fraction of corpus tokens), "" when unknown. */
+/** A density (fraction of corpus tokens) as "12.35%" (formatPercent), "" when unknown. */
 export function densityText(d: number | undefined): string {
   if (d === undefined) return "";
-  const pct = d * 100;
-  return `${pct >= 10 ? pct.toFixed(0) : pct >= 1 ? pct.toFixed(1) : pct.toPrecision(2)} %`;
+  return formatPercent(d);
 }
 
 /** A feature's one-line description for tooltips: "#12 · label · fires on 3.1 % of tokens (dense)". */
@@ -59,6 +59,8 @@ export class PromptGrid {
   private readonly grid: VirtualRows;
   private spans: HTMLSpanElement[] = [];
   features: number[] = [];
+  /** The feature column under the keyboard cursor (heatmap.ts moves it with ←/→), -1 when none. */
+  cursor = -1;
   private matrix: Float32Array = new Float32Array(0);
   private colMax: number[] = [];
   csr!: Csr;
@@ -126,6 +128,7 @@ export class PromptGrid {
       const cell = el("div", "gs-hm-fhead", label ? `${f} ${label}` : String(f));
       cell.dataset.f = String(f);
       if (this.notes.dense.has(f)) cell.classList.add("gs-hm-dense");
+      if (f === this.cursor) cell.classList.add("gs-hm-cursor");
       cell.title = `${describeFeature(f, this.notes)}: click to colour the text by it`;
       head.append(cell);
     }
@@ -156,6 +159,7 @@ export class PromptGrid {
       if (v > 0) cell.style.background = heatBackground(normalise(v, this.colMax[j]));
       cell.title = `#${f} · ${visibleText(tok)} · ${formatValue(v)}`;
       if (f === feature) cell.classList.add("gs-hm-col-selected");
+      if (f === this.cursor) cell.classList.add("gs-hm-col-cursor");
       row.append(cell);
     }
     return row;
@@ -191,6 +195,15 @@ export class PromptGrid {
     }
     this.grid.refresh();
     if (prompt === this.index && token >= 0) this.grid.reveal(token);
+  }
+
+  /** Moves the keyboard cursor to `feature`'s column (-1: none) and redraws the visible rows. */
+  setCursor(feature: number): void {
+    this.cursor = feature;
+    for (const head of this.grid.header.querySelectorAll<HTMLElement>(".gs-hm-fhead")) {
+      head.classList.toggle("gs-hm-cursor", Number(head.dataset.f) === feature);
+    }
+    this.grid.refresh();
   }
 
   destroy(): void {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { onCommit, sliderDelta, stepValue } from "./keys";
+import { gridKey, moveIndex, onCommit, sliderDelta, stepValue } from "./keys";
 
 describe("slider keys", () => {
   it("Left/Down decrease, Right/Up increase, paging moves 10 steps, Home/End jump", () => {
@@ -58,5 +58,30 @@ describe("onCommit", () => {
     input.value = "7";
     input.dispatchEvent(key("Escape"));
     expect(input.value).toBe("5");
+  });
+});
+
+describe("gridKey / moveIndex (the heatmap's keyboard cursor)", () => {
+  it("maps arrows to rows and columns, Enter to open, Escape to clear, other keys to nothing", () => {
+    expect(gridKey("ArrowDown")).toEqual({ rows: 1, cols: 0 });
+    expect(gridKey("ArrowUp")).toEqual({ rows: -1, cols: 0 });
+    expect(gridKey("ArrowRight")).toEqual({ rows: 0, cols: 1 });
+    expect(gridKey("ArrowLeft")).toEqual({ rows: 0, cols: -1 });
+    expect(gridKey("PageDown")).toEqual({ rows: 10, cols: 0 });
+    expect(gridKey("End")).toEqual({ rows: Infinity, cols: 0 });
+    expect(gridKey("Enter")).toBe("open");
+    expect(gridKey("Escape")).toBe("clear");
+    expect(gridKey("d")).toBeNull();
+  });
+  it("moves inside [0, n), starts at the first from nowhere, and End goes to the last", () => {
+    expect(moveIndex(-1, 1, 5)).toBe(0);
+    expect(moveIndex(-1, -1, 5)).toBe(0);
+    expect(moveIndex(2, 1, 5)).toBe(3);
+    expect(moveIndex(4, 1, 5)).toBe(4);
+    expect(moveIndex(0, -1, 5)).toBe(0);
+    expect(moveIndex(3, 10, 5)).toBe(4);
+    expect(moveIndex(3, -Infinity, 5)).toBe(0);
+    expect(moveIndex(-1, Infinity, 5)).toBe(4);
+    expect(moveIndex(0, 1, 0)).toBe(-1);
   });
 });

@@ -4,6 +4,8 @@
 //   sliderKeys(input)              arrows / PageUp / PageDown / Home / End move a range input by its step
 //                                  (Left/Down decrease, Right/Up increase) and fire `input` + `change`
 //   onCommit(input, fn)            a number or text box commits on Enter and on change (blur), once per value
+//   gridKey(key), moveIndex(...)   a grid's keyboard cursor (the heatmap): ↑/↓ rows, ←/→ columns, PageUp/PageDown
+//                                  ten rows, Home/End the first/last row, Enter "open", Escape "clear"
 //
 // Every function returns a disposer that removes its listeners.
 
@@ -100,4 +102,43 @@ export function onCommit(input: HTMLInputElement, fn: (value: string) => void): 
     input.removeEventListener("change", commit);
     input.removeEventListener("focus", onFocus);
   };
+}
+
+/** What a key does in a rows × columns grid: a move, Enter ("open"), Escape ("clear"), or nothing (null). */
+export type GridKey = { rows: number; cols: number } | "open" | "clear" | null;
+
+export function gridKey(key: string): GridKey {
+  switch (key) {
+    case "ArrowUp":
+      return { rows: -1, cols: 0 };
+    case "ArrowDown":
+      return { rows: 1, cols: 0 };
+    case "PageUp":
+      return { rows: -10, cols: 0 };
+    case "PageDown":
+      return { rows: 10, cols: 0 };
+    case "Home":
+      return { rows: -Infinity, cols: 0 };
+    case "End":
+      return { rows: Infinity, cols: 0 };
+    case "ArrowLeft":
+      return { rows: 0, cols: -1 };
+    case "ArrowRight":
+      return { rows: 0, cols: 1 };
+    case "Enter":
+      return "open";
+    case "Escape":
+      return "clear";
+    default:
+      return null;
+  }
+}
+
+/** Index `i` of `n` moved by `delta` and kept in [0, n); from no position (i < 0) a move lands on the first
+ * (End: the last). -1 when there is nothing (n = 0). */
+export function moveIndex(i: number, delta: number, n: number): number {
+  if (n <= 0) return -1;
+  if (delta === Infinity) return n - 1;
+  if (delta === -Infinity || i < 0) return 0;
+  return Math.min(n - 1, Math.max(0, i + delta));
 }

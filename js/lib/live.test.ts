@@ -1,6 +1,6 @@
 // @vitest-environment happy-dom
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { watchKernel } from "./live";
+import { notSentNote, offlineNote, watchKernel } from "./live";
 
 // A stand-in for anywidget's model: records what the view sends, delivers what the "kernel" answers.
 function channel() {
@@ -64,5 +64,64 @@ describe("watchKernel", () => {
     vi.advanceTimersByTime(11);
     expect(root.dataset.kernel).toBe("offline");
     expect(input.disabled).toBe(false);
+  });
+
+  it("says beside a changed control that its change was not sent when the kernel is found gone", () => {
+    const model = channel();
+    const root = document.createElement("div");
+    const row = document.createElement("div");
+    row.dataset.gsAnchor = "";
+    const slider = document.createElement("input");
+    slider.type = "range";
+    slider.title = "strength";
+    row.append(slider);
+    const after = document.createElement("div");
+    root.append(row, after);
+    watchKernel(model, root, { timeoutMs: 1000 });
+    model.answer(); // live at first
+    vi.advanceTimersByTime(2000);
+    slider.dispatchEvent(new Event("change", { bubbles: true })); // the user moved it; the kernel is gone now
+    expect(root.querySelector(".gs-offline-here")).toBeNull(); // not yet known
+    vi.advanceTimersByTime(1001);
+    expect(root.dataset.kernel).toBe("offline");
+    const here = root.querySelector(".gs-offline-here");
+    expect(here?.textContent).toBe(notSentNote());
+    expect(here?.previousElementSibling).toBe(row); // beside the control's row, not at the top of the view
+    expect(here?.getAttribute("role")).toBe("alert");
+    expect(slider.disabled).toBe(true);
+    expect(slider.title).toBe(offlineNote(true)); // a control turned off says why on hover
+    model.answer();
+    expect(root.querySelector(".gs-offline-here")).toBeNull();
+    expect(slider.title).toBe("strength");
+  });
+
+  it("says it at once for a control used while the kernel is known to be gone", () => {
+    const model = channel();
+    const root = document.createElement("div");
+    const label = document.createElement("label");
+    const button = document.createElement("button");
+    label.append(button);
+    root.append(label);
+    watchKernel(model, root, { disable: false, timeoutMs: 10 });
+    vi.advanceTimersByTime(11);
+    expect(root.querySelector(".gs-offline-here")).toBeNull(); // nobody used anything
+    button.dispatchEvent(new Event("click", { bubbles: true }));
+    expect(label.nextElementSibling?.className).toBe("gs-offline-here");
+  });
+
+  it("leaves a control used long before the kernel went quiet alone", () => {
+    const model = channel();
+    const root = document.createElement("div");
+    const input = document.createElement("input");
+    root.append(input);
+    watchKernel(model, root, { timeoutMs: 1000 });
+    model.answer();
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+    model.answer();
+    vi.advanceTimersByTime(60_000);
+    root.dispatchEvent(new Event("click")); // not a control
+    vi.advanceTimersByTime(1001);
+    expect(root.dataset.kernel).toBe("offline");
+    expect(root.querySelector(".gs-offline-here")).toBeNull();
   });
 });

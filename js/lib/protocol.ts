@@ -120,6 +120,7 @@ export interface SteerFeature {
   kind: "feature" | "direction";
   label: string;
   feature?: number; // features only
+  feature_label?: string; // features only (a Steer built from a Scope): the explanation or automatic label
   layer?: number | null; // directions only: where an added direction goes
   multiple: number;
   mode: "add" | "clamp" | "ablate";
@@ -260,7 +261,7 @@ export interface ChatTurn {
   content_start: number;
   content_end: number;
   message_start: number; // after a folded system message
-  summary: { feature: number; max: number; mean: number }[];
+  summary: { feature: number; max: number; mean: number; label?: string }[]; // label: explanation or automatic
 }
 export interface ChatView {
   tokens?: string[];
@@ -270,6 +271,7 @@ export interface ChatView {
   sae_names?: string[];
   track_label?: string;
   system?: string;
+  labels?: Record<string, string>; // feature -> explanation or automatic label, for the selected features' chips
 }
 
 /** @widget gemscope_widgets.widgets.chat.Chat */
@@ -362,8 +364,14 @@ export interface CircuitHeader {
   n_edges_total: number;
   n_nodes: number;
   n_edges: number;
-  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef>;
-  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef>;
+  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef> & {
+    kept?: ArrayRef; // 1 on the nodes graph.prune(pruned thresholds) keeps
+  };
+  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef> & { kept?: ArrayRef };
+  /** The thresholds the `kept` flags were computed at, and prune()'s node and edge counts there. */
+  pruned?: { node_threshold: number; edge_threshold: number; n_nodes: number; n_edges: number };
+  /** Kept edges a `max_edges` cap did not send, and why (null: nothing left out). */
+  left_out?: { edges: number; reason: string } | null;
   labels: Record<string, string>;
   top_logits: Record<string, [string, number][]>;
   model: string;

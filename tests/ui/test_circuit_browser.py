@@ -78,7 +78,7 @@ PAN_ZOOM = """async (root) => {
       draws.push(Number(root.dataset.lastDrawMs));
       if (k < 45) {
         canvas.dispatchEvent(new WheelEvent("wheel",
-          {deltaY: k % 2 ? -40 : 60, clientX: cx, clientY: cy, bubbles: true, cancelable: true}));
+          {deltaY: k % 2 ? -40 : 60, clientX: cx, clientY: cy, ctrlKey: true, bubbles: true, cancelable: true}));
       } else {
         const at = {clientX: cx + (k - 45) * 4, clientY: cy + (k - 45) * 2, bubbles: true, button: 0, pointerId: 1};
         if (k === 45) canvas.dispatchEvent(new PointerEvent("pointerdown", {...at, clientX: cx, clientY: cy}));

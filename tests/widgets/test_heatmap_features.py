@@ -76,7 +76,7 @@ def test_labels_follow_more_columns_and_a_selection_outside_them(scope_with_stat
     outside = next(f for f in range(sae.width) if widget.label(f) == "")
     widget.select(feature=outside)
     assert widget.label(outside) == compose_label([], top_logit_tokens(tiny_model, sae, [outside])[outside]) != ""
-    wider = widget.payload.top_features(0, 0, 40, "max", widget.dense_features())
+    wider = widget.payload.top_features(0, 0, 256, "max", widget.dense_features())
     assert any(widget.label(f) == "" for f in wider), "the test needs columns that are not labelled yet"
-    widget.top_n = 40
+    widget.top_n = 256  # every token's list_k strongest features are labelled already: go past them
     assert all(widget.label(f) != "" for f in wider)

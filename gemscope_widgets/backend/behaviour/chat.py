@@ -22,6 +22,7 @@ from gemscope_widgets.backend.behaviour.conversation import (
     warn_if_base,
 )
 from gemscope_widgets.backend.gemma.prompts import Prompt
+from gemscope_widgets.backend.steering.generation import generate
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -99,8 +100,6 @@ def continue_conversation(
     unit unless ``unit="raw"``; ``on_token`` streams each step). Returns the generation and the conversation
     with the steered reply appended as an ``assistant`` (model) turn.
     """
-    from gemscope_widgets.backend.steering.generation import generate
-
     checked = check_conversation(messages, ending="user")
     warn_if_base(gm)
     result = generate(stopping_at_end_of_turn(gm), checked, steering, sae=sae, unit=unit,

@@ -16,6 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gemscope_widgets.backend.circuits.attribution import attribute
+from gemscope_widgets.backend.circuits.graph import compute_node_influence
+from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.sites import resolve_site
 from gemscope_widgets.backend.grad_mode import gradients_on
 from gemscope_widgets.errors import FaithfulnessError
 
@@ -84,9 +89,6 @@ def feature_dependence(
     assigned to the question, the chain of thought or the cue by where they start. The SAE is spliced in with its
     error kept constant (``x ← decode(a) + stopgrad(x − decode(a))``), so the forward values are unchanged.
     """
-    from gemscope_widgets.backend.gemma.hooks import hooked
-    from gemscope_widgets.backend.gemma.sites import resolve_site
-
     if getattr(sae.config, "kind", None) != "sae":
         raise FaithfulnessError(
             f"{sae.config.name} is a {sae.config.kind}; feature dependence here needs a one-layer SAE (kind 'sae'). "
@@ -173,10 +175,6 @@ def circuit_dependence(
     replacement model ("Circuit Tracing", Ameisen et al., 2025); each edge is a direct effect, so a feature's edges
     from one region's positions sum to that region's share of its pre-activation. Cost: one ``attribute`` call.
     """
-    from gemscope_widgets.backend.circuits.attribution import attribute
-    from gemscope_widgets.backend.circuits.graph import compute_node_influence
-    from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
-
     tset = transcoders if isinstance(transcoders, TranscoderSet) else load_transcoders(transcoders)
     graph = attribute(gm, tset, torch.tensor(ids, dtype=torch.long), max_feature_nodes=max_feature_nodes,
                       progress=progress)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gemscope_widgets.backend.analysis.features import sae_inputs
 from gemscope_widgets.backend.behaviour.conversation import turns, warn_if_base
 from gemscope_widgets.backend.behaviour.prompt_sets import HARMFUL_REQUESTS, HARMLESS_REQUESTS, read_prompts
 from gemscope_widgets.backend.gemma.capture import capture
@@ -393,7 +394,6 @@ def decompose(
         return result
     if gm is None:
         raise DirectionError("decompose(..., prompts=...) needs the model: pass gm=model.")
-    from gemscope_widgets.backend.analysis.features import sae_inputs
 
     contrib = torch.zeros(w_dec.shape[0], dtype=torch.float64)
     acts_all, proj_all = [], []

@@ -28,6 +28,7 @@ from gemscope_widgets.backend.behaviour.cot_dependence import (
     feature_dependence,
     token_regions,
 )
+from gemscope_widgets.backend.behaviour.faithfulness_plot import curve_svg
 from gemscope_widgets.backend.gemma.prompts import GEMMA3_CHAT_TEMPLATE
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import FaithfulnessError, PromptError
@@ -111,8 +112,6 @@ class CoTFaithfulness:
 
     def _repr_html_(self) -> str:
         """The curve as an inline SVG (:func:`~.faithfulness_plot.curve_svg`) and the summary numbers."""
-        from gemscope_widgets.backend.behaviour.faithfulness_plot import curve_svg
-
         summary = f"final answer {self.final_answer!r} · area over the curve {self.area_over_curve:.3f}"
         if isinstance(self.dependence, FeatureDependence):
             summary += f" · reasoning share of the attribution {self.dependence.cot_share:.2f}"

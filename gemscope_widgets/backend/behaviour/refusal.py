@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gemscope_widgets.backend.behaviour.conversation import stopping_at_end_of_turn, warn_if_base
+from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
 from gemscope_widgets.backend.progress import progress_bar
+from gemscope_widgets.backend.steering.generation import generate
+from gemscope_widgets.backend.steering.spec import DirectionSpec
 from gemscope_widgets.errors import DirectionError
 
 if TYPE_CHECKING:
@@ -124,11 +128,6 @@ def refusal_sweep(
     generation per prompt and strength (the steering backend's :func:`generate`).
     Method: Arditi et al. (2024), refusal score over directional-ablation strength.
     """
-
-    from gemscope_widgets.backend.behaviour.conversation import stopping_at_end_of_turn, warn_if_base
-    from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
-    from gemscope_widgets.backend.steering.generation import generate
-    from gemscope_widgets.backend.steering.spec import DirectionSpec
 
     items = read_prompts(prompts)
     if not items:

@@ -29,15 +29,11 @@ from typing import Any
 
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
 from gemscope_widgets.backend.memory import format_bytes
-from gemscope_widgets.errors import AttributionError
+from gemscope_widgets.errors import AttributionMemoryError
 
 FLOAT = 4
 RANKING_CHUNK_BYTES = 1 << 30
 FALLBACK_ACTIVE_PER_TOKEN = 700.0  # a 16k-wide Gemma Scope 2 set on Gemma 3 (about 685 measured) when no L0 is known
-
-
-class AttributionMemoryError(AttributionError):
-    """``attribute`` would need more memory than is available; the message names settings that fit."""
 
 
 @dataclass(frozen=True)

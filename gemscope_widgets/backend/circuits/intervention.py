@@ -20,6 +20,10 @@ import torch
 from gemscope_widgets.backend.circuits.graph import GraphError
 from gemscope_widgets.backend.circuits.replacement import Replacement, zero_positions
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
+from gemscope_widgets.backend.gemma.hooks import hooked
+from gemscope_widgets.backend.gemma.prompts import token_strings
+from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
+from gemscope_widgets.backend.steering.spec import SteeringSpec
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.circuits.graph import AttributionGraph
@@ -86,8 +90,6 @@ def attach_replacement(graph: AttributionGraph, model: Any, transcoders: Any) ->
 
 
 def _top(probs: torch.Tensor, k: int, tokenizer: Any) -> list[TopLogit]:
-    from gemscope_widgets.backend.gemma.prompts import token_strings
-
     p, idx = torch.topk(probs, min(k, probs.numel()))
     texts = token_strings(tokenizer, idx.tolist())
     return [TopLogit(int(i), t, float(q)) for i, t, q in zip(idx.tolist(), texts, p.tolist(), strict=True)]
@@ -95,8 +97,6 @@ def _top(probs: torch.Tensor, k: int, tokenizer: Any) -> list[TopLogit]:
 
 def next_token_probabilities(gm: Any, ids: torch.Tensor, pairs: Sequence[Any] = ()) -> torch.Tensor:
     """``[V]`` next-token probabilities of the real model on ``ids [T]`` with the given hook pairs installed."""
-    from gemscope_widgets.backend.gemma.hooks import hooked
-
     with torch.no_grad(), hooked(*pairs):
         logits = gm.model(input_ids=ids.reshape(1, -1).to(gm.device), use_cache=False).logits[0, -1]
     return torch.softmax(logits.float(), dim=-1).cpu()
@@ -111,9 +111,6 @@ def intervene_graph(
     Raises GraphError for a graph without its model (call ``graph.attach``), a non-feature node, an unknown
     mode or a non-finite value.
     """
-    from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
-    from gemscope_widgets.backend.steering.spec import SteeringSpec
-
     rep = graph.replacement
     if rep is None:
         raise GraphError(
@@ -164,7 +161,6 @@ def intervene_graph(
     with model_lock(gm):
         before = next_token_probabilities(gm, ids)
         after = next_token_probabilities(gm, ids, pairs)
-    from gemscope_widgets.backend.gemma.prompts import token_strings
 
     logit_ids = graph.logit_tokens.tolist()
     top_before, top_after = _top(before, top_k, gm.tokenizer), _top(after, top_k, gm.tokenizer)

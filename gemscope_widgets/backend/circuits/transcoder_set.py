@@ -22,7 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gemscope_widgets.backend.dictionaries.compat import check_compatible
+from gemscope_widgets.backend.dictionaries.folder import load_sae_folder
+from gemscope_widgets.backend.dictionaries.hub import load_sae_from_hub
 from gemscope_widgets.backend.dictionaries.sae import CrossLayerTranscoder, JumpReLUSAE
+from gemscope_widgets.backend.gemma.names import parse_gemma_name, scope_width_label
+from gemscope_widgets.backend.runtime import resolve_device
 from gemscope_widgets.errors import SAEModelMismatch, TranscoderSetError
 
 # Decoder layers per Gemma 3 size (the published configs' num_hidden_layers).
@@ -233,8 +238,6 @@ class TranscoderSet:
 
     def check_model(self, gm: Any) -> None:
         """Raise :class:`SAEModelMismatch` when the set cannot run on ``gm`` (model size, d_model, layers)."""
-        from gemscope_widgets.backend.dictionaries.compat import check_compatible
-
         for d in self.dictionaries:
             check_compatible(gm, d)
         if self.d_model != gm.d_model:
@@ -253,8 +256,6 @@ def _width_label(width: Any) -> str:
             "Pass width=… (e.g. '16k', '65k', '262k') to pick a transcoder set from a hub repo."
         )
     if isinstance(width, int):
-        from gemscope_widgets.backend.gemma.names import scope_width_label
-
         return scope_width_label(width)
     return str(width).lower()
 
@@ -287,8 +288,6 @@ def _matches(name: str, width: Any, l0: Any, affine: bool | None) -> tuple[int, 
 
 def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None,
                layers: Sequence[int] | None) -> list[Any]:
-    from gemscope_widgets.backend.dictionaries.folder import load_sae_folder
-
     if (root / "config.json").is_file():
         return [load_sae_folder(root)]
     only_clt = (root / "clt").is_dir() and not any(_FOLDER.match(q.name) for q in root.iterdir() if q.is_dir())
@@ -340,9 +339,6 @@ def _local_set(root: Path, site: str, width: Any, l0: Any, affine: bool | None,
 
 def _hub_set(repo: str, site: str, width: Any, l0: Any, affine: bool | None,
              layers: Sequence[int] | None) -> list[Any]:
-    from gemscope_widgets.backend.dictionaries.hub import load_sae_from_hub
-    from gemscope_widgets.backend.gemma.names import parse_gemma_name
-
     w, s = _width_label(width), _l0_label(l0)
     aff = bool(affine)
     if site == "clt":
@@ -414,7 +410,5 @@ def load_transcoders(
         if extra:
             tset = TranscoderSet([tset.by_layer[k] for k in tset.layers if k in layer_list], scan=None)
     if device is not None:
-        from gemscope_widgets.backend.runtime import resolve_device
-
         tset.to(resolve_device(device, error=TranscoderSetError))
     return tset

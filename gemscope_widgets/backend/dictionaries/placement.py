@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.errors import DevicePlacementError
+
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
@@ -39,8 +41,6 @@ def require_model_device(sae: Any, gm: GemmaModel, purpose: str) -> None:
         return
     where = sae_device(sae)
     if where.type != device.type:
-        from gemscope_widgets.errors import DevicePlacementError
-
         name = getattr(sae, "config", sae).name
         raise DevicePlacementError(
             f"{name} is on {where} but the model runs on {device}: {purpose} would copy activations between "

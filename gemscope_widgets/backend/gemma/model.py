@@ -16,6 +16,7 @@ from gemscope_widgets.backend.gemma.names import is_hub_id, is_instruct_name, mo
 from gemscope_widgets.backend.gemma.offload import offloads
 from gemscope_widgets.backend.gemma.prompts import Messages, Prompt, TokenIds, make_prompt
 from gemscope_widgets.backend.runtime import hub_offline, resolve_device
+from gemscope_widgets.cache import cache_dir
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError, warn_user
 
 _DTYPES = {
@@ -245,8 +246,6 @@ def load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     placement: dict[str, Any] = {}
     if device_map is not None:
-        from gemscope_widgets.cache import cache_dir
-
         placement = {"device_map": device_map, "max_memory": max_memory,
                      "offload_folder": str(offload_folder or cache_dir("offload", re.sub(r"\W+", "_", source)))}
     verbosity = hf_logging.get_verbosity()

@@ -39,6 +39,7 @@ from gemscope_widgets.backend.stats.corpus import (
     tokenize_docs,
 )
 from gemscope_widgets.backend.stats.scan import encode_entries
+from gemscope_widgets.cache import cache_dir
 from gemscope_widgets.errors import MatryoshkaError
 
 if TYPE_CHECKING:
@@ -256,8 +257,6 @@ def cofiring(
            "params": params, "format": FORMAT_VERSION}
     folder = None
     if cache:
-        from gemscope_widgets.cache import cache_dir
-
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sae.config.name))[-48:].strip("_") or "sae"
         folder = cache_dir("cofiring", f"{slug}-{digest}")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.backend.gemma.prompts import one_bos
 from gemscope_widgets.errors import GemscopeError
 
 if TYPE_CHECKING:
@@ -167,8 +168,6 @@ def corpus_fingerprint(texts: Sequence[str]) -> str:
 
 def tokenize_docs(gm: GemmaModel, texts: Sequence[str], max_doc_tokens: int) -> list[list[int]]:
     """Token ids of each document, tokenised as a prompt (one leading ``<bos>``), cut to ``max_doc_tokens``."""
-    from gemscope_widgets.backend.gemma.prompts import one_bos
-
     tok = gm.tokenizer
     if tok.bos_token_id is None:
         raise GemscopeError("This tokenizer has no <bos> token; Gemma 3 needs one.")

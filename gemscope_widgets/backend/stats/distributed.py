@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.backend.stats.scan_state import ScanState
 from gemscope_widgets.errors import GemscopeError
 
 if TYPE_CHECKING:
@@ -123,8 +124,6 @@ def barrier() -> None:
 
 def merge_into_first(state: ScanState) -> None:
     """Send every process's state to process 0 and merge it there (exact; see :meth:`ScanState.merge_from`)."""
-    from gemscope_widgets.backend.stats.scan_state import ScanState
-
     dist = _dist()
     rank, world = dist.get_rank(), dist.get_world_size()
     comm = _comm_device(state.device)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gemscope_widgets.backend.jobs import Job, JobListener, JobRunner
+from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+from gemscope_widgets.backend.stats.store import find_cached
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -75,8 +77,6 @@ class StatsHolder:
         """The current statistics, else those on disk for ``corpus`` with the default parameters (set and
         announced when found), else ``None``. Never scans."""
         if self._stats is None:
-            from gemscope_widgets.backend.stats.store import find_cached
-
             found = find_cached(self.gm, self.sae, corpus)
             if found is not None:
                 self.set(found)
@@ -84,8 +84,6 @@ class StatsHolder:
 
     def load_or_scan(self, corpus: Any = None, **kwargs: Any) -> FeatureStats:
         """:meth:`FeatureStats.load_or_scan` for this model and SAE; the result is set and announced."""
-        from gemscope_widgets.backend.stats.feature_stats import FeatureStats
-
         stats = FeatureStats.load_or_scan(self.gm, self.sae, corpus, **kwargs)
         self.set(stats)
         return stats

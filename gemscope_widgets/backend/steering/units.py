@@ -35,8 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gemscope_widgets.backend.dictionaries.base import stack_slots
+from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.gemma.prompts import masked_ids
+from gemscope_widgets.backend.stats.corpus import default_corpus, pad_batch, plan_batches, tokenize_docs
+from gemscope_widgets.backend.stats.store import model_identity, sae_identity
 from gemscope_widgets.backend.steering.spec import UNITS as UNITS  # re-exported: the units are defined in spec
 from gemscope_widgets.backend.steering.spec import DirectionSpec, Spec, SteeringSpec, check_unit
+from gemscope_widgets.cache import cache_dir, file_lock
 from gemscope_widgets.errors import SteeringError
 
 if TYPE_CHECKING:
@@ -157,9 +163,6 @@ def _sample_prompts(gm: GemmaModel, n_tokens: int, doc_tokens: int) -> list[tupl
     """``(input_ids [T], counted [T] bool)`` per document of the default corpus, in order, until exactly
     ``n_tokens`` counted tokens (positions of :func:`~gemscope_widgets.backend.gemma.prompts.masked_ids` tokens,
     ``<bos>`` and ``<pad>``, are not counted: the rule the heatmap and the corpus scan use)."""
-    from gemscope_widgets.backend.gemma.prompts import masked_ids
-    from gemscope_widgets.backend.stats.corpus import default_corpus, tokenize_docs
-
     masked = torch.tensor(sorted(masked_ids(gm.tokenizer)), dtype=torch.long)
     texts = default_corpus(max_docs=None)
     docs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -179,8 +182,6 @@ def _sample_prompts(gm: GemmaModel, n_tokens: int, doc_tokens: int) -> list[tupl
 
 def _identity(gm: GemmaModel, sae: Any, n_tokens: int, quantile: float, doc_tokens: int) -> dict[str, Any]:
     """What the units depend on: every weight of the model and of the SAE, the sample, the statistic."""
-    from gemscope_widgets.backend.stats.store import model_identity, sae_identity
-
     return {
         "model": model_identity(gm),
         "sae": sae_identity(sae),
@@ -191,8 +192,6 @@ def _identity(gm: GemmaModel, sae: Any, n_tokens: int, quantile: float, doc_toke
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
-    from gemscope_widgets.cache import cache_dir
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key["sae"]["name"]))[-48:].strip("_") or "sae"
     return cache_dir("units") / f"{slug}-{digest}"
@@ -214,10 +213,6 @@ def compute_feature_units(
     Cost: a forward pass over ``n_tokens`` tokens stopped after the SAE's deepest layer, plus the encoder.
     """
     from tqdm.auto import tqdm
-
-    from gemscope_widgets.backend.dictionaries.base import stack_slots
-    from gemscope_widgets.backend.gemma.capture import capture
-    from gemscope_widgets.backend.stats.corpus import pad_batch, plan_batches
 
     if not 0 < quantile <= 1:
         raise SteeringError(f"The unit quantile must be in (0, 1], got {quantile}.")
@@ -272,8 +267,6 @@ _MEMO_LOCK = threading.Lock()
 def feature_units(gm: GemmaModel, sae: Any, *, progress: bool = True, cache: bool = True) -> FeatureUnits:
     """The units of every feature of ``sae`` on ``gm``: from memory, else from the disk cache, else computed
     once (:func:`compute_feature_units`, with a progress bar) and cached."""
-    from gemscope_widgets.cache import file_lock
-
     memo_key = (id(gm.model), UNIT_TOKENS, UNIT_QUANTILE, UNIT_DOC_TOKENS)
     with _MEMO_LOCK:
         known = _MEMO.get(sae, {}).get(memo_key)

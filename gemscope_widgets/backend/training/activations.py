@@ -13,6 +13,7 @@ import torch
 
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.progress import progress_bar
+from gemscope_widgets.backend.stats.corpus import default_corpus
 from gemscope_widgets.errors import TrainingError
 
 
@@ -87,14 +88,10 @@ def split_corpus(texts: Sequence[str], every: int = 10) -> tuple[list[str], list
 
 def default_training_texts() -> list[str]:
     """The offline default corpus minus its held-out tenth."""
-    from gemscope_widgets.backend.stats.corpus import default_corpus
-
     return split_corpus(default_corpus(max_docs=None))[0]
 
 
 def held_out_texts(max_docs: int | None = None) -> list[str]:
     """The held-out tenth of the offline default corpus (never seen in training)."""
-    from gemscope_widgets.backend.stats.corpus import default_corpus
-
     held = split_corpus(default_corpus(max_docs=None))[1]
     return held if max_docs is None else held[:max_docs]

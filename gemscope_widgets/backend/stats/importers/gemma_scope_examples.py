@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from gemscope_widgets.backend.gemma.prompts import token_strings
 from gemscope_widgets.backend.stats.feature_stats import Example, FeatureStats
 from gemscope_widgets.errors import ExamplesFormatError
 
@@ -163,8 +164,6 @@ class GemmaScopeExamples(FeatureStats):
 
     def examples(self, f: int, *, kind: str = "top", start: int = 0, count: int = 10) -> list[Example]:
         """Windows around the ``count`` examples from rank ``start``; the file has only top examples."""
-        from gemscope_widgets.backend.gemma.prompts import token_strings
-
         f = self._check(f)
         if kind != "top":
             return []
@@ -195,8 +194,6 @@ class GemmaScopeExamples(FeatureStats):
 
     def stored_logits(self, f: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]] | None:
         """The file's top/bottom logit tokens for ``f``, or None when it has none."""
-        from gemscope_widgets.backend.gemma.prompts import token_strings
-
         f = self._check(f)
         if "top_tokens" not in self.shapes:
             return None

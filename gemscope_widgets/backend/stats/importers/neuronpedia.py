@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gemscope_widgets.backend.gemma.names import neuronpedia_model_id, neuronpedia_source_id, parse_scope_folder
+from gemscope_widgets.backend.stats.feature_stats import Example, FeatureStats
 from gemscope_widgets.errors import NeuronpediaImportError
 
 if TYPE_CHECKING:
@@ -217,8 +218,6 @@ def export_to_stats(export: NeuronpediaExport, width: int, sae_name: str = "") -
     """A :class:`FeatureStats` holding what the export says: examples (top bin and quantile bins), density,
     max activation, histogram, explanations and logit tokens. Features it does not mention have none of
     these (NaN density and max)."""
-    from gemscope_widgets.backend.stats.feature_stats import Example, FeatureStats
-
     beyond = [i for i in export.features if not 0 <= i < width]
     if beyond:
         raise NeuronpediaImportError(

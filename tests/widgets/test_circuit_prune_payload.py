@@ -1,0 +1,84 @@
+"""The circuit view's payload is the graph ``prune()`` returns: its ``kept`` flags mark exactly prune()'s nodes and
+edges (the ones the Neuronpedia JSON holds), nothing is capped unless asked, and a cap says what it left out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gemscope_widgets.backend.circuits.attribution import attribute
+from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+from gemscope_widgets.testing.transcoders import write_calibrated_set
+from gemscope_widgets.widgets.circuit import Circuit, encode_graph
+from tests.fixtures.graphs import synthetic_graph
+
+
+def _array(header, data, group, name):
+    ref = header[group][name]
+    dtype = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}[ref["dtype"]]
+    return np.frombuffer(data, dtype=dtype, count=ref["length"], offset=ref["offset"]).astype(np.int64)
+
+
+def kept_of(header, data) -> tuple[set[int], set[tuple[int, int]]]:
+    """The payload's kept nodes and kept (target, source) edges, as graph node indices."""
+    nodes = _array(header, data, "nodes", "node")
+    node_kept = _array(header, data, "nodes", "kept")
+    src = nodes[_array(header, data, "edges", "source")]
+    dst = nodes[_array(header, data, "edges", "target")]
+    edge_kept = _array(header, data, "edges", "kept")
+    return ({int(n) for n, k in zip(nodes, node_kept) if k},
+            {(int(t), int(s)) for t, s, k in zip(dst, src, edge_kept) if k})
+
+
+def prune_of(graph, node_threshold=0.8, edge_threshold=0.98) -> tuple[set[int], set[tuple[int, int]]]:
+    result = graph.prune(node_threshold, edge_threshold)
+    t, s = (result.edge_mask & (graph.adjacency_matrix != 0)).nonzero(as_tuple=True)
+    return set(result.node_mask.nonzero().flatten().tolist()), set(zip(t.tolist(), s.tolist()))
+
+
+@pytest.mark.parametrize(("seed", "node_threshold", "edge_threshold"), [(0, 0.8, 0.98), (3, 0.5, 0.9), (5, 0.95, 0.99)])
+def test_kept_flags_are_exactly_what_prune_keeps(seed, node_threshold, edge_threshold):
+    g = synthetic_graph(n_features=80, n_edges=1500, seed=seed, dense_logits=seed == 5)
+    header, data = encode_graph(g, node_threshold=node_threshold, edge_threshold=edge_threshold)
+    nodes, edges = kept_of(header, data)
+    want_nodes, want_edges = prune_of(g, node_threshold, edge_threshold)
+    assert nodes == want_nodes and edges == want_edges
+    assert header["pruned"] == {"node_threshold": node_threshold, "edge_threshold": edge_threshold,
+                                "n_nodes": len(want_nodes), "n_edges": len(want_edges)}
+    assert header["left_out"] is None
+    # The same graph as the Neuronpedia JSON of the same thresholds.
+    g.model_name = "google/gemma-3-270m"
+    js = g.to_neuronpedia(node_threshold=node_threshold, edge_threshold=edge_threshold)
+    assert {(g.node_index(d["target"]), g.node_index(d["source"])) for d in js["links"]} == edges
+
+
+def test_a_cap_is_reported_with_what_it_left_out():
+    g = synthetic_graph(n_features=80, n_edges=1500, seed=0)
+    _, want_edges = prune_of(g)
+    header, data = encode_graph(g, max_edges=40)
+    _, edges = kept_of(header, data)
+    assert header["n_edges"] == 40 and edges < want_edges
+    assert header["left_out"]["edges"] == len(want_edges) - len(edges) > 0
+    assert "max_edges=40" in header["left_out"]["reason"]
+
+
+def test_the_view_of_a_real_graph_carries_every_edge_prune_keeps(tiny_model, tmp_path):
+    # The view used to send the 20,000 most influential edges ranked on a differently pruned graph.
+    root = write_calibrated_set(tiny_model, tmp_path / "set", width=128, l0=8, affine=True, seed=1)
+    graph = attribute(tiny_model, load_transcoders(root, "transcoder_all"), "The quick brown fox jumps over the lazy",
+                      max_feature_nodes=None, progress=False)
+    view = Circuit.build(graph)
+    nodes, edges = kept_of(view._header, view._data)
+    want_nodes, want_edges = prune_of(graph)
+    assert nodes == want_nodes and edges == want_edges and len(edges) > 100
+    graph.model_name = "google/gemma-3-270m"
+    js = graph.to_neuronpedia()
+    assert {(graph.node_index(d["target"]), graph.node_index(d["source"])) for d in js["links"]} == edges
+    assert {graph.node_index(n["node_id"]) for n in js["nodes"]} == nodes
+
+
+def test_threshold_zero_and_one_stay_exact():
+    g = synthetic_graph(n_features=40, n_edges=600, seed=2)
+    for node_threshold, edge_threshold in ((1.0, 1.0), (0.0, 0.0)):
+        header, data = encode_graph(g, node_threshold=node_threshold, edge_threshold=edge_threshold)
+        assert kept_of(header, data) == prune_of(g, node_threshold, edge_threshold)
