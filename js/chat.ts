@@ -5,6 +5,7 @@ import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise, trackUnderline } from "./lib/colors";
 import { el, mountTheme, VIEW_ROOTS } from "./lib/dom";
+import { formatValue } from "./lib/format";
 import { type ChatMessage, type ChatModel, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
 import { keepKeys } from "./lib/keys";
@@ -71,12 +72,12 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       features.forEach((f, r) => {
         const v = heat[r * n + i] ?? 0;
         value = Math.max(value, v);
-        if (v > 0) parts.push(`#${f} = ${v.toFixed(3)}`);
+        if (v > 0) parts.push(`#${f} = ${formatValue(v)}`);
       });
       if (value > 0) span.style.background = heatBackground(normalise(value, maxHeat));
       if (track.length === n) {
         const t = track[i];
-        parts.push(`projection ${t.toFixed(3)}`);
+        parts.push(`projection ${formatValue(t)}`);
         span.style.boxShadow = trackUnderline(t, maxTrack);
       }
       span.title = parts.join("\n");
@@ -106,11 +107,11 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       const chips = el("div", "gs-chat-summary");
       for (const item of turn.summary) {
         const chip = el("button", "gs-chat-chip");
-        chip.append(...chipText(item.feature, item.label ?? labelOf(item.feature)), ` ${item.max.toFixed(2)}`);
+        chip.append(...chipText(item.feature, item.label ?? labelOf(item.feature)), ` ${formatValue(item.max)}`);
         chip.type = "button";
         chip.classList.toggle("gs-selected", features.includes(item.feature));
-        chip.title = `feature ${item.feature}${item.label ? ` (${item.label})` : ""}: max ${item.max.toFixed(3)}, `
-          + `mean ${item.mean.toFixed(3)} on this turn`;
+        chip.title = `feature ${item.feature}${item.label ? ` (${item.label})` : ""}: max ${formatValue(item.max)}, `
+          + `mean ${formatValue(item.mean)} on this turn`;
         chip.addEventListener("click", () => sendMessage<ChatMessage>(model, { type: "toggle", feature: item.feature }));
         chips.append(chip);
       }

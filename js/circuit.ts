@@ -4,10 +4,11 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./circuit.css";
 import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
+import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
-import { canvasHeight, Graph, KIND, Visible } from "./lib/circuit_graph";
+import { canvasHeight, Graph, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
 import { renderIntervention } from "./lib/circuit_result";
 import type { CircuitModel as Model } from "./lib/protocol";
@@ -115,10 +116,13 @@ function render({ model, el }: RenderProps<Model>): () => void {
     status.textContent =
       `${visible.nodeCount} of ${g.count} nodes, ${visible.edges.length} of ${g.header.n_edges} edges drawn` +
       (g.header.n_edges < g.header.n_edges_total ? ` (graph: ${g.header.n_edges_total} edges)` : "");
+    const note = viewNote(g, visible);
+    if (note) status.textContent += ` · ${note}`;
+    el.dataset.exact = String(visible.exact);
     nodeSlider.input.value = String(model.get("node_threshold"));
-    nodeSlider.out.textContent = model.get("node_threshold").toFixed(2);
+    nodeSlider.out.textContent = formatValue(model.get("node_threshold"));
     edgeSlider.input.value = String(model.get("edge_threshold"));
-    edgeSlider.out.textContent = model.get("edge_threshold").toFixed(2);
+    edgeSlider.out.textContent = formatValue(model.get("edge_threshold"));
     // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus,
     // hovered or selected (an intervention acts only on nodes the user can see).
     if (focus >= 0) setFocus(visible.nodes[focus] ? focus : -1);
@@ -148,6 +152,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
     moved = false;
     request();
   };
+  // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
+  const home = () => {
+    const w = canvas.clientWidth || g.width;
   // After a zoom or pan, a threshold change must not leave drawn nodes outside the view: if any is, fit again.
   const keepInView = () => {
     if (!moved || !visible) return;
@@ -163,9 +170,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
       }
     }
   };
-  // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
-  const home = () => {
-    const w = canvas.clientWidth || g.width;
     kx = 1;
     ky = 1;
     tx = Math.min(0, w - g.width);
@@ -280,10 +284,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
   let drag: { x: number; y: number; tx: number; ty: number; moved: boolean } | null = null;
   canvas.addEventListener("pointerdown", (ev) => {
     if (ev.button !== 0) return;
-    canvas.focus({ preventScroll: true }); // a clicked graph takes the wheel (the hint says so)
     drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
     try {
       canvas.setPointerCapture(ev.pointerId);
+    canvas.focus({ preventScroll: true }); // a clicked graph takes the wheel (the hint says so)
     } catch {
       // synthetic events have no active pointer to capture
     }
@@ -343,10 +347,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
   canvas.addEventListener(
     "wheel",
     (ev) => {
-      if (!wheelZooms(ev, document.activeElement === canvas)) return; // the page scrolls, as everywhere else
       ev.preventDefault();
       const rect = canvas.getBoundingClientRect();
       const px = ev.clientX - rect.left;
+      if (!wheelZooms(ev, document.activeElement === canvas)) return; // the page scrolls, as everywhere else
       const py = ev.clientY - rect.top;
       const f = Math.min(40 / Math.max(kx, ky), Math.max(0.05 / Math.min(kx, ky), Math.exp(-ev.deltaY * 0.0015)));
       tx = px - (px - tx) * f;
@@ -359,6 +363,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
     { passive: false },
   );
 
+  nodeSlider.input.addEventListener("input", () => {
+    model.set("node_threshold", Number(nodeSlider.input.value));
+    model.save_changes();
   canvas.addEventListener("focus", () => {
     hint.textContent = FOCUSED_HINT;
   });
@@ -366,20 +373,17 @@ function render({ model, el }: RenderProps<Model>): () => void {
     hint.textContent = WHEEL_HINT;
   });
 
-  nodeSlider.input.addEventListener("input", () => {
-    model.set("node_threshold", Number(nodeSlider.input.value));
-    model.save_changes();
     recompute();
-    keepInView();
   });
   edgeSlider.input.addEventListener("input", () => {
     model.set("edge_threshold", Number(edgeSlider.input.value));
+    keepInView();
     model.save_changes();
     recompute();
-    keepInView();
   });
 
   const selectedFeatures = () =>
+    keepInView();
     (model.get("selected") ?? []).filter((n) => {
       const i = g.local.get(n);
       return i !== undefined && g.kind[i] === KIND.feature;

@@ -4,6 +4,7 @@ import type { RenderProps } from "@anywidget/types";
 import css from "./contrast.css";
 import { heatBackground, normalise } from "./lib/colors";
 import { el, mountTheme, VIEW_ROOTS } from "./lib/dom";
+import { formatValue } from "./lib/format";
 import { type ContrastSide, type ContrastViewMessage, type ContrastViewModel, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
 import { keepKeys } from "./lib/keys";
@@ -15,7 +16,7 @@ type Side = ContrastSide;
 
 function fmt(v: number): string {
   if (!Number.isFinite(v)) return v > 0 ? "∞" : "−∞";
-  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3);
+  return formatValue(v);
 }
 
 function render({ model, el: root }: RenderProps<Model>): () => void {
@@ -41,7 +42,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
         if (span.has(i)) s.classList.add("gs-ct-span");
         const v = row >= 0 ? heat[row * n + i] ?? 0 : 0;
         if (v > 0) s.style.background = heatBackground(normalise(v, max));
-        s.title = `${i}: ${JSON.stringify(tok)}${row >= 0 ? `\nactivation ${v.toFixed(3)}` : ""}${span.has(i) ? "\n(in span)" : ""}`;
+        s.title = `${i}: ${JSON.stringify(tok)}${row >= 0 ? `\nactivation ${formatValue(v)}` : ""}${span.has(i) ? "\n(in span)" : ""}`;
         text.append(s);
       });
     }

@@ -184,9 +184,9 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     related.replaceChildren(
       ...rows.map((r) => {
         const dense = typeof r.density === "number" ? ` · ${formatPercent(r.density)} of tokens` : "";
-        const b = el("button", "gs-chip", `#${r.feature} ${r.explanation ? `${r.explanation} ` : ""}${r.score.toFixed(2)}`);
+        const b = el("button", "gs-chip", `#${r.feature} ${r.explanation ? `${r.explanation} ` : ""}${formatValue(r.score)}`);
         b.dataset.feature = String(r.feature);
-        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"} ${r.score.toFixed(3)}${dense}`;
+        b.title = `${r.kind === "decoder" ? "decoder cosine" : "co-activation"} ${formatValue(r.score)}${dense}`;
         const family = FAMILY_KINDS[r.kind];
         if (family) {
           b.prepend(family.mark);

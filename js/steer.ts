@@ -4,7 +4,7 @@
 import type { RenderProps } from "@anywidget/types";
 import { choice as select, el, labelled, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { EchoGuard, requestId } from "./lib/echo";
-import { formatValue } from "./lib/format";
+import { formatPercent, formatValue } from "./lib/format";
 import { watchKernel } from "./lib/live";
 import { keepKeys, onCommit, sliderKeys } from "./lib/keys";
 import { sendMessage, type SteerFeature as FeatureEntry, type SteerMessage, type SteerModel } from "./lib/protocol";
@@ -326,7 +326,7 @@ function render({ model, el: root }: RenderProps<SteerModel>): () => void {
       const wrap = el("td");
       const b = el("span", "gs-bar");
       b.style.width = `${Math.round(p * 80)}px`;
-      wrap.append(b, document.createTextNode(` ${(100 * p).toFixed(1)}%`));
+      wrap.append(b, document.createTextNode(` ${formatPercent(p)}`));
       return wrap;
     };
     n.tokens.forEach((tok, i) => {

@@ -13,7 +13,7 @@
 // .gs-hm-label, and the text's .gs-token[data-index]. Styles: heatmap.css.
 import { heatBackground, normalise, trackUnderline } from "./colors";
 import { el } from "./dom";
-import { formatValue } from "./format";
+import { formatPercent, formatValue } from "./format";
 import { VirtualRows } from "./grid";
 import type { PromptInfo, RankBy } from "./protocol";
 import type { Csr } from "./sparse";
@@ -28,11 +28,10 @@ export interface FeatureNotes {
 
 export const NO_NOTES: FeatureNotes = { dense: new Set(), labels: new Map(), density: new Map() };
 
-/** "12.3 %" style text for a density (fraction of corpus tokens), "" when unknown. */
+/** A density (fraction of corpus tokens) as "12.35%" (formatPercent), "" when unknown. */
 export function densityText(d: number | undefined): string {
   if (d === undefined) return "";
-  const pct = d * 100;
-  return `${pct >= 10 ? pct.toFixed(0) : pct >= 1 ? pct.toFixed(1) : pct.toPrecision(2)} %`;
+  return formatPercent(d);
 }
 
 /** A feature's one-line description for tooltips: "#12 · label · fires on 3.1 % of tokens (dense)". */

@@ -364,8 +364,14 @@ export interface CircuitHeader {
   n_edges_total: number;
   n_nodes: number;
   n_edges: number;
-  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef>;
-  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef>;
+  nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef> & {
+    kept?: ArrayRef; // 1 on the nodes graph.prune(pruned thresholds) keeps
+  };
+  edges: Record<"source" | "target" | "weight" | "rank", ArrayRef> & { kept?: ArrayRef };
+  /** The thresholds the `kept` flags were computed at, and prune()'s node and edge counts there. */
+  pruned?: { node_threshold: number; edge_threshold: number; n_nodes: number; n_edges: number };
+  /** Kept edges a `max_edges` cap did not send, and why (null: nothing left out). */
+  left_out?: { edges: number; reason: string } | null;
   labels: Record<string, string>;
   top_logits: Record<string, [string, number][]>;
   model: string;
