@@ -152,9 +152,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
     moved = false;
     request();
   };
-  // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
-  const home = () => {
-    const w = canvas.clientWidth || g.width;
   // After a zoom or pan, a threshold change must not leave drawn nodes outside the view: if any is, fit again.
   const keepInView = () => {
     if (!moved || !visible) return;
@@ -170,6 +167,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
       }
     }
   };
+  // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
+  const home = () => {
+    const w = canvas.clientWidth || g.width;
     kx = 1;
     ky = 1;
     tx = Math.min(0, w - g.width);
@@ -284,10 +284,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
   let drag: { x: number; y: number; tx: number; ty: number; moved: boolean } | null = null;
   canvas.addEventListener("pointerdown", (ev) => {
     if (ev.button !== 0) return;
+    canvas.focus({ preventScroll: true }); // a clicked graph takes the wheel (the hint says so)
     drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
     try {
       canvas.setPointerCapture(ev.pointerId);
-    canvas.focus({ preventScroll: true }); // a clicked graph takes the wheel (the hint says so)
     } catch {
       // synthetic events have no active pointer to capture
     }
@@ -347,10 +347,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
   canvas.addEventListener(
     "wheel",
     (ev) => {
+      if (!wheelZooms(ev, document.activeElement === canvas)) return; // the page scrolls, as everywhere else
       ev.preventDefault();
       const rect = canvas.getBoundingClientRect();
       const px = ev.clientX - rect.left;
-      if (!wheelZooms(ev, document.activeElement === canvas)) return; // the page scrolls, as everywhere else
       const py = ev.clientY - rect.top;
       const f = Math.min(40 / Math.max(kx, ky), Math.max(0.05 / Math.min(kx, ky), Math.exp(-ev.deltaY * 0.0015)));
       tx = px - (px - tx) * f;
@@ -363,9 +363,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
     { passive: false },
   );
 
-  nodeSlider.input.addEventListener("input", () => {
-    model.set("node_threshold", Number(nodeSlider.input.value));
-    model.save_changes();
   canvas.addEventListener("focus", () => {
     hint.textContent = FOCUSED_HINT;
   });
@@ -373,17 +370,20 @@ function render({ model, el }: RenderProps<Model>): () => void {
     hint.textContent = WHEEL_HINT;
   });
 
+  nodeSlider.input.addEventListener("input", () => {
+    model.set("node_threshold", Number(nodeSlider.input.value));
+    model.save_changes();
     recompute();
+    keepInView();
   });
   edgeSlider.input.addEventListener("input", () => {
     model.set("edge_threshold", Number(edgeSlider.input.value));
-    keepInView();
     model.save_changes();
     recompute();
+    keepInView();
   });
 
   const selectedFeatures = () =>
-    keepInView();
     (model.get("selected") ?? []).filter((n) => {
       const i = g.local.get(n);
       return i !== undefined && g.kind[i] === KIND.feature;
