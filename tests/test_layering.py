@@ -165,33 +165,3 @@ def test_widgets_import_neither_torch_nor_threading():
     assert not offenders, f"widgets modules importing tensor maths or threads (move it to the backend): {offenders}"
     assert not stale, f"these modules keep the rule now: remove them from RELAY_EXCEPTIONS: {stale}"
     assert {"feature_pane.py", "steer.py", "chat.py"} <= {p.name for p in WIDGETS.glob("*.py")}
-
-
-# --- widgets are relays: no torch, no threads --------------------------------------------------------------
-
-WIDGETS = PACKAGE / "widgets"
-RELAY_FORBIDDEN = ("torch", "threading", "_thread", "concurrent")
-"""A view turns backend results into traits and calls the backend: tensor maths and worker threads live there
-(``backend/jobs.py`` runs background work)."""
-RELAY_EXCEPTIONS = {
-    "chat.py": ("threading", "Chat runs its own generation thread beside SteeringSession's; it moves to "
-                             "backend.jobs with a backend chat session"),
-    "circuit_payload.py": ("torch", "computes the circuit view's node logits and influence ranks; they move to "
-                                    "backend/circuits"),
-}
-"""Modules that still break the rule: name -> (the forbidden import, why). Remove an entry once it is fixed."""
-
-
-def test_widgets_import_neither_torch_nor_threading():
-    offenders, stale = {}, []
-    for path in sorted(WIDGETS.glob("*.py")):
-        bad = sorted(n for n in imported_names(path) if n.split(".")[0] in RELAY_FORBIDDEN)
-        allowed = RELAY_EXCEPTIONS.get(path.name, ("", ""))[0]
-        if allowed and allowed not in bad:
-            stale.append(path.name)
-        bad = [n for n in bad if n.split(".")[0] != allowed]
-        if bad:
-            offenders[path.name] = bad
-    assert not offenders, f"widgets modules importing tensor maths or threads (move it to the backend): {offenders}"
-    assert not stale, f"these modules keep the rule now: remove them from RELAY_EXCEPTIONS: {stale}"
-    assert {"feature_pane.py", "steer.py", "chat.py"} <= {p.name for p in WIDGETS.glob("*.py")}
