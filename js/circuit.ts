@@ -75,6 +75,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   toolbar.append(status);
 
   let g = new Graph(model.get("_header"), model.get("_data"));
+  g.setKept(model.get("_kept"), model.get("_kept_at")); // the kernel's prune() at the view's thresholds
   let visible: Visible;
   // The view transform (screen = world * k + t) and whether the user has panned or zoomed since the last fit.
   let kx = 1;
@@ -418,6 +419,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const onData = () => {
     g = new Graph(model.get("_header"), model.get("_data"), { width: stage.clientWidth || 800,
       height: canvasHeight(model.get("_header").n_layers + 2) });
+    g.setKept(model.get("_kept"), model.get("_kept_at"));
     laidOut = "";
     moved = false;
     setFocus(-1);
@@ -425,6 +427,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
     resize();
   };
   model.on("change:_header", onData);
+  model.on("change:_kept_at", () => {
+    g.setKept(model.get("_kept"), model.get("_kept_at"));
+    recompute();
+  });
   const onThreshold = () => {
     recompute();
     keepInView();

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import anywidget
 import ipywidgets
+import numpy as np
 import traitlets
 
 from gemscope_widgets.errors import GemscopeError
@@ -29,6 +30,8 @@ from .circuit_payload import (  # noqa: F401 (the view's public names, also impo
     as_transcoder_set,
     encode_graph,
     feature_dictionary,
+    kept_flags,
+    payload_arrays,
 )
 from .messages import PING, PONG, MessageTable, parse_message
 from .static_circuit import circuit_html, feature_label
@@ -58,6 +61,10 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
     """JSON description of the graph and of where each array lies in ``_data``."""
     _data = traitlets.Bytes(b"").tag(sync=True)
     """Node arrays and COO edges (see :func:`encode_graph`)."""
+    _kept = traitlets.Bytes(b"").tag(sync=True)
+    """``graph.prune()`` at the view's thresholds: one byte per payload node, then per payload edge (1: kept)."""
+    _kept_at = traitlets.Dict().tag(sync=True)
+    """The thresholds ``_kept`` was computed at, prune()'s node and edge counts, and what the payload lacks."""
     node_threshold = traitlets.Float(0.8).tag(sync=True)
     """Keep feature / error nodes covering this share of total influence (circuit-tracer's default 0.8)."""
     edge_threshold = traitlets.Float(0.98).tag(sync=True)
@@ -78,6 +85,8 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         super().__init__(_header=header, _data=data, **kwargs)
         self.on_msg(self._on_custom_msg)
         self.observe(self._on_clicked, names="clicked")
+        self.observe(self._reprune, names=["node_threshold", "edge_threshold"])
+        self._reprune()
 
     @classmethod
     def build(
@@ -164,6 +173,25 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         return circuit_html(self)
 
     # --- events ----------------------------------------------------------------------------------------------
+
+    def _reprune(self, _change: Any = None) -> None:
+        """Recompute which payload nodes and edges ``graph.prune()`` keeps at the current thresholds (at build, the
+        payload's own flags when it was pruned at these thresholds)."""
+        pruned = self._header.get("pruned") or {}
+        here = {"node_threshold": float(self.node_threshold), "edge_threshold": float(self.edge_threshold)}
+        if _change is None and {k: pruned.get(k) for k in here} == here and "kept" in self._header["nodes"]:
+            nodes = payload_arrays(self._header, self._data, "nodes", "kept")
+            edges = payload_arrays(self._header, self._data, "edges", "kept")
+            with self.hold_sync():
+                self._kept = np.concatenate([nodes, edges]).astype(np.uint8).tobytes()
+                self._kept_at = {**pruned, "left_out": self._header.get("left_out")}
+            return
+        at, flags = kept_flags(
+            self.graph, self._header, self._data, float(self.node_threshold), float(self.edge_threshold)
+        )
+        with self.hold_sync():
+            self._kept = flags
+            self._kept_at = at
 
     def _on_clicked(self, change: dict[str, Any]) -> None:
         node = int(change["new"])

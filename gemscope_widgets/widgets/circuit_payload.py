@@ -177,6 +177,7 @@ def encode_graph(
     if int(edge_kept.sum()) < n_kept_edges:
         missing = n_kept_edges - int(edge_kept.sum())
         left_out = {
+            "nodes": 0,
             "edges": missing,
             "reason": f"max_edges={max_edges}: only the {max_edges} most influential edges were sent to the browser",
         }
@@ -237,6 +238,7 @@ def encode_graph(
             "n_edges": n_kept_edges,
         },
         "left_out": left_out,
+        "max_node_rank": float(max_node_rank),
         "labels": labels,
         "top_logits": top_logits,
         "model": graph.model_name or "",
@@ -244,6 +246,48 @@ def encode_graph(
         "bytes": blob.size,
     }
     return header, blob.bytes()
+
+
+def payload_arrays(header: dict[str, Any], data: bytes, group: str, name: str) -> np.ndarray:
+    """One array of an :func:`encode_graph` payload (``group`` "nodes" or "edges"), as int64 or float32."""
+    ref = header[group][name]
+    arr = np.frombuffer(data, dtype=_DTYPES[ref["dtype"]], count=ref["length"], offset=ref["offset"])
+    return arr.astype(np.float32 if ref["dtype"] == "float32" else np.int64)
+
+
+def kept_flags(
+    graph: Any, header: dict[str, Any], data: bytes, node_threshold: float, edge_threshold: float
+) -> tuple[dict[str, Any], bytes]:
+    """``graph.prune(node_threshold, edge_threshold)`` on an :func:`encode_graph` payload, for the view to draw
+    when its thresholds move: ``(at, flags)`` with ``flags`` one byte per payload node (1: kept) then one per
+    payload edge (1: kept), and ``at`` the thresholds, prune()'s node and edge counts, and ``left_out``: how many
+    of prune()'s nodes and edges the payload does not hold (ranked under its cut, or capped), and why.
+
+    Raises GraphError for thresholds outside [0, 1].
+    """
+    pruned = graph.prune(node_threshold, edge_threshold)
+    kept_edges = pruned.edge_mask & (graph.adjacency_matrix != 0)
+    nodes = torch.from_numpy(payload_arrays(header, data, "nodes", "node"))
+    src = nodes[torch.from_numpy(payload_arrays(header, data, "edges", "source"))]
+    dst = nodes[torch.from_numpy(payload_arrays(header, data, "edges", "target"))]
+    node_flags = pruned.node_mask[nodes]
+    edge_flags = kept_edges[dst, src]
+    n_nodes, n_edges = int(pruned.node_mask.sum()), int(kept_edges.sum())
+    missing_nodes, missing_edges = n_nodes - int(node_flags.sum()), n_edges - int(edge_flags.sum())
+    left_out = None
+    if missing_nodes or missing_edges:
+        capped = header.get("left_out") or {}
+        left_out = {
+            "nodes": missing_nodes,
+            "edges": missing_edges,
+            "reason": capped.get("reason") if missing_edges and not missing_nodes and capped.get("reason")
+            else f"the view holds the nodes covering {header.get('max_node_rank', MAX_NODE_RANK)} of influence: "
+            "rebuild it with a larger max_node_rank to draw them",
+        }
+    at = {"node_threshold": float(node_threshold), "edge_threshold": float(edge_threshold), "n_nodes": n_nodes,
+          "n_edges": n_edges, "left_out": left_out}
+    flags = torch.cat([node_flags, edge_flags]).to(torch.uint8).numpy().tobytes()
+    return at, flags
 
 
 def _node_values(graph: Any, nodes: torch.Tensor) -> list[float]:

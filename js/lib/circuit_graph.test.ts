@@ -234,6 +234,16 @@ describe("Visible", () => {
     expect(preview.exact).toBe(false);
     expect(Array.from(preview.nodes)).toEqual([1, 1, 0, 1, 1, 1]);
     expect(viewNote(g, preview)).toContain("preview by influence rank");
+    // The kernel's prune() at the new thresholds arrives as Circuit._kept: exact again, with its flags.
+    g.setKept(new Uint8Array([1, 1, 0, 1, 1, 1, 1, 0, 0, 0]), {
+      node_threshold: 0.6, edge_threshold: 0.5, n_nodes: 5, n_edges: 1, left_out: null,
+    });
+    const again = new Visible(g, 0.6, 0.5, new Set());
+    expect(again.exact).toBe(true);
+    expect(Array.from(again.edges)).toEqual([0]);
+    expect(viewNote(g, again)).toBe("= graph.prune(0.6, 0.5): 5 nodes, 1 edges");
+    g.setKept(new Uint8Array(3), { node_threshold: 0.1, edge_threshold: 0.1 }); // not this payload's: ignored
+    expect(g.pruned?.node_threshold).toBe(0.6);
     // Without flags (an older payload) it is the preview everywhere, with nothing to say.
     const old = graph();
     expect(new Visible(old, 0.8, 0.98, new Set()).exact).toBe(false);
@@ -243,6 +253,6 @@ describe("Visible", () => {
   it("says on screen how many of prune()'s edges a cap left out, and why", () => {
     const g = graph(true, 2);
     const note = viewNote(g, new Visible(g, 0.8, 0.98, new Set()));
-    expect(note).toContain("2 kept edges not sent (max_edges=4");
+    expect(note).toContain("2 edges of it not drawn: max_edges=4");
   });
 });

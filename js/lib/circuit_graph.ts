@@ -12,7 +12,7 @@
 //   viewNote  what the drawing is (prune()'s graph or a preview) and what a cap left out, said on screen
 //
 // No DOM here: labels are plain strings for textContent / fillText.
-import type { CircuitHeader as Header } from "./protocol";
+import type { CircuitHeader as Header, KeptAt } from "./protocol";
 import { asBytes, type Bytes, readFloat, readUint } from "./sparse";
 import { visibleText } from "./tokens";
 
@@ -43,9 +43,11 @@ export class Graph {
   readonly activation: Float32Array;
   readonly influence: Float32Array;
   readonly rank: Float32Array;
-  /** 1 where graph.prune(header.pruned thresholds) keeps the node / edge; null for a payload without flags. */
-  readonly kept: Uint16Array | Uint32Array | null;
-  readonly edgeKept: Uint16Array | Uint32Array | null;
+  /** 1 where graph.prune(pruned's thresholds) keeps the node / edge; null for a payload without flags. */
+  kept: Uint8Array | Uint16Array | Uint32Array | null;
+  edgeKept: Uint8Array | Uint16Array | Uint32Array | null;
+  /** The thresholds `kept` holds prune() at, prune()'s counts there, and what the payload lacks of it. */
+  pruned: KeptAt | null;
   readonly src: Uint16Array | Uint32Array;
   readonly dst: Uint16Array | Uint32Array;
   readonly weight: Float32Array;
@@ -88,6 +90,8 @@ export class Graph {
     this.weight = readFloat(bytes, e.weight);
     this.edgeRank = readFloat(bytes, e.rank);
     this.edgeKept = e.kept ? readUint(bytes, e.kept) : null;
+    this.pruned = header.pruned ? { ...header.pruned, left_out: header.left_out ? { nodes: 0, ...header.left_out } : null }
+      : null;
     for (let i = 0; i < this.weight.length; i++) this.maxWeight = Math.max(this.maxWeight, Math.abs(this.weight[i]));
     const count = this.kind.length;
     for (let i = 0; i < count; i++) this.local.set(this.node[i], i);
@@ -177,6 +181,19 @@ export class Graph {
     return this.kind.length;
   }
 
+  /**
+   * Takes the kernel's prune() at other thresholds (Circuit._kept / _kept_at: a byte per payload node, then per
+   * payload edge); ignored when its length does not match this payload.
+   */
+  setKept(flags: Bytes | null | undefined, at: Partial<KeptAt> | null | undefined): void {
+    if (!flags || !at || at.node_threshold === undefined) return;
+    const bytes = asBytes(flags);
+    if (bytes.byteLength !== this.count + this.src.length) return;
+    this.kept = bytes.subarray(0, this.count);
+    this.edgeKept = bytes.subarray(this.count);
+    this.pruned = at as KeptAt;
+  }
+
   /** Human label of a local node (text only). */
   label(i: number): string {
     const kind = this.kind[i];
@@ -200,7 +217,7 @@ export class Graph {
 
 /** True when `nodeT` / `edgeT` are the thresholds the payload's `kept` flags were computed at. */
 export function atPrunedThresholds(g: Graph, nodeT: number, edgeT: number): boolean {
-  const p = g.header.pruned;
+  const p = g.pruned;
   return !!p && !!g.kept && !!g.edgeKept && p.node_threshold === nodeT && p.edge_threshold === edgeT;
 }
 
@@ -260,16 +277,19 @@ export class Visible {
  * capped, how many of prune()'s edges were not sent and why. Plain text, for textContent.
  */
 export function viewNote(g: Graph, v: Visible): string {
-  const p = g.header.pruned;
+  const p = g.pruned;
   const parts: string[] = [];
   if (p && g.kept) {
     parts.push(
       v.exact
         ? `= graph.prune(${p.node_threshold}, ${p.edge_threshold}): ${p.n_nodes} nodes, ${p.n_edges} edges`
-        : `preview by influence rank; exactly graph.prune() at ${p.node_threshold} / ${p.edge_threshold}`,
+        : `preview by influence rank (graph.prune() at these thresholds is on its way from the kernel)`,
     );
+    const out = p.left_out;
+    if (v.exact && out && (out.nodes > 0 || out.edges > 0)) {
+      const what = [out.nodes ? `${out.nodes} nodes` : "", out.edges ? `${out.edges} edges` : ""].filter(Boolean);
+      parts.push(`${what.join(" and ")} of it not drawn: ${out.reason}`);
+    }
   }
-  const out = g.header.left_out;
-  if (out && out.edges > 0) parts.push(`${out.edges} kept edges not sent (${out.reason})`);
   return parts.join(" · ");
 }

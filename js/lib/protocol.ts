@@ -379,6 +379,15 @@ export interface CircuitHeader {
   bytes: number;
 }
 
+/** Where Circuit._kept was computed (circuit_payload.kept_flags) and what the payload lacks of that pruning. */
+export interface KeptAt {
+  node_threshold: number;
+  edge_threshold: number;
+  n_nodes: number;
+  n_edges: number;
+  left_out: { nodes: number; edges: number; reason: string } | null;
+}
+
 /** The last intervention (Circuit.intervention): probabilities before and after, per token. */
 export interface CircuitIntervention {
   state?: "running" | "done" | "error";
@@ -394,6 +403,8 @@ export interface CircuitIntervention {
 export interface CircuitModel {
   _header: CircuitHeader;
   _data: Bytes;
+  _kept: Bytes; // graph.prune() at _kept_at's thresholds: a byte per payload node, then per payload edge
+  _kept_at: KeptAt | Record<string, never>;
   node_threshold: number;
   edge_threshold: number;
   selected: number[];

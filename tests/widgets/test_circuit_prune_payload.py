@@ -82,3 +82,44 @@ def test_threshold_zero_and_one_stay_exact():
     for node_threshold, edge_threshold in ((1.0, 1.0), (0.0, 0.0)):
         header, data = encode_graph(g, node_threshold=node_threshold, edge_threshold=edge_threshold)
         assert kept_of(header, data) == prune_of(g, node_threshold, edge_threshold)
+
+
+def flags_of(view) -> tuple[set[int], set[tuple[int, int]]]:
+    """The view's ``_kept`` flags (a byte per payload node, then per payload edge) as graph nodes and edges."""
+    header, data = view._header, view._data
+    nodes = _array(header, data, "nodes", "node")
+    src = nodes[_array(header, data, "edges", "source")]
+    dst = nodes[_array(header, data, "edges", "target")]
+    flags = np.frombuffer(view._kept, dtype=np.uint8)
+    assert len(flags) == len(nodes) + len(src)
+    node_flags, edge_flags = flags[: len(nodes)], flags[len(nodes):]
+    return ({int(n) for n, k in zip(nodes, node_flags) if k},
+            {(int(t), int(s)) for t, s, k in zip(dst, src, edge_flags) if k})
+
+
+def test_moving_a_threshold_reprunes_in_the_kernel():
+    g = synthetic_graph(n_features=80, n_edges=1500, seed=4)
+    view = Circuit.build(g)
+    assert flags_of(view) == prune_of(g) and view._kept_at["node_threshold"] == 0.8
+    for node_threshold, edge_threshold in ((0.5, 0.98), (0.5, 0.7), (0.95, 0.995)):
+        view.node_threshold, view.edge_threshold = node_threshold, edge_threshold
+        want_nodes, want_edges = prune_of(g, node_threshold, edge_threshold)
+        assert flags_of(view) == (want_nodes, want_edges)
+        assert view._kept_at == {"node_threshold": node_threshold, "edge_threshold": edge_threshold,
+                                 "n_nodes": len(want_nodes), "n_edges": len(want_edges), "left_out": None}
+
+
+def test_a_pruning_beyond_the_payload_says_what_it_lacks():
+    from gemscope_widgets.widgets.circuit_payload import kept_flags
+
+    g = synthetic_graph(n_features=80, n_edges=1500, seed=4)
+    header, data = encode_graph(g, max_node_rank=0.5, node_threshold=0.4)
+    at, _ = kept_flags(g, header, data, 0.95, 0.99)
+    want_nodes, want_edges = prune_of(g, 0.95, 0.99)
+    nodes = _array(header, data, "nodes", "node")
+    sent_edges = set(zip(nodes[_array(header, data, "edges", "target")].tolist(),
+                         nodes[_array(header, data, "edges", "source")].tolist()))
+    assert at["n_nodes"] == len(want_nodes) and at["n_edges"] == len(want_edges)
+    assert at["left_out"]["nodes"] == len(want_nodes - set(nodes.tolist())) > 0
+    assert at["left_out"]["edges"] == len(want_edges - sent_edges) > 0
+    assert "max_node_rank" in at["left_out"]["reason"]
