@@ -22,16 +22,21 @@ clicks = []
 w.on_click(clicks.append)
 
 def expected(node_t, edge_t, pinned=()):
+    # The oracle: graph.prune() at these thresholds, plus pinned nodes and the payload's edges between two of them.
     h, d = w._header, w._data
     dt = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
     arr = lambda grp, k: np.frombuffer(
         d, dtype=dt[h[grp][k]["dtype"]], count=h[grp][k]["length"], offset=h[grp][k]["offset"]
-    )
-    kind, rank, node = arr("nodes", "kind"), arr("nodes", "rank"), arr("nodes", "node")
-    vis = (kind >= 2) | (rank < node_t) | np.isin(node, list(pinned))
-    src, dst, er = arr("edges", "source"), arr("edges", "target"), arr("edges", "rank")
-    both = np.isin(node[src], list(pinned)) & np.isin(node[dst], list(pinned))
-    edges = vis[src] & vis[dst] & ((er < edge_t) | both)
+    ).astype(np.int64)
+    result = g.prune(node_t, edge_t)
+    kept_edges = (result.edge_mask & (g.adjacency_matrix != 0)).numpy()
+    node = arr("nodes", "node")
+    vis = result.node_mask.numpy()[node] | np.isin(node, list(pinned))
+    src, dst = node[arr("edges", "source")], node[arr("edges", "target")]
+    both = np.isin(src, list(pinned)) & np.isin(dst, list(pinned))
+    local = {int(n): i for i, n in enumerate(node)}
+    drawn = vis[[local[int(s)] for s in src]] & vis[[local[int(t)] for t in dst]]
+    edges = drawn & (kept_edges[dst, src] | both)
     return int(vis.sum()), int(edges.sum())
 
 def top_feature():
@@ -44,13 +49,9 @@ def top_feature():
     return int(node[j])
 
 def mid_feature():
-    # A feature node drawn at node threshold 0.8 but pruned at 0.3.
-    h, d = w._header, w._data
-    kind = np.frombuffer(d, "<u2", h["nodes"]["kind"]["length"], h["nodes"]["kind"]["offset"])
-    rank = np.frombuffer(d, "<f4", h["nodes"]["rank"]["length"], h["nodes"]["rank"]["offset"])
-    node = np.frombuffer(d, "<u4", h["nodes"]["node"]["length"], h["nodes"]["node"]["offset"])
-    j = int(np.flatnonzero((kind == 0) & (rank > 0.4) & (rank < 0.7))[0])
-    return int(node[j])
+    # A feature node that prune() keeps at node threshold 0.8 but not at 0.3.
+    high, low = g.prune(0.8, 0.98).node_mask, g.prune(0.3, 0.98).node_mask
+    return int(np.flatnonzero((high & ~low)[: g.n_selected].numpy())[0])
 w
 """
 
@@ -126,7 +127,7 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
     expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
     page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
 
-    # What is drawn at the default thresholds is what the payload's ranks say.
+    # What is drawn at the default thresholds is what graph.prune() keeps.
     want = json.loads(lab_server.run_code(page, "print(json.dumps(expected(0.8, 0.98)))"))
     assert list(_counts(widget)) == want
     assert want[1] > 0
@@ -167,10 +168,14 @@ def test_circuit_renders_prunes_live_clicks_and_keeps_text_inert(lab_server, pag
     _click_node(page, widget, node)
     expect(widget.locator(".gs-ct-side-title")).to_be_visible()
 
-    # The node slider prunes in the browser at once (no kernel round trip), and the kernel hears of it.
+    # The node slider previews at once by rank; the kernel hears of it and sends prune() at 0.3, which is drawn.
     slider.evaluate("(e) => { e.value = '0.3'; e.dispatchEvent(new Event('input', {bubbles: true})); }")
     want_low = json.loads(lab_server.run_code(page, "print(json.dumps(expected(0.3, 0.98)))"))
-    assert list(_counts(widget)) == want_low
+    page.wait_for_function(
+        "([e, n, m]) => Number(e.dataset.visibleNodes) === n && Number(e.dataset.visibleEdges) === m",
+        arg=[widget.element_handle(), *want_low], timeout=30_000,
+    )
+    assert "graph.prune(0.3, 0.98)" in widget.locator(".gs-ct-status").text_content()
     assert want_low[0] < want[0]
     assert lab_server.run_code(page, "print(w.node_threshold)").strip() == "0.3"
 
