@@ -160,6 +160,37 @@ class Scope:
         pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
         return ContrastPanel(self, ContrastView.build(self, a, b, **kwargs), **pane_kwargs)
 
+    def _labels_and_densities(self, sae: str | None) -> tuple[Any, Any]:
+        holder = self.stats_holder(sae)
+        stats = holder.find_cached()
+        return self.labels(sae), None if stats is None else stats.density
+
+    def probe(self, positive: Any, negative: Any, *, sae: str | None = None, **kwargs: Any) -> Any:
+        """An SAE-latent probe against a dense probe, the difference of means and single latents, by held-out
+        AUROC (:func:`~gemscope_widgets.backend.behaviour.probe.probe`; keywords as there), with this Scope's
+        feature labels and densities."""
+        from gemscope_widgets.backend.behaviour.probe import probe
+
+        labels, densities = self._labels_and_densities(sae)
+        kwargs.setdefault("labels", labels)
+        kwargs.setdefault("densities", densities)
+        return probe(self.model, self.sae(sae), positive, negative, **kwargs)
+
+    def validate(self, prompts: Any, intervention: Any, *, sae: str | None = None, **kwargs: Any) -> Any:
+        """The causal check (:func:`~gemscope_widgets.backend.behaviour.validate.validate`; keywords as there)
+        with this Scope's SAE and its feature densities for the matched random control."""
+        from gemscope_widgets.backend.behaviour.validate import validate
+
+        kwargs.setdefault("densities", self._labels_and_densities(sae)[1])
+        return validate(self.model, prompts, intervention, sae=self.sae(sae), **kwargs)
+
+    def entity_knowledge(self, entities: Any = None, *, sae: str | None = None, **kwargs: Any) -> Any:
+        """Known vs unknown entities by the model's answers and the latents that separate them in every type
+        (:func:`~gemscope_widgets.backend.behaviour.entities.entity_knowledge`; keywords as there)."""
+        from gemscope_widgets.backend.behaviour.entities import entity_knowledge
+
+        return entity_knowledge(self.model, self.sae(sae), entities, **kwargs)
+
     def circuit(self, prompt: Any, transcoders: Any = None, **kwargs: Any) -> Any:
         """Attribution graph of ``prompt``'s next token, drawn live, with the clicked feature's pane beneath.
 
