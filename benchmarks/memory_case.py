@@ -1,0 +1,170 @@
+"""Peak resident memory of first use, step by step, and attribution's memory estimate against its measured peak.
+
+    python -m benchmarks.memory_case [--cache DIR] [--steps model,sae,stats,transcoders,circuit] [--tokens 16 64 256]
+
+First use: each step of what the embedded default offers runs in a fresh process (so the peaks are separate),
+in the order a new user meets them, against one cache folder (``--cache``; empty for a true first use): the
+model (GGUF conversion and load), the demo SAE (trained), its statistics (scanned), the demo transcoders
+(trained) and a 64-token circuit. Each step loads the model as a session would (``load_default``'s dtype).
+Peak RSS is the child's ``VmHWM`` (file pages it maps count too).
+
+Attribution: for 16, 64 and 256 tokens, a fresh process loads the model and the demo transcoders, reads its
+resident memory, calls :func:`~gemscope_widgets.backend.circuits.attribution.estimate_attribution_memory`
+and then ``attribute``; the measured peak of the call is ``VmHWM`` after it minus the resident memory before
+it. ``--smoke`` runs the same on the tiny random model with a random transcoder set (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .harness import run_fresh
+from .texts import long_text
+
+FIRST_USE_TARGET_MB = 4096  # an 8 GB laptop: half of its memory for the whole first session
+
+_LOAD = """
+from gemscope_widgets.backend.default import EMBEDDED_NAME
+from gemscope_widgets.backend.gemma.model import load_model
+gm = load_model(EMBEDDED_NAME, progress=False)
+"""
+
+FIRST_USE_STEPS: dict[str, str] = {
+    "model": _LOAD + "_report(seconds=time.perf_counter() - _t0)",
+    "sae": _LOAD + """
+from gemscope_widgets.backend.default import ensure_demo_sae
+ensure_demo_sae(gm, progress=False)
+_report(seconds=time.perf_counter() - _t0)
+""",
+    "stats": _LOAD + """
+from gemscope_widgets.backend.default import demo_sae_path, ensure_demo_stats
+from gemscope_widgets.backend.dictionaries.loading import load_sae
+ensure_demo_stats(gm, load_sae(demo_sae_path()), progress=False)
+_report(seconds=time.perf_counter() - _t0)
+""",
+    "transcoders": _LOAD + """
+from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+load_demo_transcoders(gm, progress=False)
+_report(seconds=time.perf_counter() - _t0)
+""",
+    "circuit": _LOAD + """
+from gemscope_widgets.backend.circuits.attribution import attribute
+from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+tset = load_transcoders(load_demo_transcoders(gm, progress=False))
+ids = gm.prompt(TEXT).input_ids[:64]
+graph = attribute(gm, tset, ids, progress=False)
+_report(seconds=time.perf_counter() - _t0, n_active=graph.n_active if hasattr(graph, "n_active") else None)
+""",
+}
+
+_ESTIMATE = """
+import torch
+def _rss_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+from gemscope_widgets.backend.circuits.attribution import attribute, estimate_attribution_memory
+from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+torch.set_num_threads(2)
+{setup}
+ids = gm.prompt(TEXT).input_ids[:N_TOKENS]
+assert len(ids) == N_TOKENS, len(ids)
+est = estimate_attribution_memory(gm, tset, len(ids))
+before = _rss_mb()
+t = time.perf_counter()
+graph = attribute(gm, tset, ids, progress=False)
+seconds = time.perf_counter() - t
+with open("/proc/self/status") as fh:
+    peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+_report(tokens=len(ids), estimate_mb=est.total_bytes / 2**20, measured_mb=peak - before,
+        n_active=int(graph.active_features.shape[0]), active_per_token_est=est.active_per_token,
+        rss_before_mb=before, seconds=seconds)
+"""
+
+_SETUP_REAL = """
+from gemscope_widgets.backend.default import EMBEDDED_NAME
+from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+from gemscope_widgets.backend.gemma.model import load_model
+gm = load_model(EMBEDDED_NAME, progress=False)
+tset = load_transcoders(load_demo_transcoders(gm, progress=False))
+"""
+
+_SETUP_SMOKE = """
+from benchmarks.tiny import build_tiny_checkpoint
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.cache import cache_dir
+from gemscope_widgets.testing.transcoders import write_calibrated_set
+gm = load_model(str(build_tiny_checkpoint(cache_dir("bench", "tiny-gemma3"))), dtype="float32", progress=False)
+tset = load_transcoders(write_calibrated_set(gm, cache_dir("bench", "tiny-transcoders"), width=256, l0=12))
+"""
+
+
+def _text_line(n_tokens: int) -> str:
+    return f"TEXT = {long_text(40 * n_tokens)!r}\nN_TOKENS = {n_tokens}\n"
+
+
+def first_use(cache: Path, steps: list[str], timeout: float = 3600.0) -> list[dict[str, Any]]:
+    """Each first-use step in a fresh process against ``cache``: ``{"step", "peak_rss_mb", "seconds"}`` rows."""
+    rows = []
+    for step in steps:
+        out = run_fresh(_text_line(64) + FIRST_USE_STEPS[step], timeout=timeout, env={"GEMSCOPE_CACHE": str(cache)})
+        rows.append({"step": step, **out})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def estimates(lengths: list[int], *, smoke: bool, cache: Path | None = None) -> list[dict[str, Any]]:
+    """Attribution's estimate against the measured peak, one fresh process per prompt length."""
+    setup = _SETUP_SMOKE if smoke else _SETUP_REAL
+    env = {"GEMSCOPE_CACHE": str(cache)} if cache is not None else None
+    rows = []
+    for n in lengths:
+        out = run_fresh(_text_line(n) + _ESTIMATE.replace("{setup}", setup), timeout=1800.0, env=env)
+        if "estimate_mb" in out:
+            out["estimate_over_measured"] = out["estimate_mb"] / max(out["measured_mb"], 1e-9)
+        rows.append(out)
+        print(json.dumps(out), file=sys.stderr, flush=True)
+    return rows
+
+
+def run(smoke: bool = True) -> dict[str, Any]:
+    """The benchmark's entry for ``python -m benchmarks``: the smoke run measures the estimate on the tiny model
+    (the first-use steps need the real 270M and minutes; ``python -m benchmarks.memory_case`` runs them)."""
+    if smoke:
+        return {"attribution_estimate": estimates([16, 32], smoke=True)}
+    return {"attribution_estimate": estimates([16, 64, 256], smoke=False)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory_case", description=__doc__)
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: the user's cache)")
+    parser.add_argument("--steps", default=",".join(FIRST_USE_STEPS), help="comma-separated first-use steps")
+    parser.add_argument("--tokens", type=int, nargs="*", default=[16, 64, 256], help="attribution prompt lengths")
+    parser.add_argument("--smoke", action="store_true", help="the estimate on the tiny model only")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "memory.json")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if not args.smoke and args.steps:
+        rows = first_use(args.cache or Path.home() / ".cache" / "gemscope_widgets", args.steps.split(","))
+        results["first_use"] = rows
+        peaks = [r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r]
+        results["first_use_target"] = {
+            "text": f"every first-use step under {FIRST_USE_TARGET_MB} MB peak RSS",
+            "met": bool(peaks) and len(peaks) == len(rows) and max(peaks) < FIRST_USE_TARGET_MB,
+            "measured": f"max {max(peaks):.0f} MB" if peaks else "no step finished",
+        }
+    if args.tokens:
+        results["attribution_estimate"] = estimates(args.tokens, smoke=args.smoke, cache=args.cache)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
