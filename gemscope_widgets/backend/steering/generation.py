@@ -47,11 +47,24 @@ class GenerationResult:
     first_token_s: float | None = None
     steps: int = 0
     specs: list[Any] = field(default_factory=list, repr=False)
+    next_token_probs: list[NextTokenStep] = field(default_factory=list, repr=False)
+    """With ``generate(..., next_token_probs=k)``: each step's top-``k`` next tokens of each row, else empty."""
 
     @property
     def text(self) -> str:
         """The steered continuation's text."""
         return self.steered_text
+
+
+@dataclass
+class NextTokenStep:
+    """One decoding step's top-``k`` next tokens of each row, from the distribution the token was chosen from
+    (after the frequency penalty, before temperature and top-p): ``(token_id, token, probability)``, most likely
+    first. Each row reads its own continuation so far; ``None`` for a row that had already stopped."""
+
+    step: int
+    baseline: list[tuple[int, str, float]] | None
+    steered: list[tuple[int, str, float]] | None
 
 
 @dataclass
@@ -199,6 +212,7 @@ def generate(
     error: str = "keep",
     on_token: TokenCallback | None = None,
     cancel: threading.Event | None = None,
+    next_token_probs: int = 0,
 ) -> GenerationResult:
     """Generate the baseline and the steered continuation of ``prompt`` together (a batch of two).
 
@@ -213,9 +227,14 @@ def generate(
     ``max_new_tokens``, or when both rows produced a stop token (``<eos>``, ``<end_of_turn>`` for -it models),
     or when ``cancel`` is set (checked before every step). ``on_token(step, baseline_id, steered_id)`` streams
     each step (None for a row that has stopped). ``error``: ``"keep"`` the SAE reconstruction error or
-    ``"replace"`` the activation by the SAE reconstruction at steered positions.
+    ``"replace"`` the activation by the SAE reconstruction at steered positions. ``next_token_probs=k`` (> 0)
+    records every step's top-``k`` next tokens of both rows in the result's ``next_token_probs``
+    (:class:`NextTokenStep`): what the steered model was about to say at each step, beside the baseline.
     """
     check_settings(max_new_tokens, temperature, top_p, frequency_penalty, seed)
+    if isinstance(next_token_probs, bool) or not isinstance(next_token_probs, int) or next_token_probs < 0:
+        raise SteeringError(f"next_token_probs must be a non-negative integer (a top-k), got {next_token_probs!r}.")
+    recorded: list[tuple[int, torch.Tensor, torch.Tensor, list[bool]]] = []
     specs = _raw_specs(gm, steering, sae, unit)
     inputs = _as_inputs(gm, prompt)
     state = StepState(prompt_len=int(inputs.ids.shape[0]), rows=slice(1, 2))
@@ -266,6 +285,9 @@ def generate(
                 start += ids.shape[1]
                 if counts is not None:
                     logits = logits - frequency_penalty * counts
+                if next_token_probs:
+                    top = torch.softmax(logits, dim=-1).topk(min(next_token_probs, logits.shape[-1]))
+                    recorded.append((step, top.indices.cpu(), top.values.cpu(), done.tolist()))
                 chosen = _choose(logits, temperature, top_p, generator)
                 if counts is not None:
                     counts[torch.arange(2, device=gm.device), chosen] += 1
@@ -291,7 +313,15 @@ def generate(
                 special = None if steer_special_tokens else torch.isin(ids, controls)
     finally:
         lock.release()
-    return _result(gm, inputs, out, stopped, started, first_token_s, steps, specs)
+    result = _result(gm, inputs, out, stopped, started, first_token_s, steps, specs)
+    result.next_token_probs = [_step_probs(gm, *entry) for entry in recorded]
+    return result
+
+
+def _step_probs(gm: GemmaModel, step: int, ids: torch.Tensor, probs: torch.Tensor, done: list[bool]) -> NextTokenStep:
+    rows = [None if done[r] else list(zip(ids[r].tolist(), token_strings(gm.tokenizer, ids[r].tolist()),
+                                           probs[r].tolist())) for r in range(2)]
+    return NextTokenStep(step, rows[0], rows[1])
 
 
 def _result(

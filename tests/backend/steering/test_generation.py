@@ -177,9 +177,31 @@ def test_next_token_distribution(tiny_model, sae):
     assert max(view.steered) == pytest.approx(float(full[1].max()))
 
 
+def test_each_steps_next_token_probabilities_from_python(tiny_model, sae):
+    """``generate(..., next_token_probs=k)``: each step's top-k of each row equals next_token_probs() after that
+    row's own continuation so far (the widget's probabilities, in the same units)."""
+    steering = {7: 40.0}
+    result = generate(tiny_model, TEXT, steering, sae=sae, unit="raw", max_new_tokens=6, stop_at_eos=False,
+                      next_token_probs=4)
+    assert [s.step for s in result.next_token_probs] == list(range(6))
+    assert result.divergence is not None  # the rows' own continuations differ, so the check covers both
+    for s in result.next_token_probs:
+        for row, ids, texts, shown in ((0, result.baseline_ids, result.baseline_tokens, s.baseline),
+                                       (1, result.steered_ids, result.steered_tokens, s.steered)):
+            probs, _, _ = next_token_probs(tiny_model, TEXT, steering, sae=sae, unit="raw",
+                                           continuation=ids[: s.step])
+            top = probs[row].topk(4)
+            assert [t for t, _, _ in shown] == top.indices.tolist()
+            torch.testing.assert_close(torch.tensor([p for _, _, p in shown]), top.values, rtol=1e-4, atol=1e-6)
+            assert shown[0][0] == ids[s.step]  # greedy: the chosen token is the most likely
+            assert shown[0][1] == texts[s.step]  # tokens as the result shows them
+    assert generate(tiny_model, TEXT, steering, sae=sae, unit="raw", max_new_tokens=2).next_token_probs == []
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
+        ({"next_token_probs": -1}, SteeringError, "next_token_probs"),
         ({"steering": {999: 1.0}}, FeatureIndexError, "Feature 999 does not exist"),
         ({"steering": {3: float("nan")}}, SteeringError, "not finite"),
         ({"steering": [SteeringSpec(3, 1.0, mode="amplify")]}, SteeringError, "Unknown steering mode"),
@@ -228,7 +250,7 @@ def test_real_model_token_direction_raises_its_probability(real_model, tmp_path)
     multiples = [0.0, 0.005, 0.01, 0.02, 0.04]  # the site-norm unit is large: 0.08× saturates p at ~1
     probs = []
     for m in multiples:
-        p, _, _ = next_token_probs(gm, prompt, {0: m * scale}, sae=sae)
+        p, _, _ = next_token_probs(gm, prompt, {0: m * scale}, sae=sae, unit="raw")
         probs.append(float(p[1, token]))
         assert float(p[0, token]) == pytest.approx(probs[0], rel=1e-5)  # the baseline row never moves
     print(f"p(' banana') at {multiples}× {source} scale {scale:.0f}: {probs}")
