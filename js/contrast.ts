@@ -22,12 +22,13 @@ function fmt(v: number): string {
 function render({ model, el: root }: RenderProps<Model>): () => void {
   mountTheme(root, VIEW_ROOTS.contrast, css);
   const title = el("div", "gs-ct-title");
+  const caveat = el("div", "gs-ct-caveat gs-muted");
   const main = el("div", "gs-ct-main");
   const table = el("table", "gs-ct-table");
   const sides = el("div", "gs-ct-sides");
   const error = el("div", "gs-error");
   main.append(table, sides);
-  root.append(title, main, error);
+  root.append(title, caveat, main, error);
 
   const drawSide = (label: string, side: Side | undefined, heat: Float32Array, row: number, max: number) => {
     const box = el("div", "gs-ct-side");
@@ -57,6 +58,8 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     const pairs = (view.n_pairs ?? 1) > 1;
     title.textContent = `${view.sae_name ?? ""} · span ${view.span ?? ""} (${view.reduce ?? ""})` +
       (pairs ? ` · ${view.n_pairs} pairs, ranked by paired t` : " · ranked by |A − B|");
+    caveat.textContent = view.caveat ?? "";
+    caveat.hidden = !view.caveat;
     const head = el("tr");
     const cols = pairs ? ["feature", "mean Δ", "± se", "t", "A (pair 1)", "B (pair 1)", ""] : ["feature", "A", "B", "Δ = A − B", ""];
     for (const c of cols) head.append(el("th", "", c));
