@@ -116,7 +116,7 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def node_record(graph: AttributionGraph, i: int, influence: float | None) -> dict[str, Any]:
+def _node_record(graph: AttributionGraph, i: int, influence: float | None) -> dict[str, Any]:
     """Node ``i`` as circuit-tracer's ``Node`` (fields in its order); ``influence`` its cumulative share."""
     kind, layer, pos, feature = graph.node_info(i)
     token_prob, is_target, clerp, activation = 0.0, False, "", None
@@ -213,7 +213,7 @@ def to_neuronpedia(
         kind = graph.node_kind(i)
         if kind == "token" and unknown_tokens[i - graph.token_slice.start]:
             continue  # the file this graph was read from had no node for this position
-        node = node_record(graph, i, float(influence[i]))
+        node = _node_record(graph, i, float(influence[i]))
         own = _OWN[node["feature_type"]]
         node.update((k, v) for k, v in overlays.get(node["node_id"], {}).items() if k not in own)
         nodes[i] = node
@@ -255,7 +255,7 @@ def to_neuronpedia(
     return out
 
 
-def graph_json(data: Mapping[str, Any], indent: int | None = 2) -> str:
+def _strict_json(data: Mapping[str, Any], indent: int | None = 2) -> str:
     """``data`` as strict JSON text (``allow_nan=False``: GraphError instead of bare ``NaN`` / ``Infinity``)."""
     try:
         return json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False)
@@ -277,7 +277,7 @@ def add_graph_metadata(metadata: Mapping[str, Any], folder: str | os.PathLike[st
         if not isinstance(listing, dict) or not isinstance(listing.get("graphs"), list):
             raise GraphError(f"{str(path)!r} is not a graph list ({{'graphs': [...]}}); move it away or fix it.")
     listing["graphs"] = [g for g in listing["graphs"] if g.get("slug") != metadata["slug"]] + [dict(metadata)]
-    path.write_text(graph_json(listing), encoding="utf-8")
+    path.write_text(_strict_json(listing), encoding="utf-8")
     return path
 
 
@@ -297,7 +297,7 @@ def save_neuronpedia(
     if path.suffix != ".json":
         raise GraphError(f"Neuronpedia graph files are .json, not {path.name!r}.")
     data = to_neuronpedia(graph, slug or path.stem, **kwargs)
-    text = graph_json(data)
+    text = _strict_json(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     if graph_metadata:
@@ -539,7 +539,7 @@ def _record(
             if index < 0:
                 bias_nodes.append(dict(node))
                 continue
-            new = node_record(graph, index, None)
+            new = _node_record(graph, index, None)
             ids[old_id] = new["node_id"]
             if node.get("jsNodeId") is not None:
                 js_ids[str(node["jsNodeId"])] = new["jsNodeId"]
