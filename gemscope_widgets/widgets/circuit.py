@@ -97,12 +97,13 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         transcoders: Any = None,
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
-        max_edges: int | None = MAX_EDGES,
+        max_edges: int | None = None,
     ) -> Circuit:
         """The view of ``graph``. ``model`` and ``transcoders`` (default: those attached by ``attribute``) add
         each feature's top promoted tokens to its hover card. At ``node_threshold`` / ``edge_threshold`` the view
         draws exactly the nodes and edges of ``graph.prune(node_threshold, edge_threshold)``; ``max_edges`` caps the
-        edges sent to the browser (default: no cap), and the view says how many kept edges a cap left out."""
+        edges sent to the browser (default: :data:`MAX_EDGES`, prune()'s edges first), and the view says how many of
+        prune()'s edges a cap left out."""
         replacement = getattr(graph, "replacement", None)
         if model is None and replacement is not None:
             model = getattr(replacement, "model", None)

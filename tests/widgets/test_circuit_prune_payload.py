@@ -59,7 +59,21 @@ def test_a_cap_is_reported_with_what_it_left_out():
     _, edges = kept_of(header, data)
     assert header["n_edges"] == 40 and edges < want_edges
     assert header["left_out"]["edges"] == len(want_edges) - len(edges) > 0
-    assert "max_edges=40" in header["left_out"]["reason"]
+    assert "at most 40 edges" in header["left_out"]["reason"]
+
+
+def test_the_default_budget_sends_prunes_edges_first(monkeypatch):
+    from gemscope_widgets.widgets import circuit_payload
+
+    g = synthetic_graph(n_features=80, n_edges=1500, seed=0)
+    want_nodes, want_edges = prune_of(g)
+    monkeypatch.setattr(circuit_payload, "MAX_EDGES", len(want_edges) + 5)
+    header, data = encode_graph(g)
+    assert header["n_edges"] == len(want_edges) + 5 and header["left_out"] is None
+    assert kept_of(header, data) == (want_nodes, want_edges)
+    monkeypatch.setattr(circuit_payload, "MAX_EDGES", len(want_edges) - 7)
+    header, data = encode_graph(g)
+    assert header["left_out"]["edges"] == 7 and kept_of(header, data)[1] < want_edges
 
 
 def test_the_view_of_a_real_graph_carries_every_edge_prune_keeps(tiny_model, tmp_path):
