@@ -136,14 +136,15 @@ def _specs(intervention: Any, mode: str, strength: float) -> tuple[list[Any], li
     if isinstance(intervention, ProbeResult):
         intervention = intervention.top_features
     if isinstance(intervention, (BehaviourDirection, DirectionSpec)) or (
-        isinstance(intervention, (torch.Tensor, np.ndarray)) and np.ndim(intervention) == 1
-        and len(intervention) > 64
-    ):
+        isinstance(intervention, torch.Tensor) and intervention.is_floating_point()
+    ) or (isinstance(intervention, np.ndarray) and np.issubdtype(intervention.dtype, np.floating)):
         spec = intervention if isinstance(intervention, DirectionSpec) else DirectionSpec(
             intervention, mode=mode, strength=strength)
         return [spec], [], f"direction {getattr(intervention, 'name', '') or ''} ({spec.mode})".replace("  ", " ")
     if isinstance(intervention, (int, np.integer)) and not isinstance(intervention, bool):
         intervention = [int(intervention)]
+    if isinstance(intervention, (torch.Tensor, np.ndarray)):
+        intervention = [int(f) for f in intervention.reshape(-1).tolist()]
     if isinstance(intervention, Sequence) and intervention and all(
         isinstance(s, (SteeringSpec, DirectionSpec)) for s in intervention
     ):

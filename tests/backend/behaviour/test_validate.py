@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gemscope_widgets.backend.behaviour.validate import DENSITY_NEIGHBOURS, matched_features, validate
-from gemscope_widgets.backend.steering.spec import SteeringSpec
+from gemscope_widgets.backend.steering.generation import generate
+from gemscope_widgets.backend.steering.spec import DirectionSpec, SteeringSpec
 from gemscope_widgets.errors import CausalCheckError
 from gemscope_widgets.testing.calibrated import calibrated_sae
 
@@ -94,3 +95,19 @@ def test_intervened_generations_equal_scope_generate(demo_scope_parts):
     ranks = torch.argsort(torch.argsort(density))
     for f, g in zip(features, check.control_features):
         assert abs(int(ranks[f]) - int(ranks[g])) <= DENSITY_NEIGHBOURS
+
+
+def test_direction_with_random_direction_control_equals_backend_generate(tiny_model):
+    direction = torch.randn(tiny_model.d_model, generator=torch.Generator().manual_seed(1))
+    spec = DirectionSpec(direction, mode="add", strength=50.0, layer=1)
+    check = validate(tiny_model, PROMPTS, spec, scorer=len, chat=False, max_new_tokens=3, progress=False)
+    assert check.features == [] and check.control is not None
+    assert check.effect.intervened_texts != check.effect.baseline_texts  # 50 units along a direction show
+    (spec,) = check.control.specs
+    assert isinstance(spec, DirectionSpec) and spec.strength == 50.0 and spec.layer == 1
+    assert abs(float(torch.nn.functional.cosine_similarity(spec.direction, direction, dim=0))) < 0.9
+    for effect, used in ((check.effect, check.effect.specs), (check.control, check.control.specs)):
+        for i, p in enumerate(PROMPTS):
+            direct = generate(tiny_model, p, used, max_new_tokens=3)
+            assert effect.intervened_texts[i] == direct.steered_text
+            assert effect.baseline_texts[i] == direct.baseline_text
