@@ -131,8 +131,15 @@ def _active_features(fwd: FrozenForward, tset: TranscoderSet, n_zero: int, devic
             skip_part = fwd.x[j, :n_zero] @ skips[j] if skip is not None else 0.0
             const[j, :n_zero] = fwd.mlp_out[j, :n_zero] - skip_part
         if cols_all:
-            cols, pos, vec = torch.cat(cols_all), torch.cat(pos_all), torch.cat(vec_all)
-            writers[j] = [(p, cols[pos == p], vec[pos == p]) for p in pos.unique().tolist()]
+            # One copy ordered by position (stable: each position keeps its column order), split into views.
+            pos = torch.cat(pos_all)
+            order = torch.argsort(pos, stable=True)
+            cols, pos = torch.cat(cols_all)[order], pos[order]
+            vec = torch.cat(vec_all)[order]
+            vec_all.clear()
+            where, counts = torch.unique_consecutive(pos, return_counts=True)
+            sizes = counts.tolist()
+            writers[j] = list(zip(where.tolist(), cols.split(sizes), vec.split(sizes)))
     # Layers without a transcoder: the whole MLP output is the error node (a constant at zeroed positions).
     for j in range(n_layers):
         if j not in tset.output_layers and n_zero:

@@ -6,8 +6,9 @@ computes. The parts, in float32 bytes (``T`` tokens, ``L`` layers, ``d`` model w
 features, ``F = min(max_feature_nodes, A)`` feature rows, ``K`` logits, ``B`` batch size,
 ``C = A + (L + 1)·T + K`` columns):
 
-- ``forward``: the frozen forward pass (residuals, norm scales, MLP inputs and outputs, ``~16·L·T·d``) and its
-  attention patterns (``2·L·H·T²``);
+- ``runtime``: a constant for first calls of torch kernels and allocator slack;
+- ``forward``: the frozen forward pass (residuals, norm scales, MLP inputs and outputs, ``~16·L·T·d``), its
+  attention patterns (``2·L·H·T²``) and one layer's encoding or MLP at a time (``3·T·max(d_ff, W)``);
 - ``nodes``: each active feature's decoder vector where it writes (``A·d`` per target layer), its bookkeeping,
   and the error and constant terms (``2·L·T·d``);
 - ``edges``: the edge matrix, ``(F + K)·C`` (the dominant term for long prompts);
@@ -33,6 +34,7 @@ from gemscope_widgets.errors import AttributionMemoryError
 
 FLOAT = 4
 RANKING_CHUNK_BYTES = 1 << 30
+RUNTIME_BYTES = 64 << 20  # first calls of torch kernels, allocator slack, lazily imported modules
 FALLBACK_ACTIVE_PER_TOKEN = 700.0  # a 16k-wide Gemma Scope 2 set on Gemma 3 (about 685 measured) when no L0 is known
 
 
@@ -65,6 +67,7 @@ class _Shape:
     d_ff: int
     targets_per_feature: float
     max_logits: int
+    width: int
 
 
 def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
@@ -76,6 +79,7 @@ def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
         n_layers=int(gm.n_layers), d_model=int(gm.d_model), n_heads=n_heads, head_dim=head_dim,
         d_ff=int(getattr(cfg, "intermediate_size", 4 * gm.d_model)),
         targets_per_feature=sum(targets) / max(len(targets), 1), max_logits=int(max_logits),
+        width=max(tset.layer_widths.values()),
     )
 
 
@@ -96,7 +100,8 @@ def _parts(s: _Shape, t: int, a: int, max_feature_nodes: int | None, b: int) -> 
     edges = (f + k) * cols * FLOAT
     kept = f + (L + 1) * t + k
     parts = {
-        "forward": FLOAT * (16 * L * t * d + 2 * L * H * t * t + 3 * t * s.d_ff),
+        "runtime": RUNTIME_BYTES,
+        "forward": FLOAT * (16 * L * t * d + 2 * L * H * t * t + 3 * t * max(s.d_ff, s.width)),
         "nodes": int(a * (FLOAT * d * s.targets_per_feature + 48)) + FLOAT * 2 * L * t * d,
         "edges": edges,
         "ranking": min(edges, RANKING_CHUNK_BYTES) if f < a else 0,
