@@ -144,8 +144,6 @@ RELAY_FORBIDDEN = ("torch", "threading", "_thread", "concurrent")
 """A view turns backend results into traits and calls the backend: tensor maths and worker threads live there
 (``backend/jobs.py`` runs background work)."""
 RELAY_EXCEPTIONS = {
-    "chat.py": ("threading", "Chat runs its own generation thread beside SteeringSession's; it moves to "
-                             "backend.jobs with a backend chat session"),
     "circuit_payload.py": ("torch", "computes the circuit view's node logits and influence ranks; they move to "
                                     "backend/circuits"),
 }

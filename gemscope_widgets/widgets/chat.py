@@ -1,15 +1,23 @@
-"""Chat: a conversation drawn as turns, per-token feature heat, per-turn summaries, and continuing it."""
+"""Chat: a conversation drawn as turns, per-token feature heat, per-turn summaries; add a user turn, continue it.
+
+A relay over :class:`~gemscope_widgets.backend.behaviour.chat_session.ChatSession` (the conversation, and its model
+turns as latest-wins background jobs): this module holds traits and message handlers and starts no thread.
+"""
 
 from __future__ import annotations
 
-import threading
 import warnings
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import anywidget
 import numpy as np
 import traitlets
 
+from gemscope_widgets.backend.behaviour.chat import conversation_features
+from gemscope_widgets.backend.behaviour.chat_session import ChatListener, ChatSession
+from gemscope_widgets.backend.behaviour.conversation import check_conversation, warn_if_base
+from gemscope_widgets.backend.behaviour.direction import projection_at_layer
 from gemscope_widgets.errors import GemscopeError, PromptError
 
 from .bundle import bundle_path
@@ -17,24 +25,29 @@ from .messages import PING, PONG, MessageTable, parse_message
 from .static_view import StaticFallback, chat_html
 
 _BUNDLE = bundle_path("chat")
+_STOPPED = {"eos": "stopped at <end_of_turn>", "length": "reached max_new_tokens", "cancelled": "cancelled"}
 
 
-class Chat(StaticFallback, anywidget.AnyWidget):
+class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
     """``scope.chat(messages)``: the conversation's turns with every template token shown (marked), the heat of the
-    selected features on each token, each turn's strongest features, and a "continue" control that streams the
-    model's next turn with the current steering.
+    selected features on each token, each turn's strongest features, a box to add a user turn (the model's turn
+    then streams in) and a "continue" control that streams the model's next turn with the current steering.
 
-    Click a feature chip to add it to (or remove it from) the heat; :meth:`select` does the same from Python.
-    :meth:`continue_` (or the button) generates the model's reply; :meth:`edit` replaces a message and drops what
-    came after it (a user message is then answered again). With ``direction=`` a projection track is drawn under
-    the tokens. Data: ``_view`` (tokens, turns, summaries), ``_heat`` (``float32 [n_selected, T]``) and ``_track``
-    (``float32 [T]``) as binary.
+    Features: :meth:`select_features` (or a click on a chip) chooses whose heat is drawn, :attr:`selected_features`
+    reads it, :meth:`turn_features` gives a turn's strongest features. Turns: :meth:`add_user` (or the box),
+    :meth:`continue_` (or the button), :meth:`stop`, :meth:`edit` (replaces a message and drops what came after
+    it; a user message is then answered again), :meth:`wait`. The conversation itself is ``chat.session``
+    (:class:`~gemscope_widgets.backend.behaviour.chat_session.ChatSession`). With ``direction=`` a projection
+    track is drawn under the tokens. Data: ``_view`` (tokens, turns, summaries), ``_heat``
+    (``float32 [n_selected, T]``) and ``_track`` (``float32 [T]``) as binary.
     """
 
     _esm = _BUNDLE
 
     MESSAGES: ClassVar[MessageTable] = {
         "continue": {},
+        "add": {"content": (str,)},
+        "stop": {},
         "edit": {"message": (int,), "content": (str,)},
         "toggle": {"feature": (int,)},
         "ping": PING,
@@ -64,32 +77,42 @@ class Chat(StaticFallback, anywidget.AnyWidget):
 
     def __init__(self, scope: Any, messages: Any, *, features: Any = (), steer: Any = None, steering: Any = None,
                  direction: Any = None, summary_k: int = 6, max_new_tokens: int = 64, **kwargs: Any) -> None:
-        from gemscope_widgets.backend.behaviour.conversation import check_conversation
-
         self.scope = scope
         self.steer = steer
-        self.steering = steering
         self.direction = direction
         self.summary_k = summary_k
-        self.max_new_tokens = max_new_tokens
-        self.result: Any = None
         self.conversation: Any = None
-        self._lock = threading.RLock()
-        self._done = threading.Event()
-        self._done.set()
         self._exc: BaseException | None = None
         checked = check_conversation(messages)
         for f in features:
             scope.sae().check_feature(f)
-        from gemscope_widgets.backend.behaviour.conversation import warn_if_base
-
         warn_if_base(scope.model)
         warning = "" if scope.model.is_instruct else (
             f"{scope.model.name} is a base model, not chat-tuned: the template and tools work, but its replies are "
             "not a chat model's.")
         super().__init__(messages=checked, features=[int(f) for f in features], warning=warning, **kwargs)
+        self.session = ChatSession(scope.model, checked, steering, sae=self._sae(), max_new_tokens=max_new_tokens,
+                                   listener=self)
         self._recompute(checked)
         self.on_msg(self._on_custom_msg)
+
+    @property
+    def steering(self) -> Any:
+        """The session's steering (each entry in its unit); a ``steer`` widget's sliders win when given."""
+        return self.session.steering
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.session.max_new_tokens
+
+    @max_new_tokens.setter
+    def max_new_tokens(self, value: int) -> None:
+        self.session.max_new_tokens = value
+
+    @property
+    def result(self) -> Any:
+        """The last model turn's generation (:class:`GenerationResult`), None before the first."""
+        return self.session.result
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -109,17 +132,13 @@ class Chat(StaticFallback, anywidget.AnyWidget):
     def _recompute(self, messages: list[dict[str, str]] | None = None) -> None:
         """Compute activations, summaries, heat and track for ``messages`` (default: the current ones) and only then
         show them with the messages: on failure nothing changes (one forward pass, one more with a direction)."""
-        from gemscope_widgets.backend.behaviour.chat import conversation_features
-
-        messages = self.messages if messages is None else messages
-        with self._lock, warnings.catch_warnings():
+        messages = self.session.messages if messages is None else messages
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the base-model warning was given when the view was built
             conv = conversation_features(self.scope.model, list(self.scope.saes.values()), messages)
             track = b""
             label = ""
             if self.direction is not None:
-                from gemscope_widgets.backend.behaviour.direction import projection_at_layer
-
                 values, label = projection_at_layer(self.scope.model, conv.prompt, self.direction)
                 track = values.tobytes()
             turns_out = []
@@ -171,6 +190,7 @@ class Chat(StaticFallback, anywidget.AnyWidget):
                 self.sae_index = 0
                 return
             if _change["name"] == "sae_index":
+                self.session.sae = self._sae()  # the reply is steered with this SAE's features
                 self._recompute()
             else:
                 known = self._view.get("labels", {})
@@ -181,98 +201,114 @@ class Chat(StaticFallback, anywidget.AnyWidget):
                         self._view = {**self._view, "labels": {**known, **fresh}}
                     self._update_heat()
 
-    def select(self, *features: int) -> None:
-        """Draw the heat of exactly these features (indices in the current SAE)."""
-        sae = self._sae()
-        self.features = [sae.check_feature(f) for f in features]
+    @property
+    def selected_features(self) -> list[int]:
+        """The features whose heat is drawn (indices in the current SAE), in the order chosen."""
+        return list(self.features)
 
-    # --- continuing and editing -------------------------------------------------------------------------
+    def select_features(self, features: Iterable[int]) -> list[int]:
+        """Draws the heat of exactly ``features`` (indices in the current SAE; ``[]`` for none) and returns them.
+        FeatureIndexError for an index outside the SAE (nothing changes)."""
+        if isinstance(features, (int, np.integer)):
+            features = [int(features)]
+        sae = self._sae()
+        checked = [sae.check_feature(f) for f in features]
+        self.features = list(dict.fromkeys(checked))
+        return self.selected_features
+
+    def select(self, *features: int) -> None:
+        """``select(3, 5)`` is :meth:`select_features` ``([3, 5])``."""
+        self.select_features(features)
+
+    def turn_features(self, turn: int = 0, k: int | None = None) -> list[int]:
+        """The strongest features of turn ``turn`` (0 = the first turn; negative counts from the end), highest
+        max activation first, as the turn's chips show them (``k`` of them, at most ``summary_k``)."""
+        summaries = self.conversation.summary(self.sae_index, self.summary_k)
+        if isinstance(turn, bool) or not isinstance(turn, int) or not -len(summaries) <= turn < len(summaries):
+            raise PromptError(f"Turn {turn!r} does not exist: the conversation has turns 0..{len(summaries) - 1}.")
+        found = [int(f) for f in summaries[turn].features]
+        return found if k is None else found[:k]
+
+    # --- turns: a relay over the chat session -------------------------------------------------------------
 
     def _steering(self) -> Any:
-        if self.steer is not None:
-            return self.steer.specs()
-        return self.steering
+        """The steer widget's sliders (raw specs) when there is one, else None (the session's own steering)."""
+        return None if self.steer is None else self.steer.specs()
 
     def continue_(self, *, wait: bool = False) -> None:
         """Generate the model's next turn (steered with the steer widget's current sliders, or ``steering``),
-        streaming it into the view; the reply is appended and the view recomputed. Raises :class:`PromptError` if
-        the conversation ends on a model turn."""
-        from gemscope_widgets.backend.behaviour.conversation import check_conversation
+        streaming it into the view; the reply is appended and the view recomputed. A turn already running is
+        replaced (latest wins). Raises :class:`PromptError` if the conversation ends on a model turn."""
+        self.session.run(self._steering())
+        if wait:
+            self.wait()
 
-        check_conversation(self.messages, ending="user")
-        if self.running:
-            raise GemscopeError("A turn is already being generated; wait for it (chat.wait()).")
-        self._done.clear()
-        self._exc = None
+    def add_user(self, text: str, *, reply: bool = True, wait: bool = False) -> None:
+        """Appends a user turn (as the box under the conversation does) and, with ``reply``, generates the model's
+        turn. PromptError for an empty text or when the conversation already ends on a user turn."""
+        self.session.add_user(text)
+        if reply:
+            self.continue_(wait=wait)
+
+    def stop(self) -> None:
+        """Stops the model turn being generated; nothing is appended."""
+        self.session.cancel()
+
+    def wait(self, timeout: float | None = 300.0) -> Any:
+        """Blocks until the running model turn ends; returns its generation or raises its error (JobCancelled
+        when it was stopped)."""
+        result = self.session.wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        return result
+
+    def edit(self, message: int, content: str, *, rerun: bool = True) -> None:
+        """Replace message ``message``'s text and drop the messages after it (a turn being generated is stopped);
+        with ``rerun`` and a user message, generate the model's reply again."""
+        edited = self.session.edit(message, content)
+        if rerun and edited[-1]["role"] == "user":
+            self.continue_()
+
+    # --- what the session tells (on the session's lock; a model turn's events on its job's thread) -----------
+
+    def chat_changed(self, messages: list[dict[str, str]]) -> None:
+        try:
+            self._recompute(messages)
+            self._exc = None
+        except Exception as exc:  # the conversation changed but its features could not be drawn: say so
+            self._exc = exc
+            self.error = (f"The view still shows the conversation before the last change: "
+                          f"{exc if isinstance(exc, GemscopeError) else f'{type(exc).__name__}: {exc}'}")
+
+    def chat_started(self, turn: int) -> None:
         with self.hold_sync():
             self.running = True
             self.error = ""
             self.streaming = []
-            self.status = "generating…"
-        thread = threading.Thread(target=self._generate, name="gemscope-chat", daemon=True)
-        thread.start()
-        if wait:
-            self.wait()
+            self.status = "generating the model's turn…"
 
-    def _generate(self) -> None:
-        from gemscope_widgets.backend.behaviour.chat import continue_conversation
-        from gemscope_widgets.backend.gemma.prompts import token_strings
+    def chat_token(self, turn: int, token_id: int, token: str, step: int) -> None:
+        self.streaming = [*self.streaming, token]
 
-        def on_token(_step: int, _base: int | None, steered: int | None) -> None:
-            if steered is not None:
-                self.streaming = [*self.streaming, *token_strings(self.scope.model.tokenizer, [steered])]
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sae = self._sae()
-                result, messages = continue_conversation(
-                    self.scope.model, self.messages, self._steering(), sae=sae,
-                    max_new_tokens=self.max_new_tokens, on_token=on_token,
-                )
-            self.result = result
-            with self.hold_sync():
-                self._recompute(messages)
-                self.streaming = []
-                why = {"eos": "stopped at <end_of_turn>", "length": "reached max_new_tokens",
-                       "cancelled": "cancelled"}[result.stopped]
-                steered = "steered" if result.specs else "unsteered"
-                self.status = f"{steered} reply: {len(result.steered_ids)} tokens, {why}"
-        except Exception as exc:  # shown in the view and re-raised by wait()
-            self._exc = exc
-            with self.hold_sync():
-                self.error = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
-                self.streaming = []
-                self.status = "failed"
-        finally:
+    def chat_done(self, turn: int, result: Any) -> None:
+        steered = "steered" if result.specs else "unsteered"
+        with self.hold_sync():
+            self.streaming = []
             self.running = False
-            self._done.set()
+            self.status = f"{steered} reply: {len(result.steered_ids)} tokens, {_STOPPED[result.stopped]}"
 
-    def wait(self, timeout: float | None = 300.0) -> Any:
-        """Block until the running generation ends; return its result or raise its error."""
-        if not self._done.wait(timeout):
-            raise GemscopeError(f"The reply did not finish within {timeout} s.")
-        if self._exc is not None:
-            raise self._exc
-        return self.result
+    def chat_failed(self, turn: int, error: BaseException) -> None:
+        with self.hold_sync():
+            self.error = str(error) if isinstance(error, GemscopeError) else f"{type(error).__name__}: {error}"
+            self.streaming = []
+            self.running = False
+            self.status = "failed"
 
-    def edit(self, message: int, content: str, *, rerun: bool = True) -> None:
-        """Replace message ``message``'s text and drop the messages after it; with ``rerun`` and a user message,
-        generate the model's reply again."""
-        from gemscope_widgets.backend.behaviour.conversation import check_conversation
-
-        if self.running:
-            raise GemscopeError("A turn is being generated; wait for it before editing.")
-        if isinstance(message, bool) or not isinstance(message, int) or not 0 <= message < len(self.messages):
-            raise PromptError(f"Message {message!r} does not exist: the conversation has messages "
-                              f"0..{len(self.messages) - 1}.")
-        if not isinstance(content, str):
-            raise PromptError(f"The new text must be a string, got {type(content).__name__}.")
-        edited = [*self.messages[:message], {**self.messages[message], "content": content}]
-        edited = check_conversation(edited)
-        self._recompute(edited)
-        if rerun and edited[-1]["role"] == "user":
-            self.continue_()
+    def chat_cancelled(self, turn: int) -> None:
+        with self.hold_sync():
+            self.streaming = []
+            self.running = False
+            self.status = "stopped: the model's turn was cancelled and nothing was added"
 
     def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         try:
@@ -281,6 +317,11 @@ class Chat(StaticFallback, anywidget.AnyWidget):
                 self.send(PONG)
             elif kind == "continue":
                 self.continue_()
+            elif kind == "add":
+                self.error = ""
+                self.add_user(msg["content"])
+            elif kind == "stop":
+                self.stop()
             elif kind == "edit":
                 self.edit(msg["message"], msg["content"])
             else:
