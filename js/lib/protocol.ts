@@ -292,6 +292,8 @@ export interface ChatModel {
 /** @messages gemscope_widgets.widgets.chat.Chat */
 export type ChatMessage =
   | { type: "continue" }
+  | { type: "add"; content: string }
+  | { type: "stop" }
   | { type: "edit"; message: number; content: string }
   | { type: "toggle"; feature: number }
   | { type: "ping" };
