@@ -144,12 +144,14 @@ def is_right(answer: str, gold: Sequence[str]) -> bool:
 
 
 def greedy_answer(gm: GemmaModel, text: str, max_new_tokens: int = MAX_ANSWER_TOKENS) -> str:
-    """The model's greedy continuation of ``text`` (``max_new_tokens`` at most), up to its first newline."""
+    """The model's greedy continuation of ``text`` (``max_new_tokens`` at most), up to its first newline
+    (generation stops there: transformers' ``stop_strings``)."""
     ids = gm.prompt(text).input_ids.to(gm.device)[None]
     with torch.inference_mode():
         out = cast(Any, gm.model).generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            top_p=None, top_k=None, pad_token_id=gm.tokenizer.pad_token_id,
+            top_p=None, top_k=None, pad_token_id=gm.tokenizer.pad_token_id, stop_strings=["\n"],
+            tokenizer=gm.tokenizer,
         )
     new = out[0, ids.shape[1]:].tolist()
     answer = str(gm.tokenizer.decode(new, skip_special_tokens=True))
