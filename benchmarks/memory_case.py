@@ -52,6 +52,21 @@ from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
 load_demo_transcoders(gm, progress=False)
 _report(seconds=time.perf_counter() - _t0)
 """,
+    # The demo recipe (96k tokens, 18 layers, the same collector and data path) with 3 steps per stack: the
+    # memory of the transcoders step in minutes (steps change the time, not what is held).
+    "transcoders_short": _LOAD + """
+import tempfile
+from gemscope_widgets.backend.default import _collection_model, fast_bf16_products
+from gemscope_widgets.backend.default_transcoders import DEMO_TRANSCODER_RECIPE
+from gemscope_widgets.backend.training.activations import default_training_texts
+from gemscope_widgets.backend.training.transcoders import train_transcoders
+collector = _collection_model(gm, False)
+recipe = {**DEMO_TRANSCODER_RECIPE, "steps": 3, "hard_steps": 3}
+with tempfile.TemporaryDirectory() as out:
+    train_transcoders(collector, out + "/set", corpus=default_training_texts(), progress=False,
+                      mixed_precision=fast_bf16_products(collector), **recipe)
+_report(seconds=time.perf_counter() - _t0)
+""",
     "circuit": _LOAD + """
 from gemscope_widgets.backend.circuits.attribution import attribute
 from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
@@ -74,14 +89,15 @@ torch.set_num_threads(2)
 {setup}
 ids = gm.prompt(TEXT).input_ids[:N_TOKENS]
 assert len(ids) == N_TOKENS, len(ids)
-est = estimate_attribution_memory(gm, tset, len(ids))
+est = estimate_attribution_memory(gm, tset, len(ids), max_feature_nodes=MAX_FEATURE_NODES)
 before = _rss_mb()
 t = time.perf_counter()
-graph = attribute(gm, tset, ids, progress=False)
+graph = attribute(gm, tset, ids, max_feature_nodes=MAX_FEATURE_NODES, progress=False)
 seconds = time.perf_counter() - t
 with open("/proc/self/status") as fh:
     peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
-_report(tokens=len(ids), estimate_mb=est.total_bytes / 2**20, measured_mb=peak - before,
+_report(tokens=len(ids), max_feature_nodes=MAX_FEATURE_NODES, estimate_mb=est.total_bytes / 2**20,
+        measured_mb=peak - before,
         n_active=int(graph.active_features.shape[0]), active_per_token_est=est.active_per_token,
         rss_before_mb=before, seconds=seconds)
 """
@@ -94,6 +110,17 @@ gm = load_model(EMBEDDED_NAME, progress=False)
 tset = load_transcoders(load_demo_transcoders(gm, progress=False))
 """
 
+# Calibrated random weights of the demo set's shapes (1,024 features per layer, 30 active per layer and token:
+# about the demo set's 540 per token), for a machine without the trained set.
+_SETUP_RANDOM = """
+from gemscope_widgets.backend.default import EMBEDDED_NAME
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.cache import cache_dir
+from gemscope_widgets.testing.transcoders import write_calibrated_set
+gm = load_model(EMBEDDED_NAME, progress=False)
+tset = load_transcoders(write_calibrated_set(gm, cache_dir("bench", "memory-random-set"), width=1024, l0=30))
+"""
+
 _SETUP_SMOKE = """
 from benchmarks.tiny import build_tiny_checkpoint
 from gemscope_widgets.backend.gemma.model import load_model
@@ -104,8 +131,8 @@ tset = load_transcoders(write_calibrated_set(gm, cache_dir("bench", "tiny-transc
 """
 
 
-def _text_line(n_tokens: int) -> str:
-    return f"TEXT = {long_text(40 * n_tokens)!r}\nN_TOKENS = {n_tokens}\n"
+def _text_line(n_tokens: int, max_feature_nodes: int = 4096) -> str:
+    return f"TEXT = {long_text(40 * n_tokens)!r}\nN_TOKENS = {n_tokens}\nMAX_FEATURE_NODES = {max_feature_nodes}\n"
 
 
 def first_use(cache: Path, steps: list[str], timeout: float = 3600.0) -> list[dict[str, Any]]:
@@ -118,13 +145,17 @@ def first_use(cache: Path, steps: list[str], timeout: float = 3600.0) -> list[di
     return rows
 
 
-def estimates(lengths: list[int], *, smoke: bool, cache: Path | None = None) -> list[dict[str, Any]]:
+def estimates(
+    lengths: list[int], *, smoke: bool, cache: Path | None = None, random_set: bool = False,
+    max_feature_nodes: int = 4096,
+) -> list[dict[str, Any]]:
     """Attribution's estimate against the measured peak, one fresh process per prompt length."""
-    setup = _SETUP_SMOKE if smoke else _SETUP_REAL
+    setup = _SETUP_SMOKE if smoke else (_SETUP_RANDOM if random_set else _SETUP_REAL)
     env = {"GEMSCOPE_CACHE": str(cache)} if cache is not None else None
     rows = []
     for n in lengths:
-        out = run_fresh(_text_line(n) + _ESTIMATE.replace("{setup}", setup), timeout=1800.0, env=env)
+        code = _text_line(n, max_feature_nodes) + _ESTIMATE.replace("{setup}", setup)
+        out = run_fresh(code, timeout=1800.0, env=env)
         if "estimate_mb" in out:
             out["estimate_over_measured"] = out["estimate_mb"] / max(out["measured_mb"], 1e-9)
         rows.append(out)
@@ -146,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default=",".join(FIRST_USE_STEPS), help="comma-separated first-use steps")
     parser.add_argument("--tokens", type=int, nargs="*", default=[16, 64, 256], help="attribution prompt lengths")
     parser.add_argument("--smoke", action="store_true", help="the estimate on the tiny model only")
+    parser.add_argument("--random-set", action="store_true", help="calibrated random transcoders of the demo shapes")
+    parser.add_argument("--max-feature-nodes", type=int, default=4096, help="attribute's feature-row budget")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "memory.json")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -159,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             "measured": f"max {max(peaks):.0f} MB" if peaks else "no step finished",
         }
     if args.tokens:
-        results["attribution_estimate"] = estimates(args.tokens, smoke=args.smoke, cache=args.cache)
+        results["attribution_estimate"] = estimates(
+            args.tokens, smoke=args.smoke, cache=args.cache, random_set=args.random_set,
+            max_feature_nodes=args.max_feature_nodes,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

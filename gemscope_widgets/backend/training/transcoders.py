@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -68,6 +69,28 @@ def transcoder_config(gm: Any, layer: int, width: int, l0: float) -> dict[str, A
     }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def scratch_folder() -> Path:
+    """A new folder for one training's activations, ``cache_dir("scratch")/mlp_pairs.{host}.{pid}.*``; folders
+    that dead processes of this host left behind (a killed kernel cannot clean up) are removed first."""
+    root = cache_dir("scratch")
+    host = socket.gethostname().replace(".", "-")
+    for old in root.glob(f"mlp_pairs.{host}.*"):
+        pid = old.name.split(".")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"mlp_pairs.{host}.{os.getpid()}.", dir=root))
+
+
 @releases_buffers_on_error
 def train_transcoders(
     gm: Any,
@@ -95,7 +118,8 @@ def train_transcoders(
     by one atomic rename. ``corpus`` defaults to the offline training texts; its documents are shuffled (by
     ``seed``) before they are cut into windows, so a budget of ``n_tokens`` samples the whole corpus rather than
     its first documents. Activations go to bfloat16 files in a scratch folder under ``cache_dir("scratch")``
-    (``n_tokens × layers × 2 × d_model × 2`` bytes of disk, removed afterwards, also on an interrupt); memory
+    (``n_tokens × layers × 2 × d_model × 2`` bytes of disk, removed afterwards, also on an interrupt, and by the
+    next training if the process was killed); memory
     holds one group of layers' data at a time (``layers_at_once``, a :func:`~.transcoder_fit.fit_transcoders`
     option).
     """
@@ -110,7 +134,7 @@ def train_transcoders(
     random.Random(seed).shuffle(texts)
     torch.manual_seed(seed)
     windows = token_windows(gm.tokenizer, texts, ctx, max_windows=n_tokens // (ctx - 1) + 2)
-    scratch = Path(tempfile.mkdtemp(prefix="mlp_pairs.", dir=cache_dir("scratch")))
+    scratch = scratch_folder()
     threads = torch.get_num_threads()
     try:
         pairs = store_mlp_pairs(gm, windows, layers, scratch, max_tokens=n_tokens, progress=progress)

@@ -112,3 +112,23 @@ def test_an_interrupt_in_training_frees_its_buffers_and_scratch_files(tiny_model
     assert not list((tmp_path / "cache" / "scratch").iterdir())  # the on-disk activations are gone
     assert not (tmp_path / "set").exists()
     assert stacked_fit.fit_stacked is not None
+
+
+def test_scratch_left_by_a_killed_training_is_removed_by_the_next(monkeypatch, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from gemscope_widgets.backend.training.transcoders import scratch_folder
+
+    monkeypatch.setenv("GEMSCOPE_CACHE", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname().replace(".", "-")
+    stale = tmp_path / "scratch" / f"mlp_pairs.{host}.{int(dead.stdout)}.abc"
+    stale.mkdir(parents=True)
+    (stale / "layer_0.in.bf16").write_bytes(b"\0" * 64)
+    other_host = tmp_path / "scratch" / f"mlp_pairs.elsewhere.{int(dead.stdout)}.abc"
+    other_host.mkdir()
+    mine = scratch_folder()
+    assert not stale.exists() and other_host.exists() and mine.is_dir()
+    assert scratch_folder() != mine and mine.exists()  # a live process's folder stays
