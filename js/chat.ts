@@ -1,6 +1,7 @@
 // Chat: a conversation as turns; template tokens marked (not hidden); heat of the selected features per token;
-// per-turn feature chips; "continue" streams the model's next turn; edit a message and re-run from there.
-// Mirrors gemscope_widgets/widgets/chat.py.
+// per-turn feature chips; a box adds a user turn (Enter sends, Shift+Enter a new line) and the model's turn streams
+// in; "continue" streams the model's next turn, "stop" cancels it; edit a message and re-run from there. A control
+// that is off says why beside it (chatControls). Mirrors gemscope_widgets/widgets/chat.py.
 import type { RenderProps } from "@anywidget/types";
 import css from "./chat.css";
 import { heatBackground, normalise, trackUnderline } from "./lib/colors";
@@ -14,6 +15,26 @@ import { renderToken } from "./lib/tokens";
 
 type Model = ChatModel;
 
+/** Why a control is off ("" when it is on): the rule of ChatSession (backend/behaviour/chat_session.py). */
+interface ChatReasons {
+  continueWhy: string;
+  inputWhy: string; // the box and its send button
+  sendWhy: string; // the send button alone (an empty box)
+}
+
+function chatReasons(running: boolean, lastRole: string | undefined, draft: string): ChatReasons {
+  const busy = "the model's turn is being generated: wait for it, or press stop";
+  const endsOnUser = lastRole === "user";
+  const continueWhy = running ? busy : endsOnUser ? "" : "the conversation ends on a model turn: add a user turn below first";
+  const inputWhy = running
+    ? busy
+    : endsOnUser
+      ? "the conversation ends on a user turn: press continue for the model's turn (or edit that turn)"
+      : "";
+  const sendWhy = inputWhy || (draft.trim() ? "" : "type the user's turn first");
+  return { continueWhy, inputWhy, sendWhy };
+}
+
 function render({ model, el: root }: RenderProps<Model>): () => void {
   mountTheme(root, VIEW_ROOTS.chat, css);
   const warning = el("div", "gs-chat-warning");
@@ -23,10 +44,30 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
   const controls = el("div", "gs-chat-controls");
   const continueButton = el("button", "gs-chat-continue", "continue ▸");
   continueButton.type = "button";
+  const continueWhy = el("span", "gs-chat-why");
+  const stopButton = el("button", "gs-chat-stop", "stop ■");
+  stopButton.type = "button";
+  stopButton.title = "stop the model's turn: nothing is added";
   const status = el("span", "gs-status");
+  const continueGroup = el("span", "gs-chat-group");
+  continueGroup.dataset.gsAnchor = "";
+  continueGroup.append(continueButton, continueWhy);
+  controls.append(continueGroup, stopButton, status);
+  // The box that adds a user turn: Enter sends, Shift+Enter starts a new line.
+  const compose = el("div", "gs-chat-compose");
+  compose.dataset.gsAnchor = "";
+  const input = el("textarea", "gs-chat-input");
+  input.rows = 2;
+  input.placeholder = "Add a user turn (Enter sends, Shift+Enter: new line)";
+  input.setAttribute("aria-label", "user turn");
+  const sendButton = el("button", "gs-chat-send", "send ▸");
+  sendButton.type = "button";
+  const sendWhy = el("span", "gs-chat-why");
+  const sendRow = el("div", "gs-chat-send-row");
+  sendRow.append(sendButton, sendWhy);
+  compose.append(input, sendRow);
   const error = el("div", "gs-error");
-  controls.append(continueButton, status);
-  root.append(warning, legend, turnsBox, stream, controls, error);
+  root.append(warning, legend, turnsBox, stream, controls, compose, error);
 
   const draw = () => {
     const view = model.get("_view") ?? {};
@@ -139,10 +180,31 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     area.focus();
   };
 
+  // Each control that is off says why beside it (and in its tooltip); without a kernel lib/live.ts says so.
+  const offline = () => root.dataset.kernel === "offline";
+  const setControl = (control: HTMLButtonElement | HTMLTextAreaElement, why: HTMLElement, reason: string) => {
+    if (offline()) return; // live.ts owns the controls while the kernel does not answer
+    control.disabled = reason !== "";
+    control.title = reason ? `off: ${reason}` : "";
+    why.textContent = reason;
+    why.hidden = reason === "";
+  };
+  const drawControls = () => {
+    const running = model.get("running");
+    const lastRole = (model.get("messages") ?? []).slice(-1)[0]?.role;
+    const reasons = chatReasons(running, lastRole, input.value);
+    setControl(continueButton, continueWhy, reasons.continueWhy);
+    setControl(input, sendWhy, reasons.inputWhy);
+    setControl(sendButton, sendWhy, reasons.sendWhy);
+    if (!reasons.inputWhy && reasons.sendWhy) sendWhy.classList.add("gs-chat-hint");
+    else sendWhy.classList.remove("gs-chat-hint");
+    stopButton.hidden = !running;
+  };
+
   const drawState = () => {
     const running = model.get("running");
     root.classList.toggle("gs-stale", running);
-    continueButton.disabled = running || (model.get("messages") ?? []).slice(-1)[0]?.role !== "user";
+    drawControls();
     status.textContent = model.get("status");
     error.textContent = model.get("error");
     const streamed = model.get("streaming") ?? [];
@@ -154,17 +216,38 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
 
   const onContinue = () => sendMessage<ChatMessage>(model, { type: "continue" });
   continueButton.addEventListener("click", onContinue);
+  const onStop = () => sendMessage<ChatMessage>(model, { type: "stop" });
+  stopButton.addEventListener("click", onStop);
+  const send = () => {
+    if (sendButton.disabled || !input.value.trim()) return;
+    sendMessage<ChatMessage>(model, { type: "add", content: input.value });
+    input.value = "";
+    drawControls();
+  };
+  sendButton.addEventListener("click", send);
+  const onKey = (e: KeyboardEvent) => {
+    if (e.key !== "Enter" || e.shiftKey || e.isComposing) return; // Shift+Enter: the textarea's own new line
+    e.preventDefault();
+    send();
+  };
+  input.addEventListener("keydown", onKey);
+  input.addEventListener("input", drawControls);
   const redraw = ["_view", "_heat", "_track", "features", "warning"];
   for (const name of redraw) model.on(`change:${name}`, draw);
   const state = ["running", "status", "error", "streaming", "messages"];
   for (const name of state) model.on(`change:${name}`, drawState);
   draw();
   const releaseKeys = keepKeys(root);
-  const kernel = watchKernel(model, root); // continue, edit and the chips all ask the kernel
+  // continue, send, stop, edit and the chips all ask the kernel; back online, each control's own rule again.
+  const kernel = watchKernel(model, root, { onChange: (live) => live && drawControls() });
   return () => {
     releaseKeys();
     kernel.dispose();
     continueButton.removeEventListener("click", onContinue);
+    stopButton.removeEventListener("click", onStop);
+    sendButton.removeEventListener("click", send);
+    input.removeEventListener("keydown", onKey);
+    input.removeEventListener("input", drawControls);
     for (const name of redraw) model.off(`change:${name}`, draw);
     for (const name of state) model.off(`change:${name}`, drawState);
   };
