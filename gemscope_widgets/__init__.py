@@ -35,6 +35,7 @@ _EXPORTS = {
     "AttributionGraph": "gemscope_widgets.backend.circuits.graph",
     "compare_graphs": "gemscope_widgets.backend.circuits.comparison",
     "GraphComparison": "gemscope_widgets.backend.circuits.comparison",
+    "GroupedGraph": "gemscope_widgets.backend.circuits.supernodes",
     "load_transcoders": "gemscope_widgets.backend.circuits.transcoder_set",
     "TranscoderSet": "gemscope_widgets.backend.circuits.transcoder_set",
     "behaviour_direction": "gemscope_widgets.backend.behaviour.direction",

@@ -228,9 +228,9 @@ class AttributionGraph(GraphNodes):
     def intervene(self, interventions: Mapping[Any, float], *, mode: str = "set", top_k: int = 10) -> Any:
         """Clamp (``mode="set"``) or scale (``mode="scale"``) chosen feature nodes and re-run the model.
 
-        ``interventions`` maps node references (node index, ``(layer, pos, feature)`` or Neuronpedia node id) to
-        a value (the activation to clamp to, or the factor to scale by). Returns an
-        :class:`~gemscope_widgets.backend.circuits.intervention.InterventionResult` with the top ``top_k``
+        ``interventions`` maps node references (node index, ``(layer, pos, feature)``, Neuronpedia node id, or a
+        supernode's name: every member feature) to a value (the activation to clamp to, or the factor to scale by).
+        Returns an :class:`~gemscope_widgets.backend.circuits.intervention.InterventionResult` with the top ``top_k``
         logits before and after, and the logit nodes' probabilities before and after.
 
         Needs the model and transcoders the graph was built with (attached by ``attribute``); a loaded graph
@@ -254,6 +254,34 @@ class AttributionGraph(GraphNodes):
 
         attach_replacement(self, model, transcoders)
         return self
+
+    # ---- supernodes ----------------------------------------------------------------------------------------------
+
+    def group(self, name: str, nodes: Any) -> list[int]:
+        """Group ``nodes`` (indices, ``(layer, pos, feature)`` or node ids) as the supernode ``name``, stored as
+        Neuronpedia's ``qParams.supernodes``; returns the member indices (see :mod:`.supernodes`)."""
+        from gemscope_widgets.backend.circuits.supernodes import group
+
+        return group(self, name, nodes)
+
+    def ungroup(self, name: str) -> None:
+        """Remove the supernode ``name``."""
+        from gemscope_widgets.backend.circuits.supernodes import ungroup
+
+        ungroup(self, name)
+
+    @property
+    def supernodes(self) -> dict[str, list[int]]:
+        """``{name: [node index, ...]}`` of the graph's supernodes (made here or read from a graph file)."""
+        from gemscope_widgets.backend.circuits.supernodes import supernodes
+
+        return supernodes(self)
+
+    def grouped(self) -> Any:
+        """The graph with each supernode merged into one node: summed edges and influence (a ``GroupedGraph``)."""
+        from gemscope_widgets.backend.circuits.supernodes import grouped
+
+        return grouped(self)
 
     # ---- Neuronpedia graph JSON -------------------------------------------------------------------------------
 

@@ -102,6 +102,32 @@ def next_token_probabilities(gm: Any, ids: torch.Tensor, pairs: Sequence[Any] = 
     return torch.softmax(logits.float(), dim=-1).cpu()
 
 
+def expand_supernodes(graph: AttributionGraph, interventions: Mapping[Any, float]) -> list[tuple[Any, float]]:
+    """``interventions`` with each supernode name replaced by its members (each member gets the value).
+
+    Raises GraphError for a supernode with a member that is not a feature node, or a node given twice."""
+    groups = graph.supernodes
+    out: list[tuple[Any, float]] = []
+    for ref, value in interventions.items():
+        if isinstance(ref, str) and ref in groups:
+            others = [m for m in groups[ref] if m >= graph.n_selected]
+            if others:
+                raise GraphError(
+                    f"Supernode {ref!r} holds a {graph.node_kind(others[0])} node ({graph.node_id(others[0])}); only "
+                    "feature nodes can be clamped or scaled: intervene on its features by name or index."
+                )
+            out += [(m, value) for m in groups[ref]]
+        else:
+            out.append((ref, value))
+    seen: set[int] = set()
+    for ref, _ in out:
+        node = graph.node_index(ref)
+        if node in seen:
+            raise GraphError(f"Node {graph.node_id(node)} is given twice (directly and through a supernode?).")
+        seen.add(node)
+    return out
+
+
 def intervene_graph(
     graph: AttributionGraph, interventions: Mapping[Any, float], *, mode: str = "set", top_k: int = 10
 ) -> InterventionResult:
@@ -124,7 +150,7 @@ def intervene_graph(
     gm, tset = rep.model, rep.transcoders
     changes = []
     by_pos: dict[int, list[Any]] = {}
-    for ref, value in interventions.items():
+    for ref, value in expand_supernodes(graph, interventions):
         node = graph.node_index(ref)
         if node >= graph.n_selected:
             raise GraphError(

@@ -194,7 +194,8 @@ def to_neuronpedia(
             f"{int((~finite).sum())} edge weight(s) are NaN or infinite; Neuronpedia graph JSON needs finite weights."
         )
     record: Mapping[str, Any] = graph.info.get(INFO_KEY) or {}
-    from_file = bool(record) and node_threshold is None and edge_threshold is None
+    # Read from a file (its metadata kept), not merely given supernodes by graph.group.
+    from_file = "metadata" in record and node_threshold is None and edge_threshold is None
     node_t = DEFAULT_NODE_THRESHOLD if node_threshold is None else float(node_threshold)
     edge_t = DEFAULT_EDGE_THRESHOLD if edge_threshold is None else float(edge_threshold)
     if from_file:
