@@ -14,6 +14,7 @@ from gemscope_widgets.backend.steering.generation import generate, next_token_pr
 from gemscope_widgets.backend.steering.spec import SteeringSpec, normalize_steering
 from gemscope_widgets.backend.steering.units import strength_unit
 from gemscope_widgets.errors import GemscopeError, SAEModelMismatch, SteeringError
+from gemscope_widgets.testing.calibrated import calibrated_sae
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 
 TEXT = "Paris is the capital of France. The quick brown fox"
@@ -136,9 +137,12 @@ def test_generate_takes_token_ids(tiny_model, gemma_scope_folders, form):
 
 
 @pytest.mark.real_model
-def test_chat_and_generate_give_the_same_steered_text_on_the_real_270m(demo_scope_parts):
-    """The bug this guards: scope.chat(messages, steering={f: x}) steered at x raw, generate at x × the unit."""
-    gm, sae = demo_scope_parts
+def test_chat_and_generate_give_the_same_steered_text_on_the_real_270m(real_model, tmp_path):
+    """The bug this guards: scope.chat(messages, steering={f: x}) steered at x raw, generate at x × the unit.
+    The real 270M with an SAE calibrated on its own layer-6 activations (the strength unit is computed on it)."""
+    gm = real_model
+    sae = calibrated_sae(gm, layer=6, width=2048, l0=20, max_tokens=512, window=64,
+                         folder=tmp_path / "resid_post" / "layer_6_width_2048_l0_20")
     scope = Scope(gm, sae)
     messages = [{"role": "user", "content": "Write one sentence about the sea."}]
     n = 12
