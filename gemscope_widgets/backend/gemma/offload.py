@@ -48,9 +48,14 @@ def resident(root: nn.Module, *modules: nn.Module) -> Iterator[None]:
     loaded: list[nn.Module] = []
     try:
         for module in hooked:
-            module._hf_hook.pre_forward(module)
+            _hook(module).pre_forward(module)
             loaded.append(module)
         yield
     finally:
         for module in reversed(loaded):
-            module._hf_hook.post_forward(module, None)
+            _hook(module).post_forward(module, None)
+
+
+def _hook(module: nn.Module) -> Any:
+    """The accelerate hook attached to ``module`` (``module._hf_hook``)."""
+    return getattr(module, "_hf_hook")  # noqa: B009 - a module attribute mypy would read as Tensor | Module
