@@ -7,6 +7,7 @@ features, ``F = min(max_feature_nodes, A)`` feature rows, ``K`` logits, ``B`` ba
 ``C = A + (L + 1)·T + K`` columns):
 
 - ``runtime``: a constant for first calls of torch kernels and allocator slack;
+- ``transcoders``: the set's weights in CPU memory (loaded memory-mapped, they become resident as they are read);
 - ``forward``: the frozen forward pass (residuals, norm scales, MLP inputs and outputs, ``~16·L·T·d``), its
   attention patterns (``2·L·H·T²``) and one layer's encoding or MLP at a time (``3·T·max(d_ff, W)``);
 - ``nodes``: each active feature's decoder vector where it writes (``A·d`` per target layer), its bookkeeping,
@@ -68,6 +69,7 @@ class _Shape:
     targets_per_feature: float
     max_logits: int
     width: int
+    set_bytes: int
 
 
 def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
@@ -80,6 +82,9 @@ def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
         d_ff=int(getattr(cfg, "intermediate_size", 4 * gm.d_model)),
         targets_per_feature=sum(targets) / max(len(targets), 1), max_logits=int(max_logits),
         width=max(tset.layer_widths.values()),
+        set_bytes=sum(
+            b.numel() * b.element_size() for d in tset.dictionaries for b in d.buffers() if b.device.type == "cpu"
+        ),
     )
 
 
@@ -101,6 +106,7 @@ def _parts(s: _Shape, t: int, a: int, max_feature_nodes: int | None, b: int) -> 
     kept = f + (L + 1) * t + k
     parts = {
         "runtime": RUNTIME_BYTES,
+        "transcoders": s.set_bytes,
         "forward": FLOAT * (16 * L * t * d + 2 * L * H * t * t + 3 * t * max(s.d_ff, s.width)),
         "nodes": int(a * (FLOAT * d * s.targets_per_feature + 48)) + FLOAT * 2 * L * t * d,
         "edges": edges,

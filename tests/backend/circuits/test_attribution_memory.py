@@ -146,5 +146,5 @@ def test_budget_fields_and_bar_label(tiny_model, tset):
     est = estimate_attribution_memory(tiny_model, tset, 32)
     label = attribution._bar_desc(est, 8 * 2**30)
     assert label.startswith("Attribution rows (memory ≈") and "of 8.0 GB free" in label
-    assert set(est.parts) == {"runtime", "forward", "nodes", "edges", "ranking", "batch", "graph"}
+    assert set(est.parts) == {"runtime", "transcoders", "forward", "nodes", "edges", "ranking", "batch", "graph"}
     assert attribution_memory.format_bytes(3 * 2**20) == "3 MB"
