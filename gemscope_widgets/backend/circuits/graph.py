@@ -56,6 +56,7 @@ from gemscope_widgets.backend.circuits.influence import (
     normalize_matrix,
     prune_graph,
 )
+from gemscope_widgets.backend.circuits.intervention import attach_replacement, intervene_graph
 from gemscope_widgets.backend.circuits.nodes import NODE_KINDS, GraphNodes, LogitTarget, NodeInfo, feature_triples
 from gemscope_widgets.backend.views import view_factory
 from gemscope_widgets.errors import GraphError
@@ -236,8 +237,6 @@ class AttributionGraph(GraphNodes):
         Needs the model and transcoders the graph was built with (attached by ``attribute``); a loaded graph
         raises GraphError until ``graph.attach(model, transcoders)`` is called.
         """
-        from gemscope_widgets.backend.circuits.intervention import intervene_graph
-
         return intervene_graph(self, interventions, mode=mode, top_k=top_k)
 
     def attach(self, model: Any, transcoders: Any) -> AttributionGraph:
@@ -250,8 +249,6 @@ class AttributionGraph(GraphNodes):
                 f"Position(s) {unknown} of this graph have no token id (its file had no embedding node there), so "
                 "it cannot be re-run on a model; attribute the prompt again instead."
             )
-        from gemscope_widgets.backend.circuits.intervention import attach_replacement
-
         attach_replacement(self, model, transcoders)
         return self
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gemscope_widgets.backend.circuits.graph import GraphError
 from gemscope_widgets.backend.circuits.replacement import Replacement, zero_positions
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
 from gemscope_widgets.backend.gemma.hooks import hooked
 from gemscope_widgets.backend.gemma.prompts import token_strings
 from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
 from gemscope_widgets.backend.steering.spec import SteeringSpec
+from gemscope_widgets.errors import GraphError
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.circuits.graph import AttributionGraph
@@ -46,7 +46,8 @@ class InterventionResult:
 
     ``changes``: per intervened node ``(node, layer, pos, feature, activation_before, target)``;
     ``top_before`` / ``top_after``: the ``top_k`` most likely next tokens; ``logit_probabilities_before`` /
-    ``_after``: probabilities of the graph's logit nodes (``graph.logit_tokens``), aligned with them;
+    ``_after``: probabilities of the graph's token targets (``logit_tokens``: ``graph.logit_tokens`` less any
+    direction target, which has no probability), aligned with them;
     ``compared``: every token of the logit nodes and of both top lists, once, as ``(token_id, text, p_before,
     p_after)`` with both probabilities known (a token that enters the top list after the intervention keeps its
     probability before it).
@@ -188,7 +189,8 @@ def intervene_graph(
         before = next_token_probabilities(gm, ids)
         after = next_token_probabilities(gm, ids, pairs)
 
-    logit_ids = graph.logit_tokens.tolist()
+    # Direction targets (a logit difference, a behaviour direction: ids >= the vocabulary) have no probability.
+    logit_ids = [i for i in graph.logit_tokens.tolist() if i < before.shape[-1]]
     top_before, top_after = _top(before, top_k, gm.tokenizer), _top(after, top_k, gm.tokenizer)
     union = list(dict.fromkeys([*logit_ids, *(t.token_id for t in top_before), *(t.token_id for t in top_after)]))
     compared = [
