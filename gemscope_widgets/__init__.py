@@ -36,6 +36,7 @@ _EXPORTS = {
     "compare_graphs": "gemscope_widgets.backend.circuits.comparison",
     "GraphComparison": "gemscope_widgets.backend.circuits.comparison",
     "GroupedGraph": "gemscope_widgets.backend.circuits.supernodes",
+    "logit_difference": "gemscope_widgets.backend.circuits.targets",
     "load_transcoders": "gemscope_widgets.backend.circuits.transcoder_set",
     "TranscoderSet": "gemscope_widgets.backend.circuits.transcoder_set",
     "behaviour_direction": "gemscope_widgets.backend.behaviour.direction",

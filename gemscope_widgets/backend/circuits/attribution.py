@@ -51,8 +51,8 @@ from gemscope_widgets.backend.circuits.replacement import (
     capture_forward,
     zero_positions,
 )
+from gemscope_widgets.backend.circuits.targets import resolve_targets
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
-from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.backend.gemma.prompts import token_strings
 from gemscope_widgets.backend.memory import available_memory, format_bytes, released_on_error
 from gemscope_widgets.backend.progress import progress_bar
@@ -253,22 +253,6 @@ def _cost_order(layers: Tensor, positions: Tensor, batch_size: int, n_layers: in
     return torch.argsort(key, stable=True)
 
 
-def _logit_targets(gm: Any, fwd: FrozenForward, max_logits: int,
-                   logit_probability: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    logits = fwd.logits  # [V], before any soft-capping
-    cap = getattr(gm.text_config, "final_logit_softcapping", None)
-    capped = torch.tanh(logits / cap) * cap if cap else logits
-    probs = torch.softmax(capped, dim=-1)
-    top_p, top_idx = torch.topk(probs, min(max_logits, probs.numel()))
-    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), torch.tensor(logit_probability, device=top_p.device)))
-    idx = top_idx[: cutoff + 1]
-    with resident(gm.model, gm.lm_head):  # the unembedding, loaded for this read if offloaded
-        w_u = gm.lm_head.weight
-        mean_row = torch.mean(w_u, dim=0, dtype=torch.float32)
-        vecs = w_u[idx].float() - mean_row
-    return idx.cpu(), probs[idx].float().cpu(), vecs, (logits[idx] - logits.mean()).float().cpu()
-
-
 def _as_ids(gm: Any, prompt: Any) -> tuple[Tensor, str]:
     if isinstance(prompt, Tensor) or (isinstance(prompt, Sequence) and prompt and isinstance(prompt[0], int)):
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
@@ -287,6 +271,7 @@ def attribute(
     *,
     max_logits: int = 10,
     logit_probability: float = 0.95,
+    targets: Sequence[Any] | None = None,
     max_feature_nodes: int | None = DEFAULT_MAX_FEATURE_NODES,
     batch_size: int = 256,
     update_interval: int = 4,
@@ -303,6 +288,8 @@ def attribute(
         max_logits / logit_probability: logit nodes are the most likely next tokens until their probabilities
             sum to ``logit_probability``, at most ``max_logits`` (circuit-tracer's ``max_n_logits`` /
             ``desired_logit_prob``).
+        targets: what to explain instead of the top logits: tokens (``" Paris"`` or ids) and ``(label, vector)``
+            directions such as :func:`~.targets.logit_difference` (``" Paris" − " Rome"``); see :mod:`.targets`.
         max_feature_nodes: how many active features get rows (by influence on the logits); None for all.
         batch_size: targets per pull-back; memory ``~ batch_size × T × d_model × 4`` bytes a few times over.
         update_interval: batches between re-rankings of the pending features (circuit-tracer's default 4).
@@ -333,7 +320,7 @@ def attribute(
         raise AttributionError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes!r}.")
     with released_on_error():  # an interrupt leaves no buffer held by the notebook's last traceback
         return _attribute(
-            model, transcoders, prompt, max_logits=max_logits, logit_probability=logit_probability,
+            model, transcoders, prompt, max_logits=max_logits, logit_probability=logit_probability, targets=targets,
             max_feature_nodes=max_feature_nodes, batch_size=int(batch_size), update_interval=update_interval,
             memory_budget=memory_budget, progress=progress,
         )
@@ -346,6 +333,7 @@ def _attribute(
     *,
     max_logits: int,
     logit_probability: float,
+    targets: Sequence[Any] | None,
     max_feature_nodes: int | None,
     batch_size: int,
     update_interval: int,
@@ -370,7 +358,8 @@ def _attribute(
         est = with_active(est, gm, tset, nodes.n_active, max_feature_nodes)
         if budget is not None:
             check_fits(gm, tset, est, budget, max_feature_nodes=max_feature_nodes)
-        logit_ids, logit_probs, logit_vecs, logit_inputs = _logit_targets(gm, fwd, max_logits, logit_probability)
+        chosen = resolve_targets(gm, fwd, targets, max_logits, logit_probability)
+        logit_ids, logit_probs, logit_vecs, logit_inputs = chosen.ids, chosen.weights, chosen.vecs, chosen.inputs
         t_setup = time.perf_counter()
         n_layers, n_pos, _ = fwd.x.shape
         n_active = nodes.n_active
@@ -469,7 +458,7 @@ def _attribute(
         node_inputs=node_inputs,
         unselected_input=unselected_input,
         input_token_strings=token_strings(gm.tokenizer, ids.tolist()),
-        logit_token_strings=token_strings(gm.tokenizer, logit_ids.tolist()),
+        logit_token_strings=chosen.labels,
         model_name=str(gm.name),
         scan=tset.scan,
         info={

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gemscope_widgets.backend.circuits.attribution import AttributionError, attribute
+from gemscope_widgets.backend.circuits.targets import logit_difference
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSetError, load_transcoders
 from gemscope_widgets.backend.dictionaries.sae import JumpReLUSAE
 from gemscope_widgets.errors import SAEModelMismatch
@@ -355,3 +356,38 @@ def test_zero_positions_follow_circuit_tracer(real_model):
     # An instruction-tuned model with a chat prompt: <bos><start_of_turn>user\n carry no nodes (circuit-tracer).
     assert zero_positions(it, chat) == 4
     assert zero_positions(it, plain) == 1
+
+
+def test_chosen_targets_tokens_logit_difference_and_a_direction(tiny_model, tiny_transcoder_root):
+    """attribute(targets=...): each target's row plus its bias equals its input, computed here from the model."""
+    tset = load_transcoders(tiny_transcoder_root / "affine")
+    ids = tiny_model.prompt(PROMPT).input_ids
+    with torch.no_grad():
+        out = tiny_model.model(input_ids=ids[None], output_hidden_states=True)
+    logits = out.logits[0, -1].float()
+    # The unembedding reads the final-normed last hidden state (transformers returns it normed as the last state).
+    normed = out.hidden_states[-1][0, -1].float()
+    a, b = int(torch.argsort(logits, descending=True)[0]), int(torch.argsort(logits, descending=True)[3])
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.randn(tiny_model.d_model, generator=gen)
+    targets = [b, logit_difference(tiny_model, a, b), ("random direction", direction)]
+    graph = attribute(tiny_model, tset, PROMPT, targets=targets, max_feature_nodes=None, progress=False,
+                      batch_size=16)
+    assert graph.n_logits == 3 and completeness_error(graph) < 1e-4
+    inputs = graph.node_inputs[graph.logit_slice]
+    assert float(inputs[0]) == pytest.approx(float(logits[b] - logits.mean()), rel=1e-4, abs=1e-4)
+    assert float(inputs[1]) == pytest.approx(float(logits[a] - logits[b]), rel=1e-4, abs=1e-4)
+    assert float(inputs[2]) == pytest.approx(float(direction @ normed), rel=1e-4, abs=1e-4)
+    vocab = tiny_model.lm_head.weight.shape[0]
+    assert graph.logit_tokens.tolist() == [b, vocab + 1, vocab + 2]
+    assert graph.logit_token_strings[2] == "random direction" and " − " in graph.logit_token_strings[1]
+    node = int(torch.argmax(graph.node_influence()[: graph.n_selected]))
+    result = graph.intervene({node: 0.0})  # direction targets have no probability: only the token target is listed
+    assert result.logit_tokens == [b]
+    with pytest.raises(AttributionError, match="not one"):
+        attribute(tiny_model, tset, PROMPT, targets=[" Paris is"], progress=False)
+    with pytest.raises(AttributionError, match="twice"):
+        attribute(tiny_model, tset, PROMPT, targets=[b, b], progress=False)
+    with pytest.raises(AttributionError, match="finite"):
+        attribute(tiny_model, tset, PROMPT, targets=[("nan", torch.full((tiny_model.d_model,), float("nan")))],
+                  progress=False)
