@@ -136,6 +136,20 @@ def test_generate_takes_token_ids(tiny_model, gemma_scope_folders, form):
         scope.generate(3.5)
 
 
+def test_views_take_token_ids_as_one_prompt(tiny_model, gemma_scope_folders):
+    """A list of ints is one prompt of token ids (not a list of prompts), in the heatmap as in generate."""
+    scope = Scope(tiny_model, str(gemma_scope_folders["resid_post"]))
+    ids = tiny_model.prompt(TEXT).input_ids
+    by_text, by_ids, by_tensor = (scope.heatmap(p, progress=False) for p in (TEXT, ids.tolist(), ids))
+    try:
+        assert len(by_ids._header["prompts"]) == len(by_tensor._header["prompts"]) == 1
+        assert by_ids._header["prompts"] == by_text._header["prompts"] == by_tensor._header["prompts"]
+        assert by_ids._data == by_text._data
+    finally:
+        for w in (by_text, by_ids, by_tensor):
+            w.close()
+
+
 @pytest.mark.real_model
 def test_chat_and_generate_give_the_same_steered_text_on_the_real_270m(real_model, tmp_path):
     """The bug this guards: scope.chat(messages, steering={f: x}) steered at x raw, generate at x × the unit.

@@ -11,6 +11,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from gemscope_widgets.backend.gemma.prompts import is_token_ids
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
@@ -31,14 +32,14 @@ SelectCallback = Callable[[int, int, int], Any]
 
 
 def split_prompts(prompts: Any) -> list[Any]:
-    """One prompt (text, chat messages, a ``Prompt``) or a list of them -> a list of prompts."""
-    if isinstance(prompts, str):
+    """One prompt (text, chat messages, token ids, a ``Prompt``) or a list of them -> a list of prompts."""
+    if isinstance(prompts, str) or is_token_ids(prompts):
         return [prompts]
     if isinstance(prompts, Sequence) and len(prompts) > 0 and all(isinstance(m, Mapping) for m in prompts):
         return [list(prompts)]  # a single chat conversation
     if isinstance(prompts, Sequence):
         if len(prompts) == 0:
-            raise PromptError("No prompts given: pass a string, chat messages, or a list of them.")
+            raise PromptError("No prompts given: pass text, chat messages, token ids, or a list of them.")
         return list(prompts)
     return [prompts]
 
