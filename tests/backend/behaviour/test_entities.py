@@ -22,6 +22,14 @@ from gemscope_widgets.errors import EntityError
 SMALL = ["Paris", "Vellmora", "Albert Einstein", "Tobias Krellwin"]
 
 
+@pytest.fixture(scope="module")
+def demo_parts():
+    """The embedded 270M and the demo SAE, without waiting for its statistics (not needed here)."""
+    from gemscope_widgets.backend.default import load_default
+
+    return load_default(device="cpu", dtype="float32", progress=False, stats=False)
+
+
 def test_built_in_set_is_well_formed():
     entities = load_entities()
     types = {e.type for e in entities}
@@ -68,8 +76,8 @@ def greedy_no_cache(gm, text, n):
 
 
 @pytest.mark.real_model
-def test_entity_last_token_and_unlocatable_name(demo_scope_parts):
-    real_model, sae = demo_scope_parts
+def test_entity_last_token_and_unlocatable_name(demo_parts):
+    real_model, sae = demo_parts
     for e in load_entities():
         text = question_prompt(e, e.questions[0])
         i = entity_last_token(real_model, text, e.entity)
@@ -82,8 +90,8 @@ def test_entity_last_token_and_unlocatable_name(demo_scope_parts):
 
 
 @pytest.mark.real_model
-def test_known_unknown_and_separation_follow_direct_computation(demo_scope_parts):
-    gm, sae = demo_scope_parts
+def test_known_unknown_and_separation_follow_direct_computation(demo_parts):
+    gm, sae = demo_parts
     chosen = [e for e in load_entities() if e.entity in SMALL]
     result = entity_knowledge(gm, sae, chosen, max_new_tokens=3, k=5, progress=False)
     for i, e in enumerate(result.entities):
@@ -115,8 +123,8 @@ def test_known_unknown_and_separation_follow_direct_computation(demo_scope_parts
 
 
 @pytest.mark.real_model
-def test_single_class_refused(demo_scope_parts):
-    gm, sae = demo_scope_parts
+def test_single_class_refused(demo_parts):
+    gm, sae = demo_parts
     invented = [e for e in load_entities() if e.invented][:2]
     with pytest.raises(EntityError, match="single class"):
         entity_knowledge(gm, sae, invented, max_new_tokens=1, progress=False)
