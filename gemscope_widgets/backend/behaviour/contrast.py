@@ -17,6 +17,7 @@ import numpy as np
 
 from gemscope_widgets.backend.analysis.features import SparseActivations, prompt_features
 from gemscope_widgets.backend.behaviour.conversation import check_conversation, turns
+from gemscope_widgets.backend.gemma.prompts import is_token_ids
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import ContrastError
 
@@ -113,7 +114,8 @@ class Contrast:
 
 def _default_span(a: Any, b: Any) -> str:
     def chat(p: Any) -> bool:
-        return getattr(p, "is_chat", False) or (isinstance(p, Sequence) and not isinstance(p, str))
+        return getattr(p, "is_chat", False) or (
+            isinstance(p, Sequence) and not isinstance(p, str) and not is_token_ids(p))
 
     return "last_user_turn" if chat(a) and chat(b) else "all"
 
@@ -126,7 +128,7 @@ def _check_k(k: Any) -> int:
 
 def _side(gm: GemmaModel, sae: Any, prompt: Any, span: str, reduce: str) -> tuple[SparseActivations, np.ndarray,
                                                                                      np.ndarray]:
-    if isinstance(prompt, Sequence) and not isinstance(prompt, str):
+    if isinstance(prompt, Sequence) and not isinstance(prompt, str) and not is_token_ids(prompt):
         prompt = check_conversation(prompt)
     acts = prompt_features(gm, sae, prompt)[0]
     positions = span_positions(gm, acts.prompt, span)

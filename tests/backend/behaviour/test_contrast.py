@@ -105,3 +105,12 @@ def test_paired_statistic(tiny_model, sae):
 def test_a_single_pair_says_it_cannot_separate_content_from_wording(tiny_model, sae):
     single = contrast(tiny_model, sae, "The fox runs.", "The dog runs.")
     assert "pairs=" in single.caveat and "wording" in single.caveat
+
+
+def test_token_ids_contrast_like_their_text(tiny_model, sae):
+    """Token ids are a prompt here too: the default span is the whole prompt (ids have no chat turns)."""
+    a, b = "The cat sat on the mat.", "The dog ran in the park."
+    ids_a, ids_b = (tiny_model.prompt(t).input_ids.tolist() for t in (a, b))
+    by_ids, by_text = contrast(tiny_model, sae, ids_a, ids_b, k=5), contrast(tiny_model, sae, a, b, k=5)
+    assert by_ids.span == by_text.span == "all"
+    np.testing.assert_array_equal(by_ids.full_diff, by_text.full_diff)
