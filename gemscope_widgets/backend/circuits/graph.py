@@ -218,11 +218,34 @@ class AttributionGraph(GraphNodes):
             edge_threshold,
         )
 
-    def scores(self) -> tuple[float, float]:
+    def scores(self, pinned: Any = None) -> tuple[float, float]:
         """``(replacement_score, completeness_score)`` as circuit-tracer's ``compute_graph_scores``: the share
         of token→logit influence that avoids error nodes, and the influence-weighted share of node inputs that
-        come from features or tokens rather than errors."""
-        return graph_scores(self.adjacency_matrix, self.logit_weights, self.token_slice, self.error_slice)
+        come from features or tokens rather than errors.
+
+        ``pinned`` (node references, as :meth:`intervene` takes them, supernode names included): the scores of
+        that subgraph as Neuronpedia's graph viewer computes them (``score.worker.ts``): every feature node not
+        pinned is merged into the error node of its layer and position (its outgoing edges added to the error
+        node's, its own edges removed), so what the pinned features do not explain counts as error; where that
+        error node has no edge at all (pruned from a file), the feature is removed without merging, as there.
+        """
+        if pinned is None:
+            return graph_scores(self.adjacency_matrix, self.logit_weights, self.token_slice, self.error_slice)
+        groups = self.supernodes
+        refs = [m for ref in pinned for m in (groups[ref] if isinstance(ref, str) and ref in groups else [ref])]
+        keep = torch.zeros(self.n_nodes, dtype=torch.bool)
+        keep[[self.node_index(ref) for ref in refs]] = True
+        merged = ~keep[: self.n_selected]
+        features = merged.nonzero().flatten()
+        layer, pos = self.selected_active_features[features, 0], self.selected_active_features[features, 1]
+        errors = self.error_slice.start + layer * self.n_pos + pos
+        adj = self.adjacency_matrix.clone().float()
+        # As the viewer: an error node with no edge at all (pruned from the file) takes nothing; the feature goes.
+        has_edges = (adj[errors] != 0).any(1) | (adj[:, errors] != 0).any(0)
+        adj.index_add_(1, errors[has_edges], adj[:, features[has_edges]])
+        adj[features] = 0
+        adj[:, features] = 0
+        return graph_scores(adj, self.logit_weights, self.token_slice, self.error_slice)
 
     # ---- interventions ---------------------------------------------------------------------------------------
 
