@@ -254,11 +254,7 @@ def _cost_order(layers: Tensor, positions: Tensor, batch_size: int, n_layers: in
 
 
 def _as_ids(gm: Any, prompt: Any) -> tuple[Tensor, str]:
-    if isinstance(prompt, Tensor) or (isinstance(prompt, Sequence) and prompt and isinstance(prompt[0], int)):
-        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
-        if ids.numel() == 0:
-            raise AttributionError("The prompt has no tokens.")
-        return ids, gm.tokenizer.decode(ids.tolist())
+    """The prompt's ids by the one prompt rule (text, chat messages or token ids; one leading ``<bos>``)."""
     p = gm.prompt(prompt)
     text = p.source if isinstance(p.source, str) else gm.tokenizer.decode(p.input_ids.tolist())
     return p.input_ids, text
