@@ -184,8 +184,8 @@ LOCAL_IMPORTS_ALLOWED = {
     "backend/stats/scan.py": "import loop: the scan builds FeatureStats (feature_stats.py imports the scanner)",
     "backend/stats/store.py": "import loop: the store reads and writes FeatureStats (feature_stats.py loads "
                               "through it)",
-    "backend/circuits/graph.py": "import loop: the graph's Neuronpedia methods delegate to neuronpedia_json.py, "
-                                 "which builds AttributionGraphs",
+    "backend/circuits/graph.py": "import loop: the graph's Neuronpedia and supernode methods delegate to "
+                                 "neuronpedia_json.py (supernodes.py imports it), which builds AttributionGraphs",
     "backend/default.py": "the embedded default builds each part on first use only: model conversion, training, "
                           "scans and evaluation load when a part is missing",
     "backend/default_transcoders.py": "as default.py: the demo transcoder set's training loads only when it is "
