@@ -151,3 +151,12 @@ class ViewMessageError(GemscopeError):
 
 class CircuitError(GemscopeError):
     """A bad argument to the circuit view (threshold, node reference, intervention, payload size)."""
+
+
+class LabelScoreError(GemscopeError):
+    """Label scores asked badly: no held-out text, an unknown sort key, a feature with too few activating
+    held-out tokens to score."""
+
+
+class SearchError(GemscopeError):
+    """A feature search asked badly: an empty query, no example texts, or texts that are not strings."""

@@ -236,6 +236,22 @@ class Scope:
             self._holders[name] = StatsHolder(self.model, chosen)
         return self._holders[name]
 
+    def search(self, query: str | None = None, *, examples: Any = None, against: Any = None, k: int = 20,
+               sae: str | None = None) -> Any:
+        """Features found by meaning: ``search("text")`` ranks them by the words of their labels and explanations
+        (:func:`~gemscope_widgets.backend.analysis.search.search_labels`), ``search(examples=[...],
+        against=[...])`` by how specifically they fire on the examples (mean activation minus that on
+        ``against``, else on the held-out text of the label scores when it exists:
+        :func:`~gemscope_widgets.backend.analysis.search.search_examples`). A list of ``SearchHit``."""
+        from gemscope_widgets.backend.analysis.search import search_examples, search_labels
+
+        labels = self.labels(sae)
+        if examples is None:
+            return search_labels(labels, query, k=k)  # type: ignore[arg-type]  # None: a short SearchError
+        held = labels.held_out(compute=False) if against is None else None
+        baseline = held.mean_activation() if held is not None else None
+        return search_examples(self.model, self.sae(sae), examples, against, baseline=baseline, k=k, labels=labels)
+
     def labels(self, sae: str | None = None) -> Any:
         """The feature labels of SAE ``sae`` (default: the first): explanations where the statistics have
         them, otherwise automatic labels (see :mod:`~gemscope_widgets.backend.analysis.labels`). One object per

@@ -26,6 +26,7 @@ import numpy as np
 
 from gemscope_widgets.backend.analysis.features import prompt_features
 from gemscope_widgets.backend.analysis.hierarchy import latent_family
+from gemscope_widgets.backend.analysis.label_scores import LabelScore
 from gemscope_widgets.backend.analysis.labels import FeatureLabels
 from gemscope_widgets.backend.analysis.logit_lens import logit_lens
 from gemscope_widgets.backend.analysis.related import related_by_decoder
@@ -142,6 +143,9 @@ class FeatureCard:
     quantile: ExamplePage
     source: FeatureCards = field(repr=False, compare=False)
     stats: FeatureStats | None = field(repr=False, compare=False)
+    label_score: LabelScore | None = None
+    """How well the shown label (explanation, else automatic label) fits (:mod:`.label_scores`), with any imported
+    explanation scores; its ``reason`` says when it is not scored (e.g. the held-out pass has not run)."""
 
     def page(self, kind: str, start: int = 0, count: int | None = None) -> ExamplePage:
         """``count`` (default: the cards' ``page_size``) examples of ``kind`` from ``start`` (clamped to the last
@@ -219,6 +223,7 @@ class FeatureCards:
             quantile=self.page(stats, f, "quantile", 0, page_size),
             source=self,
             stats=stats,
+            label_score=self.labels.scores([f], compute=False, progress=False)[f],
         )
 
     # --- sections -----------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class FeatureStats:
         histograms: Mapping[int, tuple[Any, Any]] | None = None,
         explanations: Mapping[int, str] | None = None,
         logits: Mapping[int, tuple[list[tuple[str, float]], list[tuple[str, float]]]] | None = None,
+        explanation_scores: Mapping[int, Mapping[str, float]] | None = None,
     ) -> None:
         self.sae_name = sae_name
         self.width = int(width)
@@ -120,6 +121,8 @@ class FeatureStats:
         self._histograms = {int(f): (np.asarray(e, np.float64), np.asarray(c, np.int64))
                             for f, (e, c) in (histograms or {}).items()}
         self._imported_explanations = {int(f): str(t) for f, t in (explanations or {}).items()}
+        self._explanation_scores = {int(f): {str(k): float(v) for k, v in d.items()}
+                                    for f, d in (explanation_scores or {}).items()}
         self._labels: dict[int, str] = {}
         self._logits = dict(logits or {})
         self._path: Path | None = None
@@ -224,6 +227,19 @@ class FeatureStats:
         f = self._check(f)
         return self._labels.get(f, self._imported_explanations.get(f))
 
+    def explanation_source(self, f: int) -> str:
+        """Who wrote :meth:`explanation`: "user", the import's source name (e.g. "neuronpedia"), or ""."""
+        f = self._check(f)
+        if f in self._labels:
+            return "user"
+        return self.source.split()[0] if f in self._imported_explanations else ""
+
+    def explanation_scores(self, f: int) -> dict[str, float]:
+        """Scores that came with the imported explanation of ``f`` (``{"type (model)": value}``, e.g. Neuronpedia's
+        ``eleuther_fuzz``); empty when there are none or the user's own label replaces it."""
+        f = self._check(f)
+        return {} if f in self._labels else dict(self._explanation_scores.get(f, {}))
+
     @property
     def explanations(self) -> dict[int, str]:
         """All explanations (imported, overridden by user labels)."""
@@ -304,6 +320,7 @@ class FeatureStats:
             "source": self.source,
             "n_tokens": self.n_tokens,
             "explanations": {str(k): v for k, v in sorted(self._imported_explanations.items())},
+            "explanation_scores": {str(k): v for k, v in sorted(self._explanation_scores.items())},
             "example_lists": {
                 kind: {str(f): [vars(e) for e in exs] for f, exs in lists.items()}
                 for kind, lists in self._example_lists.items()
@@ -338,6 +355,7 @@ class FeatureStats:
             examples=lists,
             histograms={int(f): (e, c) for f, (e, c) in meta.get("histograms", {}).items()},
             explanations={int(f): t for f, t in meta.get("explanations", {}).items()},
+            explanation_scores={int(f): d for f, d in meta.get("explanation_scores", {}).items()},
             logits={
                 int(f): ([(s, float(v)) for s, v in t], [(s, float(v)) for s, v in b])
                 for f, (t, b) in meta.get("logits", {}).items()

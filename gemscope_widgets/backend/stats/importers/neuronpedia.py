@@ -73,6 +73,8 @@ class NeuronpediaFeature:
 
     index: int
     explanations: list[str] = field(default_factory=list)
+    # per explanation, its scores {"type (scorer model)": value} (Neuronpedia's ExplanationScore rows)
+    explanation_scores: list[dict[str, float]] = field(default_factory=list)
     pos: list[tuple[str, float]] = field(default_factory=list)
     neg: list[tuple[str, float]] = field(default_factory=list)
     frac_nonzero: float | None = None
@@ -138,6 +140,31 @@ def _floats(row: dict[str, Any], key: str) -> list[float]:
     return [float(v) for v in (row.get(key) or [])]
 
 
+def _explanation_scores(entry: dict[str, Any], path: Path) -> dict[str, float]:
+    """``{"type (model)": value}`` from an explanation's ``scores`` list (Neuronpedia's ExplanationScore fields
+    ``explanationScoreTypeName``, ``explanationScoreModelName``, ``value``)."""
+    out: dict[str, float] = {}
+    for score in entry.get("scores") or []:
+        if not isinstance(score, dict) or score.get("value") is None:
+            continue
+        kind = str(score.get("explanationScoreTypeName") or "score")
+        model = score.get("explanationScoreModelName")
+        try:
+            out[f"{kind} ({model})" if model else kind] = float(score["value"])
+        except (TypeError, ValueError):
+            raise NeuronpediaImportError(f"{path}: explanation score {score['value']!r} is not a number.") from None
+    return out
+
+
+def _add_explanation(feat: NeuronpediaFeature, text: str, scores: dict[str, float]) -> None:
+    """One explanation (the same text from two files merges its scores)."""
+    if text in feat.explanations:
+        feat.explanation_scores[feat.explanations.index(text)].update(scores)
+    else:
+        feat.explanations.append(text)
+        feat.explanation_scores.append(scores)
+
+
 def read_neuronpedia_export(paths: str | Path | Iterable[str | Path]) -> NeuronpediaExport:
     """Parse Neuronpedia export rows (features, activations, explanations; jsonl or jsonl.gz).
 
@@ -161,9 +188,12 @@ def read_neuronpedia_export(paths: str | Path | Iterable[str | Path]) -> Neuronp
                 model_ids.add(str(row["modelId"]))
             if row.get("layer"):
                 source_ids.add(str(row["layer"]))
-            if "description" in row:
-                if row["description"]:
-                    feat.explanations.append(str(row["description"]))
+            if "description" in row or isinstance(row.get("explanations"), list):
+                # an explanations/ row, or an explanation-scores/ row holding its explanations with their scores
+                entries = row["explanations"] if isinstance(row.get("explanations"), list) else [row]
+                for entry in entries:
+                    if isinstance(entry, dict) and entry.get("description"):
+                        _add_explanation(feat, str(entry["description"]), _explanation_scores(entry, path))
             elif "tokens" in row and "values" in row:
                 tokens, values = [str(t) for t in row["tokens"]], _floats(row, "values")
                 if len(tokens) != len(values):
@@ -228,7 +258,7 @@ def export_to_stats(export: NeuronpediaExport, width: int, sae_name: str = "") -
     density = torch.full((width,), float("nan"))
     max_act = torch.full((width,), float("nan"))
     examples: dict[str, dict[int, list[Any]]] = {"top": {}, "quantile": {}}
-    histograms, explanations, logits = {}, {}, {}
+    histograms, explanations, logits, scores = {}, {}, {}, {}
     for i, feat in export.features.items():
         if feat.frac_nonzero is not None:
             density[i] = feat.frac_nonzero
@@ -249,13 +279,20 @@ def export_to_stats(export: NeuronpediaExport, width: int, sae_name: str = "") -
         if feat.hist_heights:
             histograms[i] = (_bar_edges(feat.hist_values), [round(h) for h in feat.hist_heights])
         if feat.explanations:
-            explanations[i] = feat.explanations[0]
+            # the best-scored explanation when any carries scores (mean of its scores), else the first
+            best = max(range(len(feat.explanations)), key=lambda j: (
+                bool(feat.explanation_scores[j]),
+                sum(feat.explanation_scores[j].values()) / max(1, len(feat.explanation_scores[j])), -j))
+            explanations[i] = feat.explanations[best]
+            if feat.explanation_scores[best]:
+                scores[i] = feat.explanation_scores[best]
         if feat.pos or feat.neg:
             logits[i] = (feat.pos, feat.neg)
     source = "neuronpedia" + (f" {export.model_id}/{export.source_id}" if export.source_id else "")
     return FeatureStats.from_parts(
         sae_name=sae_name, width=width, source=source, density=density, max_act=max_act,
         examples=examples, histograms=histograms, explanations=explanations, logits=logits,
+        explanation_scores=scores,
     )
 
 
