@@ -101,10 +101,15 @@ def ensure_demo_stats(gm: Any, sae: Any, *, progress: bool = True) -> Any:
     These are exactly the statistics ``Scope.stats()`` reads (default corpus, default scan parameters, the
     same cache entry), so the first feature pane a new user opens has its examples, density, histogram and
     typical activation. Returns a :class:`~gemscope_widgets.backend.stats.feature_stats.FeatureStats`.
+    The held-out pass that scores every label (:mod:`~gemscope_widgets.backend.analysis.label_scores`) is made
+    and cached with them.
     """
+    from gemscope_widgets.backend.analysis.label_scores import held_out_tokens
     from gemscope_widgets.backend.stats.feature_stats import FeatureStats
 
-    return FeatureStats.load_or_scan(gm, sae, progress=progress)
+    stats = FeatureStats.load_or_scan(gm, sae, progress=progress)
+    held_out_tokens(gm, sae, progress=progress)
+    return stats
 
 
 def load_default(
