@@ -9,7 +9,7 @@ import { formatPercent, formatValue } from "./lib/format";
 import { drawHistogram } from "./lib/histogram";
 import { watchKernel } from "./lib/live";
 import { keepKeys } from "./lib/keys";
-import { type FeaturePaneMessage, type FeaturePaneModel, sendMessage } from "./lib/protocol";
+import { type FeaturePaneMessage, type FeaturePaneModel, type PaneLabelScore, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
 import { renderTokens, visibleText } from "./lib/tokens";
 
@@ -58,6 +58,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   head.append(title, saeName, link, steer);
 
   const explanation = el("div", "gs-explanation");
+  const labelScore = el("div", "gs-label-score gs-muted");
   const density = el("div", "gs-density gs-muted");
   const hist = el("div", "gs-hist");
   const noStats = el("div", "gs-nostats");
@@ -98,7 +99,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   testBox.append(testTitle, testInput, testButton, testOut, testStatus);
 
   const error = el("div", "gs-error");
-  pane.append(head, explanation, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, error);
+  pane.append(head, explanation, labelScore, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, error);
 
   const scaleOf = () => {
     const m = model.get("info").max_act;
@@ -123,6 +124,8 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
         : "No explanation yet.";
     explanation.title = info.explanation ? "" : "fires most on … → promotes next tokens … (top examples and logit lens)";
     explanation.classList.toggle("gs-muted", !info.explanation);
+    labelScore.textContent = labelScoreText(info.score);
+    labelScore.title = "Lookup-table simulation on held-out text: Pearson r of predicted vs true activation";
     const parts: string[] = [];
     if (typeof info.density === "number") {
       parts.push(`fires on ${formatPercent(info.density)} of ${(info.n_tokens ?? 0).toLocaleString()} tokens`);
@@ -311,3 +314,15 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
 }
 
 export default { render };
+
+/** "label fit r 0.41 · precision 63% · recall 22% (310 of 25,000 held-out tokens) · eleuther_fuzz 0.8", or why not. */
+function labelScoreText(score: PaneLabelScore | null | undefined): string {
+  if (!score || !score.label) return "";
+  const imported = score.imported.map(([name, value]) => `${name} ${formatValue(value)}`);
+  if (score.simulation === null) return [`label not scored: ${score.reason}`, ...imported].join(" · ");
+  const parts = [`label fit r ${formatValue(score.simulation)}`];
+  if (score.precision !== null) parts.push(`precision ${formatPercent(score.precision)}`);
+  if (score.recall !== null) parts.push(`recall ${formatPercent(score.recall)}`);
+  parts.push(`(fires on ${score.n_active.toLocaleString()} of ${score.n_tokens.toLocaleString()} held-out tokens)`);
+  return [...parts, ...imported].join(" · ");
+}

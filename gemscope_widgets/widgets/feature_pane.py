@@ -44,8 +44,13 @@ def card_traits(card: FeatureCard) -> dict[str, Any]:
     """The pane's traits of ``card``: ``info``, ``logits``, ``histogram``, ``related``, ``examples``,
     ``quantiles`` (one entry per section of the card)."""
     hist = card.histogram
+    score = card.label_score
     return {
-        "info": asdict(card.info),
+        "info": {**asdict(card.info), "score": None if score is None else {
+            "label": score.label, "source": score.source, "simulation": score.simulation,
+            "precision": score.precision, "recall": score.recall, "n_active": score.n_active,
+            "n_tokens": score.n_tokens, "imported": [[k, v] for k, v in score.imported.items()],
+            "reason": score.reason}},
         "logits": {"top": [[t, v] for t, v in card.logits.top], "bottom": [[t, v] for t, v in card.logits.bottom]},
         "histogram": {} if hist is None else {"edges": _f32(hist.edges), "counts": _f32(hist.counts)},
         "related": [{"feature": r.feature, "score": r.score, "kind": r.kind, "explanation": r.label,

@@ -84,6 +84,19 @@ export interface PaneInfo {
   max_act?: number | null;
   n_tokens?: number;
   source?: string;
+  score?: PaneLabelScore | null; // how well the shown label fits (label_scores.py)
+}
+/** A label's score as the pane shows it (feature_pane.py's card_traits, from LabelScore). */
+export interface PaneLabelScore {
+  label: string;
+  source: string;
+  simulation: number | null;
+  precision: number | null;
+  recall: number | null;
+  n_active: number;
+  n_tokens: number;
+  imported: [string, number][];
+  reason: string;
 }
 export interface PaneRelated {
   feature: number;
