@@ -293,13 +293,6 @@ def execution_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _offloads(hook: Any) -> bool:
-    """Whether an accelerate hook (or one of a sequence of hooks) loads offloaded weights before forward."""
-    if hook is None:
-        return False
-    return bool(getattr(hook, "offload", False)) or any(_offloads(h) for h in getattr(hook, "hooks", ()))
-
-
 def _check_loaded(text_model: nn.Module, name: str) -> None:
     """Refuse layers left on the meta device without an accelerate offload hook that loads them."""
     missing = []

@@ -38,6 +38,7 @@ import torch
 from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import masked_ids
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats.corpus import default_corpus, pad_batch, plan_batches, tokenize_docs
 from gemscope_widgets.backend.stats.store import model_identity, sae_identity
 from gemscope_widgets.backend.steering.spec import UNITS as UNITS  # re-exported: the units are defined in spec
@@ -212,7 +213,6 @@ def compute_feature_units(
 
     Cost: a forward pass over ``n_tokens`` tokens stopped after the SAE's deepest layer, plus the encoder.
     """
-    from tqdm.auto import tqdm
 
     if not 0 < quantile <= 1:
         raise SteeringError(f"The unit quantile must be in (0, 1], got {quantile}.")
@@ -225,7 +225,7 @@ def compute_feature_units(
     kept, used = 0, 0
     batches = plan_batches([len(ids) for ids, _ in docs], batch_size=max(1, batch_tokens), batch_tokens=batch_tokens)
     total = sum(int(c.sum()) for _, c in docs)
-    bar = tqdm(total=total, desc=f"strength units ({sae.config.name})", unit="tok", disable=not progress,
+    bar = progress_bar(total=total, desc=f"strength units ({sae.config.name})", unit="tok", disable=not progress,
                leave=False)
     try:
         for batch in batches:
