@@ -7,11 +7,14 @@ import threading
 import warnings
 
 import pytest
+import torch
 
 from gemscope_widgets.backend.behaviour.chat_session import ChatListener, ChatSession
 from gemscope_widgets.backend.behaviour.conversation import stopping_at_end_of_turn
+from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import token_strings
 from gemscope_widgets.backend.steering.generation import generate
+from gemscope_widgets.backend.steering.spec import DirectionSpec
 from gemscope_widgets.errors import GemscopeError, JobCancelled, PromptError, SteeringError
 from tests.helpers import active_feature, hook_ids
 
@@ -63,13 +66,14 @@ def _quiet_base_model_warning():
         yield
 
 
-def check_streamed_turn_equals_generate(gm, sae, steering, max_new_tokens):
+def check_streamed_turn_equals_generate(gm, sae, steering, max_new_tokens, unit="typical"):
     rec = Recorder()
-    chat = ChatSession(gm, CONV, steering, sae=sae, max_new_tokens=max_new_tokens, listener=rec)
+    chat = ChatSession(gm, CONV, steering, sae=sae, unit=unit, max_new_tokens=max_new_tokens, listener=rec)
     turn = chat.run()
-    result = chat.wait(120)
+    result = chat.wait(600)
     # The oracle: backend generate on the same conversation and steering, stopping at <end_of_turn>.
-    expected = generate(stopping_at_end_of_turn(gm), CONV, steering, sae=sae, max_new_tokens=max_new_tokens)
+    expected = generate(stopping_at_end_of_turn(gm), CONV, steering, sae=sae, unit=unit,
+                        max_new_tokens=max_new_tokens)
     assert result.steered_ids == expected.steered_ids
     assert rec.tokens(turn) == expected.steered_ids  # streamed token by token, in order
     streamed = [e[3] for e in rec.events if e[0] == "token"]
@@ -90,10 +94,15 @@ def test_streamed_turn_equals_generate_steered(tiny_model, sae):
 
 
 @pytest.mark.real_model
-def test_real_model_turn_equals_generate(demo_scope_parts):
-    gm, sae = demo_scope_parts
-    f = active_feature(sae, gm, "Where is the fox?")
-    check_streamed_turn_equals_generate(gm, sae, {f: 4.0}, 8)
+def test_real_model_turn_equals_generate(real_model):
+    # A residual-stream direction added at layer 6 at twice the residual's typical norm there, in raw units (no
+    # SAE or statistics needed).
+    ids = real_model.prompt(CONV).input_ids.unsqueeze(0)
+    norm = capture(real_model, ids, ["model.layers.6.output"])["model.layers.6.output"][0, 1:].norm(dim=-1).median()
+    direction = torch.randn(real_model.d_model, generator=torch.Generator().manual_seed(0))
+    steering = [DirectionSpec(direction / direction.norm(), mode="add", strength=2 * float(norm), layer=6)]
+    _, expected = check_streamed_turn_equals_generate(real_model, None, steering, 6, unit="raw")
+    assert expected.steered_ids != expected.baseline_ids  # the steering changed the reply
 
 
 def test_user_turn_after_model_turn_in_order(tiny_model, sae):
