@@ -193,7 +193,7 @@ def _score(scorer: Callable[[Any], Any], value: Any, i: int) -> float:
 
 def _effect(
     gm: GemmaModel, prompts: list[Any], specs: list[Any], sae: Any, scorer: Callable[[Any], Any], on: str,
-    chat: bool, seed: int, generation: dict[str, Any], bar: Any,
+    chat: bool, seed: int, unit: str, generation: dict[str, Any], bar: Any,
 ) -> InterventionEffect:
     model = stopping_at_end_of_turn(gm) if chat else gm
     base = np.zeros(len(prompts))
@@ -202,13 +202,13 @@ def _effect(
     for i, prompt in enumerate(prompts):
         messages = [{"role": "user", "content": prompt}] if chat and isinstance(prompt, str) else prompt
         if on == "text":
-            result = generate(model, messages, specs, sae=sae, **generation)
+            result = generate(model, messages, specs, sae=sae, unit=unit, **generation)
             base_texts.append(result.baseline_text)
             steered_texts.append(result.steered_text)
             base[i] = _score(scorer, result.baseline_text, i)
             steered[i] = _score(scorer, result.steered_text, i)
         else:
-            probs, _, _ = next_token_probs(model, messages, specs, sae=sae)
+            probs, _, _ = next_token_probs(model, messages, specs, sae=sae, unit=unit)
             base[i] = _score(scorer, probs[0], i)
             steered[i] = _score(scorer, probs[1], i)
         bar.update()
@@ -225,6 +225,7 @@ def validate(
     sae: Any = None,
     mode: str = "ablate",
     strength: float = 1.0,
+    unit: str = "raw",
     scorer: str | Callable[[Any], Any] = "refusal",
     on: str = "text",
     control: bool = True,
@@ -240,12 +241,13 @@ def validate(
     feature indices (with ``sae``), a :class:`ProbeResult` (its top features), a :class:`BehaviourDirection` or
     ``[d_model]`` vector, or a list of :class:`SteeringSpec` / :class:`DirectionSpec` used as given. ``mode`` and
     ``strength``: for features ``"ablate"`` / ``"add"`` / ``"clamp"`` with the strength in raw activation units;
-    for a direction ``"ablate"`` (removed fraction) / ``"add"`` (residual-stream units). ``scorer``:
+    for a direction ``"ablate"`` (removed fraction) / ``"add"`` (residual-stream units); ``unit="typical"`` takes
+    strengths as multiples of each feature's typical activation instead (:mod:`.steering.units`). ``scorer``:
     ``"refusal"`` (:func:`refusal_score` of the response) or a function of the generated text (``on="text"``)
     or of the next-token probabilities ``[vocab]`` (``on="next_token"``) returning a number. ``control``: repeat
     with density-matched random features (needs ``densities``, ``[width]`` firing rates:
     ``FeatureStats.density``) or a random direction. ``chat``: wrap strings as a user turn (default: when the
-    model is ``-it``). Generation: greedy, ``max_new_tokens``, the same call as ``Scope.generate(..., unit="raw")``.
+    model is ``-it``). Generation: greedy, ``max_new_tokens``, the same call as ``Scope.generate(..., unit=unit)``.
 
     Raises :class:`CausalCheckError` for nothing to intervene on, a scorer that fails or returns no number, or
     a control without densities. Cost: one paired generation (or forward pass) per prompt, twice with control.
@@ -285,11 +287,11 @@ def validate(
     generation = {"max_new_tokens": max_new_tokens}
     bar = tqdm(total=len(items) * (2 if control else 1), desc="causal check", disable=not progress, leave=False)
     try:
-        effect = _effect(gm, items, specs, sae, score_fn, on, chat, seed, generation, bar)
+        effect = _effect(gm, items, specs, sae, score_fn, on, chat, seed, unit, generation, bar)
         control_effect = None
         if control:
             others = _control_specs(specs, control_features, gm.d_model, seed)
-            control_effect = _effect(gm, items, others, sae, score_fn, on, chat, seed + 1, generation, bar)
+            control_effect = _effect(gm, items, others, sae, score_fn, on, chat, seed + 1, unit, generation, bar)
     finally:
         bar.close()
     return CausalCheck(items, scorer_name, on, description, effect, control_effect, features, control_features)

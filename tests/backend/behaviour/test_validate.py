@@ -118,6 +118,6 @@ def test_direction_with_random_direction_control_equals_backend_generate(tiny_mo
     assert abs(float(torch.nn.functional.cosine_similarity(spec.direction, direction, dim=0))) < 0.9
     for effect, used in ((check.effect, check.effect.specs), (check.control, check.control.specs)):
         for i, p in enumerate(PROMPTS):
-            direct = generate(tiny_model, p, used, max_new_tokens=3)
+            direct = generate(tiny_model, p, used, unit="raw", max_new_tokens=3)
             assert effect.intervened_texts[i] == direct.steered_text
             assert effect.baseline_texts[i] == direct.baseline_text
