@@ -52,7 +52,7 @@ MAX_PARTNERS = 32
 MIN_COSINE = 0.2
 """Decoder cosine below which a pair is not a candidate (random directions in 640 dimensions: σ ≈ 0.04)."""
 MAX_DOCS = 1000
-"""Documents of the default corpus counted over (about a minute for the 270M on 2 CPU cores)."""
+"""Documents of the default corpus counted over (the demo SAE: 200 documents took 109 s on 2 busy CPU cores)."""
 _MAX_PAIRS = 1 << 22
 """Token-level pairs enumerated at a time: bounds the counting temporaries (about 100 MB)."""
 
@@ -250,7 +250,7 @@ def cofiring(
 ) -> CoFiring:
     """Co-firing counts of ``sae``'s latent pairs with close decoder directions (:func:`count_cofiring`),
     cached in ``cache_dir("cofiring", ...)`` under the model's and SAE's weights, the corpus and the
-    parameters: counted once (about a minute for the demo SAE on 2 CPU cores), read back afterwards."""
+    parameters: counted once (minutes on a CPU: :data:`MAX_DOCS`), read back afterwards."""
     texts = load_corpus(corpus, max_docs=max_docs)
     params = {"max_partners": int(max_partners), "min_cosine": float(min_cosine), "max_doc_tokens": int(max_doc_tokens)}
     key = {"model": store.model_identity(gm), "sae": store.sae_identity(sae), "corpus": corpus_fingerprint(texts),
