@@ -105,6 +105,17 @@ def node_key(graph: Any, i: int) -> NodeKey:
     return ("logit", graph.node_label(i))
 
 
+def key_label(graph: Any, key: NodeKey) -> str:
+    """A position-free label: ``L3 #812`` (and the feature's label where the graph has one), ``error L3``, the
+    token's text."""
+    if key[0] == "feature":
+        text = graph.feature_labels.get((key[1], key[2]), "")
+        return f"L{key[1]} #{key[2]}" + (f" {text}" if text else "")
+    if key[0] == "error":
+        return f"error L{key[1]}"
+    return str(key[1])
+
+
 def _summarise(graph: Any, node_threshold: float, edge_threshold: float) -> tuple[dict[NodeKey, float],
                                                                                     set[NodeKey],
                                                                                     dict[tuple[NodeKey, NodeKey],
@@ -123,7 +134,7 @@ def _summarise(graph: Any, node_threshold: float, edge_threshold: float) -> tupl
         if key[0] == "logit":
             continue
         shares[key] = shares.get(key, 0.0) + float(influence[i]) / total
-        labels.setdefault(key, graph.node_label(i))
+        labels.setdefault(key, key_label(graph, key))
         if bool(pruned.node_mask[i]):
             kept.add(key)
     edges: dict[tuple[NodeKey, NodeKey], float] = {}

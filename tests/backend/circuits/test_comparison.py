@@ -49,6 +49,8 @@ def test_shares_and_kept_sets_equal_a_direct_computation():
     assert {x.key[1:] for x in c.only_b} == {k for k, v in db.items() if v[1] and not da.get(k, [0, False])[1]}
     assert [abs(x.delta) for x in c.largest_changes] == sorted((abs(x.delta) for x in c.largest_changes),
                                                                 reverse=True)
+    # Labels name what was matched, without a position (the two prompts place a feature differently).
+    assert all(x.label.startswith(f"L{x.key[1]} #{x.key[2]}") and "@" not in x.label for x in c.largest_changes)
     kept_a = {k for k, v in da.items() if v[1]}
     kept_b = {k for k, v in db.items() if v[1]}
     assert c.overlap == pytest.approx(len(kept_a & kept_b) / len(kept_a | kept_b))
