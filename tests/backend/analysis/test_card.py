@@ -54,7 +54,11 @@ def test_the_pane_shows_exactly_the_card(tiny_model, card_sae, card_stats, busy)
     pane = FeaturePane(tiny_model, card_sae, card_stats, feature=busy, page_size=3)
     card = pane.cards.card(busy, page_size=3)
     assert pane.card == card and card.feature == pane.feature == busy
-    assert pane.info == asdict(card.info)
+    info = dict(pane.info)
+    score = info.pop("score")
+    assert info == asdict(card.info)
+    assert (score["label"], score["simulation"], score["reason"]) == (
+        card.label_score.label, card.label_score.simulation, card.label_score.reason)
     assert [tuple(r) for r in pane.logits["top"]] == card.logits.top
     assert [tuple(r) for r in pane.logits["bottom"]] == card.logits.bottom
     np.testing.assert_array_equal(f32(pane.histogram["edges"]), card.histogram.edges.astype(np.float32))
