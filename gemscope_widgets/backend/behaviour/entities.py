@@ -35,6 +35,7 @@ import torch
 
 from gemscope_widgets.backend.analysis.features import sae_inputs
 from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import EntityError
 
 if TYPE_CHECKING:
@@ -259,7 +260,6 @@ def entity_knowledge(
     Raises :class:`EntityError` for malformed records, an entity whose last token cannot be located, or when no
     entity type has both a known and an unknown entity. Method: Ferrando et al. (ICLR 2025).
     """
-    from tqdm.auto import tqdm
 
     items = load_entities(entities)
     if isinstance(min_right, bool) or not isinstance(min_right, int) or min_right < 1:
@@ -274,7 +274,7 @@ def entity_knowledge(
     right = np.zeros((len(items), n_q), dtype=bool)
     answers: list[list[str]] = []
     active = np.zeros((len(items), int(sae.width)), dtype=bool)
-    bar = tqdm(total=len(items), desc="entities", disable=not progress, leave=False)
+    bar = progress_bar(total=len(items), desc="entities", disable=not progress, leave=False)
     for i, e in enumerate(items):
         with torch.inference_mode():
             captured = capture(gm, gm.prompt(prompts[i]).input_ids, sae.config.hook_points_in)

@@ -36,6 +36,7 @@ from gemscope_widgets.backend.behaviour.heldout import (
 )
 from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
 from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import ProbeError
 
 if TYPE_CHECKING:
@@ -182,13 +183,12 @@ def probe_activations(
     One forward pass per prompt, stopped after the SAE's layer. ``position`` as in
     :func:`~gemscope_widgets.backend.behaviour.direction.behaviour_direction`.
     """
-    from tqdm.auto import tqdm
 
     if len(sae.config.hook_points_in) != 1:
         raise ProbeError(f"{sae.config.name} reads several layers; a probe needs an SAE with one input site.")
     latents = torch.empty(len(prompts), int(sae.width), dtype=torch.float32)
     inputs = torch.empty(len(prompts), int(sae.config.d_in), dtype=torch.float32)
-    for i, prompt in enumerate(tqdm(prompts, desc="probe activations", disable=not progress, leave=False)):
+    for i, prompt in enumerate(progress_bar(prompts, desc="probe activations", disable=not progress, leave=False)):
         tokenized = _as_prompt(gm, prompt, chat)
         where = _positions(gm, tokenized, position).to(gm.device)
         with torch.inference_mode():

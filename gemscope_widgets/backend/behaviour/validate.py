@@ -28,6 +28,7 @@ from gemscope_widgets.backend.behaviour.heldout import mean_interval
 from gemscope_widgets.backend.behaviour.probe import ProbeResult
 from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
 from gemscope_widgets.backend.behaviour.refusal import refusal_score
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.steering.generation import generate, next_token_probs
 from gemscope_widgets.backend.steering.spec import DirectionSpec, SteeringSpec
 from gemscope_widgets.errors import CausalCheckError, GemscopeError
@@ -252,7 +253,6 @@ def validate(
     Raises :class:`CausalCheckError` for nothing to intervene on, a scorer that fails or returns no number, or
     a control without densities. Cost: one paired generation (or forward pass) per prompt, twice with control.
     """
-    from tqdm.auto import tqdm
 
     items = read_prompts(prompts)
     if not items:
@@ -285,7 +285,7 @@ def validate(
             )
         control_features = matched_features(features, densities, seed=seed)
     generation = {"max_new_tokens": max_new_tokens}
-    bar = tqdm(total=len(items) * (2 if control else 1), desc="causal check", disable=not progress, leave=False)
+    bar = progress_bar(total=len(items) * (2 if control else 1), desc="causal check", disable=not progress, leave=False)
     try:
         effect = _effect(gm, items, specs, sae, score_fn, on, chat, seed, unit, generation, bar)
         control_effect = None
