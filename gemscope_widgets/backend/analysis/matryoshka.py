@@ -39,6 +39,7 @@ from gemscope_widgets.backend.dictionaries.jumprelu import JumpReLUSAE
 from gemscope_widgets.backend.gemma.hooks import HookFn
 from gemscope_widgets.backend.gemma.prompts import masked_ids
 from gemscope_widgets.backend.gemma.sites import resolve_site
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats.corpus import load_corpus, pad_batch, tokenize_docs
 from gemscope_widgets.backend.training.activations import held_out_texts
 from gemscope_widgets.errors import MatryoshkaError
@@ -201,7 +202,6 @@ def prefix_curve(
     or a dictionary that is not a one-layer SAE or transcoder (a CLT's or crosscoder's latent index runs over
     layers, so its prefixes are not nested levels).
     """
-    from tqdm.auto import tqdm  # tqdm.auto imports ipywidgets: not at backend import time
 
     if not isinstance(sae, JumpReLUSAE):
         raise MatryoshkaError(
@@ -230,7 +230,7 @@ def prefix_curve(
     losses = np.zeros((n_sizes + 2, 2))  # rows: clean, zero, then one per size; columns: sum, count
     starts = [0, *sizes[:-1]]
     batches = range(0, len(docs), batch_size)
-    for a in tqdm(batches, desc=f"Prefix curve {sae.config.name}", disable=not progress):
+    for a in progress_bar(batches, desc=f"Prefix curve {sae.config.name}", disable=not progress):
         ids, mask = pad_batch(docs[a : a + batch_size], gm.tokenizer.pad_token_id)
         valid = mask.bool() & ~torch.isin(ids, hidden)
         captured: dict[str, torch.Tensor] = {}

@@ -30,6 +30,7 @@ from gemscope_widgets.backend.analysis.features import sae_inputs
 from gemscope_widgets.backend.analysis.related import nearest_decoder_rows
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import masked_ids
+from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats import store
 from gemscope_widgets.backend.stats.corpus import (
     corpus_fingerprint,
@@ -196,7 +197,6 @@ def count_cofiring(
     ``(pair_a, pair_b, cosine)`` to count instead of :func:`decoder_pairs` (``pair_a · W_b + pair_b`` sorted
     and unique). Not cached: :func:`cofiring` is the cached front end.
     """
-    from tqdm.auto import tqdm  # tqdm.auto imports ipywidgets: not at backend import time
 
     two = b is not None and b is not a
     other = b if two else a
@@ -216,7 +216,7 @@ def count_cofiring(
     hooks = tuple(dict.fromkeys([*a.read_hook_points, *other.read_hook_points]))
     n_tokens = 0
     docs = tokenize_docs(gm, list(texts[: len(texts)]), max_doc_tokens)
-    bar = tqdm(total=len(docs), desc=f"Co-firing {a.config.name}", unit="doc", disable=not progress)
+    bar = progress_bar(total=len(docs), desc=f"Co-firing {a.config.name}", unit="doc", disable=not progress)
     for batch in plan_batches([len(d) for d in docs], batch_size, batch_tokens):
         ids, mask = pad_batch([docs[i] for i in batch], gm.tokenizer.pad_token_id)
         flat = (mask.bool() & ~torch.isin(ids, hidden)).reshape(-1).nonzero(as_tuple=True)[0]
