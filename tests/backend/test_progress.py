@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import nbclient
 import nbformat
 import pytest
 from tqdm import tqdm
@@ -25,6 +24,7 @@ bar.close()
 
 @pytest.fixture(scope="module")
 def outputs():
+    nbclient = pytest.importorskip("nbclient")  # a test extra: the lowest-versions run installs only pytest
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(CELL)]
     nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3").execute()
