@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from gemscope_widgets.backend.circuits.attribution import attribute
 from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
@@ -31,6 +32,11 @@ def offloaded(request, tiny_model_path, tiny_model, tmp_path_factory):
     gm = load_model(tiny_model_path, device_map=mapping, offload_folder=tmp_path_factory.mktemp("offload"),
                     dtype="float32")
     assert offloaded_modules(gm.model), "nothing was offloaded"
+    try:  # the model's own forward, before any of this package's code
+        with torch.no_grad():
+            gm.model(input_ids=torch.tensor([[2, 10]]))
+    except KeyError as exc:  # older transformers leave a tied unembedding out of the disk offload index
+        pytest.skip(f"transformers {transformers.__version__} cannot run this device map itself (KeyError {exc})")
     return gm
 
 
