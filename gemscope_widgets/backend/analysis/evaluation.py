@@ -60,6 +60,15 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor)
     return float(ce[valid.to(ce.device)].sum()), int(valid.sum())
 
 
+def store_into(store: dict[str, torch.Tensor], name: str) -> HookFn:
+    """A capture hook that keeps the tensor it sees, detached, as ``store[name]``."""
+
+    def fn(t: torch.Tensor) -> None:
+        store[name] = t.detach()
+
+    return fn
+
+
 def forward_logits(
     gm: GemmaModel, ids: torch.Tensor, mask: torch.Tensor, pairs: list[tuple[Site, HookFn]]
 ) -> torch.Tensor:
@@ -128,14 +137,7 @@ def sae_card(
         ids, mask = pad_batch(batch, pad)
         valid = mask.bool() & ~torch.isin(ids, hidden)
         captured: dict[str, torch.Tensor] = {}
-
-        def keep(name: str, store: dict[str, torch.Tensor] = captured) -> HookFn:
-            def fn(t: torch.Tensor) -> None:
-                store[name] = t.detach()
-
-            return fn
-
-        pairs = [(s, keep(s.hook_point)) for s in [*sites_in, *sites_out]]
+        pairs = [(s, store_into(captured, s.hook_point)) for s in [*sites_in, *sites_out]]
         s, n = next_token_loss(forward_logits(gm, ids, mask, pairs), ids, mask)
         losses["clean"][0] += s
         losses["clean"][1] += n

@@ -33,10 +33,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gemscope_widgets.backend.analysis.evaluation import forward_logits, fvu_from_sums, next_token_loss, spliced_loss
+from gemscope_widgets.backend.analysis.evaluation import (
+    forward_logits,
+    fvu_from_sums,
+    next_token_loss,
+    spliced_loss,
+    store_into,
+)
 from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.dictionaries.jumprelu import JumpReLUSAE
-from gemscope_widgets.backend.gemma.hooks import HookFn
 from gemscope_widgets.backend.gemma.prompts import masked_ids
 from gemscope_widgets.backend.gemma.sites import resolve_site
 from gemscope_widgets.backend.progress import progress_bar
@@ -234,14 +239,7 @@ def prefix_curve(
         ids, mask = pad_batch(docs[a : a + batch_size], gm.tokenizer.pad_token_id)
         valid = mask.bool() & ~torch.isin(ids, hidden)
         captured: dict[str, torch.Tensor] = {}
-
-        def keep(name: str, store: dict[str, torch.Tensor] = captured) -> HookFn:
-            def fn(t: torch.Tensor) -> None:
-                store[name] = t.detach()
-
-            return fn
-
-        pairs = [(site_in, keep(hook_in)), (site_out, keep(hook_out))]
+        pairs = [(site_in, store_into(captured, hook_in)), (site_out, store_into(captured, hook_out))]
         logits = forward_logits(gm, ids, mask, pairs)
         if loss:
             losses[0] += next_token_loss(logits, ids, mask)
