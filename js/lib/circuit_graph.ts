@@ -232,31 +232,13 @@ export class Visible {
   constructor(g: Graph, nodeT: number, edgeT: number, pinned: Set<number>) {
     this.nodes = new Uint8Array(g.count);
     this.exact = atPrunedThresholds(g, nodeT, edgeT);
-    if (this.exact) {
-      this.fromKept(g, pinned);
-      return;
-    }
-    for (let i = 0; i < g.count; i++) {
-      const keep = g.kind[i] >= KIND.token || g.rank[i] < nodeT || pinned.has(g.node[i]);
-      if (keep) {
-        this.nodes[i] = 1;
-        this.nodeCount++;
-      }
-    }
-    const edges: number[] = [];
-    for (let e = 0; e < g.src.length; e++) {
-      if (!this.nodes[g.src[e]] || !this.nodes[g.dst[e]]) continue;
-      const bothPinned = pinned.has(g.node[g.src[e]]) && pinned.has(g.node[g.dst[e]]);
-      if (g.edgeRank[e] < edgeT || bothPinned) edges.push(e);
-    }
-    this.edges = Uint32Array.from(edges);
-  }
-
-  private fromKept(g: Graph, pinned: Set<number>): void {
     const kept = g.kept as Uint16Array | Uint32Array;
     const edgeKept = g.edgeKept as Uint16Array | Uint32Array;
+    // Exact: the kernel's prune() flags; preview: influence ranks under the thresholds. Pins are always drawn.
+    const nodeIn = this.exact ? (i: number) => !!kept[i] : (i: number) => g.kind[i] >= KIND.token || g.rank[i] < nodeT;
+    const edgeIn = this.exact ? (e: number) => !!edgeKept[e] : (e: number) => g.edgeRank[e] < edgeT;
     for (let i = 0; i < g.count; i++) {
-      if (kept[i] || pinned.has(g.node[i])) {
+      if (nodeIn(i) || pinned.has(g.node[i])) {
         this.nodes[i] = 1;
         this.nodeCount++;
       }
@@ -265,7 +247,7 @@ export class Visible {
     for (let e = 0; e < g.src.length; e++) {
       if (!this.nodes[g.src[e]] || !this.nodes[g.dst[e]]) continue;
       const bothPinned = pinned.has(g.node[g.src[e]]) && pinned.has(g.node[g.dst[e]]);
-      if (edgeKept[e] || bothPinned) edges.push(e);
+      if (edgeIn(e) || bothPinned) edges.push(e);
     }
     this.edges = Uint32Array.from(edges);
   }
