@@ -91,7 +91,8 @@ def _anywidget_classes() -> dict[str, type]:
     for info in pkgutil.iter_modules(widgets_pkg.__path__):
         module = importlib.import_module(f"{widgets_pkg.__name__}.{info.name}")
         for _name, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, anywidget.AnyWidget) and cls.__module__ == module.__name__:
+            # a class without its own bundle (_esm) is a base, not a view (widgets/base.py)
+            if issubclass(cls, anywidget.AnyWidget) and cls.__module__ == module.__name__ and hasattr(cls, "_esm"):
                 found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return found
 

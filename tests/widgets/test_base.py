@@ -1,0 +1,89 @@
+"""ViewWidget: messages dispatched by table, one error report, the ping answered; tables that disagree refused."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import traitlets
+
+from gemscope_widgets.errors import GemscopeError, ViewMessageError
+from gemscope_widgets.widgets.base import ViewWidget, error_text
+from gemscope_widgets.widgets.messages import PING, MessageTable
+
+
+class Probe(ViewWidget):
+    _esm = "export default { render() {} }"
+    MESSAGES: ClassVar[MessageTable] = {"open": {"feature": (int,)}, "boom": {}, "ping": PING}
+    HANDLERS: ClassVar[dict[str, str]] = {"open": "show", "boom": "_boom"}
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.shown: list[int] = []
+        super().__init__(**kwargs)
+
+    def show(self, feature: int) -> None:
+        self.shown.append(feature)
+
+    def _boom(self) -> None:
+        raise KeyError("not reported")
+
+    def static_html(self) -> str:
+        return "<div></div>"
+
+
+def sent_by(widget: ViewWidget, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    sent: list[Any] = []
+    monkeypatch.setattr(widget, "send", lambda content, buffers=None: sent.append(content))
+    return sent
+
+
+def test_messages_reach_their_handler_with_checked_fields(monkeypatch):
+    w = Probe()
+    sent = sent_by(w, monkeypatch)
+    w._on_custom_msg(w, {"type": "open", "feature": 3.0}, [])  # a JavaScript number arrives as a float
+    assert w.shown == [3] and isinstance(w.shown[0], int) and w.error == ""
+    w._on_custom_msg(w, {"type": "ping"}, [])
+    assert sent == [{"type": "pong"}] and w.shown == [3]
+
+
+def test_a_bad_message_is_reported_in_the_error_line_and_nothing_runs(monkeypatch):
+    w = Probe()
+    sent_by(w, monkeypatch)
+    w._on_custom_msg(w, {"type": "open", "feature": 1.5}, [])
+    assert "whole number" in w.error and w.shown == []
+    w._on_custom_msg(w, {"type": "nope"}, [])
+    assert "unknown message 'nope'" in w.error
+
+
+def test_only_reported_exceptions_are_caught():
+    w = Probe()
+    with pytest.raises(KeyError):
+        w._on_custom_msg(w, {"type": "boom"}, [])
+
+
+def test_a_view_without_an_error_line_logs_the_error(caplog):
+    class Quiet(ViewWidget):
+        _esm = "export default { render() {} }"
+
+        def static_html(self) -> str:
+            return ""
+
+    w = Quiet()
+    w._on_custom_msg(w, {"type": "open", "feature": 1}, [])
+    assert not hasattr(w, "error")
+    assert any("unknown message 'open'" in r.getMessage() for r in caplog.records)
+
+
+def test_tables_that_disagree_are_refused_when_the_class_is_defined():
+    with pytest.raises(ViewMessageError, match=r"without a handler: \['open'\]"):
+        type("NoHandler", (ViewWidget,), {"MESSAGES": {"open": {}, "ping": PING}})
+    with pytest.raises(ViewMessageError, match=r"do not exist: \['_gone'\]"):
+        type("NoMethod", (ViewWidget,), {"MESSAGES": {"open": {}, "ping": PING}, "HANDLERS": {"open": "_gone"}})
+    with pytest.raises(ViewMessageError, match="'ping' in MESSAGES: False"):
+        type("NoPing", (ViewWidget,), {"MESSAGES": {}})
+
+
+def test_error_text():
+    assert error_text(GemscopeError("Pass a prompt.")) == "Pass a prompt."
+    assert error_text(ValueError("bad")) == "ValueError: bad"
