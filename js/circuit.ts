@@ -4,13 +4,13 @@
 import type { RenderProps } from "@anywidget/types";
 import css from "./circuit.css";
 import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
-import { formatValue } from "./lib/format";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
 import { canvasHeight, Graph, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
-import { renderIntervention } from "./lib/circuit_result";
+import { interventionPanel } from "./lib/circuit_intervene";
+import { thresholdPanel } from "./lib/circuit_thresholds";
 import type { CircuitModel as Model } from "./lib/protocol";
 
 const HIGHLIGHT_EDGES = 6;
@@ -39,21 +39,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const result = element("div", "gs-ct-result");
   el.append(toolbar, stage, hint, result, side); // the intervention result right under the graph it changes
 
-  const slider = (cls: string, title: string, text: string) => {
-    const label = element("label", cls, text);
-    label.title = title;
-    const input = element("input");
-    input.type = "range";
-    input.min = "0";
-    input.max = "1";
-    input.step = "0.01";
-    const out = element("span", "gs-ct-value");
-    label.append(input, out);
-    toolbar.append(label);
-    return { input, out };
-  };
-  const nodeSlider = slider("gs-ct-node-threshold", "keep the nodes covering this share of influence", "nodes ");
-  const edgeSlider = slider("gs-ct-edge-threshold", "keep the edges covering this share of influence", "edges ");
+  const thresholds = thresholdPanel(toolbar, model, () => {
+    recompute();
+    keepInView();
+  });
   const button = (cls: string, text: string, title: string) => {
     const b = element("button", cls, text);
     b.type = "button";
@@ -61,13 +50,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     toolbar.append(b);
     return b;
   };
-  const clampBtn = button("gs-ct-clamp", "clamp to 0", "set the selected features to 0 and show the logit change");
-  const scaleBtn = button("gs-ct-scale", "scale ×", "multiply the selected features by the factor");
-  const factor = element("input", "gs-ct-factor");
-  factor.type = "number";
-  factor.step = "0.5";
-  factor.value = "2";
-  toolbar.append(factor);
+  const renderResult = interventionPanel(toolbar, result, model, () => selectedFeatures(), (node) => nodeLabel(node));
   const pinBtn = button("gs-ct-pin", "pin", "keep the selected nodes drawn whatever the thresholds");
   const unpinBtn = button("gs-ct-unpin", "unpin all", "remove every pin");
   const resetBtn = button("gs-ct-reset", "fit", "fit the graph in the view");
@@ -120,10 +103,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const note = viewNote(g, visible);
     if (note) status.textContent += ` · ${note}`;
     el.dataset.exact = String(visible.exact);
-    nodeSlider.input.value = String(model.get("node_threshold"));
-    nodeSlider.out.textContent = formatValue(model.get("node_threshold"));
-    edgeSlider.input.value = String(model.get("edge_threshold"));
-    edgeSlider.out.textContent = formatValue(model.get("edge_threshold"));
+    thresholds.show();
     // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus,
     // hovered or selected (an intervention acts only on nodes the user can see).
     if (focus >= 0) setFocus(visible.nodes[focus] ? focus : -1);
@@ -371,34 +351,11 @@ function render({ model, el }: RenderProps<Model>): () => void {
     hint.textContent = WHEEL_HINT;
   });
 
-  nodeSlider.input.addEventListener("input", () => {
-    model.set("node_threshold", Number(nodeSlider.input.value));
-    model.save_changes();
-    recompute();
-    keepInView();
-  });
-  edgeSlider.input.addEventListener("input", () => {
-    model.set("edge_threshold", Number(edgeSlider.input.value));
-    model.save_changes();
-    recompute();
-    keepInView();
-  });
-
   const selectedFeatures = () =>
     (model.get("selected") ?? []).filter((n) => {
       const i = g.local.get(n);
       return i !== undefined && g.kind[i] === KIND.feature;
     });
-  const intervene = (mode: "set" | "scale", value: number) => {
-    const nodes = selectedFeatures();
-    if (!nodes.length) {
-      result.replaceChildren(element("div", "gs-error", "Select one or more feature nodes first (shift-click adds)."));
-      return;
-    }
-    model.send({ type: "intervene", mode, value });
-  };
-  clampBtn.addEventListener("click", () => intervene("set", 0));
-  scaleBtn.addEventListener("click", () => intervene("scale", Number(factor.value)));
   pinBtn.addEventListener("click", () => {
     model.set("pinned", [...new Set([...(model.get("pinned") ?? []), ...(model.get("selected") ?? [])])]);
     model.save_changes();
@@ -414,7 +371,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const i = g.local.get(node);
     return i === undefined ? undefined : g.label(i);
   };
-  const renderResult = () => renderIntervention(result, model.get("intervention") ?? {}, nodeLabel);
 
   const onData = () => {
     g = new Graph(model.get("_header"), model.get("_data"), { width: stage.clientWidth || 800,
@@ -439,7 +395,6 @@ function render({ model, el }: RenderProps<Model>): () => void {
   model.on("change:edge_threshold", onThreshold);
   model.on("change:pinned", recompute);
   model.on("change:selected", request);
-  model.on("change:intervention", renderResult);
 
   const observer = new ResizeObserver(() => {
     resize();
