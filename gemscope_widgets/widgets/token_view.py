@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import anywidget
 import traitlets
 
 from gemscope_widgets.errors import PromptError
 
+from .base import ViewWidget
 from .bundle import bundle_path
-from .messages import PING, MessageTable, answer_pings
-from .static_view import StaticFallback
+from .messages import PING, MessageTable
 
 if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
@@ -22,7 +21,7 @@ _BUNDLE = bundle_path("token_view")
 _HINT = "Click a token to select it."
 
 
-class TokenView(StaticFallback, anywidget.AnyWidget):
+class TokenView(ViewWidget):
     """Shows token strings with their whitespace made visible; clicking one sets ``selected_token``.
 
     >>> TokenView(["<bos>", "Hello", " world"], special=[True, False, False])
@@ -58,7 +57,6 @@ class TokenView(StaticFallback, anywidget.AnyWidget):
         if special and len(special) != len(tokens):
             raise PromptError(f"special has {len(special)} flags for {len(tokens)} tokens; pass one flag per token.")
         super().__init__(tokens=tokens, special=special, **kwargs)
-        answer_pings(self)
 
     @classmethod
     def from_text(cls, model: GemmaModel, text: str | list[dict[str, str]], **kwargs: Any) -> TokenView:
