@@ -7,7 +7,6 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import anywidget
 import numpy as np
 import traitlets
 
@@ -15,10 +14,10 @@ from gemscope_widgets.backend.gemma.prompts import is_token_ids
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
+from .base import ViewWidget
 from .bundle import bundle_path
-from .messages import PING, MessageTable, answer_pings
+from .messages import PING, MessageTable
 from .payload import DENSE_ABOVE, RANKS, Payload, decode_payload, encode_payload
-from .static_view import StaticFallback
 
 if TYPE_CHECKING:
     from gemscope_widgets.scope import Scope
@@ -49,7 +48,7 @@ def _max_of(stats: Any) -> Any:
     return None if stats is None else stats.max_act
 
 
-class Heatmap(StaticFallback, anywidget.AnyWidget):
+class Heatmap(ViewWidget):
     """Tokens × top SAE features, coloured by activation; click a token or a feature to inspect it.
 
     Build one with :meth:`Scope.heatmap` or :func:`heatmap`. All data lives in traits (binary CSR, see
@@ -98,7 +97,6 @@ class Heatmap(StaticFallback, anywidget.AnyWidget):
         self._payload: Payload | None = None
         super().__init__(_header=header, _data=data, **kwargs)
         self._last_selection = self.selection
-        answer_pings(self)
 
     @classmethod
     def build(
