@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, ClassVar
 
-import anywidget
 import numpy as np
 import traitlets
 
@@ -21,9 +20,10 @@ from gemscope_widgets.backend.jobs import Job, JobListener
 from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.errors import GemscopeError
 
+from .base import ViewWidget, error_text
 from .bundle import bundle_path
-from .messages import PING, PONG, MessageTable, parse_message
-from .static_view import StaticFallback, feature_pane_html
+from .messages import PING, MessageTable
+from .static_view import feature_pane_html
 
 _BUNDLE = bundle_path("feature_pane")
 
@@ -76,15 +76,14 @@ class _ScanProgress(JobListener):
                           "message": f"scanned {n_tokens:,} tokens"}
 
     def job_failed(self, job: Job, error: BaseException) -> None:
-        message = str(error) if isinstance(error, GemscopeError) else f"{type(error).__name__}: {error}"
-        self.pane.scan = {"state": "error", "done": 0, "total": 0, "message": message}
+        self.pane.scan = {"state": "error", "done": 0, "total": 0, "message": error_text(error)}
 
     def job_cancelled(self, job: Job) -> None:
         self.pane.scan = {"state": "idle", "done": 0, "total": 0,
                           "message": "scan cancelled; run it again to resume"}
 
 
-class FeaturePane(StaticFallback, anywidget.AnyWidget):
+class FeaturePane(ViewWidget):
     """Detail pane for one feature of one SAE; ``scope.feature(f)`` builds it.
 
     Clicking a related feature switches the pane to it (:meth:`show`); ``on_steer(fn)`` is called with the
@@ -104,6 +103,10 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         "ping": PING,
     }
     """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
+    HANDLERS: ClassVar[dict[str, str]] = {
+        "open": "show", "page": "page", "test": "test_text", "scan": "run_scan", "steer": "_steer_pressed",
+    }
+    """Message type -> the method it calls (see :mod:`.base`)."""
 
     feature = traitlets.Int(0).tag(sync=True)
     """The feature shown."""
@@ -166,7 +169,6 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
         self._steer_callbacks: list[Callable[[int], Any]] = []
         self._scan_listener = _ScanProgress(self)
         self._scan_job: Job | None = None
-        self.on_msg(self._on_custom_msg)
         self._unsubscribe = self.holder.subscribe(self._stats_changed)
         self.show(feature)
 
@@ -270,21 +272,6 @@ class FeaturePane(StaticFallback, anywidget.AnyWidget):
     def _stats_changed(self, stats: Any) -> None:
         self.show(self.feature)
 
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, fields = parse_message(content, self.MESSAGES)
-            if kind == "ping":
-                self.send(PONG)
-            elif kind == "open":
-                self.show(fields["feature"])
-            elif kind == "page":
-                self.page(fields["kind"], fields["start"])
-            elif kind == "test":
-                self.test_text(fields["text"])
-            elif kind == "scan":
-                self.run_scan()
-            elif kind == "steer":
-                for fn in list(self._steer_callbacks):
-                    fn(self.feature)
-        except GemscopeError as exc:
-            self.error = str(exc)
+    def _steer_pressed(self) -> None:
+        for fn in list(self._steer_callbacks):
+            fn(self.feature)
