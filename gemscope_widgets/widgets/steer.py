@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, ClassVar
 
-import anywidget
 import traitlets
 
 from gemscope_widgets.backend.steering.session import (
@@ -22,16 +21,16 @@ from gemscope_widgets.backend.steering.session import (
 )
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
+from .base import ViewWidget, error_text
 from .bundle import bundle_path
-from .messages import PING, PONG, MessageTable, parse_message
-from .static_view import StaticFallback
+from .messages import PING, MessageTable
 
 _BUNDLE = bundle_path("steer")
 
 __all__ = ["DEFAULT_SETTINGS", "Steer"]
 
 
-class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
+class Steer(ViewWidget, SessionListener):
     """``scope.steer(prompt, {feature: multiple})``: one slider per feature or direction, baseline vs steered text.
 
     Python API: :meth:`add_feature`, :meth:`add_direction`, :meth:`remove_feature`, :meth:`remove_direction`,
@@ -59,6 +58,14 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
         "ping": PING,
     }
     """What the view sends (``SteerMessage`` in ``js/lib/protocol.ts``)."""
+    HANDLERS: ClassVar[dict[str, str]] = {
+        "set": "_on_set", "set_direction": "_on_set_direction", "add": "add_feature", "remove": "remove_feature",
+        "remove_direction": "_on_remove_direction", "settings": "_on_settings", "unit": "_on_unit",
+        "range": "_on_range", "next": "show_next_token", "run": "run",
+    }
+    """Message type -> the method it calls (see :mod:`.base`)."""
+    REPORTED = (GemscopeError, TypeError, ValueError)
+    """A refused change, or a request the session cannot read, is shown in ``error``."""
 
     sae_name = traitlets.Unicode("").tag(sync=True)
     """The SAE whose features are steered ("" when only directions are)."""
@@ -148,7 +155,6 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
         for e in self.session.entries:
             self._fit_range(e.multiple)
         self._show_entries()
-        self.on_msg(self._on_custom_msg)
         if autorun:
             self.run()
 
@@ -335,7 +341,7 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
 
     def session_failed(self, gid: int, error: BaseException) -> None:
         with self.hold_sync():
-            self.error = str(error) if isinstance(error, GemscopeError) else f"{type(error).__name__}: {error}"
+            self.error = error_text(error)
             self.status = "failed"
             self.running = False
 
@@ -353,51 +359,38 @@ class Steer(StaticFallback, anywidget.AnyWidget, SessionListener):
 
     # --- messages from the browser ------------------------------------------------------------------------
 
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, msg = parse_message(content, self.MESSAGES)
-            if kind == "ping":
-                self.send(PONG)
-            elif kind in ("set", "set_direction"):
-                try:
-                    self._apply_set(kind, msg)
-                finally:  # after the entries' echo: the view then knows that echo answers its latest request
-                    self.applied_request = max(self.applied_request, msg["request"])
-            elif kind == "add":
-                self.add_feature(msg["feature"])
-            elif kind == "remove":
-                self.remove_feature(msg["feature"])
-            elif kind == "remove_direction":
-                self.remove_direction(msg["direction"])
-            elif kind == "settings":
-                self.set_settings(**msg["values"])
-            elif kind == "unit":
-                self.set_unit(msg["value"])
-            elif kind == "range":
-                self.set_range(msg["min"], msg["max"])
-            elif kind == "next":
-                self.show_next_token(msg["index"], msg["column"])
-            elif kind == "run":
-                self.run()
-        except GemscopeError as exc:
-            self.error = str(exc)
-        except (TypeError, ValueError) as exc:
-            self.error = f"Bad request from the view: {exc}"
+    def report_error(self, exc: BaseException) -> None:
+        """A refused change shows its own message; a request the session cannot read says so."""
+        self.error = str(exc) if isinstance(exc, GemscopeError) else f"Bad request from the view: {exc}"
 
-    def _apply_set(self, kind: str, msg: dict[str, Any]) -> None:
-        key, value = msg["key"], msg["value"]
-        if kind == "set":
-            feature = msg["feature"]
+    def _on_set(self, feature: int, key: str, value: Any, request: int) -> None:
+        try:
             if key == "multiple":
                 self.set_strength(feature, value)
             elif key == "mode":
                 self.set_mode(feature, str(value))
             else:
                 self.set_positions(feature, str(value))
-            return
-        if key == "layer":
-            value = _int(value)
-        self.set_direction(msg["direction"], **{key: value})
+        finally:  # after the entries' echo: the view then knows that echo answers its latest request
+            self.applied_request = max(self.applied_request, request)
+
+    def _on_set_direction(self, direction: str, key: str, value: Any, request: int) -> None:
+        try:
+            self.set_direction(direction, **{key: _int(value) if key == "layer" else value})
+        finally:  # as _on_set
+            self.applied_request = max(self.applied_request, request)
+
+    def _on_remove_direction(self, direction: str) -> None:
+        self.remove_direction(direction)
+
+    def _on_settings(self, values: dict[str, Any]) -> None:
+        self.set_settings(**values)
+
+    def _on_unit(self, value: str) -> None:
+        self.set_unit(value)
+
+    def _on_range(self, **bounds: float) -> None:  # the message's fields: min, max
+        self.set_range(bounds["min"], bounds["max"])
 
 
 def _int(value: Any) -> int:
