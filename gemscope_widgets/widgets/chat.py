@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-import anywidget
 import numpy as np
 import traitlets
 
@@ -20,15 +19,16 @@ from gemscope_widgets.backend.behaviour.conversation import check_conversation, 
 from gemscope_widgets.backend.behaviour.direction import projection_at_layer
 from gemscope_widgets.errors import GemscopeError, PromptError
 
+from .base import ViewWidget, error_text
 from .bundle import bundle_path
-from .messages import PING, PONG, MessageTable, parse_message
-from .static_view import StaticFallback, chat_html
+from .messages import PING, MessageTable
+from .static_view import chat_html
 
 _BUNDLE = bundle_path("chat")
 _STOPPED = {"eos": "stopped at <end_of_turn>", "length": "reached max_new_tokens", "cancelled": "cancelled"}
 
 
-class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
+class Chat(ViewWidget, ChatListener):
     """``scope.chat(messages)``: the conversation's turns with every template token shown (marked), the heat of the
     selected features on each token, each turn's strongest features, a box to add a user turn (the model's turn
     then streams in) and a "continue" control that streams the model's next turn with the current steering.
@@ -53,6 +53,10 @@ class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
         "ping": PING,
     }
     """What the view sends (``ChatMessage`` in ``js/lib/protocol.ts``)."""
+    HANDLERS: ClassVar[dict[str, str]] = {
+        "continue": "continue_", "add": "_on_add", "stop": "stop", "edit": "edit", "toggle": "_on_toggle",
+    }
+    """Message type -> the method it calls (see :mod:`.base`)."""
 
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)
     """The conversation, as checked (a model turn's role is written ``"assistant"``)."""
@@ -94,7 +98,6 @@ class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
         self.session = ChatSession(scope.model, checked, steering, sae=self._sae(), max_new_tokens=max_new_tokens,
                                    listener=self)
         self._recompute(checked)
-        self.on_msg(self._on_custom_msg)
 
     @property
     def steering(self) -> Any:
@@ -277,8 +280,7 @@ class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
             self._exc = None
         except Exception as exc:  # the conversation changed but its features could not be drawn: say so
             self._exc = exc
-            self.error = (f"The view still shows the conversation before the last change: "
-                          f"{exc if isinstance(exc, GemscopeError) else f'{type(exc).__name__}: {exc}'}")
+            self.error = f"The view still shows the conversation before the last change: {error_text(exc)}"
 
     def chat_started(self, turn: int) -> None:
         with self.hold_sync():
@@ -299,7 +301,7 @@ class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
 
     def chat_failed(self, turn: int, error: BaseException) -> None:
         with self.hold_sync():
-            self.error = str(error) if isinstance(error, GemscopeError) else f"{type(error).__name__}: {error}"
+            self.error = error_text(error)
             self.streaming = []
             self.running = False
             self.status = "failed"
@@ -310,22 +312,10 @@ class Chat(StaticFallback, anywidget.AnyWidget, ChatListener):
             self.running = False
             self.status = "stopped: the model's turn was cancelled and nothing was added"
 
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, msg = parse_message(content, self.MESSAGES)
-            if kind == "ping":
-                self.send(PONG)
-            elif kind == "continue":
-                self.continue_()
-            elif kind == "add":
-                self.error = ""
-                self.add_user(msg["content"])
-            elif kind == "stop":
-                self.stop()
-            elif kind == "edit":
-                self.edit(msg["message"], msg["content"])
-            else:
-                f = self._sae().check_feature(msg["feature"])
-                self.features = [x for x in self.features if x != f] if f in self.features else [*self.features, f]
-        except GemscopeError as exc:
-            self.error = str(exc)
+    def _on_add(self, content: str) -> None:
+        self.error = ""
+        self.add_user(content)
+
+    def _on_toggle(self, feature: int) -> None:
+        f = self._sae().check_feature(feature)
+        self.features = [x for x in self.features if x != f] if f in self.features else [*self.features, f]
