@@ -143,10 +143,7 @@ WIDGETS = PACKAGE / "widgets"
 RELAY_FORBIDDEN = ("torch", "threading", "_thread", "concurrent")
 """A view turns backend results into traits and calls the backend: tensor maths and worker threads live there
 (``backend/jobs.py`` runs background work)."""
-RELAY_EXCEPTIONS = {
-    "circuit_payload.py": ("torch", "computes the circuit view's node logits and influence ranks; they move to "
-                                    "backend/circuits"),
-}
+RELAY_EXCEPTIONS: dict[str, tuple[str, str]] = {}
 """Modules that still break the rule: name -> (the forbidden import, why). Remove an entry once it is fixed."""
 
 
