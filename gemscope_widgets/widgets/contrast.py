@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import anywidget
 import ipywidgets
 import numpy as np
 import traitlets
 
 from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs, reduce_span
-from gemscope_widgets.errors import ContrastError, GemscopeError
+from gemscope_widgets.errors import ContrastError
 
+from .base import ViewWidget
 from .bundle import bundle_path
-from .messages import PING, PONG, MessageTable, parse_message
+from .messages import PING, MessageTable
 from .static_view import StaticFallback, contrast_html, feature_pane_html
 
 _BUNDLE = bundle_path("contrast")
@@ -31,7 +31,7 @@ def _side(acts: Any, positions: np.ndarray, features: np.ndarray) -> tuple[dict[
     }, heat.astype(np.float32).tobytes()
 
 
-class ContrastView(StaticFallback, anywidget.AnyWidget):
+class ContrastView(ViewWidget):
     """The ranked features of a contrast (one pair, or several pairs with the paired t statistic) and both prompts'
     tokens side by side, coloured by the selected feature, with the compared span outlined.
 
@@ -44,6 +44,8 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
 
     MESSAGES: ClassVar[MessageTable] = {"steer": {"feature": (int,)}, "ping": PING}
     """What the view sends (``ContrastViewMessage`` in ``js/lib/protocol.ts``)."""
+    HANDLERS: ClassVar[dict[str, str]] = {"steer": "add_to_steer"}
+    """Message type -> the method it calls (see :mod:`.base`)."""
 
     _view = traitlets.Dict().tag(sync=True)
     """Both sides' tokens and spans, and the ranked rows (feature, a, b, diff; t and stderr for pairs)."""
@@ -64,7 +66,6 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         self.sae_key: str | None = None
         self._callbacks: list[Callable[[int], Any]] = []
         super().__init__(_view=view, _heat_a=heat_a, _heat_b=heat_b, can_steer=steer is not None, **kwargs)
-        self.on_msg(self._on_custom_msg)
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -142,16 +143,6 @@ class ContrastView(StaticFallback, anywidget.AnyWidget):
         if self.steer is None:
             raise ContrastError("This contrast has no steering widget: build it with steer=scope.steer(prompt).")
         self.steer.add_feature(int(feature))
-
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, msg = parse_message(content, self.MESSAGES)
-            if kind == "ping":
-                self.send(PONG)
-            else:
-                self.add_to_steer(msg["feature"])
-        except GemscopeError as exc:
-            self.error = str(exc)
 
 
 class ContrastPanel(StaticFallback, ipywidgets.VBox):
