@@ -228,12 +228,12 @@ class Scope:
 
     def stats_holder(self, sae: str | None = None) -> StatsHolder:
         """The one observable holder of the statistics of SAE ``sae`` (default: the first) in this Scope."""
-        from gemscope_widgets.backend.stats.holder import StatsHolder
+        from gemscope_widgets.backend.stats.holder import shared_holder
 
         chosen = self.sae(sae)
         name = next(k for k, v in self.saes.items() if v is chosen)
         if name not in self._holders:
-            self._holders[name] = StatsHolder(self.model, chosen)
+            self._holders[name] = shared_holder(self.model, chosen)
         return self._holders[name]
 
     def search(self, query: str | None = None, *, examples: Any = None, against: Any = None, k: int = 20,

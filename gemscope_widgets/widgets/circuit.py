@@ -20,6 +20,8 @@ import ipywidgets
 import numpy as np
 import traitlets
 
+from gemscope_widgets.backend.circuits.node_summary import group_summaries
+from gemscope_widgets.backend.stats.holder import shared_holder
 from gemscope_widgets.errors import GemscopeError
 
 from .bundle import bundle_path
@@ -264,7 +266,9 @@ class CircuitExplorer(StaticFallback, ipywidgets.VBox):
         dictionary, index = found
         pane = self.panes.get(layer) or next((p for p in self.panes.values() if p.sae is dictionary), None)
         if pane is None:
-            pane = FeaturePane(self.model, dictionary, None, feature=index)
+            holder = shared_holder(self.model, dictionary)
+            holder.find_cached()
+            pane = FeaturePane(self.model, dictionary, None, feature=index, holder=holder)
         elif pane.feature != index:
             pane.show(index)
         self.panes[layer] = pane

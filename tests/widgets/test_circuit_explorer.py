@@ -118,3 +118,24 @@ def test_clicking_a_clt_feature_opens_the_clt_pane_at_its_index_across_layers(cl
     assert panes[0] is panes[1], "one pane for the whole CLT"
     # Hover cards of CLT features carry the tokens their decoders (summed over target layers) promote.
     assert clt_explorer.circuit._header["top_logits"]
+
+
+def test_a_transcoder_layer_scanned_from_one_view_fills_that_layers_pane_in_every_circuit_view(tiny_model, tiny_set):
+    """A scan of one layer's transcoder (here from a script, as the pane's "run scan" does through the same holder)
+    reaches the open pane of that layer and the pane of the same layer in a circuit view built afterwards."""
+    from gemscope_widgets.backend.stats.holder import shared_holder
+
+    scope = Scope(tiny_model)
+    first = scope.circuit("Paris is the capital of", transcoders=tiny_set, progress=False)
+    graph = first.graph
+    node = int(graph.node_influence()[: graph.n_selected].argmax())
+    pane = first.show_feature(node)
+    assert pane.stats is None and not pane.info.get("source")  # nothing scanned yet: "No corpus statistics"
+    holder = shared_holder(tiny_model, pane.sae)
+    assert pane.holder is holder
+    stats = holder.load_or_scan(["The cat sat on the mat.", "Rome is the capital of Italy."], progress=False)
+    assert pane.stats is stats and pane.info["source"]  # the open pane follows the scan
+    second = scope.circuit("Berlin is the capital of", progress=False)  # the same set, as a user's next call
+    layer = graph.node_info(node)[1]
+    other = next(i for i in range(second.graph.n_selected) if second.graph.node_info(i)[1] == layer)
+    assert second.show_feature(other).stats is stats

@@ -103,6 +103,24 @@ class StatsHolder:
         return self.jobs.submit(work, key="scan", listener=listener, join=True, name=f"scan {self.sae.config.name}")
 
 
+_SHARED: weakref.WeakValueDictionary[tuple[int, int], StatsHolder] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_holder(gm: GemmaModel, sae: Any) -> StatsHolder:
+    """The one :class:`StatsHolder` of dictionary ``sae`` on model ``gm`` while any view holds it: every view
+    that asks gets the same holder, so a scan started from one of them (a transcoder layer's pane in one circuit
+    view) is seen by all (the same layer's pane in the next circuit view). The holder lives as long as a view
+    (or a Scope) keeps it; a later call makes a new one, which :meth:`StatsHolder.find_cached` fills from disk.
+    Keyed by the identities of ``sae`` and ``gm`` (a live holder keeps both alive, so neither id is reused)."""
+    with _SHARED_LOCK:
+        holder = _SHARED.get((id(sae), id(gm)))
+        if holder is None:
+            holder = StatsHolder(gm, sae)
+            _SHARED[(id(sae), id(gm))] = holder
+        return holder
+
+
 def _reference(fn: Subscriber) -> Callable[[], Subscriber | None]:
     """A weak reference to a bound method, a strong one to any other callable."""
     if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
@@ -110,4 +128,4 @@ def _reference(fn: Subscriber) -> Callable[[], Subscriber | None]:
     return lambda: fn
 
 
-__all__ = ["StatsHolder"]
+__all__ = ["StatsHolder", "shared_holder"]
