@@ -275,6 +275,20 @@ class AttributionGraph(GraphNodes):
         attach_replacement(self, model, transcoders)
         return self
 
+    # ---- attention: QK attribution ---------------------------------------------------------------------------
+
+    def qk(self, layer: int, head: int, query_pos: int, key_pos: int, *, top: int = 10, target: Any = None) -> Any:
+        """Why head ``head`` of ``layer`` attends from ``query_pos`` to ``key_pos``: its pre-softmax score split
+        into (query node, key node) pairs (Kamath et al. 2025; a
+        :class:`~gemscope_widgets.backend.circuits.qk.QKAttribution`, see :mod:`.qk`). The trace is kept in
+        ``info["qk_tracing"]`` under ``target`` (default: the top logit at the last position, else the error node
+        of ``layer`` at ``query_pos``) for the graph files. Needs the model attached (as :meth:`intervene`).
+        Raises GraphError for a layer, head or position out of range, a key after the query or outside the
+        sliding window."""
+        from gemscope_widgets.backend.circuits.qk import trace_head
+
+        return trace_head(self, layer, head, query_pos, key_pos, top=top, target=target)
+
     # ---- supernodes ----------------------------------------------------------------------------------------------
 
     def group(self, name: str, nodes: Any) -> list[int]:
