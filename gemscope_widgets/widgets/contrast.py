@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import ipywidgets
 import numpy as np
 import traitlets
 
 from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs, reduce_span
+from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import ContrastError
 
 from .base import ViewWidget
 from .bundle import bundle_path
+from .feature_pane import FeaturePane
 from .messages import PING, MessageTable
-from .static_view import StaticFallback, contrast_html, feature_pane_html
+from .paned import PanedView
+from .static_view import contrast_html
 
 _BUNDLE = bundle_path("contrast")
 
@@ -72,16 +74,17 @@ class ContrastView(ViewWidget):
         return contrast_html(self)
 
     @classmethod
-    def build(cls, scope: Any, a: Any = None, b: Any = None, *, pairs: Sequence[tuple[Any, Any]] | None = None,
-              span: str | None = None, reduce: str = "mean", k: int = 20, sae: str | None = None,
-              steer: Any = None) -> ContrastView:
-        """Compute the contrast of ``a`` and ``b`` (or of ``pairs``) and build its view."""
-        chosen = scope.sae(sae)
+    def build(cls, workspace: Workspace, a: Any = None, b: Any = None, *,
+              pairs: Sequence[tuple[Any, Any]] | None = None, span: str | None = None, reduce: str = "mean",
+              k: int = 20, sae: str | None = None, steer: Any = None) -> ContrastView:
+        """Compute the contrast of ``a`` and ``b`` (or of ``pairs``) with ``workspace``'s SAE ``sae`` and build its
+        view (its labels follow the workspace's statistics of that SAE)."""
+        chosen = workspace.sae(sae)
         result: Any  # a Contrast, or a PairedContrast with pairs
         if pairs is not None:
             if a is not None or b is not None:
                 raise ContrastError("Pass either a and b, or pairs=[(a, b), ...], not both.")
-            result = contrast_pairs(scope.model, chosen, pairs, span=span, reduce=reduce, k=k, progress=False)
+            result = contrast_pairs(workspace.model, chosen, pairs, span=span, reduce=reduce, k=k, progress=False)
             first = result.first
             rows = [{"feature": int(f), "diff": float(m), "stderr": float(s), "t": float(t)}
                     for f, m, s, t in zip(result.features, result.mean_diff, result.stderr, result.t)]
@@ -89,12 +92,12 @@ class ContrastView(ViewWidget):
         else:
             if a is None or b is None:
                 raise ContrastError("scope.contrast needs two prompts a and b (or pairs=[(a, b), ...]).")
-            single = first = contrast(scope.model, chosen, a, b, span=span, reduce=reduce, k=k)
+            single = first = contrast(workspace.model, chosen, a, b, span=span, reduce=reduce, k=k)
             rows = [{"feature": int(f), "diff": float(d), "a": float(x), "b": float(y)}
                     for f, d, x, y in zip(single.features, single.diff, single.a, single.b)]
             features = single.features
             result = single
-        labeller = scope.labels(sae)  # subscribed to the statistics before this view, so it is current first
+        labeller = workspace.labels(sae)  # subscribed to the statistics before this view, so it is current first
         labels = labeller.labels([int(r["feature"]) for r in rows])  # explanation or automatic label
         for row in rows:
             row["label"] = labels[int(row["feature"])]
@@ -112,10 +115,10 @@ class ContrastView(ViewWidget):
             "caveat": None if pairs is not None else first.caveat,
         }
         widget = cls(view, heat_a, heat_b, steer=steer, sae=chosen)
-        widget.sae_key = sae or next(iter(scope.saes))
+        widget.sae_key = sae or next(iter(workspace.saes))
         widget.result = result
         widget._labeller = labeller
-        widget._unsubscribe = scope.stats_holder(sae).subscribe(widget._stats_changed)
+        widget._unsubscribe = workspace.stats_holder(sae).subscribe(widget._stats_changed)
         return widget
 
     def _stats_changed(self, _stats: Any) -> None:
@@ -145,19 +148,13 @@ class ContrastView(ViewWidget):
         self.steer.add_feature(int(feature))
 
 
-class ContrastPanel(StaticFallback, ipywidgets.VBox):
-    """``scope.contrast(...)``: the :class:`ContrastView` with the selected feature's pane beneath."""
+class ContrastPanel(PanedView):
+    """``scope.contrast(...)``: the :class:`ContrastView` (:attr:`view`) with the selected feature's pane beneath."""
 
-    def static_html(self) -> str:
-        """The contrast's script-free rendering, and the open feature pane's (see :mod:`.static_view`)."""
-        return contrast_html(self.view) + (feature_pane_html(self.pane) if self.pane is not None else "")
-
-    def __init__(self, scope: Any, view: ContrastView, **pane_kwargs: Any) -> None:
-        self.scope = scope
-        self.view = view
-        self.pane: Any = None
+    def __init__(self, workspace: Workspace, view: ContrastView, **pane_kwargs: Any) -> None:
+        self.workspace = workspace
         self._pane_kwargs = pane_kwargs
-        super().__init__([view])
+        super().__init__(view, steer=view.steer)
         view.on_select(self.show_feature)
 
     @property
@@ -165,15 +162,9 @@ class ContrastPanel(StaticFallback, ipywidgets.VBox):
         """The backend result (:class:`Contrast` or :class:`PairedContrast`)."""
         return self.view.result
 
-    def show_feature(self, feature: int) -> Any:
+    def show_feature(self, feature: int) -> FeaturePane:
         """Open (or switch) the feature pane below the contrast."""
-        from .feature_pane import FeaturePane
-
-        if self.pane is None:
-            self.pane = FeaturePane.build(self.scope, feature, sae=self.view.sae_key, **self._pane_kwargs)
-            if self.view.steer is not None:
-                self.pane.on_steer(self.view.steer.add_feature)
-            self.children = (self.view, self.pane)
-        elif self.pane.feature != feature:
-            self.pane.show(feature)
-        return self.pane
+        key = self.view.sae_key
+        return self.open_pane(
+            key, feature, lambda: FeaturePane.build(self.workspace, feature, sae=key, **self._pane_kwargs)
+        )

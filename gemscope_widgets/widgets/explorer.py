@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import ipywidgets
+from gemscope_widgets.backend.workspace import Workspace
 
 from .feature_pane import FeaturePane
 from .heatmap import Heatmap
+from .paned import PanedView, pane_keywords
+
+_PLACEHOLDER = "<i>Click a feature in the heatmap to see what it means.</i>"
 
 
-class Explorer(ipywidgets.VBox):
+class Explorer(PanedView):
     """``scope.explore(prompt)``: :class:`Heatmap` on top, :class:`FeaturePane` of the selected feature below.
 
     Selection is one state: a feature selected in the heatmap opens in the pane, and a feature opened in the
@@ -18,47 +21,32 @@ class Explorer(ipywidgets.VBox):
 
     One pane per SAE is built on first use and kept, so switching features reuses the SAE's cached
     statistics and each feature's logits; nothing is recomputed. With a ``steer`` widget, the pane's "steer"
-    button adds the feature to it.
+    button adds the feature to it. The heatmap is :attr:`heatmap` (also :attr:`view`).
     """
 
-    def __init__(self, scope: Any, heatmap: Heatmap, *, steer: Any = None, **pane_kwargs: Any) -> None:
-        self.scope = scope
+    def __init__(self, workspace: Workspace, heatmap: Heatmap, *, steer: Any = None, **pane_kwargs: Any) -> None:
+        self.workspace = workspace
         self.heatmap = heatmap
-        self.steer = steer
-        self.panes: dict[str, FeaturePane] = {}
         self._pane_kwargs = pane_kwargs
-        self._placeholder = ipywidgets.HTML("<i>Click a feature in the heatmap to see what it means.</i>")
-        super().__init__([heatmap, self._placeholder])
+        super().__init__(heatmap, steer=steer, placeholder=_PLACEHOLDER)
         heatmap.on_select(self._on_select)
 
     @classmethod
-    def build(cls, scope: Any, prompts: Any, *, steer: Any = None, **kwargs: Any) -> Explorer:
-        """Builds the heatmap for ``prompts`` (keywords as :meth:`Heatmap.build`) and an empty pane slot."""
-        pane_keys = ("related_k", "logits_k", "page_size", "corpus")
-        pane_kwargs = {k: kwargs.pop(k) for k in pane_keys if k in kwargs}
-        return cls(scope, Heatmap.build(scope, prompts, **kwargs), steer=steer, **pane_kwargs)
-
-    @property
-    def pane(self) -> FeaturePane | None:
-        """The pane now shown, or None before the first click."""
-        child = self.children[-1]
-        return child if isinstance(child, FeaturePane) else None
+    def build(cls, workspace: Workspace, prompts: Any, *, steer: Any = None, **kwargs: Any) -> Explorer:
+        """Builds the heatmap for ``prompts`` (keywords as :meth:`Heatmap.build`; the panes' ``related_k``,
+        ``logits_k``, ``page_size`` and ``corpus`` go to them) and an empty pane slot."""
+        pane_kwargs = pane_keywords(kwargs)
+        return cls(workspace, Heatmap.build(workspace, prompts, **kwargs), steer=steer, **pane_kwargs)
 
     def show_feature(self, feature: int, sae: str | None = None) -> FeaturePane:
         """Shows ``feature`` of ``sae`` (default: the SAE the heatmap shows) in the pane."""
         name = sae or self.heatmap.sae_names[self.heatmap.sae_index]
-        pane = self.panes.get(name)
-        if pane is None:
-            pane = FeaturePane.build(self.scope, feature, sae=name, **self._pane_kwargs)
-            if self.steer is not None and hasattr(self.steer, "add_feature"):
-                pane.on_steer(self.steer.add_feature)
-            pane.observe(self._pane_moved, names="feature")
-            self.panes[name] = pane
-        elif pane.feature != feature:
-            pane.show(feature)
-        if self.pane is not pane:
-            self.children = (self.heatmap, pane)
-        return pane
+        return self.open_pane(
+            name, feature, lambda: FeaturePane.build(self.workspace, feature, sae=name, **self._pane_kwargs)
+        )
+
+    def _pane_made(self, pane: FeaturePane) -> None:
+        pane.observe(self._pane_moved, names="feature")
 
     def _on_select(self, _prompt: int, feature: int, _token: int) -> None:
         if feature >= 0:
