@@ -9,6 +9,7 @@ import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
 import { canvasHeight, Graph, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
+import { drawGroups, GroupLayout, groupPanel, groupTip } from "./lib/circuit_groups";
 import { interventionPanel } from "./lib/circuit_intervene";
 import { thresholdPanel } from "./lib/circuit_thresholds";
 import type { CircuitModel as Model } from "./lib/protocol";
@@ -37,7 +38,8 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const hint = element("div", "gs-ct-hint gs-muted", WHEEL_HINT);
   const side = element("div", "gs-ct-side");
   const result = element("div", "gs-ct-result");
-  el.append(toolbar, stage, hint, result, side); // the intervention result right under the graph it changes
+  const groupList = element("div", "gs-ct-group-list");
+  el.append(toolbar, groupList, stage, hint, result, side); // the intervention result right under the graph it changes
 
   const thresholds = thresholdPanel(toolbar, model, () => {
     recompute();
@@ -51,6 +53,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     return b;
   };
   const renderResult = interventionPanel(toolbar, result, model, () => selectedFeatures(), (node) => nodeLabel(node));
+  const renderGroups = groupPanel(toolbar, groupList, model);
   const pinBtn = button("gs-ct-pin", "pin", "keep the selected nodes drawn whatever the thresholds");
   const unpinBtn = button("gs-ct-unpin", "unpin all", "remove every pin");
   const resetBtn = button("gs-ct-reset", "fit", "fit the graph in the view");
@@ -60,6 +63,8 @@ function render({ model, el }: RenderProps<Model>): () => void {
   let g = new Graph(model.get("_header"), model.get("_data"));
   g.setKept(model.get("_kept"), model.get("_kept_at")); // the kernel's prune() at the view's thresholds
   let visible: Visible;
+  let groups: GroupLayout;
+  let hoverGroup = -1;
   // The view transform (screen = world * k + t) and whether the user has panned or zoomed since the last fit.
   let kx = 1;
   let ky = 1;
@@ -93,8 +98,15 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const pinnedSet = () => new Set(model.get("pinned") ?? []);
   const selectedSet = () => new Set(model.get("selected") ?? []);
 
+  const regroup = () => {
+    groups = new GroupLayout(g, visible, model.get("_groups") ?? []);
+    el.dataset.groups = String(groups.drawn.length);
+    hoverGroup = -1;
+  };
+
   const recompute = () => {
     visible = new Visible(g, model.get("node_threshold"), model.get("edge_threshold"), pinnedSet());
+    regroup();
     el.dataset.visibleNodes = String(visible.nodeCount);
     el.dataset.visibleEdges = String(visible.edges.length);
     status.textContent =
@@ -102,6 +114,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       (g.header.n_edges < g.header.n_edges_total ? ` (graph: ${g.header.n_edges_total} edges)` : "");
     const note = viewNote(g, visible);
     if (note) status.textContent += ` · ${note}`;
+    status.textContent += groupNote();
     el.dataset.exact = String(visible.exact);
     thresholds.show();
     // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus,
@@ -121,6 +134,17 @@ function render({ model, el }: RenderProps<Model>): () => void {
       model.save_changes();
     }
     request();
+  };
+
+  // What the supernodes change in the drawing, said on screen.
+  const groupNote = () => {
+    if (!groups.drawn.length && !groups.undrawn.length) return "";
+    let text = "";
+    if (groups.drawn.length) {
+      text += ` · ${groups.drawn.length} supernode(s) drawn as one node each, their edges the sums over every member`;
+    }
+    if (groups.undrawn.length) text += ` · not drawn (no member drawn here): ${groups.undrawn.join(", ")}`;
+    return text;
   };
 
   // "fit": the whole graph in the view (a prompt too long for its columns is squeezed across).
@@ -189,8 +213,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
     ctx.clearRect(0, 0, canvas.width / k, canvas.height / k);
     drawGraph(ctx, g, visible, {
       kx, ky, tx, ty, w: canvas.width / k, h: canvas.height / k, focus, hover, highlight, neighbours,
-      pinned: pinnedSet(), selected: selectedSet(), colors,
+      pinned: pinnedSet(), selected: selectedSet(), colors, hidden: groups.hidden,
     });
+    if (groups.drawn.length) drawGroups(ctx, g, groups, { kx, ky, tx, ty, hover: hoverGroup, colors });
     frames++;
     lastDrawMs = performance.now() - t0;
     el.dataset.frames = String(frames);
@@ -231,7 +256,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     let best = -1;
     let bestD = Infinity;
     for (let i = 0; i < g.count; i++) {
-      if (!visible.nodes[i]) continue;
+      if (!visible.nodes[i] || groups.hidden[i]) continue;
       const dx = g.x[i] * kx + tx - px;
       const dy = g.y[i] * ky + ty - py;
       const d = dx * dx + dy * dy;
@@ -244,12 +269,21 @@ function render({ model, el }: RenderProps<Model>): () => void {
     return best;
   };
 
+  const groupAt = (clientX: number, clientY: number): number => {
+    const rect = canvas.getBoundingClientRect();
+    return groups.hit(clientX - rect.left, clientY - rect.top, { kx, ky, tx, ty });
+  };
+
   const showTip = (i: number, clientX: number, clientY: number) => {
     if (i < 0) {
       tip.hidden = true;
       return;
     }
-    tip.replaceChildren(...nodeTip(g, i));
+    placeTip(nodeTip(g, i), clientX, clientY);
+  };
+
+  const placeTip = (lines: HTMLElement[], clientX: number, clientY: number) => {
+    tip.replaceChildren(...lines);
     const rect = stage.getBoundingClientRect();
     tip.style.left = `${Math.max(0, Math.min(clientX - rect.left + 14, rect.width - 260))}px`;
     tip.hidden = false;
@@ -288,6 +322,15 @@ function render({ model, el }: RenderProps<Model>): () => void {
         return;
       }
     }
+    const k = groupAt(ev.clientX, ev.clientY);
+    if (k !== hoverGroup) {
+      hoverGroup = k;
+      request();
+    }
+    if (k >= 0) {
+      placeTip(groupTip(g, groups.drawn[k]), ev.clientX, ev.clientY);
+      return;
+    }
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i !== hover) {
       hover = i;
@@ -299,6 +342,16 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const d = drag;
     drag = null;
     if (!d || d.moved) return;
+    const k = groupAt(ev.clientX, ev.clientY);
+    if (k >= 0) {
+      // A click on a group selects its members (shift adds them), as a click on a node selects it.
+      const members = groups.drawn[k].group.members;
+      const before = ev.shiftKey ? model.get("selected") ?? [] : [];
+      model.set("selected", [...new Set([...before, ...members])]);
+      model.save_changes();
+      setFocus(-1);
+      return;
+    }
     const i = nodeAt(ev.clientX, ev.clientY);
     if (i < 0) {
       setFocus(-1);
@@ -395,6 +448,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   model.on("change:edge_threshold", onThreshold);
   model.on("change:pinned", recompute);
   model.on("change:selected", request);
+  model.on("change:_groups", recompute);
 
   const observer = new ResizeObserver(() => {
     resize();
@@ -403,6 +457,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   recompute();
   resize();
   renderResult();
+  renderGroups();
 
   // Test hook: screen position of a node (graph node index) relative to the canvas, and the view transform.
   (el as unknown as { gsCircuit: unknown }).gsCircuit = {
@@ -412,6 +467,23 @@ function render({ model, el }: RenderProps<Model>): () => void {
     },
     view: () => ({ kx, ky, tx, ty, width: g.width }),
     hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
+    hitNode: (clientX: number, clientY: number) => {
+      const i = nodeAt(clientX, clientY);
+      return i < 0 ? -1 : g.node[i];
+    },
+    // Drawn supernodes: name, screen position, and each summed edge as [other end, weight] (a graph node index
+    // or a group's name; "in" edges come into the group, "out" edges leave it).
+    groups: () => groups.drawn.map((d, k) => {
+      const name = (end: { group: number } | { node: number }) =>
+        "group" in end ? groups.drawn[end.group].group.name : g.node[end.node];
+      const touching = groups.edges.filter((e) => ("group" in e.source && e.source.group === k) ||
+        ("group" in e.target && e.target.group === k));
+      return {
+        name: d.group.name, screen: [d.x * kx + tx, d.y * ky + ty],
+        out: touching.filter((e) => "group" in e.source && e.source.group === k).map((e) => [name(e.target), e.weight]),
+        in: touching.filter((e) => "group" in e.target && e.target.group === k).map((e) => [name(e.source), e.weight]),
+      };
+    }),
   };
 
   const kernel = watchKernel(model, el, { disable: false }); // the graph works alone; interventions need it

@@ -55,9 +55,12 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
 
     MESSAGES: ClassVar[MessageTable] = {
         "intervene": {"mode": frozenset({"set", "scale"}), "value": (float,)},
+        "group": {"name": (str,)},
+        "ungroup": {"name": (str,)},
         "ping": PING,
     }
-    """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features."""
+    """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features;
+    group the selected nodes under a name (a supernode, ``graph.group``); ungroup one."""
 
     _header = traitlets.Dict().tag(sync=True)
     """JSON description of the graph and of where each array lies in ``_data``."""
@@ -77,6 +80,14 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
     """Pinned nodes (graph node indices): always drawn; saved with the notebook."""
     clicked = traitlets.Int(-1).tag(sync=True)
     """The last clicked node (graph node index), -1 for none."""
+    supernodes = traitlets.Dict().tag(sync=True)
+    """``{name: [graph node index, ...]}``: the graph's supernodes (``graph.supernodes``, saved in its
+    ``qParams.supernodes``); each is drawn as one node with summed edges. Set through :meth:`group` /
+    :meth:`ungroup` (or the view's "group" control)."""
+    _groups = traitlets.List().tag(sync=True)
+    """Each supernode read as one node against the payload's nodes (``node_summary.group_summaries``)."""
+    group_message = traitlets.Unicode("").tag(sync=True)
+    """Why the last grouping from the view failed ("" when it did not)."""
     intervention = traitlets.Dict().tag(sync=True)
     """The last intervention: ``{"state": "running"|"done"|"error", "nodes", "mode", "value", "rows": [[token,
     before, after], ...], "message"}`` with next-token probabilities before and after (None: not in the top list)."""
@@ -89,6 +100,7 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         self.observe(self._on_clicked, names="clicked")
         self.observe(self._reprune, names=["node_threshold", "edge_threshold"])
         self._reprune()
+        self._sync_groups()
 
     @classmethod
     def build(
@@ -143,6 +155,19 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         """Pin nodes (indices, ``(layer, pos, feature)`` triples or Neuronpedia node ids)."""
         self.pinned = [*self.pinned, *(self.graph.node_index(n) for n in nodes)]
 
+    def group(self, name: str, nodes: Any = None) -> list[int]:
+        """Group ``nodes`` (default: the selected nodes) as the supernode ``name`` (``graph.group``; stored in
+        the graph's ``qParams.supernodes``) and draw it as one node; returns the member node indices. Raises
+        GraphError as ``graph.group`` does (no name, fewer than two nodes, a node of another group, a logit)."""
+        members = self.graph.group(name, list(self.selected) if nodes is None else nodes)
+        self._sync_groups()
+        return list(members)
+
+    def ungroup(self, name: str) -> None:
+        """Remove the supernode ``name`` (``graph.ungroup``); its nodes are drawn one by one again."""
+        self.graph.ungroup(name)
+        self._sync_groups()
+
     def intervene(self, nodes: Any, *, mode: str = "set", value: float = 0.0) -> dict[str, Any]:
         """Clamp (``mode="set"``) or scale (``mode="scale"``) feature ``nodes`` and show the logit change.
 
@@ -196,6 +221,13 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
             self._kept = flags
             self._kept_at = at
 
+    def _sync_groups(self) -> None:
+        """The graph's supernodes into the traits: names and members, and each read as one node."""
+        nodes = payload_arrays(self._header, self._data, "nodes", "node")
+        with self.hold_sync():
+            self.supernodes = {name: list(members) for name, members in self.graph.supernodes.items()}
+            self._groups = group_summaries(self.graph, nodes)
+
     def _on_clicked(self, change: dict[str, Any]) -> None:
         node = int(change["new"])
         if node < 0:
@@ -212,9 +244,23 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
                 features = set(range(self.graph.n_selected))
                 nodes = [n for n in self.selected if n in features]
                 self.intervene(nodes, mode=fields["mode"], value=float(fields["value"]))
+            elif kind in ("group", "ungroup"):
+                self._group_from_view(kind, fields["name"])
         except Exception as exc:  # a view's request must end in a message in the view, never a silent log line
             message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
             self.intervention = {**self.intervention, "state": "error", "rows": [], "message": message}
+
+    def _group_from_view(self, kind: str, name: str) -> None:
+        try:
+            if kind == "group":
+                self.group(name.strip())
+                self.selected = []
+            else:
+                self.ungroup(name)
+        except GemscopeError as exc:  # said next to the group control, not in the intervention result
+            self.group_message = str(exc)
+            return
+        self.group_message = ""
 
 
 def intervention_rows(result: Any) -> list[list[Any]]:

@@ -6,6 +6,7 @@ only, so it is what the view drew under the same thresholds and pins:
 * the prompt and the next-token candidates (the logit nodes) with their probabilities;
 * a layer × position grid: the number of drawn feature nodes in each cell, shaded by their share of influence;
 * the most influential drawn feature and error nodes, and the strongest drawn edges (signed direct effects);
+* the supernodes (named groups of nodes, ``graph.supernodes``): members and summed influence;
 * the last intervention's before / after table.
 
 Node and edge selection follows ``js/lib/circuit_graph.ts`` (``Visible``): token and logit nodes always, feature
@@ -162,6 +163,25 @@ def _edge_rows(d: _Drawn) -> list[str]:
     return rows
 
 
+def _supernodes(widget: Any, d: _Drawn) -> str:
+    """The supernodes with their members (as the view labels them) and summed influence (``_groups``)."""
+    groups = list(widget._groups or [])
+    if not groups:
+        return ""
+    local = {int(n): i for i, n in enumerate(d.nodes["node"].tolist())}
+    rows = []
+    for group in groups:
+        names = [d.label(local[m]) if m in local else f"node {m}" for m in group["members"]]
+        rows.append(
+            "<tr>" + _td(group["name"]) + _td(str(len(names))) + _td(format_value(float(group["influence"])))
+            + _td("; ".join(names), _MONO) + "</tr>"
+        )
+    return (
+        "<div><b>Supernodes</b> (each drawn as one node; edges and influence summed over its members)</div>"
+        + _table(["name", "nodes", "influence", "members"], rows)
+    )
+
+
 def _intervention(record: dict[str, Any]) -> str:
     state = record.get("state")
     if not state:
@@ -213,6 +233,7 @@ def circuit_html(widget: Any) -> str:
         )
         + "</div>",
         _grid(d),
+        _supernodes(widget, d),
         "<div><b>Most influential nodes</b></div>",
         _table(["node", "activation", "influence", ""], _node_rows(d)),
         "<div><b>Strongest edges</b> (direct effects)</div>",

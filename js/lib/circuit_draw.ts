@@ -30,6 +30,7 @@ export interface DrawState {
   pinned: Set<number>; // graph node indices
   selected: Set<number>; // graph node indices
   colors: CircuitColors;
+  hidden?: Uint8Array; // local nodes a drawn supernode stands in for: neither they nor their edges are drawn
 }
 
 /** Draw one frame: edges, nodes with their marks, token and logit text, row labels. */
@@ -41,6 +42,7 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
 
   // Edges, bucketed by sign and width so each bucket is one path.
   const edges = visible.edges;
+  const hidden = v.hidden;
   const dim = v.focus >= 0;
   const buckets = 4;
   for (let sign = 0; sign < 2; sign++) {
@@ -56,6 +58,7 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
         if (bucket !== b) continue;
         const s = g.src[e];
         const d = g.dst[e];
+        if (hidden && (hidden[s] || hidden[d])) continue;
         const x1 = sx(g.x[s]);
         const y1 = sy(g.y[s]);
         const x2 = sx(g.x[d]);
@@ -75,6 +78,7 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
   ctx.globalAlpha = 1;
   if (v.highlight.size) {
     for (const e of v.highlight) {
+      if (hidden && (hidden[g.src[e]] || hidden[g.dst[e]])) continue;
       ctx.beginPath();
       ctx.moveTo(sx(g.x[g.src[e]]), sy(g.y[g.src[e]]));
       ctx.lineTo(sx(g.x[g.dst[e]]), sy(g.y[g.dst[e]]));
@@ -87,7 +91,7 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
   // Nodes.
   const { pinned, selected } = v;
   for (let i = 0; i < g.count; i++) {
-    if (!visible.nodes[i]) continue;
+    if (!visible.nodes[i] || hidden?.[i]) continue;
     const x = sx(g.x[i]);
     const y = sy(g.y[i]);
     if (x < -20 || x > w + 20 || y < -20 || y > h + 20) continue;

@@ -414,6 +414,17 @@ export interface CircuitIntervention {
   message?: string;
 }
 
+/** A supernode read as one node (node_summary.group_summaries): summed influence, summed edges to the payload's
+ * nodes in no group (`[payload index, weight]`) and to the other groups. */
+export interface CircuitGroup {
+  name: string;
+  members: number[]; // graph node indices
+  influence: number;
+  outputs: [number, number][];
+  inputs: [number, number][];
+  to: Record<string, number>;
+}
+
 /** @widget gemscope_widgets.widgets.circuit.Circuit */
 export interface CircuitModel {
   _header: CircuitHeader;
@@ -425,10 +436,15 @@ export interface CircuitModel {
   selected: number[];
   pinned: number[];
   clicked: number;
+  supernodes: Record<string, number[]>; // graph.supernodes: name -> graph node indices
+  _groups: CircuitGroup[];
+  group_message: string;
   intervention: CircuitIntervention;
 }
 
 /** @messages gemscope_widgets.widgets.circuit.Circuit */
 export type CircuitMessage =
   | { type: "intervene"; mode: "set" | "scale"; value: number }
+  | { type: "group"; name: string }
+  | { type: "ungroup"; name: string }
   | { type: "ping" };

@@ -218,3 +218,39 @@ def feature_top_logits(graph: Any, model: Any, transcoders: Any, nodes: list[int
                 strings = token_strings(model.tokenizer, toks)
                 out[where[a + r]] = [[s, float(v)] for s, v in zip(strings, vals)]
     return out
+
+
+def group_summaries(graph: Any, nodes: np.ndarray) -> list[dict[str, Any]]:
+    """Each supernode of ``graph`` read as one node (``graph.grouped()``'s sums), against the drawing's ``nodes``
+    (graph indices, e.g. :attr:`NodeSummary.nodes`).
+
+    One dict per supernode, in the order they were made: ``name``; ``members`` (graph indices); ``influence`` (the
+    members' summed influence on the logits); ``outputs`` / ``inputs``: ``[[j, weight], ...]`` over the positions
+    ``j`` in ``nodes`` of nodes in no supernode, nonzero only, the group's summed edge to / from that node;
+    ``to``: ``{other supernode: summed weight from this group to it}`` (nonzero only). Edges between a group's own
+    members are internal and left out, as ``graph.grouped()`` leaves them out.
+    """
+    groups = graph.supernodes
+    if not groups:
+        return []
+    influence = graph.node_influence()
+    adjacency = graph.adjacency_matrix
+    grouped_nodes = {m for members in groups.values() for m in members}
+    free = [j for j, n in enumerate(np.asarray(nodes).tolist()) if int(n) not in grouped_nodes]
+    free_index = torch.tensor([int(nodes[j]) for j in free], dtype=torch.long)
+    out = []
+    for name, members in groups.items():
+        m = torch.tensor(members, dtype=torch.long)
+        outputs = adjacency[:, m].sum(1)  # [n_nodes]: the group's summed weight into each target
+        inputs = adjacency[m, :].sum(0)  # [n_nodes]: each source's summed weight into the group
+        to = {other: float(outputs[torch.tensor(ms, dtype=torch.long)].sum()) for other, ms in groups.items()
+              if other != name and ms}
+        out.append({
+            "name": name,
+            "members": [int(x) for x in members],
+            "influence": float(influence[m].sum()) if members else 0.0,
+            "outputs": [[j, float(w)] for j, w in zip(free, outputs[free_index].tolist()) if w != 0.0],
+            "inputs": [[j, float(w)] for j, w in zip(free, inputs[free_index].tolist()) if w != 0.0],
+            "to": {k: v for k, v in to.items() if v != 0.0},
+        })
+    return out

@@ -12,6 +12,7 @@ from gemscope_widgets.backend.circuits.attribution import attribute
 from gemscope_widgets.backend.circuits.node_summary import (
     feature_dictionary,
     feature_top_logits,
+    group_summaries,
     kept_on,
     summarise_nodes,
 )
@@ -64,3 +65,31 @@ def test_feature_top_logits_are_the_logit_lens_of_each_feature(tiny_model, tiny_
         assert [v for _, v in top] == pytest.approx([v for _, v in want], rel=1e-4, abs=1e-5)
     # Without a model nothing is computed.
     assert feature_top_logits(graph, None, tset, nodes) == [[] for _ in nodes]
+
+
+def test_group_summaries_are_the_grouped_graphs_sums():
+    g = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=4)
+    # Group a: a feature-to-feature edge's source and two others; group b: its target and one other.
+    t, u = (g.adjacency_matrix[: g.n_selected, : g.n_selected] != 0).nonzero()[0].tolist()
+    rest = [i for i in range(g.n_selected) if i not in (t, u)]
+    members_a, members_b = sorted([u, *rest[:2]]), sorted([t, rest[2]])
+    g.group("a", members_a)
+    g.group("b", members_b)
+    s = summarise_nodes(g, max_edges=100_000)
+    summaries = {x["name"]: x for x in group_summaries(g, s.nodes)}
+    grouped = g.grouped()
+    row = {tuple(ms) if len(ms) > 1 else ms[0]: i for i, ms in enumerate(grouped.members)}
+    a, b = row[tuple(members_a)], row[tuple(members_b)]
+    assert summaries["a"]["influence"] == pytest.approx(float(grouped.influence[a]), rel=1e-5)
+    assert summaries["a"]["to"]["b"] == pytest.approx(float(grouped.adjacency[b, a]), rel=1e-5)
+    assert grouped.adjacency[b, a] != 0
+    outputs = dict(map(tuple, summaries["a"]["outputs"]))
+    inputs = dict(map(tuple, summaries["b"]["inputs"]))
+    checked = 0
+    for j, node in enumerate(s.nodes.tolist()):
+        if node in row and node not in (*members_a, *members_b):
+            assert outputs.get(j, 0.0) == pytest.approx(float(grouped.adjacency[row[node], a]), abs=1e-6)
+            assert inputs.get(j, 0.0) == pytest.approx(float(grouped.adjacency[b, row[node]]), abs=1e-6)
+            checked += bool(outputs.get(j) or inputs.get(j))
+    assert checked > 0
+    assert all(j not in outputs for j, n in enumerate(s.nodes.tolist()) if n in (*members_a, *members_b))

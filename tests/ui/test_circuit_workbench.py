@@ -1,0 +1,114 @@
+"""The circuit view as a workbench in a real JupyterLab in Chromium: supernodes grouped and ungrouped in the view."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+SYNTHETIC = """
+import json
+import numpy as np
+from tests.fixtures.graphs import synthetic_graph
+from gemscope_widgets.widgets.circuit import Circuit
+
+g = synthetic_graph(n_pos=6, n_layers=4, n_features=60, n_edges=700, seed=2)
+w = Circuit.build(g)
+
+def top_kept(k):
+    # The k most influential feature nodes that prune() keeps at the view's thresholds.
+    kept = g.prune(0.8, 0.98).node_mask[: g.n_selected]
+    order = np.argsort(-g.node_influence()[: g.n_selected].numpy(), kind="stable")
+    return [int(i) for i in order if kept[i]][:k]
+
+def grouped_edges(name):
+    # The oracle: graph.grouped()'s summed weights between the group and every other grouped node.
+    gr = g.grouped()
+    row = next(i for i, ms in enumerate(gr.members) if ms == g.supernodes[name])
+    key = lambda i: gr.labels[i] if len(gr.members[i]) > 1 else str(gr.members[i][0])
+    return {"out": {key(i): float(gr.adjacency[i, row]) for i in range(len(gr.members)) if gr.adjacency[i, row] != 0},
+            "in": {key(i): float(gr.adjacency[row, i]) for i in range(len(gr.members)) if gr.adjacency[row, i] != 0}}
+w
+"""
+
+NAME = "<b>say</b> a capital"
+
+
+def _click(page, widget, node: int, shift: bool = False) -> None:
+    widget.locator("canvas").scroll_into_view_if_needed()
+    xy = widget.evaluate(f"e => e.gsCircuit.screen({node})")
+    box = widget.locator("canvas").bounding_box()
+    if shift:
+        page.keyboard.down("Shift")
+    page.mouse.click(box["x"] + xy[0], box["y"] + xy[1])
+    if shift:
+        page.keyboard.up("Shift")
+
+
+def test_grouping_and_ungrouping_in_the_view(lab_server, page):
+    from playwright.sync_api import expect
+
+    lab_server.open_and_run(page, "circuit_groups.ipynb", [SYNTHETIC])
+    widget = page.locator(".gs-circuit").first
+    expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
+    page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
+    a, b = json.loads(lab_server.run_code(page, "print(json.dumps(top_kept(2)))"))
+
+    # Nothing selected: the view says what to do and asks the kernel nothing.
+    widget.locator(".gs-ct-group-name").fill(NAME)
+    widget.locator(".gs-ct-group").click()
+    expect(widget.locator(".gs-ct-group-message")).to_contain_text("Select at least two nodes")
+
+    # Select two nodes (click, shift-click), name them, group: the kernel's graph has the supernode.
+    _click(page, widget, a)
+    _click(page, widget, b, shift=True)
+    for _ in range(50):  # the selection reaches the kernel as a trait change, a moment later
+        selected = json.loads(lab_server.run_code(page, "print(json.dumps(w.selected))"))
+        if selected == [a, b]:
+            break
+        time.sleep(0.2)
+    assert selected == [a, b]
+    widget.locator(".gs-ct-group-name").fill(NAME)
+    widget.locator(".gs-ct-group").click()
+    page.wait_for_function("e => e.dataset.groups === '1'", arg=widget.element_handle(), timeout=30_000)
+    assert json.loads(lab_server.run_code(page, "print(json.dumps(g.supernodes))")) == {NAME: sorted([a, b])}
+    saved = lab_server.run_code(page, "print(json.dumps(g.info['neuronpedia']['qParams']['supernodes']))")
+    assert json.loads(saved)[0][0] == NAME
+    # The name is text, never markup.
+    expect(widget.locator(".gs-ct-group-item bdi")).to_have_text(NAME)
+    assert widget.locator(".gs-ct-group-list b").count() == 0
+    assert "supernode(s) drawn as one node" in widget.locator(".gs-ct-status").text_content()
+
+    # One node drawn in their place, its edges the kernel's sums over both members (graph.grouped()).
+    (drawn,) = widget.evaluate("e => e.gsCircuit.groups()")
+    assert drawn["name"] == NAME
+    want = json.loads(lab_server.run_code(page, f"print(json.dumps(grouped_edges({NAME!r})))"))
+    assert drawn["out"] or drawn["in"]
+    for side in ("out", "in"):
+        for other, weight in drawn[side]:
+            assert weight == pytest.approx(want[side][str(other)], rel=1e-5), (side, other)
+    # The members are not drawn one by one: the group stands at their place.
+    member_xy = widget.evaluate(f"e => e.gsCircuit.screen({a})")
+    box = widget.locator("canvas").bounding_box()
+    at = [box["x"] + member_xy[0], box["y"] + member_xy[1]]
+    assert widget.evaluate("(e, p) => e.gsCircuit.hitNode(p[0], p[1])", at) not in (a, b)
+    # Hovering the group shows its card.
+    page.mouse.move(box["x"] + drawn["screen"][0], box["y"] + drawn["screen"][1])
+    tip = widget.locator(".gs-ct-tip")
+    expect(tip).to_contain_text("supernode of 2 nodes", timeout=10_000)
+    # The saved notebook's static HTML lists it.
+    assert lab_server.run_code(page, "print('say&lt;/b&gt; a capital' in w.static_html())").strip() == "True"
+
+    # Ungroup: the two nodes are drawn again, the graph has no supernode.
+    widget.locator(".gs-ct-ungroup").click()
+    page.wait_for_function("e => e.dataset.groups === '0'", arg=widget.element_handle(), timeout=30_000)
+    assert lab_server.run_code(page, "print(g.supernodes)").strip() == "{}"
+    assert widget.evaluate("e => e.gsCircuit.groups().length") == 0
+    member_xy = widget.evaluate(f"e => e.gsCircuit.screen({a})")
+    box = widget.locator("canvas").bounding_box()  # the list of groups above the graph is gone
+    at = [box["x"] + member_xy[0], box["y"] + member_xy[1]]
+    assert widget.evaluate("(e, p) => e.gsCircuit.hitNode(p[0], p[1])", at) == a
+    lab_server.screenshot(page, "circuit_groups")
