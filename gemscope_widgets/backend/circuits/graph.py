@@ -289,6 +289,32 @@ class AttributionGraph(GraphNodes):
 
         return trace_head(self, layer, head, query_pos, key_pos, top=top, target=target)
 
+    # ---- attention: head loadings ----------------------------------------------------------------------------
+
+    def edge_heads(self, source: Any, target: Any) -> Any:
+        """Which attention heads carry the edge ``source -> target`` (positions j ≠ i): its weight split exactly
+        over (layer, query head), each path credited to the head of its last position-crossing hop (Kamath et al.
+        2025's head loadings, in the frozen replacement model; see :mod:`.head_loadings`). Returns an
+        :class:`~gemscope_widgets.backend.circuits.head_loadings.EdgeHeads` (``shares [n_layers, n_heads]``
+        summing to ``weight``; ``heads``, largest ``|share|`` first). Needs the model attached (as :meth:`intervene`).
+        Raises GraphError for an unknown node, a same-position edge, a target that is not a feature or logit."""
+        from gemscope_widgets.backend.circuits.head_loadings import edge_heads
+
+        return edge_heads(self, source, target)
+
+    def head_loadings(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, *,
+                      progress: bool = True) -> Any:
+        """Head loadings of every cross-position edge of the graph pruned by :meth:`prune` with these thresholds
+        (a :class:`~gemscope_widgets.backend.circuits.head_loadings.HeadLoadings`, cached per graph)."""
+        from gemscope_widgets.backend.circuits.head_loadings import head_loadings
+
+        return head_loadings(self, node_threshold, edge_threshold, progress=progress)
+
+    def top_heads(self, k: int = 10, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> list[Any]:
+        """The ``k`` heads carrying the most cross-position influence over the kept cross-position edges of the
+        pruned graph (:meth:`head_loadings`): ``HeadSummary(layer, head, influence, abs_share, n_top)``."""
+        return list(self.head_loadings(node_threshold, edge_threshold).top(k))
+
     # ---- supernodes ----------------------------------------------------------------------------------------------
 
     def group(self, name: str, nodes: Any) -> list[int]:
