@@ -360,7 +360,7 @@ class AttributionGraph(GraphNodes):
     @classmethod
     def from_neuronpedia(cls, source: Any) -> AttributionGraph:
         """Read Neuronpedia graph JSON (path or dict), e.g. one downloaded from neuronpedia.org."""
-        from gemscope_widgets.backend.circuits.neuronpedia_json import from_neuronpedia
+        from gemscope_widgets.backend.circuits.neuronpedia_import import from_neuronpedia
 
         return from_neuronpedia(source)
 
