@@ -17,6 +17,7 @@ from gemscope_widgets.backend.behaviour.chat import conversation_features
 from gemscope_widgets.backend.behaviour.chat_session import ChatListener, ChatSession
 from gemscope_widgets.backend.behaviour.conversation import check_conversation, warn_if_base
 from gemscope_widgets.backend.behaviour.direction import projection_at_layer
+from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import GemscopeError, PromptError
 
 from .base import ViewWidget, error_text
@@ -79,9 +80,10 @@ class Chat(ViewWidget, ChatListener):
     warning = traitlets.Unicode("").tag(sync=True)
     """Shown above the conversation, e.g. that the model is not chat-tuned."""
 
-    def __init__(self, scope: Any, messages: Any, *, features: Any = (), steer: Any = None, steering: Any = None,
-                 direction: Any = None, summary_k: int = 6, max_new_tokens: int = 64, **kwargs: Any) -> None:
-        self.scope = scope
+    def __init__(self, workspace: Workspace, messages: Any, *, features: Any = (), steer: Any = None,
+                 steering: Any = None, direction: Any = None, summary_k: int = 6, max_new_tokens: int = 64,
+                 **kwargs: Any) -> None:
+        self.workspace = workspace
         self.steer = steer
         self.direction = direction
         self.summary_k = summary_k
@@ -89,13 +91,13 @@ class Chat(ViewWidget, ChatListener):
         self._exc: BaseException | None = None
         checked = check_conversation(messages)
         for f in features:
-            scope.sae().check_feature(f)
-        warn_if_base(scope.model)
-        warning = "" if scope.model.is_instruct else (
-            f"{scope.model.name} is a base model, not chat-tuned: the template and tools work, but its replies are "
+            workspace.sae().check_feature(f)
+        warn_if_base(workspace.model)
+        warning = "" if workspace.model.is_instruct else (
+            f"{workspace.model.name} is a base model, not chat-tuned: the template and tools work, but its replies are "
             "not a chat model's.")
         super().__init__(messages=checked, features=[int(f) for f in features], warning=warning, **kwargs)
-        self.session = ChatSession(scope.model, checked, steering, sae=self._sae(), max_new_tokens=max_new_tokens,
+        self.session = ChatSession(workspace.model, checked, steering, sae=self._sae(), max_new_tokens=max_new_tokens,
                                    listener=self)
         self._recompute(checked)
 
@@ -122,15 +124,16 @@ class Chat(ViewWidget, ChatListener):
         return chat_html(self)
 
     @classmethod
-    def build(cls, scope: Any, messages: Any, **kwargs: Any) -> Chat:
-        if not scope.saes:
+    def build(cls, workspace: Workspace, messages: Any, **kwargs: Any) -> Chat:
+        """The view of ``messages`` over ``workspace``'s model and SAEs (keywords as the constructor)."""
+        if not workspace.saes:
             raise GemscopeError("scope.chat needs an SAE for the feature heat: build the Scope with one.")
-        return cls(scope, messages, **kwargs)
+        return cls(workspace, messages, **kwargs)
 
     # --- computing the view -----------------------------------------------------------------------------
 
     def _sae(self) -> Any:
-        return list(self.scope.saes.values())[self.sae_index]
+        return list(self.workspace.saes.values())[self.sae_index]
 
     def _recompute(self, messages: list[dict[str, str]] | None = None) -> None:
         """Compute activations, summaries, heat and track for ``messages`` (default: the current ones) and only then
@@ -138,11 +141,11 @@ class Chat(ViewWidget, ChatListener):
         messages = self.session.messages if messages is None else messages
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the base-model warning was given when the view was built
-            conv = conversation_features(self.scope.model, list(self.scope.saes.values()), messages)
+            conv = conversation_features(self.workspace.model, list(self.workspace.saes.values()), messages)
             track = b""
             label = ""
             if self.direction is not None:
-                values, label = projection_at_layer(self.scope.model, conv.prompt, self.direction)
+                values, label = projection_at_layer(self.workspace.model, conv.prompt, self.direction)
                 track = values.tobytes()
             turns_out = []
             summaries = conv.summary(self.sae_index, self.summary_k)
@@ -165,7 +168,7 @@ class Chat(ViewWidget, ChatListener):
                     "special": [bool(x) for x in p.special],
                     "template": [bool(x) for x in p.template],
                     "turns": turns_out,
-                    "sae_names": list(self.scope.saes),
+                    "sae_names": list(self.workspace.saes),
                     "track_label": label,
                     "system": messages[0]["content"] if messages[0]["role"] == "system" else "",
                     "labels": {str(f): text for f, text in labels.items()},
@@ -176,7 +179,7 @@ class Chat(ViewWidget, ChatListener):
     def _labels(self, features: Any) -> dict[int, str]:
         """Each feature's explanation or automatic label (``Scope.labels`` of the current SAE)."""
         wanted = sorted({int(f) for f in features})
-        return self.scope.labels(list(self.scope.saes)[self.sae_index]).labels(wanted) if wanted else {}
+        return self.workspace.labels(list(self.workspace.saes)[self.sae_index]).labels(wanted) if wanted else {}
 
     def _update_heat(self) -> None:
         conv = self.conversation
@@ -189,7 +192,7 @@ class Chat(ViewWidget, ChatListener):
     @traitlets.observe("features", "sae_index")
     def _on_features(self, _change: Any) -> None:
         if self.conversation is not None:
-            if self.sae_index >= len(self.scope.saes):
+            if self.sae_index >= len(self.workspace.saes):
                 self.sae_index = 0
                 return
             if _change["name"] == "sae_index":

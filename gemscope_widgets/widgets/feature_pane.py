@@ -16,8 +16,10 @@ import numpy as np
 import traitlets
 
 from gemscope_widgets.backend.analysis.card import ExamplePage, FeatureCard, FeatureCards
+from gemscope_widgets.backend.analysis.search import search_labels
 from gemscope_widgets.backend.jobs import Job, JobListener
 from gemscope_widgets.backend.stats.holder import StatsHolder
+from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import GemscopeError
 
 from .base import ViewWidget, error_text
@@ -100,11 +102,13 @@ class FeaturePane(ViewWidget):
         "test": {"text": (str,)},
         "scan": {},
         "steer": {},
+        "search": {"query": (str,)},
         "ping": PING,
     }
     """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
     HANDLERS: ClassVar[dict[str, str]] = {
         "open": "show", "page": "page", "test": "test_text", "scan": "run_scan", "steer": "_steer_pressed",
+        "search": "search",
     }
     """Message type -> the method it calls (see :mod:`.base`)."""
 
@@ -134,6 +138,9 @@ class FeaturePane(ViewWidget):
     """Whether a steer callback is registered (shows the "steer" button)."""
     error = traitlets.Unicode("").tag(sync=True)
     """A user-facing message about the last failed action, "" when none."""
+    found: traitlets.Dict[str, Any] = traitlets.Dict({}).tag(sync=True)
+    """The search box's result: ``{"query", "hits": [{"feature", "score", "label", "source", "simulation",
+    "imported"}], "error"}`` (:func:`~gemscope_widgets.backend.analysis.search.search_labels`)."""
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -174,15 +181,15 @@ class FeaturePane(ViewWidget):
 
     @classmethod
     def build(
-        cls, scope: Any, feature: int, *, sae: str | None = None, stats: Any = None, **kwargs: Any
+        cls, workspace: Workspace, feature: int, *, sae: str | None = None, stats: Any = None, **kwargs: Any
     ) -> FeaturePane:
-        """The pane for ``feature`` of a Scope's SAE, following the Scope's statistics of that SAE (those on disk
-        for ``corpus`` are found without scanning)."""
-        holder = scope.stats_holder(sae)
+        """The pane for ``feature`` of a workspace's SAE, following the workspace's statistics and labels of that
+        SAE (those on disk for ``corpus`` are found without scanning)."""
+        holder = workspace.stats_holder(sae)
         if stats is None:
             holder.find_cached(kwargs.get("corpus"))
-        labels = scope.labels(sae)
-        return cls(scope.model, holder.sae, stats, feature=feature, holder=holder, labels=labels, **kwargs)
+        labels = workspace.labels(sae)
+        return cls(workspace.model, holder.sae, stats, feature=feature, holder=holder, labels=labels, **kwargs)
 
     # --- python API ----------------------------------------------------------------------------------
 
@@ -232,6 +239,18 @@ class FeaturePane(ViewWidget):
             return
         self.test = {"text": text, "tokens": acts.tokens, "special": acts.special, "values": _f32(acts.values),
                      "error": ""}
+
+    def search(self, query: str, k: int = 10) -> None:
+        """Shows the ``k`` features whose labels and explanations best match ``query`` (the search box; a hit
+        opens with :meth:`show`)."""
+        try:
+            hits = search_labels(self.labels, query, k=k)
+        except GemscopeError as exc:
+            self.found = {"query": query, "hits": [], "error": str(exc)}
+            return
+        self.found = {"query": query, "error": "", "hits": [
+            {"feature": h.feature, "score": h.score, "label": h.label, "source": h.source,
+             "simulation": h.simulation, "imported": [[k, v] for k, v in h.imported.items()]} for h in hits]}
 
     def on_steer(self, fn: Callable[[int], Any]) -> None:
         """Calls ``fn(feature)`` when the user presses "steer"."""

@@ -19,6 +19,7 @@ from gemscope_widgets.backend.steering.session import (
     SteeringSession,
     finite,
 )
+from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import GemscopeError, SteeringError
 
 from .base import ViewWidget, error_text
@@ -159,15 +160,16 @@ class Steer(ViewWidget, SessionListener):
             self.run()
 
     @classmethod
-    def build(cls, scope: Any, prompt: Any, steering: Any = None, *, sae: str | None = None, **kwargs: Any) -> Steer:
-        """The widget for a Scope's model and SAE; ``steering``: ``{feature: multiple}``, SteeringSpecs or
+    def build(cls, workspace: Workspace, prompt: Any, steering: Any = None, *, sae: str | None = None,
+              **kwargs: Any) -> Steer:
+        """The widget for a workspace's model and SAE; ``steering``: ``{feature: multiple}``, SteeringSpecs or
         DirectionSpecs."""
-        chosen = scope.sae(sae) if (scope.saes or sae is not None) else None
+        chosen = workspace.sae(sae) if (workspace.saes or sae is not None) else None
         if chosen is None:
-            return cls(scope.model, chosen, prompt, steering, **kwargs)
+            return cls(workspace.model, chosen, prompt, steering, **kwargs)
         # Subscribed to the statistics after the labels, so a finished scan relabels the rows with current text.
-        widget = cls(scope.model, chosen, prompt, steering, labels=scope.labels(sae), **kwargs)
-        widget._unsubscribe = scope.stats_holder(sae).subscribe(widget._stats_changed)
+        widget = cls(workspace.model, chosen, prompt, steering, labels=workspace.labels(sae), **kwargs)
+        widget._unsubscribe = workspace.stats_holder(sae).subscribe(widget._stats_changed)
         return widget
 
     @property
