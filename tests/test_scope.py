@@ -175,3 +175,16 @@ def test_chat_and_generate_give_the_same_steered_text_on_the_real_270m(real_mode
     assert raw.steered_ids == generated.steered_ids
     as_before = scope.generate(messages, steering, unit="raw", max_new_tokens=n, stop_at_eos=False)
     assert as_before.steered_ids != generated.steered_ids, "4 raw (the old chat) must read differently"
+
+
+def test_scope_is_a_facade_over_its_workspace(tiny_model, gemma_scope_folders):
+    from gemscope_widgets import Workspace
+
+    scope = Scope(tiny_model, str(gemma_scope_folders["resid_post"]))
+    ws = scope.workspace
+    assert isinstance(ws, Workspace) and scope.saes is ws.saes and scope.model is ws.model
+    assert scope.stats_holder() is ws.stats_holder() and scope.labels() is ws.labels()
+    again = Scope(ws)  # a second facade over the same workspace shares its holders and labels
+    assert again.workspace is ws and again.labels() is scope.labels()
+    pane = scope.feature(3)
+    assert pane.holder is ws.stats_holder() and pane.labels is ws.labels()
