@@ -55,6 +55,7 @@ _EXPORTS = {
     "load_entities": "gemscope_widgets.backend.behaviour.entities",
     "EntityKnowledge": "gemscope_widgets.backend.behaviour.entities",
     "Scope": "gemscope_widgets.scope",
+    "Workspace": "gemscope_widgets.backend.workspace",
     "heatmap": "gemscope_widgets.widgets.heatmap",
     "Heatmap": "gemscope_widgets.widgets.heatmap",
     "FeaturePane": "gemscope_widgets.widgets.feature_pane",
