@@ -5,22 +5,20 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import traitlets
 
 from gemscope_widgets.backend.gemma.prompts import is_token_ids
 from gemscope_widgets.backend.progress import progress_bar
+from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import FeatureIndexError, GemscopeError, PromptError
 
 from .base import ViewWidget
 from .bundle import bundle_path
 from .messages import PING, MessageTable
 from .payload import DENSE_ABOVE, RANKS, Payload, decode_payload, encode_payload
-
-if TYPE_CHECKING:
-    from gemscope_widgets.scope import Scope
 
 _BUNDLE = bundle_path("heatmap")
 
@@ -101,7 +99,7 @@ class Heatmap(ViewWidget):
     @classmethod
     def build(
         cls,
-        scope: Scope,
+        workspace: Workspace,
         prompts: Any,
         *,
         sae: str | Sequence[str] | None = None,
@@ -115,10 +113,10 @@ class Heatmap(ViewWidget):
     ) -> Heatmap:
         """Runs the model once per prompt (every SAE encoded from that one forward) and builds the widget.
 
-        ``sae`` picks SAEs of the scope by name (default: all of them; the widget switches between them).
+        ``sae`` picks SAEs of the workspace by name (default: all of them; the widget switches between them).
         ``top_k`` keeps only each token's ``top_k`` strongest features in the payload. ``feature_max``
         maps SAE names to per-feature maxima over a corpus (``[width]``), used to scale the colours;
-        ``feature_max="stats"`` takes them from the Scope's statistics of each SAE and follows them (a scan that
+        ``feature_max="stats"`` takes them from the workspace's statistics of each SAE and follows them (a scan that
         finishes later rescales the colours). ``direction`` (a
         :class:`~gemscope_widgets.backend.behaviour.direction.BehaviourDirection` or a ``[d_model]`` vector) adds
         a projection track under each prompt's text: every token's residual stream at the direction's layer
@@ -127,18 +125,18 @@ class Heatmap(ViewWidget):
 
         from gemscope_widgets.backend.analysis.features import prompt_features
 
-        names = list(scope.saes) if sae is None else [sae] if isinstance(sae, str) else list(sae)
-        saes = [scope.sae(name) for name in names]
+        names = list(workspace.saes) if sae is None else [sae] if isinstance(sae, str) else list(sae)
+        saes = [workspace.sae(name) for name in names]
         items = split_prompts(prompts)
         rows, tokenized = [], []
         for item in progress_bar(items, desc="heatmap", unit="prompt", disable=not progress or len(items) < 2):
-            acts = prompt_features(scope.model, saes, item, max_tokens=max_tokens)
+            acts = prompt_features(workspace.model, saes, item, max_tokens=max_tokens)
             rows.append(acts)
             tokenized.append(acts[0].prompt)
         maxima = None
         follow = feature_max == "stats"
         if follow:
-            holders = [scope.stats_holder(name) for name in names]
+            holders = [workspace.stats_holder(name) for name in names]
             maxima = [_max_of(h.stats) for h in holders]
         elif isinstance(feature_max, str):
             raise GemscopeError(f"feature_max must map SAE names to maxima, or be 'stats'; got {feature_max!r}.")
@@ -152,19 +150,19 @@ class Heatmap(ViewWidget):
         header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
         for info, name in zip(header["saes"], names):
             info["name"] = name
-        info = _feature_info(scope, names, decode_payload(header, data), top_n, LIST_K)
+        info = _feature_info(workspace, names, decode_payload(header, data), top_n, LIST_K)
         track, track_label = b"", ""
         if direction is not None:
             from gemscope_widgets.backend.behaviour.direction import projection_at_layer
 
-            parts = [projection_at_layer(scope.model, prompt, direction) for prompt in tokenized]
+            parts = [projection_at_layer(workspace.model, prompt, direction) for prompt in tokenized]
             track = np.concatenate([values for values, _ in parts]).astype("<f4").tobytes()
             track_label = parts[0][1]
         widget = cls(header, data, top_n=top_n, rank_by=rank_by, feature_info=info, _track=track,
                      track_label=track_label)
         # Densities and labels follow the statistics always; colour maxima only with feature_max="stats".
-        holders = [scope.stats_holder(name) for name in names]
-        widget._followed = (scope, tokenized, rows, top_k, names, holders, follow)
+        holders = [workspace.stats_holder(name) for name in names]
+        widget._followed = (workspace, tokenized, rows, top_k, names, holders, follow)
         widget._unsubscribe = [h.subscribe(widget._stats_changed) for h in holders]
         return widget
 
@@ -346,15 +344,15 @@ class Heatmap(ViewWidget):
         return heatmap_html(self)
 
 
-def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int, list_k: int,
+def _feature_info(workspace: Workspace, names: Sequence[str], payload: Payload, top_n: int, list_k: int,
                   also: Mapping[int, set[int]] | None = None) -> dict[str, Any]:
-    """Densities (from statistics already known; nothing is scanned) and labels (``scope.labels``) for the
+    """Densities (from statistics already known; nothing is scanned) and labels (``workspace.labels``) for the
     features the view can show: each ranking's top ``top_n`` columns per prompt, each token's ``list_k``
     strongest features (the side list), and the features in ``also`` (by SAE index: a selection outside the
     columns)."""
     out: dict[str, Any] = {"dense_above": DENSE_ABOVE}
     for s, name in enumerate(names):
-        stats = scope.stats_holder(name).find_cached()
+        stats = workspace.stats_holder(name).find_cached()
         present: set[int] = set()
         for p in range(payload.n_prompts):
             block = payload.block(p, s)
@@ -371,7 +369,7 @@ def _feature_info(scope: Any, names: Sequence[str], payload: Payload, top_n: int
             block = payload.block(p, s)
             for t in range(len(block.indptr) - 1):
                 wanted.update(block.row(t)[0][:list_k].tolist())
-        labels = scope.labels(name).labels(sorted(wanted)) if wanted else {}
+        labels = workspace.labels(name).labels(sorted(wanted)) if wanted else {}
         out[str(s)] = {"density": density, "labels": {str(f): text for f, text in labels.items() if text}}
     return out
 
@@ -384,17 +382,15 @@ def heatmap(
 ) -> Heatmap:
     """One-off heatmap: ``heatmap("text", model="gemma-3-270m", sae=path)``.
 
-    ``model`` and ``sae`` may be loaded objects or names/paths (see :class:`Scope`); with neither, the
+    ``model`` and ``sae`` may be loaded objects or names/paths (see :class:`Workspace`); with neither, the
     embedded default model and demo SAE are used. Keyword arguments go to :meth:`Heatmap.build`.
     """
-    from gemscope_widgets.scope import Scope
-
     if model is None and sae is None:
-        scope = Scope.default()
+        workspace = Workspace.default()
     elif model is None or sae is None:
         raise GemscopeError(
             "heatmap() needs both model= and sae= (or neither, for the embedded default model and SAE)."
         )
     else:
-        scope = Scope(model, sae)
-    return Heatmap.build(scope, prompts, **kwargs)
+        workspace = Workspace(model, sae)
+    return Heatmap.build(workspace, prompts, **kwargs)
