@@ -30,7 +30,6 @@ pruning (:mod:`.influence`), graph files (:mod:`.graph_file`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,18 +248,42 @@ class AttributionGraph(GraphNodes):
 
     # ---- interventions ---------------------------------------------------------------------------------------
 
-    def intervene(self, interventions: Mapping[Any, float], *, mode: str = "set", top_k: int = 10) -> Any:
-        """Clamp (``mode="set"``) or scale (``mode="scale"``) chosen feature nodes and re-run the model.
+    def intervene(
+        self,
+        interventions: Any,
+        *,
+        mode: str = "set",
+        top_k: int = 10,
+        freeze_attention: bool = False,
+        constrained_layers: Any = None,
+    ) -> Any:
+        """Clamp (``mode="set"``), scale (``mode="scale"``) or ablate (``mode="ablate"``) chosen feature nodes and
+        re-run the model.
 
         ``interventions`` maps node references (node index, ``(layer, pos, feature)``, Neuronpedia node id, or a
-        supernode's name: every member feature) to a value (the activation to clamp to, or the factor to scale by).
-        Returns an :class:`~gemscope_widgets.backend.circuits.intervention.InterventionResult` with the top ``top_k``
-        logits before and after, and the logit nodes' probabilities before and after.
+        supernode's name: every member feature) to a value (the activation to clamp to, or the factor to scale by);
+        for ``"ablate"`` a list of references will do. ``freeze_attention=True`` holds every attention pattern at
+        its value on the prompt; ``constrained_layers`` (e.g. ``range(graph.n_layers)``) holds those layers' MLP
+        outputs at the prompt's values except for the intervened features (and freezes attention; with every layer,
+        every norm scale too), as circuit-tracer's ``feature_intervention``: then each target's input changes by
+        ``δ / a × adjacency_matrix[target, source]`` (see :mod:`.intervention`). The defaults re-run the model
+        iteratively (effects propagate through everything).
+        Returns an :class:`~gemscope_widgets.backend.circuits.intervention.InterventionResult`: the top ``top_k``
+        logits and the logit nodes' probabilities before and after, every node's input before and after
+        (``node_input_changes``) and the changes the graph's edges predict (``predicted_input_changes``).
 
         Needs the model and transcoders the graph was built with (attached by ``attribute``); a loaded graph
-        raises GraphError until ``graph.attach(model, transcoders)`` is called.
+        raises GraphError until ``graph.attach(model, transcoders)`` is called. Raises GraphError for
+        ``constrained_layers`` outside ``0..n_layers − 1``.
         """
-        return intervene_graph(self, interventions, mode=mode, top_k=top_k)
+        return intervene_graph(
+            self,
+            interventions,
+            mode=mode,
+            top_k=top_k,
+            freeze_attention=freeze_attention,
+            constrained_layers=constrained_layers,
+        )
 
     def attach(self, model: Any, transcoders: Any) -> AttributionGraph:
         """Attach the model and transcoder set (e.g. after :meth:`load`) so :meth:`intervene` can run.

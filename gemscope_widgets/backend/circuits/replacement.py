@@ -135,15 +135,22 @@ class FrozenForward:
 
     # ---- the frozen linear map and its transpose ---------------------------------------------------------------
 
-    def attention_forward(self, layer: int, r_pre: Tensor) -> Tensor:
-        """The frozen attention block's output ``[..., T, d]`` for residuals ``r_pre [..., T, d]``."""
-        t = r_pre.shape[-2]
-        v = (self.s_in[layer, :t] * r_pre) @ self.w_v[layer].T  # [..., T, n_kv*dh]
+    def attention_mix(self, layer: int, h: Tensor) -> Tensor:
+        """The attention module's output (``o_proj``, before ``post_attention_layernorm``) ``[..., T, d]`` for its
+        input ``h [..., T, d]`` (the ``input_layernorm`` output), with the prompt's patterns frozen: values and the
+        output projection act on ``h``; queries and keys (and their norms) only made the patterns."""
+        t = h.shape[-2]
+        v = h @ self.w_v[layer].T  # [..., T, n_kv*dh]
         v = v.unflatten(-1, (self.n_kv, self.head_dim))
         group = self.n_heads // self.n_kv
         a = self.patterns[layer, :, :t, :t].unflatten(0, (self.n_kv, group))  # [kv, g, T, S]
         z = torch.einsum("kgts,...skd->...tkgd", a, v).flatten(-3)  # [..., T, H*dh]
-        return self.s_pa[layer, :t] * (z @ self.w_o[layer].T)
+        return z @ self.w_o[layer].T
+
+    def attention_forward(self, layer: int, r_pre: Tensor) -> Tensor:
+        """The frozen attention block's output ``[..., T, d]`` for residuals ``r_pre [..., T, d]``."""
+        t = r_pre.shape[-2]
+        return self.s_pa[layer, :t] * self.attention_mix(layer, self.s_in[layer, :t] * r_pre)
 
     def attention_backward(self, layer: int, g_mid: Tensor) -> Tensor:
         """Transpose of :meth:`attention_forward`: gradient at ``r_pre`` from gradient ``g_mid [B, P, d]``."""
@@ -266,8 +273,21 @@ def _check_recomposition(fwd: FrozenForward, tol: float) -> None:
 
 @dataclass
 class Replacement:
-    """The model and transcoder set a graph was built with (what interventions re-run)."""
+    """The model and transcoder set a graph was built with (what interventions re-run).
+
+    ``forward``: the prompt's captured :class:`FrozenForward`, made by :meth:`frozen` on first use (interventions
+    with frozen attention need it; a plain intervention does not, so a graph does not hold it until then).
+    """
 
     model: Any
     transcoders: TranscoderSet
     zero_positions: int
+    forward: FrozenForward | None = field(default=None, repr=False)
+
+    def frozen(self, input_ids: Tensor) -> FrozenForward:
+        """The prompt's :class:`FrozenForward` (captured once, then kept). Raises ReplacementError as
+        :func:`capture_forward`."""
+        ids = input_ids.reshape(-1).cpu()
+        if self.forward is None or not torch.equal(self.forward.input_ids, ids):
+            self.forward = capture_forward(self.model, ids)
+        return self.forward
