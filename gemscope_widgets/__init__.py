@@ -98,6 +98,8 @@ _EXPORTS = {
     "prefix_curve": "gemscope_widgets.backend.analysis.matryoshka",
     "PrefixCurve": "gemscope_widgets.backend.analysis.matryoshka",
     "LatentOrder": "gemscope_widgets.backend.analysis.matryoshka",
+    "prefix_levels": "gemscope_widgets.backend.analysis.matryoshka",
+    "first_latents": "gemscope_widgets.backend.analysis.matryoshka",
     "cofiring": "gemscope_widgets.backend.stats.cofiring",
     "CoFiring": "gemscope_widgets.backend.stats.cofiring",
     "latent_family": "gemscope_widgets.backend.analysis.hierarchy",

@@ -9,7 +9,7 @@ import { el, labelled, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { formatValue } from "./lib/format";
 import { densityText, describeFeature, type FeatureNotes, NO_NOTES, PromptGrid, type Selection } from "./lib/heatgrid";
 import { watchKernel } from "./lib/live";
-import { gridKey, keepKeys, moveIndex, onCommit } from "./lib/keys";
+import { gridKey, keepKeys, moveIndex, onCommit, sliderKeys } from "./lib/keys";
 import type { HeatmapModel, RankBy } from "./lib/protocol";
 import { float32Of as floats, Payload } from "./lib/sparse";
 import { renderToken, visibleText } from "./lib/tokens";
@@ -48,6 +48,15 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   topInput.min = "1";
   topInput.max = String(MAX_TOP_N);
   const status = el("span", "gs-status gs-hm-status");
+  // The level slider: the shown SAE's first k latents only (its coarse-to-fine levels; the last is all of them).
+  const levelInput = el("input", "gs-hm-level");
+  levelInput.type = "range";
+  levelInput.min = "0";
+  levelInput.step = "1";
+  levelInput.setAttribute("aria-label", "level: show the first k latents only");
+  const levelText = el("span", "gs-hm-level-text");
+  const levelBox = labelled("level ", levelInput);
+  levelBox.append(levelText);
 
   let data: Payload;
   let blocks: PromptGrid[] = [];
@@ -87,12 +96,26 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     const parts: HTMLElement[] = [];
     if (saes.length > 1) parts.push(labelled("SAE ", saeSelect));
     else parts.push(el("span", "gs-hm-sae-name", saes[0]?.name ?? ""));
-    parts.push(labelled("top ", topInput), labelled("features by ", rankSelect), status);
+    parts.push(labelled("top ", topInput), labelled("features by ", rankSelect));
+    if (levelsOf().length > 1) parts.push(levelBox);
+    parts.push(status);
     toolbar.replaceChildren(...parts);
     syncToolbar();
   };
+  const levelsOf = (): number[] => (model.get("levels") ?? [])[sae()] ?? [];
+  // Slider position i shows the first levels[i] latents; the last position (the width) is level 0: all of them.
+  const syncLevel = () => {
+    const levels = levelsOf();
+    const width = data.header.saes[sae()]?.width ?? 0;
+    const level = model.get("level") || width;
+    levelInput.max = String(Math.max(0, levels.length - 1));
+    const i = levels.indexOf(level);
+    levelInput.value = String(i >= 0 ? i : levels.length - 1);
+    levelText.textContent = level >= width ? `all ${width.toLocaleString()} latents` : `first ${level.toLocaleString()} of ${width.toLocaleString()} latents`;
+  };
   // The controls show the model's values; the toolbar itself is left alone so a focused box keeps its focus.
   const syncToolbar = () => {
+    syncLevel();
     saeSelect.value = String(sae());
     rankSelect.value = model.get("rank_by");
     if (document.activeElement !== topInput || Number(topInput.value) !== model.get("top_n")) {
@@ -274,6 +297,12 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     model.set("rank_by", rankSelect.value as RankBy);
     model.save_changes();
   };
+  const onLevel = () => {
+    const levels = levelsOf();
+    const k = levels[Number(levelInput.value)] ?? 0;
+    model.set("level", k >= (data.header.saes[sae()]?.width ?? 0) ? 0 : k);
+    model.save_changes();
+  };
   const onTop = (text: string) => {
     const n = Math.round(Number(text));
     if (text.trim() === "" || !Number.isFinite(n) || n < 1) {
@@ -287,7 +316,8 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   root.addEventListener("click", onClick);
   saeSelect.addEventListener("change", onSae);
   rankSelect.addEventListener("change", onRank);
-  const disposers = [keepKeys(root), onCommit(topInput, onTop)];
+  levelInput.addEventListener("change", onLevel);
+  const disposers = [keepKeys(root), onCommit(topInput, onTop), sliderKeys(levelInput)];
   const kernel = watchKernel(model, root, { disable: false }); // the grid works without it; selections wait
   disposers.push(kernel.dispose);
 
@@ -301,6 +331,8 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     ["change:sae_index", onGrid],
     ["change:rank_by", onGrid],
     ["change:top_n", onGrid],
+    ["change:level", syncLevel],
+    ["change:levels", drawToolbar],
     ["change:list_k", drawSide],
     ["change:feature_info", onGrid],
     ["change:selected_prompt", drawSelection],

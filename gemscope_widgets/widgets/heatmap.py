@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import traitlets
 
+from gemscope_widgets.backend.analysis.matryoshka import check_level, first_latents, prefix_levels
 from gemscope_widgets.backend.gemma.prompts import is_token_ids
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.workspace import Workspace
@@ -86,6 +87,14 @@ class Heatmap(ViewWidget):
     under the text; empty without ``direction=``."""
     track_label = traitlets.Unicode("").tag(sync=True)
     """What the track projects on (``"<direction> · layer L"``); "" without one."""
+    level = traitlets.Int(0).tag(sync=True)
+    """Show only the first ``level`` latents of the shown SAE (its coarse-to-fine levels: a Matryoshka SAE's
+    groups); 0 shows them all. The payload is re-encoded from
+    :func:`~gemscope_widgets.backend.analysis.matryoshka.first_latents`; a level outside ``1..width`` raises
+    :class:`~gemscope_widgets.errors.MatryoshkaError`."""
+    levels: traitlets.List[list[int]] = traitlets.List().tag(sync=True)
+    """Per SAE (by index): the levels the view's slider offers
+    (:func:`~gemscope_widgets.backend.analysis.matryoshka.prefix_levels`, ending at the width)."""
 
     def __init__(self, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
         self._followed: tuple[Any, ...] | None = None
@@ -93,6 +102,7 @@ class Heatmap(ViewWidget):
         self._callbacks: list[SelectCallback] = []
         self._last_selection: tuple[int, int, int] | None = None
         self._payload: Payload | None = None
+        self._maxima: list[Any] | None = None
         super().__init__(_header=header, _data=data, **kwargs)
         self._last_selection = self.selection
 
@@ -159,7 +169,8 @@ class Heatmap(ViewWidget):
             track = np.concatenate([values for values, _ in parts]).astype("<f4").tobytes()
             track_label = parts[0][1]
         widget = cls(header, data, top_n=top_n, rank_by=rank_by, feature_info=info, _track=track,
-                     track_label=track_label)
+                     track_label=track_label, levels=[prefix_levels(s) for s in saes])
+        widget._maxima = maxima
         # Densities and labels follow the statistics always; colour maxima only with feature_max="stats".
         holders = [workspace.stats_holder(name) for name in names]
         widget._followed = (workspace, tokenized, rows, top_k, names, holders, follow)
@@ -175,14 +186,10 @@ class Heatmap(ViewWidget):
         """A shown SAE's statistics changed: new densities and labels, and (when followed) colour maxima."""
         if self._followed is None:
             return
-        scope, tokenized, rows, top_k, names, holders, follow = self._followed
+        scope, names, holders, follow = self._followed[0], self._followed[4], self._followed[5], self._followed[6]
         if follow:
-            maxima = [_max_of(h.stats) for h in holders]
-            header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=maxima)
-            for info, name in zip(header["saes"], names):
-                info["name"] = name
-            with self.hold_sync():
-                self._header, self._data = header, data
+            self._maxima = [_max_of(h.stats) for h in holders]
+            self._encode()
         self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self.list_k, self._selected_by_sae())
 
     @traitlets.observe("top_n", "list_k", "selected_feature", "sae_index")
@@ -199,6 +206,31 @@ class Heatmap(ViewWidget):
                 return
         scope, names = self._followed[0], self._followed[4]
         self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self.list_k, self._selected_by_sae())
+
+    def _encode(self) -> None:
+        """Re-encode the payload from the kept activations: the current colour maxima, and only the first
+        ``level`` latents of the shown SAE when a level is set."""
+        if self._followed is None:
+            return
+        tokenized, rows, top_k, names = self._followed[1], self._followed[2], self._followed[3], self._followed[4]
+        if self.level:
+            s = self.sae_index
+            rows = [[first_latents(a, self.level) if i == s else a for i, a in enumerate(row)] for row in rows]
+        header, data = encode_payload(tokenized, rows, top_k=top_k, feature_max=self._maxima)
+        for info, name in zip(header["saes"], names):
+            info["name"] = name
+        with self.hold_sync():
+            self._header, self._data = header, data
+
+    @traitlets.observe("level")
+    def _level_changed(self, _change: traitlets.Bunch) -> None:
+        """A new level: the shown SAE's activations cut to its first ``level`` latents, and labels for the
+        columns that brings."""
+        self._encode()
+        if self._followed is not None:
+            scope, names = self._followed[0], self._followed[4]
+            self.feature_info = _feature_info(scope, names, self.payload, self.top_n, self.list_k,
+                                              self._selected_by_sae())
 
     def _selected_by_sae(self) -> dict[int, set[int]]:
         return {self.sae_index: {self.selected_feature}} if self.selected_feature >= 0 else {}
@@ -225,6 +257,15 @@ class Heatmap(ViewWidget):
         if not 0 <= value < n:
             raise GemscopeError(f"sae_index {value} is outside the {n} SAEs; use 0..{n - 1}.")
         return value
+
+    @traitlets.validate("level")
+    def _check_level(self, proposal: traitlets.Bunch) -> int:
+        value = proposal["value"]
+        saes = self._header.get("saes")
+        if value == 0 or not saes:
+            return int(value)
+        sae = saes[self.sae_index]
+        return check_level(value, int(sae["width"]), str(sae.get("name", "the shown SAE")))
 
     @traitlets.validate("selected_prompt")
     def _check_prompt(self, proposal: traitlets.Bunch) -> int:
@@ -274,6 +315,7 @@ class Heatmap(ViewWidget):
     @traitlets.observe("sae_index")
     def _sae_changed(self, _change: traitlets.Bunch) -> None:
         self.selected_feature = -1  # feature ids of one SAE mean nothing in another
+        self.level = 0  # a level is a prefix of one SAE: another starts from all its latents
 
     def select(self, *, prompt: int | None = None, token: int | None = None, feature: int | None = None) -> None:
         """Sets the selection from Python (the view follows) in one update."""

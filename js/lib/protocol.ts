@@ -179,6 +179,8 @@ export interface HeatmapModel {
   selected_token: number;
   _track: Bytes;
   track_label: string;
+  level: number;
+  levels: number[][];
 }
 
 /** @messages gemscope_widgets.widgets.heatmap.Heatmap */

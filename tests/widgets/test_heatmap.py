@@ -159,3 +159,35 @@ def test_static_fallback_and_html_export_escape_token_text(widget, tmp_path):
     state = json.loads(re.search(r'id="gs-state">(.*?)</script>', page, re.S).group(1))
     assert base64.b64decode(state["_data"]["$bytes"]) == widget._data
     assert state["_header"]["prompts"][0]["tokens"] == widget.payload.tokens(0)
+
+
+def pairs(csr) -> set[tuple[int, int]]:
+    """The (token, feature) pairs of a CSR block."""
+    rows = np.repeat(np.arange(len(csr.indptr) - 1), np.diff(np.asarray(csr.indptr, dtype=np.int64)))
+    return set(zip(rows.tolist(), np.asarray(csr.indices).tolist()))
+
+
+def test_level_keeps_the_first_latents_of_the_shown_sae(scope, tiny_model):
+    from gemscope_widgets.backend.analysis.matryoshka import first_latents, prefix_levels
+    from gemscope_widgets.errors import MatryoshkaError
+
+    w = scope.heatmap([TEXT, CHAT], top_n=8, progress=False)
+    assert w.levels == [prefix_levels(scope.sae(name)) for name in w.sae_names]
+    k = w.levels[0][1]
+    full = [w.payload.block(p, 0).indices.copy() for p in range(2)]
+    other = [w.payload.block(p, 1).indices.copy() for p in range(2)]
+    w.level = k
+    for p, prompt in enumerate([TEXT, CHAT]):
+        (sparse,) = prompt_features(tiny_model, [scope.sae(w.sae_names[0])], prompt)
+        cut = first_latents(sparse, k)
+        block = w.payload.block(p, 0)
+        assert pairs(block) == pairs(cut)  # payload rows are ordered by float16 values: compare as sets
+        assert (full[p] >= k).any() and (block.indices < k).all()  # the cut removed latents that fired
+        assert all(f < k for f in w.top_features(p))
+        assert np.array_equal(w.payload.block(p, 1).indices, other[p])  # the other SAE is untouched
+    for bad in (-1, w.levels[0][-1] + 1):
+        with pytest.raises(MatryoshkaError, match="outside"):
+            w.level = bad
+    assert w.level == k  # a refused level leaves the view as it was
+    w.sae_index = 1  # another SAE starts from all its latents
+    assert w.level == 0 and np.array_equal(w.payload.block(0, 0).indices, full[0])

@@ -40,6 +40,7 @@ from gemscope_widgets.backend.analysis.evaluation import (
     spliced_loss,
     store_into,
 )
+from gemscope_widgets.backend.analysis.features import SparseActivations
 from gemscope_widgets.backend.dictionaries.base import stack_slots
 from gemscope_widgets.backend.dictionaries.jumprelu import JumpReLUSAE
 from gemscope_widgets.backend.gemma.prompts import masked_ids
@@ -67,6 +68,42 @@ def default_sizes(width: int) -> list[int]:
     """``width / 32, / 8, / 4, / 2`` and ``width`` (as the 128 / 512 / 1,024 / 2,048 / 4,096 of a 4,096-wide
     dictionary), the ones of at least one latent."""
     return sorted({s for s in (width // 32, width // 8, width // 4, width // 2, width) if s >= 1})
+
+
+def prefix_levels(sae: Any) -> list[int]:
+    """The nested levels a view offers for ``sae``: the groups its ``config.json`` records under
+    :data:`MATRYOSHKA_KEY` (a Matryoshka SAE), else :func:`default_sizes` of its width; the last is the width."""
+    width = int(sae.config.width)
+    groups = sae.config.raw.get(MATRYOSHKA_KEY)
+    sizes = check_sizes(groups, width, str(sae.config.name)) if groups else default_sizes(width)
+    return sizes if sizes[-1] == width else [*sizes, width]
+
+
+def check_level(level: Any, width: int, name: str) -> int:
+    """``level`` as an int latent count in ``1..width``; :class:`MatryoshkaError` otherwise."""
+    try:
+        k = int(level)
+    except (TypeError, ValueError):
+        k = None
+    if k is None or k != level or isinstance(level, bool):
+        raise MatryoshkaError(f"A level is a whole number of latents, got {level!r}.")
+    if not 1 <= k <= width:
+        raise MatryoshkaError(f"Level {level!r} is outside {name}'s 1..{width} latents; pick one in that range.")
+    return k
+
+
+def first_latents(acts: SparseActivations, k: int) -> SparseActivations:
+    """``acts`` with only the latents ``< k`` kept (each token's row keeps its order, largest first): what the
+    first ``k`` latents of a nested dictionary show of a prompt. :class:`MatryoshkaError` unless ``1 <= k <=
+    acts.width``."""
+    k = check_level(k, acts.width, acts.sae_name)
+    keep = acts.indices < k
+    rows = np.repeat(np.arange(acts.n_tokens), np.diff(acts.indptr))
+    counts = np.bincount(rows[keep], minlength=acts.n_tokens)
+    indptr = np.zeros_like(acts.indptr)
+    np.cumsum(counts, out=indptr[1:])
+    return SparseActivations(prompt=acts.prompt, sae_name=acts.sae_name, width=acts.width, indptr=indptr,
+                             indices=acts.indices[keep], values=acts.values[keep])
 
 
 def check_sizes(sizes: Sequence[int], width: int, name: str) -> list[int]:
@@ -307,5 +344,5 @@ def latent_order(frequency: np.ndarray, energy: np.ndarray, sizes: Sequence[int]
                        rho_contribution=rho_c, p_contribution=p_c, sizes=bounds[1:], group_frequency=groups)
 
 
-__all__ = ["MATRYOSHKA_KEY", "ORDER_P", "ORDER_RHO", "LatentOrder", "PrefixCurve", "check_sizes", "default_sizes",
-           "latent_order", "prefix_curve", "spearman"]
+__all__ = ["MATRYOSHKA_KEY", "ORDER_P", "ORDER_RHO", "LatentOrder", "PrefixCurve", "check_level", "check_sizes",
+           "default_sizes", "first_latents", "latent_order", "prefix_curve", "prefix_levels", "spearman"]

@@ -3,6 +3,7 @@ statistics against scipy, and the refusals."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,12 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from gemscope_widgets.backend.analysis.evaluation import fvu
+from gemscope_widgets.backend.analysis.features import prompt_features
 from gemscope_widgets.backend.analysis.matryoshka import (
+    MATRYOSHKA_KEY,
     ORDER_RHO,
     check_sizes,
     default_sizes,
+    first_latents,
     latent_order,
     prefix_curve,
+    prefix_levels,
     spearman,
 )
 from gemscope_widgets.backend.dictionaries.loading import load_sae, load_sae_folder
@@ -152,3 +157,29 @@ def test_latent_order_states_what_it_finds():
     assert not flat.coarse_to_fine and abs(flat.rho_frequency) < ORDER_RHO
     assert "not ordered" in flat.finding
     assert len(flat.group_frequency) == 2
+
+
+def test_first_latents_equal_zeroing_every_later_latent(tiny_model, tiny_sae):
+    acts = prompt_features(tiny_model, [tiny_sae], SCAN_CORPUS[0])[0]
+    full = acts.dense()
+    assert (full[:, :8] > 0).any() and (full[:, 8:] > 0).any()  # both sides of the cut fire
+    for k in (1, 8, 40, 96):
+        cut = first_latents(acts, k)
+        expected = full.clone()
+        expected[:, k:] = 0.0  # zero every latent >= k
+        assert torch.equal(cut.dense(), expected)
+        for t in range(cut.n_tokens):  # each row stays largest first, as the heatmap reads it
+            values = cut.token(t)[1]
+            assert np.all(np.diff(values) <= 0)
+    for bad in (0, 97, -1, 2.5, "x"):
+        with pytest.raises(MatryoshkaError, match="outside|whole number of latents"):
+            first_latents(acts, bad)
+
+
+def test_prefix_levels_are_the_recorded_groups_else_default_sizes(tiny_sae, tmp_path):
+    assert prefix_levels(tiny_sae) == [3, 12, 24, 48, 96]
+    folder = tmp_path / "resid_post/layer_1_width_16k_l0_medium_m"
+    write_gemma_scope_sae(folder, kind="sae", site="resid_post", layer=1, width=96, seed=3)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, MATRYOSHKA_KEY: [16, 64, 96]}))
+    assert prefix_levels(load_sae_folder(folder)) == [16, 64, 96]
