@@ -9,6 +9,7 @@ import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
 import { canvasHeight, Graph, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
+import { ScoreGraph, scoresLine } from "./lib/circuit_scores";
 import { drawGroups, GroupLayout, groupPanel, groupTip } from "./lib/circuit_groups";
 import { interventionPanel } from "./lib/circuit_intervene";
 import { thresholdPanel } from "./lib/circuit_thresholds";
@@ -38,8 +39,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const hint = element("div", "gs-ct-hint gs-muted", WHEEL_HINT);
   const side = element("div", "gs-ct-side");
   const result = element("div", "gs-ct-result");
+  const scoresEl = element("div", "gs-ct-scores gs-muted");
   const groupList = element("div", "gs-ct-group-list");
-  el.append(toolbar, groupList, stage, hint, result, side); // the intervention result right under the graph it changes
+  el.append(toolbar, groupList, stage, hint, scoresEl, result, side); // the intervention result right under the graph it changes
 
   const thresholds = thresholdPanel(toolbar, model, () => {
     recompute();
@@ -63,6 +65,20 @@ function render({ model, el }: RenderProps<Model>): () => void {
   let g = new Graph(model.get("_header"), model.get("_data"));
   g.setKept(model.get("_kept"), model.get("_kept_at")); // the kernel's prune() at the view's thresholds
   let visible: Visible;
+  const scoreGraphOf = () => {
+    const spec = model.get("_header").scores;
+    return spec ? new ScoreGraph(spec, model.get("_data")) : null;
+  };
+  let scoreGraph = scoreGraphOf();
+  // The pinned subgraph's scores, recomputed here whenever the pins change (the numbers graph.scores gives).
+  const renderScores = () => {
+    const isFeature = (node: number) => node < g.header.n_nodes_total && scoreGraph !== null &&
+      (scoreGraph.candidates.has(node) || (g.local.has(node) && g.kind[g.local.get(node) as number] === KIND.feature));
+    const line = scoresLine(g.header.scores, scoreGraph, model.get("pinned") ?? [], isFeature);
+    scoresEl.textContent = line.text;
+    el.dataset.pinnedScores = line.pinned ? JSON.stringify([line.pinned.replacement, line.pinned.completeness]) : "";
+    el.dataset.pinnedScored = String(line.pinned?.pinned ?? 0);
+  };
   let groups: GroupLayout;
   let hoverGroup = -1;
   // The view transform (screen = world * k + t) and whether the user has panned or zoomed since the last fit.
@@ -107,6 +123,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const recompute = () => {
     visible = new Visible(g, model.get("node_threshold"), model.get("edge_threshold"), pinnedSet());
     regroup();
+    renderScores();
     el.dataset.visibleNodes = String(visible.nodeCount);
     el.dataset.visibleEdges = String(visible.edges.length);
     status.textContent =
@@ -429,6 +446,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     g = new Graph(model.get("_header"), model.get("_data"), { width: stage.clientWidth || 800,
       height: canvasHeight(model.get("_header").n_layers + 2) });
     g.setKept(model.get("_kept"), model.get("_kept_at"));
+    scoreGraph = scoreGraphOf();
     laidOut = "";
     moved = false;
     setFocus(-1);

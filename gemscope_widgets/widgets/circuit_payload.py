@@ -29,11 +29,13 @@ from gemscope_widgets.backend.circuits.node_summary import (
     kept_on,
     summarise_nodes,
 )
+from gemscope_widgets.backend.circuits.score_matrix import score_matrix
 from gemscope_widgets.errors import CircuitError
 
 __all__ = ["KIND_CODES", "MAX_EDGES", "CircuitError", "as_transcoder_set", "encode_graph", "feature_dictionary",
            "kept_flags", "payload_arrays"]
 
+MAX_SCORE_ENTRIES = 500_000  # the browser budget of the score matrix (pinned scores recomputed live)
 MAX_EDGES = 250_000  # the browser budget of edges by default: prune()'s first (what is left out is said on screen)
 KIND_CODES = {"feature": 0, "error": 1, "token": 2, "logit": 3}
 NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank", "kept")
@@ -131,6 +133,7 @@ def encode_graph(
     promoted = feature_top_logits(graph, model, transcoders, [int(summary.nodes[j]) for j in chosen], top_logits_k)
     top_logits: dict[str, Any] = {str(j): t for j, t in zip(chosen, promoted) if t}
     labels = {str(j): text for j, text in summary.labels.items()}
+    scores = _score_section(graph, summary, blob)
     header = {
         "version": 1,
         "prompt": graph.input_string,
@@ -154,11 +157,38 @@ def encode_graph(
         "max_node_rank": float(max_node_rank),
         "labels": labels,
         "top_logits": top_logits,
+        "scores": scores,
         "model": graph.model_name or "",
         "scan": graph.scan if isinstance(graph.scan, str) else "",
         "bytes": blob.size,
     }
     return header, blob.bytes()
+
+
+def _score_section(graph: Any, summary: Any, blob: _Blob) -> dict[str, Any]:
+    """The whole graph's scores and the score matrix over the payload's feature nodes (prune()'s alone when that
+    is over :data:`MAX_SCORE_ENTRIES` entries), so the view recomputes the pinned subgraph's scores itself."""
+    features = [int(n) for n, kind in zip(summary.nodes, summary.kinds) if kind == "feature"]
+    kept = [int(n) for n, kind, k in zip(summary.nodes, summary.kinds, summary.kept) if kind == "feature" and k]
+    matrix = score_matrix(graph, features)
+    scope = "every feature node of the view"
+    if len(matrix.values) > MAX_SCORE_ENTRIES:
+        matrix = score_matrix(graph, kept)
+        scope = "the feature nodes graph.prune() keeps"
+    replacement, completeness = graph.scores()
+    return {
+        "replacement": replacement,
+        "completeness": completeness,
+        "candidates": blob.add(matrix.candidates, "uint32"),
+        "rows": blob.add(matrix.rows, "uint32"),
+        "cols": blob.add(matrix.cols, "uint32"),
+        "values": blob.add(matrix.values, "float32"),
+        "candidate_error": blob.add(matrix.candidate_error + 1, "uint32"),  # 0: no error node to merge into
+        "logit_weights": [float(w) for w in matrix.logit_weights],
+        "n_errors": matrix.n_errors,
+        "n_tokens": matrix.n_tokens,
+        "scope": scope,
+    }
 
 
 def payload_arrays(header: dict[str, Any], data: bytes, group: str, name: str) -> np.ndarray:

@@ -391,9 +391,26 @@ export interface CircuitHeader {
   left_out?: { edges: number; reason: string } | null;
   labels: Record<string, string>;
   top_logits: Record<string, [string, number][]>;
+  /** The whole graph's scores (graph.scores()) and the score matrix the view recomputes pinned scores from. */
+  scores?: CircuitScores;
   model: string;
   scan: string;
   bytes: number;
+}
+
+/** backend/circuits/score_matrix.ScoreMatrix in the payload: COO over [candidates, errors, tokens, logits]. */
+export interface CircuitScores {
+  replacement: number;
+  completeness: number;
+  candidates: ArrayRef; // graph node indices of the features whose pinning is scored live
+  rows: ArrayRef;
+  cols: ArrayRef;
+  values: ArrayRef;
+  candidate_error: ArrayRef; // each candidate's error node + 1 (0: none; removed without merging)
+  logit_weights: number[];
+  n_errors: number;
+  n_tokens: number;
+  scope: string; // which features are candidates, in words
 }
 
 /** Where Circuit._kept was computed (circuit_payload.kept_flags) and what the payload lacks of that pruning. */

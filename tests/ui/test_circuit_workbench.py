@@ -1,4 +1,5 @@
-"""The circuit view as a workbench in a real JupyterLab in Chromium: supernodes grouped and ungrouped in the view."""
+"""The circuit view as a workbench in a real JupyterLab in Chromium (one page load): supernodes grouped and ungrouped
+in the view; the pinned subgraph's scores recomputed in the browser equal graph.scores(pinned=...)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,24 @@ def _click(page, widget, node: int, shift: bool = False) -> None:
         page.keyboard.up("Shift")
 
 
-def test_grouping_and_ungrouping_in_the_view(lab_server, page):
+def _wait_selected(lab_server, page, want: list[int]) -> None:
+    for _ in range(50):  # the selection reaches the kernel as a trait change, a moment later
+        selected = json.loads(lab_server.run_code(page, "print(json.dumps(w.selected))"))
+        if selected == want:
+            return
+        time.sleep(0.2)
+    assert selected == want
+
+
+def _pinned_scores(page, widget, lab_server) -> tuple[list[float], list[float]]:
+    """The view's pinned scores once they are shown, and Python's for the kernel's pins."""
+    page.wait_for_function("e => !!e.dataset.pinnedScores", arg=widget.element_handle(), timeout=30_000)
+    shown = json.loads(widget.get_attribute("data-pinned-scores"))
+    want = json.loads(lab_server.run_code(page, "print(json.dumps(g.scores(pinned=w.pinned)))"))
+    return shown, want
+
+
+def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     from playwright.sync_api import expect
 
     lab_server.open_and_run(page, "circuit_groups.ipynb", [SYNTHETIC])
@@ -65,12 +83,7 @@ def test_grouping_and_ungrouping_in_the_view(lab_server, page):
     # Select two nodes (click, shift-click), name them, group: the kernel's graph has the supernode.
     _click(page, widget, a)
     _click(page, widget, b, shift=True)
-    for _ in range(50):  # the selection reaches the kernel as a trait change, a moment later
-        selected = json.loads(lab_server.run_code(page, "print(json.dumps(w.selected))"))
-        if selected == [a, b]:
-            break
-        time.sleep(0.2)
-    assert selected == [a, b]
+    _wait_selected(lab_server, page, [a, b])
     widget.locator(".gs-ct-group-name").fill(NAME)
     widget.locator(".gs-ct-group").click()
     page.wait_for_function("e => e.dataset.groups === '1'", arg=widget.element_handle(), timeout=30_000)
@@ -112,3 +125,24 @@ def test_grouping_and_ungrouping_in_the_view(lab_server, page):
     at = [box["x"] + member_xy[0], box["y"] + member_xy[1]]
     assert widget.evaluate("(e, p) => e.gsCircuit.hitNode(p[0], p[1])", at) == a
     lab_server.screenshot(page, "circuit_groups")
+
+    # Pinned scores: nothing pinned, the view invites pinning; then pin three features with the "pin" button.
+    expect(widget.locator(".gs-ct-scores")).to_contain_text("pin features to score their subgraph")
+    graph_scores = json.loads(lab_server.run_code(page, "print(json.dumps(g.scores()))"))
+    assert f"replacement {graph_scores[0]:.3g}"[:16] in widget.locator(".gs-ct-scores").text_content()
+    three = json.loads(lab_server.run_code(page, "print(json.dumps(top_kept(3)))"))
+    for k, node in enumerate(three):
+        _click(page, widget, node, shift=k > 0)
+    _wait_selected(lab_server, page, three)
+    widget.locator(".gs-ct-pin").click()
+    shown, want = _pinned_scores(page, widget, lab_server)
+    assert sorted(json.loads(lab_server.run_code(page, "print(json.dumps(w.pinned))"))) == sorted(three)
+    assert shown == pytest.approx(want, rel=1e-5)
+    assert shown != pytest.approx(graph_scores, rel=1e-3)  # the subgraph's, not the whole graph's
+    expect(widget.locator(".gs-ct-scores")).to_contain_text("pinned subgraph (3 features)")
+    # Pins set from Python (ten more features) are rescored live, still equal to Python's.
+    before = shown
+    lab_server.run_code(page, "w.pin(top_kept(13)[3:])")
+    page.wait_for_function("e => e.dataset.pinnedScored === '13'", arg=widget.element_handle(), timeout=30_000)
+    shown, want = _pinned_scores(page, widget, lab_server)
+    assert shown == pytest.approx(want, rel=1e-5) and shown != pytest.approx(before, rel=1e-4)
