@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import anywidget
-import ipywidgets
 import numpy as np
 import traitlets
 
@@ -24,6 +22,7 @@ from gemscope_widgets.backend.circuits.node_summary import group_summaries
 from gemscope_widgets.backend.stats.holder import shared_holder
 from gemscope_widgets.errors import GemscopeError
 
+from .base import ViewWidget, error_text
 from .bundle import bundle_path
 from .circuit_payload import (  # noqa: F401 (the view's public names, also importable from here)
     KIND_CODES,
@@ -35,13 +34,14 @@ from .circuit_payload import (  # noqa: F401 (the view's public names, also impo
     kept_flags,
     payload_arrays,
 )
-from .messages import PING, PONG, MessageTable, parse_message
+from .feature_pane import FeaturePane
+from .messages import PING, MessageTable
+from .paned import PanedView
 from .static_circuit import circuit_html, feature_label
-from .static_view import StaticFallback, feature_pane_html
 
 _BUNDLE = bundle_path("circuit")
 
-class Circuit(StaticFallback, anywidget.AnyWidget):
+class Circuit(ViewWidget):
     """An attribution graph in a notebook cell; build it with ``scope.circuit(prompt)`` or ``graph.widget()``.
 
     Hover a node for its label, activation and top logits; click it to select it (its strongest inputs and
@@ -61,6 +61,10 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
     }
     """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features;
     group the selected nodes under a name (a supernode, ``graph.group``); ungroup one."""
+    HANDLERS: ClassVar[dict[str, str]] = {"intervene": "_on_intervene", "group": "_on_group", "ungroup": "_on_ungroup"}
+    """Message type -> the method it calls (see :mod:`.base`)."""
+    REPORTED = (Exception,)
+    """A view's request must end in a message in the view, never a silent log line (:meth:`report_error`)."""
 
     _header = traitlets.Dict().tag(sync=True)
     """JSON description of the graph and of where each array lies in ``_data``."""
@@ -96,7 +100,6 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         self.graph = graph
         self._click_callbacks: list[Callable[[int], Any]] = []
         super().__init__(_header=header, _data=data, **kwargs)
-        self.on_msg(self._on_custom_msg)
         self.observe(self._on_clicked, names="clicked")
         self.observe(self._reprune, names=["node_threshold", "edge_threshold"])
         self._reprune()
@@ -235,20 +238,20 @@ class Circuit(StaticFallback, anywidget.AnyWidget):
         for callback in self._click_callbacks:
             callback(node)
 
-    def _on_custom_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        try:
-            kind, fields = parse_message(content, self.MESSAGES)
-            if kind == "ping":
-                self.send(PONG)
-            elif kind == "intervene":
-                features = set(range(self.graph.n_selected))
-                nodes = [n for n in self.selected if n in features]
-                self.intervene(nodes, mode=fields["mode"], value=float(fields["value"]))
-            elif kind in ("group", "ungroup"):
-                self._group_from_view(kind, fields["name"])
-        except Exception as exc:  # a view's request must end in a message in the view, never a silent log line
-            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
-            self.intervention = {**self.intervention, "state": "error", "rows": [], "message": message}
+    def report_error(self, exc: BaseException) -> None:
+        """A failed request from the view is shown as the intervention's error line."""
+        self.intervention = {**self.intervention, "state": "error", "rows": [], "message": error_text(exc)}
+
+    def _on_intervene(self, mode: str, value: float) -> None:
+        features = set(range(self.graph.n_selected))
+        nodes = [n for n in self.selected if n in features]
+        self.intervene(nodes, mode=mode, value=float(value))
+
+    def _on_group(self, name: str) -> None:
+        self._group_from_view("group", name)
+
+    def _on_ungroup(self, name: str) -> None:
+        self._group_from_view("ungroup", name)
 
     def _group_from_view(self, kind: str, name: str) -> None:
         try:
@@ -269,13 +272,13 @@ def intervention_rows(result: Any) -> list[list[Any]]:
     return [[str(text), float(before), float(after)] for _id, text, before, after in result.compared]
 
 
-class CircuitExplorer(StaticFallback, ipywidgets.VBox):
+class CircuitExplorer(PanedView):
     """``scope.circuit(prompt)``: a :class:`Circuit` with the feature pane of the clicked feature beneath.
 
     A click on a feature node opens it in a :class:`FeaturePane` of the dictionary holding it: that layer's
     transcoder (one pane per layer), or for a cross-layer transcoder the CLT itself (one pane for all layers, the
     feature given by its index across the CLT). Panes are built on first use and kept. The graph itself is
-    :attr:`graph`; the view is :attr:`circuit`; :attr:`transcoders` is the
+    :attr:`graph`; the view is :attr:`circuit` (also :attr:`view`); :attr:`transcoders` is the
     :class:`~gemscope_widgets.backend.circuits.transcoder_set.TranscoderSet`.
     """
 
@@ -284,8 +287,7 @@ class CircuitExplorer(StaticFallback, ipywidgets.VBox):
         self.graph = graph
         self.circuit = circuit
         self.transcoders = as_transcoder_set(transcoders)
-        self.panes: dict[int, Any] = {}
-        super().__init__([circuit])
+        super().__init__(circuit)
         circuit.on_click(self._open_pane)
 
     @classmethod
@@ -294,15 +296,8 @@ class CircuitExplorer(StaticFallback, ipywidgets.VBox):
         tset = as_transcoder_set(transcoders)
         return cls(model, graph, tset, Circuit.build(graph, model=model, transcoders=tset, **kwargs))
 
-    @property
-    def pane(self) -> Any:
-        """The feature pane now shown, or None before the first click on a feature."""
-        return self.children[-1] if len(self.children) > 1 else None
-
-    def show_feature(self, node: Any) -> Any:
+    def show_feature(self, node: Any) -> FeaturePane:
         """Opens the pane of feature node ``node`` (index, ``(layer, pos, feature)`` or node id)."""
-        from .feature_pane import FeaturePane
-
         kind, layer, _, feature = self.graph.node_info(self.graph.node_index(node))
         if kind != "feature":
             raise CircuitError(f"Node {node!r} is a {kind} node; only feature nodes have a feature pane.")
@@ -310,21 +305,17 @@ class CircuitExplorer(StaticFallback, ipywidgets.VBox):
         if found is None:
             raise CircuitError(f"No transcoder for layer {layer} in this set; its features have no pane.")
         dictionary, index = found
-        pane = self.panes.get(layer) or next((p for p in self.panes.values() if p.sae is dictionary), None)
-        if pane is None:
+        if layer not in self.panes:  # a CLT's layers share its one pane
+            same = next((p for p in self.panes.values() if p.sae is dictionary), None)
+            if same is not None:
+                self.panes[layer] = same
+
+        def make() -> FeaturePane:
             holder = shared_holder(self.model, dictionary)
             holder.find_cached()
-            pane = FeaturePane(self.model, dictionary, None, feature=index, holder=holder)
-        elif pane.feature != index:
-            pane.show(index)
-        self.panes[layer] = pane
-        self.children = (self.circuit, pane)
-        return pane
+            return FeaturePane(self.model, dictionary, None, feature=index, holder=holder)
 
-    def static_html(self) -> str:
-        """Script-free HTML of the graph and of the open feature pane (a saved notebook's fallback)."""
-        pane = self.pane
-        return circuit_html(self.circuit) + (feature_pane_html(pane) if pane is not None else "")
+        return self.open_pane(layer, index, make)
 
     def _open_pane(self, node: int) -> None:
         kind, layer, _, feature = self.graph.node_info(node)
