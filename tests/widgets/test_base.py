@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from typing import Any, ClassVar
 
+import anywidget
 import pytest
 import traitlets
 
+import gemscope_widgets.widgets as widgets_pkg
 from gemscope_widgets.errors import GemscopeError, ViewMessageError
 from gemscope_widgets.widgets.base import ViewWidget, error_text
 from gemscope_widgets.widgets.messages import PING, MessageTable
@@ -87,3 +92,38 @@ def test_tables_that_disagree_are_refused_when_the_class_is_defined():
 def test_error_text():
     assert error_text(GemscopeError("Pass a prompt.")) == "Pass a prompt."
     assert error_text(ValueError("bad")) == "ValueError: bad"
+
+
+# --- rules over the package's views -------------------------------------------------------------------------------
+
+def package_views() -> dict[str, type]:
+    """Every anywidget view class of gemscope_widgets.widgets (a class with its own bundle), by dotted path."""
+    found = {}
+    for info in pkgutil.iter_modules(widgets_pkg.__path__):
+        module = importlib.import_module(f"{widgets_pkg.__name__}.{info.name}")
+        for _name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, anywidget.AnyWidget) and cls.__module__ == module.__name__ and hasattr(cls, "_esm"):
+                found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return found
+
+
+VIEWS = package_views()
+
+
+def test_every_view_is_a_view_widget():
+    assert len(VIEWS) >= 7
+    outside = sorted(path for path, cls in VIEWS.items() if not issubclass(cls, ViewWidget))
+    assert not outside, f"subclass gemscope_widgets.widgets.base.ViewWidget (dispatch, errors, ping): {outside}"
+
+
+@pytest.mark.parametrize("path", sorted(VIEWS))
+def test_every_handler_takes_its_messages_fields(path):
+    """Each handler can be called with exactly the fields its message carries (keywords), nothing missing."""
+    cls = VIEWS[path]
+    for kind, method in cls.HANDLERS.items():
+        signature = inspect.signature(getattr(cls, method))
+        fields = dict.fromkeys(cls.MESSAGES[kind], 0)
+        try:
+            signature.bind(object(), **fields)
+        except TypeError as exc:
+            raise AssertionError(f"{path}: {method}() cannot take the {kind!r} fields {list(fields)}") from exc
