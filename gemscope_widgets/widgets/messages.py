@@ -5,7 +5,7 @@ Each widget class declares ``MESSAGES``: message type -> ``{field: allowed Pytho
 messages then arrive as ``(type, fields)`` with every field present and of an allowed type, or as a short
 :class:`ViewMessageError` the widget shows in its error line. Numbers from JavaScript may arrive as ``int``
 or ``float``; ``int`` in a table means "a whole number" and is returned as ``int``. Every table has
-``"ping"`` (:data:`PING`), which the widget answers with :data:`PONG`.
+``"ping"`` (:data:`PING`), which :class:`~.base.ViewWidget` answers with :data:`PONG`.
 """
 
 from __future__ import annotations
@@ -50,16 +50,6 @@ def _check(kind: str, name: str, value: Any, allowed: FieldSpec) -> Any:
         return value
     names = "/".join(t.__name__ for t in allowed)
     raise ViewMessageError(f"The view sent {name}={value!r} in a {kind!r} message; expected {names}.")
-
-
-def answer_pings(widget: Any) -> None:
-    """For a widget whose view sends nothing but the liveness ping: answers each ping with :data:`PONG`."""
-
-    def handle(_widget: Any, content: Any, _buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("type") == "ping":
-            widget.send(PONG)
-
-    widget.on_msg(handle)
 
 
 def parse_message(content: Any, table: MessageTable) -> tuple[str, dict[str, Any]]:
