@@ -107,6 +107,26 @@ def _check_heatmap_flow(lab_server, page, setup: str, name: str) -> None:
     expect(head).to_have_class("gs-hm-fhead gs-selected")
     assert lab_server.run_code(page, "print(w.selected_feature)").strip() == str(column)
 
+    # The level slider: Home moves it to the coarsest level; the kernel re-encodes the grid from the first k
+    # latents only, and the view draws exactly Python's columns, every one (but the selected) below k.
+    levels = json.loads(lab_server.run_code(page, "print(json.dumps(w.levels[0]))"))
+    slider = widget.locator(".gs-hm-level")
+    slider.focus()
+    slider.press("Home")
+    k = levels[0]
+    expect(widget.locator(".gs-hm-level-text")).to_have_text(f"first {k:,} of {levels[-1]:,} latents", timeout=30_000)
+    assert lab_server.run_code(page, "print(w.level)").strip() == str(k)
+    cut = json.loads(lab_server.run_code(page, "print(json.dumps(w.top_features(0)))"))
+    heads = widget.locator(".gs-hm-fhead")
+    expect(heads).to_have_count(len(cut), timeout=30_000)
+    assert heads.evaluate_all("els => els.map(e => Number(e.dataset.f))") == cut
+    assert all(f < k for f in cut if f != column) and cut != columns
+    refused = lab_server.run_code(page, "try:\n    w.level = 10**6\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    assert refused.startswith("MatryoshkaError") and "outside" in refused
+    slider.press("End")  # back to all latents
+    expect(widget.locator(".gs-hm-level-text")).to_have_text(f"all {levels[-1]:,} latents", timeout=30_000)
+    assert lab_server.run_code(page, "print(w.level)").strip() == "0"
+
     # Python -> browser: a selection made in the kernel shows up in the view.
     lab_server.run_code(page, f"w.select(token={t - 1})")
     expect(text.nth(t - 1)).to_have_class(re.compile(r"\bgs-selected\b"), timeout=30_000)
