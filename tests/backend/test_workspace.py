@@ -1,13 +1,9 @@
-"""Workspace: a model, named SAEs, one statistics holder and one label source per SAE, a transcoder set; used from a
-script with no widget module loaded, and the same objects the notebook's Scope hands to its views."""
+"""Workspace: a model, named SAEs, one statistics holder and one label source per SAE, a transcoder set, used from a
+script (that importing it loads no widget module is tests/test_layering.py's: it is a backend module)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +18,9 @@ from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.backend.steering.session import SteeringSession
 from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import GemscopeError, SAEModelMismatch
-from gemscope_widgets.testing.tiny import build_tiny_checkpoint
 from gemscope_widgets.testing.transcoders import write_calibrated_set
 from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
 from tests.helpers import SCAN_CORPUS, SCAN_PARAMS
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -101,27 +94,3 @@ def test_a_given_transcoder_set_is_kept_and_attributes(tiny_model, tmp_path):
     ref = attribute(tiny_model, tset, "The quick brown fox", max_logits=2, progress=False)
     assert graph.active_features.tolist() == ref.active_features.tolist()
     assert np.allclose(graph.adjacency_matrix.numpy(), ref.adjacency_matrix.numpy(), atol=1e-6)
-
-
-def test_a_script_uses_it_without_any_widget_module(tmp_path):
-    """From a script: a Workspace, its card and its statistics holder, and no widget library or view loaded."""
-    checkpoint = build_tiny_checkpoint(tmp_path / "tiny")
-    folder = write_gemma_scope_sae(tmp_path / "resid_post/layer_1_width_16k_l0_medium", kind="sae",
-                                   site="resid_post", layer=1, width=16, seed=3)
-    script = (
-        "import sys\n"
-        "from gemscope_widgets.backend.gemma.model import load_model\n"
-        "from gemscope_widgets.backend.workspace import Workspace\n"
-        "from gemscope_widgets.testing.tiny import TINY_NAME\n"
-        f"gm = load_model({str(checkpoint)!r}, device='cpu', dtype='float32', name=TINY_NAME)\n"
-        f"ws = Workspace(gm, {str(folder)!r})\n"
-        "card = ws.card(2)\n"
-        "assert card.feature == 2 and ws.stats_holder().stats is None\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('anywidget', 'ipywidgets', 'traitlets')\n"
-        "                or m.startswith(('gemscope_widgets.widgets', 'gemscope_widgets.scope')))\n"
-        "print(loaded)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "GEMSCOPE_CACHE": str(tmp_path / "cache")})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
