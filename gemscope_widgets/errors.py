@@ -160,3 +160,8 @@ class LabelScoreError(GemscopeError):
 
 class SearchError(GemscopeError):
     """A feature search asked badly: an empty query, no example texts, or texts that are not strings."""
+
+
+class ExplainError(GemscopeError):
+    """Explanations asked badly: no features, a model that is not a Gemma 3 causal LM as explainer or scorer,
+    bad sampling settings, or no statistics to take top-activating examples from."""

@@ -184,6 +184,16 @@ class Scope:
         :func:`~gemscope_widgets.backend.analysis.search.search_examples`). A list of ``SearchHit``."""
         return self.workspace.search(query, examples=examples, against=against, k=k, sae=sae)
 
+    def explain(self, features: Any, explainer: Any, scorer: Any = None, *, sae: str | None = None,
+                **kwargs: Any) -> Any:
+        """Explanations of ``features`` written by ``explainer`` (an instruction-tuned model from
+        :func:`load_model`) and scored by detection and fuzzing with ``scorer`` (default: the explainer), following
+        EleutherAI delphi (:func:`~gemscope_widgets.backend.analysis.explain.explain`; keywords as there). Cached
+        per feature; they become the features' labels in every view of this Scope, with their scores."""
+        from gemscope_widgets.backend.analysis.explain import explain
+
+        return explain(self, features, explainer, scorer, sae=sae, **kwargs)
+
     def labels(self, sae: str | None = None) -> Any:
         """The feature labels of SAE ``sae`` (default: the first): explanations where the statistics have
         them, otherwise automatic labels (see :mod:`~gemscope_widgets.backend.analysis.labels`). One object per

@@ -239,7 +239,7 @@ class FeatureCards:
             dictionary=dictionary_noun(str(getattr(config, "kind", "sae"))),
             width=self.width,
             url=feature_url(self.sae, f, getattr(self.gm, "name", None)) or "",
-            explanation=(stats.explanation(f) or "") if stats is not None else "",
+            explanation=(self.labels.explanation(f) or ("",))[0],
             label=self.labels.auto(f),
             density=density,
             max_act=max_act,

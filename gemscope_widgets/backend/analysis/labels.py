@@ -7,7 +7,9 @@ browser): the tokens at the peaks of its top-activating examples, and the top to
 
 ``KeyError/Error → raised, exception`` reads: fires most on "KeyError" and "Error", and pushes the next token
 towards "raised" and "exception". Without examples (no statistics yet) only the ``→ ...`` part is given.
-An explanation (a user label or an imported Neuronpedia one) always wins over the automatic label.
+An explanation always wins over the automatic label: the user's own label first, then one written by a language
+model (:func:`~.explain.explain`, added with :meth:`FeatureLabels.add_explanations`), then an imported one
+(Neuronpedia).
 
 Every label has a score (:mod:`.label_scores`: a lookup-table simulation and precision/recall on held-out text).
 Once the held-out pass exists (:meth:`FeatureLabels.scores` makes it; first use of the embedded default makes it for
@@ -126,6 +128,31 @@ class FeatureLabels:
         self._auto: dict[int, str] = {}
         self._parts: dict[int, tuple[list[str], list[str], float | None]] = {}
         self._scores: dict[int, LabelScore] = {}
+        self._explained: dict[int, tuple[str, str, dict[str, float]]] = {}
+
+    def add_explanations(self, explanations: Iterable[Any]) -> None:
+        """Use written explanations (objects with ``feature``, ``text``, ``source`` and ``scores``, e.g.
+        :class:`~.explain.Explanation`) as these features' labels, under a user's own label and over an imported
+        one; their scores ride along in each :class:`~.label_scores.LabelScore`'s ``imported``."""
+        for e in explanations:
+            f = self.sae.check_feature(e.feature)
+            if e.text:
+                self._explained[f] = (str(e.text), str(e.source), dict(e.scores))
+                self._scores.pop(f, None)
+
+    def explanation(self, f: int) -> tuple[str, str, dict[str, float]] | None:
+        """``(text, source, scores)`` of ``f``'s explanation: the user's label ("user"), else one added by
+        :meth:`add_explanations`, else an imported one (its source name); None when it has none."""
+        f = int(f)
+        stats = self.stats
+        text = stats.explanation(f) if stats is not None else None
+        if text and stats.explanation_source(f) == "user":
+            return text, "user", {}
+        if f in self._explained:
+            return self._explained[f]
+        if text:
+            return text, stats.explanation_source(f) or "user", stats.explanation_scores(f)
+        return None
 
     def set_stats(self, stats: Any) -> None:
         """New statistics (a finished scan): labels that used examples are recomputed on next use."""
@@ -170,11 +197,10 @@ class FeatureLabels:
     def labels(self, features: Iterable[int]) -> dict[int, str]:
         features = [self.sae.check_feature(f) for f in features]
         explained = {}
-        if self.stats is not None:
-            for f in features:
-                text = self.stats.explanation(f)
-                if text:
-                    explained[f] = text
+        for f in features:
+            found = self.explanation(f)
+            if found is not None:
+                explained[f] = found[0]
         autos = self.autos([f for f in features if f not in explained])
         return {f: explained.get(f) or autos[f] for f in features}
 
@@ -206,16 +232,15 @@ class FeatureLabels:
         return LabelScores({f: self._scores[f] for f in wanted})
 
     def _score(self, features: list[int], labels: dict[int, str], held: HeldOutTokens | None) -> None:
-        stats, tok = self.stats, self.gm.tokenizer
+        tok = self.gm.tokenizer
         same: dict[int, frozenset[int]] = {}
         nxt: dict[int, frozenset[int]] = {}
         meta: dict[int, tuple[str, dict[str, float], float | None]] = {}
         for f in features:
-            text = stats.explanation(f) if stats is not None else None
-            if text:
-                source = stats.explanation_source(f) or "user"
-                meta[f] = (source, stats.explanation_scores(f), None)
-                same[f] = token_set(tok, explanation_words(text))
+            found = self.explanation(f)
+            if found is not None:
+                meta[f] = (found[1], dict(found[2]), None)
+                same[f] = token_set(tok, explanation_words(found[0]))
                 continue
             fires_on, promotes, r = self._parts[f]
             meta[f] = ("auto", {}, r)
