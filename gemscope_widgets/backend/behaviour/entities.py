@@ -28,13 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from gemscope_widgets.backend.analysis.features import sae_inputs
-from gemscope_widgets.backend.gemma.capture import capture
+from gemscope_widgets.backend.behaviour.batched import greedy_answers, sae_inputs_at
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import EntityError
 
@@ -144,21 +143,6 @@ def is_right(answer: str, gold: Sequence[str]) -> bool:
     return any(_normal(g) in said for g in gold)
 
 
-def greedy_answer(gm: GemmaModel, text: str, max_new_tokens: int = MAX_ANSWER_TOKENS) -> str:
-    """The model's greedy continuation of ``text`` (``max_new_tokens`` at most), up to its first newline
-    (generation stops there: transformers' ``stop_strings``)."""
-    ids = gm.prompt(text).input_ids.to(gm.device)[None]
-    with torch.inference_mode():
-        out = cast(Any, gm.model).generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            top_p=None, top_k=None, pad_token_id=gm.tokenizer.pad_token_id, stop_strings=["\n"],
-            tokenizer=gm.tokenizer,
-        )
-    new = out[0, ids.shape[1]:].tolist()
-    answer = str(gm.tokenizer.decode(new, skip_special_tokens=True))
-    return answer.split("\n", 1)[0].strip()
-
-
 def entity_last_token(gm: GemmaModel, text: str, name: str) -> int:
     """Index, in ``gm.prompt(text).input_ids``, of the last token of the last mention of ``name`` in ``text``.
 
@@ -255,7 +239,7 @@ def entity_knowledge(
     An entity is *known* when at least ``min_right`` of its answers are right, *unknown* when none is (invented
     entities always), and left out otherwise. ``sae``: a one-site SAE; activations are read at the entity's last
     token in its first question's prompt. Cost per entity: one forward pass up to the SAE's layer plus one greedy
-    generation (``max_new_tokens``) per question.
+    generation (``max_new_tokens``) per question, both in padded batches (:mod:`~.batched`).
 
     Raises :class:`EntityError` for malformed records, an entity whose last token cannot be located, or when no
     entity type has both a known and an unknown entity. Method: Ferrando et al. (ICLR 2025).
@@ -272,20 +256,22 @@ def entity_knowledge(
     positions = np.asarray([entity_last_token(gm, p, e.entity) for p, e in zip(prompts, items)], dtype=np.int64)
     n_q = max(len(e.questions) for e in items)
     right = np.zeros((len(items), n_q), dtype=bool)
-    answers: list[list[str]] = []
-    active = np.zeros((len(items), int(sae.width)), dtype=bool)
-    bar = progress_bar(total=len(items), desc="entities", disable=not progress, leave=False)
-    for i, e in enumerate(items):
+    asked = [(i, j) for i, e in enumerate(items) for j in range(len(e.questions))]
+    bar = progress_bar(total=len(items) + len(asked), desc="entities", disable=not progress, leave=False)
+    try:
+        xs = sae_inputs_at(gm, sae, [gm.prompt(p) for p in prompts], [torch.tensor([int(t)]) for t in positions],
+                           step=bar.update)
         with torch.inference_mode():
-            captured = capture(gm, gm.prompt(prompts[i]).input_ids, sae.config.hook_points_in)
-            x = sae_inputs(sae, {name: v[0] for name, v in captured.items()})[int(positions[i])]
-            active[i] = (sae.encode(x[None]).float()[0] > 0).cpu().numpy()
-        said = [greedy_answer(gm, question_prompt(e, q), max_new_tokens) for q in e.questions]
-        answers.append(said)
-        if not e.invented:
-            right[i, : len(said)] = [is_right(a, q.answers) for a, q in zip(said, e.questions)]
-        bar.update()
-    bar.close()
+            active = np.stack([(sae.encode(x).float()[0] > 0).cpu().numpy() for x in xs])
+        said = greedy_answers(gm, [question_prompt(items[i], items[i].questions[j]) for i, j in asked],
+                              max_new_tokens, step=bar.update)
+    finally:
+        bar.close()
+    answers: list[list[str]] = [[] for _ in items]
+    for (i, j), answer in zip(asked, said):
+        answers[i].append(answer)
+        if not items[i].invented:
+            right[i, j] = is_right(answer, items[i].questions[j].answers)
     n_right = right.sum(axis=1)
     known = np.where(n_right >= min_right, 1, np.where(n_right == 0, 0, -1)).astype(np.int64)
 
