@@ -7,7 +7,8 @@ Reads both error-id schemes and the files of Neuronpedia's second backend
 (``feature_type``, ``layer``, ``ctx_idx``), ids only join links to nodes. ``bias`` nodes are read as the bias
 input of their targets; ``lorsa``, ``lorsa error``, ``unknown`` and other node types are refused by name. What an
 :class:`AttributionGraph` has no field for is kept in ``graph.info["neuronpedia"]`` and written back on export, so
-import -> export keeps the file.
+import -> export keeps the file. QK traces written on nodes (``qk_tracing_results``, ``qk_head``, with
+``qk_only_nodes``) are read into ``graph.info["qk_tracing"]``.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ from gemscope_widgets.backend.circuits.neuronpedia_json import (
     _CLERP_TOKEN,
     _IDENTITY,
     _SECOND_BACKEND_ID,
+    ATTENTION_TYPE,
     BIAS_TYPE,
     ERROR_TYPE,
     FEATURE_TYPE,
     INFO_KEY,
     LOGIT_TYPE,
+    QK_LISTS,
     REFUSED_TYPES,
     TOKEN_TYPE,
     _finite,
     _node_record,
 )
+from gemscope_widgets.backend.circuits.qk import INFO_KEY as QK_INFO_KEY
 from gemscope_widgets.errors import warn_user
 
 
@@ -250,7 +254,11 @@ def from_neuronpedia(source: str | os.PathLike[str] | Mapping[str, Any]) -> Attr
         scan=list(meta.get("transcoder_list") or []) or None,
         feature_labels={(k[0], k[2]): str(feats[k][1]["clerp"]) for k in feature_keys if feats[k][1].get("clerp")},
     )
-    graph.info = {"imported_from": "neuronpedia", INFO_KEY: _record(data, graph, candidates, bias_links)}
+    record = _record(data, graph, candidates, bias_links)
+    traces = _read_qk_tracing(graph, record)
+    graph.info = {"imported_from": "neuronpedia", INFO_KEY: record}
+    if traces:
+        graph.info[QK_INFO_KEY] = traces
     return graph
 
 
@@ -294,3 +302,39 @@ def _record(
     bias_links = [{**link, "target": rename(link["target"])} for link in bias_links]
     return {"metadata": meta, "qParams": q, "nodes": nodes, "bias_nodes": bias_nodes, "bias_links": bias_links,
             "extra": extra}
+
+
+def _read_qk_tracing(graph: AttributionGraph, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The QK traces of an imported file (taken out of ``record``'s node overlays and ``qk_only_nodes``), as
+    ``graph.info["qk_tracing"]`` holds them. Raises GraphError for lists not of Neuronpedia's shape."""
+    only = record["extra"].get("qk_only_nodes") or {}  # kept there too: an export without traces writes it back
+    kinds = {FEATURE_TYPE: "unselected", ATTENTION_TYPE: "attention", BIAS_TYPE: "bias"}
+    out: dict[str, dict[str, Any]] = {}
+    for node_id, overlay in record["nodes"].items():
+        results = overlay.pop("qk_tracing_results", None)
+        head = overlay.pop("qk_head", None) or {}
+        if results is None:
+            continue
+        try:
+            lists: dict[str, list[list[Any]]] = {
+                k: [[*map(str, x[:-1]), float(x[-1])] for x in results[k]] for k in QK_LISTS
+            }
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise GraphError(f"Node {node_id!r} has qk_tracing_results not of Neuronpedia's shape.") from None
+        about: dict[str, Any] = {}
+        for cid in {str(c) for rows in lists.values() for x in rows for c in x[:-1]}:
+            try:
+                i = graph.node_index(cid)
+                kind, layer, pos, feature = graph.node_info(i)
+                about[cid] = {"kind": kind, "node": i, "layer": layer, "pos": pos, "feature": feature,
+                              "label": graph.node_label(i)}
+            except GraphError:
+                desc = only.get(cid) or {"node_id": cid}
+                layer_s = str(desc.get("layer", -1))
+                layer = int(layer_s) if layer_s.lstrip("-").isdigit() else -1
+                kind = kinds.get(str(desc.get("feature_type")), "unknown")
+                about[cid] = {"kind": kind, "node": -1, "layer": layer, "pos": int(desc.get("ctx_idx", -1)),
+                              "feature": _feature_index(desc, layer) if kind == "unselected" else -1,
+                              "label": str(desc.get("clerp", "")), "activation": _finite(desc.get("activation"))}
+        out[node_id] = {**head, **lists, "contributors": about}
+    return out

@@ -28,6 +28,14 @@ Neuronpedia's second backend; what an :class:`AttributionGraph` has no field for
 ``is_target_logit``, logit, error and token labels, ``qParams`` with pins and supernodes, ``info``, generation and
 pruning settings, other top-level blocks) is kept in ``graph.info["neuronpedia"]`` and written back on export, so
 import -> export keeps the file.
+
+QK traces (``graph.qk``, kept in ``graph.info["qk_tracing"]`` by target node) are written on their target nodes as
+Neuronpedia's ``qk_tracing_results`` (``pair_wise_contributors`` ``[q_id, k_id, attr]``,
+``top_q_marginal_contributors`` / ``top_k_marginal_contributors`` ``[id, attr]``; attributions in the score's logit
+units) with the head beside it in ``qk_head`` (layer, head, positions, score, probability, remainder); every
+contributor id that is not a written node is described in the top-level ``qk_only_nodes`` (features without a
+node or pruned, ``{layer}_attn_{pos}`` attention outputs of feature type "attention output", ``bias_{pos}``).
+Import reads them back into ``graph.info["qk_tracing"]``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from typing import Any
 import torch
 
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
+from gemscope_widgets.backend.circuits.qk import INFO_KEY as QK_INFO_KEY
 from gemscope_widgets.backend.gemma.names import neuronpedia_model_id
 from gemscope_widgets.errors import warn_user
 
@@ -53,6 +62,9 @@ ERROR_TYPE = "mlp reconstruction error"
 TOKEN_TYPE = "embedding"
 LOGIT_TYPE = "logit"
 BIAS_TYPE = "bias"
+ATTENTION_TYPE = "attention output"  # a QK contributor only (in qk_only_nodes): an attention layer's output
+QK_LISTS = ("pair_wise_contributors", "top_q_marginal_contributors", "top_k_marginal_contributors")
+QK_HEAD = ("layer", "head", "kv_head", "query_pos", "key_pos", "score", "probability", "node_pairs_total", "remainder")
 # Neuronpedia's other node types, with why this package cannot hold them.
 REFUSED_TYPES = {
     "lorsa": "attention (LoRSA) features",
@@ -249,7 +261,55 @@ def to_neuronpedia(
         meta["pruning_settings"] = {"node_threshold": node_t, "edge_threshold": edge_t}
     q = dict(DEFAULT_Q_PARAMS) | dict(record.get("qParams", {})) | dict(q_params or {})
     out = {"metadata": meta, "qParams": q, "nodes": used, "links": links}
+    qk_only = _write_qk_tracing(graph, used)
+    if qk_only:
+        out["qk_only_nodes"] = qk_only
     out.update((k, v) for k, v in record.get("extra", {}).items() if k not in out)
+    return out
+
+
+def _write_qk_tracing(graph: AttributionGraph, used: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Put each QK trace on its target node (``qk_tracing_results``, ``qk_head``); returns ``qk_only_nodes``."""
+    traces: Mapping[str, Mapping[str, Any]] = graph.info.get(QK_INFO_KEY) or {}
+    by_id = {str(n["node_id"]): n for n in used}
+    only: dict[str, dict[str, Any]] = {}
+    dropped = []
+    for target, trace in traces.items():
+        node = by_id.get(target)
+        if node is None:
+            dropped.append(f"L{trace.get('layer')} head {trace.get('head')} on {target}")
+            continue
+        node["qk_tracing_results"] = {k: [list(x) for x in trace[k]] for k in QK_LISTS}
+        node["qk_head"] = {k: trace[k] for k in QK_HEAD if k in trace}
+        for cid, about in (trace.get("contributors") or {}).items():
+            if cid not in by_id and cid not in only:
+                only[cid] = _qk_contributor(graph, cid, about)
+    if dropped:
+        warn_user(
+            f"QK trace(s) {', '.join(dropped)} were not written: pruning dropped their target node. Export with "
+            "lower thresholds, or trace with target= a node that is kept (a logit, a kept feature)."
+        )
+    return only
+
+
+def _qk_contributor(graph: AttributionGraph, cid: str, about: Mapping[str, Any]) -> dict[str, Any]:
+    """``qk_only_nodes[cid]``: a graph node's own record, else one made from the trace's description."""
+    keys = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp", "activation")
+    kind, layer, pos, feature = str(about["kind"]), int(about["layer"]), int(about["pos"]), int(about["feature"])
+    if kind in ("feature", "error", "token"):
+        try:
+            record = _node_record(graph, graph.node_index(cid), None)
+            return {k: record[k] for k in keys}
+        except GraphError:  # a feature without a node in this graph
+            pass
+    out: dict[str, Any] = {"node_id": cid, "feature": None, "layer": str(layer), "ctx_idx": pos,
+                           "feature_type": BIAS_TYPE, "jsNodeId": f"{cid}-{pos}", "clerp": str(about["label"]),
+                           "activation": _finite(about.get("activation"))}
+    if kind in ("feature", "unselected"):
+        out.update(feature=cantor_pairing(layer, feature), feature_type=FEATURE_TYPE, jsNodeId=f"{layer}_{feature}-0",
+                   clerp=graph.feature_labels.get((layer, feature), ""))
+    elif kind == "attention":
+        out.update(feature_type=ATTENTION_TYPE, jsNodeId=f"{layer}_attn-{pos}")
     return out
 
 

@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 
 from gemscope_widgets.backend.circuits.attribution import _active_features, _Nodes
-from gemscope_widgets.backend.circuits.replacement import FrozenForward, capture_forward
+from gemscope_widgets.backend.circuits.replacement import FrozenForward
+from gemscope_widgets.backend.gemma.hooks import StopForward
 from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.errors import GraphError
 
@@ -63,7 +64,8 @@ class QKTerm:
     """One term of a residual stream: ``kind`` in :data:`TERM_KINDS`, ``node_id`` (Neuronpedia's id for graph nodes
     and unselected features ``{layer}_{feature}_{pos}``; ``{layer}_attn_{pos}`` for attention outputs,
     ``bias_{pos}`` for the constants), ``node`` (graph node index, -1 for non-nodes), ``layer`` (-1 for the token
-    and bias terms), ``pos``, ``feature`` (feature index, token id for the token, -1 otherwise), ``label``."""
+    and bias terms), ``pos``, ``feature`` (feature index, token id for the token, -1 otherwise), ``label``,
+    ``activation`` (a feature's activation; None for other kinds)."""
 
     kind: str
     node_id: str
@@ -72,6 +74,7 @@ class QKTerm:
     pos: int
     feature: int
     label: str
+    activation: float | None = None
 
     @property
     def is_node(self) -> bool:
@@ -170,7 +173,8 @@ class QKAttribution:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary (what a view or a graph file holds): the head, score, probability, the top pairs and
         marginals as Neuronpedia's ``qk_tracing_results`` lists (``[q_id, k_id, attr]``, ``[id, attr]``), the
-        remainder, and ``contributors``: ``{id: {kind, node, layer, pos, feature, label}}`` of every id listed."""
+        remainder, and ``contributors``: ``{id: {kind, node, layer, pos, feature, label, activation}}`` of every id
+        listed."""
         pairs = [[q.node_id, k.node_id, v] for q, k, v in self.top_pairs()]
         tq = [[t.node_id, v] for t, v in self.top_q()]
         tk = [[t.node_id, v] for t, v in self.top_k()]
@@ -191,7 +195,7 @@ class QKAttribution:
             "remainder": self.remainder,
             "contributors": {
                 i: {"kind": t.kind, "node": t.node, "layer": t.layer, "pos": t.pos, "feature": t.feature,
-                    "label": t.label}
+                    "label": t.label, "activation": t.activation}
                 for i, t in listed.items()
             },
         }
@@ -222,21 +226,23 @@ _LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _attention_kwargs_hooks(modules: list[torch.nn.Module], store: dict[int, Any]) -> Iterator[None]:
-    """Keep each attention module's ``position_embeddings`` (cos, sin) of this thread's forward; always removed."""
+def _attention_kwargs_hooks(modules: dict[int, torch.nn.Module], store: dict[int, Any]) -> Iterator[None]:
+    """Keep the ``position_embeddings`` (cos, sin) that this thread's forward gives each attention module of
+    ``modules`` (by layer); the forward stops (StopForward) once the last of them has them. Always removed."""
     owner = threading.get_ident()
     handles = []
 
     def keep(layer: int) -> Any:
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if threading.get_ident() == owner:
-                pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
-                store[layer] = pe
+                store[layer] = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+                if len(store) == len(modules):
+                    raise StopForward
 
         return hook
 
     try:
-        for layer, m in enumerate(modules):
+        for layer, m in modules.items():
             handles.append(m.register_forward_pre_hook(keep(layer), with_kwargs=True))
         yield
     finally:
@@ -245,13 +251,17 @@ def _attention_kwargs_hooks(modules: list[torch.nn.Module], store: dict[int, Any
 
 
 def _rotary(gm: Any, ids: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
-    """Each layer's RoPE ``(cos, sin)`` ``[T, head_dim]`` float64, as the model's forward passes them."""
+    """Each layer's RoPE ``(cos, sin)`` ``[T, head_dim]`` float64, as the model's forward passes them (read at the
+    first layer of each layer type, which all layers of that type share; the forward stops there)."""
+    types = list(getattr(gm.text_model.config, "layer_types", None) or range(gm.n_layers))
+    first = {t: types.index(t) for t in dict.fromkeys(types)}
     store: dict[int, Any] = {}
-    with torch.no_grad(), _attention_kwargs_hooks([b.self_attn for b in gm.layers], store):
+    modules = {layer: gm.layers[layer].self_attn for layer in first.values()}
+    with torch.no_grad(), _attention_kwargs_hooks(modules, store), contextlib.suppress(StopForward):
         gm.text_model(input_ids=ids.reshape(1, -1).to(gm.device), use_cache=False)
     out = {}
     for layer in range(gm.n_layers):
-        pe = store.get(layer)
+        pe = store.get(first[types[layer]])
         if pe is None:
             raise GraphError(f"Could not read the rotary embedding of layer {layer} from {type(gm.model).__name__}.")
         cos, sin = pe
@@ -273,7 +283,7 @@ def _prepared(graph: AttributionGraph) -> _Prepared:
         gm, tset = rep.model, rep.transcoders
         ids = graph.input_tokens
         with torch.no_grad():
-            fwd = capture_forward(gm, ids)
+            fwd = rep.frozen(ids)  # shared with frozen-attention interventions
             nodes = _active_features(fwd, tset, rep.zero_positions, torch.device("cpu"))
         if nodes.active.shape != graph.active_features.shape or not torch.equal(nodes.active, graph.active_features):
             raise GraphError(
@@ -340,10 +350,11 @@ def _side_terms(
         lyr, _, feat = nodes.active[c].tolist()
         node = int(prep.node_of_active[c])
         nid = f"{lyr}_{feat}_{pos}"
+        act = float(nodes.values[c])
         if node >= 0:
-            terms.append(QKTerm("feature", nid, node, lyr, pos, feat, graph.node_label(node)))
+            terms.append(QKTerm("feature", nid, node, lyr, pos, feat, graph.node_label(node), act))
         else:
-            terms.append(QKTerm("unselected", nid, -1, lyr, pos, feat, f"L{lyr} #{feat} @{pos} (no node)"))
+            terms.append(QKTerm("unselected", nid, -1, lyr, pos, feat, f"L{lyr} #{feat} @{pos} (no node)", act))
         rows.append(feats[c])
     for lyr, v in sorted(errors, key=lambda e: e[0]):
         node = graph.error_slice.start + lyr * graph.n_pos + pos

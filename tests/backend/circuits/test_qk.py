@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -186,6 +188,7 @@ def test_bad_input(tiny_model, affine_graph, tmp_path):
 
 
 @pytest.mark.real_model
+@pytest.mark.filterwarnings("ignore::gemscope_widgets.errors.SAEModelWarning")  # the -pt set on an "-it" model
 def test_real_270m_with_the_demo_transcoders_on_a_chat_prompt(real_model):
     from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
 
@@ -193,7 +196,7 @@ def test_real_270m_with_the_demo_transcoders_on_a_chat_prompt(real_model):
     it = dataclasses.replace(real_model, is_instruct=True)
     ids = it.prompt([{"role": "user", "content": "Michael Jordan plays the sport of"}]).input_ids
     tset = load_transcoders(load_demo_transcoders(real_model, progress=False))
-    g = attribute(it, tset, ids, max_feature_nodes=512, progress=False)
+    g = attribute(it, tset, ids, max_feature_nodes=64, progress=False)
     assert g.replacement.zero_positions == 4
     last = g.n_pos - 1
     config = real_model.text_model.config
@@ -208,3 +211,57 @@ def test_real_270m_with_the_demo_transcoders_on_a_chat_prompt(real_model):
     assert errors.sum() == local and not r.k_marginal[errors].any()
     with pytest.raises(GraphError, match="heads 0..3"):
         g.qk(full, 4, last, 0)
+
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "fixtures" / "neuronpedia_graph_schema.json").read_text())
+
+
+def test_traces_in_neuronpedia_json_and_graph_files(affine_graph, tmp_path):
+    g = affine_graph
+    g.info.pop("qk_tracing", None)
+    last = g.n_pos - 1
+    prune = g.prune()
+    kept_feature = next(i for i in prune.node_mask.nonzero().flatten().tolist() if g.node_kind(i) == "feature"
+                        and g.node_info(i).pos == last and g.node_info(i).layer > 1)
+    g.qk(3, 0, last, 5, top=6)  # on the top logit
+    b = g.qk(1, 2, last, last - 2, top=4, target=kept_feature)
+    assert set(g.info["qk_tracing"]) == {g.node_id(g.logit_slice.start), g.node_id(kept_feature)}
+    data = g.to_neuronpedia("qk", scan="gemma-3-270m")
+    jsonschema.Draft7Validator(SCHEMA).validate(data)
+    nodes = {n["node_id"]: n for n in data["nodes"]}
+    traced = nodes[g.node_id(kept_feature)]
+    res = traced["qk_tracing_results"]
+    assert traced["qk_head"]["layer"] == 1 and traced["qk_head"]["head"] == 2
+    assert traced["qk_head"]["score"] == pytest.approx(b.score)
+    # Neuronpedia's shapes (draft-07 ignores prefixItems, so checked here): [q, k, attr] and [id, attr].
+    assert len(res["pair_wise_contributors"]) == 4 and len(res["top_q_marginal_contributors"]) == 4
+    for q, k, v in res["pair_wise_contributors"]:
+        assert isinstance(q, str) and isinstance(k, str) and isinstance(v, float)
+    assert [v for _, _, v in res["pair_wise_contributors"]] == [v for _, _, v in b.top_pairs()]
+    assert [v for _, v in res["top_k_marginal_contributors"]] == [v for _, v in b.top_k()]
+    # Every contributor id resolves to a written node or to qk_only_nodes (the schema's promise).
+    ids = {c for n in data["nodes"] if "qk_tracing_results" in n for rows in n["qk_tracing_results"].values()
+           for row in rows for c in row[:-1]}
+    only = data.get("qk_only_nodes", {})
+    assert ids <= set(nodes) | set(only) and not set(only) & set(nodes)
+    assert any(v["feature_type"] == "attention output" for v in only.values())
+    # Read back, written again: the same traces.
+    back = AttributionGraph.from_neuronpedia(json.loads(json.dumps(data)))
+    for key in ("pair_wise_contributors", "top_q_marginal_contributors", "top_k_marginal_contributors", "score",
+                "layer", "head", "query_pos", "key_pos", "remainder"):
+        assert back.info["qk_tracing"][traced["node_id"]][key] == g.info["qk_tracing"][traced["node_id"]][key]
+    again = back.to_neuronpedia("qk", scan="gemma-3-270m")
+    assert {n["node_id"]: n.get("qk_tracing_results") for n in again["nodes"]} == {
+        i: n.get("qk_tracing_results") for i, n in nodes.items()
+    }
+    assert again.get("qk_only_nodes") == only
+    # The graph's own file keeps them too.
+    loaded = AttributionGraph.load(g.save(tmp_path / "g.safetensors"))
+    assert loaded.info["qk_tracing"] == json.loads(json.dumps(g.info["qk_tracing"]))
+    # A trace whose target pruning drops is not written, and the export says so.
+    errors = range(g.error_slice.start + 2 * g.n_pos, g.error_slice.start + 3 * g.n_pos)
+    dropped = next(i for i in errors if not prune.node_mask[i])
+    g.qk(2, 0, last, last, target=dropped)
+    with pytest.warns(UserWarning, match="pruning dropped their target"):
+        data = g.to_neuronpedia("qk", scan="gemma-3-270m")
+    assert not any(n["node_id"] == g.node_id(dropped) for n in data["nodes"])
