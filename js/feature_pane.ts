@@ -73,6 +73,12 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   const relatedTitle = el("h4", "", "Related features");
   const related = el("div", "gs-related");
   relatedBox.append(relatedTitle, related);
+  // The family tree across widths (a companion SAE of the same site): this latent, then its nearest latents there.
+  const familyBox = el("div", "gs-family");
+  const familyTitle = el("h4", "", "Across widths");
+  const familyRoot = el("div", "gs-family-root gs-muted");
+  const familyList = el("ul", "gs-family-tree");
+  familyBox.append(familyTitle, familyRoot, familyList);
 
   const makeSection = (label: string, cls: string) => {
     const box = el("div", cls);
@@ -99,7 +105,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   testBox.append(testTitle, testInput, testButton, testOut, testStatus);
 
   const error = el("div", "gs-error");
-  pane.append(head, explanation, labelScore, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, error);
+  pane.append(head, explanation, labelScore, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, familyBox, error);
 
   const scaleOf = () => {
     const m = model.get("info").max_act;
@@ -199,6 +205,35 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
       }),
     );
   };
+  const drawFamily = () => {
+    const fam = model.get("family") ?? {};
+    const rows = fam.rows ?? [];
+    familyBox.hidden = fam.sae === undefined;
+    if (fam.sae === undefined) return;
+    const info = model.get("info");
+    const width = (fam.width ?? 0).toLocaleString();
+    const words = fam.relation === "narrower"
+      ? `#${model.get("feature")} of ${info.sae ?? ""} is nearest to these latents of the narrower ${fam.sae} (${width}):`
+      : `#${model.get("feature")} of ${info.sae ?? ""} splits into these latents of the wider ${fam.sae} (${width}):`;
+    const more = (fam.total ?? 0) > rows.length ? ` (${rows.length} of ${(fam.total ?? 0).toLocaleString()} shown)` : "";
+    familyRoot.textContent = rows.length ? words + more : `No latent of ${fam.sae} (${width}) has #${model.get("feature")} as its nearest.`;
+    familyList.replaceChildren(
+      ...rows.map((r) => {
+        const item = el("li", "gs-family-item");
+        const b = el("button", "gs-chip gs-family-chip", `#${r.feature} ${r.explanation}`);
+        b.dataset.across = String(r.feature);
+        const co = r.coactivation === null ? "" : ` · fires with it ${formatPercent(r.coactivation)}`;
+        b.title = `decoder cosine ${formatValue(r.cosine)}${co}; click to open it`;
+        item.append(b, el("span", "gs-family-cos gs-muted", `cos ${formatValue(r.cosine)}`));
+        return item;
+      }),
+    );
+  };
+  const onFamily = (e: MouseEvent) => {
+    const target = (e.target as Element | null)?.closest<HTMLElement>("[data-across]");
+    if (target) send({ type: "open_across", feature: Number(target.dataset.across) });
+  };
+  familyList.addEventListener("click", onFamily);
   const onRelated = (e: MouseEvent) => {
     const target = (e.target as Element | null)?.closest<HTMLElement>("[data-feature]");
     if (target) send({ type: "open", feature: Number(target.dataset.feature) });
@@ -280,6 +315,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     drawHist();
     drawLogits();
     drawRelated();
+    drawFamily();
     drawPage("examples", top);
     drawPage("quantiles", quant);
     drawTest();
@@ -296,6 +332,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     ["change:histogram", drawHist],
     ["change:logits", drawLogits],
     ["change:related", drawRelated],
+    ["change:family", drawFamily],
     ["change:examples", () => drawPage("examples", top)],
     ["change:quantiles", () => drawPage("quantiles", quant)],
     ["change:test", drawTest],
@@ -307,6 +344,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     for (const [name, fn] of listeners) model.off(name, fn);
     for (const [node, fn] of handlers) node.removeEventListener("click", fn);
     related.removeEventListener("click", onRelated);
+    familyList.removeEventListener("click", onFamily);
     testInput.removeEventListener("keydown", onKey);
     stopKeys();
     kernel.dispose();

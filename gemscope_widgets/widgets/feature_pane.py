@@ -43,7 +43,7 @@ def page_payload(page: ExamplePage) -> dict[str, Any]:
 
 
 def card_traits(card: FeatureCard) -> dict[str, Any]:
-    """The pane's traits of ``card``: ``info``, ``logits``, ``histogram``, ``related``, ``examples``,
+    """The pane's traits of ``card``: ``info``, ``logits``, ``histogram``, ``related``, ``family``, ``examples``,
     ``quantiles`` (one entry per section of the card)."""
     hist = card.histogram
     score = card.label_score
@@ -57,6 +57,10 @@ def card_traits(card: FeatureCard) -> dict[str, Any]:
         "histogram": {} if hist is None else {"edges": _f32(hist.edges), "counts": _f32(hist.counts)},
         "related": [{"feature": r.feature, "score": r.score, "kind": r.kind, "explanation": r.label,
                      "density": r.density} for r in card.related],
+        "family": {} if (fam := card.across_widths) is None else {
+            "sae": fam.sae, "width": fam.width, "relation": fam.relation, "total": fam.total,
+            "rows": [{"feature": r.feature, "cosine": r.cosine, "coactivation": r.coactivation,
+                      "explanation": r.label} for r in fam.rows]},
         "examples": page_payload(card.top),
         "quantiles": page_payload(card.quantile),
     }
@@ -91,7 +95,8 @@ class FeaturePane(ViewWidget):
     Clicking a related feature switches the pane to it (:meth:`show`); ``on_steer(fn)`` is called with the
     feature index when the "steer" button is pressed. ``cofiring`` (the dictionary's
     :func:`~gemscope_widgets.backend.stats.cofiring.cofiring` counts) adds its parents and children to the
-    related features.
+    related features. ``companion`` (a dictionary of the same site and another width) adds the family tree across
+    widths under the pane: the feature's nearest latents in the companion, a click opens one (:meth:`open_across`).
     """
 
     _esm = _BUNDLE
@@ -103,12 +108,13 @@ class FeaturePane(ViewWidget):
         "scan": {},
         "steer": {},
         "search": {"query": (str,)},
+        "open_across": {"feature": (int,)},
         "ping": PING,
     }
     """What the view sends (``FeaturePaneMessage`` in ``js/lib/protocol.ts``)."""
     HANDLERS: ClassVar[dict[str, str]] = {
         "open": "show", "page": "page", "test": "test_text", "scan": "run_scan", "steer": "_steer_pressed",
-        "search": "search",
+        "search": "search", "open_across": "open_across",
     }
     """Message type -> the method it calls (see :mod:`.base`)."""
 
@@ -123,6 +129,10 @@ class FeaturePane(ViewWidget):
     """``{"edges": f32 bytes [n+1], "counts": f32 bytes [n]}`` of the non-zero activations; {} when unknown."""
     related: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     """``[{"feature", "score", "kind", "explanation"}]``: decoder-cosine neighbours, then co-activating ones."""
+    family = traitlets.Dict().tag(sync=True)
+    """The family tree across widths (:class:`~gemscope_widgets.backend.analysis.card.AcrossWidths`): ``{"sae",
+    "width", "relation" ("narrower" | "wider"), "total", "rows": [{"feature", "cosine", "coactivation",
+    "explanation"}]}``; {} without a companion dictionary."""
     examples = traitlets.Dict().tag(sync=True)
     """One page of max-activating examples: ``{"kind", "start", "total", "items": [{tokens, values, peak, value}]}``
     with ``values`` as float32 bytes."""
@@ -159,6 +169,10 @@ class FeaturePane(ViewWidget):
         holder: StatsHolder | None = None,
         labels: Any = None,
         cofiring: Any = None,
+        companion: Any = None,
+        companion_labels: Any = None,
+        companion_holder: StatsHolder | None = None,
+        family: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -168,7 +182,11 @@ class FeaturePane(ViewWidget):
         if stats is not None and self.holder.stats is not stats:
             self.holder.set(stats)
         self.cards = FeatureCards(model, sae, self.holder, labels=labels, logits_k=logits_k, related_k=related_k,
-                                  cofiring=cofiring)
+                                  cofiring=cofiring, companion=companion, companion_labels=companion_labels,
+                                  family=family)
+        self._across: tuple[Any, StatsHolder | None, FeatureCards | None] | None = (
+            None if companion is None else (companion, companion_holder, None))
+        self._home = sae
         self.labels = self.cards.labels
         self.corpus = corpus
         self.card: FeatureCard | None = None
@@ -189,6 +207,12 @@ class FeaturePane(ViewWidget):
         if stats is None:
             holder.find_cached(kwargs.get("corpus"))
         labels = workspace.labels(sae)
+        if isinstance(kwargs.get("companion"), str):  # another SAE of the workspace, by name
+            name = kwargs["companion"]
+            kwargs["companion_holder"] = workspace.stats_holder(name)
+            kwargs["companion_holder"].find_cached(kwargs.get("corpus"))
+            kwargs["companion_labels"] = workspace.labels(name)
+            kwargs["companion"] = kwargs["companion_holder"].sae
         return cls(workspace.model, holder.sae, stats, feature=feature, holder=holder, labels=labels, **kwargs)
 
     # --- python API ----------------------------------------------------------------------------------
@@ -251,6 +275,26 @@ class FeaturePane(ViewWidget):
         self.found = {"query": query, "error": "", "hits": [
             {"feature": h.feature, "score": h.score, "label": h.label, "source": h.source,
              "simulation": h.simulation, "imported": [[k, v] for k, v in h.imported.items()]} for h in hits]}
+
+    def open_across(self, feature: int) -> None:
+        """Opens latent ``feature`` of the companion dictionary (a row of the family tree): the pane then shows the
+        companion's card, whose family tree leads back. GemscopeError without a companion."""
+        if self._across is None:
+            raise GemscopeError("This pane has no companion dictionary: build it with companion=<an SAE of the same "
+                                "site and another width>.")
+        sae, holder, cards = self._across
+        if cards is None:
+            holder = holder if holder is not None else StatsHolder(self.model, sae, None)
+            cards = FeatureCards(self.model, sae, holder, labels=self.cards.companion_labels,
+                                 logits_k=self.logits_k, related_k=self.related_k, companion=self.sae,
+                                 companion_labels=self.labels, family=self.cards.family_tree())
+        f = cards.check(feature)
+        self._across = (self.sae, self.holder, self.cards)
+        self._unsubscribe()
+        self.sae, self.holder, self.cards, self.labels = sae, cards.holder, cards, cards.labels
+        self._unsubscribe = self.holder.subscribe(self._stats_changed)
+        self.can_steer = bool(self._steer_callbacks) and self.sae is self._home  # steering is of the home SAE
+        self.show(f)
 
     def on_steer(self, fn: Callable[[int], Any]) -> None:
         """Calls ``fn(feature)`` when the user presses "steer"."""

@@ -105,6 +105,14 @@ export interface PaneRelated {
   explanation: string; // the explanation, or the automatic label where there is none
   density: number | null;
 }
+/** The family tree across widths (card.py's AcrossWidths); {} without a companion dictionary. */
+export interface PaneFamily {
+  sae?: string;
+  width?: number;
+  relation?: "narrower" | "wider";
+  total?: number;
+  rows?: { feature: number; cosine: number; coactivation: number | null; explanation: string }[];
+}
 export interface PaneTest {
   text?: string;
   tokens?: string[];
@@ -193,6 +201,7 @@ export interface FeaturePaneModel {
   logits: PaneLogits;
   histogram: PaneHistogram;
   related: PaneRelated[];
+  family: PaneFamily;
   examples: PaneExamplePage;
   quantiles: PaneExamplePage;
   test: PaneTest;
@@ -209,6 +218,7 @@ export type FeaturePaneMessage =
   | { type: "test"; text: string }
   | { type: "scan" }
   | { type: "steer" }
+  | { type: "open_across"; feature: number }
   | { type: "ping" };
 
 /** @widget gemscope_widgets.widgets.steer.Steer */

@@ -30,8 +30,10 @@ from gemscope_widgets.backend.analysis.label_scores import LabelScore
 from gemscope_widgets.backend.analysis.labels import FeatureLabels
 from gemscope_widgets.backend.analysis.logit_lens import logit_lens
 from gemscope_widgets.backend.analysis.related import related_by_decoder
+from gemscope_widgets.backend.analysis.width_family import FamilyTree, family_tree
 from gemscope_widgets.backend.dictionaries.base import check_feature_index
 from gemscope_widgets.backend.dictionaries.registry import dictionary_noun
+from gemscope_widgets.backend.stats.cofiring import same_site
 from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.backend.stats.importers.neuronpedia import feature_url
 from gemscope_widgets.errors import GemscopeError, MatryoshkaError
@@ -105,6 +107,34 @@ class RelatedFeature:
 
 
 @dataclass(frozen=True)
+class WidthRelative:
+    """A latent of the companion dictionary near this one (:mod:`.width_family`): ``feature`` (an index of the
+    companion), ``cosine`` of the two decoder directions, ``coactivation`` (P(narrow fires | wide fires) when the
+    tree was counted on a corpus, else None), and ``label`` (the companion's explanation, else its automatic
+    label)."""
+
+    feature: int
+    cosine: float
+    coactivation: float | None
+    label: str
+
+
+@dataclass(frozen=True)
+class AcrossWidths:
+    """The feature's family across widths: ``sae`` / ``width``, the companion dictionary (same site, another
+    width); ``relation`` "narrower" (the companion is narrower: ``rows`` are this wide latent's nearest narrow
+    latents, best first, :meth:`FamilyTree.parents`) or "wider" (``rows`` are the wide latents whose nearest narrow
+    latent is this one, how it split, highest cosine first, :meth:`FamilyTree.children`); ``total``: how many such
+    latents there are (``rows`` keeps at most the cards' ``related_k``)."""
+
+    sae: str
+    width: int
+    relation: Literal["narrower", "wider"]
+    rows: list[WidthRelative]
+    total: int
+
+
+@dataclass(frozen=True)
 class ExamplePage:
     """Examples ``start .. start+len(items)`` of ``total`` of one ``kind`` ("top": max-activating, "quantile":
     sampled below the max)."""
@@ -146,6 +176,8 @@ class FeatureCard:
     label_score: LabelScore | None = None
     """How well the shown label (explanation, else automatic label) fits (:mod:`.label_scores`), with any imported
     explanation scores; its ``reason`` says when it is not scored (e.g. the held-out pass has not run)."""
+    across_widths: AcrossWidths | None = None
+    """Its nearest latents in a companion dictionary of another width (None without one)."""
 
     def page(self, kind: str, start: int = 0, count: int | None = None) -> ExamplePage:
         """``count`` (default: the cards' ``page_size``) examples of ``kind`` from ``start`` (clamped to the last
@@ -170,12 +202,36 @@ class FeatureCards:
     None). ``logits_k`` tokens each way, ``related_k`` neighbours of each kind, ``page_size`` examples a page.
     ``cofiring``: the dictionary's co-firing counts (:func:`~gemscope_widgets.backend.stats.cofiring.cofiring`),
     which add its parents and children (at most ``related_k`` of each) to the related features.
+    ``companion``: a dictionary of the same site and another width (16k beside 262k in Gemma Scope 2) whose nearest
+    latents each card lists (:class:`AcrossWidths`, from :func:`~.width_family.family_tree` with ``family_n``
+    nearest narrow latents per wide latent, computed once in chunks); ``companion_labels`` its labels (made when
+    None); ``family`` a tree already computed for the pair (e.g. with co-activations counted on a corpus).
+    MatryoshkaError for a companion of another site or model, or of the same width.
     """
 
     def __init__(self, gm: GemmaModel, sae: Any, stats: StatsHolder | FeatureStats | None = None, *,
                  labels: FeatureLabels | None = None, logits_k: int = 10, related_k: int = 8,
-                 page_size: int = 5, cofiring: CoFiring | None = None) -> None:
+                 page_size: int = 5, cofiring: CoFiring | None = None, companion: Any = None,
+                 companion_labels: FeatureLabels | None = None, family: FamilyTree | None = None,
+                 family_n: int = 3) -> None:
         self.gm, self.sae = gm, sae
+        if companion is not None:
+            same_site(sae, companion)
+            if int(companion.width) == int(sae.width):
+                raise MatryoshkaError(
+                    f"{companion.config.name} has the same width as {sae.config.name} ({sae.width}): a family tree "
+                    "relates two widths; pass a narrower or wider dictionary of the same site.")
+            narrow, wide = (companion, sae) if int(companion.width) < int(sae.width) else (sae, companion)
+            if family is not None and (family.narrow_name, family.wide_name) != (narrow.config.name,
+                                                                                 wide.config.name):
+                raise MatryoshkaError(
+                    f"This family tree relates {family.narrow_name} and {family.wide_name}, not "
+                    f"{narrow.config.name} and {wide.config.name}: compute it with family_tree(narrow, wide).")
+            if companion_labels is None:
+                companion_labels = FeatureLabels(gm, companion, None)
+        self.companion, self.companion_labels = companion, companion_labels
+        self.family_n = int(family_n)
+        self._family = family
         if cofiring is not None and (cofiring.saes[0] != str(sae.config.name) or cofiring.widths[0] != sae.width):
             raise MatryoshkaError(
                 f"These co-firing counts are for {cofiring.saes[0]} ({cofiring.widths[0]} features), not "
@@ -224,7 +280,32 @@ class FeatureCards:
             source=self,
             stats=stats,
             label_score=self.labels.scores([f], compute=False, progress=False)[f],
+            across_widths=self.across_widths(f),
         )
+
+    def family_tree(self) -> FamilyTree | None:
+        """The tree relating this dictionary and its companion (None without one), computed on first use."""
+        if self.companion is None:
+            return None
+        if self._family is None:
+            narrow, wide = ((self.companion, self.sae) if int(self.companion.width) < self.width
+                            else (self.sae, self.companion))
+            self._family = family_tree(narrow, wide, self.family_n, progress=False)
+        return self._family
+
+    def across_widths(self, f: int) -> AcrossWidths | None:
+        """Feature ``f``'s nearest latents in the companion dictionary (None without one), labelled now."""
+        tree = self.family_tree()
+        if tree is None or self.companion_labels is None:
+            return None
+        narrower = int(self.companion.width) < self.width
+        branches = tree.parents(f) if narrower else tree.children(f)
+        shown = branches[: self.related_k]
+        other = [b.narrow if narrower else b.wide for b in shown]
+        labels = self.companion_labels.labels(other)
+        rows = [WidthRelative(i, b.cosine, b.p_narrow_given_wide, labels[i]) for i, b in zip(other, shown)]
+        return AcrossWidths(str(self.companion.config.name), int(self.companion.width),
+                            "narrower" if narrower else "wider", rows, len(branches))
 
     # --- sections -----------------------------------------------------------------------------------------
 
@@ -304,6 +385,7 @@ def _finite(values: Any, f: int) -> float | None:
 
 __all__ = [
     "MAX_TEST_TOKENS",
+    "AcrossWidths",
     "ExamplePage",
     "FeatureCard",
     "FeatureCards",
@@ -312,4 +394,5 @@ __all__ = [
     "LogitEffect",
     "RelatedFeature",
     "TextActivations",
+    "WidthRelative",
 ]
