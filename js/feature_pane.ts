@@ -57,6 +57,15 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   const steer = el("button", "gs-steer", "steer");
   head.append(title, saeName, link, steer);
 
+  // Search box: features by the words of their labels and explanations (search.py), a hit opens it here.
+  const searchBox = el("div", "gs-search");
+  const searchInput = el("input", "gs-search-input");
+  searchInput.type = "search";
+  searchInput.placeholder = "Find features by meaning (Enter)";
+  const searchStatus = el("span", "gs-muted gs-search-status");
+  const searchHits = el("div", "gs-search-hits");
+  searchBox.append(searchInput, searchStatus, searchHits);
+
   const explanation = el("div", "gs-explanation");
   const labelScore = el("div", "gs-label-score gs-muted");
   const density = el("div", "gs-density gs-muted");
@@ -105,7 +114,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   testBox.append(testTitle, testInput, testButton, testOut, testStatus);
 
   const error = el("div", "gs-error");
-  pane.append(head, explanation, labelScore, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, familyBox, error);
+  pane.append(head, searchBox, explanation, labelScore, density, hist, noStats, logitRow, relatedBox, top.box, quant.box, testBox, familyBox, error);
 
   const scaleOf = () => {
     const m = model.get("info").max_act;
@@ -239,6 +248,33 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     if (target) send({ type: "open", feature: Number(target.dataset.feature) });
   };
   related.addEventListener("click", onRelated);
+  searchHits.addEventListener("click", onRelated);
+  const onSearchKey = (e: KeyboardEvent) => {
+    if (e.key !== "Enter" || !searchInput.value.trim()) return;
+    searchStatus.textContent = "searching…";
+    send({ type: "search", query: searchInput.value });
+  };
+  searchInput.addEventListener("keydown", onSearchKey);
+  const drawFound = () => {
+    const found = model.get("found") ?? {};
+    const hits = found.hits ?? [];
+    searchStatus.textContent = found.error
+      ? found.error
+      : found.query === undefined
+        ? ""
+        : `${hits.length} feature${hits.length === 1 ? "" : "s"} for “${found.query}”`;
+    searchStatus.classList.toggle("gs-error", Boolean(found.error));
+    searchHits.replaceChildren(
+      ...hits.map((h) => {
+        const chip = el("button", "gs-chip gs-search-hit", `#${h.feature} ${h.label}`);
+        chip.dataset.feature = String(h.feature);
+        const scores = h.imported.map(([name, value]) => `${name} ${formatValue(value)}`);
+        if (h.simulation !== null) scores.unshift(`label fit r ${formatValue(h.simulation)}`);
+        chip.title = [`match ${formatValue(h.score)}`, `source: ${h.source}`, ...scores].join(" · ");
+        return chip;
+      }),
+    );
+  };
 
   const drawPage = (key: "examples" | "quantiles", sec: ReturnType<typeof makeSection>) => {
     const page = model.get(key);
@@ -321,6 +357,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     drawTest();
     drawSteer();
     drawError();
+    drawFound();
   };
   drawAll();
   const kernel = watchKernel(model, root); // every control here asks the kernel
@@ -338,6 +375,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     ["change:test", drawTest],
     ["change:can_steer", drawSteer],
     ["change:error", drawError],
+    ["change:found", drawFound],
   ];
   for (const [name, fn] of listeners) model.on(name, fn);
   return () => {
@@ -345,6 +383,8 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     for (const [node, fn] of handlers) node.removeEventListener("click", fn);
     related.removeEventListener("click", onRelated);
     familyList.removeEventListener("click", onFamily);
+    searchHits.removeEventListener("click", onRelated);
+    searchInput.removeEventListener("keydown", onSearchKey);
     testInput.removeEventListener("keydown", onKey);
     stopKeys();
     kernel.dispose();

@@ -98,6 +98,19 @@ export interface PaneLabelScore {
   imported: [string, number][];
   reason: string;
 }
+/** The search box's result (feature_pane.py's ``found``, from search.py's SearchHit). */
+export interface PaneFound {
+  query?: string;
+  hits?: {
+    feature: number;
+    score: number;
+    label: string;
+    source: string;
+    simulation: number | null;
+    imported: [string, number][];
+  }[];
+  error?: string;
+}
 export interface PaneRelated {
   feature: number;
   score: number;
@@ -209,6 +222,7 @@ export interface FeaturePaneModel {
   page_size: number;
   can_steer: boolean;
   error: string;
+  found: PaneFound;
 }
 
 /** @messages gemscope_widgets.widgets.feature_pane.FeaturePane */
@@ -218,6 +232,7 @@ export type FeaturePaneMessage =
   | { type: "test"; text: string }
   | { type: "scan" }
   | { type: "steer" }
+  | { type: "search"; query: string }
   | { type: "open_across"; feature: number }
   | { type: "ping" };
 
