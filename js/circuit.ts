@@ -7,7 +7,7 @@ import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { drawGraph } from "./lib/circuit_draw";
-import { canvasHeight, Graph, KIND, Visible, viewNote } from "./lib/circuit_graph";
+import { canvasHeight, focusNote, Graph, hasFocus, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
 import { ScoreGraph, scoresLine } from "./lib/circuit_scores";
 import { drawGroups, GroupLayout, groupPanel, groupTip } from "./lib/circuit_groups";
@@ -59,6 +59,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const pinBtn = button("gs-ct-pin", "pin", "keep the selected nodes drawn whatever the thresholds");
   const unpinBtn = button("gs-ct-unpin", "unpin all", "remove every pin");
   const resetBtn = button("gs-ct-reset", "fit", "fit the graph in the view");
+  const allBtn = button("gs-ct-show-all", "show all", "draw every node prune() keeps, or only the legible subgraph");
+  allBtn.addEventListener("click", () => {
+    model.set("show_all", !model.get("show_all"));
+    model.save_changes();
+    recompute();
+  });
   const status = element("span", "gs-status gs-ct-status");
   toolbar.append(status);
 
@@ -121,7 +127,11 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
 
   const recompute = () => {
-    visible = new Visible(g, model.get("node_threshold"), model.get("edge_threshold"), pinnedSet());
+    visible = new Visible(g, model.get("node_threshold"), model.get("edge_threshold"), pinnedSet(),
+      !model.get("show_all"));
+    allBtn.hidden = !hasFocus(g);
+    allBtn.textContent = visible.focused ? "show all" : "legible subgraph";
+    el.dataset.focused = String(visible.focused);
     regroup();
     renderScores();
     el.dataset.visibleNodes = String(visible.nodeCount);
@@ -131,6 +141,8 @@ function render({ model, el }: RenderProps<Model>): () => void {
       (g.header.n_edges < g.header.n_edges_total ? ` (graph: ${g.header.n_edges_total} edges)` : "");
     const note = viewNote(g, visible);
     if (note) status.textContent += ` · ${note}`;
+    const focused = focusNote(g, visible);
+    if (focused) status.textContent += ` · ${focused}`;
     status.textContent += groupNote();
     el.dataset.exact = String(visible.exact);
     thresholds.show();
@@ -228,10 +240,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
     readColors();
     ctx.setTransform(k, 0, 0, k, 0, 0);
     ctx.clearRect(0, 0, canvas.width / k, canvas.height / k);
-    drawGraph(ctx, g, visible, {
+    const drawn = drawGraph(ctx, g, visible, {
       kx, ky, tx, ty, w: canvas.width / k, h: canvas.height / k, focus, hover, highlight, neighbours,
-      pinned: pinnedSet(), selected: selectedSet(), colors, hidden: groups.hidden,
+      pinned: pinnedSet(), selected: selectedSet(), colors, hidden: groups.hidden, isolate: hover,
     });
+    el.dataset.drawnEdges = String(drawn.edges);
+    el.dataset.nodeLabels = String(drawn.labels);
     if (groups.drawn.length) drawGroups(ctx, g, groups, { kx, ky, tx, ty, hover: hoverGroup, colors });
     frames++;
     lastDrawMs = performance.now() - t0;
@@ -465,6 +479,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   model.on("change:node_threshold", onThreshold);
   model.on("change:edge_threshold", onThreshold);
   model.on("change:pinned", recompute);
+  model.on("change:show_all", recompute);
   model.on("change:selected", request);
   model.on("change:_groups", recompute);
 
@@ -484,6 +499,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       return i === undefined ? null : [g.x[i] * kx + tx, g.y[i] * ky + ty];
     },
     view: () => ({ kx, ky, tx, ty, width: g.width }),
+    colors: () => ({ ...colors }),
     hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
     hitNode: (clientX: number, clientY: number) => {
       const i = nodeAt(clientX, clientY);

@@ -84,6 +84,9 @@ class Circuit(ViewWidget):
     """Pinned nodes (graph node indices): always drawn; saved with the notebook."""
     clicked = traitlets.Int(-1).tag(sync=True)
     """The last clicked node (graph node index), -1 for none."""
+    show_all = traitlets.Bool(False).tag(sync=True)
+    """False (the default): the view opens on the legible subgraph (``legible_subgraph``: prune()'s nodes with the
+    most influence on the top logit) and says what it leaves out; True: everything prune() keeps."""
     supernodes = traitlets.Dict().tag(sync=True)
     """``{name: [graph node index, ...]}``: the graph's supernodes (``graph.supernodes``, saved in its
     ``qParams.supernodes``); each is drawn as one node with summed edges. Set through :meth:`group` /

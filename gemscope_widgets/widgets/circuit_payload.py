@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gemscope_widgets.backend.circuits.legible_subgraph import legible_subgraph
 from gemscope_widgets.backend.circuits.node_summary import (
     MAX_NODE_RANK,
     as_transcoder_set,
@@ -38,12 +39,12 @@ __all__ = ["KIND_CODES", "MAX_EDGES", "CircuitError", "as_transcoder_set", "enco
 MAX_SCORE_ENTRIES = 500_000  # the browser budget of the score matrix (pinned scores recomputed live)
 MAX_EDGES = 250_000  # the browser budget of edges by default: prune()'s first (what is left out is said on screen)
 KIND_CODES = {"feature": 0, "error": 1, "token": 2, "logit": 3}
-NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank", "kept")
+NODE_ARRAYS = ("kind", "layer", "pos", "feature", "node", "activation", "influence", "rank", "kept", "focus")
 EDGE_ARRAYS = ("source", "target", "weight", "rank", "kept")
 _DTYPES = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
 _NODE_DTYPES = {
     "kind": "uint16", "layer": "uint16", "pos": "uint16", "feature": "uint32", "node": "uint32",
-    "activation": "float32", "influence": "float32", "rank": "float32", "kept": "uint16",
+    "activation": "float32", "influence": "float32", "rank": "float32", "kept": "uint16", "focus": "uint16",
 }
 
 
@@ -107,7 +108,9 @@ def encode_graph(
             "edges": summary.left_out_edges,
             "reason": f"the view holds at most {budget} edges (max_edges, a browser budget)",
         }
+    legible = legible_subgraph(graph, node_threshold, edge_threshold)
     arrays = {
+        "focus": legible.nodes.numpy()[summary.nodes],
         "kind": [KIND_CODES[k] for k in summary.kinds],
         "layer": summary.layer + 1,  # token embeddings (layer -1) sit in row 0
         "pos": summary.pos,
@@ -158,11 +161,21 @@ def encode_graph(
         "labels": labels,
         "top_logits": top_logits,
         "scores": scores,
+        "focus": {
+            "logit_token": _logit_text(graph, legible.logit - graph.logit_slice.start),
+            "n_chosen": legible.n_chosen,
+            "n_pruned": legible.n_pruned,
+        },
         "model": graph.model_name or "",
         "scan": graph.scan if isinstance(graph.scan, str) else "",
         "bytes": blob.size,
     }
     return header, blob.bytes()
+
+
+def _logit_text(graph: Any, j: int) -> str:
+    strings = graph.logit_token_strings
+    return str(strings[j]) if strings and j < len(strings) else str(int(graph.logit_tokens[j]))
 
 
 def _score_section(graph: Any, summary: Any, blob: _Blob) -> dict[str, Any]:

@@ -31,10 +31,23 @@ export interface DrawState {
   selected: Set<number>; // graph node indices
   colors: CircuitColors;
   hidden?: Uint8Array; // local nodes a drawn supernode stands in for: neither they nor their edges are drawn
+  isolate?: number; // local index of the hovered node whose edges alone are drawn, -1 for none
 }
 
-/** Draw one frame: edges, nodes with their marks, token and logit text, row labels. */
-export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visible, v: DrawState): void {
+/** What a frame drew: edges and node labels (the browser tests read them). */
+export interface Drawn {
+  edges: number;
+  labels: number;
+}
+
+/** Zoom (screen px per world px) from which feature and error nodes carry their labels. */
+export const LABEL_ZOOM = 2;
+
+/**
+ * Draw one frame: edges (only the hovered node's while one is hovered), nodes with their marks, node labels once
+ * zoomed in to LABEL_ZOOM, token and logit text, row labels.
+ */
+export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visible, v: DrawState): Drawn {
   const { w, h } = v;
   const sx = (x: number) => x * v.kx + v.tx;
   const sy = (y: number) => y * v.ky + v.ty;
@@ -43,7 +56,9 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
   // Edges, bucketed by sign and width so each bucket is one path.
   const edges = visible.edges;
   const hidden = v.hidden;
-  const dim = v.focus >= 0;
+  const isolate = v.isolate ?? -1;
+  const dim = v.focus >= 0 || isolate >= 0;
+  let drawnEdges = 0;
   const buckets = 4;
   for (let sign = 0; sign < 2; sign++) {
     for (let b = 0; b < buckets; b++) {
@@ -59,6 +74,7 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
         const s = g.src[e];
         const d = g.dst[e];
         if (hidden && (hidden[s] || hidden[d])) continue;
+        if (isolate >= 0 && s !== isolate && d !== isolate) continue;
         const x1 = sx(g.x[s]);
         const y1 = sy(g.y[s]);
         const x2 = sx(g.x[d]);
@@ -67,10 +83,12 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
         ctx.moveTo(x1, y1);
         ctx.lineTo(x2, y2);
         any = true;
+        drawnEdges++;
       }
       if (!any) continue;
       ctx.strokeStyle = sign === 0 ? v.colors.pos : v.colors.neg;
-      ctx.globalAlpha = (dim ? 0.12 : 0.25) + (dim ? 0.1 : 0.5) * (b / (buckets - 1));
+      ctx.globalAlpha = isolate >= 0 ? 0.5 + 0.5 * (b / (buckets - 1))
+        : (dim ? 0.12 : 0.25) + (dim ? 0.1 : 0.5) * (b / (buckets - 1));
       ctx.lineWidth = 0.6 + 2.4 * (b / (buckets - 1));
       ctx.stroke();
     }
@@ -102,7 +120,8 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
     else if (kind === KIND.error) ctx.rect(x - r, y - r, 2 * r, 2 * r);
     else ctx.rect(x - 6, y - 5, 12, 10);
     ctx.fillStyle = kind === KIND.error ? v.colors.muted : kind === KIND.feature ? v.colors.fg : v.colors.accent;
-    ctx.globalAlpha = dim && i !== v.focus && !v.neighbours.has(i) ? 0.35 : 1;
+    const near = isolate >= 0 ? i === isolate || isolated(g, visible, isolate, i) : i === v.focus || v.neighbours.has(i);
+    ctx.globalAlpha = dim && !near ? 0.35 : 1;
     ctx.fill();
     ctx.globalAlpha = 1;
     const node = g.node[i];
@@ -114,6 +133,8 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
       ctx.stroke();
     }
   }
+
+  const labels = v.kx >= LABEL_ZOOM ? nodeLabels(ctx, g, visible, v, sx, sy) : 0;
 
   // Token and logit text (inert: canvas text), thinned so that no two labels overlap.
   ctx.fillStyle = v.colors.fg;
@@ -152,6 +173,59 @@ export function drawGraph(ctx: CanvasRenderingContext2D, g: Graph, visible: Visi
     ctx.fillStyle = v.colors.muted;
     ctx.fillText(name, 2, y);
   }
+  return { edges: drawnEdges, labels };
+}
+
+// Whether local node `i` is at the other end of a drawn edge of the hovered node `h` (cached per frame pair).
+let neighbourCache: { g: Graph; visible: Visible; h: number; set: Set<number> } | null = null;
+function isolated(g: Graph, visible: Visible, h: number, i: number): boolean {
+  if (!neighbourCache || neighbourCache.g !== g || neighbourCache.visible !== visible || neighbourCache.h !== h) {
+    const set = new Set<number>();
+    for (let j = 0; j < visible.edges.length; j++) {
+      const e = visible.edges[j];
+      if (g.src[e] === h) set.add(g.dst[e]);
+      if (g.dst[e] === h) set.add(g.src[e]);
+    }
+    neighbourCache = { g, visible, h, set };
+  }
+  return neighbourCache.set.has(i);
+}
+
+/** Short labels beside drawn feature and error nodes (most influential first, none overlapping); their count. */
+function nodeLabels(
+  ctx: CanvasRenderingContext2D, g: Graph, visible: Visible, v: DrawState, sx: (x: number) => number,
+  sy: (y: number) => number,
+): number {
+  const order: number[] = [];
+  for (let i = 0; i < g.count; i++) {
+    if (!visible.nodes[i] || v.hidden?.[i] || g.kind[i] > KIND.error) continue;
+    const x = sx(g.x[i]);
+    const y = sy(g.y[i]);
+    if (x >= 0 && x <= v.w && y >= 0 && y <= v.h) order.push(i);
+  }
+  order.sort((a, b) => g.influence[b] - g.influence[a]);
+  ctx.font = "10px sans-serif";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "middle";
+  const boxes: [number, number, number, number][] = [];
+  let count = 0;
+  for (const i of order) {
+    const text = fitText(ctx, g.shortLabel(i), 110);
+    const x = sx(g.x[i]) + g.radius[i] * Math.min(v.kx, 3) + 3;
+    const y = sy(g.y[i]);
+    const w = ctx.measureText(text).width;
+    if (boxes.some(([bx, by, bw, bh]) => x < bx + bw && x + w > bx && y - 6 < by + bh && y + 6 > by)) continue;
+    boxes.push([x, y - 6, w, 12]);
+    ctx.fillStyle = v.colors.bg;
+    ctx.globalAlpha = 0.75;
+    ctx.fillRect(x - 1, y - 6, w + 2, 12);
+    ctx.globalAlpha = 1;
+    ctx.fillStyle = v.colors.fg;
+    ctx.fillText(text, x, y);
+    count++;
+  }
+  ctx.font = "11px sans-serif";
+  return count;
 }
 
 /** `text` cut (with "…") to at most `maxPx` CSS px wide and 14 characters. */

@@ -45,6 +45,8 @@ export class Graph {
   readonly rank: Float32Array;
   /** 1 where graph.prune(pruned's thresholds) keeps the node / edge; null for a payload without flags. */
   kept: Uint8Array | Uint16Array | Uint32Array | null;
+  /** 1 on the legible subgraph's nodes (legible_subgraph.py); null for a payload without it. */
+  readonly focus: Uint16Array | Uint32Array | null;
   edgeKept: Uint8Array | Uint16Array | Uint32Array | null;
   /** The thresholds `kept` holds prune() at, prune()'s counts there, and what the payload lacks of it. */
   pruned: KeptAt | null;
@@ -84,6 +86,7 @@ export class Graph {
     this.influence = readFloat(bytes, n.influence);
     this.rank = readFloat(bytes, n.rank);
     this.kept = n.kept ? readUint(bytes, n.kept) : null;
+    this.focus = n.focus ? readUint(bytes, n.focus) : null;
     const e = header.edges;
     this.src = readUint(bytes, e.source);
     this.dst = readUint(bytes, e.target);
@@ -209,6 +212,14 @@ export class Graph {
     return `logit “${visibleText(this.logitText(i))}”`;
   }
 
+  /** A node's name beside it when zoomed in: its label when it has one, else "L3 #812" / "err L3" (text only). */
+  shortLabel(i: number): string {
+    const label = this.header.labels[String(i)];
+    if (this.kind[i] === KIND.feature) return label ? label : `L${this.layer[i] - 1} #${this.feature[i]}`;
+    if (this.kind[i] === KIND.error) return `err L${this.layer[i] - 1}`;
+    return this.label(i);
+  }
+
   logitText(i: number): string {
     const j = this.node[i] - (this.header.n_nodes_total - this.header.logit_tokens.length);
     return this.header.logit_tokens[j] ?? "";
@@ -228,17 +239,21 @@ export class Visible {
   nodeCount = 0;
   /** True when the drawing is exactly graph.prune(nodeT, edgeT) (plus pins), false for a rank preview. */
   readonly exact: boolean;
+  /** True when only the legible subgraph's nodes are drawn (`focused` on, and the payload has one). */
+  readonly focused: boolean;
 
-  constructor(g: Graph, nodeT: number, edgeT: number, pinned: Set<number>) {
+  constructor(g: Graph, nodeT: number, edgeT: number, pinned: Set<number>, focused = false) {
     this.nodes = new Uint8Array(g.count);
     this.exact = atPrunedThresholds(g, nodeT, edgeT);
+    this.focused = focused && hasFocus(g);
+    const focus = g.focus as Uint16Array | Uint32Array;
     const kept = g.kept as Uint16Array | Uint32Array;
     const edgeKept = g.edgeKept as Uint16Array | Uint32Array;
     // Exact: the kernel's prune() flags; preview: influence ranks under the thresholds. Pins are always drawn.
     const nodeIn = this.exact ? (i: number) => !!kept[i] : (i: number) => g.kind[i] >= KIND.token || g.rank[i] < nodeT;
     const edgeIn = this.exact ? (e: number) => !!edgeKept[e] : (e: number) => g.edgeRank[e] < edgeT;
     for (let i = 0; i < g.count; i++) {
-      if (nodeIn(i) || pinned.has(g.node[i])) {
+      if ((nodeIn(i) && (!this.focused || focus[i])) || pinned.has(g.node[i])) {
         this.nodes[i] = 1;
         this.nodeCount++;
       }
@@ -251,6 +266,20 @@ export class Visible {
     }
     this.edges = Uint32Array.from(edges);
   }
+}
+
+/** Whether the payload has a legible subgraph smaller than prune()'s graph (else there is nothing to focus on). */
+export function hasFocus(g: Graph): boolean {
+  const f = g.header.focus;
+  return !!g.focus && !!f && f.n_pruned > f.n_chosen;
+}
+
+/** What the legible subgraph leaves out and why, for the status line (plain text); "" when it is not drawn. */
+export function focusNote(g: Graph, v: Visible): string {
+  const f = g.header.focus;
+  if (!v.focused || !f) return "";
+  return `showing the legible subgraph: the ${f.n_chosen} nodes with the most influence on “${visibleText(f.logit_token)}”` +
+    ` of the ${f.n_pruned} feature and error nodes prune() keeps (other logits hidden) · “show all” draws the rest`;
 }
 
 /**

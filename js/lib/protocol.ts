@@ -408,6 +408,7 @@ export interface CircuitHeader {
   n_edges: number;
   nodes: Record<"kind" | "layer" | "pos" | "feature" | "node" | "activation" | "influence" | "rank", ArrayRef> & {
     kept?: ArrayRef; // 1 on the nodes graph.prune(pruned thresholds) keeps
+    focus?: ArrayRef; // 1 on the legible subgraph's nodes (backend/circuits/legible_subgraph.py)
   };
   edges: Record<"source" | "target" | "weight" | "rank", ArrayRef> & { kept?: ArrayRef };
   /** The thresholds the `kept` flags were computed at, and prune()'s node and edge counts there. */
@@ -418,6 +419,8 @@ export interface CircuitHeader {
   top_logits: Record<string, [string, number][]>;
   /** The whole graph's scores (graph.scores()) and the score matrix the view recomputes pinned scores from. */
   scores?: CircuitScores;
+  /** The legible subgraph at the pruned thresholds: its top logit, its feature / error nodes and prune()'s. */
+  focus?: { logit_token: string; n_chosen: number; n_pruned: number };
   model: string;
   scan: string;
   bytes: number;
@@ -480,6 +483,7 @@ export interface CircuitModel {
   selected: number[];
   pinned: number[];
   clicked: number;
+  show_all: boolean; // false: the legible subgraph only (said on screen)
   supernodes: Record<string, number[]>; // graph.supernodes: name -> graph node indices
   _groups: CircuitGroup[];
   group_message: string;

@@ -18,6 +18,7 @@ from gemscope_widgets.widgets.circuit import Circuit
 
 g = synthetic_graph(n_pos=6, n_layers=4, n_features=60, n_edges=700, seed=2)
 w = Circuit.build(g)
+w.show_all = True  # all of prune()'s graph (the legible default is tested in test_circuit_workbench.py)
 clicks = []
 w.on_click(clicks.append)
 
@@ -62,6 +63,7 @@ big = synthetic_graph(
     n_pos=24, n_layers=18, n_features=2000, n_logits=3, n_edges=8000, labels=False, dense_logits=True, seed=5
 )
 wb = Circuit.build(big, node_threshold=1.0, edge_threshold=1.0)
+wb.show_all = True
 wb
 """
 

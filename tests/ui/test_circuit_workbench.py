@@ -1,5 +1,7 @@
-"""The circuit view as a workbench in a real JupyterLab in Chromium (one page load): supernodes grouped and ungrouped
-in the view; the pinned subgraph's scores recomputed in the browser equal graph.scores(pinned=...)."""
+"""The circuit view as a workbench in a real JupyterLab in Chromium (one page load): it opens on the legible
+subgraph and says so, hovering isolates a node's edges, zooming in labels the nodes, "show all" draws prune()'s
+graph; supernodes grouped and ungrouped in the view; the pinned subgraph's scores recomputed in the browser equal
+graph.scores(pinned=...); the dark theme."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ SYNTHETIC = """
 import json
 import numpy as np
 from tests.fixtures.graphs import synthetic_graph
+from gemscope_widgets.backend.circuits.legible_subgraph import legible_subgraph
 from gemscope_widgets.widgets.circuit import Circuit
 
 g = synthetic_graph(n_pos=6, n_layers=4, n_features=60, n_edges=700, seed=2)
@@ -24,6 +27,14 @@ def top_kept(k):
     kept = g.prune(0.8, 0.98).node_mask[: g.n_selected]
     order = np.argsort(-g.node_influence()[: g.n_selected].numpy(), kind="stable")
     return [int(i) for i in order if kept[i]][:k]
+
+def legible():
+    sub = legible_subgraph(g)
+    top = max((i for i in range(g.token_slice.start) if sub.nodes[i]), key=lambda i: float(g.node_influence()[i]))
+    kept = g.prune().edge_mask & (g.adjacency_matrix != 0)
+    touching = int((kept[top] & sub.nodes).sum() + (kept[:, top] & sub.nodes).sum())
+    return {"nodes": int(sub.nodes.sum()), "pruned": int(g.prune().node_mask.sum()), "top": top, "edges": touching,
+            "chosen": sub.n_chosen, "of": sub.n_pruned}
 
 def grouped_edges(name):
     # The oracle: graph.grouped()'s summed weights between the group and every other grouped node.
@@ -73,6 +84,41 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     widget = page.locator(".gs-circuit").first
     expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
     page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
+
+    # The view opens on the legible subgraph and says on screen what it leaves out.
+    want = json.loads(lab_server.run_code(page, "print(json.dumps(legible()))"))
+    assert want["chosen"] < want["of"]
+    assert widget.get_attribute("data-focused") == "true"
+    assert int(widget.get_attribute("data-visible-nodes")) == want["nodes"] < want["pruned"]
+    status = widget.locator(".gs-ct-status").text_content()
+    assert f"the {want['chosen']} nodes with the most influence on" in status and f"of the {want['of']}" in status
+    assert "show all" in status
+    # Hovering a node isolates its edges: only those are drawn.
+    widget.locator("canvas").scroll_into_view_if_needed()
+    assert widget.get_attribute("data-drawn-edges") == widget.get_attribute("data-visible-edges")
+    xy = widget.evaluate(f"e => e.gsCircuit.screen({want['top']})")
+    box = widget.locator("canvas").bounding_box()
+    page.mouse.move(box["x"] + xy[0], box["y"] + xy[1])
+    page.wait_for_function("([e, n]) => e.dataset.drawnEdges === String(n)", arg=[widget.element_handle(),
+                           want["edges"]], timeout=10_000)
+    assert 0 < want["edges"] < int(widget.get_attribute("data-visible-edges"))
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    # Zooming in labels the nodes (none at the first zoom).
+    assert widget.get_attribute("data-node-labels") == "0"
+    cx, cy = box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2
+    widget.evaluate(f"""e => {{ const c = e.querySelector("canvas"); for (let k = 0; k < 3; k++)
+        c.dispatchEvent(new WheelEvent("wheel", {{deltaY: -400, clientX: {cx}, clientY: {cy}, ctrlKey: true,
+                                                  bubbles: true, cancelable: true}})); }}""")
+    page.wait_for_function("e => Number(e.dataset.nodeLabels) > 0", arg=widget.element_handle(), timeout=10_000)
+    widget.locator(".gs-ct-reset").click()
+    # "show all": prune()'s whole graph, and the button leads back.
+    widget.locator(".gs-ct-show-all").click()
+    page.wait_for_function("([e, n]) => e.dataset.visibleNodes === String(n)", arg=[widget.element_handle(),
+                           want["pruned"]], timeout=10_000)
+    assert widget.get_attribute("data-focused") == "false"
+    assert "legible subgraph" not in widget.locator(".gs-ct-status").text_content()
+    assert lab_server.run_code(page, "print(w.show_all)").strip() == "True"
+
     a, b = json.loads(lab_server.run_code(page, "print(json.dumps(top_kept(2)))"))
 
     # Nothing selected: the view says what to do and asks the kernel nothing.
@@ -96,6 +142,7 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     assert "supernode(s) drawn as one node" in widget.locator(".gs-ct-status").text_content()
 
     # One node drawn in their place, its edges the kernel's sums over both members (graph.grouped()).
+    widget.locator("canvas").scroll_into_view_if_needed()
     (drawn,) = widget.evaluate("e => e.gsCircuit.groups()")
     assert drawn["name"] == NAME
     want = json.loads(lab_server.run_code(page, f"print(json.dumps(grouped_edges({NAME!r})))"))
@@ -104,6 +151,7 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
         for other, weight in drawn[side]:
             assert weight == pytest.approx(want[side][str(other)], rel=1e-5), (side, other)
     # The members are not drawn one by one: the group stands at their place.
+    widget.locator("canvas").scroll_into_view_if_needed()
     member_xy = widget.evaluate(f"e => e.gsCircuit.screen({a})")
     box = widget.locator("canvas").bounding_box()
     at = [box["x"] + member_xy[0], box["y"] + member_xy[1]]
@@ -146,3 +194,18 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     page.wait_for_function("e => e.dataset.pinnedScored === '13'", arg=widget.element_handle(), timeout=30_000)
     shown, want = _pinned_scores(page, widget, lab_server)
     assert shown == pytest.approx(want, rel=1e-5) and shown != pytest.approx(before, rel=1e-4)
+
+    # The dark theme: the canvas draws with the theme's colours (light text on a dark ground), the text is light.
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+    page.mouse.move(box["x"] + 3, box["y"] + 3)  # a redraw
+    colors = widget.evaluate("""e => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => {
+        const lum = (css) => { const c = document.createElement("canvas").getContext("2d"); c.fillStyle = css;
+          c.fillRect(0, 0, 1, 1); const [r, g, b] = c.getImageData(0, 0, 1, 1).data;
+          return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255; };
+        const k = e.gsCircuit.colors();
+        done({fg: lum(k.fg), bg: lum(k.bg), text: lum(getComputedStyle(e.querySelector(".gs-ct-scores")).color)});
+      })))""")
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
+    assert colors["fg"] > 0.5 and colors["bg"] < 0.5 and colors["text"] > 0.4, colors
+    lab_server.screenshot(page, "circuit_workbench")
