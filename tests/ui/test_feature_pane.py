@@ -21,6 +21,18 @@ ex = scope.explore("The capital of France is Paris. The quick brown fox.", progr
 ex
 """
 
+FAMILY = """
+import tempfile, pathlib
+from gemscope_widgets import family_tree, load_sae
+from tests.fixtures.gemma_scope_files import write_gemma_scope_sae
+_root = pathlib.Path(tempfile.mkdtemp())
+narrow = load_sae(write_gemma_scope_sae(_root / "resid_post/layer_1_width_16k_l0_small", kind="sae",
+                                        site="resid_post", layer=1, width=16, seed=3))
+tree = family_tree(narrow, sae, 3, progress=False)
+fp = scope.feature(3, companion=narrow)
+fp
+"""
+
 
 def test_heatmap_click_opens_the_pane_with_examples_histogram_and_test_box(lab_server, page):
     from playwright.sync_api import expect
@@ -88,6 +100,21 @@ def test_heatmap_click_opens_the_pane_with_examples_histogram_and_test_box(lab_s
     other = int(chip.get_attribute("data-feature"))
     chip.click()
     expect(pane.locator("h3")).to_have_text(f"Feature {other}", timeout=30_000)
+
+    # The family tree across widths: a narrower SAE of the same site as companion; the tree under the pane shows
+    # family_tree's nearest narrow latents with their labels, and a click opens one in the narrow SAE.
+    lab_server.run_code(page, FAMILY)
+    tree = page.locator(".gs-pane").last.locator(".gs-family-chip")
+    expected_rows = ast.literal_eval(lab_server.run_code(page, (
+        "print([(b.narrow, fp.cards.companion_labels.labels([b.narrow])[b.narrow]) for b in tree.parents(3)])"
+    )).strip())
+    expect(tree).to_have_count(len(expected_rows), timeout=60_000)
+    assert tree.evaluate_all("els => els.map(e => e.textContent)") == [f"#{f} {label}" for f, label in expected_rows]
+    tree.first.click()
+    expect(page.locator(".gs-pane").last.locator("h3")).to_have_text(f"Feature {expected_rows[0][0]}",
+                                                                     timeout=30_000)
+    assert lab_server.run_code(page, "print(fp.info['sae'] == narrow.config.name, fp.family['relation'])").split() \
+        == ["True", "wider"]
 
     assert alerts == []
     lab_server.screenshot(page, "feature_pane")
