@@ -62,6 +62,7 @@ _EXPORTS = {
     "heatmap": "gemscope_widgets.widgets.heatmap",
     "Heatmap": "gemscope_widgets.widgets.heatmap",
     "FeaturePane": "gemscope_widgets.widgets.feature_pane",
+    "GraphComparisonView": "gemscope_widgets.widgets.graph_comparison",
     "FeatureCard": "gemscope_widgets.backend.analysis.card",
     "FeatureCards": "gemscope_widgets.backend.analysis.card",
     "FeatureLabels": "gemscope_widgets.backend.analysis.labels",
@@ -129,6 +130,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 # The backend's results ask this registry for their view; the widget layer builds it (imported when first asked).
 register_view("AttributionGraph", "gemscope_widgets.widgets.circuit:graph_view")
+register_view("GraphComparison", "gemscope_widgets.widgets.graph_comparison:comparison_view")
 
 
 def __getattr__(name: str) -> Any:

@@ -63,6 +63,7 @@ export const VIEW_ROOTS = {
   chat: "gs-chat",
   circuit: "gs-circuit",
   token_view: "gs-token-view",
+  graph_comparison: "gs-graph-comparison",
 } as const;
 
 export type ViewRoot = (typeof VIEW_ROOTS)[keyof typeof VIEW_ROOTS];

@@ -284,6 +284,47 @@ export interface TokenViewModel {
 /** @messages gemscope_widgets.widgets.token_view.TokenView */
 export type TokenViewMessage = { type: "ping" };
 
+/** One feature key of a graph comparison (backend/circuits/comparison.KeyChange). */
+export interface ComparedFeature {
+  label: string;
+  influence_a: number;
+  influence_b: number;
+  kept_a: boolean;
+  kept_b: boolean;
+  delta: number; // influence_b - influence_a
+}
+
+/** An edge only one graph keeps (comparison.EdgeChange), its ends labelled. */
+export interface ComparedEdge {
+  source: string;
+  target: string;
+  weight_a: number;
+  weight_b: number;
+}
+
+/** widgets/graph_comparison.comparison_payload. */
+export interface GraphComparisonData {
+  prompt_a: string;
+  prompt_b: string;
+  thresholds: [number, number];
+  overlap: number;
+  weighted_overlap: number;
+  only_a: ComparedFeature[];
+  only_b: ComparedFeature[];
+  shared: ComparedFeature[];
+  largest_changes: ComparedFeature[];
+  edges_only_a: ComparedEdge[];
+  edges_only_b: ComparedEdge[];
+}
+
+/** @widget gemscope_widgets.widgets.graph_comparison.GraphComparisonView */
+export interface GraphComparisonModel {
+  _comparison: GraphComparisonData | Record<string, never>;
+}
+
+/** @messages gemscope_widgets.widgets.graph_comparison.GraphComparisonView */
+export type GraphComparisonMessage = { type: "ping" };
+
 /** What every widget's kernel side sends to its view: the answer to "ping" (lib/live.ts). */
 export type KernelMessage = { type: "pong" };
 

@@ -1,7 +1,7 @@
 """The circuit view as a workbench in a real JupyterLab in Chromium (one page load): it opens on the legible
 subgraph and says so, hovering isolates a node's edges, zooming in labels the nodes, "show all" draws prune()'s
 graph; supernodes grouped and ungrouped in the view; the pinned subgraph's scores recomputed in the browser equal
-graph.scores(pinned=...); the dark theme."""
+graph.scores(pinned=...); the dark theme; and the comparison view of two graphs (a second page load)."""
 
 from __future__ import annotations
 
@@ -209,3 +209,40 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
     assert colors["fg"] > 0.5 and colors["bg"] < 0.5 and colors["text"] > 0.4, colors
     lab_server.screenshot(page, "circuit_workbench")
+
+
+COMPARISON = """
+import json
+from tests.fixtures.graphs import synthetic_graph
+from gemscope_widgets import compare_graphs
+
+ga = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=1)
+gb = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=2)
+c = compare_graphs(ga, gb, k=8)
+c.widget()
+"""
+
+
+def test_the_comparison_view_highlights_what_one_graph_keeps(lab_server, page):
+    from playwright.sync_api import expect
+
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    lab_server.open_and_run(page, "graph_comparison.ipynb", [COMPARISON])
+    view = page.locator(".gs-graph-comparison").first
+    expect(view.locator(".gs-gc-changes")).to_be_visible(timeout=60_000)
+    want = json.loads(lab_server.run_code(page, (
+        "print(json.dumps({'a': [x.label for x in c.only_a], 'b': [x.label for x in c.only_b], "
+        "'up': sum(x.delta >= 0 for x in c.largest_changes), 'n': len(c.largest_changes)}))")))
+    # Only-in-A and only-in-B side by side, each in its graph's colour, labels as text (markup shown, not run).
+    assert view.locator(".gs-gc-only-a .gs-gc-label").all_text_contents() == want["a"]
+    assert view.locator(".gs-gc-only-b .gs-gc-label").all_text_contents() == want["b"]
+    a_colour = view.locator(".gs-gc-only.gs-gc-only-a").evaluate("e => getComputedStyle(e).borderLeftColor")
+    b_colour = view.locator(".gs-gc-only.gs-gc-only-b").evaluate("e => getComputedStyle(e).borderLeftColor")
+    assert a_colour != b_colour
+    # Largest changes: one row each, a bar towards B for every gain, towards A for every loss.
+    assert view.locator(".gs-gc-changes tr").count() == want["n"] + 1
+    assert view.locator(".gs-gc-bar-b").count() == want["up"]
+    assert view.locator(".gs-gc-bar-a").count() == want["n"] - want["up"]
+    assert view.locator("script, img").count() == 0 and alerts == []
+    lab_server.screenshot(page, "graph_comparison")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gemscope_widgets.backend.views import view_factory
 from gemscope_widgets.errors import GraphError
 
 NodeKey = tuple[Any, ...]
@@ -65,7 +66,8 @@ class GraphComparison:
     that keeps them; ``shared``: feature keys kept in both; ``largest_changes``: every feature key of either graph
     by ``|delta|``; ``edges_only_a`` / ``edges_only_b``: kept edges (between kept keys) absent from the other
     graph's kept edges, by ``|weight|``; ``overlap``: Jaccard index of the kept feature keys; ``weighted_overlap``:
-    ``Σ min(a, b) / Σ max(a, b)`` over feature keys' influence shares.
+    ``Σ min(a, b) / Σ max(a, b)`` over feature keys' influence shares; ``labels``: every key's label (as
+    :func:`key_label` gives it). :meth:`widget` draws it with the differences highlighted.
     """
 
     prompt_a: str
@@ -79,6 +81,12 @@ class GraphComparison:
     overlap: float
     weighted_overlap: float
     thresholds: tuple[float, float] = field(default=(0.8, 0.98))
+    labels: dict[NodeKey, str] = field(default_factory=dict, repr=False)
+
+    def widget(self, **kwargs: Any) -> Any:
+        """This comparison drawn in a notebook cell: what only one graph keeps, side by side, and the largest
+        changes in influence. The view is registered by the widget layer (``backend/views.py``)."""
+        return view_factory("GraphComparison")(self, **kwargs)
 
     def __repr__(self) -> str:
         def rows(items: list[KeyChange], n: int = 5) -> str:
@@ -194,4 +202,5 @@ def compare_graphs(a: Any, b: Any, *, node_threshold: float = 0.8, edge_threshol
         largest_changes=largest, edges_only_a=edge_list(edges_a, edges_b, True),
         edges_only_b=edge_list(edges_b, edges_a, False), overlap=overlap,
         weighted_overlap=lo / hi if hi > 0 else 1.0, thresholds=(node_threshold, edge_threshold),
+        labels={**labels_b, **labels_a},
     )

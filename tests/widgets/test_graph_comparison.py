@@ -1,0 +1,35 @@
+"""compare_graphs(a, b).widget(): the comparison view's payload is the backend's comparison, its static HTML escapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemscope_widgets import GraphComparisonView, compare_graphs
+from tests.fixtures.graphs import synthetic_graph
+
+
+@pytest.fixture(scope="module")
+def comparison():
+    a = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=1)
+    b = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=2)
+    return compare_graphs(a, b, k=8)
+
+
+def test_the_view_carries_the_comparison(comparison):
+    view = comparison.widget()
+    assert isinstance(view, GraphComparisonView) and view.comparison is comparison
+    data = view._comparison
+    for name in ("only_a", "only_b", "shared", "largest_changes"):
+        assert [c["label"] for c in data[name]] == [c.label for c in getattr(comparison, name)]
+        assert [c["delta"] for c in data[name]] == pytest.approx([c.delta for c in getattr(comparison, name)])
+    assert data["only_a"] and data["only_b"]
+    edge = comparison.edges_only_a[0]
+    assert data["edges_only_a"][0]["weight_a"] == pytest.approx(edge.weight_a)
+    assert data["edges_only_a"][0]["source"] == (comparison.labels.get(edge.source) or str(edge.source[1]))
+    assert data["overlap"] == comparison.overlap
+
+
+def test_static_html_lists_both_sides_as_text(comparison):
+    html = comparison.widget().static_html()
+    assert "Only in A" in html and "Only in B" in html and "Largest changes" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
