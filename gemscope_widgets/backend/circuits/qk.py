@@ -36,6 +36,7 @@ in :func:`~.attribution.attribute`.
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 import weakref
 from collections.abc import Iterator
@@ -265,7 +266,7 @@ def _rotary(gm: Any, ids: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
         if pe is None:
             raise GraphError(f"Could not read the rotary embedding of layer {layer} from {type(gm.model).__name__}.")
         cos, sin = pe
-        out[layer] = (cos.reshape(-1, cos.shape[-1]).double().cpu(), sin.reshape(-1, sin.shape[-1]).double().cpu())
+        out[layer] = (_f64(cos.reshape(-1, cos.shape[-1])), _f64(sin.reshape(-1, sin.shape[-1])))
     return out
 
 
@@ -284,7 +285,7 @@ def _prepared(graph: AttributionGraph) -> _Prepared:
         ids = graph.input_tokens
         with torch.no_grad():
             fwd = rep.frozen(ids)  # shared with frozen-attention interventions
-            nodes = _active_features(fwd, tset, rep.zero_positions, torch.device("cpu"))
+            nodes = _active_features(fwd, tset, rep.zero_positions, gm.device)
         if nodes.active.shape != graph.active_features.shape or not torch.equal(nodes.active, graph.active_features):
             raise GraphError(
                 "The attached model and transcoders do not give this graph's active features on its prompt: attach "
@@ -300,6 +301,11 @@ def _prepared(graph: AttributionGraph) -> _Prepared:
 # ---- the decomposition ----------------------------------------------------------------------------------------
 
 
+def _f64(t: Tensor) -> Tensor:
+    """A float64 CPU copy (the decomposition runs there, whatever the model's device)."""
+    return t.detach().to("cpu", torch.float64)
+
+
 def _rotate_half_rows(m: Tensor) -> Tensor:
     half = m.shape[0] // 2
     return torch.cat((-m[half:], m[:half]), dim=0)
@@ -310,14 +316,14 @@ def _side_map(
 ) -> tuple[Tensor, Tensor]:
     """``(P [dh, d], total [dh])``: the frozen linear map from the residual at ``pos`` to the rotated query or key
     (input norm, projection rows ``w [dh, d]``, q/k-norm scale frozen at the real value, RoPE), and its value."""
-    s_in = fwd.s_in[layer, pos].double()
-    raw = w @ (s_in * fwd.r_pre[layer, pos].double())
-    weight, eps = norm.weight.detach().double().cpu(), float(norm.eps)
+    s_in = _f64(fwd.s_in[layer, pos])
+    raw = w @ (s_in * _f64(fwd.r_pre[layer, pos]))
+    weight, eps = _f64(norm.weight), float(norm.eps)
     s = (1.0 + weight) * torch.rsqrt(raw.pow(2).mean() + eps)
     m = s[:, None] * w * s_in[None, :]
     cos, sin = rope[0][pos], rope[1][pos]
     p = m * cos[:, None] + _rotate_half_rows(m) * sin[:, None]
-    return p, p @ fwd.r_pre[layer, pos].double()
+    return p, p @ _f64(fwd.r_pre[layer, pos])
 
 
 def _side_terms(
@@ -333,16 +339,16 @@ def _side_terms(
     for lyr in range(layer - 1, -1, -1):
         for wpos, cols, vecs in nodes.writers.get(lyr, ()):
             if wpos == pos:
-                contrib = vecs.double() @ g.T
+                contrib = _f64(vecs) @ g.T
                 for c, v in zip(cols.tolist(), contrib, strict=True):
                     feats[c] = feats[c] + v if c in feats else v
-        errors.append((lyr, g @ nodes.err[lyr, pos].double()))
-        bias = bias + g @ nodes.const[lyr, pos].double()
+        errors.append((lyr, g @ _f64(nodes.err[lyr, pos])))
+        bias = bias + g @ _f64(nodes.const[lyr, pos])
         skip = nodes.skip.get(lyr)
         if skip is not None:
-            g = g + (g @ skip.double().T) * fwd.s_pf[lyr, pos].double()
-        attention.append((lyr, g @ (fwd.r_mid[lyr, pos] - fwd.r_pre[lyr, pos]).double()))
-    token = g @ nodes.tok[pos].double()
+            g = g + (g @ _f64(skip).T) * _f64(fwd.s_pf[lyr, pos])
+        attention.append((lyr, g @ _f64(fwd.r_mid[lyr, pos] - fwd.r_pre[lyr, pos])))
+    token = g @ _f64(nodes.tok[pos])
 
     terms: list[QKTerm] = []
     rows: list[Tensor] = []
@@ -378,11 +384,12 @@ def _check(graph: AttributionGraph, prep: _Prepared, layer: Any, head: Any, quer
     out = []
     for name, value in (("layer", layer), ("head", head), ("query_pos", query_pos), ("key_pos", key_pos),
                         ("top", top)):
-        if isinstance(value, bool) or not isinstance(value, (int, torch.Tensor)) or (
-            isinstance(value, torch.Tensor) and value.numel() != 1
-        ):
-            raise GraphError(f"{name} must be an integer, got {value!r}.")
-        out.append(int(value))
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            out.append(operator.index(value))
+        except TypeError:
+            raise GraphError(f"{name} must be an integer, got {value!r}.") from None
     layer, head, q, k, top = out
     if not 0 <= layer < fwd.n_layers:
         raise GraphError(f"Layer {layer} does not exist: this model has layers 0..{fwd.n_layers - 1}.")
@@ -454,8 +461,8 @@ def qk_attribution(
     dh = fwd.head_dim
     kv = head // (fwd.n_heads // fwd.n_kv)
     with torch.no_grad(), resident(gm.model, attn):
-        w_q = attn.q_proj.weight.detach().double().cpu()[head * dh : (head + 1) * dh]
-        w_k = attn.k_proj.weight.detach().double().cpu()[kv * dh : (kv + 1) * dh]
+        w_q = _f64(attn.q_proj.weight[head * dh : (head + 1) * dh])
+        w_k = _f64(attn.k_proj.weight[kv * dh : (kv + 1) * dh])
         scaling = float(getattr(attn, "scaling", gm.text_model.config.query_pre_attn_scalar**-0.5))
         p_q, q_vec = _side_map(fwd, layer, q, w_q, attn.q_norm, prep.rope[layer])
         p_k, k_vec = _side_map(fwd, layer, k, w_k, attn.k_norm, prep.rope[layer])
