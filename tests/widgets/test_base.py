@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anywidget
@@ -127,3 +129,16 @@ def test_every_handler_takes_its_messages_fields(path):
             signature.bind(object(), **fields)
         except TypeError as exc:
             raise AssertionError(f"{path}: {method}() cannot take the {kind!r} fields {list(fields)}") from exc
+
+
+def test_no_widget_module_imports_the_scope():
+    """Views are built from a Workspace: the widgets never reach back for the Scope (the facade above them)."""
+    offenders = []
+    for path in sorted(Path(widgets_pkg.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            relative = isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == "scope"
+            if relative or any(n == "gemscope_widgets.scope" for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, f"widgets importing the Scope (take a Workspace instead): {offenders}"
