@@ -45,6 +45,7 @@ from gemscope_widgets.backend.circuits.graph_file import (
     load_graph,
     save_graph,
 )
+from gemscope_widgets.backend.circuits.graph_steering import graph_steering_session, steer_graph
 from gemscope_widgets.backend.circuits.influence import (
     PruneResult,
     compute_edge_influence,
@@ -284,6 +285,22 @@ class AttributionGraph(GraphNodes):
             freeze_attention=freeze_attention,
             constrained_layers=constrained_layers,
         )
+
+    def steer(self, interventions: Any, *, mode: str = "set", positions: str = "all", **kwargs: Any) -> Any:
+        """Baseline and steered multi-token continuations of the graph's prompt, with feature nodes (or supernodes)
+        steered at ``positions`` (``"all"``, ``"prompt"``, ``"generated"``) through the package's ``generate``:
+        ``mode`` ``"set"`` (clamp to the value), ``"scale"`` (clamp to value × the node's activation on the
+        prompt), ``"ablate"`` or ``"add"`` (value × the decoder row). Keywords go to ``generate``
+        (``max_new_tokens``, ``temperature``, ``on_token`` to stream). Returns a ``GenerationResult``; see
+        :mod:`.graph_steering`. Raises GraphError as :meth:`intervene` does.
+        """
+        return steer_graph(self, interventions, mode=mode, positions=positions, **kwargs)
+
+    def steering_session(self, interventions: Any, *, mode: str = "set", positions: str = "all",
+                         **settings: Any) -> Any:
+        """A ``SteeringSession`` on the graph's prompt holding the steering of :meth:`steer`: ``run()`` streams
+        baseline and steered tokens to its ``listener`` in the background (the steering widget's session)."""
+        return graph_steering_session(self, interventions, mode=mode, positions=positions, **settings)
 
     def attach(self, model: Any, transcoders: Any) -> AttributionGraph:
         """Attach the model and transcoder set (e.g. after :meth:`load`) so :meth:`intervene` can run.
