@@ -190,8 +190,7 @@ class Circuit(ViewWidget):
         try:
             result = self.graph.intervene({n: float(value) for n in nodes}, mode=mode)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, GemscopeError) else f"{type(exc).__name__}: {exc}"
-            self.intervention = {**base, "state": "error", "rows": [], "message": message}
+            self.intervention = {**base, "state": "error", "rows": [], "message": error_text(exc)}
             raise
         tokens = self.graph.input_token_strings or []
         changed = [
