@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_curve
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gemscope_widgets.backend.analysis.features import sae_inputs
+from gemscope_widgets.backend.behaviour.batched import sae_inputs_at
 from gemscope_widgets.backend.behaviour.direction import POSITIONS, BehaviourDirection, _as_prompt, _positions
 from gemscope_widgets.backend.behaviour.heldout import (
     MIN_PER_SPLIT,
@@ -35,8 +36,8 @@ from gemscope_widgets.backend.behaviour.heldout import (
     folds,
 )
 from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
-from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.progress import progress_bar
+from gemscope_widgets.backend.views import view_factory
 from gemscope_widgets.errors import ProbeError
 
 if TYPE_CHECKING:
@@ -87,9 +88,13 @@ class ProbeResult:
     ``detectors``: the three probes' :class:`DetectorScore`; ``features``: the latents the SAE probe used
     (:class:`ProbeFeature`, most often chosen first); ``curve_sizes``: ``[S]`` training prompts per class and
     ``curve``: ``{probe name: [S] held-out AUROC}`` (the learning curve); ``labels``: ``[N]`` 1 for positive;
-    ``scores``: ``{detector: [N]}`` each prompt's held-out score (out-of-fold with cross-validation);
+    ``scores``: ``{detector: [N]}`` each prompt's held-out score (out-of-fold with cross-validation; NaN for the
+    training prompts of a single split); ``held_out``: the indices those AUROCs are computed on;
     ``folds``: the train / held-out parts; ``direction``: the difference of means fitted on the training part of
-    the first split, a :class:`BehaviourDirection` for steering and :func:`validate`.
+    the first split, a :class:`BehaviourDirection` for steering and :func:`validate`; ``fold_features``: per part,
+    the ``k`` latents its training prompts chose (largest absolute mean difference first) and
+    ``fold_differences`` their mean differences; ``feature_scores``: ``{latent: (held-out indices, signed
+    activations)}``, what each chosen latent's AUROC was computed from.
     """
 
     sae_name: str
@@ -107,11 +112,19 @@ class ProbeResult:
     scores: dict[str, np.ndarray] = field(repr=False)
     direction: BehaviourDirection | None = field(default=None, repr=False)
     d_model: int = 0
+    fold_features: list[list[int]] = field(default_factory=list, repr=False)
+    fold_differences: list[list[float]] = field(default_factory=list, repr=False)
+    feature_scores: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def scheme(self) -> str:
         """``"one split"`` or ``"5-fold cross-validation"``."""
         return "one split" if len(self.folds) == 1 else f"{len(self.folds)}-fold cross-validation"
+
+    @property
+    def held_out(self) -> np.ndarray:
+        """``[H]`` indices of the prompts the detectors are scored on (all of them with cross-validation)."""
+        return np.unique(np.concatenate([part.test for part in self.folds]))
 
     @property
     def top_features(self) -> list[int]:
@@ -124,6 +137,32 @@ class ProbeResult:
             if d.name == name:
                 return d
         raise ProbeError(f"No detector {name!r}; there are {[d.name for d in self.detectors]}.")
+
+    def roc(self, detector: str | int) -> tuple[np.ndarray, np.ndarray]:
+        """``(false positive rate, true positive rate)`` of a detector's held-out ROC curve
+        (``sklearn.metrics.roc_curve``, ``drop_intermediate=True``): ``detector`` is a name of :data:`PROBES`
+        or a latent of :attr:`features` (its signed activation on the prompts held out from the parts that chose
+        it). Both ``[P]``, from (0, 0) to (1, 1); the trapezoid area under them is the detector's AUROC."""
+        if isinstance(detector, str):
+            self.detector(detector)  # ProbeError for an unknown name
+            held = self.held_out
+            labels, scores = self.labels[held], self.scores[detector][held]
+        elif isinstance(detector, (int, np.integer)) and int(detector) in self.feature_scores:
+            test, scores = self.feature_scores[int(detector)]
+            labels = self.labels[test]
+        else:
+            raise ProbeError(f"No ROC curve for {detector!r}: name one of {list(PROBES)} or a latent of "
+                             f"the SAE probe {self.top_features}.")
+        fpr, tpr, _ = roc_curve(labels, scores)
+        return np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
+
+    def widget(self, **kwargs: Any) -> Any:
+        """This result drawn in a notebook cell: ROC curves, AUROCs, the SAE probe's latents and the learning
+        curve. Keywords: ``scope`` (the Scope whose SAE the probe used: a click on a latent opens its feature pane,
+        labels and densities follow its statistics), ``sae`` (that SAE's key), ``steer`` (a steering widget the
+        latents' "steer" buttons add to). The view belongs to the widget layer, which registers it
+        (:func:`~gemscope_widgets.backend.views.register_view`)."""
+        return view_factory("ProbeResult")(self, **kwargs)
 
     def held_out_prompts(self) -> tuple[list[Any], list[Any]]:
         """``(positive, negative)`` prompts held out by the first split (with cross-validation: its first fold)."""
@@ -180,20 +219,23 @@ def probe_activations(
     """``(latents [N, width], inputs [N, d_in])`` float32 on CPU: each prompt's SAE activations and SAE input
     (for a ``resid_post`` SAE, the residual stream), averaged over its ``position`` tokens.
 
-    One forward pass per prompt, stopped after the SAE's layer. ``position`` as in
+    Prompts run in padded batches (:func:`~.batched.sae_inputs_at`), stopped after the SAE's layer. ``position`` as in
     :func:`~gemscope_widgets.backend.behaviour.direction.behaviour_direction`.
     """
 
     if len(sae.config.hook_points_in) != 1:
         raise ProbeError(f"{sae.config.name} reads several layers; a probe needs an SAE with one input site.")
+    tokenized = [_as_prompt(gm, prompt, chat) for prompt in prompts]
+    where = [_positions(gm, t, position) for t in tokenized]
+    bar = progress_bar(total=len(prompts), desc="probe activations", disable=not progress, leave=False)
+    try:
+        xs = sae_inputs_at(gm, sae, tokenized, where, step=bar.update)
+    finally:
+        bar.close()
     latents = torch.empty(len(prompts), int(sae.width), dtype=torch.float32)
     inputs = torch.empty(len(prompts), int(sae.config.d_in), dtype=torch.float32)
-    for i, prompt in enumerate(progress_bar(prompts, desc="probe activations", disable=not progress, leave=False)):
-        tokenized = _as_prompt(gm, prompt, chat)
-        where = _positions(gm, tokenized, position).to(gm.device)
-        with torch.inference_mode():
-            captured = capture(gm, tokenized.input_ids, sae.config.hook_points_in)
-            x = sae_inputs(sae, {name: v[0] for name, v in captured.items()})[where]
+    with torch.inference_mode():
+        for i, x in enumerate(xs):
             latents[i] = sae.encode(x).float().mean(dim=0).cpu()
             inputs[i] = x.float().mean(dim=0).cpu()
     return latents, inputs
@@ -314,27 +356,33 @@ def probe(
     latents_t, dense_t = probe_activations(gm, sae, prompts, position=position, chat=chat, progress=progress)
     latents, dense = latents_t.numpy().astype(np.float64), dense_t.numpy().astype(np.float64)
 
-    scores = {name: np.zeros(len(y)) for name in PROBES}
+    scores = {name: np.full(len(y), np.nan) for name in PROBES}
+    held = np.unique(np.concatenate([part.test for part in parts]))  # every prompt with cross-validation
     chosen: dict[int, list[tuple[np.ndarray, float]]] = {}  # feature -> [(test indices, mean difference)]
+    fold_features, fold_differences = [], []
     for part in parts:
         fold_scores, top, diffs = _probe_scores(latents, dense, y, part.train, part.test, k, C, seed)
         for name, values in fold_scores.items():
             scores[name][part.test] = values
         for f, d in zip(top.tolist(), diffs.tolist()):
             chosen.setdefault(f, []).append((part.test, d))
+        fold_features.append([int(f) for f in top.tolist()])
+        fold_differences.append([float(d) for d in diffs.tolist()])
 
     detectors = []
     for i, name in enumerate(PROBES):
-        low, high = auroc_interval(y, scores[name], seed=seed + i)
-        detectors.append(DetectorScore(name, auroc(y, scores[name]), low, high, len(y)))
+        low, high = auroc_interval(y[held], scores[name][held], seed=seed + i)
+        detectors.append(DetectorScore(name, auroc(y[held], scores[name][held]), low, high, len(held)))
 
     order = sorted(chosen, key=lambda f: (-len(chosen[f]), -abs(np.mean([d for _, d in chosen[f]])), f))
     names = _read_labels(labels, order)
     density = None if densities is None else np.asarray(torch.as_tensor(densities).float().cpu())
     features = []
+    feature_scores = {}
     for f in order:
         test = np.concatenate([t for t, _ in chosen[f]])
         signed = np.concatenate([np.sign(d) * latents[t, f] for t, d in chosen[f]])
+        feature_scores[int(f)] = (test, signed)
         low, high = auroc_interval(y[test], signed, seed=seed + 3)
         features.append(ProbeFeature(
             feature=int(f), mean_difference=float(np.mean([d for _, d in chosen[f]])), chosen_in=len(chosen[f]),
@@ -354,7 +402,7 @@ def probe(
             for name, values in fold_scores.items():
                 pooled[name][part.test] = values
         for name in PROBES:
-            curve[name][j] = auroc(y, pooled[name])
+            curve[name][j] = auroc(y[held], pooled[name][held])
 
     first = parts[0].train
     mean_difference = torch.from_numpy(_mean_difference(dense[first], y[first])).float()
@@ -369,5 +417,6 @@ def probe(
     return ProbeResult(
         sae_name=sae.config.name, layer=int(sae.config.layer), position=position, k=k, seed=seed, prompts=prompts,
         labels=y, folds=parts, detectors=detectors, features=features, curve_sizes=sizes, curve=curve,
-        scores=scores, direction=direction, d_model=int(dense.shape[1]),
+        scores=scores, direction=direction, d_model=int(dense.shape[1]), fold_features=fold_features,
+        fold_differences=fold_differences, feature_scores=feature_scores,
     )

@@ -178,3 +178,24 @@ def test_real_model_probe_with_labels_and_densities(demo_scope_parts):
     for d in r.detectors:
         assert d.auroc == pytest.approx(roc_auc_score(r.labels, r.scores[d.name]), abs=1e-12)
     assert r.direction is not None and r.direction.layer == sae.config.layer
+
+
+def test_one_split_is_scored_on_its_held_out_part_only(tiny_model, tiny_sae):
+    pos = [f"The {a} number {i} sleeps in the warm barn." for i in range(4) for a in ANIMALS][:CV_BELOW]
+    neg = [f"import {a} as module_{i}" for i in range(4) for a in ANIMALS][:CV_BELOW]
+    r = probe(tiny_model, tiny_sae, pos, neg, k=4, chat=False, progress=False)
+    assert len(r.folds) == 1
+    train, test = r.folds[0].train, r.folds[0].test
+    assert np.array_equal(r.held_out, test)
+    for d in r.detectors:
+        assert d.n_held_out == len(test)
+        assert d.auroc == pytest.approx(roc_auc_score(r.labels[test], r.scores[d.name][test]), abs=1e-12)
+        assert np.isnan(r.scores[d.name][train]).all()
+        fpr, tpr = r.roc(d.name)
+        assert np.trapezoid(tpr, fpr) == pytest.approx(d.auroc, abs=1e-12)
+    f = r.features[0]
+    fpr, tpr = r.roc(f.feature)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(f.auroc, abs=1e-12)
+    assert r.fold_features == [r.top_features]
+    with pytest.raises(ProbeError, match="No ROC curve"):
+        r.roc(10**6)
