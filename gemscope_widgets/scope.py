@@ -137,12 +137,7 @@ class Scope:
         """Held-out probes, the topic control (sycophancy) and the causal check on a built-in prompt set
         (:func:`~gemscope_widgets.backend.behaviour.evidence.behaviour_evidence`; keywords as there), with this
         Scope's feature labels and densities (the densities give the causal check its matched random control)."""
-        from gemscope_widgets.backend.behaviour.evidence import behaviour_evidence
-
-        labels, densities = self._labels_and_densities(sae)
-        kwargs.setdefault("labels", labels)
-        kwargs.setdefault("densities", densities)
-        return behaviour_evidence(self.model, self.sae(sae), behaviour, **kwargs)
+        return self.workspace.behaviour_evidence(behaviour, sae=sae, **kwargs)
 
     def entity_knowledge(self, entities: Any = None, *, sae: str | None = None, **kwargs: Any) -> Any:
         """Known vs unknown entities by the model's answers and the latents that separate them in every type

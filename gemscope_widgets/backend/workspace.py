@@ -16,6 +16,7 @@ from gemscope_widgets.backend.analysis.card import FeatureCard, FeatureCards
 from gemscope_widgets.backend.analysis.labels import FeatureLabels
 from gemscope_widgets.backend.analysis.search import SearchHit, search_examples, search_labels
 from gemscope_widgets.backend.behaviour.entities import entity_knowledge
+from gemscope_widgets.backend.behaviour.evidence import behaviour_evidence
 from gemscope_widgets.backend.behaviour.probe import probe
 from gemscope_widgets.backend.behaviour.validate import validate
 from gemscope_widgets.backend.circuits.attribution import attribute
@@ -183,6 +184,13 @@ class Workspace:
     def entity_knowledge(self, entities: Any = None, *, sae: str | None = None, **kwargs: Any) -> Any:
         """:func:`~gemscope_widgets.backend.behaviour.entities.entity_knowledge` with this workspace's SAE."""
         return entity_knowledge(self.model, self.sae(sae), entities, **kwargs)
+
+    def behaviour_evidence(self, behaviour: str = "sycophancy", *, sae: str | None = None, **kwargs: Any) -> Any:
+        """:func:`~gemscope_widgets.backend.behaviour.evidence.behaviour_evidence` with this workspace's SAE, its
+        labels and its feature densities (which give the causal check its matched random control)."""
+        kwargs.setdefault("labels", self.labels(sae))
+        kwargs.setdefault("densities", self.densities(sae))
+        return behaviour_evidence(self.model, self.sae(sae), behaviour, **kwargs)
 
     # --- circuits --------------------------------------------------------------------------------------------------
 
