@@ -6,10 +6,11 @@ import css from "./circuit.css";
 import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
-import { drawGraph } from "./lib/circuit_draw";
+import { defaultColors, drawGraph, readThemeColors } from "./lib/circuit_draw";
 import { canvasHeight, focusNote, Graph, hasFocus, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
-import { ScoreGraph, scoresLine } from "./lib/circuit_scores";
+import { ScorePanel } from "./lib/circuit_scores";
+import { type Offset, Viewport } from "./lib/circuit_viewport";
 import { drawGroups, GroupLayout, groupPanel, groupTip } from "./lib/circuit_groups";
 import { interventionPanel } from "./lib/circuit_intervene";
 import { thresholdPanel } from "./lib/circuit_thresholds";
@@ -71,28 +72,11 @@ function render({ model, el }: RenderProps<Model>): () => void {
   let g = new Graph(model.get("_header"), model.get("_data"));
   g.setKept(model.get("_kept"), model.get("_kept_at")); // the kernel's prune() at the view's thresholds
   let visible: Visible;
-  const scoreGraphOf = () => {
-    const spec = model.get("_header").scores;
-    return spec ? new ScoreGraph(spec, model.get("_data")) : null;
-  };
-  let scoreGraph = scoreGraphOf();
-  // The pinned subgraph's scores, recomputed here whenever the pins change (the numbers graph.scores gives).
-  const renderScores = () => {
-    const isFeature = (node: number) => node < g.header.n_nodes_total && scoreGraph !== null &&
-      (scoreGraph.candidates.has(node) || (g.local.has(node) && g.kind[g.local.get(node) as number] === KIND.feature));
-    const line = scoresLine(g.header.scores, scoreGraph, model.get("pinned") ?? [], isFeature);
-    scoresEl.textContent = line.text;
-    el.dataset.pinnedScores = line.pinned ? JSON.stringify([line.pinned.replacement, line.pinned.completeness]) : "";
-    el.dataset.pinnedScored = String(line.pinned?.pinned ?? 0);
-  };
+  let scores = new ScorePanel(el, scoresEl, g, model.get("_data"));
+  const renderScores = () => scores.render(model.get("pinned") ?? []);
   let groups: GroupLayout;
   let hoverGroup = -1;
-  // The view transform (screen = world * k + t) and whether the user has panned or zoomed since the last fit.
-  let kx = 1;
-  let ky = 1;
-  let tx = 0;
-  let ty = 0;
-  let moved = false;
+  const vp = new Viewport(); // world -> screen, and whether the user has panned or zoomed since the last fit
   let hover = -1;
   let focus = -1; // local index of the clicked node
   let highlight = new Set<number>(); // edges highlighted around the focus
@@ -101,21 +85,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   let frames = 0;
   let lastDrawMs = 0;
   const dpr = () => window.devicePixelRatio || 1;
-  const colors = { pos: "#1f77b4", neg: "#d62728", fg: "#333", muted: "#888", accent: "#1976d2", bg: "#fff" };
-
-  // The theme's colours, read at every frame: the view may be drawn before it is attached, and the user may
-  // switch between light and dark themes while it is shown.
-  const readColors = () => {
-    if (!el.isConnected) return;
-    const s = getComputedStyle(el);
-    const v = (name: string, fallback: string) => s.getPropertyValue(name).trim() || fallback;
-    colors.pos = v("--gs-ct-pos", colors.pos);
-    colors.neg = v("--gs-ct-neg", colors.neg);
-    colors.fg = s.color || v("--jp-ui-font-color1", colors.fg);
-    colors.muted = v("--gs-ct-muted", colors.muted);
-    colors.accent = v("--gs-ct-accent", colors.accent);
-    colors.bg = v("--gs-ct-bg", colors.bg);
-  };
+  const colors = defaultColors();
 
   const pinnedSet = () => new Set(model.get("pinned") ?? []);
   const selectedSet = () => new Set(model.get("selected") ?? []);
@@ -143,7 +113,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     if (note) status.textContent += ` · ${note}`;
     const focused = focusNote(g, visible);
     if (focused) status.textContent += ` · ${focused}`;
-    status.textContent += groupNote();
+    status.textContent += groups.note();
     el.dataset.exact = String(visible.exact);
     thresholds.show();
     // The clicked node's highlighted edges follow the thresholds; a node pruned away is no longer the focus,
@@ -165,36 +135,20 @@ function render({ model, el }: RenderProps<Model>): () => void {
     request();
   };
 
-  // What the supernodes change in the drawing, said on screen.
-  const groupNote = () => {
-    if (!groups.drawn.length && !groups.undrawn.length) return "";
-    let text = "";
-    if (groups.drawn.length) {
-      text += ` · ${groups.drawn.length} supernode(s) drawn as one node each, their edges the sums over every member`;
-    }
-    if (groups.undrawn.length) text += ` · not drawn (no member drawn here): ${groups.undrawn.join(", ")}`;
-    return text;
-  };
-
   // "fit": the whole graph in the view (a prompt too long for its columns is squeezed across).
   const fit = () => {
-    const w = canvas.clientWidth || g.width;
-    kx = Math.min(1, w / g.width);
-    ky = 1;
-    tx = 0;
-    ty = 0;
-    moved = false;
+    vp.fit(canvas.clientWidth || g.width, g.width);
     request();
   };
   // After a zoom or pan, a threshold change must not leave drawn nodes outside the view: if any is, fit again.
   const keepInView = () => {
-    if (!moved || !visible) return;
+    if (!vp.moved || !visible) return;
     const w = canvas.clientWidth || g.width;
     const h = canvas.clientHeight || canvasHeight(g.nRows);
     for (let i = 0; i < g.count; i++) {
       if (!visible.nodes[i]) continue;
-      const x = g.x[i] * kx + tx;
-      const y = g.y[i] * ky + ty;
+      const x = vp.sx(g.x[i]);
+      const y = vp.sy(g.y[i]);
       if (x < 0 || x > w || y < 0 || y > h) {
         fit();
         return;
@@ -203,12 +157,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
   // The first view: at full size; when the prompt is wider than the view, its end (where the logits are).
   const home = () => {
-    const w = canvas.clientWidth || g.width;
-    kx = 1;
-    ky = 1;
-    tx = Math.min(0, w - g.width);
-    ty = 0;
-    moved = false;
+    vp.home(canvas.clientWidth || g.width, g.width);
     request();
   };
 
@@ -223,7 +172,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     canvas.width = Math.round(w * dpr());
     canvas.height = Math.round(h * dpr());
     g.layout(w, h);
-    if (!moved) home();
+    if (!vp.moved) home();
     request();
   };
 
@@ -237,16 +186,16 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const ctx = canvas.getContext("2d");
     if (!ctx || !visible) return;
     const k = dpr();
-    readColors();
+    readThemeColors(el, colors);
     ctx.setTransform(k, 0, 0, k, 0, 0);
     ctx.clearRect(0, 0, canvas.width / k, canvas.height / k);
     const drawn = drawGraph(ctx, g, visible, {
-      kx, ky, tx, ty, w: canvas.width / k, h: canvas.height / k, focus, hover, highlight, neighbours,
+      kx: vp.kx, ky: vp.ky, tx: vp.tx, ty: vp.ty, w: canvas.width / k, h: canvas.height / k, focus, hover, highlight, neighbours,
       pinned: pinnedSet(), selected: selectedSet(), colors, hidden: groups.hidden, isolate: hover,
     });
     el.dataset.drawnEdges = String(drawn.edges);
     el.dataset.nodeLabels = String(drawn.labels);
-    if (groups.drawn.length) drawGroups(ctx, g, groups, { kx, ky, tx, ty, hover: hoverGroup, colors });
+    if (groups.drawn.length) drawGroups(ctx, g, groups, { ...vp, hover: hoverGroup, colors });
     frames++;
     lastDrawMs = performance.now() - t0;
     el.dataset.frames = String(frames);
@@ -288,8 +237,8 @@ function render({ model, el }: RenderProps<Model>): () => void {
     let bestD = Infinity;
     for (let i = 0; i < g.count; i++) {
       if (!visible.nodes[i] || groups.hidden[i]) continue;
-      const dx = g.x[i] * kx + tx - px;
-      const dy = g.y[i] * ky + ty - py;
+      const dx = vp.sx(g.x[i]) - px;
+      const dy = vp.sy(g.y[i]) - py;
       const d = dx * dx + dy * dy;
       const r = Math.max(g.radius[i], 6) + 3;
       if (d <= r * r && d < bestD) {
@@ -302,7 +251,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
 
   const groupAt = (clientX: number, clientY: number): number => {
     const rect = canvas.getBoundingClientRect();
-    return groups.hit(clientX - rect.left, clientY - rect.top, { kx, ky, tx, ty });
+    return groups.hit(clientX - rect.left, clientY - rect.top, vp);
   };
 
   const showTip = (i: number, clientX: number, clientY: number) => {
@@ -327,11 +276,11 @@ function render({ model, el }: RenderProps<Model>): () => void {
 
   // --- interaction -----------------------------------------------------------------------------------------
   // Pointer events with capture: the notebook host never sees (or swallows) a drag that starts on the canvas.
-  let drag: { x: number; y: number; tx: number; ty: number; moved: boolean } | null = null;
+  let drag: { x: number; y: number; from: Offset; moved: boolean } | null = null;
   canvas.addEventListener("pointerdown", (ev) => {
     if (ev.button !== 0) return;
     canvas.focus({ preventScroll: true }); // a clicked graph takes the wheel (the hint says so)
-    drag = { x: ev.clientX, y: ev.clientY, tx, ty, moved: false };
+    drag = { x: ev.clientX, y: ev.clientY, from: { tx: vp.tx, ty: vp.ty }, moved: false };
     try {
       canvas.setPointerCapture(ev.pointerId);
     } catch {
@@ -345,9 +294,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       const dy = ev.clientY - drag.y;
       if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
       if (drag.moved) {
-        moved = true;
-        tx = drag.tx + dx;
-        ty = drag.ty + dy;
+        vp.panFrom(drag.from, dx, dy);
         tip.hidden = true;
         request();
         return;
@@ -417,12 +364,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       const rect = canvas.getBoundingClientRect();
       const px = ev.clientX - rect.left;
       const py = ev.clientY - rect.top;
-      const f = Math.min(40 / Math.max(kx, ky), Math.max(0.05 / Math.min(kx, ky), Math.exp(-ev.deltaY * 0.0015)));
-      tx = px - (px - tx) * f;
-      ty = py - (py - ty) * f;
-      kx *= f;
-      ky *= f;
-      moved = true;
+      vp.zoomAt(px, py, ev.deltaY);
       request();
     },
     { passive: false },
@@ -460,9 +402,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
     g = new Graph(model.get("_header"), model.get("_data"), { width: stage.clientWidth || 800,
       height: canvasHeight(model.get("_header").n_layers + 2) });
     g.setKept(model.get("_kept"), model.get("_kept_at"));
-    scoreGraph = scoreGraphOf();
+    scores = new ScorePanel(el, scoresEl, g, model.get("_data"));
     laidOut = "";
-    moved = false;
+    vp.moved = false;
     setFocus(-1);
     recompute();
     resize();
@@ -496,9 +438,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
   (el as unknown as { gsCircuit: unknown }).gsCircuit = {
     screen: (node: number) => {
       const i = g.local.get(node);
-      return i === undefined ? null : [g.x[i] * kx + tx, g.y[i] * ky + ty];
+      return i === undefined ? null : [vp.sx(g.x[i]), vp.sy(g.y[i])];
     },
-    view: () => ({ kx, ky, tx, ty, width: g.width }),
+    view: () => ({ kx: vp.kx, ky: vp.ky, tx: vp.tx, ty: vp.ty, width: g.width }),
     colors: () => ({ ...colors }),
     hit: (clientX: number, clientY: number) => nodeAt(clientX, clientY),
     hitNode: (clientX: number, clientY: number) => {
@@ -513,7 +455,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
       const touching = groups.edges.filter((e) => ("group" in e.source && e.source.group === k) ||
         ("group" in e.target && e.target.group === k));
       return {
-        name: d.group.name, screen: [d.x * kx + tx, d.y * ky + ty],
+        name: d.group.name, screen: [vp.sx(d.x), vp.sy(d.y)],
         out: touching.filter((e) => "group" in e.source && e.source.group === k).map((e) => [name(e.target), e.weight]),
         in: touching.filter((e) => "group" in e.target && e.target.group === k).map((e) => [name(e.source), e.weight]),
       };

@@ -15,6 +15,27 @@ export interface CircuitColors {
   bg: string;
 }
 
+/** The colours before the theme is read (a view drawn before it is attached). */
+export function defaultColors(): CircuitColors {
+  return { pos: "#1f77b4", neg: "#d62728", fg: "#333", muted: "#888", accent: "#1976d2", bg: "#fff" };
+}
+
+/**
+ * The theme's colours into `colors`, read at every frame: the view may be drawn before it is attached, and the
+ * user may switch between light and dark themes while it is shown.
+ */
+export function readThemeColors(el: HTMLElement, colors: CircuitColors): void {
+  if (!el.isConnected) return;
+  const s = getComputedStyle(el);
+  const v = (name: string, fallback: string) => s.getPropertyValue(name).trim() || fallback;
+  colors.pos = v("--gs-ct-pos", colors.pos);
+  colors.neg = v("--gs-ct-neg", colors.neg);
+  colors.fg = s.color || v("--jp-ui-font-color1", colors.fg);
+  colors.muted = v("--gs-ct-muted", colors.muted);
+  colors.accent = v("--gs-ct-accent", colors.accent);
+  colors.bg = v("--gs-ct-bg", colors.bg);
+}
+
 /** What one frame needs besides the graph: the view transform, the canvas size in CSS px, and the marks. */
 export interface DrawState {
   kx: number; // world -> screen: x * kx + tx, y * ky + ty

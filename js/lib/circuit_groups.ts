@@ -85,6 +85,16 @@ export class GroupLayout {
     }
   }
 
+  /** What the supernodes change in the drawing, for the status line ("" without groups; starts with " · "). */
+  note(): string {
+    let text = "";
+    if (this.drawn.length) {
+      text += ` · ${this.drawn.length} supernode(s) drawn as one node each, their edges the sums over every member`;
+    }
+    if (this.undrawn.length) text += ` · not drawn (no member drawn here): ${this.undrawn.join(", ")}`;
+    return text;
+  }
+
   /** The kernel's summed weight from `source` to `target` (one of them a group). */
   private weight(source: End, target: End): number {
     if ("group" in source && "group" in target) {

@@ -7,6 +7,8 @@
 //   2. |A| row-normalised; influence = w @ (A + A² + …) from the logit probabilities w, until it vanishes;
 //   3. replacement = token influence / (token + error influence); completeness = Σ (1 − error share of the node's
 //      inputs) · (influence + w) / Σ (influence + w).
+import type { Graph } from "./circuit_graph";
+import { KIND } from "./circuit_graph";
 import type { CircuitScores } from "./protocol";
 import { formatValue } from "./format";
 import { asBytes, type Bytes, readFloat, readUint } from "./sparse";
@@ -148,4 +150,28 @@ export function scoresLine(
   text += ` · pinned subgraph (${s.pinned} features): replacement ${formatValue(s.replacement)}, completeness ` +
     `${formatValue(s.completeness)}`;
   return { text, pinned: s };
+}
+
+/**
+ * The scores line of one payload: writes scoresLine's text into `line` and the pinned scores into `root`'s data
+ * attributes (pinnedScores: [replacement, completeness]; pinnedScored: how many pinned features were scored).
+ */
+export class ScorePanel {
+  private readonly graph: ScoreGraph | null;
+
+  constructor(private readonly root: HTMLElement, private readonly line: HTMLElement, private readonly g: Graph,
+    data: Bytes) {
+    const spec = g.header.scores;
+    this.graph = spec ? new ScoreGraph(spec, data) : null;
+  }
+
+  render(pinned: number[]): void {
+    const { g, graph } = this;
+    const isFeature = (node: number) => graph !== null &&
+      (graph.candidates.has(node) || (g.local.has(node) && g.kind[g.local.get(node) as number] === KIND.feature));
+    const out = scoresLine(g.header.scores, graph, pinned, isFeature);
+    this.line.textContent = out.text;
+    this.root.dataset.pinnedScores = out.pinned ? JSON.stringify([out.pinned.replacement, out.pinned.completeness]) : "";
+    this.root.dataset.pinnedScored = String(out.pinned?.pinned ?? 0);
+  }
 }
