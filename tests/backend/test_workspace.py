@@ -87,10 +87,11 @@ def test_card_equals_the_cards_made_from_the_same_pieces(tiny_model, ws_sae, ws_
 
 def test_generate_is_the_steering_sessions(tiny_model, ws_sae):
     ws = Workspace(tiny_model, ws_sae)
-    out = ws.generate("The quick brown fox", {3: 4.0}, max_new_tokens=4)
-    ref = SteeringSession(tiny_model, "The quick brown fox", {3: 4.0}, sae=ws_sae).generate(max_new_tokens=4)
+    out = ws.generate("The quick brown fox", {3: 4.0}, unit="raw", max_new_tokens=3, stop_at_eos=False)
+    ref = SteeringSession(tiny_model, "The quick brown fox", {3: 4.0}, sae=ws_sae, unit="raw").generate(
+        max_new_tokens=3, stop_at_eos=False)
     assert out.steered_ids == ref.steered_ids and out.baseline_ids == ref.baseline_ids
-    assert len(out.steered_ids) == 4
+    assert len(out.steered_ids) == 3 and out.specs == ref.specs
 
 
 def test_a_given_transcoder_set_is_kept_and_attributes(tiny_model, tmp_path):
