@@ -72,6 +72,14 @@ _EXPORTS = {
     "topic_control_sets": "gemscope_widgets.backend.behaviour.evidence",
     "TopicControl": "gemscope_widgets.backend.behaviour.evidence",
     "agreement_scorer": "gemscope_widgets.backend.behaviour.evidence",
+    "Scope": "gemscope_widgets.scope",
+    "Workspace": "gemscope_widgets.backend.workspace",
+    "heatmap": "gemscope_widgets.widgets.heatmap",
+    "Heatmap": "gemscope_widgets.widgets.heatmap",
+    "FeaturePane": "gemscope_widgets.widgets.feature_pane",
+    "GraphComparisonView": "gemscope_widgets.widgets.graph_comparison",
+    "ProbeView": "gemscope_widgets.widgets.probe",
+    "FeatureCard": "gemscope_widgets.backend.analysis.card",
     "FeatureCards": "gemscope_widgets.backend.analysis.card",
     "FeatureLabels": "gemscope_widgets.backend.analysis.labels",
     "LabelScore": "gemscope_widgets.backend.analysis.label_scores",
@@ -139,6 +147,7 @@ __all__ = ["__version__", *_EXPORTS]
 # The backend's results ask this registry for their view; the widget layer builds it (imported when first asked).
 register_view("AttributionGraph", "gemscope_widgets.widgets.circuit:graph_view")
 register_view("GraphComparison", "gemscope_widgets.widgets.graph_comparison:comparison_view")
+register_view("ProbeResult", "gemscope_widgets.widgets.probe:probe_view")
 
 
 def __getattr__(name: str) -> Any:

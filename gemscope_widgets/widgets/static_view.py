@@ -374,3 +374,79 @@ def contrast_html(widget: Any) -> str:
     if widget.error:
         parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
     return _frame("Contrast", "".join(parts))
+
+
+# --- probe ---------------------------------------------------------------------------------------------------
+
+_ROC_COLOURS = ("#1e88e5", "#8e24aa", "#43a047", "#f4511e")  # the three probes, then the shown latent
+
+
+def _roc_svg(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], size: int = 160) -> str:
+    """The ROC curves as an inline SVG polyline each (no script), the chance diagonal dashed."""
+    lines = [f'<line x1="0" y1="{size}" x2="{size}" y2="0" stroke="gray" stroke-dasharray="3 3"/>']
+    for (name, fpr, tpr), colour in zip(curves, _ROC_COLOURS):
+        points = " ".join(f"{x * size:.1f},{(1 - y) * size:.1f}" for x, y in zip(fpr, tpr))
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}">'
+                     f"<title>{_e(name)}</title></polyline>")
+    return (f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
+            f'style="border:1px solid rgba(128,128,128,.45)">{"".join(lines)}</svg>')
+
+
+def probe_html(widget: Any) -> str:
+    """The held-out ROC curves (the three probes and the selected, else first, latent), the AUROCs with their
+    intervals, the SAE probe's latents with labels and densities, and the learning curve."""
+    view = widget._view or {}
+    roc = np.frombuffer(widget._roc, dtype=np.float32) if widget._roc else np.zeros(0, np.float32)
+    features = list(view.get("features") or [])
+    ids = [int(f["feature"]) for f in features]
+    shown = widget.selected_feature if widget.selected_feature in ids else (ids[0] if ids else -1)
+    curves = []
+    for c in view.get("roc") or []:
+        if int(c["feature"]) in (-1, shown):
+            o, n = int(c["offset"]), int(c["n"])
+            curves.append((str(c["name"]), roc[o : o + n], roc[o + n : o + 2 * n]))
+    head = (f"{_e(view.get('sae_name', ''))} · layer {_e(view.get('layer', ''))} · position "
+            f"{_e(view.get('position', ''))} · {_e(view.get('n_positive', 0))} + {_e(view.get('n_negative', 0))} "
+            f"prompts · {_e(view.get('scheme', ''))} · seed {_e(view.get('seed', ''))}")
+    parts = [f'<div style="{_NOTE}">{head}</div>']
+    th = 'style="font-weight:normal;padding:0 6px;text-align:left"'
+    td = 'style="padding:0 6px"'
+    rows = "".join(
+        f"<tr><td {td}>{_e(d['title'])}</td><td {td}>{_e(format_value(d['auroc']))}</td>"
+        f"<td {td}>[{_e(format_value(d['low']))}, {_e(format_value(d['high']))}]</td>"
+        f"<td {td}>{_e(d['n_held_out'])}</td></tr>"
+        for d in view.get("detectors") or []
+    )
+    detectors = (f'<table style="border-collapse:collapse;font-size:.85em"><tr><th {th}>detector</th>'
+                 f"<th {th}>held-out AUROC</th><th {th}>95% interval</th><th {th}>held out</th></tr>{rows}</table>")
+    parts.append(f'<div style="display:flex;gap:12px;align-items:flex-start">{_roc_svg(curves)}{detectors}</div>')
+    legend = " · ".join(f'<span style="color:{colour}">■</span> {_e(name)}'
+                        for (name, _, _), colour in zip(curves, _ROC_COLOURS))
+    parts.append(f'<div style="{_NOTE}">ROC on held-out prompts: {legend}</div>')
+    if features:
+        body = "".join(
+            f"<tr><td {td}>#{int(f['feature'])} <span style=\"{_NOTE}\">{_e(f.get('label') or '')}</span></td>"
+            f"<td {td}>{_e(format_value(f['auroc']))}</td>"
+            f"<td {td}>[{_e(format_value(f['low']))}, {_e(format_value(f['high']))}]</td>"
+            f"<td {td}>{_e('' if f.get('density') is None else format_percent(f['density']))}</td>"
+            f"<td {td}>{_e(format_value(f['mean_difference']))}</td>"
+            f"<td {td}>{_e(f['chosen_in'])}/{_e(view.get('n_folds', 1))}</td></tr>"
+            for f in features
+        )
+        parts.append(f'<table style="border-collapse:collapse;font-size:.85em"><tr><th {th}>latent</th>'
+                     f"<th {th}>AUROC alone</th><th {th}>95% interval</th><th {th}>density</th>"
+                     f"<th {th}>Δ mean</th><th {th}>chosen</th></tr>{body}</table>")
+    curve = view.get("curve") or {}
+    sizes = list(curve.get("sizes") or [])
+    if sizes:
+        cells = "".join(f"<th {th}>{_e(s)}</th>" for s in sizes)
+        body = "".join(
+            f"<tr><td {td}>{_e(name)}</td>" + "".join(f"<td {td}>{_e(format_value(v))}</td>" for v in values)
+            + "</tr>" for name, values in (curve.get("values") or {}).items()
+        )
+        parts.append(f'<div style="{_NOTE}">learning curve: held-out AUROC by training prompts per class</div>'
+                     f'<table style="border-collapse:collapse;font-size:.85em"><tr><th {th}></th>{cells}</tr>'
+                     f"{body}</table>")
+    if widget.error:
+        parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
+    return _frame("Probe", "".join(parts))

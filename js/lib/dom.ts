@@ -64,6 +64,7 @@ export const VIEW_ROOTS = {
   circuit: "gs-circuit",
   token_view: "gs-token-view",
   graph_comparison: "gs-graph-comparison",
+  probe: "gs-probe",
 } as const;
 
 export type ViewRoot = (typeof VIEW_ROOTS)[keyof typeof VIEW_ROOTS];

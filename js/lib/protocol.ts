@@ -421,6 +421,62 @@ export type ContrastViewMessage =
   | { type: "steer"; feature: number }
   | { type: "ping" };
 
+export interface ProbeDetector {
+  name: string; // "SAE probe" | "dense probe" | "difference of means"
+  title: string;
+  auroc: number;
+  low: number;
+  high: number;
+  n_held_out: number;
+}
+export interface ProbeFeatureRow {
+  feature: number;
+  label: string;
+  density: number | null; // fraction of corpus tokens it fires on
+  auroc: number;
+  low: number;
+  high: number;
+  mean_difference: number;
+  chosen_in: number;
+  n_held_out: number;
+}
+/** One ROC curve in _roc (float32): `n` false positive rates at `offset`, then `n` true positive rates. */
+export interface ProbeRocCurve {
+  name: string;
+  feature: number; // -1 for the three probes
+  offset: number;
+  n: number;
+}
+export interface ProbeInfo {
+  sae_name?: string;
+  layer?: number;
+  position?: string;
+  k?: number;
+  seed?: number;
+  n_positive?: number;
+  n_negative?: number;
+  scheme?: string;
+  n_folds?: number;
+  detectors?: ProbeDetector[];
+  features?: ProbeFeatureRow[];
+  curve?: { sizes: number[]; values: Record<string, number[]> };
+  roc?: ProbeRocCurve[];
+}
+
+/** @widget gemscope_widgets.widgets.probe.ProbeView */
+export interface ProbeViewModel {
+  _view: ProbeInfo;
+  _roc: Bytes;
+  selected_feature: number;
+  can_steer: boolean;
+  error: string;
+}
+
+/** @messages gemscope_widgets.widgets.probe.ProbeView */
+export type ProbeViewMessage =
+  | { type: "steer"; feature: number }
+  | { type: "ping" };
+
 // --- typed sending ------------------------------------------------------------------------------------------
 
 /** The part of anywidget's model that sends custom messages. */
