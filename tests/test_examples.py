@@ -122,12 +122,26 @@ def run_circuits(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
 # or checks that what the notebook's text says is what its outputs show.
 STAND_INS = {
     "gemma-scope-2.ipynb": run_gemma_scope_2,
+def run_behaviour_evidence(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    """The evidence workflow on the embedded 270M and demo SAE, on small sets: every part prints its result."""
+    nb = execute(path, parameters="N_PER_SET = 8\nMAX_NEW_TOKENS = 4\nENTITIES_PER_TYPE = 3",
+                 env={"PYTHONPATH": str(EXAMPLES.parent)})
+    text = outputs_text(nb)
+    assert "held-out AUROC" in text and "learning curve" in text, text
+    assert "Causal check:" in text and "random, matched density" in text, text
+    assert "Topic control:" in text and "sycophancy: causal check" in text, text
+    known = re.search(r"The 270M knows (\d+) of the (\d+) real entities", text)
+    assert known and int(known.group(2)) == 9 and 0 <= int(known.group(1)) <= 9, text
+    assert len(widget_outputs(nb)) >= 2, "the steering widget and the probe view should be displayed"
+
+
     "chat-behaviour.ipynb": run_chat_behaviour,
     "circuits.ipynb": run_circuits,
 }
 # Those that still run the real embedded 270M (at most the SAE is stood in for).
-ON_THE_REAL_MODEL = {"chat-behaviour.ipynb", "circuits.ipynb"}
-SLOW = {"circuits.ipynb"}
+ON_THE_REAL_MODEL = {"chat-behaviour.ipynb", "circuits.ipynb", "behaviour-evidence.ipynb"}
+SLOW = {"circuits.ipynb", "behaviour-evidence.ipynb"}
+    "behaviour-evidence.ipynb": run_behaviour_evidence,
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
