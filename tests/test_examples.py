@@ -118,10 +118,6 @@ def run_circuits(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     assert len(widget_outputs(nb)) >= 2, "both circuits should be displayed"
 
 
-# Notebooks with their own runner: stand-ins (tiny model, a populated hub cache) instead of the embedded default,
-# or checks that what the notebook's text says is what its outputs show.
-STAND_INS = {
-    "gemma-scope-2.ipynb": run_gemma_scope_2,
 def run_behaviour_evidence(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     """The evidence workflow on the embedded 270M and demo SAE, on small sets: every part prints its result."""
     nb = execute(path, parameters="N_PER_SET = 8\nMAX_NEW_TOKENS = 4\nENTITIES_PER_TYPE = 3",
@@ -135,13 +131,17 @@ def run_behaviour_evidence(path: Path, tiny_model_path: Path, tmp_path: Path) ->
     assert len(widget_outputs(nb)) >= 2, "the steering widget and the probe view should be displayed"
 
 
+# Notebooks with their own runner: stand-ins (tiny model, a populated hub cache) instead of the embedded default,
+# or checks that what the notebook's text says is what its outputs show.
+STAND_INS = {
+    "gemma-scope-2.ipynb": run_gemma_scope_2,
     "chat-behaviour.ipynb": run_chat_behaviour,
     "circuits.ipynb": run_circuits,
+    "behaviour-evidence.ipynb": run_behaviour_evidence,
 }
 # Those that still run the real embedded 270M (at most the SAE is stood in for).
 ON_THE_REAL_MODEL = {"chat-behaviour.ipynb", "circuits.ipynb", "behaviour-evidence.ipynb"}
 SLOW = {"circuits.ipynb", "behaviour-evidence.ipynb"}
-    "behaviour-evidence.ipynb": run_behaviour_evidence,
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
