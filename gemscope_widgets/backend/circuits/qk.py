@@ -216,6 +216,7 @@ class QKAttribution:
 
 @dataclass
 class _Prepared:
+    replacement: Any  # the graph.replacement it was made from (a new attach makes it again)
     fwd: FrozenForward
     nodes: _Nodes
     node_of_active: Tensor  # [n_active] graph node index, -1 without a node
@@ -279,7 +280,7 @@ def _prepared(graph: AttributionGraph) -> _Prepared:
         )
     with _LOCK:
         got = _PREPARED.get(graph)
-        if got is not None:
+        if got is not None and got.replacement is rep:
             return got
         gm, tset = rep.model, rep.transcoders
         ids = graph.input_tokens
@@ -293,7 +294,7 @@ def _prepared(graph: AttributionGraph) -> _Prepared:
             )
         node_of_active = torch.full((nodes.n_active,), -1, dtype=torch.long)
         node_of_active[graph.selected_features] = torch.arange(graph.n_selected)
-        got = _Prepared(fwd, nodes, node_of_active, _rotary(gm, ids))
+        got = _Prepared(rep, fwd, nodes, node_of_active, _rotary(gm, ids))
         _PREPARED[graph] = got
         return got
 

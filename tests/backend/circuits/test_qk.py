@@ -185,6 +185,10 @@ def test_bad_input(tiny_model, affine_graph, tmp_path):
     loaded = AttributionGraph.load(path)
     with pytest.raises(GraphError, match="attach"):
         loaded.qk(1, 0, 35, 30)
+    # Attached, a graph read from its file gives the same split.
+    loaded.attach(tiny_model, g.replacement.transcoders)
+    a, b = loaded.qk(1, 0, 35, 30), g.qk(1, 0, 35, 30)
+    assert torch.equal(a.pairs, b.pairs) and [t.node_id for t in a.q_terms] == [t.node_id for t in b.q_terms]
 
 
 @pytest.mark.real_model
