@@ -54,7 +54,8 @@ class ScoreMatrix:
 def _error_of(graph: Any, features: torch.Tensor) -> torch.Tensor:
     """Graph index of the error node at each feature node's layer and position."""
     layer, pos = graph.selected_active_features[features, 0], graph.selected_active_features[features, 1]
-    return graph.error_slice.start + layer * graph.n_pos + pos
+    errors: torch.Tensor = graph.error_slice.start + layer * graph.n_pos + pos
+    return errors
 
 
 def score_matrix(graph: Any, candidates: Any) -> ScoreMatrix:
