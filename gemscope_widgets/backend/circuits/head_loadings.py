@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 RULE = "last position-crossing hop"
 SOURCE_BATCH = 64  # sources carried forward together: memory ~ SOURCE_BATCH × n_pos × (d_model + heads × head_dim)
+# The split runs in float64 on the captured float32 state: a small edge whose heads' shares cancel (Σ|share| a
+# thousand times the edge on the real 270M) still sums to the graph's float32 edge to 1e-4.
+EXACT = torch.float64
 RECOMPUTE_TOLERANCE = 1e-2  # largest |Σ shares − edge| / |edge| before the attached model is called a different one
 
 
@@ -315,28 +318,50 @@ def _same_position_pullback(fwd: FrozenForward, nodes: _Nodes, layers: Tensor, p
     device = inject.device
     n, n_heads, n_kv, dh = len(layers), fwd.n_heads, fwd.n_kv, fwd.head_dim
     group = n_heads // n_kv
-    q = torch.zeros(n, n_layers, n_heads, dh, device=device)
+    q = torch.zeros(n, n_layers, n_heads, dh, device=device, dtype=EXACT)
     layers, positions = layers.to(device), positions.to(device)
-    g = torch.zeros(n, inject.shape[-1], device=device)
+    inject = inject.to(EXACT)
+    g = torch.zeros(n, inject.shape[-1], device=device, dtype=EXACT)
     top = layers == n_layers
     g[top] = inject[top]
     for layer in range(n_layers - 1, -1, -1):
-        skip = nodes.skip.get(layer)
-        if skip is not None:  # g is at this layer's output; the skip reads its MLP input
-            g = g + fwd.s_pf[layer][positions] * (g @ skip.T)
+        m = _exact_layer(fwd, nodes, layer)
+        if m.skip is not None:  # g is at this layer's output; the skip reads its MLP input
+            g = g + m.s_pf[positions] * (g @ m.skip.T)
         here = layers == layer
         g[here] += inject[here]
-        g_z = (fwd.s_pa[layer][positions] * g) @ fwd.w_o[layer]  # [n, H*dh]
+        g_z = (m.s_pa[positions] * g) @ m.w_o  # [n, H*dh]
         q[:, layer] = g_z.unflatten(-1, (n_heads, dh))
-        diag = fwd.patterns[layer][:, positions, positions].T  # [n, H]: A[l, h, i, i]
+        diag = m.patterns[:, positions, positions].T  # [n, H]: A[l, h, i, i]
         g_v = (diag[..., None] * q[:, layer]).unflatten(1, (n_kv, group)).sum(2)  # [n, kv, dh]
-        g = g + fwd.s_in[layer][positions] * (g_v.flatten(1) @ fwd.w_v[layer])
+        g = g + m.s_in[positions] * (g_v.flatten(1) @ m.w_v)
     return q
+
+
+class _Layer(NamedTuple):
+    """One layer of the frozen map in float64 (``s_*`` ``[T, d]``, ``patterns`` ``[H, T, T]``, weights as in
+    :class:`FrozenForward`, ``skip`` ``[d, d]`` or None)."""
+
+    s_in: Tensor
+    s_pa: Tensor
+    s_pf: Tensor
+    patterns: Tensor
+    w_o: Tensor
+    w_v: Tensor
+    skip: Tensor | None
+
+
+def _exact_layer(fwd: FrozenForward, nodes: _Nodes, layer: int) -> _Layer:
+    # Made per use rather than held: a float64 copy of every layer would double the frozen state's memory.
+    skip = nodes.skip.get(layer)
+    return _Layer(fwd.s_in[layer].to(EXACT), fwd.s_pa[layer].to(EXACT), fwd.s_pf[layer].to(EXACT),
+                  fwd.patterns[layer].to(EXACT), fwd.w_o[layer].to(EXACT), fwd.w_v[layer].to(EXACT),
+                  None if skip is None else skip.to(EXACT))
 
 
 def _add_writes(f: Tensor, writes: Any) -> None:
     for b, p, vec in writes:
-        f[b, p] += vec
+        f[b, p] += vec.to(f.dtype)
 
 
 def _split(fwd: FrozenForward, nodes: _Nodes, q: Tensor, t_layers: Tensor, t_pos: Tensor,
@@ -371,12 +396,13 @@ def _split(fwd: FrozenForward, nodes: _Nodes, q: Tensor, t_layers: Tensor, t_pos
             for b, node in enumerate(batch.tolist()):
                 for k, vec in writes[node]:
                     by_layer.setdefault(k, []).append((b, int(s_pos[node]) - p0, vec))
-            f = torch.zeros(len(batch), n_pos - p0, fwd.x.shape[-1], device=device)
+            f = torch.zeros(len(batch), n_pos - p0, fwd.x.shape[-1], device=device, dtype=EXACT)
 
             _add_writes(f, by_layer.get(l0 - 1, ()))
             for layer in range(l0, l_end + 1):
-                v = ((fwd.s_in[layer, p0:] * f) @ fwd.w_v[layer].T).unflatten(-1, (n_kv, dh))  # [C, P, kv, dh]
-                a = fwd.patterns[layer, :, p0:, p0:].unflatten(0, (n_kv, group))  # [kv, g, P, P]
+                m = _exact_layer(fwd, nodes, layer)
+                v = ((m.s_in[p0:] * f) @ m.w_v.T).unflatten(-1, (n_kv, dh))  # [C, P, kv, dh]
+                a = m.patterns[:, p0:, p0:].unflatten(0, (n_kv, group))  # [kv, g, P, P]
                 z = torch.einsum("kgts,cskd->ctkgd", a, v)  # [C, P, kv, g, dh]
                 live = (e_top >= layer).nonzero().flatten()
                 if len(live):
@@ -384,13 +410,12 @@ def _split(fwd: FrozenForward, nodes: _Nodes, q: Tensor, t_layers: Tensor, t_pos
                     diag = a[:, :, ep, ep].permute(2, 0, 1)  # [e, kv, g]: A[l, h, i, i]
                     z_off = z[ec, ep] - diag[..., None] * v[ec, ep][:, :, None, :]  # [e, kv, g, dh]
                     share = (z_off.flatten(1, 2) * q[e_tgt[live], layer]).sum(-1)  # [e, H]
-                    out[mine[live.cpu()], layer] = share.cpu()
+                    out[mine[live.cpu()], layer] = share.float().cpu()
                 if layer == l_end:
                     break
-                f = f + fwd.s_pa[layer, p0:] * (z.flatten(-3) @ fwd.w_o[layer].T)
-                skip = nodes.skip.get(layer)
-                if skip is not None:
-                    f = f + (fwd.s_pf[layer, p0:] * f) @ skip
+                f = f + m.s_pa[p0:] * (z.flatten(-3) @ m.w_o.T)
+                if m.skip is not None:
+                    f = f + (m.s_pf[p0:] * f) @ m.skip
                 _add_writes(f, by_layer.get(layer, ()))
             bar.update(len(batch))
     finally:

@@ -17,11 +17,15 @@ from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
 PROMPT = "The quick brown fox jumps over the lazy dog"
 
 
-def sum_error(loadings) -> float:
-    """Largest |Σ shares − edge weight| / |edge weight| over the split edges."""
+def sum_error(graph, loadings) -> float:
+    """Largest |Σ shares − edge weight| / |edge weight| over the split edges; an edge under 1e-3 of its target's
+    largest edge is measured against that floor instead (the graph's float32 edge is itself only that exact when its
+    heads' shares cancel: on the real 270M a few logit edges of 1e-4 × the row's largest edge have Σ|share| a
+    thousand times the edge, and their float32 pull-back differs from a float64 one by 1e-4 of the edge)."""
     total = loadings.shares.double().sum((1, 2))
     weights = loadings.weights.double()
-    return float(((total - weights).abs() / weights.abs()).max())
+    floor = 1e-3 * graph.adjacency_matrix.abs().max(1).values[loadings.edges[:, 0]].double()
+    return float(((total - weights).abs() / torch.maximum(weights.abs(), floor)).max())
 
 
 def frozen(graph):
@@ -103,7 +107,7 @@ def test_shares_sum_to_every_kept_cross_position_edge_tiny(tiny_graphs, which):
     info = [graph.node_info(k) for k in range(graph.n_nodes)]
     expected = {(t, s) for t, s in pruned.edge_mask.nonzero().tolist() if info[t].pos != info[s].pos}
     assert {tuple(e) for e in loadings.edges.tolist()} == expected and len(expected) > 100
-    assert sum_error(loadings) < 1e-4
+    assert sum_error(graph, loadings) < 1e-4
     assert loadings.shares.shape[1:] == (graph.n_layers, 4)
     # A single edge asked for on its own gives the same split as the whole-graph pass.
     t, s = loadings.edges[len(loadings) // 2].tolist()
@@ -190,7 +194,7 @@ def test_real_270m_demo_transcoders(real_model, demo_set):
                       progress=False)
     loadings = graph.head_loadings(progress=False)
     assert len(loadings) > 100
-    assert sum_error(loadings) < 1e-4
+    assert sum_error(graph, loadings) < 1e-4
     # The kept edge into the top logit from the feature with the largest weight: masked recomputation.
     logit = graph.logit_slice.start
     into = loadings.edges[loadings.edges[:, 0] == logit]
@@ -206,7 +210,7 @@ def test_chat_prompt_keeps_the_zeroed_prefix_zero(real_model, demo_set):
     graph = attribute(it, demo_set, chat, max_feature_nodes=128, progress=False)
     assert graph.info["zero_positions"] == 4
     loadings = graph.head_loadings(progress=False)
-    assert sum_error(loadings) < 1e-4
+    assert sum_error(graph, loadings) < 1e-4
     # No kept edge starts at a feature or error node of the template prefix, and asked for, such an edge is zero.
     info = [graph.node_info(int(s)) for s in loadings.edges[:, 1]]
     assert not [i for i in info if i.kind in ("feature", "error") and i.pos < 4]

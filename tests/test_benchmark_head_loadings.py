@@ -1,0 +1,22 @@
+"""benchmarks/head_loadings.py cannot rot: its measurement runs on the tiny model and reports every number."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def test_head_loadings_benchmark_measures_on_the_tiny_model() -> None:
+    from benchmarks.head_loadings import measure
+
+    threads = torch.get_num_threads()
+    try:
+        row = measure(12, "smoke", 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert row["kept_cross_position_edges"] > 10 and row["sources"] > 1 and row["targets"] > 1
+    for key in ("attribute_seconds", "head_loadings_seconds", "ratio_to_attribute", "cpu_ratio_to_attribute"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["ratio_to_attribute"] == round(row["head_loadings_seconds"] / row["attribute_seconds"], 4)
+    assert row["max_relative_sum_error"] < 1e-4
