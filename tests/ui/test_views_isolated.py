@@ -37,10 +37,14 @@ g = synthetic_graph(n_pos=5, n_layers=3, n_features=30, n_edges=200, seed=3)
 circuit = Circuit.build(g)
 tv = TokenView(["<bos>", "Hello", " world"], special=[True, False, False])
 tv.selected_token = 1
-ipywidgets.VBox([hm, pane, steer, panel.view, chat, circuit, tv])
+_words = ["fox", "dog", "hen", "cow"]
+probe = scope.probe([f"The {w} runs home." for w in _words], [f"import {w} as m" for w in _words], k=2, chat=False,
+                    progress=False).widget()
+ipywidgets.VBox([hm, pane, steer, panel.view, chat, circuit, tv, probe])
 """
 
-ROOTS = ["gs-heatmap", "gs-feature-pane", "gs-steering", "gs-contrast", "gs-chat", "gs-circuit", "gs-token-view"]
+ROOTS = ["gs-heatmap", "gs-feature-pane", "gs-steering", "gs-contrast", "gs-chat", "gs-circuit", "gs-token-view",
+         "gs-probe"]
 
 # For each view root: every element's computed style with all views' stylesheets on, then with only this view's
 # stylesheet on (the others disabled, as if the view were shown alone). Returns the differences.
@@ -92,6 +96,7 @@ def test_every_view_on_one_page_is_styled_as_alone(lab_server, page):
     expect(page.locator(".gs-heatmap .gs-hm-item").first).to_be_visible(timeout=60_000)
     expect(page.locator(".gs-feature-pane .gs-pane-head")).to_be_visible(timeout=60_000)
     expect(page.locator(".gs-steering .gs-steer-row")).to_have_count(1, timeout=60_000)
+    expect(page.locator(".gs-probe tr.gs-pr-row").first).to_be_visible(timeout=60_000)
     page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=circuit.element_handle(), timeout=30_000)
 
     # Click the circuit's most influential feature: its strongest inputs are listed with signed colours (the
