@@ -118,12 +118,14 @@ class Circuit(ViewWidget):
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
         max_edges: int | None = None,
+        show_all: bool = False,
     ) -> Circuit:
         """The view of ``graph``. ``model`` and ``transcoders`` (default: those attached by ``attribute``) add
         each feature's top promoted tokens to its hover card. At ``node_threshold`` / ``edge_threshold`` the view
         draws exactly the nodes and edges of ``graph.prune(node_threshold, edge_threshold)``; ``max_edges`` caps the
         edges sent to the browser (default: :data:`MAX_EDGES`, prune()'s edges first), and the view says how many of
-        prune()'s edges a cap left out."""
+        prune()'s edges a cap left out. The view opens on the legible subgraph (:attr:`show_all` False) unless
+        ``show_all``."""
         replacement = getattr(graph, "replacement", None)
         if model is None and replacement is not None:
             model = getattr(replacement, "model", None)
@@ -133,7 +135,8 @@ class Circuit(ViewWidget):
             graph, node_threshold=node_threshold, edge_threshold=edge_threshold, max_edges=max_edges, model=model,
             transcoders=transcoders,
         )
-        return cls(graph, header, data, node_threshold=node_threshold, edge_threshold=edge_threshold)
+        return cls(graph, header, data, node_threshold=node_threshold, edge_threshold=edge_threshold,
+                   show_all=bool(show_all))
 
     @traitlets.validate("node_threshold", "edge_threshold")
     def _check_threshold(self, proposal: traitlets.Bunch) -> float:
@@ -330,7 +333,7 @@ def graph_view(
 ) -> CircuitExplorer | Circuit:
     """``graph.widget()``: the view of ``graph``, with the clicked feature's pane beneath when the model and
     transcoders are known (given here, or attached by ``attribute`` / ``graph.attach``), else the view alone.
-    Keywords as :meth:`Circuit.build` (``node_threshold``, ``edge_threshold``, ``max_edges``)."""
+    Keywords as :meth:`Circuit.build` (``node_threshold``, ``edge_threshold``, ``max_edges``, ``show_all``)."""
     replacement = getattr(graph, "replacement", None)
     if model is None and replacement is not None:
         model = replacement.model

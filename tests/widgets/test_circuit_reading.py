@@ -22,6 +22,7 @@ def test_payload_focus_flags_are_the_legible_subgraph():
     assert w._header["focus"] == {"logit_token": g.logit_token_strings[0], "n_chosen": sub.n_chosen,
                                   "n_pruned": sub.n_pruned}
     assert w.show_all is False
+    assert Circuit.build(g, show_all=True).show_all is True
 
 
 def test_payload_scores_are_the_graphs_and_fall_back_to_prunes_features(monkeypatch):
