@@ -81,6 +81,7 @@ class ContrastView(ViewWidget):
         view (its labels follow the workspace's statistics of that SAE)."""
         chosen = workspace.sae(sae)
         result: Any  # a Contrast, or a PairedContrast with pairs
+        rows: list[dict[str, Any]]
         if pairs is not None:
             if a is not None or b is not None:
                 raise ContrastError("Pass either a and b, or pairs=[(a, b), ...], not both.")
