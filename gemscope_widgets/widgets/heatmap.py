@@ -400,7 +400,7 @@ def _feature_info(workspace: Workspace, names: Sequence[str], payload: Payload, 
             block = payload.block(p, s)
             present.update(np.unique(block.indices).tolist())
         density: dict[str, float] = {}
-        if stats is not None and getattr(stats, "density", None) is not None:
+        if stats is not None and stats.density is not None:
             values = stats.density
             density = {str(f): float(values[f]) for f in sorted(present)}
         dense = {int(f) for f, d in density.items() if d > DENSE_ABOVE}
