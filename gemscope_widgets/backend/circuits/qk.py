@@ -48,6 +48,7 @@ from torch import Tensor
 
 from gemscope_widgets.backend.circuits.attribution import _active_features, _Nodes
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
+from gemscope_widgets.backend.gemma.attention import sliding_window
 from gemscope_widgets.backend.gemma.hooks import StopForward
 from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.errors import GraphError
@@ -417,15 +418,7 @@ def _check(graph: AttributionGraph, prep: _Prepared, layer: Any, head: Any, quer
 
 def _sliding_window(graph: AttributionGraph, layer: int) -> int | None:
     """The layer's sliding window (keys ``j`` with ``i - j < window`` are seen), None on a global layer."""
-    gm = graph.replacement.model
-    config = gm.text_model.config
-    types = getattr(config, "layer_types", None)
-    if types is not None:
-        sliding = types[layer] == "sliding_attention"
-    else:
-        sliding = bool(getattr(gm.layers[layer].self_attn, "is_sliding", False))
-    window = getattr(config, "sliding_window", None)
-    return int(window) if sliding and window else None
+    return sliding_window(graph.replacement.model, layer)
 
 
 def qk_attribution(
@@ -477,6 +470,28 @@ def qk_attribution(
         info={"scaling": scaling, "sliding_window": _sliding_window(graph, layer),
               "rounding": score - float(pairs.sum())},
     )
+
+
+def attention_row(graph: AttributionGraph, layer: int, head: int, query_pos: int) -> Tensor:
+    """Head ``head`` of ``layer``'s attention pattern at ``query_pos``: the probability of each key position.
+
+    Args:
+        graph: an :class:`~.graph.AttributionGraph` with its model and transcoders attached (as :func:`qk_attribution`).
+        layer: 0..n_layers-1. head: a query head, 0..n_heads-1. query_pos: a prompt position.
+
+    Returns:
+        ``[query_pos + 1]`` float32, the key positions ``0..query_pos``: the softmax of the head's scores from the
+        prompt's own forward (the frozen pattern the graph's edges run through; keys outside a sliding window and
+        a zeroed chat prefix hold what the model gave them). Sums to 1.
+
+    Raises:
+        GraphError: no model attached, or a layer, head or position out of range (as :func:`qk_attribution`).
+
+    Cost: the first call on a graph captures the prompt (shared with :func:`qk_attribution`); later calls index it.
+    """
+    prep = _prepared(graph)
+    layer, head, q, _, _ = _check(graph, prep, layer, head, query_pos, query_pos, 1)
+    return prep.fwd.patterns[layer, head, q, : q + 1].detach().float().cpu().clone()
 
 
 def default_target(graph: AttributionGraph, layer: int, query_pos: int) -> int:

@@ -17,6 +17,7 @@ from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
 from gemscope_widgets.backend.circuits.attribution import attribute
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
+from gemscope_widgets.backend.circuits.qk import attention_row
 from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
 from gemscope_widgets.backend.gemma.model import load_model
 from gemscope_widgets.testing.tiny import TINY_NAME, build_tiny_checkpoint
@@ -189,6 +190,25 @@ def test_bad_input(tiny_model, affine_graph, tmp_path):
     loaded.attach(tiny_model, g.replacement.transcoders)
     a, b = loaded.qk(1, 0, 35, 30), g.qk(1, 0, 35, 30)
     assert torch.equal(a.pairs, b.pairs) and [t.node_id for t in a.q_terms] == [t.node_id for t in b.q_terms]
+
+
+def test_attention_row_is_the_real_pattern_row(tiny_model, affine_graph):
+    # The row is the real module's eager softmax at the query (an independent forward), on a local and a global
+    # layer; it sums to 1, is 0 outside the sliding window, and each entry is qk()'s probability for that key.
+    g = affine_graph
+    last = g.n_pos - 1
+    for layer in (1, 3):
+        _, pattern = real_scores(tiny_model, g.input_tokens, layer)
+        for head, q in ((0, last), (2, 20)):
+            row = attention_row(g, layer, head, q)
+            assert row.shape == (q + 1,)
+            torch.testing.assert_close(row.double(), pattern[head, q, : q + 1], rtol=1e-5, atol=1e-7)
+            assert float(row.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(attention_row(g, 1, 0, last)[: last - 15].abs().sum()) == 0.0  # the 16-token window
+    assert float(attention_row(g, 3, 1, last)[4]) == pytest.approx(g.qk(3, 1, last, 4).probability, rel=1e-6)
+    for args, words in (((4, 0, 35), "layers 0..3"), ((1, 4, 35), "heads 0..3"), ((1, 0, 36), "positions 0..35")):
+        with pytest.raises(GraphError, match=words):
+            attention_row(g, *args)
 
 
 @pytest.mark.real_model
