@@ -46,6 +46,7 @@ from gemscope_widgets.backend.circuits.graph_file import (
     save_graph,
 )
 from gemscope_widgets.backend.circuits.graph_steering import graph_steering_session, steer_graph
+from gemscope_widgets.backend.circuits.group_suggestions import suggest_groups
 from gemscope_widgets.backend.circuits.influence import (
     PruneResult,
     compute_edge_influence,
@@ -376,6 +377,13 @@ class AttributionGraph(GraphNodes):
         from gemscope_widgets.backend.circuits.supernodes import supernodes
 
         return supernodes(self)
+
+    def suggest_groups(self, **kwargs: Any) -> Any:
+        """Suggested supernodes among the kept features: same position (or layer band), similar outgoing edges and
+        shared logit-lens tokens, each with how well it preserves the graph's logit influence. Nothing changes
+        until a suggestion is accepted (``s.accept(graph)`` or ``graph.group(s.name, s.members)``). Keywords and
+        thresholds: :func:`~.group_suggestions.suggest_groups`; returns a ``GroupSuggestions``."""
+        return suggest_groups(self, **kwargs)
 
     def grouped(self) -> Any:
         """The graph with each supernode merged into one node: summed edges and influence (a ``GroupedGraph``)."""
