@@ -115,6 +115,10 @@ def run_circuits(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     assert len(drops["path"]) == len(drops["control"]) == 2, text
     for path_drop, control_drop in zip(drops["path"], drops["control"]):
         assert path_drop > 0.1 and abs(control_drop) < path_drop / 4, text
+    # With every layer constrained the real model moves each target's input by the graph's edge weight.
+    frozen = re.search(r"targets moved by their edge weights, max relative error ([-+.\de]+)$", text, flags=re.M)
+    assert frozen and float(frozen.group(1)) < 1e-4, text
+    assert re.search(r"^group clamped to 0: +'", text, flags=re.M), text
     assert len(widget_outputs(nb)) >= 2, "both circuits should be displayed"
 
 
