@@ -1,7 +1,8 @@
 """Attribution graphs on CPU: time and peak memory to build a pruned graph, as ratios to forward+backward and to
 circuit-tracer.
 
-    python -m benchmarks.circuit_case [--tokens 16 64] [--set demo|random] [--threads 2] [--no-peer] [--record]
+    python -m benchmarks.circuit_case [--tokens 16 64 256] [--set demo|random] [--threads 2] [--no-peer]
+        [--peer-timeout S] [--peer-memory-gb G] [--record]
 
 For each prompt length, in the same run and each in a fresh process (so peak memory is its own): the baseline
 (one forward and one backward pass of the model on the prompt, the unit of work attribution repeats in
@@ -9,7 +10,12 @@ batches), ``attribute`` + ``prune`` with the transcoder set, and (with ``--set d
 exists: ``bash benchmarks/circuit_tracer_venv.sh``) circuit-tracer 0.5.0's ``attribute`` + ``prune_graph`` on
 the same model weights, transcoder files and token ids, with the same feature budget and batch size. Reports wall
 time, peak RSS above the process's RSS after loading, the ratios attribute / baseline and attribute /
-circuit-tracer, and whether both found the same logit tokens. ``--set demo`` uses the embedded 270M's demo
+circuit-tracer, and whether both found the same logit tokens. Memory: the attribute row also carries
+``attribute``'s own estimate of its peak (:func:`~gemscope_widgets.backend.circuits.attribution_memory.
+estimate_attribution_memory`, from the prompt length alone and with the exact number of active features, as the
+progress bar shows it) beside the measured peak, as ``estimate_over_measured``. ``--peer-memory-gb`` caps
+circuit-tracer's address space (``RLIMIT_AS``) so a run that would exhaust a shared machine ends with its own
+out-of-memory error instead (reported as such). ``--set demo`` uses the embedded 270M's demo
 transcoder set (trained on first use); ``--set random`` a set of the same shapes with random weights whose
 thresholds are calibrated on the prompt so that about 16 features fire per token (same work, no training).
 ``--record`` writes ``benchmarks/results/circuit_attribution_cpu.json`` (replacing the rows of the lengths measured).
@@ -30,6 +36,14 @@ TEXT = (
     "The capital of France is Paris, and the capital of Italy is Rome. In the year 1969 the first people walked "
     "on the Moon; they returned safely to Earth. def add(a, b): return (a + b) * (a - b) if a > b else [a, b]"
 )
+
+
+def prompt_text() -> str:
+    """``TEXT`` followed by enough real English for 256-token prompts (the first 64 tokens are ``TEXT``'s, so
+    shorter rows measure the same prompts as before)."""
+    from benchmarks.texts import long_text
+
+    return TEXT + "\n\n" + long_text(4000)
 
 
 MAX_FEATURE_NODES = 4096  # the package's default budget; circuit-tracer gets the same
@@ -94,7 +108,7 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
     from gemscope_widgets.backend.gemma.model import load_model
 
     gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
-    ids = gm.prompt(TEXT).input_ids[:n_tokens]
+    ids = gm.prompt(prompt_text()).input_ids[:n_tokens]
     if which == "demo":
         from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
 
@@ -111,8 +125,10 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
         out = gm.model(inputs_embeds=emb, use_cache=False).logits
         out[0, -1].max().backward()
     else:
-        from gemscope_widgets.backend.circuits.attribution import attribute
+        from gemscope_widgets.backend.circuits.attribution import attribute, estimate_attribution_memory
 
+        prior = estimate_attribution_memory(gm, transcoders, len(ids), max_feature_nodes=MAX_FEATURE_NODES,
+                                            batch_size=BATCH_SIZE)
         graph = attribute(gm, transcoders, ids, max_feature_nodes=MAX_FEATURE_NODES, batch_size=BATCH_SIZE,
                           progress=False)
         pruned = graph.prune()
@@ -123,10 +139,17 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
             "selected": graph.active_features[graph.selected_features].tolist(),
         }
     seconds = time.perf_counter() - start
-    return {
+    if kind == "attribute":
+        exact = estimate_attribution_memory(gm, transcoders, len(ids), max_feature_nodes=MAX_FEATURE_NODES,
+                                            batch_size=BATCH_SIZE, n_active=graph.n_active)
+        info |= {"prior_estimate_mb": prior.total_bytes / 2**20, "estimate_mb": exact.total_bytes / 2**20}
+    row = {
         "kind": kind, "tokens": len(ids), "set": which, "seconds": seconds, "cpu_seconds": _cpu_s() - cpu0,
         "peak_mb_above_loaded": max(0.0, _peak_mb() - max(peak0, rss0)), **info,
     }
+    if "estimate_mb" in row:
+        row["estimate_over_measured"] = row["estimate_mb"] / max(row["peak_mb_above_loaded"], 1e-9)
+    return row
 
 
 def _peer_spec(n_tokens: int, threads: int, out_dir: str) -> str:
@@ -152,7 +175,7 @@ def _peer_spec(n_tokens: int, threads: int, out_dir: str) -> str:
 
         peer_readable(Path(model_dir))
     gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
-    ids = gm.prompt(TEXT).input_ids[:n_tokens]
+    ids = gm.prompt(prompt_text()).input_ids[:n_tokens]
     root = ensure_demo_transcoders(gm, progress=False)
     spec = {
         "model": model_dir, "ids": ids.tolist(), "threads": threads, "batch_size": BATCH_SIZE,
@@ -179,13 +202,27 @@ def _last_json(done: subprocess.CompletedProcess[str], kind: str) -> dict[str, A
     return {"kind": kind, "error": f"{killed}: {done.stderr[-2000:]}".rstrip(": ")}
 
 
+def _address_space_cap(gb: float | None) -> Any:
+    """A ``preexec_fn`` limiting the child's address space to ``gb`` GiB (None: no limit)."""
+    if gb is None:
+        return None
+
+    def cap() -> None:
+        limit = int(gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return cap
+
+
 def run(
-    tokens: list[int], which: str, threads: int, peer: bool = True, peer_timeout: float | None = None
+    tokens: list[int], which: str, threads: int, peer: bool = True, peer_timeout: float | None = None,
+    peer_memory_gb: float | None = None,
 ) -> list[dict[str, Any]]:
     """Every (length, kind) in its own process; ratios attribute / baseline and attribute / circuit-tracer.
 
     A circuit-tracer run stopped after ``peer_timeout`` seconds is reported as ``{"timed_out_after": s}``, and the
-    ratio as an upper bound (``ratio_to_circuit_tracer_at_most``).
+    ratio as an upper bound (``ratio_to_circuit_tracer_at_most``). ``peer_memory_gb`` caps circuit-tracer's
+    address space; a run that hits it is reported with the cap (``memory_cap_gb``) and its error.
     """
     rows = []
     python = _peer_python() if peer and which == "demo" else None
@@ -201,7 +238,9 @@ def run(
         if "seconds" in base and "seconds" in attr:
             attr["ratio_to_forward_backward"] = attr["seconds"] / base["seconds"]
         rows += [base, attr]
+        _emit(base)
         if python is None:
+            _emit(attr)
             continue
         spec = _peer_spec(n, threads, out_dir)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -209,8 +248,11 @@ def run(
         script = os.path.join(ROOT, "benchmarks", "peers_circuit_tracer.py")
         try:
             done = subprocess.run([python, script, "--ct-time", spec], capture_output=True, text=True, env=env,
-                                  cwd=out_dir, check=False, timeout=peer_timeout)
+                                  cwd=out_dir, check=False, timeout=peer_timeout,
+                                  preexec_fn=_address_space_cap(peer_memory_gb))
             ct = {"tokens": n, **_last_json(done, "circuit_tracer")}
+            if "error" in ct and peer_memory_gb is not None:
+                ct["memory_cap_gb"] = peer_memory_gb
         except subprocess.TimeoutExpired:
             ct = {"kind": "circuit_tracer", "tokens": n, "timed_out_after": peer_timeout}
             if "seconds" in attr:
@@ -224,18 +266,27 @@ def run(
             ours, theirs = {tuple(t) for t in attr["selected"]}, {tuple(t) for t in ct["selected"]}
             attr["selected_shared_with_circuit_tracer"] = len(ours & theirs) / max(len(ours), 1)
         rows.append(ct)
+        _emit(attr)
+        _emit(ct)
     for row in rows:
         row.pop("selected", None)
     return rows
 
 
+def _emit(row: dict[str, Any]) -> None:
+    """Print one measured row at once (to stderr, as a JSON line): a long run shows what it has so far."""
+    print(json.dumps({k: v for k, v in row.items() if k != "selected"}), file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.circuit_case", description=__doc__)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--set", dest="which", choices=("demo", "random"), default="demo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true", help="skip circuit-tracer")
     parser.add_argument("--peer-timeout", type=float, default=None, help="stop circuit-tracer after this many s")
+    parser.add_argument("--peer-memory-gb", type=float, default=None,
+                        help="cap circuit-tracer's address space (GiB); on a shared machine, so it cannot exhaust it")
     parser.add_argument("--record", action="store_true", help=f"write {os.path.relpath(RESULT, ROOT)}")
     parser.add_argument("--one", choices=("baseline", "attribute"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -243,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(measure_one(args.one, args.tokens[0], args.which, args.threads)))
         return 0
-    rows = run(args.tokens, args.which, args.threads, peer=not args.no_peer, peer_timeout=args.peer_timeout)
+    rows = run(args.tokens, args.which, args.threads, peer=not args.no_peer, peer_timeout=args.peer_timeout,
+               peer_memory_gb=args.peer_memory_gb)
     for row in rows:
         print(json.dumps(row))
     if args.record:
