@@ -58,8 +58,9 @@ def zero_positions(gm: Any, input_ids: Tensor) -> int:
 
 
 @contextlib.contextmanager
-def _eager_attention(config: Any) -> Iterator[None]:
-    # Attention weights are returned only by the eager implementation; it computes the same function.
+def eager_attention(config: Any) -> Iterator[None]:
+    """Run the model's attention with transformers' eager implementation inside the block (restored after): only
+    it returns the attention weights; it computes the same function as the default one."""
     old = config._attn_implementation
     config._attn_implementation = "eager"
     try:
@@ -203,7 +204,7 @@ def capture_forward(gm: Any, input_ids: Tensor) -> FrozenForward:
 
     pairs.append((gm.final_norm, "pre", keep_final))
     ids = input_ids.reshape(1, -1).to(gm.device)
-    with torch.no_grad(), _eager_attention(config), _forward_hooks(pairs):
+    with torch.no_grad(), eager_attention(config), _forward_hooks(pairs):
         out = text_model(input_ids=ids, use_cache=False)
         hidden = _first(out.last_hidden_state if hasattr(out, "last_hidden_state") else out)
         logits = gm.lm_head(hidden[:, -1]).float()[0]
