@@ -473,7 +473,7 @@ def _attribute(
             },
         },
     )
-    graph.replacement = Replacement(gm, tset, n_zero)
+    graph.replacement = Replacement(gm, tset, n_zero, target_vectors=chosen.vecs.detach().cpu())
     return graph
 
 

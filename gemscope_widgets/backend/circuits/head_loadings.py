@@ -44,7 +44,7 @@ from torch import Tensor
 
 from gemscope_widgets.backend.circuits.attribution import _active_features, _input_directions, _Nodes
 from gemscope_widgets.backend.circuits.influence import compute_edge_influence
-from gemscope_widgets.backend.circuits.replacement import FrozenForward, capture_forward
+from gemscope_widgets.backend.circuits.replacement import FrozenForward
 from gemscope_widgets.backend.circuits.targets import vocab_size
 from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.backend.progress import progress_bar
@@ -214,7 +214,7 @@ def _state(graph: AttributionGraph) -> _State:
             return state
     gm = rep.model
     with torch.no_grad():
-        fwd = capture_forward(gm, graph.input_tokens)
+        fwd = rep.frozen(graph.input_tokens)  # captured once per attached model, shared with interventions
         nodes = _active_features(fwd, rep.transcoders, rep.zero_positions, gm.device)
     state = _State(fwd, nodes, rep)
     with _LOCK:
@@ -275,10 +275,10 @@ def _injections(graph: AttributionGraph, state: _State, targets: list[int]) -> t
             for k in logits:
                 j = targets[k] - graph.logit_slice.start
                 tok = int(graph.logit_tokens[j])
-                if tok < vocab:
-                    vec = w_u[tok].float() - mean_row
-                elif vectors is not None and j < len(vectors):
+                if vectors is not None and len(vectors) == graph.n_logits:  # what attribute injected
                     vec = vectors[j].to(device).float()
+                elif tok < vocab:
+                    vec = w_u[tok].float() - mean_row
                 else:
                     unknown.append(targets[k])
                     continue
@@ -478,7 +478,7 @@ def edge_heads(graph: AttributionGraph, source: Any, target: Any) -> EdgeHeads:
         if unknown:
             raise GraphError(
                 f"Target {graph.node_id(t)} is a direction target whose vector this graph does not hold (it was read "
-                "from a file): attribute the prompt again with the same targets to split its edges."
+                "from a file and attached): attribute the prompt again with the same targets to split its edges."
             )
         _check_recomputed(graph, torch.tensor([[t, s]]), shares)
         cached = shares[0]

@@ -278,12 +278,15 @@ class Replacement:
 
     ``forward``: the prompt's captured :class:`FrozenForward`, made by :meth:`frozen` on first use (interventions
     with frozen attention need it; a plain intervention does not, so a graph does not hold it until then).
+    ``target_vectors``: ``[n_logits, d]`` the logit nodes' directions after the final norm, as ``attribute`` chose
+    them (head loadings inject them again; a direction target's vector is known from nothing else).
     """
 
     model: Any
     transcoders: TranscoderSet
     zero_positions: int
     forward: FrozenForward | None = field(default=None, repr=False)
+    target_vectors: Tensor | None = field(default=None, repr=False)
 
     def frozen(self, input_ids: Tensor) -> FrozenForward:
         """The prompt's :class:`FrozenForward` (captured once, then kept). Raises ReplacementError as

@@ -12,6 +12,7 @@ import torch
 from gemscope_widgets.backend.circuits.attribution import _active_features, _input_directions, _pull_back, attribute
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
 from gemscope_widgets.backend.circuits.replacement import capture_forward
+from gemscope_widgets.backend.circuits.targets import logit_difference
 from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
@@ -137,6 +138,22 @@ def test_unkept_edge_and_edge_from_a_later_position(tiny_graphs):
     early = int(((feats[:, 1] < graph.n_pos - 2) & (feats[:, 0] == 3)).nonzero()[0, 0])
     split = graph.edge_heads(late, early)
     assert split.weight == 0 and not split.shares.any()
+
+
+def test_direction_target(tiny_model, tiny_transcoder_root, tmp_path):
+    tset = load_transcoders(tiny_transcoder_root / "affine")
+    top = attribute(tiny_model, tset, PROMPT, max_logits=2, progress=False)
+    a, b = top.logit_tokens.tolist()
+    graph = attribute(tiny_model, tset, PROMPT, targets=[logit_difference(tiny_model, a, b)], progress=False)
+    target = graph.logit_slice.start
+    loadings = graph.head_loadings(progress=False)
+    assert (loadings.edges[:, 0] == target).sum() > 5 and not loadings.skipped
+    assert sum_error(graph, loadings) < 1e-4
+    # Read from a file, the direction is gone: said, and left out of the whole-graph pass.
+    loaded = AttributionGraph.load(graph.save(tmp_path / "d.safetensors")).attach(tiny_model, tset)
+    with pytest.raises(GraphError, match="direction target"):
+        loaded.edge_heads(graph.token_slice.start + 1, target)
+    assert loaded.head_loadings(progress=False).skipped == [target]
 
 
 @pytest.mark.parametrize("which", ["affine", "clt"])
