@@ -43,6 +43,13 @@ def format_card(card: dict[str, Any]) -> str:
         f"({card.get('loss_tokens', card['n_tokens'])} tokens)",
         f"loss recovered     {100 * card['loss_recovered']:.1f} %",
     ]
+    if card.get("prefixes"):
+        lines.append(f"first k latents    FVU     L0     loss recovered ({card.get('prefix_tokens')} tokens, "
+                     f"{card.get('prefix_docs')} documents)")
+        for row in card["prefixes"]:
+            recovered = row.get("loss_recovered")
+            lines.append(f"{row['size']:>15,}    {row['fvu']:.3f}  {row['l0']:5.1f}  "
+                         f"{'?' if recovered is None else f'{100 * recovered:.1f} %'}")
     if card.get("train_seconds") is not None:
         lines.append(f"trained in         {card['train_seconds']:.0f} s (activations and fit)")
     return "\n".join(lines)
@@ -90,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, helptext in (
         ("prepare", "convert the embedded Gemma 3 270M, train the demo SAE, scan its feature statistics and "
                     "compute its steering units (once)"),
-        ("quality", "print the demo SAE's L0, FVU, dead features and spliced loss on held-out text"),
+        ("quality", "print the demo SAE's L0, FVU, dead features and spliced loss on held-out text, and the FVU, "
+                    "L0 and loss recovered of each of its nested prefixes"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -152,6 +152,7 @@ def prepare_default(*, progress: bool = True) -> dict[str, Any]:
 
 
 LOSS_DOCS = 24  # full-vocabulary forward passes are the slow part on CPU: the losses use a subset
+PREFIX_DOCS = 32  # held-out documents the prefix curve (one spliced forward pass per prefix) is measured on
 
 
 def held_out_reconstruction(gm: Any, sae: Any, texts: list[str], *, progress: bool = True) -> dict[str, Any]:
@@ -186,9 +187,13 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     """The demo SAE's card on held-out text, cached next to the SAE.
 
     L0, FVU and dead features are measured on the whole held-out tenth of the corpus; the next-token
-    losses (clean, reconstruction spliced in, zero-ablated) on its first ``LOSS_DOCS`` documents.
+    losses (clean, reconstruction spliced in, zero-ablated) on its first ``LOSS_DOCS`` documents. ``prefixes``:
+    each nested prefix's FVU, L0 and loss recovered (:func:`~.analysis.matryoshka.prefix_curve` at the SAE's
+    Matryoshka groups, on the first ``PREFIX_DOCS`` held-out documents); ``latent_order``: whether its latents are
+    ordered coarse-to-fine, with the numbers.
     """
     from gemscope_widgets.backend.analysis.evaluation import sae_card
+    from gemscope_widgets.backend.analysis.matryoshka import prefix_curve, prefix_levels
     from gemscope_widgets.backend.dictionaries.loading import load_sae
     from gemscope_widgets.backend.gemma.model import load_model
     from gemscope_widgets.backend.training.activations import held_out_texts
@@ -207,6 +212,10 @@ def demo_quality(gm: Any | None = None, *, progress: bool = True) -> dict[str, A
     card["loss_docs"] = card.pop("n_docs")
     card.update(held_out_reconstruction(gm, sae, texts, progress=progress))
     card["n_docs"] = len(texts)
+    curve = prefix_curve(gm, sae, sizes=prefix_levels(sae), max_docs=PREFIX_DOCS, progress=progress)
+    card["prefixes"] = curve.rows
+    card["prefix_docs"], card["prefix_tokens"] = curve.n_docs, curve.n_tokens
+    card["latent_order"] = curve.order.finding
     card["train_seconds"] = json.loads((path / "training.json").read_text()).get("seconds")
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(card, indent=2, default=float))
