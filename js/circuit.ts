@@ -13,6 +13,7 @@ import { ScorePanel } from "./lib/circuit_scores";
 import { type Offset, Viewport } from "./lib/circuit_viewport";
 import { drawGroups, GroupLayout, groupPanel, groupTip } from "./lib/circuit_groups";
 import { interventionPanel } from "./lib/circuit_intervene";
+import { headsPanel } from "./lib/circuit_heads";
 import { thresholdPanel } from "./lib/circuit_thresholds";
 import type { CircuitModel as Model } from "./lib/protocol";
 
@@ -43,6 +44,9 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const scoresEl = element("div", "gs-ct-scores gs-muted");
   const groupList = element("div", "gs-ct-group-list");
   el.append(toolbar, groupList, stage, hint, scoresEl, result, side); // the intervention result right under the graph it changes
+  const headsEl = element("div", "gs-ct-heads");
+  el.append(headsEl);
+  const heads = headsPanel(headsEl, model); // the clicked node's cross-position inputs -> heads -> QK pairs
 
   const thresholds = thresholdPanel(toolbar, model, () => {
     recompute();
@@ -227,7 +231,10 @@ function render({ model, el }: RenderProps<Model>): () => void {
     request();
   };
 
-  const renderSide = () => side.replaceChildren(...(focus < 0 ? [] : nodeEdges(g, focus, highlight)));
+  const renderSide = () => {
+    side.replaceChildren(...(focus < 0 ? [] : nodeEdges(g, focus, highlight)));
+    heads.show(g, focus);
+  };
 
   const nodeAt = (clientX: number, clientY: number): number => {
     const rect = canvas.getBoundingClientRect();
@@ -465,6 +472,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
   const kernel = watchKernel(model, el, { disable: false }); // the graph works alone; interventions need it
   return () => {
     kernel.dispose();
+    heads.dispose();
     releaseKeys();
     observer.disconnect();
     if (frame) cancelAnimationFrame(frame);

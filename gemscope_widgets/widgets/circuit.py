@@ -24,6 +24,7 @@ from gemscope_widgets.errors import GemscopeError
 
 from .base import ViewWidget, error_text
 from .bundle import bundle_path
+from .circuit_heads import HeadRelay
 from .circuit_payload import (  # noqa: F401 (the view's public names, also importable from here)
     KIND_CODES,
     MAX_EDGES,
@@ -57,11 +58,15 @@ class Circuit(ViewWidget):
         "intervene": {"mode": frozenset({"set", "scale"}), "value": (float,)},
         "group": {"name": (str,)},
         "ungroup": {"name": (str,)},
+        "edge_heads": {"source": (int,), "target": (int,), "request": (int,)},
+        "head_qk": {"layer": (int,), "head": (int,), "query_pos": (int,), "key_pos": (int,), "request": (int,)},
         "ping": PING,
     }
     """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features;
-    group the selected nodes under a name (a supernode, ``graph.group``); ungroup one."""
-    HANDLERS: ClassVar[dict[str, str]] = {"intervene": "_on_intervene", "group": "_on_group", "ungroup": "_on_ungroup"}
+    group the selected nodes under a name (a supernode, ``graph.group``); ungroup one; ask which heads carry an
+    edge, or why a head attends (answered by a ``CircuitReply`` message, :mod:`.circuit_heads`)."""
+    HANDLERS: ClassVar[dict[str, str]] = {"intervene": "_on_intervene", "group": "_on_group", "ungroup": "_on_ungroup",
+                                          "edge_heads": "_on_edge_heads", "head_qk": "_on_head_qk"}
     """Message type -> the method it calls (see :mod:`.base`)."""
     REPORTED = (Exception,)
     """A view's request must end in a message in the view, never a silent log line (:meth:`report_error`)."""
@@ -102,6 +107,7 @@ class Circuit(ViewWidget):
     def __init__(self, graph: Any, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
         self.graph = graph
         self._click_callbacks: list[Callable[[int], Any]] = []
+        self.heads = HeadRelay(graph)  # the attention panel's answers, cached per graph
         super().__init__(_header=header, _data=data, **kwargs)
         self.observe(self._on_clicked, names="clicked")
         self.observe(self._reprune, names=["node_threshold", "edge_threshold"])
@@ -242,6 +248,12 @@ class Circuit(ViewWidget):
             return
         for callback in self._click_callbacks:
             callback(node)
+
+    def _on_edge_heads(self, source: int, target: int, request: int) -> None:
+        self.send(self.heads.edge_heads(source, target, request))
+
+    def _on_head_qk(self, layer: int, head: int, query_pos: int, key_pos: int, request: int) -> None:
+        self.send(self.heads.head_qk(layer, head, query_pos, key_pos, request))
 
     def report_error(self, exc: BaseException) -> None:
         """A failed request from the view is shown as the intervention's error line."""

@@ -592,4 +592,46 @@ export type CircuitMessage =
   | { type: "intervene"; mode: "set" | "scale"; value: number }
   | { type: "group"; name: string }
   | { type: "ungroup"; name: string }
+  | { type: "edge_heads"; source: number; target: number; request: number }
+  | { type: "head_qk"; layer: number; head: number; query_pos: number; key_pos: number; request: number }
   | { type: "ping" };
+
+/** One contributor of a QK split (backend/circuits/qk.QKAttribution.to_dict()'s `contributors`). */
+export interface QKContributor {
+  kind: string;
+  node: number;
+  layer: number;
+  pos: number;
+  feature: number;
+  label: string;
+  activation: number | null;
+}
+
+/** backend/circuits/qk.QKAttribution.to_dict(): Neuronpedia's qk_tracing_results lists plus the score's split. */
+export interface QKTrace {
+  layer: number;
+  head: number;
+  kv_head: number;
+  query_pos: number;
+  key_pos: number;
+  score: number;
+  probability: number;
+  pair_wise_contributors: [string, string, number][];
+  top_q_marginal_contributors: [string, number][];
+  top_k_marginal_contributors: [string, number][];
+  node_pairs_total: number;
+  remainder: Record<string, number>;
+  contributors: Record<string, QKContributor>;
+}
+
+/** The circuit kernel's answer to one "edge_heads" / "head_qk" request (widgets/circuit_heads.py); `error`: the
+ * backend's short message instead of a result. */
+export type CircuitReply =
+  | {
+      type: "edge_heads"; request: number; source: number; target: number; error?: string;
+      weight?: number; heads?: [number, number, number][]; rest?: number; n_heads?: number; rule?: string;
+    }
+  | {
+      type: "head_qk"; request: number; layer: number; head: number; query_pos: number; key_pos: number;
+      error?: string; row?: number[]; qk?: QKTrace;
+    };
