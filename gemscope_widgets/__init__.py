@@ -44,6 +44,7 @@ _EXPORTS = {
     "GroupSuggestions": "gemscope_widgets.backend.circuits.group_suggestions",
     "suggest_groups": "gemscope_widgets.backend.circuits.group_suggestions",
     "qk_attribution": "gemscope_widgets.backend.circuits.qk",
+    "attention_row": "gemscope_widgets.backend.circuits.qk",
     "QKAttribution": "gemscope_widgets.backend.circuits.qk",
     "QKTerm": "gemscope_widgets.backend.circuits.qk",
     "EdgeHeads": "gemscope_widgets.backend.circuits.head_loadings",
