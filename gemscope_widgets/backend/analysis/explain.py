@@ -38,11 +38,15 @@ one forward over their right-padded suffixes. The reported score is the **balanc
 ``½ · (TP / (TP + FN) + TN / (TN + FP))`` (scikit-learn's ``balanced_accuracy_score``), with the AUROC of the
 probabilities beside it.
 
-**Cost** per feature: the explainer's prompt (about 1,000 tokens with 20 examples) once plus one cached step per
-generated token; per method one prefix prefill (about 800 tokens) plus ``ceil((n_test + n_non) / batch_size)``
-batched forwards of about 40 tokens a context. With the defaults (20 + 20 contexts, batch 8): 1 explainer prefill,
-2 scorer prefix prefills and 10 batches. On the embedded 270M on CPU a small run (3 examples, 10 + 4 contexts, 8
-new tokens) takes about 15 s a feature on 2 busy cores (``benchmarks``: ``explain_case``).
+**Cost** per feature (``Explanation.prefills``): one explainer prefill (its examples and logit-lens line; delphi's
+system prompt and few-shot turns, about 600 tokens, run once per call and kept) plus one cached step per generated
+token; per method one prefill of the explanation and the first context's shared text plus ``ceil((n_test + n_non)
+/ batch_size)`` batched forwards of about 40 tokens a context. With the defaults (20 + 20 contexts, batch 8): 1 + 2
+× (1 + 5) = 13 prefills and up to 64 generation steps (the first feature of a call adds the three shared prefixes).
+Measured (``python -m benchmarks.explain_case``, embedded 270M as explainer and scorer on CPU, the test settings: 3
+examples, 5 + 3 contexts, 6 new tokens): 7 prefills and 53-58 CPU seconds a feature, 5.8-6.3x the CPU time of one
+620-token forward measured in the same run, on 2 cores shared at load average 27 (``benchmarks/results/
+explain_cpu.json``).
 
 Results are cached as one JSON file per feature in ``cache_dir("explanations", <sae>-<key>)``, keyed by the
 studied model, the SAE, its statistics, the held-out text, the explainer and its settings; scores inside it by
@@ -700,10 +704,14 @@ def explain(source: Any, features: Iterable[int] | int, explainer: GemmaModel, s
     ``cache``: True (``cache_dir("explanations")``), a folder, or False. Each explanation joins the labels
     (``labels.labels()``, the pane, search) as source ``"explainer (<model>)"`` with its scores.
 
+    The held-out pass of the label scores is run first when it is not cached yet (about a minute on CPU for the
+    demo SAE; :func:`~.label_scores.held_out_tokens`).
+
     Returns :class:`Explanations` (``{feature: Explanation}``, ``skipped``: features with too few held-out
     activating or non-activating documents, each with why). :class:`ExplainError` for no features, no statistics,
     a model that is not from ``load_model``, or bad settings; a base-model explainer or scorer warns once.
-    Costs: module docstring (prefills per feature; about 15 s per feature on CPU for the 270M test settings).
+    Costs: module docstring (13 prefills a feature with the defaults; 7 and about 6 forwards' CPU time with the
+    test settings on the 270M).
     """
     labels = _source(source, sae)
     wanted = [int(features)] if isinstance(features, int) else list(features)
