@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .backend.circuits.comparison import compare_graphs
+from .backend.circuits.graph import AttributionGraph
 from .backend.gemma.model import GemmaModel
 from .backend.stats.holder import StatsHolder
 from .backend.steering.spec import in_unit, normalize_steering
 from .backend.workspace import Workspace
+from .errors import GemscopeError
 from .widgets.chat import Chat
 from .widgets.circuit import CircuitExplorer
 from .widgets.contrast import ContrastPanel, ContrastView
@@ -145,7 +148,8 @@ class Scope:
         return self.workspace.entity_knowledge(entities, sae=sae, **kwargs)
 
     def circuit(self, prompt: Any, transcoders: Any = None, **kwargs: Any) -> Any:
-        """Attribution graph of ``prompt``'s next token, drawn live, with the clicked feature's pane beneath.
+        """Attribution graph of ``prompt``'s next token (or the graph ``prompt`` itself), drawn live, with the
+        clicked feature's pane beneath.
 
         ``transcoders``: a transcoder set (anything ``load_transcoders`` takes); default: the one passed
         before, else the demo set of the embedded Gemma 3 270M (trained on first use). Keywords go to
@@ -153,11 +157,29 @@ class Scope:
         ``progress``) and to the view (``node_threshold``, ``edge_threshold``, ``max_edges``). The graph is the
         result's ``.graph``.
         """
-        view_keys = ("node_threshold", "edge_threshold", "max_edges")
+        view_keys = ("node_threshold", "edge_threshold", "max_edges", "show_all")
         view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
         tset = self.workspace.transcoders(transcoders)
-        graph = self.workspace.attribute(prompt, **kwargs)
+        graph = self._graph(prompt, **kwargs)
         return CircuitExplorer.build(self.model, graph, tset, **view)
+
+    def compare(self, a: Any, b: Any, transcoders: Any = None, **kwargs: Any) -> Any:
+        """Two attribution graphs side by side (a request and its jailbreak; a known and an unknown entity): what
+        only one keeps and the largest changes in influence, highlighted (:func:`compare_graphs`'s
+        ``GraphComparison`` drawn; its data is the view's ``.comparison``). ``a`` / ``b``: prompts (attributed
+        here over ``transcoders``, as :meth:`circuit`) or graphs; keywords go to ``attribute``."""
+        self.workspace.transcoders(transcoders)
+        return compare_graphs(self._graph(a, **kwargs), self._graph(b, **kwargs)).widget()
+
+    def _graph(self, prompt: Any, **kwargs: Any) -> Any:
+        """``prompt``'s attribution graph over the kept transcoder set, or ``prompt`` itself when it is a graph."""
+        if isinstance(prompt, AttributionGraph):
+            kwargs.pop("progress", None)
+            if kwargs:
+                raise GemscopeError(f"{', '.join(kwargs)}: attribution settings do not apply to a graph already "
+                                    "made; pass the prompt instead.")
+            return prompt
+        return self.workspace.attribute(prompt, **kwargs)
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:
         """Feature statistics for an SAE over a corpus (the default corpus when none is given), cached on disk.

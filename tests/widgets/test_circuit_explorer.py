@@ -139,3 +139,22 @@ def test_a_transcoder_layer_scanned_from_one_view_fills_that_layers_pane_in_ever
     layer = graph.node_info(node)[1]
     other = next(i for i in range(second.graph.n_selected) if second.graph.node_info(i)[1] == layer)
     assert second.show_feature(other).stats is stats
+
+
+def test_scope_opens_a_graph_and_a_comparison_of_two_prompts_or_graphs(tiny_model, tiny_set):
+    from gemscope_widgets import compare_graphs
+    from gemscope_widgets.errors import GemscopeError
+    from gemscope_widgets.widgets.graph_comparison import GraphComparisonView
+
+    scope = Scope(tiny_model)
+    first = scope.circuit("Paris is the capital of", transcoders=tiny_set, progress=False)
+    again = scope.circuit(first.graph)  # a graph opens as it is, over the kept set
+    assert again.graph is first.graph and again.transcoders is first.transcoders
+    with pytest.raises(GemscopeError, match="do not apply to a graph"):
+        scope.circuit(first.graph, max_feature_nodes=10)
+    view = scope.compare(first.graph, "Berlin is the capital of", progress=False)
+    assert isinstance(view, GraphComparisonView)
+    expected = compare_graphs(first.graph, scope.workspace.attribute("Berlin is the capital of", progress=False))
+    assert view.comparison.prompt_a == expected.prompt_a and view.comparison.prompt_b == expected.prompt_b
+    assert [c.key for c in view.comparison.only_a] == [c.key for c in expected.only_a]
+    assert view.comparison.overlap == pytest.approx(expected.overlap)
