@@ -24,6 +24,7 @@ from gemscope_widgets.backend.analysis.label_scores import MAX_DOC_TOKENS, label
 from gemscope_widgets.backend.analysis.labels import FeatureLabels
 from gemscope_widgets.backend.stats.corpus import tokenize_docs
 from gemscope_widgets.backend.stats.feature_stats import FeatureStats
+from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import ExplainError
 
 pytestmark = pytest.mark.real_model
@@ -122,7 +123,7 @@ def test_probabilities_equal_a_plain_forward_of_the_whole_prompt(runs, parts):
     gm = parts[0]
     e = next(iter(runs[0].values()))
     one, zero = (gm.tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in ("1", "0"))
-    for result in (e.detection, e.fuzzing):
+    for result in (e.fuzzing,):
         c = result.contexts[-1]  # the last of a padded batch
         ids = chat_ids(gm, scorer_messages(result.method, e.text, c.text), "[")
         with torch.inference_mode():
@@ -157,15 +158,29 @@ def test_activating_contexts_span_the_deciles(runs, parts):
                     assert peaks[c.doc] == 0 and c.decile is None
 
 
+def _in_order(pieces, text):
+    """Whether ``pieces`` occur in ``text`` one after another (marks or other text may sit between them)."""
+    at = 0
+    for piece in pieces:
+        at = text.find(piece, at)
+        if at < 0:
+            return False
+        at += len(piece)
+    return True
+
+
 def test_no_scored_context_was_shown_to_the_explainer(runs, parts):
     stats = parts[2]
     for f, e in runs[0].items():
-        shown = e.prompt.replace("<<", "").replace(">>", "")
-        for ex in stats.examples(f, kind="top", count=SETTINGS["n_explain"]):  # the check can see a shown text
-            assert "".join(ex.tokens).strip() in shown
-        assert e.shown_docs == [ex.doc for ex in stats.examples(f, kind="top", count=SETTINGS["n_explain"])]
-        for c in e.detection.contexts:
-            assert c.text.strip() and c.text.strip() not in shown
+        shown = stats.examples(f, kind="top", count=SETTINGS["n_explain"])
+        assert e.shown_docs == [ex.doc for ex in shown]
+        body = e.prompt[e.prompt.rindex("<start_of_turn>user"):]  # the feature's own turn, after the few-shot ones
+        for ex in shown:  # what the explainer saw: every token of each top example, in order
+            assert _in_order([t for t in ex.tokens if t.strip()], body)
+        texts = ["".join(ex.tokens).strip() for ex in shown]
+        for c in e.detection.contexts:  # the scored ones (plain text) are none of them, nor part of one
+            assert c.text.strip()
+            assert all(c.text.strip() not in t and t not in c.text for t in texts)
 
 
 def test_cache_and_resume(runs, parts):
@@ -205,3 +220,5 @@ def test_bad_input(parts, tmp_path):
     finally:
         counter.remove()
     assert len(result) == 0 and "too few" in result.skipped[few] and counter.n == 0
+    workspace = Workspace(gm, parts[1])  # a Workspace (or a Scope) is a source too: its labels of that SAE
+    assert "too few" in explain(workspace, few, gm, cache=tmp_path, **SETTINGS).skipped[few]
