@@ -1,6 +1,7 @@
 // The circuit view's attention panel: for the clicked node, its strongest inputs from other positions; pick one to
 // see the heads that carry it (graph.edge_heads: layer.head, share, bar); pick a head to see its attention row at
-// the query position and why it attends to the key position (graph.qk: top query × key feature pairs, marginals).
+// the query position and why it attends to the key position (graph.qk: top query × key feature pairs, marginals);
+// pick another key in the row to see why the head attends there.
 // Nothing is computed here: each pick sends a CircuitMessage with a request id and draws the CircuitReply of the
 // latest request of its kind (an older reply is dropped). Text goes in with textContent; numbers via formatValue.
 import type { Graph } from "./circuit_graph";
@@ -157,7 +158,10 @@ export function headsPanel(container: HTMLElement, model: ModelLike) {
         tr.dataset.pos = String(j);
         tr.dataset.p = String(p);
         const tok = element("td", "gs-ct-token");
-        tok.append(`@${j} `, element("bdi", "", token(j)));
+        const pick = button("gs-ct-hd-pick", `@${j} `, element("bdi", "", token(j)));
+        pick.title = "why the head attends to this key position (QK pairs)";
+        pick.addEventListener("click", () => askHead(r.layer, r.head, r.query_pos, j));
+        tok.append(pick);
         const cell = element("td");
         cell.append(bar(p, max));
         tr.append(tok, element("td", "gs-ct-hd-value", formatValue(p)), cell);

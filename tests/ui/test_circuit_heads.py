@@ -105,5 +105,14 @@ def test_edge_heads_and_qk_pairs_in_the_view(lab_server, page):
     q_items = widget.locator(".gs-ct-hd-q li")
     assert [[li.get_attribute("data-id"), li.text_content().split("  ")[0]] for li in q_items.all()] == want_qk["q"]
     assert "<img src=x onerror=alert('qk')>" in widget.locator(".gs-ct-hd-qk").text_content()
+
+    # Another key of the row: the split of the head's score to that key instead.
+    keys.first.locator(".gs-ct-hd-pick").click()
+    expect(widget.locator(".gs-ct-hd-here")).to_have_attribute("data-pos", "0", timeout=60_000)
+    want_first = json.loads(lab_server.run_code(page, (
+        f"print(json.dumps(qk_attribution(g, {layer}, {head}, g.n_pos - 1, 0).to_dict()['pair_wise_contributors']))"
+    )))
+    expect(pairs.first).to_have_attribute("data-q", want_first[0][0])
+    assert [p.get_attribute("data-k") for p in pairs.all()] == [p[1] for p in want_first]
     assert widget.locator("img").count() == 0
     assert alerts == [], f"text ran as markup: {alerts}"
