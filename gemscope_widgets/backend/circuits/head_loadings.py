@@ -45,8 +45,7 @@ from torch import Tensor
 from gemscope_widgets.backend.circuits.attribution import _active_features, _input_directions, _Nodes
 from gemscope_widgets.backend.circuits.influence import compute_edge_influence
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
-from gemscope_widgets.backend.circuits.targets import vocab_size
-from gemscope_widgets.backend.gemma.offload import resident
+from gemscope_widgets.backend.circuits.targets import _centred_rows, vocab_size
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import GraphError
 
@@ -267,22 +266,19 @@ def _injections(graph: AttributionGraph, state: _State, targets: list[int]) -> t
         positions[feats] = active[:, 1]
     logits = [k for k, t in enumerate(targets) if t >= graph.n_selected]
     if logits:
-        vocab = vocab_size(gm)
-        vectors = getattr(rep, "target_vectors", None)
-        with resident(gm.model, gm.lm_head):
-            w_u = gm.lm_head.weight
-            mean_row = torch.mean(w_u, dim=0, dtype=torch.float32)
-            for k in logits:
-                j = targets[k] - graph.logit_slice.start
-                tok = int(graph.logit_tokens[j])
-                if vectors is not None and len(vectors) == graph.n_logits:  # what attribute injected
-                    vec = vectors[j].to(device).float()
-                elif tok < vocab:
-                    vec = w_u[tok].float() - mean_row
-                else:
-                    unknown.append(targets[k])
-                    continue
-                dirs[k] = fwd.s_final[n_pos - 1] * vec.to(device)
+        vectors = getattr(rep, "target_vectors", None)  # what attribute injected
+        known = torch.ones(graph.n_logits, dtype=torch.bool)
+        if vectors is None or len(vectors) != graph.n_logits:  # attached after loading: tokens' rows again
+            known = graph.logit_tokens < vocab_size(gm)
+            vectors = torch.zeros(graph.n_logits, fwd.x.shape[-1])
+            if known.any():
+                vectors[known] = _centred_rows(gm, graph.logit_tokens[known].to(gm.device)).cpu()
+        for k in logits:
+            j = targets[k] - graph.logit_slice.start
+            if not known[j]:
+                unknown.append(targets[k])
+                continue
+            dirs[k] = fwd.s_final[n_pos - 1] * vectors[j].to(device).float()
         layers[logits] = n_layers
         positions[logits] = n_pos - 1
     return layers, positions, dirs, unknown
