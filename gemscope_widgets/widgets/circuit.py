@@ -96,7 +96,7 @@ class Circuit(ViewWidget):
     """``{name: [graph node index, ...]}``: the graph's supernodes (``graph.supernodes``, saved in its
     ``qParams.supernodes``); each is drawn as one node with summed edges. Set through :meth:`group` /
     :meth:`ungroup` (or the view's "group" control)."""
-    _groups = traitlets.List().tag(sync=True)
+    _groups: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     """Each supernode read as one node against the payload's nodes (``node_summary.group_summaries``)."""
     group_message = traitlets.Unicode("").tag(sync=True)
     """Why the last grouping from the view failed ("" when it did not)."""
