@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["external"]["scan"] = external_case("scan_case", gm32, sae, texts)
     results["external"]["behaviour"] = external_case("behaviour_case", gm32, sae, repeats=1 if smoke else 3)
+    results["external"]["evidence"] = external_case("evidence_case", gm32, sae, repeats=1 if smoke else 3)
     results["external"]["memory"] = external_case("memory_case", smoke=smoke)
 
     results["wall_s"] = time.perf_counter() - started

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("features", "generation", "scan", "payload", "load")
-EXTERNAL = ("heatmap", "steering", "scan")
+EXTERNAL = ("heatmap", "steering", "scan", "evidence")
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,13 @@ def test_fresh_process_peak_rss_is_the_childs_own() -> None:
     assert small["peak_rss_mb"] < 200, small
     assert 250 < big["peak_rss_mb"] < 400, big
     del ballast
+
+
+@pytest.mark.timeout(900)
+def test_evidence_ratios_are_measured(smoke_results: dict) -> None:
+    """The probe and entity scan are timed against plain batched forwards of the same prompts in the same run."""
+    evidence = smoke_results["external"]["evidence"]
+    assert "probe_ratio" in evidence, evidence.get("probe_error", evidence)
+    assert evidence["probe_ratio"] == pytest.approx(evidence["probe_ours_s"] / evidence["probe_bare_s"])
+    # The tiny random model knows no entity, so its scan may end in an explicit error; the real run has a ratio.
+    assert "entities_ratio" in evidence or len(evidence["entities_error"]) > 10, evidence
