@@ -121,7 +121,8 @@ def _check_heatmap_flow(lab_server, page, setup: str, name: str) -> None:
     expect(heads).to_have_count(len(cut), timeout=30_000)
     assert heads.evaluate_all("els => els.map(e => Number(e.dataset.f))") == cut
     assert all(f < k for f in cut if f != column) and cut != columns
-    refused = lab_server.run_code(page, "try:\n    w.level = 10**6\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    refused = lab_server.run_code(
+        page, "try:\n    w.level = 10**6\nexcept Exception as e:\n    print(type(e).__name__, e)")
     assert refused.startswith("MatryoshkaError") and "outside" in refused
     slider.press("End")  # back to all latents
     expect(widget.locator(".gs-hm-level-text")).to_have_text(f"all {levels[-1]:,} latents", timeout=30_000)
