@@ -119,6 +119,16 @@ def run_circuits(path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     frozen = re.search(r"targets moved by their edge weights, max relative error ([-+.\de]+)$", text, flags=re.M)
     assert frozen and float(frozen.group(1)) < 1e-4, text
     assert re.search(r"^group clamped to 0: +'", text, flags=re.M), text
+    # The head that carries the name to the last position: removing its attention edge to the name moves the top
+    # logit far more than the same ablation on the layer's other heads or at the control key.
+    rows = re.findall(r"^  L\d+\.H\d+ key \d+ \((ablated|control head|control key)\) +A=[.\d]+ +([-+.\d]+)$", text,
+                      flags=re.M)
+    ablated = [float(d) for what, d in rows if what == "ablated"]
+    controls = [abs(float(d)) for what, d in rows if what != "ablated"]
+    assert len(ablated) == 1 and len(controls) >= 3, text
+    assert ablated[0] < 0 and max(controls) < abs(ablated[0]) / 4, text
+    assert re.search(r"^QKAttribution\(layer \d+ head \d+, query \d+ -> key \d+: score", text, flags=re.M), text
+    assert len(re.findall(r"^(?:key-side feature|  its control   ) .* set to 0: .* => [.\d]+$", text, flags=re.M)) >= 2
     assert len(widget_outputs(nb)) >= 2, "both circuits should be displayed"
 
 
