@@ -63,8 +63,9 @@ def pulled_back_edge(graph, frozen_state, source: int, target: int, masked: list
     return float(row[0, col])
 
 
-def check_masked_recomputation(graph, source: int, target: int) -> int:
-    """Every head's share == edge(rows i diagonal above layer l) − edge(also head h's row i at layer l).
+def check_masked_recomputation(graph, source: int, target: int, n_checked: int | None = None) -> int:
+    """Every head's share == edge(rows i diagonal above layer l) − edge(also head h's row i at layer l), on every
+    layer or on the ``n_checked`` layers whose heads carry the most of the edge.
 
     Returns how many heads had a share above 1% of the edge (so the check was not vacuous)."""
     split = graph.edge_heads(source, target)
@@ -78,7 +79,10 @@ def check_masked_recomputation(graph, source: int, target: int) -> int:
     everything = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
     assert abs(pulled_back_edge(graph, state, source, target, everything)) <= 1e-5 * scale
     sizeable = 0
-    for layer in range(min(top, n_layers - 1), -1, -1):
+    layers = list(range(min(top, n_layers - 1), -1, -1))
+    if n_checked is not None:
+        layers = torch.argsort(split.shares.abs().sum(1), descending=True)[:n_checked].tolist()
+    for layer in layers:
         above = [(m, h) for m in range(layer + 1, n_layers) for h in range(n_heads)]
         base = pulled_back_edge(graph, state, source, target, above)
         for h in range(n_heads):
@@ -217,10 +221,11 @@ def test_real_270m_demo_transcoders(real_model, demo_set):
     into = loadings.edges[loadings.edges[:, 0] == logit]
     feature_sources = into[into[:, 1] < graph.n_selected, 1]
     source = int(feature_sources[torch.argmax(graph.adjacency_matrix[logit, feature_sources].abs())])
-    assert check_masked_recomputation(graph, source, logit) >= 1
+    assert check_masked_recomputation(graph, source, logit, n_checked=3) >= 1
 
 
 @pytest.mark.real_model
+@pytest.mark.filterwarnings("ignore:The SAE .* instruction-tuned")
 def test_chat_prompt_keeps_the_zeroed_prefix_zero(real_model, demo_set):
     it = dataclasses.replace(real_model, is_instruct=True)
     chat = [{"role": "user", "content": "Name the capital of France."}]
