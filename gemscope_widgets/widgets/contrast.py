@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import traitlets
@@ -12,10 +12,9 @@ from gemscope_widgets.backend.behaviour.contrast import contrast, contrast_pairs
 from gemscope_widgets.backend.workspace import Workspace
 from gemscope_widgets.errors import ContrastError
 
-from .base import ViewWidget
 from .bundle import bundle_path
+from .feature_list import FeatureListView
 from .feature_pane import FeaturePane
-from .messages import PING, MessageTable
 from .paned import PanedView
 from .static_view import contrast_html
 
@@ -33,7 +32,7 @@ def _side(acts: Any, positions: np.ndarray, features: np.ndarray) -> tuple[dict[
     }, heat.astype(np.float32).tobytes()
 
 
-class ContrastView(ViewWidget):
+class ContrastView(FeatureListView):
     """The ranked features of a contrast (one pair, or several pairs with the paired t statistic) and both prompts'
     tokens side by side, coloured by the selected feature, with the compared span outlined.
 
@@ -44,30 +43,21 @@ class ContrastView(ViewWidget):
 
     _esm = _BUNDLE
 
-    MESSAGES: ClassVar[MessageTable] = {"steer": {"feature": (int,)}, "ping": PING}
-    """What the view sends (``ContrastViewMessage`` in ``js/lib/protocol.ts``)."""
-    HANDLERS: ClassVar[dict[str, str]] = {"steer": "add_to_steer"}
-    """Message type -> the method it calls (see :mod:`.base`)."""
+    # What the view sends is FeatureListView's (``ContrastViewMessage`` in ``js/lib/protocol.ts``).
+    NO_STEER = ContrastError("This contrast has no steering widget: build it with steer=scope.steer(prompt).")
 
     _view = traitlets.Dict().tag(sync=True)
     """Both sides' tokens and spans, and the ranked rows (feature, a, b, diff; t and stderr for pairs)."""
     _heat_a = traitlets.Bytes(b"").tag(sync=True)
     _heat_b = traitlets.Bytes(b"").tag(sync=True)
-    selected_feature = traitlets.Int(-1).tag(sync=True)
-    """The selected feature, -1 when none."""
-    can_steer = traitlets.Bool(False).tag(sync=True)
-    error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, view: dict[str, Any], heat_a: bytes, heat_b: bytes, *, steer: Any = None,
                  sae: Any = None, **kwargs: Any) -> None:
-        self.steer = steer
         self.sae = sae
         self.result: Any = None
         self._labeller: Any = None
-        self._unsubscribe: Callable[[], None] = lambda: None
         self.sae_key: str | None = None
-        self._callbacks: list[Callable[[int], Any]] = []
-        super().__init__(_view=view, _heat_a=heat_a, _heat_b=heat_b, can_steer=steer is not None, **kwargs)
+        super().__init__(steer=steer, _view=view, _heat_a=heat_a, _heat_b=heat_b, **kwargs)
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -127,26 +117,6 @@ class ContrastView(ViewWidget):
         rows = self._view.get("rows", [])
         labels = self._labeller.labels([int(r["feature"]) for r in rows])
         self._view = {**self._view, "rows": [{**r, "label": labels[int(r["feature"])]} for r in rows]}
-
-    def close(self) -> None:
-        self._unsubscribe()
-        super().close()
-
-    def on_select(self, callback: Callable[[int], Any]) -> None:
-        """Call ``callback(feature)`` whenever a feature is selected."""
-        self._callbacks.append(callback)
-
-    @traitlets.observe("selected_feature")
-    def _selected(self, change: Any) -> None:
-        if change["new"] >= 0:
-            for callback in self._callbacks:
-                callback(int(change["new"]))
-
-    def add_to_steer(self, feature: int) -> None:
-        """Add ``feature`` to the steering widget given as ``steer=``."""
-        if self.steer is None:
-            raise ContrastError("This contrast has no steering widget: build it with steer=scope.steer(prompt).")
-        self.steer.add_feature(int(feature))
 
 
 class ContrastPanel(PanedView):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import traitlets
@@ -11,10 +10,9 @@ import traitlets
 from gemscope_widgets.backend.behaviour.probe import DENSE_PROBE, PROBES, SAE_PROBE, ProbeResult
 from gemscope_widgets.errors import ProbeError
 
-from .base import ViewWidget
 from .bundle import bundle_path
+from .feature_list import FeatureListView
 from .feature_pane import FeaturePane
-from .messages import PING, MessageTable
 from .paned import PanedView
 from .static_view import probe_html
 
@@ -65,7 +63,7 @@ def probe_payload(result: ProbeResult, labels: dict[int, str] | None = None,
     }
 
 
-class ProbeView(ViewWidget):
+class ProbeView(FeatureListView):
     """A :class:`ProbeResult` drawn: held-out ROC curves of the SAE probe, the dense probe, the difference of means
     and the selected latent; the AUROCs with their 95% intervals; the SAE probe's latents with labels and
     densities (click one to select it: ``selected_feature``, callbacks of :meth:`on_select`, e.g. its pane; its
@@ -76,30 +74,22 @@ class ProbeView(ViewWidget):
 
     _esm = _BUNDLE
 
-    MESSAGES: ClassVar[MessageTable] = {"steer": {"feature": (int,)}, "ping": PING}
-    """What the view sends (``ProbeViewMessage`` in ``js/lib/protocol.ts``)."""
-    HANDLERS: ClassVar[dict[str, str]] = {"steer": "add_to_steer"}
+    # What the view sends is FeatureListView's (``ProbeViewMessage`` in ``js/lib/protocol.ts``).
+    NO_STEER = ProbeError("This probe view has no steering widget: pass steer=scope.steer(prompt).")
 
     _view = traitlets.Dict().tag(sync=True)
     """Header, detectors, latents, learning curve and the ROC curves' places in ``_roc``."""
     _roc = traitlets.Bytes(b"").tag(sync=True)
-    selected_feature = traitlets.Int(-1).tag(sync=True)
-    """The selected latent, -1 when none."""
-    can_steer = traitlets.Bool(False).tag(sync=True)
-    error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, result: ProbeResult, *, steer: Any = None, **kwargs: Any) -> None:
-        self._unsubscribe: Callable[[], None] = lambda: None
         if not isinstance(result, ProbeResult):
             raise ProbeError(f"A probe view draws a ProbeResult (from probe or scope.probe), got "
                              f"{type(result).__name__}.")
         self.result = result
-        self.steer = steer
-        self._callbacks: list[Callable[[int], Any]] = []
         self._labeller: Any = None
         curves, data = roc_payload(result)
         view = {**probe_payload(result), "roc": curves}
-        super().__init__(_view=view, _roc=data, can_steer=steer is not None, **kwargs)
+        super().__init__(steer=steer, _view=view, _roc=data, **kwargs)
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -118,26 +108,6 @@ class ProbeView(ViewWidget):
         labels = self._labeller.labels(features) if self._labeller is not None else None
         density = None if stats is None else stats.density
         self._view = {**probe_payload(self.result, labels, density), "roc": self._view.get("roc", [])}
-
-    def close(self) -> None:
-        self._unsubscribe()
-        super().close()
-
-    def on_select(self, callback: Callable[[int], Any]) -> None:
-        """Call ``callback(feature)`` whenever a latent is selected."""
-        self._callbacks.append(callback)
-
-    @traitlets.observe("selected_feature")
-    def _selected(self, change: Any) -> None:
-        if change["new"] >= 0:
-            for callback in self._callbacks:
-                callback(int(change["new"]))
-
-    def add_to_steer(self, feature: int) -> None:
-        """Add ``feature`` to the steering widget given as ``steer=``."""
-        if self.steer is None:
-            raise ProbeError("This probe view has no steering widget: pass steer=scope.steer(prompt).")
-        self.steer.add_feature(int(feature))
 
 
 class ProbePanel(PanedView):
