@@ -99,8 +99,8 @@ def measure(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
     click_s, _, _ = _timed(lambda: graph.edge_heads(source, target))
     return {
         "tokens": len(ids), "set": which, "threads": threads,
-        "attribute_seconds": round(attr_s, 3), "attribute_cpu_seconds": round(attr_cpu, 3),
-        "head_loadings_seconds": round(hl_s, 3), "head_loadings_cpu_seconds": round(hl_cpu, 3),
+        "attribute_seconds": round(attr_s, 6), "attribute_cpu_seconds": round(attr_cpu, 6),
+        "head_loadings_seconds": round(hl_s, 6), "head_loadings_cpu_seconds": round(hl_cpu, 6),
         "ratio_to_attribute": round(hl_s / attr_s, 4), "cpu_ratio_to_attribute": round(hl_cpu / attr_cpu, 4),
         "target_ratio": TARGET_RATIO, "one_unkept_edge_seconds": round(click_s, 3),
         "n_selected": graph.n_selected, "kept_cross_position_edges": len(loadings),

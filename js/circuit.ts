@@ -3,7 +3,7 @@
 // All text from the model (tokens, labels, logits) is drawn with fillText or set with textContent.
 import type { RenderProps } from "@anywidget/types";
 import css from "./circuit.css";
-import { el as element, mountTheme, VIEW_ROOTS } from "./lib/dom";
+import { el as element, mountTheme, onThemeChange, VIEW_ROOTS } from "./lib/dom";
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { defaultColors, drawGraph, readThemeColors } from "./lib/circuit_draw";
@@ -470,10 +470,12 @@ function render({ model, el }: RenderProps<Model>): () => void {
   };
 
   const kernel = watchKernel(model, el, { disable: false }); // the graph works alone; interventions need it
+  const stopTheme = onThemeChange(request); // the canvas takes the new theme's colours at once
   return () => {
     kernel.dispose();
     heads.dispose();
     releaseKeys();
+    stopTheme();
     observer.disconnect();
     if (frame) cancelAnimationFrame(frame);
   };

@@ -27,7 +27,7 @@ from gemscope_widgets.backend.dictionaries.compat import check_compatible
 from gemscope_widgets.backend.dictionaries.loading import load_sae
 from gemscope_widgets.backend.dictionaries.placement import place_sae
 from gemscope_widgets.backend.gemma.model import GemmaModel, load_model
-from gemscope_widgets.backend.stats.holder import StatsHolder, shared_holder
+from gemscope_widgets.backend.stats.holder import StatsHolder
 from gemscope_widgets.backend.steering.session import SteeringSession
 from gemscope_widgets.errors import GemscopeError
 
@@ -101,12 +101,12 @@ class Workspace:
         return next(k for k, v in self.saes.items() if v is chosen)
 
     def stats_holder(self, sae: str | None = None) -> StatsHolder:
-        """The one observable holder of the statistics of SAE ``sae`` (default: the first): the model's and
-        dictionary's :func:`shared_holder`, so every view of that dictionary follows it, kept while this workspace
-        lives."""
+        """The one observable holder of the statistics of SAE ``sae`` (default: the first) in this workspace: every
+        view built from it follows it (another workspace keeps its own, so its scans with other settings stay
+        apart)."""
         name = self.sae_name(sae)
         if name not in self._holders:
-            self._holders[name] = shared_holder(self.model, self.saes[name])
+            self._holders[name] = StatsHolder(self.model, self.saes[name])
         return self._holders[name]
 
     def stats(self, sae: str | None = None, corpus: Any = None, **kwargs: Any) -> Any:

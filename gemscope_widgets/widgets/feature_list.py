@@ -39,7 +39,9 @@ class FeatureListView(ViewWidget):
         super().__init__(can_steer=steer is not None, **kwargs)
 
     def close(self) -> None:
-        self._unsubscribe()
+        unsubscribe = getattr(self, "_unsubscribe", None)  # None when the constructor refused its input
+        if unsubscribe is not None:
+            unsubscribe()
         super().close()
 
     def on_select(self, callback: Callable[[int], Any]) -> None:

@@ -74,6 +74,17 @@ export type ViewRoot = (typeof VIEW_ROOTS)[keyof typeof VIEW_ROOTS];
  * of its CSS) and a <style> holding the shared theme plus the view's CSS. Styles live inside the widget so it
  * works in any anywidget host; being scoped, one view's rules never restyle another view on the same page.
  */
+/**
+ * Calls `fn` when JupyterLab switches theme (it flips `data-jp-theme-light` / `data-jp-theme-name` on `<body>`
+ * once the theme's CSS is in): views that paint a canvas with theme colours repaint then. Returns the disposer.
+ */
+export function onThemeChange(fn: () => void): () => void {
+  if (typeof MutationObserver === "undefined" || !document.body) return () => {};
+  const observer = new MutationObserver(() => fn());
+  observer.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-light", "data-jp-theme-name"] });
+  return () => observer.disconnect();
+}
+
 export function mountTheme(root: HTMLElement, view: ViewRoot, ...extraCss: string[]): HTMLElement {
   root.classList.add("gs-root", view);
   const style = el("style");

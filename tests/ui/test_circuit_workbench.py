@@ -198,7 +198,10 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     # The dark theme: the canvas draws with the theme's colours (light text on a dark ground), the text is light.
     page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
-    page.mouse.move(box["x"] + 3, box["y"] + 3)  # a redraw
+    # No pointer event: the view repaints on the theme switch by itself (and reads the theme at every frame).
+    page.wait_for_function("""e => { const c = document.createElement("canvas").getContext("2d");
+        c.fillStyle = e.gsCircuit.colors().bg; c.fillRect(0, 0, 1, 1);
+        return c.getImageData(0, 0, 1, 1).data[0] < 128; }""", arg=widget.element_handle(), timeout=30_000)
     colors = widget.evaluate("""e => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => {
         const lum = (css) => { const c = document.createElement("canvas").getContext("2d"); c.fillStyle = css;
           c.fillRect(0, 0, 1, 1); const [r, g, b] = c.getImageData(0, 0, 1, 1).data;

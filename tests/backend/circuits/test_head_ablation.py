@@ -86,6 +86,7 @@ def test_controls_are_every_other_head_and_a_matched_key(tiny_model):
 
 def test_bad_input_is_refused_and_the_model_is_left_as_it_was(tiny_model):
     ids = tiny_model.prompt(PROMPT).input_ids.reshape(1, -1)
+    hooks = {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in tiny_model.model.named_modules()}
     with torch.no_grad():
         before = tiny_model.model(input_ids=ids, use_cache=False).logits
     for args, match in [((9, 0, -1, 0), "Layer 9 does not exist"), ((0, 7, -1, 0), "Head 7 does not exist"),
@@ -95,4 +96,5 @@ def test_bad_input_is_refused_and_the_model_is_left_as_it_was(tiny_model):
     with torch.no_grad():
         after = tiny_model.model(input_ids=ids, use_cache=False).logits
     assert torch.equal(before, after)
-    assert not any(m._forward_hooks for m in tiny_model.model.modules())
+    assert hooks == {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks))
+                     for name, m in tiny_model.model.named_modules()}
