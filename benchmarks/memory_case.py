@@ -78,6 +78,20 @@ ids = gm.prompt(TEXT).input_ids[:64]
 graph = attribute(gm, tset, ids, progress=False)
 _report(seconds=time.perf_counter() - _t0, n_active=graph.n_active if hasattr(graph, "n_active") else None)
 """,
+    # All of first use in one process, as a notebook kernel meets it: Scope.default() (model, demo SAE, statistics)
+    # then scope.circuit on 64 tokens (demo transcoders trained, then attribution); the peak after each part.
+    "session": """
+def _hwm():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+from gemscope_widgets import Scope
+scope = Scope.default(progress=False)
+after_default = _hwm()
+ids = scope.model.prompt(TEXT).input_ids[:64]
+view = scope.circuit(ids, progress=False)
+_report(seconds=time.perf_counter() - _t0, peak_after_default_mb=after_default,
+        n_active=int(view.graph.active_features.shape[0]))
+""",
 }
 
 _ESTIMATE = """
