@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,20 @@ def time_interleaved(
             assert isinstance(timing, Timing)
             timing.runs.append(time.perf_counter() - start)
     return out
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far (user + system, all threads), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """``(wall seconds, CPU seconds, result)`` of one call of ``fn``: on a shared machine the CPU time is the
+    steadier number (wall time stretches with the load)."""
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, cpu_seconds() - cpu0, out
 
 
 def error_text(exc: BaseException) -> str:

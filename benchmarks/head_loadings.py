@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,21 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.circuit_case import BATCH_SIZE, MAX_FEATURE_NODES, TEXT, _random_set
+from benchmarks.harness import timed
 
 TARGET_RATIO = 1.5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(ROOT, "benchmarks", "results", "head_loadings_cpu.json")
 
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(fn: Any) -> tuple[float, float, Any]:
-    cpu0, start = _cpu_s(), time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, _cpu_s() - cpu0, out
 
 
 def _model_and_set(which: str, n_tokens: int) -> tuple[Any, Any, Any]:
@@ -81,9 +71,9 @@ def measure(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
 
     gm, transcoders, ids = _model_and_set(which, n_tokens)
     tset = load_transcoders(transcoders)
-    attr_s, attr_cpu, graph = _timed(lambda: attribute(gm, tset, ids, max_feature_nodes=MAX_FEATURE_NODES,
+    attr_s, attr_cpu, graph = timed(lambda: attribute(gm, tset, ids, max_feature_nodes=MAX_FEATURE_NODES,
                                                        batch_size=BATCH_SIZE, progress=False))
-    hl_s, hl_cpu, loadings = _timed(lambda: graph.head_loadings(progress=False))
+    hl_s, hl_cpu, loadings = timed(lambda: graph.head_loadings(progress=False))
     total = loadings.shares.double().sum((1, 2))
     weights = loadings.weights.double()
     gap = (total - weights).abs()
@@ -96,7 +86,7 @@ def measure(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
     target = graph.logit_slice.start
     source = next(s for s in range(graph.n_selected + graph.n_layers * graph.n_pos)
                   if (target, s) not in kept and pos[s] < pos[target] and graph.adjacency_matrix[target, s] != 0)
-    click_s, _, _ = _timed(lambda: graph.edge_heads(source, target))
+    click_s, _, _ = timed(lambda: graph.edge_heads(source, target))
     return {
         "tokens": len(ids), "set": which, "threads": threads,
         "attribute_seconds": round(attr_s, 6), "attribute_cpu_seconds": round(attr_cpu, 6),

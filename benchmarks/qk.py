@@ -17,28 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
-import time
 from typing import Any
 
 from benchmarks.circuit_case import TEXT, _random_set
+from benchmarks.harness import timed
 
 TARGET_SECONDS = 10.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(ROOT, "benchmarks", "results", "qk_cpu.json")
 
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(fn: Any) -> tuple[float, float, Any]:
-    cpu0, start = _cpu_s(), time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, _cpu_s() - cpu0, out
 
 
 def run(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
@@ -59,10 +48,10 @@ def run(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
         transcoders = _random_set(gm, ids)
     with torch.no_grad():
         gm.model(input_ids=ids[None], use_cache=False)  # warm-up
-        forwards = [_timed(lambda: gm.model(input_ids=ids[None], use_cache=False))[:2] for _ in range(3)]
+        forwards = [timed(lambda: gm.model(input_ids=ids[None], use_cache=False))[:2] for _ in range(3)]
     baseline = statistics.median(f[0] for f in forwards)
     baseline_cpu = statistics.median(f[1] for f in forwards)
-    attr_s, _, graph = _timed(lambda: attribute(gm, transcoders, ids, max_feature_nodes=64, progress=False))
+    attr_s, _, graph = timed(lambda: attribute(gm, transcoders, ids, max_feature_nodes=64, progress=False))
     types = gm.text_model.config.layer_types
     last = len(ids) - 1
     cases = [
@@ -73,8 +62,8 @@ def run(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
     for name, layer, head, q, k in cases:
         _PREPARED.pop(graph, None)  # cold: as on a fresh graph
         graph.replacement.forward = None
-        cold_s, cold_cpu, result = _timed(lambda: graph.qk(layer, head, q, k))  # noqa: B023
-        warm_s, warm_cpu, _ = _timed(lambda: graph.qk(layer, head, q, k))  # noqa: B023
+        cold_s, cold_cpu, result = timed(lambda: graph.qk(layer, head, q, k))  # noqa: B023
+        warm_s, warm_cpu, _ = timed(lambda: graph.qk(layer, head, q, k))  # noqa: B023
         rows.append({
             "case": name, "layer": layer, "head": head, "query_pos": q, "key_pos": k,
             "cold_seconds": cold_s, "cold_cpu_seconds": cold_cpu, "warm_seconds": warm_s,
