@@ -9,6 +9,7 @@ algorithm and its defaults follow circuit-tracer 0.5.0 (``circuit_tracer/attribu
    minus the transcoder's reconstruction, per layer and position), token nodes (the scaled embeddings), and logit
    nodes (the most likely next tokens until ``logit_probability`` of the mass, at most ``max_logits``; their
    direction is the unembedding row minus the mean row, so a logit node's input is ``logit - mean(logits)``).
+   Feature, error and token nodes are made in :mod:`.active_nodes`.
 3. Edges are direct effects: a target's input direction (a feature's encoder column at its layer and position,
    a logit's demeaned unembedding at the last position) is injected as a gradient and pulled back through the
    frozen linear model, layer by layer, in batches of targets; each source's edge is that gradient at its write
@@ -31,12 +32,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, active_nodes, input_directions
 from gemscope_widgets.backend.circuits.attribution_memory import (
     RANKING_CHUNK_BYTES,
     AttributionMemory,
@@ -61,117 +62,8 @@ from gemscope_widgets.errors import AttributionError
 DEFAULT_MAX_FEATURE_NODES = 4096
 
 
-@dataclass
-class _Nodes:
-    """Sources of one prompt: active features, errors, constants, tokens; plus target input directions."""
-
-    active: Tensor  # [n, 3] (layer, pos, feature)
-    values: Tensor  # [n]
-    pre: Tensor  # [n] pre-activations
-    b_enc: Tensor  # [n]
-    writers: dict[int, list[tuple[int, Tensor, Tensor]]]  # target layer -> [(pos, cols, vectors [k, d])]
-    err: Tensor  # [L, T, d]
-    const: Tensor  # [L, T, d]
-    tok: Tensor  # [T, d]
-    skip: dict[int, Tensor]  # layer -> [d, d]
-
-    @property
-    def n_active(self) -> int:
-        return int(self.active.shape[0])
-
-
-def _active_features(fwd: FrozenForward, tset: TranscoderSet, n_zero: int, device: torch.device) -> _Nodes:
-    n_layers, n_pos, d = fwd.x.shape
-    rows, values, pres, b_encs = [], [], [], []
-    per_layer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # layer -> (positions, features, activations)
-    for layer in tset.layers:
-        w_enc = tset.w_enc(layer).to(device)
-        b_enc = tset.b_enc(layer).to(device)
-        pre = fwd.x[layer] @ w_enc + b_enc  # [T, W]
-        acts = torch.relu(pre) * (pre > tset.threshold(layer).to(device))
-        acts[:n_zero] = 0
-        pos, feat = acts.nonzero(as_tuple=True)
-        per_layer[layer] = (pos, feat, acts[pos, feat])
-        rows.append(torch.stack([torch.full_like(pos, layer), pos, feat], 1))
-        values.append(acts[pos, feat])
-        pres.append(pre[pos, feat])
-        b_encs.append(b_enc[feat])
-    empty = torch.zeros(0, device=device)
-    active = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long, device=device)
-    # Reconstruction, errors and constants per layer the MLP output of which is (partly) explained.
-    err = fwd.mlp_out.clone()
-    const = torch.zeros_like(err)
-    skips: dict[int, Tensor] = {}
-    writers: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
-    offsets, start = {}, 0
-    for layer in tset.layers:
-        offsets[layer] = start
-        start += len(per_layer[layer][0])
-    for j in tset.output_layers:
-        recon = tset.b_dec(j).to(device).expand(n_pos, d).clone()
-        skip = tset.skip(j)
-        if skip is not None:
-            skips[j] = skip.to(device)
-            recon = recon + fwd.x[j] @ skips[j]
-        cols_all, pos_all, vec_all = [], [], []
-        for i in tset.layers:
-            if j not in tset.target_layers(i):
-                continue
-            pos, feat, act = per_layer[i]
-            if not len(pos):
-                continue
-            vec = act[:, None] * tset.write_vectors(i, feat)[j].to(device)
-            recon.index_add_(0, pos, vec)
-            cols_all.append(torch.arange(len(pos), device=device) + offsets[i])
-            pos_all.append(pos)
-            vec_all.append(vec)
-        err[j] = fwd.mlp_out[j] - recon
-        const[j] = tset.b_dec(j).to(device)
-        if n_zero:
-            skip_part = fwd.x[j, :n_zero] @ skips[j] if skip is not None else 0.0
-            const[j, :n_zero] = fwd.mlp_out[j, :n_zero] - skip_part
-        if cols_all:
-            # One copy ordered by position (stable: each position keeps its column order), split into views.
-            pos = torch.cat(pos_all)
-            order = torch.argsort(pos, stable=True)
-            cols, pos = torch.cat(cols_all)[order], pos[order]
-            vec = torch.cat(vec_all)[order]
-            vec_all.clear()
-            where, counts = torch.unique_consecutive(pos, return_counts=True)
-            sizes = counts.tolist()
-            writers[j] = list(zip(where.tolist(), cols.split(sizes), vec.split(sizes)))
-    # Layers without a transcoder: the whole MLP output is the error node (a constant at zeroed positions).
-    for j in range(n_layers):
-        if j not in tset.output_layers and n_zero:
-            const[j, :n_zero] = fwd.mlp_out[j, :n_zero]
-    err[:, :n_zero] = 0
-    return _Nodes(
-        active=active.cpu(),
-        values=torch.cat(values).cpu() if values else empty.cpu(),
-        pre=torch.cat(pres).cpu() if pres else empty.cpu(),
-        b_enc=torch.cat(b_encs).cpu() if b_encs else empty.cpu(),
-        writers=writers,
-        err=err,
-        const=const,
-        tok=fwd.r_pre[0],
-        skip=skips,
-    )
-
-
-def _input_directions(fwd: FrozenForward, tset: TranscoderSet, active: Tensor, device: torch.device) -> Tensor:
-    """Input directions ``[n, d]`` at ``r_mid`` of the features ``active [n, 3]`` (layer, pos, feature):
-    ``s_pf[l, pos] * w_enc[:, f]``, made per batch rather than held for every active feature."""
-    out = torch.empty(len(active), fwd.x.shape[-1], device=device)
-    layer_of = active[:, 0]
-    for layer in layer_of.unique().tolist():
-        m = layer_of == layer
-        pos, feat = active[m, 1].to(device), active[m, 2].to(device)
-        out[m.to(device)] = fwd.s_pf[layer, pos] * tset.w_enc(layer).to(device)[:, feat].T
-    return out
-
-
 def _pull_back(
-    fwd: FrozenForward, nodes: _Nodes, layers: Tensor, positions: Tensor, inject: Tensor, n_cols: int
+    fwd: FrozenForward, nodes: ActiveNodes, layers: Tensor, positions: Tensor, inject: Tensor, n_cols: int
 ) -> tuple[Tensor, Tensor]:
     """Rows ``[B, n_cols]`` (direct effects on each target) and constant parts ``[B]`` for a batch of targets.
 
@@ -350,7 +242,7 @@ def _attribute(
         check_fits(gm, tset, est, budget, max_feature_nodes=max_feature_nodes)
     with torch.no_grad():
         fwd = capture_forward(gm, ids)
-        nodes = _active_features(fwd, tset, n_zero, device)
+        nodes = active_nodes(fwd, tset, n_zero, device)
         est = with_active(est, gm, tset, nodes.n_active, max_feature_nodes)
         if budget is not None:
             check_fits(gm, tset, est, budget, max_feature_nodes=max_feature_nodes)
@@ -399,7 +291,7 @@ def _attribute(
                         nodes,
                         feat_layers[idx].to(device),
                         feat_pos[idx].to(device),
-                        _input_directions(fwd, tset, nodes.active[idx], device),
+                        input_directions(fwd, tset, nodes.active[idx], device),
                         logit_offset,
                     )
                     end = st + len(idx)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from gemscope_widgets.backend.circuits.attribution import _active_features, _input_directions, _Nodes
+from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, active_nodes, input_directions
 from gemscope_widgets.backend.circuits.influence import compute_edge_influence
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
 from gemscope_widgets.backend.circuits.targets import _centred_rows, vocab_size
@@ -191,7 +191,7 @@ class HeadLoadings:
 @dataclass
 class _State:
     fwd: FrozenForward
-    nodes: _Nodes
+    nodes: ActiveNodes
     replacement: Any
     loadings: dict[tuple[float, float], HeadLoadings] = field(default_factory=dict)
 
@@ -214,7 +214,7 @@ def _state(graph: AttributionGraph) -> _State:
     gm = rep.model
     with torch.no_grad():
         fwd = rep.frozen(graph.input_tokens)  # captured once per attached model, shared with interventions
-        nodes = _active_features(fwd, rep.transcoders, rep.zero_positions, gm.device)
+        nodes = active_nodes(fwd, rep.transcoders, rep.zero_positions, gm.device)
     state = _State(fwd, nodes, rep)
     with _LOCK:
         _STATES[graph] = state
@@ -261,7 +261,7 @@ def _injections(graph: AttributionGraph, state: _State, targets: list[int]) -> t
     unknown: list[int] = []
     if feats:
         active = graph.selected_active_features[torch.tensor([targets[k] for k in feats])]
-        dirs[feats] = _input_directions(fwd, rep.transcoders, active, device)
+        dirs[feats] = input_directions(fwd, rep.transcoders, active, device)
         layers[feats] = active[:, 0]
         positions[feats] = active[:, 1]
     logits = [k for k, t in enumerate(targets) if t >= graph.n_selected]
@@ -306,7 +306,7 @@ def _writes(graph: AttributionGraph, state: _State, sources: list[int]) -> list[
 # ---- the split ------------------------------------------------------------------------------------------------
 
 
-def _same_position_pullback(fwd: FrozenForward, nodes: _Nodes, layers: Tensor, positions: Tensor,
+def _same_position_pullback(fwd: FrozenForward, nodes: ActiveNodes, layers: Tensor, positions: Tensor,
                             inject: Tensor) -> Tensor:
     """``q [n, n_layers, n_heads, head_dim]``: each target's direction carried back along same-position steps to
     each layer's attention, read through each head's output projection (``W_O,h^T (s_pa ⊙ g_i)``)."""
@@ -347,7 +347,7 @@ class _Layer(NamedTuple):
     skip: Tensor | None
 
 
-def _exact_layer(fwd: FrozenForward, nodes: _Nodes, layer: int) -> _Layer:
+def _exact_layer(fwd: FrozenForward, nodes: ActiveNodes, layer: int) -> _Layer:
     # Made per use rather than held: a float64 copy of every layer would double the frozen state's memory.
     skip = nodes.skip.get(layer)
     return _Layer(fwd.s_in[layer].to(EXACT), fwd.s_pa[layer].to(EXACT), fwd.s_pf[layer].to(EXACT),
@@ -360,7 +360,7 @@ def _add_writes(f: Tensor, writes: Any) -> None:
         f[b, p] += vec.to(f.dtype)
 
 
-def _split(fwd: FrozenForward, nodes: _Nodes, q: Tensor, t_layers: Tensor, t_pos: Tensor,
+def _split(fwd: FrozenForward, nodes: ActiveNodes, q: Tensor, t_layers: Tensor, t_pos: Tensor,
            writes: list[list[tuple[int, Tensor]]], s_pos: Tensor, edges: Tensor, progress: bool) -> Tensor:
     """``[E, n_layers, n_heads]`` shares of ``edges [E, 2]`` (target index into ``q``, source index into ``writes``),
     carrying the sources forward through the frozen model in batches (see the module docstring)."""

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from gemscope_widgets.backend.circuits.attribution import _active_features, _Nodes
+from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, active_nodes
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
 from gemscope_widgets.backend.gemma.attention import sliding_window
 from gemscope_widgets.backend.gemma.hooks import StopForward
@@ -219,7 +219,7 @@ class QKAttribution:
 class _Prepared:
     replacement: Any  # the graph.replacement it was made from (a new attach makes it again)
     fwd: FrozenForward
-    nodes: _Nodes
+    nodes: ActiveNodes
     node_of_active: Tensor  # [n_active] graph node index, -1 without a node
     rope: dict[int, tuple[Tensor, Tensor]]  # layer -> (cos [T, dh], sin [T, dh])
 
@@ -287,7 +287,7 @@ def _prepared(graph: AttributionGraph) -> _Prepared:
         ids = graph.input_tokens
         with torch.no_grad():
             fwd = rep.frozen(ids)  # shared with frozen-attention interventions
-            nodes = _active_features(fwd, tset, rep.zero_positions, gm.device)
+            nodes = active_nodes(fwd, tset, rep.zero_positions, gm.device)
         if nodes.active.shape != graph.active_features.shape or not torch.equal(nodes.active, graph.active_features):
             raise GraphError(
                 "The attached model and transcoders do not give this graph's active features on its prompt: attach "

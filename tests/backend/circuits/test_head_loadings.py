@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from gemscope_widgets.backend.circuits.attribution import _active_features, _input_directions, _pull_back, attribute
+from gemscope_widgets.backend.circuits.active_nodes import active_nodes, input_directions
+from gemscope_widgets.backend.circuits.attribution import _pull_back, attribute
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
 from gemscope_widgets.backend.circuits.replacement import capture_forward
 from gemscope_widgets.backend.circuits.targets import logit_difference
@@ -33,7 +34,7 @@ def frozen(graph):
     """The graph's frozen forward and nodes, captured here (not through the module under test)."""
     rep = graph.replacement
     fwd = capture_forward(rep.model, graph.input_tokens)
-    return fwd, _active_features(fwd, rep.transcoders, rep.zero_positions, rep.model.device)
+    return fwd, active_nodes(fwd, rep.transcoders, rep.zero_positions, rep.model.device)
 
 
 def pulled_back_edge(graph, frozen_state, source: int, target: int, masked: list[tuple[int, int]]) -> float:
@@ -49,7 +50,7 @@ def pulled_back_edge(graph, frozen_state, source: int, target: int, masked: list
         patterns[ml, mh, pos, pos] = keep
     fwd = dataclasses.replace(fwd, patterns=patterns)
     if kind == "feature":
-        inject = _input_directions(fwd, tset, torch.tensor([[layer, pos, feature]]), gm.device)
+        inject = input_directions(fwd, tset, torch.tensor([[layer, pos, feature]]), gm.device)
     else:
         w_u = gm.lm_head.weight.float()
         inject = (fwd.s_final[pos] * (w_u[feature] - w_u.mean(0)))[None]
