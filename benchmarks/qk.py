@@ -34,8 +34,8 @@ def run(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
+    from gemscope_widgets.backend.circuits.attached_state import forget
     from gemscope_widgets.backend.circuits.attribution import attribute
-    from gemscope_widgets.backend.circuits.qk import _PREPARED
     from gemscope_widgets.backend.gemma.model import load_model
 
     gm = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
@@ -60,7 +60,7 @@ def run(n_tokens: int, which: str, threads: int) -> dict[str, Any]:
     ]
     rows = []
     for name, layer, head, q, k in cases:
-        _PREPARED.pop(graph, None)  # cold: as on a fresh graph
+        forget(graph)  # cold: as on a fresh graph
         graph.replacement.forward = None
         cold_s, cold_cpu, result = timed(lambda: graph.qk(layer, head, q, k))  # noqa: B023
         warm_s, warm_cpu, _ = timed(lambda: graph.qk(layer, head, q, k))  # noqa: B023

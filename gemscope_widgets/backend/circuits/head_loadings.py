@@ -34,15 +34,14 @@ the edge weights.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, active_nodes, input_directions
+from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, input_directions
+from gemscope_widgets.backend.circuits.attached_state import AttachedState, attached_state
 from gemscope_widgets.backend.circuits.influence import compute_edge_influence
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
 from gemscope_widgets.backend.circuits.targets import _centred_rows, vocab_size
@@ -185,40 +184,16 @@ class HeadLoadings:
         return self.shares[int(hit[0, 0])] if len(hit) else None
 
 
-# ---- the frozen state of a graph (recaptured once per attached model, kept while the graph lives) ----------------
+# ---- the frozen state of a graph (:mod:`.attached_state`), and the loadings kept with it ------------------------
 
 
-@dataclass
-class _State:
-    fwd: FrozenForward
-    nodes: ActiveNodes
-    replacement: Any
-    loadings: dict[tuple[float, float], HeadLoadings] = field(default_factory=dict)
+def _state(graph: AttributionGraph) -> AttachedState:
+    return attached_state(graph, "head loadings")
 
 
-_STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
-
-
-def _state(graph: AttributionGraph) -> _State:
-    rep = graph.replacement
-    if rep is None:
-        raise GraphError(
-            "This graph has no model attached (it was loaded from a file): call graph.attach(model, transcoders) "
-            "first; head loadings re-run the frozen model."
-        )
-    with _LOCK:
-        state = _STATES.get(graph)
-        if state is not None and state.replacement is rep:
-            return state
-    gm = rep.model
-    with torch.no_grad():
-        fwd = rep.frozen(graph.input_tokens)  # captured once per attached model, shared with interventions
-        nodes = active_nodes(fwd, rep.transcoders, rep.zero_positions, gm.device)
-    state = _State(fwd, nodes, rep)
-    with _LOCK:
-        _STATES[graph] = state
-    return state
+def _loadings(state: AttachedState) -> dict[tuple[float, float], HeadLoadings]:
+    """The loadings computed on this state, by ``(node_threshold, edge_threshold)``."""
+    return state.derived("head_loadings", dict)
 
 
 # ---- node geometry ----------------------------------------------------------------------------------------------
@@ -246,7 +221,8 @@ def _check_edge(graph: AttributionGraph, source: Any, target: Any) -> tuple[int,
     return s, t
 
 
-def _injections(graph: AttributionGraph, state: _State, targets: list[int]) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+def _injections(graph: AttributionGraph, state: AttachedState, targets: list[int]
+                ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
     """``(layers [n], positions [n], directions [n, d], unknown)``: each target's input direction where it is read
     (a feature's at its layer's MLP input, a logit's after the final norm at the last position), as ``attribute``
     injects it; ``unknown`` lists direction targets whose vector the graph does not hold."""
@@ -284,7 +260,7 @@ def _injections(graph: AttributionGraph, state: _State, targets: list[int]) -> t
     return layers, positions, dirs, unknown
 
 
-def _writes(graph: AttributionGraph, state: _State, sources: list[int]) -> list[list[tuple[int, Tensor]]]:
+def _writes(graph: AttributionGraph, state: AttachedState, sources: list[int]) -> list[list[tuple[int, Tensor]]]:
     """Per source: ``[(output layer, vector [d])]``, where its output enters the residual stream (``-1``: the
     embedding, before layer 0; ``k``: layer ``k``'s MLP output), as ``attribute`` dots it with the pull-back."""
     fwd, nodes, tset = state.fwd, state.nodes, state.replacement.transcoders
@@ -374,7 +350,7 @@ def _split(fwd: FrozenForward, nodes: ActiveNodes, q: Tensor, t_layers: Tensor, 
     first = torch.tensor([min(k for k, _ in w) for w in writes])
     used = torch.unique(edges[:, 1])
     order = used[torch.argsort(s_pos[used] * (n_layers + 2) + first[used] + 1, stable=True)]
-    bar = progress_bar(total=len(order), desc="Head loadings", disable=not progress, leave=False)
+    bar = progress_bar(total=len(order), desc="head loadings", disable=not progress, leave=False)
     try:
         for start in range(0, len(order), SOURCE_BATCH):
             batch = order[start : start + SOURCE_BATCH]
@@ -419,7 +395,7 @@ def _split(fwd: FrozenForward, nodes: ActiveNodes, q: Tensor, t_layers: Tensor, 
     return out
 
 
-def _compute(graph: AttributionGraph, state: _State, edges: list[tuple[int, int]], progress: bool
+def _compute(graph: AttributionGraph, state: AttachedState, edges: list[tuple[int, int]], progress: bool
              ) -> tuple[Tensor, list[int]]:
     """Shares ``[E, n_layers, n_heads]`` of ``edges`` ((target, source) node pairs) and the skipped targets."""
     targets = sorted({t for t, _ in edges})
@@ -468,7 +444,7 @@ def edge_heads(graph: AttributionGraph, source: Any, target: Any) -> EdgeHeads:
     """
     s, t = _check_edge(graph, source, target)
     state = _state(graph)
-    cached = next((lo.edge(s, t) for lo in state.loadings.values() if lo.edge(s, t) is not None), None)
+    cached = next((lo.edge(s, t) for lo in _loadings(state).values() if lo.edge(s, t) is not None), None)
     if cached is None:
         shares, unknown = _compute(graph, state, [(t, s)], progress=False)
         if unknown:
@@ -490,8 +466,9 @@ def head_loadings(graph: AttributionGraph, node_threshold: float = 0.8, edge_thr
     """
     key = (float(node_threshold), float(edge_threshold))
     state = _state(graph)
-    if key in state.loadings:
-        return state.loadings[key]
+    loadings = _loadings(state)
+    if key in loadings:
+        return loadings[key]
     pruned = graph.prune(node_threshold, edge_threshold)
     t_idx, s_idx = pruned.edge_mask.nonzero(as_tuple=True)
     pos = torch.tensor([_position(graph, k) for k in range(graph.n_nodes)], dtype=torch.long)
@@ -510,5 +487,5 @@ def head_loadings(graph: AttributionGraph, node_threshold: float = 0.8, edge_thr
         edges=edges, weights=graph.adjacency_matrix[edges[:, 0], edges[:, 1]].clone(), shares=shares,
         influence=influence, node_threshold=key[0], edge_threshold=key[1], skipped=sorted(unknown),
     )
-    state.loadings[key] = result
+    loadings[key] = result
     return result

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import operator
 import threading
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, active_nodes
+from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes
+from gemscope_widgets.backend.circuits.attached_state import AttachedState, attached_state
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
 from gemscope_widgets.backend.gemma.attention import sliding_window
 from gemscope_widgets.backend.gemma.hooks import StopForward
@@ -217,15 +217,12 @@ class QKAttribution:
 
 @dataclass
 class _Prepared:
-    replacement: Any  # the graph.replacement it was made from (a new attach makes it again)
+    """Kept with the graph's :class:`~.attached_state.AttachedState` (a new attach makes it again)."""
+
     fwd: FrozenForward
     nodes: ActiveNodes
     node_of_active: Tensor  # [n_active] graph node index, -1 without a node
     rope: dict[int, tuple[Tensor, Tensor]]  # layer -> (cos [T, dh], sin [T, dh])
-
-
-_PREPARED: weakref.WeakKeyDictionary[Any, _Prepared] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -273,31 +270,20 @@ def _rotary(gm: Any, ids: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
 
 
 def _prepared(graph: AttributionGraph) -> _Prepared:
-    rep = graph.replacement
-    if rep is None:
+    state = attached_state(graph, "QK attribution")
+    return state.derived("qk", lambda: _prepare(graph, state))
+
+
+def _prepare(graph: AttributionGraph, state: AttachedState) -> _Prepared:
+    nodes = state.nodes
+    if nodes.active.shape != graph.active_features.shape or not torch.equal(nodes.active, graph.active_features):
         raise GraphError(
-            "QK attribution re-runs the model: this graph has no model attached. Call "
-            "graph.attach(model, transcoders) first (attribute() attaches them)."
+            "The attached model and transcoders do not give this graph's active features on its prompt: attach "
+            "the ones it was built with, or attribute the prompt again."
         )
-    with _LOCK:
-        got = _PREPARED.get(graph)
-        if got is not None and got.replacement is rep:
-            return got
-        gm, tset = rep.model, rep.transcoders
-        ids = graph.input_tokens
-        with torch.no_grad():
-            fwd = rep.frozen(ids)  # shared with frozen-attention interventions
-            nodes = active_nodes(fwd, tset, rep.zero_positions, gm.device)
-        if nodes.active.shape != graph.active_features.shape or not torch.equal(nodes.active, graph.active_features):
-            raise GraphError(
-                "The attached model and transcoders do not give this graph's active features on its prompt: attach "
-                "the ones it was built with, or attribute the prompt again."
-            )
-        node_of_active = torch.full((nodes.n_active,), -1, dtype=torch.long)
-        node_of_active[graph.selected_features] = torch.arange(graph.n_selected)
-        got = _Prepared(rep, fwd, nodes, node_of_active, _rotary(gm, ids))
-        _PREPARED[graph] = got
-        return got
+    node_of_active = torch.full((nodes.n_active,), -1, dtype=torch.long)
+    node_of_active[graph.selected_features] = torch.arange(graph.n_selected)
+    return _Prepared(state.fwd, nodes, node_of_active, _rotary(state.replacement.model, graph.input_tokens))
 
 
 # ---- the decomposition ----------------------------------------------------------------------------------------
