@@ -74,10 +74,10 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from gemscope_widgets.backend.analysis.label_scores import HeldOutTokens
 from gemscope_widgets.backend.analysis.labels import FeatureLabels, top_logit_tokens
+from gemscope_widgets.backend.gemma.decoding import cached_forward, new_cache, next_token_logits
 from gemscope_widgets.backend.gemma.prompts import make_prompt, token_strings
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats import store
-from gemscope_widgets.backend.steering.generation import _decode, _logits, _new_cache
 from gemscope_widgets.backend.steering.plan import model_lock
 from gemscope_widgets.cache import cache_dir
 from gemscope_widgets.errors import ExplainError, warn_user
@@ -516,11 +516,11 @@ class PrefixCache:
             n = len(stored[0])
             if n <= len(ids) and ids[:n] == stored[0] and (best is None or n > len(best[0])):
                 best = stored
-        cache = copy.deepcopy(best[1]) if best is not None else _new_cache(self.gm)
+        cache = copy.deepcopy(best[1]) if best is not None else new_cache(self.gm)
         done = len(best[0]) if best is not None else 0
         hidden = None
         if done < len(ids):
-            hidden = _decode(self.gm, torch.tensor([ids[done:]], device=self.gm.device), cache)[:, -1]
+            hidden = cached_forward(self.gm, torch.tensor([ids[done:]], device=self.gm.device), cache)[:, -1]
             self.forwards += 1
         if keep and done < len(ids):
             self._stored.append((ids, copy.deepcopy(cache)))
@@ -538,15 +538,15 @@ def greedy_reply(gm: GemmaModel, ids: Sequence[int], max_new_tokens: int, prefix
     cache, hidden = prefixes.run(ids)
     if hidden is None:  # every id was cached: run the last one again on a cache without it
         cache, hidden = prefixes.run(ids[:-1])
-        hidden = _decode(gm, torch.tensor([ids[-1:]], device=gm.device), cache)[:, -1]
+        hidden = cached_forward(gm, torch.tensor([ids[-1:]], device=gm.device), cache)[:, -1]
     stops = set(gm.stop_token_ids)
     new: list[int] = []
     for _ in range(int(max_new_tokens)):
-        token = int(_logits(gm, hidden).argmax(-1)[0])
+        token = int(next_token_logits(gm, hidden).argmax(-1)[0])
         if token in stops or "\n" in token_strings(gm.tokenizer, [token])[0]:
             break
         new.append(token)
-        hidden = _decode(gm, torch.tensor([[token]], device=gm.device), cache)[:, -1]
+        hidden = cached_forward(gm, torch.tensor([[token]], device=gm.device), cache)[:, -1]
     return str(gm.tokenizer.decode(new, skip_special_tokens=True)), len(new)
 
 
@@ -597,10 +597,10 @@ def answer_probabilities(gm: GemmaModel, prompts: Sequence[Sequence[int]], batch
             batch_cache = copy.deepcopy(cache)
             if len(rows) > 1:
                 batch_cache.batch_repeat_interleave(len(rows))
-            hidden = _decode(gm, ids, batch_cache)
+            hidden = cached_forward(gm, ids, batch_cache)
             last = hidden[torch.arange(len(rows), device=gm.device),
                           torch.tensor([len(r) - 1 for r in rows], device=gm.device)]
-            probs = torch.softmax(_logits(gm, last), dim=-1)
+            probs = torch.softmax(next_token_logits(gm, last), dim=-1)
             out += [(float(p[one]), float(p[zero])) for p in probs.cpu()]
             forwards += 1
     return out, forwards

@@ -7,18 +7,17 @@ per step (inverse-CDF sampling over tokens sorted by probability), so difference
 
 from __future__ import annotations
 
-import inspect
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from gemscope_widgets.backend.gemma.decoding import cached_forward, new_cache, next_token_logits
 from gemscope_widgets.backend.gemma.hooks import hooked
-from gemscope_widgets.backend.gemma.offload import resident
 from gemscope_widgets.backend.gemma.prompts import Prompt, special_ids, token_strings
 from gemscope_widgets.backend.steering.plan import SteeringPlan, StepState, model_lock
 from gemscope_widgets.backend.steering.spec import Spec, normalize_steering
@@ -111,36 +110,6 @@ def check_settings(max_new_tokens: Any, temperature: Any, top_p: Any, frequency_
         raise SteeringError(f"seed must be an integer, got {seed!r}.")
 
 
-def _new_cache(gm: GemmaModel) -> Any:
-    from transformers import DynamicCache
-
-    # Before transformers 4.56 the cache takes no config (it then keeps every position; the sliding-window
-    # layers mask what they do not attend to, so the result is the same).
-    if "config" not in inspect.signature(DynamicCache.__init__).parameters:
-        return DynamicCache()
-    return DynamicCache(config=cast(Any, gm.model).config)
-
-
-_CACHE_KEYWORDS: dict[Any, str] = {}
-
-
-def _cache_keyword(forward_owner: Any) -> str:
-    """The decoder's keyword for the KV cache: ``cache`` in current transformers (``past_key_values`` is
-    deprecated there for removal in 5.40), ``past_key_values`` in older versions (read once per class)."""
-    keyword = _CACHE_KEYWORDS.get(forward_owner)
-    if keyword is None:
-        params = inspect.signature(forward_owner.forward).parameters
-        keyword = _CACHE_KEYWORDS[forward_owner] = "cache" if "cache" in params else "past_key_values"
-    return keyword
-
-
-def _decode(gm: GemmaModel, ids: torch.Tensor, cache: Any) -> torch.Tensor:
-    """One cached decoder forward over ``ids [B, t]``; returns the last hidden state ``[B, t, d]``."""
-    keyword = _cache_keyword(type(gm.text_model))
-    hidden: torch.Tensor = gm.text_model(input_ids=ids, use_cache=True, **{keyword: cache}).last_hidden_state
-    return hidden
-
-
 def _choose(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -158,23 +127,6 @@ def _choose(
     target = u * cum[:, -1:]
     rank = (cum <= target).sum(dim=-1, keepdim=True).clamp(max=logits.shape[-1] - 1)
     return order.gather(-1, rank).squeeze(-1)
-
-
-def _logits(gm: GemmaModel, hidden: torch.Tensor) -> torch.Tensor:
-    """``lm_head`` for the last position of each row, as ``W @ h.T``.
-
-    On CPU BLAS a [262k, d] @ [d, 2] product reads the unembedding once, while ``linear`` with two rows
-    is 2-4x slower than with one: this is what makes the pair cost about one generation.
-    """
-    with resident(gm.model, gm.lm_head):  # loaded for this product when accelerate offloads it
-        weight = gm.lm_head.weight
-        logits = torch.matmul(weight, hidden.to(weight.dtype).t()).t().float()
-        if getattr(gm.lm_head, "bias", None) is not None:
-            logits = logits + gm.lm_head.bias.float()
-    cap = getattr(gm.text_config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def rows_one_at_a_time(gm: GemmaModel) -> bool:
@@ -262,7 +214,7 @@ def generate(
             # for 2048×640), so the decoder runs row by row there; the lm_head, which dominates decoding and is
             # memory-bound, still runs once for both rows. On GPU the batch of two costs about one row.
             per_row = rows_one_at_a_time(gm)
-            caches = [_new_cache(gm), _new_cache(gm)] if per_row else [_new_cache(gm)]
+            caches = [new_cache(gm), new_cache(gm)] if per_row else [new_cache(gm)]
             counts = torch.zeros(2, int(gm.lm_head.weight.shape[0]), device=gm.device) if frequency_penalty else None
             done = torch.zeros(2, dtype=torch.bool, device=gm.device)
             start = 0
@@ -276,12 +228,12 @@ def generate(
                         state.enabled = row == 1
                         state.rows = slice(0, 1)
                         state.begin(start, None if special is None else special[row : row + 1])
-                        last.append(_decode(gm, ids[row : row + 1], caches[row])[:, -1, :])
+                        last.append(cached_forward(gm, ids[row : row + 1], caches[row])[:, -1, :])
                     hidden = torch.cat(last)
                 else:
                     state.begin(start, special)
-                    hidden = _decode(gm, ids, caches[0])[:, -1, :]
-                logits = _logits(gm, hidden)
+                    hidden = cached_forward(gm, ids, caches[0])[:, -1, :]
+                logits = next_token_logits(gm, hidden)
                 start += ids.shape[1]
                 if counts is not None:
                     logits = logits - frequency_penalty * counts

@@ -8,6 +8,7 @@ import pytest
 
 import gemscope_widgets.backend.steering.generation as generation
 from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
+from gemscope_widgets.backend.gemma.decoding import cache_keyword
 from gemscope_widgets.backend.steering.generation import generate
 from gemscope_widgets.backend.steering.spec import SteeringSpec
 
@@ -32,5 +33,5 @@ def test_the_cache_keyword_follows_the_decoder_signature():
     class New:
         def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs): ...
 
-    assert generation._cache_keyword(Old) == "past_key_values"
-    assert generation._cache_keyword(New) == "cache"
+    assert cache_keyword(Old) == "past_key_values"
+    assert cache_keyword(New) == "cache"

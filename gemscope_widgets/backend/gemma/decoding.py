@@ -1,0 +1,69 @@
+"""KV-cached decoding steps on a Gemma 3 model: a fresh cache, one cached decoder forward, next-token logits.
+
+Shared by generation (:mod:`~gemscope_widgets.backend.steering.generation`) and by the explainer and scorer of
+:mod:`~gemscope_widgets.backend.analysis.explain`. The caches are transformers' ``DynamicCache``; the decoder is
+``gm.text_model`` (no ``lm_head``), so the unembedding runs only where logits are read (:func:`next_token_logits`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+
+from gemscope_widgets.backend.gemma.offload import resident
+
+if TYPE_CHECKING:
+    from gemscope_widgets.backend.gemma.model import GemmaModel
+
+
+def new_cache(gm: GemmaModel) -> Any:
+    """An empty transformers ``DynamicCache`` for ``gm`` (its config, so sliding-window layers keep only their
+    window, where the installed transformers supports it)."""
+    from transformers import DynamicCache
+
+    # Before transformers 4.56 the cache takes no config (it then keeps every position; the sliding-window
+    # layers mask what they do not attend to, so the result is the same).
+    if "config" not in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache()
+    return DynamicCache(config=cast(Any, gm.model).config)
+
+
+_CACHE_KEYWORDS: dict[Any, str] = {}
+
+
+def cache_keyword(forward_owner: Any) -> str:
+    """The decoder's keyword for the KV cache: ``cache`` in current transformers (``past_key_values`` is
+    deprecated there for removal in 5.40), ``past_key_values`` in older versions (read once per class)."""
+    keyword = _CACHE_KEYWORDS.get(forward_owner)
+    if keyword is None:
+        params = inspect.signature(forward_owner.forward).parameters
+        keyword = _CACHE_KEYWORDS[forward_owner] = "cache" if "cache" in params else "past_key_values"
+    return keyword
+
+
+def cached_forward(gm: GemmaModel, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One decoder forward over ``ids [B, t]`` (on ``gm.device``) after what ``cache`` holds, which it extends;
+    returns the last hidden state ``[B, t, d_model]`` (after the final norm, before the unembedding)."""
+    keyword = cache_keyword(type(gm.text_model))
+    hidden: torch.Tensor = gm.text_model(input_ids=ids, use_cache=True, **{keyword: cache}).last_hidden_state
+    return hidden
+
+
+def next_token_logits(gm: GemmaModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[B, vocab]`` float32 of final hidden states ``hidden [B, d_model]``: ``lm_head`` as
+    ``W @ h.T`` (plus its bias, if any), then the config's ``final_logit_softcapping`` when it has one.
+
+    On CPU BLAS a [262k, d] @ [d, 2] product reads the unembedding once, while ``linear`` with two rows
+    is 2-4x slower than with one: this is what makes generation's baseline + steered pair cost about one generation.
+    """
+    with resident(gm.model, gm.lm_head):  # loaded for this product when accelerate offloads it
+        weight = gm.lm_head.weight
+        logits = torch.matmul(weight, hidden.to(weight.dtype).t()).t().float()
+        if getattr(gm.lm_head, "bias", None) is not None:
+            logits = logits + gm.lm_head.bias.float()
+    cap = getattr(gm.text_config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
