@@ -42,12 +42,11 @@ def run(n_features: int, settings: str, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     from gemscope_widgets import FeatureLabels, explain
-    from gemscope_widgets.backend.analysis.explain import (
+    from gemscope_widgets.backend.analysis.explain_prompts import chat_ids, scorer_messages
+    from gemscope_widgets.backend.analysis.explain_scoring import (
         MIN_ACTIVATING,
         MIN_NON_ACTIVATING,
-        chat_ids,
         held_out_contexts,
-        scorer_messages,
     )
     from gemscope_widgets.backend.default import load_default
     from gemscope_widgets.backend.stats.feature_stats import FeatureStats

@@ -1,4 +1,5 @@
-"""KV-cached decoding steps on a Gemma 3 model: a fresh cache, one cached decoder forward, next-token logits.
+"""KV-cached decoding steps on a Gemma 3 model: a fresh cache, one cached decoder forward, next-token logits, and
+caches of prefixes shared by many prompts (:class:`PrefixCache`).
 
 Shared by generation (:mod:`~gemscope_widgets.backend.steering.generation`) and by the explainer and scorer of
 :mod:`~gemscope_widgets.backend.analysis.explain`. The caches are transformers' ``DynamicCache``; the decoder is
@@ -7,7 +8,9 @@ Shared by generation (:mod:`~gemscope_widgets.backend.steering.generation`) and 
 
 from __future__ import annotations
 
+import copy
 import inspect
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -67,3 +70,33 @@ def next_token_logits(gm: GemmaModel, hidden: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+class PrefixCache:
+    """KV caches of token prefixes already run on one model (e.g. delphi's system prompt and few-shot examples, the
+    same for every feature): :meth:`run` continues from the longest stored prefix of the ids it is given.
+    ``forwards`` counts the decoder forwards it ran."""
+
+    def __init__(self, gm: GemmaModel) -> None:
+        self.gm = gm
+        self._stored: list[tuple[tuple[int, ...], Any]] = []
+        self.forwards = 0
+
+    def run(self, ids: Sequence[int], *, keep: bool = False) -> tuple[Any, torch.Tensor | None]:
+        """A fresh cache holding ``ids`` (all but nothing left to run) and the last hidden state ``[1, d]`` (None
+        when every id came from a stored prefix); ``keep`` stores it for later calls."""
+        ids = tuple(int(i) for i in ids)
+        best: tuple[tuple[int, ...], Any] | None = None
+        for stored in self._stored:
+            n = len(stored[0])
+            if n <= len(ids) and ids[:n] == stored[0] and (best is None or n > len(best[0])):
+                best = stored
+        cache = copy.deepcopy(best[1]) if best is not None else new_cache(self.gm)
+        done = len(best[0]) if best is not None else 0
+        hidden = None
+        if done < len(ids):
+            hidden = cached_forward(self.gm, torch.tensor([ids[done:]], device=self.gm.device), cache)[:, -1]
+            self.forwards += 1
+        if keep and done < len(ids):
+            self._stored.append((ids, copy.deepcopy(cache)))
+        return cache, hidden

@@ -11,15 +11,9 @@ import pytest
 import torch
 
 from gemscope_widgets.backend.analysis.card import FeatureCards
-from gemscope_widgets.backend.analysis.explain import (
-    MIN_ACTIVATING,
-    MIN_NON_ACTIVATING,
-    BaseExplainerWarning,
-    chat_ids,
-    explain,
-    held_out_contexts,
-    scorer_messages,
-)
+from gemscope_widgets.backend.analysis.explain import BaseExplainerWarning, explain
+from gemscope_widgets.backend.analysis.explain_prompts import chat_ids, scorer_messages
+from gemscope_widgets.backend.analysis.explain_scoring import MIN_ACTIVATING, MIN_NON_ACTIVATING, held_out_contexts
 from gemscope_widgets.backend.analysis.label_scores import MAX_DOC_TOKENS, label_texts
 from gemscope_widgets.backend.analysis.labels import FeatureLabels
 from gemscope_widgets.backend.stats.corpus import tokenize_docs
