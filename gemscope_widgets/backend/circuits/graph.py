@@ -379,8 +379,9 @@ class AttributionGraph(GraphNodes):
         return supernodes(self)
 
     def suggest_groups(self, **kwargs: Any) -> Any:
-        """Suggested supernodes among the kept features: same position (or layer band), similar outgoing edges and
-        shared logit-lens tokens, each with how well it preserves the graph's logit influence. Nothing changes
+        """Suggested supernodes among the kept features: same position (or layer band) and similar outgoing edges
+        (optionally shared logit-lens tokens), each with how well it preserves the graph's logit influence, groups
+        that keep under 80% of it left out. Nothing changes
         until a suggestion is accepted (``s.accept(graph)`` or ``graph.group(s.name, s.members)``). Keywords and
         thresholds: :func:`~.group_suggestions.suggest_groups`; returns a ``GroupSuggestions``."""
         return suggest_groups(self, **kwargs)

@@ -1,22 +1,25 @@
 """Suggested supernodes: features of a pruned graph that look like one job, for the user to accept or edit.
 
-Grouping features by hand is how "Circuit Tracing" (Ameisen et al., 2025) reads its graphs; no tool proposes
-groups (circuit-tracer #20 asks for it). The rule here follows the starting point of the field's notes: two kept
+Grouping features by hand is how "Circuit Tracing" (Ameisen et al., 2025) reads its graphs (its supernodes, kept
+by Neuronpedia's graph viewer in ``qParams.supernodes``); no tool proposes groups (circuit-tracer #20 asks for it).
+A supernode stands for features that play one role, so the rule asks for what the merged node must keep: two kept
 features are **linked** when
 
 * they sit in the same bucket: the same token position (``by="position"``, the default) or the same band of
   ``layer_band`` consecutive layers (``by="layer_band"``), and
-* their outgoing-edge vectors (columns of ``adjacency_matrix``: the direct effect on every node) have cosine
-  similarity ≥ ``min_cosine`` (default 0.7: the two push the same targets the same way), and
-* their logit-lens tokens (the ``top_tokens`` = 10 tokens each decoder vector promotes most through the final norm
-  and unembedding, :mod:`~gemscope_widgets.backend.analysis.logit_lens`) overlap with Jaccard index
-  ≥ ``min_token_overlap`` (default 0.2: at least 4 of 10 shared when both have 10). Without a model attached (a
-  graph read from a file) the tokens are unknown and this condition is dropped, which the result says.
+* their outgoing-edge vectors (columns of ``adjacency_matrix``: the direct effect on every node, pruned or not)
+  have cosine similarity ≥ ``min_cosine`` (default 0.6: the two push the same targets the same way), and
+* optionally, their logit-lens tokens (the ``top_tokens`` = 10 tokens each decoder vector promotes most through
+  the final norm and unembedding, :mod:`~gemscope_widgets.backend.analysis.logit_lens`) overlap with Jaccard index
+  ≥ ``min_token_overlap`` (default 0: off). Without a model attached (a graph read from a file) the tokens are
+  unknown and this condition is dropped, which the result says.
 
-Features already in a supernode are left out. Suggestions are the connected components (single linkage) of the
-links with at least two members, largest total influence first; at most ``max_members`` per group (the most
-influential members). Nothing is changed in the graph: ``suggestion.accept(graph)`` (or ``graph.group(s.name,
-s.members)``) makes one a supernode.
+Suggestions are the connected components (single linkage) of the links with at least two members, at most
+``max_members`` per group (the most influential members), largest total influence first. A group whose
+``retention`` (below) is under ``min_retention`` (default 0.8) is left out (``dropped`` counts them) and the rest
+are measured again, until every suggestion keeps at least that share of its members' influence. Features already
+in a supernode are left out. Nothing is changed in the graph: ``suggestion.accept(graph)`` (or
+``graph.group(s.name, s.members)``) makes one a supernode.
 
 How well a grouping preserves the graph's logit influence (stated per suggestion and for all together):
 ``retention`` is the supernode's influence on the logits computed **on the grouped graph** (members merged into one
@@ -26,6 +29,29 @@ do not run through each other; it falls when their edges to a shared target have
 the cancellation) or when one member feeds another (a path the group folds away). ``scores_before`` /
 ``scores_after`` are the graph's (replacement, completeness) scores (circuit-tracer's ``compute_graph_scores``)
 without and with every suggestion merged.
+
+The defaults, measured on the embedded Gemma 3 270M with its demo transcoder set (1,024 features a layer), on
+four prompts ("Michael Jordan plays the sport of", "The Colosseum is in the country of", "The capital of France
+is", "The opposite of hot is"), at the default pruning:
+
+* ``max_feature_nodes=256``: 252 kept features, 4,454 same-position pairs. Outgoing-edge cosine: median 0.00, 90th
+  percentile 0.25, 99th 0.48, 99.9th 0.85, max 0.997. Logit-lens Jaccard (top 10): 0 for 99.6% of the pairs
+  (99.9th percentile 0.15, max 0.67), so the earlier default (cosine ≥ 0.7 and Jaccard ≥ 0.2) linked no pair at
+  all, and any token condition keeps one pair at most: this set's features are too small for their logit lens to
+  name a shared job, so tokens only name a group. ``max_feature_nodes=512``: 468 kept, 12,419 pairs, cosine 99th
+  percentile 0.47, 99.9th 0.77, Jaccard > 0 for 0.44%.
+* Cosine ≥ 0.6 links 0.47% of the pairs (0.34% at 512): 10 groups of 27 features (20 of 56 at 512); their
+  retention is 0.53–1.0, median 0.94 (0.33–1.0, median 0.95). The retention floor of 0.8 leaves 7 groups of 21
+  features (14 of 38 at 512; at least one on each prompt but the Colosseum one at 256): mostly the last
+  position's final-layer features that push the same logits (``pos 6 ' of' → ' baseball'``: 4 features), the
+  first token's layer-0 features, and pairs of features at the subject's token. Their retention is 0.83–1.0
+  (0.91–1.0); all groups of a graph together keep 0.94–0.97 of their influence, and the replacement and
+  completeness scores are unchanged to three decimals. ``suggest_groups`` takes 0.2–3 s on these graphs.
+* Looser or other similarities group more but keep less: cosine ≥ 0.5, 16 groups, retention down to 0.30; the
+  cosine of the edges to kept nodes only (blind to cancellation through pruned ones) ≥ 0.7, retention down to
+  0.12; the cosine of the edges weighted by each target's influence (what a merged node keeps in one step) is
+  near 1 for any two features that mostly feed the same node (90th percentile 0.98), lumping 20–30 features at a
+  token into one group of retention 0.66–0.8.
 """
 
 from __future__ import annotations
@@ -46,8 +72,9 @@ if TYPE_CHECKING:
     from gemscope_widgets.backend.circuits.graph import AttributionGraph
 
 BUCKETS = ("position", "layer_band")
-MIN_COSINE = 0.7
-MIN_TOKEN_OVERLAP = 0.2
+MIN_COSINE = 0.6
+MIN_TOKEN_OVERLAP = 0.0
+MIN_RETENTION = 0.8
 TOP_TOKENS = 10
 
 
@@ -56,7 +83,8 @@ class GroupSuggestion:
     """One suggested supernode: ``name`` (made from its bucket and top shared token), ``members`` (node indices,
     most influential first), ``bucket`` (``("position", p)`` or ``("layer_band", first_layer)``), ``mean_cosine``
     (mean pairwise outgoing-edge cosine), ``shared_tokens`` (logit-lens tokens common to at least half the members),
-    ``influence`` (sum of members' influences), ``retention`` (module docstring)."""
+    ``influence`` (sum of members' influences), ``retention`` (module docstring), ``target`` (the node the
+    members' summed edges reach most strongly)."""
 
     name: str
     members: list[int]
@@ -65,6 +93,7 @@ class GroupSuggestion:
     shared_tokens: list[str]
     influence: float
     retention: float
+    target: int = -1
 
     def accept(self, graph: AttributionGraph, name: str | None = None) -> list[int]:
         """Make this suggestion a supernode of ``graph`` (``graph.group``), under ``name`` or its own."""
@@ -84,6 +113,7 @@ class GroupSuggestions:
     influence_retained: float
     used_tokens: bool = True
     kept: list[int] = field(default_factory=list, repr=False)
+    dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.suggestions)
@@ -97,7 +127,9 @@ class GroupSuggestions:
 
     def __repr__(self) -> str:
         lines = [
-            f"GroupSuggestions({len(self.suggestions)} group(s) of {len(self.kept)} kept features; influence "
+            f"GroupSuggestions({len(self.suggestions)} group(s) of {len(self.kept)} kept features"
+            + (f", {self.dropped} left out under retention {self.settings['min_retention']}" if self.dropped else "")
+            + "; influence "
             f"retained {self.influence_retained:.3f}; replacement {self.scores_before[0]:.3f} -> "
             f"{self.scores_after[0]:.3f}, completeness {self.scores_before[1]:.3f} -> {self.scores_after[1]:.3f})"
         ]
@@ -193,16 +225,19 @@ def suggest_groups(
     layer_band: int = 3,
     min_cosine: float = MIN_COSINE,
     min_token_overlap: float = MIN_TOKEN_OVERLAP,
+    min_retention: float = MIN_RETENTION,
     top_tokens: int = TOP_TOKENS,
     max_members: int | None = 12,
 ) -> GroupSuggestions:
     """Suggest supernodes among the features ``graph.prune(node_threshold, edge_threshold)`` keeps (module
-    docstring for the rule and the measures). Raises GraphError for an unknown bucket, thresholds outside [0, 1]
-    (cosine: [-1, 1]) or a ``layer_band`` / ``max_members`` below 1 / 2."""
+    docstring for the rule, the measures and how the defaults were chosen). Raises GraphError for an unknown
+    bucket, thresholds outside [0, 1] (cosine: [-1, 1]) or a ``layer_band`` / ``max_members`` below 1 / 2."""
     if by not in BUCKETS:
         raise GraphError(f"Unknown bucket {by!r}: group features by 'position' or 'layer_band'.")
     if not -1.0 <= float(min_cosine) <= 1.0 or not 0.0 <= float(min_token_overlap) <= 1.0:
         raise GraphError("min_cosine must be in [-1, 1] and min_token_overlap in [0, 1].")
+    if not 0.0 <= float(min_retention) <= 1.0:
+        raise GraphError("min_retention must be in [0, 1] (the share of its members' influence a group keeps).")
     if int(layer_band) < 1 or (max_members is not None and int(max_members) < 2) or int(top_tokens) < 1:
         raise GraphError("layer_band and top_tokens must be at least 1, max_members at least 2 (or None).")
     kept_mask = graph.prune(node_threshold, edge_threshold).node_mask
@@ -233,25 +268,39 @@ def suggest_groups(
         groups.append(comp)
     groups.sort(key=lambda c: -sum(float(influence[kept[i]]) for i in c))
 
-    member_sets = [[kept[i] for i in comp] for comp in groups]
-    merged, members, merged_adj = merged_influence(graph, member_sets)
-    index_of = {tuple(ms): k for k, ms in enumerate(members)}
-    tok = graph.replacement.model.tokenizer if use_tokens else None
+    # Merge every group, leave out those under the retention floor, and measure the rest again (a group's
+    # retention depends a little on the others merged beside it) until all keep at least the floor.
+    n_linked = len(groups)
+    while True:
+        member_sets = [[kept[i] for i in comp] for comp in groups]
+        merged, members, merged_adj = merged_influence(graph, member_sets)
+        index_of = {tuple(ms): k for k, ms in enumerate(members)}
+        grouped_influence = [float(merged[index_of[tuple(sorted(ms))]]) for ms in member_sets]
+        totals = [float(influence[ms].sum()) for ms in member_sets]
+        low = [k for k, (g, t) in enumerate(zip(grouped_influence, totals, strict=True))
+               if not (t > 0 and g >= min_retention * t)]
+        if not low:
+            break
+        groups = [comp for k, comp in enumerate(groups) if k not in set(low)]
+
+    if graph.replacement is not None and groups and not use_tokens:  # tokens only to name the groups
+        flat = [i for comp in groups for i in comp]
+        found = dict(zip(flat, logit_lens_tokens(graph, [kept[i] for i in flat], top_tokens), strict=True))
+        tokens = [found.get(i, []) for i in range(len(kept))]
+    tok = graph.replacement.model.tokenizer if graph.replacement is not None else None
     suggestions = []
     names: set[str] = set()
-    for comp, ms in zip(groups, member_sets, strict=True):
-        total = float(influence[ms].sum())
-        grouped_influence = float(merged[index_of[tuple(sorted(ms))]])
+    for comp, ms, total, kept_influence in zip(groups, member_sets, totals, grouped_influence, strict=True):
         counts: dict[int, int] = {}
         for i in comp:
             for t in tokens[i]:
                 counts[t] = counts.get(t, 0) + 1
-        shared_ids = sorted((t for t, c in counts.items() if 2 * c >= len(comp)), key=lambda t: -counts[t])
+        shared_ids = sorted((t for t, c in counts.items() if c >= 2 and 2 * c >= len(comp)), key=lambda t: -counts[t])
         shared = [tok.decode([t]) for t in shared_ids] if tok is not None else []
+        target = int(graph.adjacency_matrix[:, ms].sum(1).abs().argmax())
         pairs = [float(cos[i, j]) for a, i in enumerate(comp) for j in comp[a + 1:]]
         b = bucket(ms[0])
-        where = f"pos {b}" if by == "position" else f"L{b * layer_band}-{b * layer_band + layer_band - 1}"
-        name = f"{where}: {shared[0].strip() or repr(shared[0])}" if shared else f"{where}: group"
+        name = _name(graph, by, b, int(layer_band), shared, target)
         base, k = name, 2
         while name in names:
             name, k = f"{base} ({k})", k + 1
@@ -263,23 +312,47 @@ def suggest_groups(
             mean_cosine=sum(pairs) / len(pairs),
             shared_tokens=shared,
             influence=total,
-            retention=grouped_influence / total if total > 0 else float("nan"),
+            retention=kept_influence / total,
+            target=target,
         ))
-    grouped_total = sum(float(merged[index_of[tuple(sorted(ms))]]) for ms in member_sets)
-    summed_total = sum(float(influence[ms].sum()) for ms in member_sets)
+    summed_total = sum(totals)
     before = graph_scores(graph.adjacency_matrix, graph.logit_weights, graph.token_slice, graph.error_slice)
     after = before if not member_sets else _merged_scores(graph, members, merged_adj)
     return GroupSuggestions(
         suggestions=suggestions,
         settings={"by": by, "layer_band": int(layer_band), "min_cosine": float(min_cosine),
-                  "min_token_overlap": float(min_token_overlap), "top_tokens": int(top_tokens),
-                  "max_members": max_members, "node_threshold": node_threshold, "edge_threshold": edge_threshold},
+                  "min_token_overlap": float(min_token_overlap), "min_retention": float(min_retention),
+                  "top_tokens": int(top_tokens), "max_members": max_members, "node_threshold": node_threshold,
+                  "edge_threshold": edge_threshold},
         scores_before=before,
         scores_after=after,
-        influence_retained=grouped_total / summed_total if summed_total > 0 else float("nan"),
+        influence_retained=sum(grouped_influence) / summed_total if summed_total > 0 else float("nan"),
         used_tokens=use_tokens,
         kept=kept,
+        dropped=n_linked - len(groups),
     )
+
+
+def _name(graph: AttributionGraph, by: str, b: int, band: int, shared: list[str], target: int) -> str:
+    """``pos 5 ' is' → ' Paris'``: the bucket (with the position's token), then the logit-lens token the members
+    share, else the node their summed edges reach most (a logit's token, a feature's layer and index)."""
+    if by == "position":
+        strings = graph.input_token_strings or []
+        text = strings[b] if b < len(strings) else ""
+        where = f"pos {b} {text!r}" if text else f"pos {b}"
+    else:
+        where = f"L{b * band}-{b * band + band - 1}"
+    if shared:
+        return f"{where}: {shared[0].strip() or repr(shared[0])}"
+    kind, layer, _, feature = graph.node_info(target)
+    if kind == "logit":
+        j = target - graph.logit_slice.start
+        what = repr(graph.logit_token_strings[j]) if graph.logit_token_strings else f"logit {feature}"
+    elif kind == "feature":
+        what = f"L{layer} #{feature}"
+    else:
+        what = f"{kind} L{layer}" if kind == "error" else kind
+    return f"{where} → {what}"
 
 
 def _merged_scores(graph: AttributionGraph, members: list[list[int]], adjacency: Tensor) -> tuple[float, float]:

@@ -25,3 +25,15 @@ def real_transcoder_root(real_model, tmp_path_factory: pytest.TempPathFactory) -
     """An 18-layer affine set (width 512, ~16 features per token) for the real 270M in the Gemma Scope 2 layout."""
     root = tmp_path_factory.mktemp("real_transcoders")
     return write_calibrated_set(real_model, root, width=512, l0=16, affine=True, seed=4)
+
+
+@pytest.fixture(scope="session")
+def real_demo_graph(real_model):
+    """The real 270M's graph of "The capital of France is" with the demo transcoder set, 256 feature rows (about
+    20 s on two idle cores; trains the demo set on first use)."""
+    from gemscope_widgets.backend.circuits.attribution import attribute
+    from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
+    from gemscope_widgets.backend.default_transcoders import load_demo_transcoders
+
+    tset = load_transcoders(load_demo_transcoders(real_model, progress=False))
+    return attribute(real_model, tset, "The capital of France is", max_feature_nodes=256, progress=False)
