@@ -44,7 +44,7 @@ from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, input_di
 from gemscope_widgets.backend.circuits.attached_state import AttachedState, attached_state
 from gemscope_widgets.backend.circuits.influence import compute_edge_influence
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
-from gemscope_widgets.backend.circuits.targets import _centred_rows, vocab_size
+from gemscope_widgets.backend.circuits.targets import centred_rows, vocab_size
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import GraphError
 
@@ -248,7 +248,7 @@ def _injections(graph: AttributionGraph, state: AttachedState, targets: list[int
             known = graph.logit_tokens < vocab_size(gm)
             vectors = torch.zeros(graph.n_logits, fwd.x.shape[-1])
             if known.any():
-                vectors[known] = _centred_rows(gm, graph.logit_tokens[known].to(gm.device)).cpu()
+                vectors[known] = centred_rows(gm, graph.logit_tokens[known].to(gm.device)).cpu()
         for k in logits:
             j = targets[k] - graph.logit_slice.start
             if not known[j]:

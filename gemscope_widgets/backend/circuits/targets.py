@@ -99,7 +99,7 @@ def resolve_targets(gm: Any, fwd: Any, targets: Sequence[Any] | None, max_logits
         limit = torch.tensor(logit_probability, device=top_p.device)
         cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), limit))
         idx = top_idx[: cutoff + 1]
-        return Targets(idx.cpu(), probs[idx].float().cpu(), _centred_rows(gm, idx),
+        return Targets(idx.cpu(), probs[idx].float().cpu(), centred_rows(gm, idx),
                        (logits[idx] - logits.mean()).float().cpu(),
                        token_strings(gm.tokenizer, idx.tolist()))
     if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or not targets:
@@ -132,7 +132,7 @@ def resolve_targets(gm: Any, fwd: Any, targets: Sequence[Any] | None, max_logits
             t = token_id(gm, target)
             ids.append(t)
             weights.append(float(probs[t]))
-            vecs.append(_centred_rows(gm, torch.tensor([t], device=logits.device))[0])
+            vecs.append(centred_rows(gm, torch.tensor([t], device=logits.device))[0])
             inputs.append(float(logits[t] - logits.mean()))
             labels.append(token_strings(gm.tokenizer, [t])[0])
     if len(set(ids)) != len(ids):
@@ -140,8 +140,10 @@ def resolve_targets(gm: Any, fwd: Any, targets: Sequence[Any] | None, max_logits
     return Targets(torch.tensor(ids), torch.tensor(weights), torch.stack(vecs), torch.tensor(inputs), labels)
 
 
-def _centred_rows(gm: Any, idx: Tensor) -> Tensor:
-    """``W_U[idx] − mean row``, float32 ``[n, d]`` (the unembedding loaded for the read if offloaded)."""
+def centred_rows(gm: Any, idx: Tensor) -> Tensor:
+    """A logit node's direction: ``W_U[idx] − mean row`` of the unembedding, float32 ``[n, d_model]`` on the
+    unembedding's device, for token ids ``idx [n]``; its dot with the final normed residual is ``logit −
+    mean(logits)`` before soft-capping (circuit-tracer's demeaned unembedding; loaded for the read if offloaded)."""
     with resident(gm.model, gm.lm_head):
         w_u = gm.lm_head.weight
         mean_row = torch.mean(w_u, dim=0, dtype=torch.float32)
