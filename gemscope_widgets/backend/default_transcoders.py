@@ -80,10 +80,11 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
     root = demo_transcoders_path()
 
     def build() -> None:
-        collector = _collection_model(gm, progress)
-        texts = default_training_texts()
+        # The collection model (a bfloat16 copy where the CPU runs it fast) is loaded inside the training and
+        # released before the fit, so a kernel holding ``gm`` does not also hold that copy through the fit.
         train_transcoders(
-            collector, root, corpus=texts, progress=progress, mixed_precision=fast_bf16_products(collector),
+            lambda: _collection_model(gm, progress), root, corpus=default_training_texts(), progress=progress,
+            mixed_precision=fast_bf16_products(gm),
             **DEMO_TRANSCODER_RECIPE,
         )
 

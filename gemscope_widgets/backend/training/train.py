@@ -19,7 +19,7 @@ import torch
 from gemscope_widgets.backend.analysis.matryoshka import MATRYOSHKA_KEY
 from gemscope_widgets.backend.dictionaries.folder import save_gemma_scope_folder
 from gemscope_widgets.backend.gemma import sites
-from gemscope_widgets.backend.memory import releases_buffers_on_error
+from gemscope_widgets.backend.memory import releases_buffers_on_error, return_freed_memory
 from gemscope_widgets.backend.training.activations import collect_activations, default_training_texts, token_windows
 from gemscope_widgets.backend.training.fit import fit_jumprelu
 from gemscope_widgets.cache import cache_dir, staged_dir
@@ -98,6 +98,8 @@ def train_sae(
         acts, width=width, target_l0=target_l0, steps=steps, batch_size=batch_size, seed=seed,
         progress=progress, device=device, **fit_options,
     )
+    del acts  # the activations (n_tokens × d_model floats) go now, and their pages back to the system
+    return_freed_memory()
     config = gs2_config(gm, point, width, report.l0)
     if fit_options.get("matryoshka_groups") is not None:
         config[MATRYOSHKA_KEY] = [int(k) for k in fit_options["matryoshka_groups"]]

@@ -126,7 +126,7 @@ def _normalised_group(
     return x, r
 
 
-def layers_per_group(n: int, d_in: int, d_out: int, itemsize: int, budget_bytes: int = 1 << 30) -> int:
+def layers_per_group(n: int, d_in: int, d_out: int, itemsize: int, budget_bytes: int = 1 << 29) -> int:
     """How many layers' normalised training data (``n × (d_in + d_out)`` values each) fit ``budget_bytes``."""
     return max(1, budget_bytes // max(1, n * (d_in + d_out) * itemsize))
 
@@ -157,7 +157,8 @@ def fit_transcoders(
     ``xs`` and ``ys`` are tensors ``[L, N, d]`` or anything whose ``[i]`` gives layer ``i``'s ``[N, d]`` (the
     memory-mapped sides of an :class:`~.mlp_pairs.MlpPairStore`): every pass reads one layer at a time, chunk
     by chunk, and the fit holds the normalised data of ``layers_at_once`` layers (default: as many as fit
-    1 GiB) at once, in the data's dtype (bfloat16 halves it; every step computes in float32).
+    512 MiB: two of the 270M's layers at 96k tokens in bfloat16) at once, in the data's dtype (bfloat16 halves
+    it; every step computes in float32).
     Returns, per layer, Gemma Scope 2 parameters on raw activations (``w_enc [d_in, W]``, ``b_enc [W]``,
     ``threshold [W]``, ``w_dec [W, d_out]``, ``b_dec [d_out]``, ``affine_skip_connection [d_in, d_out]``)
     and a :class:`TranscoderReport`. Layer ``l``'s result depends only on ``xs[l], ys[l]``, ``seed`` and its

@@ -74,9 +74,10 @@ def test_fit_from_disk_a_layer_at_a_time_equals_the_fit_in_memory(stored, tiny_m
 
 
 def test_group_size_follows_the_memory_budget():
-    # 96k tokens of a 640-wide model in bfloat16: 246 MB per layer, four layers in 1 GiB.
-    assert transcoder_fit.layers_per_group(96_000, 640, 640, 2) == 4
-    assert transcoder_fit.layers_per_group(96_000, 640, 640, 4) == 2
+    # 96k tokens of a 640-wide model in bfloat16: 246 MB per layer, two layers in the default 512 MiB.
+    assert transcoder_fit.layers_per_group(96_000, 640, 640, 2) == 2
+    assert transcoder_fit.layers_per_group(96_000, 640, 640, 4) == 1
+    assert transcoder_fit.layers_per_group(96_000, 640, 640, 2, budget_bytes=1 << 30) == 4
     assert transcoder_fit.layers_per_group(10**9, 640, 640, 4) == 1
 
 
@@ -132,3 +133,46 @@ def test_scratch_left_by_a_killed_training_is_removed_by_the_next(monkeypatch, t
     mine = scratch_folder()
     assert not stale.exists() and other_host.exists() and mine.is_dir()
     assert scratch_folder() != mine and mine.exists()  # a live process's folder stays
+
+
+def test_a_model_loaded_for_the_activation_pass_is_released_before_the_fit(tiny_model, tiny_model_path, monkeypatch,
+                                                                           tmp_path):
+    """Given a loader, the training holds the loaded model through the activation pass only: during the fit no
+    reference to it is left (a kernel already holding its own copy does not hold two through the fit), and the
+    set equals the one trained from the model itself."""
+    import gc
+    import weakref
+
+    from gemscope_widgets.backend.gemma.model import load_model
+    from gemscope_widgets.backend.training import transcoders as training_module
+    from tests.fixtures.models import TINY_NAME
+
+    monkeypatch.setenv("GEMSCOPE_CACHE", str(tmp_path / "cache"))
+    loaded: list[weakref.ref] = []
+    alive_in_fit: list[bool] = []
+    real_fit = training_module.fit_transcoders
+
+    def loader():
+        gm = load_model(tiny_model_path, device="cpu", dtype="float32", name=TINY_NAME)
+        loaded.append(weakref.ref(gm.model))
+        return gm
+
+    def fit(*args, **kwargs):
+        gc.collect()
+        alive_in_fit.append(loaded[0]() is not None)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "fit_transcoders", fit)
+    recipe = {"width": 32, "target_l0": 4, "n_tokens": 600, "steps": 10, "batch_size": 64, "ctx": 64,
+              "progress": False, "corpus": default_corpus(max_docs=30)}
+    from_loader = train_transcoders(loader, tmp_path / "a", **recipe)
+    assert alive_in_fit == [False]
+    loaded[0] = weakref.ref(tiny_model.model)  # the check sees a model that is still held: the caller's own
+    from_model = train_transcoders(tiny_model, tmp_path / "b", **recipe)
+    assert alive_in_fit == [False, True]
+    from safetensors.torch import load_file
+
+    for a, b in zip(sorted(from_loader.rglob("params.safetensors")), sorted(from_model.rglob("params.safetensors")),
+                    strict=True):
+        pa, pb = load_file(a), load_file(b)
+        assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
