@@ -43,7 +43,8 @@ is", "The opposite of hot is"), at the default pruning:
 * Cosine ≥ 0.6 links 0.47% of the pairs (0.34% at 512): 10 groups of 27 features (20 of 56 at 512); their
   retention is 0.53–1.0, median 0.94 (0.33–1.0, median 0.95). The retention floor of 0.8 leaves 7 groups of 21
   features (14 of 38 at 512; at least one on each prompt but the Colosseum one at 256): mostly the last
-  position's final-layer features that push the same logits (``pos 6 ' of' → ' baseball'``: 4 features), the
+  position's final-layer features that push the same logits (``pos 6 ' of' → +' baseball'``: 4 features that
+  raise ' basketball', ' hoops', ' football' and ' baseball' and lower ' the'), the
   first token's layer-0 features, and pairs of features at the subject's token. Their retention is 0.83–1.0
   (0.91–1.0); all groups of a graph together keep 0.94–0.97 of their influence, and the replacement and
   completeness scores are unchanged to three decimals. ``suggest_groups`` takes 0.2–3 s on these graphs.
@@ -297,10 +298,11 @@ def suggest_groups(
                 counts[t] = counts.get(t, 0) + 1
         shared_ids = sorted((t for t, c in counts.items() if c >= 2 and 2 * c >= len(comp)), key=lambda t: -counts[t])
         shared = [tok.decode([t]) for t in shared_ids] if tok is not None else []
-        target = int(graph.adjacency_matrix[:, ms].sum(1).abs().argmax())
+        summed = graph.adjacency_matrix[:, ms].sum(1)
+        target = int(summed.abs().argmax())
         pairs = [float(cos[i, j]) for a, i in enumerate(comp) for j in comp[a + 1:]]
         b = bucket(ms[0])
-        name = _name(graph, by, b, int(layer_band), shared, target)
+        name = _name(graph, by, b, int(layer_band), shared, target, float(summed[target]))
         base, k = name, 2
         while name in names:
             name, k = f"{base} ({k})", k + 1
@@ -333,9 +335,10 @@ def suggest_groups(
     )
 
 
-def _name(graph: AttributionGraph, by: str, b: int, band: int, shared: list[str], target: int) -> str:
-    """``pos 5 ' is' → ' Paris'``: the bucket (with the position's token), then the logit-lens token the members
-    share, else the node their summed edges reach most (a logit's token, a feature's layer and index)."""
+def _name(graph: AttributionGraph, by: str, b: int, band: int, shared: list[str], target: int, weight: float) -> str:
+    """``pos 5 ' is' → +' Paris'``: the bucket (with the position's token), then the logit-lens token the members
+    share, else the node their summed edges reach most (a logit's token, a feature's layer and index) with the
+    sign of that summed edge (− when the group suppresses it)."""
     if by == "position":
         strings = graph.input_token_strings or []
         text = strings[b] if b < len(strings) else ""
@@ -352,7 +355,7 @@ def _name(graph: AttributionGraph, by: str, b: int, band: int, shared: list[str]
         what = f"L{layer} #{feature}"
     else:
         what = f"{kind} L{layer}" if kind == "error" else kind
-    return f"{where} → {what}"
+    return f"{where} → {'+' if weight >= 0 else '−'}{what}"
 
 
 def _merged_scores(graph: AttributionGraph, members: list[list[int]], adjacency: Tensor) -> tuple[float, float]:
