@@ -29,6 +29,7 @@ from gemscope_widgets.backend.behaviour.cot_dependence import (
     token_regions,
 )
 from gemscope_widgets.backend.behaviour.faithfulness_plot import curve_svg
+from gemscope_widgets.backend.gemma.decoding import cache_keyword, cached_forward, new_cache
 from gemscope_widgets.backend.gemma.prompts import GEMMA3_CHAT_TEMPLATE
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import FaithfulnessError, PromptError
@@ -170,19 +171,11 @@ def _layer_kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def _prefix_cache(gm: GemmaModel, kv: list[tuple[torch.Tensor, torch.Tensor]], length: int, batch: int) -> Any:
     """A fresh cache holding the first ``length`` positions of ``kv``, repeated over ``batch`` rows."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
+    cache = new_cache(gm, every_position=True)
     for index, (k, v) in enumerate(kv):
         cache.update(k[:, :, :length].expand(batch, -1, -1, -1).contiguous(),
                      v[:, :, :length].expand(batch, -1, -1, -1).contiguous(), index)
     return cache
-
-
-def _cache_keyword(owner: Any) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(owner.forward).parameters else "past_key_values"
 
 
 def score_answers(
@@ -211,7 +204,7 @@ def score_answers(
     pad = gm.tokenizer.pad_token_id if gm.tokenizer.pad_token_id is not None else 0
     shared = [0] * len(contexts)
     kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-    keyword = _cache_keyword(type(gm.model))
+    keyword = cache_keyword(type(gm.model))
     with torch.inference_mode():
         if prefix is not None:
             shared = [min(_common_prefix(c, prefix), len(c) - 1) for c in contexts]
@@ -219,11 +212,8 @@ def score_answers(
             if deepest < 2:
                 shared = [0] * len(contexts)
             else:
-                from transformers import DynamicCache
-
-                cache = DynamicCache()
-                ids = torch.tensor([prefix[:deepest]], dtype=torch.long, device=gm.device)
-                gm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{keyword: cache})
+                cache = new_cache(gm, every_position=True)
+                cached_forward(gm, torch.tensor([prefix[:deepest]], dtype=torch.long, device=gm.device), cache)
                 kv = _layer_kv(cache)
         for i, ctx in enumerate(contexts):
             tail = ctx[shared[i]:]

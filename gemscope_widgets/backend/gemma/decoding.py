@@ -1,8 +1,9 @@
 """KV-cached decoding steps on a Gemma 3 model: a fresh cache, one cached decoder forward, next-token logits, and
 caches of prefixes shared by many prompts (:class:`PrefixCache`).
 
-Shared by generation (:mod:`~gemscope_widgets.backend.steering.generation`) and by the explainer and scorer of
-:mod:`~gemscope_widgets.backend.analysis.explain`. The caches are transformers' ``DynamicCache``; the decoder is
+Shared by generation (:mod:`~gemscope_widgets.backend.steering.generation`), the explainer and scorer of
+:mod:`~gemscope_widgets.backend.analysis.explain` and the early-answering scores of
+:mod:`~gemscope_widgets.backend.behaviour.faithfulness`. The caches are transformers' ``DynamicCache``; the decoder is
 ``gm.text_model`` (no ``lm_head``), so the unembedding runs only where logits are read (:func:`next_token_logits`).
 """
 
@@ -21,14 +22,16 @@ if TYPE_CHECKING:
     from gemscope_widgets.backend.gemma.model import GemmaModel
 
 
-def new_cache(gm: GemmaModel) -> Any:
+def new_cache(gm: GemmaModel, *, every_position: bool = False) -> Any:
     """An empty transformers ``DynamicCache`` for ``gm`` (its config, so sliding-window layers keep only their
-    window, where the installed transformers supports it)."""
+    window, where the installed transformers supports it). ``every_position=True``: a plain cache that keeps every
+    position in every layer (the sliding-window layers' attention mask still applies the window), for callers that
+    slice a prefix's keys and values out of it."""
     from transformers import DynamicCache
 
     # Before transformers 4.56 the cache takes no config (it then keeps every position; the sliding-window
     # layers mask what they do not attend to, so the result is the same).
-    if "config" not in inspect.signature(DynamicCache.__init__).parameters:
+    if every_position or "config" not in inspect.signature(DynamicCache.__init__).parameters:
         return DynamicCache()
     return DynamicCache(config=cast(Any, gm.model).config)
 
