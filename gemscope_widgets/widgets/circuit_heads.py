@@ -51,6 +51,12 @@ class HeadRelay:
                "query_pos": int(query_pos), "key_pos": int(key_pos)}
         return {**ids, **self._cached(key, lambda: self._qk(int(layer), int(head), int(query_pos), int(key_pos)))}
 
+    def answers(self) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """Every answer computed so far, in the order first asked: ``(("edge_heads", source, target), reply)`` and
+        ``(("head_qk", layer, head, query_pos, key_pos), reply)`` (the replies without ``type`` and ``request``;
+        failed requests are not kept). What the view's attention panel has shown (its saved-notebook HTML)."""
+        return list(self._cache.items())
+
     def _cached(self, key: tuple[Any, ...], compute: Any) -> dict[str, Any]:
         if key not in self._cache:
             try:

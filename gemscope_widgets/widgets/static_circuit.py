@@ -7,7 +7,11 @@ only, so it is what the view drew under the same thresholds and pins:
 * a layer × position grid: the number of drawn feature nodes in each cell, shaded by their share of influence;
 * the most influential drawn feature and error nodes, and the strongest drawn edges (signed direct effects);
 * the supernodes (named groups of nodes, ``graph.supernodes``): members and summed influence;
-* the last intervention's before / after table.
+* the last intervention's before / after table;
+* attention: the heads carrying the most cross-position influence (``graph.top_heads``) when the head loadings at
+  the view's thresholds were already computed (they cost about half an attribution, so displaying a view never
+  starts them; otherwise a line says how to include them), and every answer the live attention panel had
+  computed when the view was displayed (an edge's heads; a head's attention row and top QK pairs).
 
 Node and edge selection follows ``js/lib/circuit_graph.ts`` (``Visible``): token and logit nodes always, feature
 and error nodes whose influence rank is under the node threshold or that are pinned; edges between drawn nodes
@@ -20,12 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from gemscope_widgets.backend.circuits.head_loadings import computed_head_loadings
+
 from .circuit_payload import KIND_CODES
 from .payload import format_value
 from .static_view import _NOTE, _e, _frame, _token_text, heat_style, tokens_html
 
 MAX_NODES = 20  # rows of the node table
 MAX_EDGES = 20  # rows of the edge table
+MAX_TOP_HEADS = 10  # rows of the top heads table
+MAX_EDGE_HEADS = 5  # heads listed per edge the attention panel answered
+MAX_QK_PAIRS = 5  # QK pairs listed per head the attention panel answered
 _DTYPES = {"uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
 _TABLE = "border-collapse:collapse;font-size:.85em;margin:4px 0 10px"
 _CELL = "padding:1px 6px;text-align:left"
@@ -214,6 +223,90 @@ def _intervention(record: dict[str, Any]) -> str:
     )
 
 
+def _signed(value: float) -> str:
+    return ("+" if value >= 0 else "") + format_value(value)
+
+
+def _top_heads(widget: Any) -> str:
+    """``graph.top_heads`` at the view's thresholds if already computed, else a line saying how to include them."""
+    graph = getattr(widget, "graph", None)
+    nt, et = float(widget.node_threshold), float(widget.edge_threshold)
+    loadings = computed_head_loadings(graph, nt, et) if graph is not None else None
+    if loadings is None:
+        return (
+            f'<div style="{_NOTE}">Top heads not computed when this view was displayed: run graph.top_heads() '
+            f"(node threshold {nt:.2f}, edge threshold {et:.2f}; about half an attribution's time) before displaying "
+            "it to include them here. In the live view, click a node for the heads of its inputs from other "
+            "positions.</div>"
+        )
+    rows = [
+        "<tr>" + _td(f"L{h.layer}.H{h.head}", _MONO) + _td(format_value(100 * h.influence) + "%")
+        + _td(format_value(h.abs_share)) + _td(str(h.n_top)) + "</tr>"
+        for h in loadings.top(MAX_TOP_HEADS)
+    ]
+    return (
+        f"<div>Heads carrying the most cross-position influence (graph.top_heads over {len(loadings)} kept "
+        f"cross-position edges at node threshold {nt:.2f}, edge threshold {et:.2f}; rule: {_e(loadings.rule)})</div>"
+        + _table(["head", "share of influence", "Σ |share|", "edges it leads"], rows)
+    )
+
+
+def _panel_answers(widget: Any, d: _Drawn) -> str:
+    """What the live attention panel had computed: each edge's heads, each head's row and top QK pairs."""
+    relay = getattr(widget, "heads", None)
+    answers = relay.answers() if relay is not None else []
+    if not answers:
+        return ""
+    local = {int(n): i for i, n in enumerate(d.nodes["node"].tolist())}
+    tokens = d.header["tokens"]
+
+    def name(node: int) -> str:
+        return d.label(local[node]) if node in local else f"node {node}"
+
+    def token(pos: int) -> str:
+        return f"@{pos} “{_token_text(tokens[pos]) if 0 <= pos < len(tokens) else ''}”"
+
+    edges, qks = [], []
+    for key, reply in answers:
+        if key[0] == "edge_heads":
+            listed = reply.get("heads", [])
+            shown = "; ".join(f"L{layer}.H{head} {_signed(float(share))}" for layer, head, share in
+                              listed[:MAX_EDGE_HEADS])
+            more = int(reply.get("n_heads", len(listed))) - min(len(listed), MAX_EDGE_HEADS)
+            shown += f"; {more} more heads" if more > 0 else ""
+            edges.append(
+                "<tr>" + _td(name(int(key[1])), _MONO) + _td("→") + _td(name(int(key[2])), _MONO)
+                + _td(_signed(float(reply.get("weight", 0.0)))) + _td(shown, _MONO) + "</tr>"
+            )
+        else:
+            _, layer, head, query_pos, key_pos = key
+            row = reply.get("row", [])
+            p = format_value(float(row[key_pos])) if 0 <= key_pos < len(row) else "—"
+            trace = reply.get("qk")
+            if trace is None:
+                detail = f"QK split refused: {reply.get('error', '')}"
+            else:
+                label = {i: c.get("label") or i for i, c in trace.get("contributors", {}).items()}
+                detail = f"score {_signed(float(trace['score']))}; top pairs (query × key): " + "; ".join(
+                    f"{label.get(q, q)} × {label.get(k, k)} {_signed(float(v))}"
+                    for q, k, v in trace.get("pair_wise_contributors", [])[:MAX_QK_PAIRS]
+                )
+            qks.append(
+                "<tr>" + _td(f"L{layer}.H{head}", _MONO) + _td(f"{token(query_pos)} → {token(key_pos)}", _MONO)
+                + _td(p) + _td(detail, _MONO) + "</tr>"
+            )
+    parts = [f'<div style="{_NOTE}">what the attention panel had computed when this view was displayed</div>']
+    if edges:
+        parts.append(_table(["source", "", "target", "weight", "heads carrying it (shares sum to the weight)"], edges))
+    if qks:
+        parts.append(_table(["head", "query → key", "attention", "why it attends"], qks))
+    return "".join(parts)
+
+
+def _attention(widget: Any, d: _Drawn) -> str:
+    return "<div><b>Attention</b></div>" + _top_heads(widget) + _panel_answers(widget, d)
+
+
 def circuit_html(widget: Any) -> str:
     """The circuit view as script-free HTML (see the module docstring)."""
     header = widget._header
@@ -239,5 +332,6 @@ def circuit_html(widget: Any) -> str:
         "<div><b>Strongest edges</b> (direct effects)</div>",
         _table(["source", "", "target", "weight"], _edge_rows(d)),
         _intervention(widget.intervention or {}),
+        _attention(widget, d),
     ]
     return _frame("Attribution graph", "".join(parts))

@@ -79,6 +79,15 @@ def attached_state(graph: AttributionGraph, needs: str) -> AttachedState:
         return state
 
 
+def existing_state(graph: AttributionGraph) -> AttachedState | None:
+    """``graph``'s :class:`AttachedState` if one was made for its current replacement, else None; makes nothing
+    (for a view that may show what was computed but must not start a forward pass)."""
+    with _LOCK:
+        state = _STATES.get(graph)
+    return state if state is not None and graph.replacement is not None and state.replacement is graph.replacement \
+        else None
+
+
 def forget(graph: AttributionGraph) -> None:
     """Drop ``graph``'s state and all derived from it: the next call makes it again, as on a fresh graph (for cold
     timings; the replacement's own frozen forward is kept: set ``graph.replacement.forward = None`` for that)."""

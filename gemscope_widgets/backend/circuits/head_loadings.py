@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from gemscope_widgets.backend.circuits.active_nodes import ActiveNodes, input_directions
-from gemscope_widgets.backend.circuits.attached_state import AttachedState, attached_state
+from gemscope_widgets.backend.circuits.attached_state import AttachedState, attached_state, existing_state
 from gemscope_widgets.backend.circuits.influence import compute_edge_influence
 from gemscope_widgets.backend.circuits.replacement import FrozenForward
 from gemscope_widgets.backend.circuits.targets import centred_rows, vocab_size
@@ -455,6 +455,15 @@ def edge_heads(graph: AttributionGraph, source: Any, target: Any) -> EdgeHeads:
         _check_recomputed(graph, torch.tensor([[t, s]]), shares)
         cached = shares[0]
     return EdgeHeads(s, t, graph.node_id(s), graph.node_id(t), float(graph.adjacency_matrix[t, s]), cached.clone())
+
+
+def computed_head_loadings(graph: AttributionGraph, node_threshold: float = 0.8,
+                           edge_threshold: float = 0.98) -> HeadLoadings | None:
+    """The :func:`head_loadings` already computed for ``graph`` at these thresholds (while its model stays
+    attached), else None. Computes nothing: for a view that shows them only when they exist (the circuit view's
+    saved-notebook HTML), since computing them costs about half an attribution."""
+    state = existing_state(graph)
+    return None if state is None else _loadings(state).get((float(node_threshold), float(edge_threshold)))
 
 
 def head_loadings(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98, *,
