@@ -13,12 +13,14 @@ time, peak RSS above the process's RSS after loading, the ratios attribute / bas
 circuit-tracer, and whether both found the same logit tokens. Memory: the attribute row also carries
 ``attribute``'s own estimate of its peak (:func:`~gemscope_widgets.backend.circuits.attribution_memory.
 estimate_attribution_memory`, from the prompt length alone and with the exact number of active features, as the
-progress bar shows it) beside the measured peak, as ``estimate_over_measured``. ``--peer-memory-gb`` caps
-circuit-tracer's address space (``RLIMIT_AS``) so a run that would exhaust a shared machine ends with its own
-out-of-memory error instead (reported as such). ``--set demo`` uses the embedded 270M's demo
-transcoder set (trained on first use); ``--set random`` a set of the same shapes with random weights whose
+progress bar shows it) beside the measured peak, as ``estimate_over_measured``; the call is the first after
+loading, so both include the model's memory-mapped weights that its first forward pass makes resident.
+``--peer-memory-gb`` caps circuit-tracer's address space (``RLIMIT_AS``) so a run that would exhaust a shared
+machine ends with its own out-of-memory error instead (reported as such). ``--set demo`` uses the embedded 270M's
+demo transcoder set (trained on first use); ``--set random`` a set of the same shapes with random weights whose
 thresholds are calibrated on the prompt so that about 16 features fire per token (same work, no training).
-``--record`` writes ``benchmarks/results/circuit_attribution_cpu.json`` (replacing the rows of the lengths measured).
+``--record`` writes ``benchmarks/results/circuit_attribution_cpu.json`` (or ``--out``), replacing the rows of the
+lengths measured.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
         out = gm.model(inputs_embeds=emb, use_cache=False).logits
         out[0, -1].max().backward()
     else:
-        from gemscope_widgets.backend.circuits.attribution import attribute, estimate_attribution_memory
+        from gemscope_widgets.backend.circuits.attribution import attribute
+        from gemscope_widgets.backend.circuits.attribution_memory import estimate_attribution_memory
 
         prior = estimate_attribution_memory(gm, transcoders, len(ids), max_feature_nodes=MAX_FEATURE_NODES,
                                             batch_size=BATCH_SIZE)
@@ -140,9 +143,10 @@ def measure_one(kind: str, n_tokens: int, which: str, threads: int) -> dict[str,
         }
     seconds = time.perf_counter() - start
     if kind == "attribute":
-        exact = estimate_attribution_memory(gm, transcoders, len(ids), max_feature_nodes=MAX_FEATURE_NODES,
-                                            batch_size=BATCH_SIZE, n_active=graph.n_active)
-        info |= {"prior_estimate_mb": prior.total_bytes / 2**20, "estimate_mb": exact.total_bytes / 2**20}
+        # The estimate the progress bar showed (exact active count; weights' pages as they were before the call).
+        info |= {"prior_estimate_mb": prior.total_bytes / 2**20,
+                 "estimate_mb": graph.info["memory_estimate_bytes"] / 2**20,
+                 "estimate_weights_mb": (prior.parts["model"] + prior.parts["transcoders"]) / 2**20}
     row = {
         "kind": kind, "tokens": len(ids), "set": which, "seconds": seconds, "cpu_seconds": _cpu_s() - cpu0,
         "peak_mb_above_loaded": max(0.0, _peak_mb() - max(peak0, rss0)), **info,
@@ -274,8 +278,18 @@ def run(
 
 
 def _emit(row: dict[str, Any]) -> None:
-    """Print one measured row at once (to stderr, as a JSON line): a long run shows what it has so far."""
+    """Print one measured row at once (to stderr, as a JSON line; an attribute row also as its memory estimate
+    beside the measured peak): a long run shows what it has so far."""
     print(json.dumps({k: v for k, v in row.items() if k != "selected"}), file=sys.stderr, flush=True)
+    if "estimate_over_measured" in row:
+        print(estimate_line(row), file=sys.stderr, flush=True)
+
+
+def estimate_line(row: dict[str, Any]) -> str:
+    """``64 tokens: peak 2757 MB above loaded, estimated 2874 MB (1.04x; from the length alone 2445 MB)``."""
+    return (f"{row['tokens']} tokens: peak {row['peak_mb_above_loaded']:.0f} MB above loaded, estimated "
+            f"{row['estimate_mb']:.0f} MB ({row['estimate_over_measured']:.2f}x; from the length alone "
+            f"{row['prior_estimate_mb']:.0f} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-memory-gb", type=float, default=None,
                         help="cap circuit-tracer's address space (GiB); on a shared machine, so it cannot exhaust it")
     parser.add_argument("--record", action="store_true", help=f"write {os.path.relpath(RESULT, ROOT)}")
+    parser.add_argument("--out", default=RESULT, help="the file --record writes (default: %(default)s)")
     parser.add_argument("--one", choices=("baseline", "attribute"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -298,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                peer_memory_gb=args.peer_memory_gb)
     for row in rows:
         print(json.dumps(row))
+    for row in rows:
+        if "estimate_over_measured" in row:
+            print(estimate_line(row))
     if args.record:
         import platform
 
@@ -316,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                     "runs taken back to back in the same run.",
             "rows": rows,
         }
-        if os.path.isfile(RESULT):  # keep the other prompt lengths of an earlier run of the same set
-            with open(RESULT) as fh:
+        if os.path.isfile(args.out):  # keep the other prompt lengths of an earlier run of the same set
+            with open(args.out) as fh:
                 earlier = json.load(fh)
             if earlier.get("set") == args.which:
                 kept = [r for r in earlier.get("rows", []) if r.get("tokens") not in set(args.tokens)]
                 order = {"baseline": 0, "attribute": 1, "circuit_tracer": 2}
                 report["rows"] = sorted(kept + rows, key=lambda r: (r.get("tokens", 0), order.get(r.get("kind"), 3)))
-        with open(RESULT, "w") as fh:
+        with open(args.out, "w") as fh:
             json.dump(report, fh, indent=1)
             fh.write("\n")
     return 0

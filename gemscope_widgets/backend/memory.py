@@ -14,7 +14,8 @@ import ctypes.util
 import functools
 import os
 import traceback
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -58,6 +59,40 @@ def available_memory() -> int | None:
     """Bytes this process may still allocate without swapping or hitting its cgroup limit; None if unknown."""
     found = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
     return min(found) if found else None
+
+
+def absent_bytes(ranges: Iterable[tuple[int, int]]) -> int | None:
+    """Bytes of the ``(address, n_bytes)`` ranges of this process's memory whose pages are not in its resident set
+    yet: what reading all of them adds to its RSS (a memory-mapped weight file's pages count once touched, whether
+    or not the file is in the page cache). Overlapping ranges count once.
+
+    Read from ``/proc/self/pagemap`` (Linux; an entry per page, bit 63 "present", bit 62 "swapped"); None where it
+    cannot be read (another OS, a locked-down kernel).
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    spans = sorted((a // page, (a + n - 1) // page + 1) for a, n in ranges if n > 0)
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    except OSError:
+        return None
+    absent = 0
+    try:
+        for lo, hi in merged:
+            entries = array("Q", os.pread(fd, 8 * (hi - lo), 8 * lo))
+            if len(entries) != hi - lo:
+                return None
+            absent += sum(1 for e in entries if not e >> 62)  # neither present (bit 63) nor swapped (bit 62)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return absent * page
 
 
 def format_bytes(n: float) -> str:

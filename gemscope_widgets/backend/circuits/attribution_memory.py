@@ -7,7 +7,11 @@ features, ``F = min(max_feature_nodes, A)`` feature rows, ``K`` logits, ``B`` ba
 ``C = A + (L + 1)·T + K`` columns):
 
 - ``runtime``: a constant for first calls of torch kernels and allocator slack;
-- ``transcoders``: the set's weights in CPU memory (loaded memory-mapped, they become resident as they are read);
+- ``model``: the model's weights in CPU memory that are not resident yet. A checkpoint loads memory-mapped, so
+  its pages join the process's memory only when a forward pass first reads them: the first call after loading
+  grows by the whole model, a later call by nothing (the 270M in float32: a first forward + backward at
+  16 tokens adds 1,081 MB to the RSS after loading, 1,021 MB of it these pages, 60 MB activations and kernels);
+- ``transcoders``: the same for the set's weights (memory-mapped too, resident once the encoders first run);
 - ``forward``: the frozen forward pass (residuals, norm scales, MLP inputs and outputs, ``~16·L·T·d``), its
   attention patterns (``2·L·H·T²``) and one layer's encoding or MLP at a time (``3·T·max(d_ff, W)``);
 - ``nodes``: each active feature's decoder vector where it writes (``A·d`` per target layer), its bookkeeping,
@@ -18,6 +22,11 @@ features, ``F = min(max_feature_nodes, A)`` feature rows, ``K`` logits, ``B`` ba
 - ``batch``: one pull-back, ``B·T`` gradients a few times over and ``B·C`` rows;
 - ``graph``: the final graph's adjacency ``(F + (L + 1)·T + K)²`` and the kept columns, while the edge matrix
   is still held.
+
+``model`` and ``transcoders`` are read, before any work, from which of the weights' pages are in the process's
+resident set (:func:`~gemscope_widgets.backend.memory.absent_bytes`); where that cannot be read (not Linux) the
+model counts as resident and the whole set as not. They are pages of files the kernel can drop again, so on a
+machine short of memory they are the estimate's cautious part.
 
 ``A`` is unknown before the forward pass; :func:`active_per_token` gives a prior from the set's L0 (each
 dictionary's ``config.l0``), and ``attribute`` checks again with the exact count before the rows. The
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
-from gemscope_widgets.backend.memory import format_bytes
+from gemscope_widgets.backend.memory import absent_bytes, format_bytes
 from gemscope_widgets.errors import AttributionMemoryError
 
 FLOAT = 4
@@ -69,7 +78,6 @@ class _Shape:
     targets_per_feature: float
     max_logits: int
     width: int
-    set_bytes: int
 
 
 def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
@@ -82,10 +90,24 @@ def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
         d_ff=int(getattr(cfg, "intermediate_size", 4 * gm.d_model)),
         targets_per_feature=sum(targets) / max(len(targets), 1), max_logits=int(max_logits),
         width=max(tset.layer_widths.values()),
-        set_bytes=sum(
-            b.numel() * b.element_size() for d in tset.dictionaries for b in d.buffers() if b.device.type == "cpu"
-        ),
     )
+
+
+def _cpu_ranges(tensors: Any) -> list[tuple[int, int]]:
+    """``(address, bytes)`` of each CPU tensor's elements, once each (tied weights are one tensor)."""
+    return sorted({(t.data_ptr(), t.numel() * t.element_size()) for t in tensors if t.device.type == "cpu"})
+
+
+def weights_not_resident(gm: Any, tset: Any) -> dict[str, int]:
+    """``{"model": bytes, "transcoders": bytes}`` of the model's and the set's CPU weights that are not in this
+    process's resident set yet (module docstring), the parts a first forward pass adds."""
+    model = _cpu_ranges([*gm.model.parameters(), *gm.model.buffers()])
+    dictionaries = _cpu_ranges([b for d in tset.dictionaries for b in d.buffers()])
+    model_bytes, set_bytes = absent_bytes(model), absent_bytes(dictionaries)
+    return {
+        "model": 0 if model_bytes is None else model_bytes,
+        "transcoders": sum(n for _, n in dictionaries) if set_bytes is None else set_bytes,
+    }
 
 
 def active_per_token(tset: Any) -> float:
@@ -97,7 +119,9 @@ def active_per_token(tset: Any) -> float:
     return sum(l0s)
 
 
-def _parts(s: _Shape, t: int, a: int, max_feature_nodes: int | None, b: int) -> tuple[int, dict[str, int]]:
+def _parts(
+    s: _Shape, weights: dict[str, int], t: int, a: int, max_feature_nodes: int | None, b: int
+) -> tuple[int, dict[str, int]]:
     L, d, H = s.n_layers, s.d_model, s.n_heads  # noqa: N806 (the shapes' own letters)
     k = s.max_logits
     f = a if max_feature_nodes is None else min(int(max_feature_nodes), a)
@@ -106,7 +130,8 @@ def _parts(s: _Shape, t: int, a: int, max_feature_nodes: int | None, b: int) -> 
     kept = f + (L + 1) * t + k
     parts = {
         "runtime": RUNTIME_BYTES,
-        "transcoders": s.set_bytes,
+        "model": weights["model"],
+        "transcoders": weights["transcoders"],
         "forward": FLOAT * (16 * L * t * d + 2 * L * H * t * t + 3 * t * max(s.d_ff, s.width)),
         "nodes": int(a * (FLOAT * d * s.targets_per_feature + 48)) + FLOAT * 2 * L * t * d,
         "edges": edges,
@@ -139,8 +164,12 @@ def estimate_attribution_memory(
     s = _shape(model, tset, max_logits)
     per_token = active_per_token(tset) if n_active is None else n_active / max(n_tokens, 1)
     a = int(n_active) if n_active is not None else round(per_token * n_tokens)
-    f, parts = _parts(s, int(n_tokens), a, max_feature_nodes, int(batch_size))
+    f, parts = _parts(s, weights_not_resident(model, tset), int(n_tokens), a, max_feature_nodes, int(batch_size))
     return AttributionMemory(int(n_tokens), per_token, a, f, int(batch_size), int(max_logits), parts)
+
+
+def _weights_of(est: AttributionMemory) -> dict[str, int]:
+    return {"model": est.parts.get("model", 0), "transcoders": est.parts.get("transcoders", 0)}
 
 
 def _largest(fits: Any, low: int, high: int) -> int:
@@ -162,9 +191,10 @@ def check_fits(
         return
     s = _shape(model, transcoders, est.max_logits)
     per_token, b = est.active_per_token, est.batch_size
+    weights = _weights_of(est)
 
     def total(t: int, f: int | None, bb: int) -> int:
-        return sum(_parts(s, t, round(per_token * t), f, bb)[1].values())
+        return sum(_parts(s, weights, t, round(per_token * t), f, bb)[1].values())
 
     ideas = []
     tokens = _largest(lambda t: total(t, max_feature_nodes, b) <= budget, 1, est.n_tokens - 1)
@@ -186,8 +216,9 @@ def check_fits(
 def with_active(
     est: AttributionMemory, model: Any, transcoders: Any, n_active: int, max_feature_nodes: int | None
 ) -> AttributionMemory:
-    """``est`` recomputed for the exact number of active features."""
+    """``est`` recomputed for the exact number of active features; the weights' parts stay those measured before
+    the call's forward pass (which made them resident), so the estimate is still of the call's whole peak."""
     s = _shape(model, transcoders, est.max_logits)
-    f, parts = _parts(s, est.n_tokens, int(n_active), max_feature_nodes, est.batch_size)
+    f, parts = _parts(s, _weights_of(est), est.n_tokens, int(n_active), max_feature_nodes, est.batch_size)
     return replace(est, n_active=int(n_active), active_per_token=n_active / max(est.n_tokens, 1),
                    feature_rows=f, parts=parts)

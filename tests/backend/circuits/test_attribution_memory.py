@@ -3,8 +3,11 @@ result, and no buffer held by the traceback after an interrupt."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +15,8 @@ from gemscope_widgets.backend.circuits import attribution, attribution_memory
 from gemscope_widgets.backend.circuits.attribution import attribute, compute_partial_influences
 from gemscope_widgets.backend.circuits.attribution_memory import AttributionMemoryError, estimate_attribution_memory
 from gemscope_widgets.backend.circuits.transcoder_set import load_transcoders
-from gemscope_widgets.backend.memory import available_memory
+from gemscope_widgets.backend.gemma.model import load_model
+from gemscope_widgets.backend.memory import absent_bytes, available_memory
 from gemscope_widgets.errors import AttributionError, GemscopeError
 
 PROMPT = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door"
@@ -146,5 +150,71 @@ def test_budget_fields_and_bar_label(tiny_model, tset):
     est = estimate_attribution_memory(tiny_model, tset, 32)
     label = attribution._bar_desc(est, 8 * 2**30)
     assert label.startswith("Attribution rows (memory ≈") and "of 8.0 GB free" in label
-    assert set(est.parts) == {"runtime", "transcoders", "forward", "nodes", "edges", "ranking", "batch", "graph"}
+    assert set(est.parts) == {"runtime", "model", "transcoders", "forward", "nodes", "edges", "ranking", "batch",
+                              "graph"}
     assert attribution_memory.format_bytes(3 * 2**20) == "3 MB"
+
+
+def _smaps_rss(address: int) -> int:
+    """The resident bytes of the mapping holding ``address``, as the kernel reports them (/proc/self/smaps)."""
+    with open("/proc/self/smaps") as fh:
+        inside = False
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no mapping holds the address")
+
+
+def test_absent_bytes_are_the_pages_not_yet_read_as_smaps_counts_them(tmp_path):
+    path = tmp_path / "weights.bin"
+    np.arange(3 << 20, dtype=np.float32).tofile(path)  # 12 MiB, in the page cache after the write
+    mapped = np.memmap(path, dtype=np.float32, mode="c")  # a private file mapping, as safetensors loads
+    whole = [(mapped.ctypes.data, mapped.nbytes)]
+    assert absent_bytes(whole) == mapped.nbytes - _smaps_rss(mapped.ctypes.data) == mapped.nbytes
+    float(mapped[: 1 << 20].sum())  # read the first third
+    assert absent_bytes(whole) == mapped.nbytes - _smaps_rss(mapped.ctypes.data)
+    assert absent_bytes(whole) == pytest.approx(mapped.nbytes * 2 / 3, abs=4096)
+    # Overlapping ranges count once; an empty one counts nothing.
+    assert absent_bytes([*whole, (mapped.ctypes.data + 4096, 8192), (mapped.ctypes.data, 0)]) == absent_bytes(whole)
+
+
+def _unread(mapped_address: int) -> None:
+    """Make the file mapping holding ``mapped_address`` look freshly loaded: its pages leave the resident set
+    (``madvise(MADV_DONTNEED)``; unmodified private file pages are read back from the file when touched). A large
+    checkpoint loads like that; the tiny one is small enough that loading it touches every page."""
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= mapped_address < hi:
+                assert line.split()[1] == "rw-p" and line.rstrip().endswith(".safetensors"), line
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                assert libc.madvise(lo, hi - lo, 4) == 0, os.strerror(ctypes.get_errno())  # 4: MADV_DONTNEED
+                return
+    raise AssertionError("the weights are not memory-mapped")
+
+
+def test_a_first_call_counts_the_model_weights_its_forward_makes_resident(tiny_model_path, tset, monkeypatch):
+    gm = load_model(tiny_model_path, device="cpu", dtype="float32")  # its own copy: its pages can be dropped
+    _unread(gm.model.get_input_embeddings().weight.data_ptr())
+    weights = sum(t.numel() * 4 for t in {p.data_ptr(): p for p in gm.model.parameters()}.values())
+    ids = gm.prompt(PROMPT).input_ids
+    first = estimate_attribution_memory(gm, tset, len(ids), max_feature_nodes=None)
+    assert first.parts["model"] == pytest.approx(weights, rel=0.05)
+    graph = attribute(gm, tset, ids, max_feature_nodes=None, progress=False)
+    later = estimate_attribution_memory(gm, tset, len(ids), max_feature_nodes=None, n_active=graph.n_active)
+    assert later.parts["model"] < 0.05 * weights and later.parts["transcoders"] == 0
+    # The estimate the call showed and checked kept the weights as they were before its forward pass.
+    shown = attribution_memory.with_active(first, gm, tset, graph.n_active, None)
+    assert graph.info["memory_estimate_bytes"] == shown.total_bytes
+    assert shown.total_bytes - later.total_bytes == first.parts["model"] - later.parts["model"] + first.parts[
+        "transcoders"]
+    # Where the pages cannot be read, the model counts as resident and the whole set as not (the cautious side).
+    monkeypatch.setattr(attribution_memory, "absent_bytes", lambda ranges: None)
+    blind = estimate_attribution_memory(gm, tset, len(ids), max_feature_nodes=None)
+    set_bytes = sum(b.numel() * b.element_size() for d in tset.dictionaries for b in d.buffers())
+    assert blind.parts["model"] == 0 and blind.parts["transcoders"] == set_bytes
