@@ -1,14 +1,18 @@
-"""Where the package keeps converted models, trained SAEs and feature statistics."""
+"""Where the package keeps converted models, trained SAEs and feature statistics, and how cached artefacts are named."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def cache_dir(*parts: str) -> Path:
@@ -22,6 +26,23 @@ def cache_dir(*parts: str) -> Path:
     path = base.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def key_digest(key: Any) -> str:
+    """The name part that tells cached artefacts apart: the first 20 hex characters of the SHA-256 of ``key``
+    written as JSON with sorted keys (``json.dumps`` defaults: ASCII escapes, ``", "`` and ``": "`` separators).
+
+    ``key`` is anything JSON can write (dicts, lists, strings, numbers, None); a ``TypeError`` otherwise. The
+    digest must never change for the same key: folders already on disk are found by it.
+    """
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def name_slug(name: str, empty: str = "sae") -> str:
+    """A file-name-safe tail of ``name`` to put before a :func:`key_digest` (a folder a person can recognise):
+    runs of characters other than ``A-Za-z0-9_.-`` become ``_``, then the last 48 characters, without leading or
+    trailing ``_``; ``empty`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[-48:].strip("_") or empty
 
 
 @contextlib.contextmanager

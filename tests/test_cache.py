@@ -1,12 +1,15 @@
-"""The cache folder helpers: locking and folders that appear only when complete."""
+"""The cache folder helpers: locking, folders that appear only when complete, and cached artefacts' names."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
+import re
 
 import pytest
 
-from gemscope_widgets.cache import cache_dir, file_lock, staged_dir
+from gemscope_widgets.cache import cache_dir, file_lock, key_digest, name_slug, staged_dir
 
 
 def test_cache_dir_honours_the_environment(tmp_path, monkeypatch):
@@ -48,3 +51,25 @@ def test_file_lock_excludes_a_second_holder_and_is_released_on_every_exit(tmp_pa
         assert _lock_is_held(lock)
         raise RuntimeError("failed while holding the lock")
     assert not _lock_is_held(lock)
+
+
+_SAMPLE_KEY = {
+    "sae": {"name": "gemma-3-270m/res layer_6 (16k) é", "weights": "9f2c", "width": 16384},
+    "model": {"name": "google/gemma-3-270m", "dtype": "torch.float32", "n_layers": 18},
+    "params": {"window": [16, 8], "quantile": 0.999, "scale": 1e-7, "skip": None, "bos": False},
+    "format": 3,
+}
+
+
+def test_key_digest_matches_the_names_already_on_disk():
+    """Folders written before the digest had one home must still be found: same text as the old inline code."""
+    old_digest = hashlib.sha256(json.dumps(_SAMPLE_KEY, sort_keys=True).encode()).hexdigest()[:20]
+    assert key_digest(_SAMPLE_KEY) == old_digest == "c0951c53545c19c968d6"
+    reordered = dict(reversed(list(_SAMPLE_KEY.items())))
+    assert key_digest(reordered) == old_digest
+    assert key_digest({**_SAMPLE_KEY, "format": 4}) != old_digest
+    name = _SAMPLE_KEY["sae"]["name"]
+    old_slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[-48:].strip("_") or "sae"
+    assert name_slug(name) == old_slug == "gemma-3-270m_res_layer_6_16k"
+    assert name_slug("x" * 60) == "x" * 48
+    assert name_slug("  ?? ") == "sae"

@@ -37,12 +37,10 @@ scorer and sampling settings. A run that stops keeps every finished feature; the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import random
-import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -74,7 +72,7 @@ from gemscope_widgets.backend.gemma.prompts import token_strings
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.stats import store
 from gemscope_widgets.backend.steering.plan import model_lock
-from gemscope_widgets.cache import cache_dir
+from gemscope_widgets.cache import cache_dir, key_digest, name_slug
 from gemscope_widgets.errors import ExplainError, warn_user
 
 if TYPE_CHECKING:
@@ -179,10 +177,6 @@ def greedy_reply(gm: GemmaModel, ids: Sequence[int], max_new_tokens: int, prefix
 
 
 # ---------------------------------------------------------------------- the cache
-
-
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -303,10 +297,9 @@ def explain(source: Any, features: Iterable[int] | int, explainer: GemmaModel, s
                "stats": [stats.sae_name, stats.source, stats.n_tokens, params], "held": held.texts,
                **explainer_key}
         root = cache_dir("explanations") if cache is True else Path(cache)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dictionary.config.name))[-48:].strip("_") or "sae"
-        folder = root / f"{slug}-{_digest(key)}"
+        folder = root / f"{name_slug(dictionary.config.name)}-{key_digest(key)}"
         folder.mkdir(parents=True, exist_ok=True)
-    score_name = _digest(scorer_key)
+    score_name = key_digest(scorer_key)
     max_act = stats.max_act
     explainer_prefixes = PrefixCache(explainer)
     prefixes = explainer_prefixes if scorer is explainer else PrefixCache(scorer)

@@ -32,7 +32,6 @@ once (:func:`simulation_scores`: a membership test over the non-zero entries, no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -56,7 +55,7 @@ from gemscope_widgets.backend.stats.corpus import (
     tokenize_docs,
 )
 from gemscope_widgets.backend.stats.scan import encode_entries
-from gemscope_widgets.cache import cache_dir
+from gemscope_widgets.cache import cache_dir, key_digest, name_slug
 from gemscope_widgets.errors import LabelScoreError
 
 if TYPE_CHECKING:
@@ -213,10 +212,7 @@ def held_out_tokens(gm: GemmaModel, sae: Any, texts: Sequence[str] | None = None
 
 
 def _cache_folder(key: Mapping[str, Any]) -> Path:
-
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key["sae"]["name"]))[-48:].strip("_") or "sae"
-    return cache_dir("stats") / f"{slug}-labels-{digest}"  # made only when written
+    return cache_dir("stats") / f"{name_slug(key['sae']['name'])}-labels-{key_digest(key)}"  # made only when written
 
 
 def _read(folder: Path, key: Mapping[str, Any]) -> HeldOutTokens | None:

@@ -17,9 +17,7 @@ out, as in the scan.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +38,7 @@ from gemscope_widgets.backend.stats.corpus import (
     tokenize_docs,
 )
 from gemscope_widgets.backend.stats.scan import encode_entries
-from gemscope_widgets.cache import cache_dir
+from gemscope_widgets.cache import cache_dir, key_digest, name_slug
 from gemscope_widgets.errors import MatryoshkaError
 
 if TYPE_CHECKING:
@@ -257,9 +255,7 @@ def cofiring(
            "params": params, "format": FORMAT_VERSION}
     folder = None
     if cache:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sae.config.name))[-48:].strip("_") or "sae"
-        folder = cache_dir("cofiring", f"{slug}-{digest}")
+        folder = cache_dir("cofiring", f"{name_slug(sae.config.name)}-{key_digest(key)}")
         found = _read(folder, key)
         if found is not None:
             return found

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gemscope_widgets.cache import cache_dir, key_digest, name_slug
 from gemscope_widgets.errors import StatsCacheError
 
 if TYPE_CHECKING:
@@ -139,12 +139,8 @@ def cache_key(gm: GemmaModel, sae: Any, texts: Sequence[str], params: ScanParams
 
 
 def cache_folder(key: Mapping[str, Any]) -> Path:
-    """``cache_dir("stats", "<sae name>-<hash of key>")``."""
-    from gemscope_widgets.cache import cache_dir
-
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key["sae"]["name"]))[-48:].strip("_") or "sae"
-    return cache_dir("stats", f"{slug}-{digest}")
+    """``cache_dir("stats", "<sae name>-<hash of key>")`` (:func:`~gemscope_widgets.cache.key_digest`)."""
+    return cache_dir("stats", f"{name_slug(key['sae']['name'])}-{key_digest(key)}")
 
 
 def find_cached(gm: GemmaModel, sae: Any, corpus: Any = None, params: ScanParams | None = None) -> FeatureStats | None:

@@ -23,9 +23,7 @@ direction, the norm of the mean difference, so ``1×`` adds the whole difference
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -43,7 +41,7 @@ from gemscope_widgets.backend.stats.corpus import default_corpus, pad_batch, pla
 from gemscope_widgets.backend.stats.store import model_identity, sae_identity
 from gemscope_widgets.backend.steering.spec import UNITS as UNITS  # re-exported: the units are defined in spec
 from gemscope_widgets.backend.steering.spec import DirectionSpec, Spec, SteeringSpec, check_unit
-from gemscope_widgets.cache import cache_dir, file_lock
+from gemscope_widgets.cache import cache_dir, file_lock, key_digest, name_slug
 from gemscope_widgets.errors import SteeringError
 
 if TYPE_CHECKING:
@@ -193,9 +191,7 @@ def _identity(gm: GemmaModel, sae: Any, n_tokens: int, quantile: float, doc_toke
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key["sae"]["name"]))[-48:].strip("_") or "sae"
-    return cache_dir("units") / f"{slug}-{digest}"
+    return cache_dir("units") / f"{name_slug(key['sae']['name'])}-{key_digest(key)}"
 
 
 def compute_feature_units(
