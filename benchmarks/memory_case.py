@@ -60,11 +60,11 @@ _report(seconds=time.perf_counter() - _t0)
     # memory of the transcoders step in minutes (steps change the time, not what is held).
     "transcoders_short": _LOAD + """
 import tempfile
-from gemscope_widgets.backend.default import _collection_model, fast_bf16_products
+from gemscope_widgets.backend.default import collection_model, fast_bf16_products
 from gemscope_widgets.backend.default_transcoders import DEMO_TRANSCODER_RECIPE
 from gemscope_widgets.backend.training.activations import default_training_texts
 from gemscope_widgets.backend.training.transcoders import train_transcoders
-collector = _collection_model(gm, False)
+collector = collection_model(gm, False)
 recipe = {**DEMO_TRANSCODER_RECIPE, "steps": 3, "hard_steps": 3}
 with tempfile.TemporaryDirectory() as out:
     train_transcoders(collector, out + "/set", corpus=default_training_texts(), progress=False,

@@ -58,17 +58,19 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def fast_bf16_products(collector: Any | None) -> bool:
-    """Whether a fit beside ``collector`` (None: a model :func:`_collection_model` loads on the CPU) should run
+    """Whether a fit beside ``collector`` (None: a model :func:`collection_model` loads on the CPU) should run
     its matrix products in bfloat16 (mixed precision): on CUDA and on CPUs with native bf16, where it is about
     1.5-2x faster at the same FVU (float32 elsewhere)."""
     return bool((collector is not None and collector.device.type == "cuda") or _cpu_has_fast_bf16())
 
 
-def _collection_model(gm: Any | None, progress: bool) -> Any:
+def collection_model(gm: Any | None, progress: bool) -> Any:
     """The model to stream training activations from: bf16 where the hardware runs it fast.
 
     On CPUs with native bf16 the activation pass runs ~5x faster than in fp32; the SAE itself is fitted
-    in fp32 either way.
+    in fp32 either way. Returns ``gm`` itself when it is already bfloat16, on CUDA, or the CPU has no fast bf16;
+    otherwise (or when ``gm`` is None) the embedded model loaded anew on the CPU, in bfloat16 where fast, else
+    float32 (``progress``: its loading bar).
     """
     from gemscope_widgets.backend.gemma.model import load_model
 
@@ -88,7 +90,7 @@ def ensure_demo_sae(gm: Any | None = None, *, progress: bool = True) -> Path:
     def build() -> None:
         recipe = dict(DEMO_RECIPE)
         layer = recipe.pop("layer")
-        collector = _collection_model(gm, progress)
+        collector = collection_model(gm, progress)
         train_sae(
             collector, layer, corpus=default_training_texts(), out_dir=path, progress=progress,
             mixed_precision=fast_bf16_products(collector), **recipe,

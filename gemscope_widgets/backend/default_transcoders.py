@@ -73,7 +73,7 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
 
     Concurrent callers (a notebook kernel and a test run) wait on one file lock; only one trains.
     """
-    from gemscope_widgets.backend.default import _collection_model, fast_bf16_products
+    from gemscope_widgets.backend.default import collection_model, fast_bf16_products
     from gemscope_widgets.backend.training.activations import default_training_texts
     from gemscope_widgets.backend.training.transcoders import train_transcoders
 
@@ -83,7 +83,7 @@ def ensure_demo_transcoders(gm: Any | None = None, *, progress: bool = True) -> 
         # The collection model (a bfloat16 copy where the CPU runs it fast) is loaded inside the training and
         # released before the fit, so a kernel holding ``gm`` does not also hold that copy through the fit.
         train_transcoders(
-            lambda: _collection_model(gm, progress), root, corpus=default_training_texts(), progress=progress,
+            lambda: collection_model(gm, progress), root, corpus=default_training_texts(), progress=progress,
             mixed_precision=fast_bf16_products(gm),
             **DEMO_TRANSCODER_RECIPE,
         )

@@ -33,7 +33,7 @@ def test_demo_sae_is_trained_once_even_with_concurrent_callers(private_cache, ti
         )
 
     monkeypatch.setattr(training, "train_sae", small_train)
-    monkeypatch.setattr(default, "_collection_model", lambda gm, progress: tiny_model)
+    monkeypatch.setattr(default, "collection_model", lambda gm, progress: tiny_model)
     assert not default.is_trained()
     results: list = []
     def call() -> None:
