@@ -108,12 +108,12 @@ torch.set_num_threads(2)
 {setup}
 ids = gm.prompt(TEXT).input_ids[:N_TOKENS]
 assert len(ids) == N_TOKENS, len(ids)
-est = estimate_attribution_memory(gm, tset, len(ids), max_feature_nodes=MAX_FEATURE_NODES)
 # Warm up: a forward pass and the whole unembedding make the model's own (memory-mapped) weights resident, as
 # in a session that has run the model once; what attribute adds is then measured alone.
 with torch.no_grad():
     gm.model(input_ids=ids[None, :4])
     float(gm.lm_head.weight.sum())
+est = estimate_attribution_memory(gm, tset, len(ids), max_feature_nodes=MAX_FEATURE_NODES)
 before = _rss_mb()
 t = time.perf_counter()
 graph = attribute(gm, tset, ids, max_feature_nodes=MAX_FEATURE_NODES, progress=False)
