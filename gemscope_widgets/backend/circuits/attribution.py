@@ -62,13 +62,20 @@ from gemscope_widgets.errors import AttributionError
 DEFAULT_MAX_FEATURE_NODES = 4096
 
 
-def _pull_back(
+def pull_back(
     fwd: FrozenForward, nodes: ActiveNodes, layers: Tensor, positions: Tensor, inject: Tensor, n_cols: int
 ) -> tuple[Tensor, Tensor]:
     """Rows ``[B, n_cols]`` (direct effects on each target) and constant parts ``[B]`` for a batch of targets.
 
-    ``layers[b]`` is the target's layer (``n_layers`` for a logit, injected at the final norm's input),
-    ``positions[b]`` its position, ``inject[b] [d]`` its input direction at that residual point.
+    Step 3 of the method (Ameisen et al., 2025; see the module docstring): each target's input direction is
+    injected as a gradient and pulled back through the frozen linear model ``fwd`` (attention patterns and norm
+    scales fixed), layer by layer, as the transpose of the frozen map written out (no autograd); each source's
+    edge is that gradient at its write site dotted with its output vector (``nodes``: feature writers, error and
+    token vectors). ``layers[b]`` is the target's layer (``n_layers`` for a logit, injected at the final norm's
+    input), ``positions[b]`` its position, ``inject[b] [d]`` its input direction at that residual point; ``n_cols``
+    the row width (features, then ``n_layers × n_pos`` errors, then ``n_pos`` tokens). Only layers below each
+    target and positions up to the batch's last target are visited. Each row plus its constant part equals the
+    target's input.
     """
     n_layers, n_pos, d = fwd.x.shape
     device = inject.device
@@ -258,7 +265,7 @@ def _attribute(
         edge = torch.zeros(n_feat + n_logits, total)
         row_bias = torch.zeros(n_feat + n_logits)
         row_to_node = torch.zeros(n_feat + n_logits, dtype=torch.long)
-        rows, bias = _pull_back(
+        rows, bias = pull_back(
             fwd,
             nodes,
             torch.full((n_logits,), n_layers, device=device),
@@ -286,7 +293,7 @@ def _attribute(
                 pending = pending[_cost_order(feat_layers[pending], feat_pos[pending], batch_size, n_layers)]
                 for start in range(0, len(pending), batch_size):
                     idx = pending[start : start + batch_size]
-                    rows, bias = _pull_back(
+                    rows, bias = pull_back(
                         fwd,
                         nodes,
                         feat_layers[idx].to(device),

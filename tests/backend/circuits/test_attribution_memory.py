@@ -78,7 +78,7 @@ def test_exact_count_is_checked_before_the_rows(tiny_model, tset, monkeypatch):
     def no_rows(*args, **kwargs):
         raise AssertionError("rows started although the exact count does not fit")
 
-    monkeypatch.setattr(attribution, "_pull_back", no_rows)
+    monkeypatch.setattr(attribution, "pull_back", no_rows)
     with pytest.raises(AttributionMemoryError, match="active features"):
         attribute(tiny_model, tset, ids, max_feature_nodes=None, memory_budget=low.total_bytes + 1, progress=False)
 
@@ -129,7 +129,7 @@ def _largest_tensor_in(tb) -> int:
 
 
 def test_an_interrupt_leaves_no_buffer_held_by_the_traceback(tiny_model, tset, monkeypatch):
-    real = attribution._pull_back
+    real = attribution.pull_back
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -138,7 +138,7 @@ def test_an_interrupt_leaves_no_buffer_held_by_the_traceback(tiny_model, tset, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attribution, "_pull_back", interrupted)
+    monkeypatch.setattr(attribution, "pull_back", interrupted)
     with pytest.raises(KeyboardInterrupt) as info:
         attribute(tiny_model, tset, PROMPT, max_feature_nodes=None, batch_size=4, progress=False)
     # The edge matrix alone is rows × (active + errors + tokens + logits); nothing near that size is left.

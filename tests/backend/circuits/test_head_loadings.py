@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gemscope_widgets.backend.circuits.active_nodes import active_nodes, input_directions
-from gemscope_widgets.backend.circuits.attribution import _pull_back, attribute
+from gemscope_widgets.backend.circuits.attribution import attribute, pull_back
 from gemscope_widgets.backend.circuits.graph import AttributionGraph, GraphError
 from gemscope_widgets.backend.circuits.replacement import capture_forward
 from gemscope_widgets.backend.circuits.targets import logit_difference
@@ -56,7 +56,7 @@ def pulled_back_edge(graph, frozen_state, source: int, target: int, masked: list
         inject = (fwd.s_final[pos] * (w_u[feature] - w_u.mean(0)))[None]
     n_cols = graph.n_active + (graph.n_layers + 1) * graph.n_pos
     with torch.no_grad():
-        row, _ = _pull_back(fwd, nodes, torch.tensor([layer]), torch.tensor([pos]), inject, n_cols)
+        row, _ = pull_back(fwd, nodes, torch.tensor([layer]), torch.tensor([pos]), inject, n_cols)
     if source < graph.n_selected:
         col = int(graph.selected_features[source])
     else:
