@@ -4,10 +4,12 @@ at once to centred, scaled inputs and targets (Gemma Scope 2's recipe, Rajamanoh
 Loss per layer, summed over layers (so layers never interact):
 
 - reconstruction: ``mean_batch ‖recon − target‖²`` (targets have unit total variance, so this reads as FVU);
-  with ``matryoshka_groups`` (nested prefix sizes ``k_1 < … < k_m = W``), the mean over the prefixes of the
-  reconstruction error of the first ``k_i`` latents alone, so each prefix reconstructs on its own and early
+  with ``matryoshka_groups`` (nested prefix sizes ``k_1 < … < k_m = W``), a weighted mean over the prefixes of
+  the reconstruction error of the first ``k_i`` latents alone, so each prefix reconstructs on its own and early
   latents learn general directions (Bussmann, Nabeshima, Karvonen, Nanda, 2025, "Learning Multi-Level Features
-  with Matryoshka SAEs"; SAELens ``matryoshka_widths``);
+  with Matryoshka SAEs", who weigh the prefixes equally; SAELens ``matryoshka_widths``). The whole dictionary's
+  error weighs ``matryoshka_full_weight`` (default 1: equal weights) against 1 for each smaller prefix, and the
+  weights are normalised to sum to 1, so the term still reads as an FVU;
 - L0: ``c · (L0_batch / T − 1)²``, Gemma Scope 2's quadratic pull towards the target ``T``, plus an integral
   term ``− λ · L0_batch / T`` whose ``λ`` accumulates ``(1 − L0_batch / T)`` every step (a Lagrange multiplier
   updated by dual ascent): the quadratic pull alone settles where the reconstruction's push on the thresholds
@@ -92,6 +94,7 @@ def fit_stacked(
     dense_coefficient: float = 0.0,
     dead_features_init: torch.Tensor | None = None,
     matryoshka_groups: Sequence[int] | None = None,
+    matryoshka_full_weight: float = 1.0,
     mixed_precision: bool = False,
     progress: bool = True,
     desc: str = "training",
@@ -103,12 +106,15 @@ def fit_stacked(
     in every layer) from ``order_generator``. ``l0_integral`` is the dual-ascent rate of the L0 integral term
     (0 turns it off). ``dead_features_init`` starts those features unable to fire in every layer (tests of
     the resampler use it). ``matryoshka_groups``: nested prefix sizes ending at ``width`` whose reconstruction
-    errors are averaged (module docstring); ``(width,)`` is the plain loss. ``mixed_precision`` runs the matrix
+    errors are averaged, the whole dictionary's weighted ``matryoshka_full_weight`` against 1 for each smaller
+    prefix (module docstring); ``(width,)`` is the plain loss. ``mixed_precision`` runs the matrix
     products in bfloat16 (parameters, losses and optimiser stay float32): about 2x faster on CPUs with native
     bf16 and on GPUs. Runs on ``x``'s device.
     """
     check_target(width, target_l0)
     prefixes = check_matryoshka_groups(matryoshka_groups, width)
+    if not matryoshka_full_weight > 0:
+        raise TrainingError(f"matryoshka_full_weight must be positive, got {matryoshka_full_weight}.")
     n_layers, n, d_in = x.shape
     device = x.device
     batch_size = min(batch_size, n)
@@ -154,7 +160,8 @@ def fit_stacked(
             parts = [torch.baddbmm(tc.b_dec.unsqueeze(1), acts[..., :k], tc.w_dec[:, :k]) for k in prefixes[:-1]]
         mse = (recon.float() - tb).pow(2).sum(-1).mean(-1)  # [L]
         if len(prefixes) > 1:
-            mse = (mse + sum((r.float() - tb).pow(2).sum(-1).mean(-1) for r in parts)) / len(prefixes)
+            smaller = sum((r.float() - tb).pow(2).sum(-1).mean(-1) for r in parts)
+            mse = (matryoshka_full_weight * mse + smaller) / (matryoshka_full_weight + len(parts))
         l0 = fires.float().sum(-1).mean(-1)  # [L]
         ratio = l0 / target_l0
         loss = mse.sum() + l0_coefficient * ramp * ((ratio - 1.0) ** 2).sum() - (multiplier * ratio).sum()

@@ -65,9 +65,22 @@ def test_one_group_is_the_plain_loss(acts):
         assert torch.equal(one[name], tensor), name
 
 
+def test_full_weight_trades_the_coarse_prefix_for_the_whole(acts):
+    # Weighting the whole dictionary's error above the smaller prefixes' moves reconstruction from the coarse
+    # prefix to the whole dictionary (the demo recipe's lever).
+    kw = {"width": WIDTH, "target_l0": TARGET_L0, "steps": 200, "batch_size": 256, "progress": False,
+          "matryoshka_groups": GROUPS}
+    equal, _ = fit_jumprelu(acts, **kw)
+    heavy, _ = fit_jumprelu(acts, matryoshka_full_weight=8.0, **kw)
+    assert prefix_fvu(heavy, acts, WIDTH) < prefix_fvu(equal, acts, WIDTH) - 0.01
+    assert prefix_fvu(heavy, acts, GROUPS[0]) > prefix_fvu(equal, acts, GROUPS[0]) + 0.01
+
+
 def test_bad_groups_are_refused(acts):
     kw = {"width": 32, "target_l0": 4, "steps": 1, "progress": False}
     with pytest.raises(TrainingError, match="end at the width"):
         fit_jumprelu(acts, matryoshka_groups=(8, 16), **kw)
     with pytest.raises(MatryoshkaError, match="increase"):
         fit_jumprelu(acts, matryoshka_groups=(16, 8, 32), **kw)
+    with pytest.raises(TrainingError, match="positive"):
+        fit_jumprelu(acts, matryoshka_groups=(8, 32), matryoshka_full_weight=0.0, **kw)
