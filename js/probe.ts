@@ -76,7 +76,8 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     const selected = model.get("selected_feature");
     const rows = view.features ?? [];
     const ids = rows.map((r) => r.feature);
-    const shown = ids.includes(selected) ? selected : (ids[0] ?? -1);
+    // The selected latent, else the best single latent (what the result's summary names).
+    const shown = ids.includes(selected) ? selected : ids.includes(view.best ?? -1) ? (view.best as number) : (ids[0] ?? -1);
     title.textContent = `${view.sae_name ?? ""} · layer ${view.layer ?? ""} · position ${view.position ?? ""} · ` +
       `${view.n_positive ?? 0} + ${view.n_negative ?? 0} prompts · ${view.scheme ?? ""} · seed ${view.seed ?? ""}`;
 
@@ -114,7 +115,8 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
     if (latent) {
       const tr = el("tr", "gs-pr-detector");
       tr.dataset.detector = `#${latent.feature}`;
-      tr.append(el("td", "gs-pr-key gs-pr-latent"), el("td", "", `latent #${latent.feature} alone`),
+      tr.append(el("td", "gs-pr-key gs-pr-latent"), el("td", "",
+        latent.feature === selected ? `latent #${latent.feature} alone` : `best single latent #${latent.feature}`),
         el("td", "gs-pr-num", formatValue(latent.auroc)), el("td", "gs-pr-num", interval(latent.low, latent.high)),
         el("td", "gs-pr-num", String(latent.n_held_out)));
       body.push(tr);
@@ -153,7 +155,7 @@ function render({ model, el: root }: RenderProps<Model>): () => void {
       tr.classList.toggle("gs-selected", r.feature === selected);
       const fid = el("td", "gs-pr-fid", `#${r.feature}`);
       if (r.label) {
-        const label = el("span", "gs-pr-label gs-muted", ` ${r.label}`);
+        const label = el("span", "gs-pr-label gs-muted", r.label); // spaced by CSS: an inline-block drops a leading space
         label.title = r.label;
         fid.append(label);
       }

@@ -39,7 +39,8 @@ def roc_payload(result: ProbeResult) -> tuple[list[dict[str, Any]], bytes]:
 def probe_payload(result: ProbeResult, labels: dict[int, str] | None = None,
                   density: Any = None) -> dict[str, Any]:
     """The JSON part of the view: header, detectors, latents (labels and densities from the result unless newer
-    ones are given), learning curve."""
+    ones are given), learning curve; ``best``: the latent with the highest held-out AUROC alone (the first of
+    ties, as the result's summary names it), the one the view shows when none is selected."""
     n_pos = int(result.labels.sum())
     names = {SAE_PROBE: f"SAE probe (top {result.k} latents)", DENSE_PROBE: f"dense probe ({result.d_model} dims)"}
     features = []
@@ -58,6 +59,7 @@ def probe_payload(result: ProbeResult, labels: dict[int, str] | None = None,
         "detectors": [{"name": d.name, "title": names.get(d.name, d.name), "auroc": d.auroc, "low": d.low,
                        "high": d.high, "n_held_out": d.n_held_out} for d in result.detectors],
         "features": features,
+        "best": int(max(result.features, key=lambda f: f.auroc).feature) if result.features else -1,
         "curve": {"sizes": [int(s) for s in result.curve_sizes],
                   "values": {name: [float(v) for v in values] for name, values in result.curve.items()}},
     }

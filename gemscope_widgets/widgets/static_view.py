@@ -393,13 +393,15 @@ def _roc_svg(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], size: int = 1
 
 
 def probe_html(widget: Any) -> str:
-    """The held-out ROC curves (the three probes and the selected, else first, latent), the AUROCs with their
-    intervals, the SAE probe's latents with labels and densities, and the learning curve."""
+    """The held-out ROC curves (the three probes and the selected, else the best single, latent), the AUROCs with
+    their intervals, the SAE probe's latents with labels and densities, and the learning curve."""
     view = widget._view or {}
     roc = np.frombuffer(widget._roc, dtype=np.float32) if widget._roc else np.zeros(0, np.float32)
     features = list(view.get("features") or [])
     ids = [int(f["feature"]) for f in features]
-    shown = widget.selected_feature if widget.selected_feature in ids else (ids[0] if ids else -1)
+    best = int(view.get("best", -1))
+    fallback = best if best in ids else (ids[0] if ids else -1)
+    shown = widget.selected_feature if widget.selected_feature in ids else fallback
     curves = []
     for c in view.get("roc") or []:
         if int(c["feature"]) in (-1, shown):

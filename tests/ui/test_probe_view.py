@@ -39,20 +39,23 @@ print(json.dumps({
     "auroc": [format_value(d["auroc"]) for d in v["detectors"]],
     "interval": [f"[{format_value(d['low'])}, {format_value(d['high'])}]" for d in v["detectors"]],
     "roc": {c["name"]: c["n"] for c in v["roc"] if c["feature"] == -1},
-    "first": v["roc"][3]["name"], "first_n": v["roc"][3]["n"],
+    "best": v["best"], "best_n": next(c["n"] for c in v["roc"] if c["feature"] == v["best"]),
 }))
 """))
     rows = view.locator("tr.gs-pr-row")
     expect(rows).to_have_count(len(expected["features"]), timeout=60_000)
     assert [int(r.get_attribute("data-feature")) for r in rows.all()] == expected["features"]
 
-    # Each probe's ROC curve has the kernel's points; the first latent's curve is drawn while none is selected.
+    # Each probe's ROC curve has the kernel's points; the best single latent's curve (the one the result's summary
+    # names) is drawn while none is selected, and the detector table names it so.
     for name, n in expected["roc"].items():
         line = view.locator(f".gs-pr-roc polyline[data-curve='{name}']")
         expect(line).to_have_count(1)
         assert len(line.get_attribute("points").split()) == n
-    latent = view.locator(f".gs-pr-roc polyline[data-curve='{expected['first']}']")
-    assert len(latent.get_attribute("points").split()) == expected["first_n"]
+    latent = view.locator(f".gs-pr-roc polyline[data-curve='#{expected['best']}']")
+    assert len(latent.get_attribute("points").split()) == expected["best_n"]
+    expect(view.locator(f"tr.gs-pr-detector[data-detector='#{expected['best']}']")).to_contain_text(
+        f"best single latent #{expected['best']}")
     detectors = view.locator(".gs-pr-detectors tr.gs-pr-detector")
     cells = [detectors.nth(i).locator("td") for i in range(3)]
     assert [c.nth(2).text_content() for c in cells] == expected["auroc"]
@@ -84,6 +87,12 @@ scope.stats_holder().set(FeatureStats.from_parts(sae_name=sae.config.name, width
 print("ok")
 ''')
     labels = view.locator(".gs-pr-features .gs-pr-label")
-    expect(labels.first).to_have_text(f" {XSS}", timeout=30_000)
+    expect(labels.first).to_have_text(XSS, timeout=30_000)
     assert labels.count() == len(expected["features"])
+    # The label stands apart from the latent's id: a visible gap between "#id" and the label's text.
+    gap = labels.first.evaluate("""(label) => {
+      const range = document.createRange(); range.selectNodeContents(label.parentElement.firstChild);
+      return label.getBoundingClientRect().left + parseFloat(getComputedStyle(label).paddingLeft)
+        - range.getBoundingClientRect().right; }""")
+    assert gap >= 3, gap
     assert view.locator("img").count() == 0 and page.locator(".jp-OutputArea img[src='x']").count() == 0

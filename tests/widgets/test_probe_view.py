@@ -55,6 +55,24 @@ def test_view_sends_the_result(parts):
     assert f"{info['detectors'][0]['title']}" in html and "learning curve" in html
 
 
+def test_view_shows_the_best_single_latent_the_summary_names(parts):
+    """Without a selection the view (and its static HTML) draws the latent the result's summary calls the best single
+    latent, not merely the first listed (on the real 270M they differ: #2233 listed first, #3171 best)."""
+    import re
+
+    _, r = parts
+    view = r.widget()
+    named = re.search(r"best single latent #(\d+)", str(r))
+    assert named, str(r)
+    best = int(named[1])
+    assert view._view["best"] == best == max(r.features, key=lambda f: f.auroc).feature
+    legend = view.static_html().split("ROC on held-out prompts:")[1].split("</div>")[0]
+    assert f"#{best}" in legend
+    view.selected_feature = other = next(f for f in r.top_features if f != best)
+    legend = view.static_html().split("ROC on held-out prompts:")[1].split("</div>")[0]
+    assert f"#{other}" in legend and f"#{best}" not in legend
+
+
 def test_panel_opens_pane_and_steers(parts):
     scope, r = parts
     steer = scope.steer("The cat sleeps", max_new_tokens=2)
