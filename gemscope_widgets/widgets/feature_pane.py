@@ -150,7 +150,8 @@ class FeaturePane(ViewWidget):
     """A user-facing message about the last failed action, "" when none."""
     found: traitlets.Dict[str, Any] = traitlets.Dict({}).tag(sync=True)
     """The search box's result: ``{"query", "hits": [{"feature", "score", "label", "source", "simulation",
-    "imported"}], "error"}`` (:func:`~gemscope_widgets.backend.analysis.search.search_labels`)."""
+    "imported"}], "error", "search"}`` (:func:`~gemscope_widgets.backend.analysis.search.search_labels`); ``search``
+    counts the searches, so a repeated query is a new value and the view's "searching…" ends."""
 
     def static_html(self) -> str:
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`)."""
@@ -267,12 +268,13 @@ class FeaturePane(ViewWidget):
     def search(self, query: str, k: int = 10) -> None:
         """Shows the ``k`` features whose labels and explanations best match ``query`` (the search box; a hit
         opens with :meth:`show`)."""
+        serial = int(self.found.get("search", 0)) + 1
         try:
             hits = search_labels(self.labels, query, k=k)
         except GemscopeError as exc:
-            self.found = {"query": query, "hits": [], "error": str(exc)}
+            self.found = {"query": query, "hits": [], "error": str(exc), "search": serial}
             return
-        self.found = {"query": query, "error": "", "hits": [
+        self.found = {"query": query, "error": "", "search": serial, "hits": [
             {"feature": h.feature, "score": h.score, "label": h.label, "source": h.source,
              "simulation": h.simulation, "imported": [[k, v] for k, v in h.imported.items()]} for h in hits]}
 

@@ -110,6 +110,8 @@ export interface PaneFound {
     imported: [string, number][];
   }[];
   error?: string;
+  /** How many searches the pane has answered (a repeated query still changes ``found``). */
+  search?: number;
 }
 export interface PaneRelated {
   feature: number;
@@ -459,6 +461,8 @@ export interface ProbeInfo {
   n_folds?: number;
   detectors?: ProbeDetector[];
   features?: ProbeFeatureRow[];
+  /** The latent with the highest held-out AUROC alone (shown when none is selected); -1 for none. */
+  best?: number;
   curve?: { sizes: number[]; values: Record<string, number[]> };
   roc?: ProbeRocCurve[];
 }

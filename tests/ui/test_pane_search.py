@@ -36,8 +36,13 @@ def test_search_box_lists_matches_and_opens_one(lab_server, page):
         "import json\nfrom gemscope_widgets import search_labels\n"
         "print(json.dumps([h.feature for h in search_labels(scope.labels(), 'zebra', k=10)]))")))
     assert hits.count() == len(direct) and direct[0] == 31
-    expect(page.locator(".gs-pane .gs-search-status")).to_have_text(f"{len(direct)} feature"
-                                                                  f"{'' if len(direct) == 1 else 's'} for “zebra”")
+    status = page.locator(".gs-pane .gs-search-status")
+    done = f"{len(direct)} feature{'' if len(direct) == 1 else 's'} for “zebra”"
+    expect(status).to_have_text(done)
+    # The same query again: "searching…" ends with the answer (the kernel's result equals the last one).
+    box.press("Enter")
+    expect(status).to_have_text(done, timeout=30_000)
+    assert lab_server.run_code(page, "print(pane.found['search'])").strip() == "2"
     hits.first.click()
     expect(page.locator(".gs-pane h3")).to_have_text("Feature 31", timeout=60_000)
     assert lab_server.run_code(page, "print(pane.feature)").strip() == "31"
