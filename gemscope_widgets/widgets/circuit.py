@@ -58,14 +58,19 @@ class Circuit(ViewWidget):
         "intervene": {"mode": frozenset({"set", "scale"}), "value": (float,)},
         "group": {"name": (str,)},
         "ungroup": {"name": (str,)},
+        "suggest_groups": {},
+        "accept_suggestion": {"index": (int,)},
         "edge_heads": {"source": (int,), "target": (int,), "request": (int,)},
         "head_qk": {"layer": (int,), "head": (int,), "query_pos": (int,), "key_pos": (int,), "request": (int,)},
         "ping": PING,
     }
     """What the view sends (``CircuitMessage`` in ``js/lib/protocol.ts``): intervene on the selected features;
-    group the selected nodes under a name (a supernode, ``graph.group``); ungroup one; ask which heads carry an
-    edge, or why a head attends (answered by a ``CircuitReply`` message, :mod:`.circuit_heads`)."""
+    group the selected nodes under a name (a supernode, ``graph.group``); ungroup one; ask for suggested groups
+    (``graph.suggest_groups`` at the view's thresholds) and accept one by its place in the list; ask which heads
+    carry an edge, or why a head attends (answered by a ``CircuitReply`` message, :mod:`.circuit_heads`)."""
     HANDLERS: ClassVar[dict[str, str]] = {"intervene": "_on_intervene", "group": "_on_group", "ungroup": "_on_ungroup",
+                                          "suggest_groups": "_on_suggest_groups",
+                                          "accept_suggestion": "_on_accept_suggestion",
                                           "edge_heads": "_on_edge_heads", "head_qk": "_on_head_qk"}
     """Message type -> the method it calls (see :mod:`.base`)."""
     REPORTED = (Exception,)
@@ -100,6 +105,10 @@ class Circuit(ViewWidget):
     """Each supernode read as one node against the payload's nodes (``node_summary.group_summaries``)."""
     group_message = traitlets.Unicode("").tag(sync=True)
     """Why the last grouping from the view failed ("" when it did not)."""
+    suggestions = traitlets.Dict().tag(sync=True)
+    """The view's suggested groups (:meth:`suggest_groups`): ``{"state": "done"|"error", "at": [node_threshold,
+    edge_threshold], "items": [{"name", "members", "retention", "influence", "cosine"}], "dropped", "message",
+    "request"}`` (``request`` counts the requests); an accepted item leaves the list. ``{}`` before the first."""
     intervention = traitlets.Dict().tag(sync=True)
     """The last intervention: ``{"state": "running"|"done"|"error", "nodes", "mode", "value", "rows": [[token,
     before, after], ...], "message"}`` with next-token probabilities before and after (None: not in the top list)."""
@@ -241,6 +250,44 @@ class Circuit(ViewWidget):
         with self.hold_sync():
             self.supernodes = {name: list(members) for name, members in self.graph.supernodes.items()}
             self._groups = group_summaries(self.graph, nodes)
+
+    def suggest_groups(self) -> None:
+        """List ``graph.suggest_groups`` at the view's thresholds in the view (:attr:`suggestions`), each with how
+        much of its members' influence the merged node keeps; nothing is grouped until one is accepted."""
+        at = [float(self.node_threshold), float(self.edge_threshold)]
+        request = int(self.suggestions.get("request", 0)) + 1  # a repeated answer is still a change the view sees
+        try:
+            found = self.graph.suggest_groups(node_threshold=at[0], edge_threshold=at[1])
+        except GemscopeError as exc:
+            self.suggestions = {"state": "error", "at": at, "items": [], "dropped": 0, "message": str(exc),
+                                "request": request}
+            return
+        items = [{"name": s.name, "members": [int(m) for m in s.members], "retention": float(s.retention),
+                  "influence": float(s.influence), "cosine": float(s.mean_cosine)} for s in found]
+        self.suggestions = {"state": "done", "at": at, "items": items, "dropped": int(found.dropped), "message": "",
+                            "request": request}
+
+    def _on_suggest_groups(self) -> None:
+        try:
+            self.suggest_groups()
+        except Exception as exc:  # the view waits for an answer: it must get one, with the reason
+            at = [float(self.node_threshold), float(self.edge_threshold)]
+            self.suggestions = {"state": "error", "at": at, "items": [], "dropped": 0, "message": error_text(exc),
+                                "request": int(self.suggestions.get("request", 0)) + 1}
+
+    def _on_accept_suggestion(self, index: int) -> None:
+        items = list(self.suggestions.get("items", []))
+        if not 0 <= index < len(items):
+            self.group_message = "That suggestion is no longer listed: ask for suggestions again."
+            return
+        item = items[index]
+        try:
+            self.group(item["name"], item["members"])
+        except GemscopeError as exc:  # e.g. a member grouped by hand since
+            self.group_message = str(exc)
+            return
+        self.group_message = ""
+        self.suggestions = {**self.suggestions, "items": items[:index] + items[index + 1:]}
 
     def _on_clicked(self, change: dict[str, Any]) -> None:
         node = int(change["new"])

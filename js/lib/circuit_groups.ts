@@ -5,13 +5,14 @@
 //                or another group) that a drawn member edge reaches, weighted by the kernel's sum over every
 //                member (node_summary.group_summaries = graph.grouped()), never a sum of what happens to be drawn
 //   drawGroups   the group nodes and their edges on the canvas (names as canvas text, inert)
-//   groupPanel   the "group" control (a name for the selected nodes) and the list of groups, each with "ungroup"
+//   groupPanel   the "group" control (a name for the selected nodes) and the list of groups, each with "ungroup";
+//                "suggest" lists graph.suggest_groups at the view's thresholds, each with "accept"
 //   groupTip     the hover card of a group (textContent only)
 import type { Graph, Visible } from "./circuit_graph";
 import type { CircuitColors } from "./circuit_draw";
 import { fitText } from "./circuit_draw";
 import { el as element } from "./dom";
-import { formatValue } from "./format";
+import { formatPercent, formatValue } from "./format";
 import type { CircuitGroup, CircuitMessage, CircuitModel as Model } from "./protocol";
 
 /** One drawn group: its summary, world position and radius, and the local indices of its drawn members. */
@@ -202,8 +203,17 @@ export function groupPanel(toolbar: HTMLElement, list: HTMLElement, model: Model
   const button = element("button", "gs-ct-group", "group");
   button.type = "button";
   button.title = "draw the selected nodes as one node (a supernode) under this name";
-  toolbar.append(name, button);
+  const suggest = element("button", "gs-ct-suggest", "suggest");
+  suggest.type = "button";
+  suggest.title = "graph.suggest_groups(): propose supernodes among the kept features at these thresholds";
+  toolbar.append(name, button, suggest);
   let local = ""; // what the view itself refused (before asking the kernel)
+  let suggesting = false; // a "suggest_groups" request awaits its answer
+  suggest.addEventListener("click", () => {
+    suggesting = true;
+    render();
+    model.send({ type: "suggest_groups" });
+  });
   const submit = () => {
     const text = name.value.trim();
     local = (model.get("selected") ?? []).length < 2 ? "Select at least two nodes first (shift-click adds a node)."
@@ -233,7 +243,36 @@ export function groupPanel(toolbar: HTMLElement, list: HTMLElement, model: Model
     const ul = element("ul", "gs-ct-groups");
     ul.append(...items);
     const message = element("div", "gs-error gs-ct-group-message", error);
-    list.replaceChildren(...(error ? [message] : []), ...(items.length ? [ul] : []));
+    list.replaceChildren(...(error ? [message] : []), ...(items.length ? [ul] : []), ...suggestions());
+  };
+  const suggestions = (): HTMLElement[] => {
+    if (suggesting) return [element("div", "gs-status gs-ct-suggest-status", "suggesting groups…")];
+    const s = model.get("suggestions") ?? {};
+    if (!("state" in s)) return [];
+    if (s.state === "error") return [element("div", "gs-error gs-ct-suggest-status", s.message)];
+    const [nt, et] = s.at;
+    const now: [number, number] = [model.get("node_threshold"), model.get("edge_threshold")];
+    const stale = nt !== now[0] || et !== now[1] ? " (thresholds changed since: suggest again for these)" : "";
+    const left = s.dropped ? `; ${s.dropped} left out for keeping under 80% of their members' influence` : "";
+    const head = element("div", "gs-ct-side-head gs-ct-suggest-status",
+      s.items.length
+        ? `suggested groups (graph.suggest_groups at nodes ${formatValue(nt)}, edges ${formatValue(et)})${left}${stale}`
+        : `no groups suggested at nodes ${formatValue(nt)}, edges ${formatValue(et)}${left}${stale}`);
+    const ul = element("ul", "gs-ct-suggestions");
+    s.items.forEach((item, index) => {
+      const li = element("li", "gs-ct-suggestion");
+      li.dataset.name = item.name;
+      li.dataset.members = item.members.join(",");
+      const accept = element("button", "gs-ct-accept", "accept");
+      accept.type = "button";
+      accept.title = "group these nodes under this name (graph.group)";
+      accept.addEventListener("click", () => model.send({ type: "accept_suggestion", index }));
+      li.append(element("bdi", "gs-ct-group-title", item.name),
+        ` ${item.members.length} nodes, edge cosine ${formatValue(item.cosine)}, keeps ` +
+        `${formatPercent(item.retention)} of their influence `, accept);
+      ul.append(li);
+    });
+    return s.items.length ? [head, ul] : [head];
   };
   const fromKernel = () => {
     local = "";
@@ -241,5 +280,11 @@ export function groupPanel(toolbar: HTMLElement, list: HTMLElement, model: Model
   };
   model.on("change:_groups", fromKernel);
   model.on("change:group_message", fromKernel);
+  model.on("change:suggestions", () => {
+    suggesting = false;
+    render();
+  });
+  model.on("change:node_threshold", render);
+  model.on("change:edge_threshold", render);
   return render;
 }

@@ -588,7 +588,18 @@ export interface CircuitModel {
   supernodes: Record<string, number[]>; // graph.supernodes: name -> graph node indices
   _groups: CircuitGroup[];
   group_message: string;
+  suggestions: CircuitSuggestions | Record<string, never>; // graph.suggest_groups at `at`'s thresholds
   intervention: CircuitIntervention;
+}
+
+/** The circuit view's suggested groups (Circuit.suggestions): graph.suggest_groups at the thresholds `at`. */
+export interface CircuitSuggestions {
+  state: "done" | "error";
+  at: [number, number];
+  items: { name: string; members: number[]; retention: number; influence: number; cosine: number }[];
+  dropped: number; // groups left out for keeping too little of their members' influence
+  message: string;
+  request: number; // counts the requests, so a repeated answer still reaches the view
 }
 
 /** @messages gemscope_widgets.widgets.circuit.Circuit */
@@ -596,6 +607,8 @@ export type CircuitMessage =
   | { type: "intervene"; mode: "set" | "scale"; value: number }
   | { type: "group"; name: string }
   | { type: "ungroup"; name: string }
+  | { type: "suggest_groups" }
+  | { type: "accept_suggestion"; index: number }
   | { type: "edge_heads"; source: number; target: number; request: number }
   | { type: "head_qk"; layer: number; head: number; query_pos: number; key_pos: number; request: number }
   | { type: "ping" };

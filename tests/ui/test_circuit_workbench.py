@@ -174,6 +174,29 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     assert widget.evaluate("(e, p) => e.gsCircuit.hitNode(p[0], p[1])", at) == a
     lab_server.screenshot(page, "circuit_groups")
 
+    # Suggested groups: "suggest" lists graph.suggest_groups at the view's thresholds (names as text), "accept"
+    # groups one; a threshold moved since says the list is of the old ones.
+    want = json.loads(lab_server.run_code(page, "print(json.dumps([[s.name, s.members] for s in "
+                                                "g.suggest_groups(node_threshold=0.8, edge_threshold=0.98)]))"))
+    assert want and "<b>" in want[0][0]
+    widget.locator(".gs-ct-suggest").click()
+    items = widget.locator(".gs-ct-suggestion")
+    expect(items).to_have_count(len(want), timeout=30_000)
+    got = [[i.locator("bdi").text_content(), [int(m) for m in i.get_attribute("data-members").split(",")]]
+           for i in items.all()]
+    assert got == want
+    assert widget.locator(".gs-ct-suggestions b").count() == 0
+    lab_server.run_code(page, "w.node_threshold = 0.7")
+    expect(widget.locator(".gs-ct-suggest-status")).to_contain_text("thresholds changed since", timeout=30_000)
+    lab_server.run_code(page, "w.node_threshold = 0.8")
+    expect(widget.locator(".gs-ct-suggest-status")).not_to_contain_text("thresholds changed", timeout=30_000)
+    items.first.locator(".gs-ct-accept").click()
+    page.wait_for_function("e => e.dataset.groups === '1'", arg=widget.element_handle(), timeout=30_000)
+    assert json.loads(lab_server.run_code(page, "print(json.dumps(g.supernodes))")) == {want[0][0]: sorted(want[0][1])}
+    expect(items).to_have_count(len(want) - 1)
+    widget.locator(".gs-ct-ungroup").click()
+    page.wait_for_function("e => e.dataset.groups === '0'", arg=widget.element_handle(), timeout=30_000)
+
     # Pinned scores: nothing pinned, the view invites pinning; then pin three features with the "pin" button.
     expect(widget.locator(".gs-ct-scores")).to_contain_text("pin features to score their subgraph")
     graph_scores = json.loads(lab_server.run_code(page, "print(json.dumps(g.scores()))"))

@@ -47,3 +47,40 @@ def test_a_graph_files_supernodes_are_drawn_when_opened(tmp_path):
     assert {name: [back.node_id(m) for m in ms] for name, ms in w.supernodes.items()} == {
         "pair": [g.node_id(0), g.node_id(2)]}
     assert [x["name"] for x in w._groups] == ["pair"]
+
+
+def test_suggested_groups_from_the_view_are_graph_suggest_groups_and_accepting_one_groups_it():
+    g = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=5)
+    w = Circuit.build(g, node_threshold=0.9)
+    _message(w, {"type": "suggest_groups"})
+    want = g.suggest_groups(node_threshold=0.9, edge_threshold=0.98)
+    assert len(want) >= 2  # this graph has several, one named after a markup-looking logit token
+    s = w.suggestions
+    assert s["state"] == "done" and s["at"] == [0.9, 0.98] and s["request"] == 1 and s["dropped"] == want.dropped
+    assert [(i["name"], i["members"]) for i in s["items"]] == [(x.name, x.members) for x in want]
+    assert [i["retention"] for i in s["items"]] == pytest.approx([x.retention for x in want], rel=1e-6)
+    assert g.supernodes == {}  # suggesting groups nothing
+    _message(w, {"type": "suggest_groups"})  # asked again: a new value, so the view's "suggesting…" ends
+    assert w.suggestions["request"] == 2 and w.suggestions["items"] == s["items"]
+
+    first, rest = s["items"][0], s["items"][1:]
+    _message(w, {"type": "accept_suggestion", "index": 0})
+    assert g.supernodes == {first["name"]: sorted(first["members"])} and w.supernodes == g.supernodes
+    assert w.suggestions["items"] == rest and w.group_message == ""
+    assert len(w._groups) == 1
+    # A stale index is refused with a reason; the graph is unchanged.
+    _message(w, {"type": "accept_suggestion", "index": len(rest)})
+    assert "no longer listed" in w.group_message and set(g.supernodes) == {first["name"]}
+
+
+def test_suggestions_that_fail_say_why_in_the_view(monkeypatch):
+    g = synthetic_graph(n_features=40, n_edges=500, dense_logits=True, seed=5)
+    w = Circuit.build(g)
+
+    def broken(**_kwargs):
+        raise GraphError("thresholds must be in [0, 1]")
+
+    monkeypatch.setattr(g, "suggest_groups", broken)
+    _message(w, {"type": "suggest_groups"})
+    assert w.suggestions["state"] == "error" and "thresholds must be in [0, 1]" in w.suggestions["message"]
+    assert w.suggestions["items"] == [] and g.supernodes == {}
