@@ -13,9 +13,11 @@ only, so it is what the view drew under the same thresholds and pins:
   starts them; otherwise a line says how to include them), and every answer the live attention panel had
   computed when the view was displayed (an edge's heads; a head's attention row and top QK pairs).
 
-Node and edge selection follows ``js/lib/circuit_graph.ts`` (``Visible``): token and logit nodes always, feature
-and error nodes whose influence rank is under the node threshold or that are pinned; edges between drawn nodes
-whose rank is under the edge threshold, or between two pinned nodes. Every text is escaped.
+Node and edge selection follows ``js/lib/circuit_graph.ts`` (``Visible``): at the thresholds the kernel pruned at
+(``_kept_at``), exactly what ``graph.prune()`` keeps (``_kept``); at others, the preview by influence rank (token and
+logit nodes always, feature and error nodes whose rank is under the node threshold; edges whose rank is under the
+edge threshold); unless ``show_all``, only the legible subgraph's nodes (said in the first line); pinned nodes always,
+and edges between drawn nodes, or between two pinned nodes. Every text is escaped.
 """
 
 from __future__ import annotations
@@ -61,12 +63,28 @@ class _Drawn:
         pinned = set(int(n) for n in widget.pinned)
         self.pinned_local = np.isin(self.nodes["node"], list(pinned)) if pinned else np.zeros(0, bool)
         kind = self.nodes["kind"]
-        self.node_mask = (kind >= KIND_CODES["token"]) | (self.nodes["rank"] < float(widget.node_threshold))
+        nt, et = float(widget.node_threshold), float(widget.edge_threshold)
+        kept_at = dict(widget._kept_at or {})
+        n_nodes = len(kind)
+        flags = np.frombuffer(bytes(widget._kept), dtype=np.uint8)
+        # Exact: the kernel's prune() at these thresholds; else the preview by influence rank (as the view).
+        self.exact = (flags.size == n_nodes + len(self.edges["source"]) and kept_at.get("node_threshold") == nt
+                      and kept_at.get("edge_threshold") == et)
+        if self.exact:
+            self.node_mask = flags[:n_nodes].astype(bool)
+            keep = flags[n_nodes:].astype(bool)
+        else:
+            self.node_mask = (kind >= KIND_CODES["token"]) | (self.nodes["rank"] < nt)
+            keep = self.edges["rank"] < et
+        focus = header.get("focus") or {}
+        self.focused = (not widget.show_all and "focus" in self.nodes
+                        and int(focus.get("n_pruned", 0)) > int(focus.get("n_chosen", 0)))
+        if self.focused:
+            self.node_mask = self.node_mask & self.nodes["focus"].astype(bool)
         if pinned:
             self.node_mask |= self.pinned_local
         src, dst = self.edges["source"].astype(np.int64), self.edges["target"].astype(np.int64)
         both = self.node_mask[src] & self.node_mask[dst]
-        keep = self.edges["rank"] < float(widget.edge_threshold)
         if pinned:
             keep |= self.pinned_local[src] & self.pinned_local[dst]
         self.edge_mask = both & keep
@@ -307,6 +325,14 @@ def _attention(widget: Any, d: _Drawn) -> str:
     return "<div><b>Attention</b></div>" + _top_heads(widget) + _panel_answers(widget, d)
 
 
+def _focus_note(header: dict[str, Any]) -> str:
+    """What the legible subgraph leaves out (``js/lib/circuit_graph.ts`` ``focusNote``)."""
+    f = header["focus"]
+    return (f" · the legible subgraph: the {int(f['n_chosen'])} nodes with the most influence on "
+            f"“{_e(_token_text(f['logit_token']))}” of the {int(f['n_pruned'])} feature and error nodes prune() "
+            "keeps (show_all=True draws the rest)")
+
+
 def circuit_html(widget: Any) -> str:
     """The circuit view as script-free HTML (see the module docstring)."""
     header = widget._header
@@ -317,7 +343,9 @@ def circuit_html(widget: Any) -> str:
     parts = [
         f'<div style="{_NOTE}">{_e(header.get("model", ""))} · {_e(header.get("scan", ""))} · node threshold '
         f"{float(widget.node_threshold):.2f}, edge threshold {float(widget.edge_threshold):.2f}: {n_nodes} of "
-        f"{len(d.nodes['node'])} nodes, {n_edges} of {int(header.get('n_edges_total', 0))} edges drawn</div>",
+        f"{len(d.nodes['node'])} nodes, {n_edges} of {int(header.get('n_edges_total', 0))} edges drawn"
+        + ("" if d.exact else " (a preview by influence rank: the kernel had not pruned at these thresholds)")
+        + (_focus_note(header) if d.focused else "") + "</div>",
         tokens_html(header["tokens"]),
         "<div><b>Next token</b>: "
         + ", ".join(

@@ -8,9 +8,10 @@ import re
 import pytest
 
 from gemscope_widgets.backend.circuits.graph import find_threshold
+from gemscope_widgets.backend.circuits.legible_subgraph import legible_subgraph
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.testing.transcoders import write_calibrated_set
-from gemscope_widgets.widgets.circuit import Circuit, CircuitExplorer
+from gemscope_widgets.widgets.circuit import Circuit, CircuitExplorer, payload_arrays
 from tests import helpers
 from tests.fixtures.graphs import LABEL_XSS, XSS_TOKENS, synthetic_graph
 
@@ -37,24 +38,47 @@ def test_static_circuit_escapes_tokens_labels_and_logits():
     assert "Most influential nodes" in html and "Strongest edges" in html and "Next token" in html
 
 
-def test_static_circuit_draws_what_the_thresholds_keep():
+def _pruned_counts(g, node_threshold, edge_threshold, view=None) -> tuple[int, int]:
+    """graph.prune()'s node and edge counts, over the nodes and edges the view's payload holds when ``view``."""
+    pruned = g.prune(node_threshold, edge_threshold)
+    if view is None:
+        return int(pruned.node_mask.sum()), int((pruned.edge_mask & (g.adjacency_matrix != 0)).sum())
+    node = payload_arrays(view._header, view._data, "nodes", "node").astype(int)
+    src = node[payload_arrays(view._header, view._data, "edges", "source").astype(int)]
+    dst = node[payload_arrays(view._header, view._data, "edges", "target").astype(int)]
+    return int(pruned.node_mask[node].sum()), int(pruned.edge_mask[dst, src].sum())
+
+
+def test_static_circuit_draws_what_the_view_draws():
+    """At the kernel's thresholds exactly graph.prune()'s nodes and edges (as the live view), only the legible subgraph
+    unless show_all (said in the first line), and a rank preview (said so) where the kernel has not pruned."""
     g = synthetic_graph(n_features=60, n_edges=600, seed=3)
-    view = Circuit.build(g, node_threshold=0.5)
-    # Oracle: circuit-tracer's node step keeps influence >= find_threshold(influence, t) (with influence > 0).
-    influence = g.node_influence()
-    kinds = g.node_kinds()
-    threshold = find_threshold(influence, 0.5)
-    want = sum(
-        1 for i, k in enumerate(kinds)
-        if k in ("token", "logit") or (influence[i] > 0 and influence[i] >= threshold)
-    )
-    nodes, edges = drawn_counts(static_of(view))
-    assert nodes == want
-    view.node_threshold, view.edge_threshold = 1.0, 1.0
-    more_nodes, more_edges = drawn_counts(static_of(view))
-    assert more_nodes > nodes and more_edges > edges
+    view = Circuit.build(g, node_threshold=0.5, show_all=True)
+    html = static_of(view)
+    assert drawn_counts(html) == _pruned_counts(g, 0.5, 0.98)
+    assert "preview" not in html and "legible subgraph" not in html
+    view.node_threshold, view.edge_threshold = 1.0, 1.0  # the kernel prunes again
+    assert drawn_counts(static_of(view)) == _pruned_counts(g, 1.0, 1.0, view)  # the payload holds fewer nodes
     view.edge_threshold = 0.0
-    assert drawn_counts(static_of(view))[1] == 0
+    assert drawn_counts(static_of(view))[1] == _pruned_counts(g, 1.0, 0.0, view)[1]
+
+    # The preview, where the kernel's pruning is of other thresholds: influence ranks, as the view previews.
+    # Oracle: circuit-tracer's node step keeps influence >= find_threshold(influence, t) (with influence > 0).
+    view.node_threshold, view.edge_threshold = 0.5, 0.98
+    view._kept_at = {**view._kept_at, "node_threshold": 0.3}
+    influence = g.node_influence()
+    threshold = find_threshold(influence, 0.5)
+    want = sum(1 for i, k in enumerate(g.node_kinds())
+               if k in ("token", "logit") or (influence[i] > 0 and influence[i] >= threshold))
+    html = static_of(view)
+    assert drawn_counts(html)[0] == want and "a preview by influence rank" in html
+
+    # The default view: the legible subgraph only, as the live view opens.
+    default = Circuit.build(g)
+    html = static_of(default)
+    sub = legible_subgraph(g)
+    assert drawn_counts(html)[0] == int(sub.nodes.sum()) < _pruned_counts(g, 0.8, 0.98)[0]
+    assert f"the legible subgraph: the {sub.n_chosen} nodes" in html and "show_all=True" in html
 
 
 def test_static_circuit_marks_pins_and_shows_the_last_intervention():
