@@ -1,6 +1,8 @@
 """Behaviour evidence against the plain batched forward passes it needs, interleaved in one process.
 
-``run(gm, sae, repeats=3) -> dict`` with, for each case, our time, the bare time and ``ratio`` (target ≤ 1.3):
+``run(gm, sae, repeats=3) -> dict`` with, for each case, our time, the bare time and ``ratio`` (target ≤ 1.3), the
+medians of wall seconds; beside them the medians of process CPU seconds and their ``cpu_ratio`` (steadier on a
+shared machine, where wall time stretches with the load), and the load average before and after:
 
 * ``probe``: :func:`probe` on 256 + 256 prompts (the refusal sets under eight framings; held-out split, learning
   curve, bootstrap intervals), against one plain forward of the same pre-tokenised prompts in padded batches of
@@ -9,21 +11,25 @@
   first questions' prompts forwarded to the SAE's layer in padded batches, and every question answered by Hugging
   Face ``generate`` in left-padded batches of :data:`BATCH` (greedy, ``MAX_ANSWER_TOKENS`` new tokens, KV cache).
 
-``python -m benchmarks.evidence_case [--smoke] [--repeats N] [--warmup N] [--only probe|entities]`` runs this case
-alone (the embedded 270M with the demo SAE, or the tiny random model with a random SAE) and prints the JSON.
+``python -m benchmarks.evidence_case [--smoke] [--repeats N] [--warmup N] [--only probe|entities] [--out FILE]`` runs
+this case alone (the embedded 270M with the demo SAE, or the tiny random model with a random SAE) and prints the JSON
+(and writes it to ``FILE``, e.g. ``benchmarks/results/evidence_cpu.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import os
+import statistics
 import sys
 import warnings
 from typing import Any
 
 import torch
 
-from .harness import error_text, fix_threads, time_interleaved
+from .harness import cpu_seconds, error_text, fix_threads, time_interleaved
 
 BATCH = 32
 FRAMINGS = (
@@ -83,7 +89,23 @@ def probe_prompts() -> tuple[list[str], list[str]]:
     return positive, negative
 
 
-def _ratio(out: dict[str, Any], key: str, timings: dict[str, Any], note: str) -> None:
+def _with_cpu(fns: dict[str, Any], cpu: dict[str, list[float]]) -> dict[str, Any]:
+    """``fns`` each wrapped to append its process CPU seconds to ``cpu[name]`` (warm-up runs included)."""
+
+    def wrap(name: str, fn: Any) -> Any:
+        def call() -> None:
+            start = cpu_seconds()
+            fn()
+            cpu.setdefault(name, []).append(cpu_seconds() - start)
+
+        return call
+
+    return {name: wrap(name, fn) for name, fn in fns.items()}
+
+
+def _ratio(
+    out: dict[str, Any], key: str, timings: dict[str, Any], note: str, cpu: dict[str, list[float]], warmup: int
+) -> None:
     ours, bare = timings["ours"], timings["bare"]
     for t in (ours, bare):
         if isinstance(t, BaseException):
@@ -92,17 +114,26 @@ def _ratio(out: dict[str, Any], key: str, timings: dict[str, Any], note: str) ->
     out[f"{key}_ratio"] = ours.median / bare.median
     out[f"{key}_ours_s"] = ours.median
     out[f"{key}_bare_s"] = bare.median
+    ours_cpu, bare_cpu = (statistics.median(cpu[name][warmup:]) for name in ("ours", "bare"))
+    out[f"{key}_cpu_ratio"] = ours_cpu / bare_cpu
+    out[f"{key}_ours_cpu_s"] = ours_cpu
+    out[f"{key}_bare_cpu_s"] = bare_cpu
+    out[f"{key}_runs"] = {name: {"wall_s": [round(r, 3) for r in timings[name].runs],
+                                 "cpu_s": [round(r, 3) for r in cpu[name][warmup:]]} for name in ("ours", "bare")}
     out[f"{key}_what"] = note
 
 
 def run(gm: Any, sae: Any, repeats: int = 3, *, only: str | None = None, warmup: int = 1) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
-    out: dict[str, Any] = {"target": "each ratio ≤ 1.3", "warmup": warmup, "repeats": repeats}
+    out: dict[str, Any] = {"target": "each ratio ≤ 1.3", "warmup": warmup, "repeats": repeats,
+                           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                           "load_average_before": round(os.getloadavg()[0], 2)}
     layer = int(sae.config.layer)
     if only != "entities":
         _probe_case(gm, sae, layer, repeats, warmup, out)
     if only != "probe":
         _entities_case(gm, sae, layer, repeats, warmup, out)
+    out["load_average_after"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -111,12 +142,13 @@ def _probe_case(gm: Any, sae: Any, layer: int, repeats: int, warmup: int, out: d
 
     positive, negative = probe_prompts()
     ids = [gm.prompt(p).input_ids.tolist() for p in positive + negative]
-    timings = time_interleaved({
+    cpu: dict[str, list[float]] = {}
+    timings = time_interleaved(_with_cpu({
         "ours": lambda: probe(gm, sae, positive, negative, chat=False, progress=False),
         "bare": lambda: bare_forward(gm, ids, layer),
-    }, repeats=repeats, warmup=warmup)
+    }, cpu), repeats=repeats, warmup=warmup)
     _ratio(out, "probe", timings, f"{len(positive)} + {len(negative)} prompts, SAE width {sae.width}; bare: "
-           f"{len(ids)} forwards to layer {layer} in batches of {BATCH}")
+           f"{len(ids)} forwards to layer {layer} in batches of {BATCH}", cpu, warmup)
 
 
 def _entities_case(gm: Any, sae: Any, layer: int, repeats: int, warmup: int, out: dict[str, Any]) -> None:
@@ -135,12 +167,14 @@ def _entities_case(gm: Any, sae: Any, layer: int, repeats: int, warmup: int, out
         bare_forward(gm, first, layer)
         bare_generate(gm, asked, MAX_ANSWER_TOKENS)
 
-    timings = time_interleaved({
+    cpu: dict[str, list[float]] = {}
+    timings = time_interleaved(_with_cpu({
         "ours": lambda: entity_knowledge(gm, sae, min_right=1, progress=False),
         "bare": bare_entities,
-    }, repeats=repeats, warmup=warmup)
+    }, cpu), repeats=repeats, warmup=warmup)
     _ratio(out, "entities", timings, f"{len(entities)} entities, {len(asked)} questions; bare: {len(first)} forwards "
-           f"to layer {layer} + {len(asked)} greedy answers of {MAX_ANSWER_TOKENS} tokens, batches of {BATCH}")
+           f"to layer {layer} + {len(asked)} greedy answers of {MAX_ANSWER_TOKENS} tokens, batches of {BATCH}",
+           cpu, warmup)
 
 
 def main(argv: list[str]) -> int:
@@ -165,7 +199,13 @@ def main(argv: list[str]) -> int:
         gm, sae = load_default(dtype="float32", progress=False, stats=False)
     only = argv[argv.index("--only") + 1] if "--only" in argv else None
     warmup = int(argv[argv.index("--warmup") + 1]) if "--warmup" in argv else 1
-    print(json.dumps(run(gm, sae, repeats=repeats, only=only, warmup=warmup), indent=1))
+    result = {"date": datetime.date.today().isoformat(), "model": "tiny random" if "--smoke" in argv else gm.name,
+              **run(gm, sae, repeats=repeats, only=only, warmup=warmup)}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if "--out" in argv:
+        with open(argv[argv.index("--out") + 1], "w", encoding="utf-8") as f:
+            f.write(text + "\n")
     return 0
 
 
