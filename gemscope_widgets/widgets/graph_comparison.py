@@ -27,6 +27,10 @@ _SIDE = {"a": "color:#1f77b4", "b": "color:#d62728"}  # the view's colours of gr
 
 
 def _label(comparison: Any, key: Any) -> str:
+    """A node key as the view names it; a token or logit key says so and quotes its text, so a token's leading
+    space reads (``token “ sport”``, not `` sport``), as the circuit view names its nodes."""
+    if key[0] in ("token", "logit"):
+        return f"{key[0]} “{key[1]}”"
     return comparison.labels.get(key) or key_label(None, key)
 
 

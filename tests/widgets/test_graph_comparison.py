@@ -25,7 +25,14 @@ def test_the_view_carries_the_comparison(comparison):
     assert data["only_a"] and data["only_b"]
     edge = comparison.edges_only_a[0]
     assert data["edges_only_a"][0]["weight_a"] == pytest.approx(edge.weight_a)
-    assert data["edges_only_a"][0]["source"] == (comparison.labels.get(edge.source) or str(edge.source[1]))
+    assert data["edges_only_a"][0]["source"] == (
+        f"token “{edge.source[1]}”" if edge.source[0] == "token" else comparison.labels.get(edge.source))
+    # Token ends are named and quoted, so a leading space reads.
+    token_edges = [(e, sent) for e, sent in zip(comparison.edges_only_a + comparison.edges_only_b,
+                                                data["edges_only_a"] + data["edges_only_b"]) if e.source[0] == "token"]
+    assert token_edges
+    for e, sent in token_edges:
+        assert sent["source"] == f"token “{e.source[1]}”"
     assert data["overlap"] == comparison.overlap
 
 
