@@ -84,7 +84,7 @@ export function headsPanel(container: HTMLElement, model: ModelLike) {
     for (const e of list) {
       const src = graph.src[e];
       const b = button(graph.weight[e] >= 0 ? "gs-ct-hd-edge gs-ct-pos" : "gs-ct-hd-edge gs-ct-neg",
-        `${formatValue(graph.weight[e])}  `, element("bdi", "", graph.label(src)), `  @${graph.pos[src]} → @${graph.pos[i]}`);
+        `${formatValue(graph.weight[e])}  `, element("bdi", "", graph.label(src)), `  → @${graph.pos[i]}`); // the label has @source
       b.dataset.source = String(graph.node[src]);
       b.dataset.target = String(node);
       b.addEventListener("click", () => askEdge(graph.node[src], node, graph.pos[i], graph.pos[src]));

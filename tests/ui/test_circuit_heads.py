@@ -6,6 +6,7 @@ does; feature labels with markup stay text."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -65,6 +66,11 @@ def test_edge_heads_and_qk_pairs_in_the_view(lab_server, page):
         % len(sources)
     )))
     assert sources == want_sources
+    # Each names its source once (the label holds its position) and the position it reaches.
+    first = edges.first.text_content()
+    src_pos = int(lab_server.run_code(page, f"print(g.node_info({sources[0]}).pos)"))
+    last = int(lab_server.run_code(page, "print(g.n_pos - 1)"))
+    assert len(re.findall(rf"@{src_pos}(?!\d)", first)) == 1 and first.endswith(f"→ @{last}"), first
 
     source = sources[0]
     edges.first.click()
