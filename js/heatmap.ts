@@ -55,8 +55,11 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
   levelInput.step = "1";
   levelInput.setAttribute("aria-label", "level: show the first k latents only");
   const levelText = el("span", "gs-hm-level-text");
+  // Said when the SAE was not trained nested: its first k latents are then not a coarse level, only the first k.
+  const levelNote = el("span", "gs-muted gs-hm-level-note",
+    " · not a Matryoshka SAE: the first latents are not a coarse level");
   const levelBox = labelled("level ", levelInput);
-  levelBox.append(levelText);
+  levelBox.append(levelText, levelNote);
 
   let data: Payload;
   let blocks: PromptGrid[] = [];
@@ -112,6 +115,7 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     const i = levels.indexOf(level);
     levelInput.value = String(i >= 0 ? i : levels.length - 1);
     levelText.textContent = level >= width ? `all ${width.toLocaleString()} latents` : `first ${level.toLocaleString()} of ${width.toLocaleString()} latents`;
+    levelNote.hidden = level >= width || !!(model.get("nested") ?? [])[sae()];
   };
   // The controls show the model's values; the toolbar itself is left alone so a focused box keeps its focus.
   const syncToolbar = () => {
@@ -333,6 +337,7 @@ function render({ model, el: root }: RenderProps<HeatmapModel>): () => void {
     ["change:top_n", onGrid],
     ["change:level", syncLevel],
     ["change:levels", drawToolbar],
+    ["change:nested", syncLevel],
     ["change:list_k", drawSide],
     ["change:feature_info", onGrid],
     ["change:selected_prompt", drawSelection],

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import traitlets
 
-from gemscope_widgets.backend.analysis.matryoshka import check_level, first_latents, prefix_levels
+from gemscope_widgets.backend.analysis.matryoshka import MATRYOSHKA_KEY, check_level, first_latents, prefix_levels
 from gemscope_widgets.backend.gemma.prompts import is_token_ids
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.workspace import Workspace
@@ -95,6 +95,9 @@ class Heatmap(ViewWidget):
     levels: traitlets.List[list[int]] = traitlets.List().tag(sync=True)
     """Per SAE (by index): the levels the view's slider offers
     (:func:`~gemscope_widgets.backend.analysis.matryoshka.prefix_levels`, ending at the width)."""
+    nested: traitlets.List[bool] = traitlets.List().tag(sync=True)
+    """Per SAE (by index): whether it was trained nested (a Matryoshka SAE, its ``config.json`` records its
+    groups), so its first latents are a coarse level; for any other SAE the view says they are merely the first."""
 
     def __init__(self, header: dict[str, Any], data: bytes, **kwargs: Any) -> None:
         self._followed: tuple[Any, ...] | None = None
@@ -169,7 +172,8 @@ class Heatmap(ViewWidget):
             track = np.concatenate([values for values, _ in parts]).astype("<f4").tobytes()
             track_label = parts[0][1]
         widget = cls(header, data, top_n=top_n, rank_by=rank_by, feature_info=info, _track=track,
-                     track_label=track_label, levels=[prefix_levels(s) for s in saes])
+                     track_label=track_label, levels=[prefix_levels(s) for s in saes],
+                     nested=[bool(s.config.raw.get(MATRYOSHKA_KEY)) for s in saes])
         widget._maxima = maxima
         # Densities and labels follow the statistics always; colour maxima only with feature_max="stats".
         holders = [workspace.stats_holder(name) for name in names]

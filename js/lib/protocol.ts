@@ -204,6 +204,7 @@ export interface HeatmapModel {
   track_label: string;
   level: number;
   levels: number[][];
+  nested: boolean[]; // per SAE: trained nested (Matryoshka), so its first latents are a coarse level
 }
 
 /** @messages gemscope_widgets.widgets.heatmap.Heatmap */

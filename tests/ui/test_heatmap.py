@@ -116,6 +116,15 @@ def _check_heatmap_flow(lab_server, page, setup: str, name: str) -> None:
     k = levels[0]
     expect(widget.locator(".gs-hm-level-text")).to_have_text(f"first {k:,} of {levels[-1]:,} latents", timeout=30_000)
     assert lab_server.run_code(page, "print(w.level)").strip() == str(k)
+    # This SAE was not trained nested: the view says its first latents are not a coarse level (a Matryoshka SAE's are).
+    note = widget.locator(".gs-hm-level-note")
+    assert lab_server.run_code(page, "print(w.nested[0])").strip() == "False"
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("not a Matryoshka SAE")
+    lab_server.run_code(page, "w.nested = [True] + w.nested[1:]")
+    expect(note).to_be_hidden(timeout=30_000)
+    lab_server.run_code(page, "w.nested = [False] + w.nested[1:]")
+    expect(note).to_be_visible(timeout=30_000)
     cut = json.loads(lab_server.run_code(page, "print(json.dumps(w.top_features(0)))"))
     heads = widget.locator(".gs-hm-fhead")
     expect(heads).to_have_count(len(cut), timeout=30_000)
@@ -126,6 +135,7 @@ def _check_heatmap_flow(lab_server, page, setup: str, name: str) -> None:
     assert refused.startswith("MatryoshkaError") and "outside" in refused
     slider.press("End")  # back to all latents
     expect(widget.locator(".gs-hm-level-text")).to_have_text(f"all {levels[-1]:,} latents", timeout=30_000)
+    expect(note).to_be_hidden()
     assert lab_server.run_code(page, "print(w.level)").strip() == "0"
 
     # Python -> browser: a selection made in the kernel shows up in the view.

@@ -168,11 +168,13 @@ def pairs(csr) -> set[tuple[int, int]]:
 
 
 def test_level_keeps_the_first_latents_of_the_shown_sae(scope, tiny_model):
-    from gemscope_widgets.backend.analysis.matryoshka import first_latents, prefix_levels
+    from gemscope_widgets.backend.analysis.matryoshka import MATRYOSHKA_KEY, first_latents, prefix_levels
     from gemscope_widgets.errors import MatryoshkaError
 
     w = scope.heatmap([TEXT, CHAT], top_n=8, progress=False)
     assert w.levels == [prefix_levels(scope.sae(name)) for name in w.sae_names]
+    # Whether each SAE was trained nested: these are flat, so the view says their first latents are not a level.
+    assert w.nested == [MATRYOSHKA_KEY in scope.sae(name).config.raw for name in w.sae_names] == [False, False]
     k = w.levels[0][1]
     full = [w.payload.block(p, 0).indices.copy() for p in range(2)]
     other = [w.payload.block(p, 1).indices.copy() for p in range(2)]
