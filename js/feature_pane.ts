@@ -5,13 +5,13 @@ import type { RenderProps } from "@anywidget/types";
 import css from "./feature_pane.css";
 import { heatBackground, normalise } from "./lib/colors";
 import { el, mountTheme, VIEW_ROOTS } from "./lib/dom";
-import { formatPercent, formatValue } from "./lib/format";
+import { formatPercent, formatValue, visibleText } from "./lib/format";
 import { drawHistogram } from "./lib/histogram";
 import { watchKernel } from "./lib/live";
 import { keepKeys } from "./lib/keys";
 import { type FeaturePaneMessage, type FeaturePaneModel, type PaneLabelScore, sendMessage } from "./lib/protocol";
 import { float32Of as floats } from "./lib/sparse";
-import { renderTokens, visibleText } from "./lib/tokens";
+import { renderTokens } from "./lib/tokens";
 
 /** Token spans shaded by activation (relative to `scale`), each with its value in the tooltip. */
 export function highlightTokens(

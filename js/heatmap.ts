@@ -6,13 +6,13 @@ import type { RenderProps } from "@anywidget/types";
 import css from "./heatmap.css";
 import { normalise } from "./lib/colors";
 import { el, labelled, mountTheme, VIEW_ROOTS } from "./lib/dom";
-import { formatValue } from "./lib/format";
+import { formatValue, visibleText } from "./lib/format";
 import { densityText, describeFeature, type FeatureNotes, NO_NOTES, PromptGrid, type Selection } from "./lib/heatgrid";
 import { watchKernel } from "./lib/live";
 import { gridKey, keepKeys, moveIndex, onCommit, sliderKeys } from "./lib/keys";
 import type { HeatmapModel, RankBy } from "./lib/protocol";
 import { float32Of as floats, Payload } from "./lib/sparse";
-import { renderToken, visibleText } from "./lib/tokens";
+import { renderToken } from "./lib/tokens";
 
 const MAX_TOP_N = 256; // the most feature columns the grid draws (heatmap.py's MAX_TOP_N)
 const KEY_HINT = "Click the grid, then ↑ ↓ move the token, ← → the feature, Enter opens it";

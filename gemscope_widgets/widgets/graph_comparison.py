@@ -19,6 +19,7 @@ from .bundle import bundle_path
 from .messages import PING, MessageTable
 from .payload import format_value
 from .static_view import _NOTE, _e, _frame
+from .token_text import visible_text
 
 _BUNDLE = bundle_path("graph_comparison")
 _TABLE = "border-collapse:collapse;font-size:.85em;margin:4px 0 10px"
@@ -27,15 +28,17 @@ _SIDE = {"a": "color:#1f77b4", "b": "color:#d62728"}  # the view's colours of gr
 
 
 def _label(comparison: Any, key: Any) -> str:
-    """A node key as the view names it; a token or logit key says so and quotes its text, so a token's leading
-    space reads (``token “ sport”``, not `` sport``), as the circuit view names its nodes."""
+    """A node key as the view names it; a token or logit key says so and quotes its text made visible
+    (:func:`.token_text.visible_text`), so a token's leading space reads (``token “␣sport”``), as the circuit view
+    names its nodes."""
     if key[0] in ("token", "logit"):
-        return f"{key[0]} “{key[1]}”"
+        return f"{key[0]} “{visible_text(str(key[1]))}”"
     return comparison.labels.get(key) or key_label(None, key)
 
 
-def _change(c: Any) -> dict[str, Any]:
-    return {"label": c.label, "influence_a": c.influence_a, "influence_b": c.influence_b, "kept_a": c.kept_a,
+def _change(comparison: Any, c: Any) -> dict[str, Any]:
+    label = _label(comparison, c.key) if c.key[0] in ("token", "logit") else c.label
+    return {"label": label, "influence_a": c.influence_a, "influence_b": c.influence_b, "kept_a": c.kept_a,
             "kept_b": c.kept_b, "delta": c.delta}
 
 
@@ -51,10 +54,10 @@ def comparison_payload(comparison: Any) -> dict[str, Any]:
         "thresholds": list(comparison.thresholds),
         "overlap": comparison.overlap,
         "weighted_overlap": comparison.weighted_overlap,
-        "only_a": [_change(c) for c in comparison.only_a],
-        "only_b": [_change(c) for c in comparison.only_b],
-        "shared": [_change(c) for c in comparison.shared],
-        "largest_changes": [_change(c) for c in comparison.largest_changes],
+        "only_a": [_change(comparison, c) for c in comparison.only_a],
+        "only_b": [_change(comparison, c) for c in comparison.only_b],
+        "shared": [_change(comparison, c) for c in comparison.shared],
+        "largest_changes": [_change(comparison, c) for c in comparison.largest_changes],
         "edges_only_a": edges(comparison.edges_only_a),
         "edges_only_b": edges(comparison.edges_only_b),
     }

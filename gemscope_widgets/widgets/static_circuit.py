@@ -30,7 +30,8 @@ from gemscope_widgets.backend.circuits.head_loadings import computed_head_loadin
 
 from .circuit_payload import KIND_CODES
 from .payload import format_value
-from .static_view import _NOTE, _e, _frame, _token_text, heat_style, tokens_html
+from .static_view import _NOTE, _e, _frame, heat_style, tokens_html
+from .token_text import visible_text
 
 MAX_NODES = 20  # rows of the node table
 MAX_EDGES = 20  # rows of the edge table
@@ -96,7 +97,7 @@ class _Drawn:
         kind, layer, pos = int(self.nodes["kind"][i]), int(self.nodes["layer"][i]), int(self.nodes["pos"][i])
         tokens = self.header["tokens"]
         raw = tokens[pos] if pos < len(tokens) else ""
-        tok = _token_text(raw)
+        tok = visible_text(raw)
         if kind == KIND_CODES["feature"]:
             base = feature_label(layer - 1, int(self.nodes["feature"][i]), pos, raw)
             label = self.header.get("labels", {}).get(str(i))
@@ -107,7 +108,7 @@ class _Drawn:
             return f"token @{pos} “{tok}”"
         logits = self.header["logit_tokens"]
         j = int(self.nodes["node"][i]) - (int(self.header["n_nodes_total"]) - len(logits))
-        return f"logit “{_token_text(logits[j]) if 0 <= j < len(logits) else ''}”"
+        return f"logit “{visible_text(logits[j]) if 0 <= j < len(logits) else ''}”"
 
     def marks(self, i: int) -> str:
         node = int(self.nodes["node"][i])
@@ -117,7 +118,7 @@ class _Drawn:
 def feature_label(layer: int, feature: int, pos: int, token: str) -> str:
     """How the circuit view names a feature node: ``L{layer} #{feature} @{pos} “token”`` (``layer`` from 0,
     ``token`` the input token's text, shown with its spaces and newlines visible). Plain text, not HTML."""
-    return f"L{layer} #{feature} @{pos} “{_token_text(token)}”"
+    return f"L{layer} #{feature} @{pos} “{visible_text(token)}”"
 
 
 def _table(head: list[str], rows: list[str]) -> str:
@@ -140,7 +141,7 @@ def _grid(d: _Drawn) -> str:
     np.add.at(counts, (layer[features].astype(np.int64), pos[features].astype(np.int64)), 1)
     np.add.at(shares, (layer[features].astype(np.int64), pos[features].astype(np.int64)), influence[features])
     top = float(shares.max(initial=0.0))
-    head = "".join(f'<th style="{_CELL};{_MONO};font-weight:normal">{_e(_token_text(t))}</th>' for t in tokens)
+    head = "".join(f'<th style="{_CELL};{_MONO};font-weight:normal">{_e(visible_text(t))}</th>' for t in tokens)
     rows = []
     for row in range(n_layers, 0, -1):  # layer L sits in row L + 1 of the payload; row 0 is the embeddings
         cells = "".join(
@@ -225,7 +226,7 @@ def _intervention(record: dict[str, Any]) -> str:
         change = float(after) - float(before) if known else 0.0
         signed = (("+" if change >= 0 else "") + format_value(change)) if known else "—"
         rows.append(
-            "<tr>" + _td(_token_text(str(token)), _MONO)
+            "<tr>" + _td(visible_text(str(token)), _MONO)
             + _td("—" if before is None else format_value(float(before)))
             + _td("—" if after is None else format_value(float(after)))
             + _td(signed, _SIGN[change >= 0] if known else "")
@@ -282,7 +283,7 @@ def _panel_answers(widget: Any, d: _Drawn) -> str:
         return d.label(local[node]) if node in local else f"node {node}"
 
     def token(pos: int) -> str:
-        return f"@{pos} “{_token_text(tokens[pos]) if 0 <= pos < len(tokens) else ''}”"
+        return f"@{pos} “{visible_text(tokens[pos]) if 0 <= pos < len(tokens) else ''}”"
 
     edges, qks = [], []
     for key, reply in answers:
@@ -329,7 +330,7 @@ def _focus_note(header: dict[str, Any]) -> str:
     """What the legible subgraph leaves out (``js/lib/circuit_graph.ts`` ``focusNote``)."""
     f = header["focus"]
     return (f" · the legible subgraph: the {int(f['n_chosen'])} nodes with the most influence on "
-            f"“{_e(_token_text(f['logit_token']))}” of the {int(f['n_pruned'])} feature and error nodes prune() "
+            f"“{_e(visible_text(f['logit_token']))}” of the {int(f['n_pruned'])} feature and error nodes prune() "
             "keeps (show_all=True draws the rest)")
 
 
@@ -349,7 +350,7 @@ def circuit_html(widget: Any) -> str:
         tokens_html(header["tokens"]),
         "<div><b>Next token</b>: "
         + ", ".join(
-            f'<span style="{_MONO}">{_e(_token_text(t))}</span> {_e(format_value(float(p)))}'
+            f'<span style="{_MONO}">{_e(visible_text(t))}</span> {_e(format_value(float(p)))}'
             for t, p in zip(header["logit_tokens"], header["logit_probabilities"])
         )
         + "</div>",

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .payload import format_percent, format_value
+from .token_text import visible_text
 
 MAX_TOKENS = 256  # tokens drawn per text; the rest is counted
 MAX_COLUMNS = 20  # heatmap feature columns drawn
@@ -44,7 +45,8 @@ def heat_style(t: float) -> str:
 
 
 def _token_text(token: str) -> str:
-    """A token for display: newlines and tabs marked (and kept), an empty token as ∅."""
+    """A token in running text (``js/lib/tokens.ts`` ``renderToken``): spaces kept, newlines and tabs marked (and
+    kept), an empty token as ∅. A token named on its own (a label, a table cell) is :func:`.token_text.visible_text`."""
     if token == "":
         return "∅"
     return token.replace("\n", "↵\n").replace("\t", "→\t")
@@ -147,7 +149,7 @@ def heatmap_html(widget: Any) -> str:
                 for f, c, s in zip(dense_cols, cols, scales)
             )
             label_style = "font-family:monospace;white-space:pre;padding-right:6px"
-            label = f'<td style="{label_style}">{t} {_e(_token_text(token))}</td>'
+            label = f'<td style="{label_style}">{t} {_e(visible_text(token))}</td>'
             body.append(f"<tr>{label}{cells}</tr>")
         more = len(tokens) - MAX_TOKENS
         if more > 0:

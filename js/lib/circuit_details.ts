@@ -6,8 +6,7 @@
 import type { Graph } from "./circuit_graph";
 import { KIND, KIND_NAMES } from "./circuit_graph";
 import { el as element } from "./dom";
-import { formatValue } from "./format";
-import { visibleText } from "./tokens";
+import { formatValue, visibleText } from "./format";
 
 /** The tooltip's lines for local node `i`. */
 export function nodeTip(g: Graph, i: number): HTMLElement[] {

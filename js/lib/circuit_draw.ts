@@ -3,7 +3,7 @@
 // token and logit text is canvas text, inert.
 import type { Graph, Visible } from "./circuit_graph";
 import { KIND } from "./circuit_graph";
-import { visibleText } from "./tokens";
+import { visibleText } from "./format";
 
 /** Colours of the view (read from the theme's CSS variables by the view). */
 export interface CircuitColors {

@@ -14,7 +14,7 @@
 // No DOM here: labels are plain strings for textContent / fillText.
 import type { CircuitHeader as Header, KeptAt } from "./protocol";
 import { asBytes, type Bytes, readFloat, readUint } from "./sparse";
-import { visibleText } from "./tokens";
+import { visibleText } from "./format";
 
 export const KIND = { feature: 0, error: 1, token: 2, logit: 3 } as const;
 export const KIND_NAMES = ["feature", "error", "token", "logit"];

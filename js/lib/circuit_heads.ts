@@ -6,9 +6,8 @@
 // latest request of its kind (an older reply is dropped). Text goes in with textContent; numbers via formatValue.
 import type { Graph } from "./circuit_graph";
 import { el as element } from "./dom";
-import { formatValue } from "./format";
+import { formatValue, visibleText } from "./format";
 import type { CircuitMessage, CircuitReply, QKTrace } from "./protocol";
-import { visibleText } from "./tokens";
 
 /** How many cross-position inputs the panel lists. */
 export const MAX_INPUTS = 8;

@@ -1,9 +1,8 @@
 // The circuit view's intervention result: the next-token probabilities before and after, as a table.
 // Token text is set with textContent (el()); a running or failed intervention says so.
 import { el as element } from "./dom";
-import { formatValue } from "./format";
+import { formatValue, visibleText } from "./format";
 import type { CircuitIntervention } from "./protocol";
-import { visibleText } from "./tokens";
 
 /**
  * Replace ``result``'s children with the record of the last intervention (nothing when there is none).

@@ -1,5 +1,7 @@
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { formatPercent, formatValue } from "./format";
+import { formatPercent, formatValue, visibleText } from "./format";
 
 // The same rule as format_value in gemscope_widgets/widgets/payload.py (tests/ run both on shared cases).
 describe("formatValue", () => {
@@ -34,4 +36,15 @@ describe("formatPercent", () => {
     expect(formatPercent(0.5)).toBe("50%");
     expect(formatPercent(0)).toBe("0%");
   });
+});
+
+// The same cases as visible_text in gemscope_widgets/widgets/token_text.py (tests/widgets/test_token_text.py).
+describe("visibleText", () => {
+  const cases = JSON.parse(
+    readFileSync(fileURLToPath(new URL("../../tests/widgets/token_text_cases.json", import.meta.url)), "utf8"),
+  ) as [string, string][];
+  it("has the shared cases", () => expect(cases.length).toBeGreaterThan(5));
+  for (const [token, text] of cases) {
+    it(`${JSON.stringify(token)} -> ${text}`, () => expect(visibleText(token)).toBe(text));
+  }
 });

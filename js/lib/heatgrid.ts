@@ -13,11 +13,11 @@
 // .gs-hm-label, and the text's .gs-token[data-index]. Styles: heatmap.css.
 import { heatBackground, normalise, trackUnderline } from "./colors";
 import { el } from "./dom";
-import { formatPercent, formatValue } from "./format";
+import { formatPercent, formatValue, visibleText } from "./format";
 import { VirtualRows } from "./grid";
 import type { PromptInfo, RankBy } from "./protocol";
 import type { Csr } from "./sparse";
-import { renderTokens, visibleText } from "./tokens";
+import { renderTokens } from "./tokens";
 
 /** Labels and densities of features, and which are dense (heatmap.py's feature_info, for one SAE). */
 export interface FeatureNotes {

@@ -1,6 +1,7 @@
 // @vitest-environment happy-dom
 import { describe, expect, it } from "vitest";
-import { renderToken, renderTokens, tokenIndexOf, visibleText } from "./tokens";
+import { renderToken, renderTokens, tokenIndexOf } from "./tokens";
+import { visibleText } from "./format";
 
 describe("visibleText", () => {
   it("marks whitespace and control characters", () => {

@@ -1,10 +1,13 @@
 // Token rendering shared by every widget: faithful whitespace, special tokens marked, text only via textContent.
 //
-//   visibleText(tok)                  the token with whitespace / control characters as visible marks (tooltips)
+//   (a token as a label or tooltip: visibleText in ./format, the one rule shared with the static HTML)
 //   renderToken(text, {special, index, title})   one token as a <span class="gs-token">
 //   renderTokens(container, tokens, special?)    all tokens of a text; returns the spans (data-index = position)
 //   tokenIndexOf(eventTarget)         the index of the token span under a click, or -1
 import { el } from "./dom";
+import { CONTROL_MARKS, visibleText } from "./format";
+
+const { newline: NEWLINE_MARK, tab: TAB_MARK, empty: EMPTY_MARK, controlPicture, isControl } = CONTROL_MARKS;
 
 export interface TokenOptions {
   /** A special token (BOS, <start_of_turn>, ...): gets the `gs-special` class and a muted look. */
@@ -13,35 +16,6 @@ export interface TokenOptions {
   index?: number;
   /** Tooltip; defaults to `visibleText(text)`. Pass `null` for none (the caller sets its own). */
   title?: string | null;
-}
-
-const NEWLINE_MARK = "↵";
-const TAB_MARK = "→";
-const EMPTY_MARK = "∅";
-
-// C0 controls and DEL have visible "control picture" glyphs at U+2400 + code (U+2421 for DEL).
-function controlPicture(ch: string): string {
-  const code = ch.charCodeAt(0);
-  return code === 0x7f ? "\u2421" : String.fromCharCode(0x2400 + code);
-}
-
-function isControl(ch: string): boolean {
-  const code = ch.charCodeAt(0);
-  return (code < 0x20 && ch !== "\n" && ch !== "\t") || code === 0x7f;
-}
-
-/** The token with every whitespace and control character made visible, for tooltips and labels. */
-export function visibleText(tok: string): string {
-  if (tok.length === 0) return EMPTY_MARK;
-  let out = "";
-  for (const ch of tok) {
-    if (ch === " ") out += "␣";
-    else if (ch === "\n") out += NEWLINE_MARK;
-    else if (ch === "\t") out += TAB_MARK;
-    else if (isControl(ch)) out += controlPicture(ch);
-    else out += ch;
-  }
-  return out;
 }
 
 function marker(text: string): HTMLSpanElement {
