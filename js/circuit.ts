@@ -48,7 +48,18 @@ function render({ model, el }: RenderProps<Model>): () => void {
   el.append(headsEl);
   const heads = headsPanel(headsEl, model); // the clicked node's cross-position inputs -> heads -> QK pairs
 
-  const thresholds = thresholdPanel(toolbar, model, () => {
+  // The toolbar wraps between groups of related controls, never inside one: thresholds, intervention, groups,
+  // the view (pin, unpin all, fit, show all), then the status line.
+  const group = (name: string) => {
+    const g = element("div", `gs-ct-tools gs-ct-tools-${name}`);
+    toolbar.append(g);
+    return g;
+  };
+  const thresholdTools = group("thresholds");
+  const interveneTools = group("intervene");
+  const groupTools = group("groups");
+  const viewTools = group("view");
+  const thresholds = thresholdPanel(thresholdTools, model, () => {
     recompute();
     keepInView();
   });
@@ -56,11 +67,11 @@ function render({ model, el }: RenderProps<Model>): () => void {
     const b = element("button", cls, text);
     b.type = "button";
     b.title = title;
-    toolbar.append(b);
+    viewTools.append(b);
     return b;
   };
-  const renderResult = interventionPanel(toolbar, result, model, () => selectedFeatures(), (node) => nodeLabel(node));
-  const renderGroups = groupPanel(toolbar, groupList, model);
+  const renderResult = interventionPanel(interveneTools, result, model, () => selectedFeatures(), (node) => nodeLabel(node));
+  const renderGroups = groupPanel(groupTools, groupList, model);
   const pinBtn = button("gs-ct-pin", "pin", "keep the selected nodes drawn whatever the thresholds");
   const unpinBtn = button("gs-ct-unpin", "unpin all", "remove every pin");
   const resetBtn = button("gs-ct-reset", "fit", "fit the graph in the view");

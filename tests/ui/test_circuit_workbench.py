@@ -1,7 +1,8 @@
 """The circuit view as a workbench in a real JupyterLab in Chromium (one page load): it opens on the legible
-subgraph and says so, hovering isolates a node's edges, zooming in labels the nodes, "show all" draws prune()'s
-graph; supernodes grouped and ungrouped in the view; the pinned subgraph's scores recomputed in the browser equal
-graph.scores(pinned=...); the dark theme; and the comparison view of two graphs (a second page load)."""
+subgraph and says so, its toolbar wraps between groups of controls, hovering isolates a node's edges, zooming in
+labels the nodes, "show all" draws prune()'s graph; supernodes grouped and ungrouped in the view; the pinned
+subgraph's scores recomputed in the browser equal graph.scores(pinned=...); the dark theme; and the comparison
+view of two graphs (a second page load)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,19 @@ def test_grouping_ungrouping_and_pinned_scores_in_the_view(lab_server, page):
     expect(widget.locator("canvas")).to_be_visible(timeout=60_000)
     page.wait_for_function("e => Number(e.dataset.frames) >= 1", arg=widget.element_handle(), timeout=30_000)
 
+    # The toolbar wraps between groups of related controls, never inside one: at 1120 px (and narrower) "show
+    # all" stays on the line of "pin", "unpin all" and "fit".
+    size = page.viewport_size
+    for width in (1120, 860):
+        page.set_viewport_size({"width": width, "height": size["height"]})
+        tops = widget.evaluate("""e => [...e.querySelectorAll(".gs-ct-toolbar > .gs-ct-tools")].map(g =>
+            [...g.children].filter(c => c.offsetParent !== null)
+              .map(c => { const r = c.getBoundingClientRect(); return Math.round(r.top + r.height / 2); }))""")
+        assert len(tops) == 4 and all(t for t in tops), tops
+        assert all(len(set(t)) == 1 for t in tops), (width, tops)
+        fit, show_all = (widget.locator(s).bounding_box() for s in (".gs-ct-reset", ".gs-ct-show-all"))
+        assert abs(fit["y"] - show_all["y"]) < 2, (width, fit, show_all)
+    page.set_viewport_size(size)
     # The view opens on the legible subgraph and says on screen what it leaves out.
     want = json.loads(lab_server.run_code(page, "print(json.dumps(legible()))"))
     assert want["chosen"] < want["of"]
