@@ -258,7 +258,9 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   const drawFound = () => {
     const found = model.get("found") ?? {};
     const hits = found.hits ?? [];
-    searchStatus.textContent = found.error
+    searchStatus.textContent = found.progress
+      ? found.progress
+      : found.error
       ? found.error
       : found.query === undefined
         ? ""

@@ -269,6 +269,10 @@ class FeaturePane(ViewWidget):
         """Shows the ``k`` features whose labels and explanations best match ``query`` (the search box; a hit
         opens with :meth:`show`)."""
         serial = int(self.found.get("search", 0)) + 1
+        pending = self.labels.unlabelled()
+        if pending:  # the first search labels every feature: say so while the kernel works (it answers nothing else)
+            self.found = {"query": query, "hits": [], "error": "", "search": serial - 1, "progress":
+                          f"labelling {pending:,} features for the first search of this dictionary (done once)…"}
         try:
             hits = search_labels(self.labels, query, k=k)
         except GemscopeError as exc:

@@ -112,6 +112,8 @@ export interface PaneFound {
   error?: string;
   /** How many searches the pane has answered (a repeated query still changes ``found``). */
   search?: number;
+  /** While a search works (the first one labels every feature): what it is doing; absent in an answer. */
+  progress?: string;
 }
 export interface PaneRelated {
   feature: number;

@@ -38,3 +38,16 @@ def test_search_message_shows_the_hits_of_search_labels(pane):
 def test_an_empty_query_says_so(pane):
     pane._on_custom_msg(pane, {"type": "search", "query": "  ?? "}, [])
     assert pane.found["hits"] == [] and "empty" in pane.found["error"]
+
+
+def test_the_first_search_says_it_labels_every_feature(tiny_model, pane):
+    fresh = FeaturePane(tiny_model, pane.sae, pane.stats, feature=0)
+    seen: list[dict] = []
+    fresh.observe(lambda change: seen.append(change["new"]), names="found")
+    n = fresh.labels.unlabelled()
+    assert 0 < n < 48  # the card labelled the shown feature and its related ones
+    fresh._on_custom_msg(fresh, {"type": "search", "query": "zebra"}, [])
+    assert len(seen) == 2 and seen[0]["progress"].startswith(f"labelling {n} features for the first search")
+    assert "progress" not in seen[1] and seen[1]["hits"] and fresh.labels.unlabelled() == 0
+    fresh._on_custom_msg(fresh, {"type": "search", "query": "quokka"}, [])
+    assert len(seen) == 3 and "progress" not in seen[2]  # labels are kept: no second labelling
