@@ -173,8 +173,11 @@ def test_real_model_probe_with_labels_and_densities(demo_scope_parts):
     scope = Scope(gm, sae)
     r = scope.probe(list(HARMFUL_REQUESTS[:8]), list(HARMLESS_REQUESTS[:8]), k=4, progress=False)
     density = scope.stats().density
+    # The Scope's labels (automatic ones may be empty: a latent firing on and promoting no readable token).
+    names = scope.labels().labels([f.feature for f in r.features])
     for f in r.features:
-        assert f.label and f.density == pytest.approx(float(density[f.feature]))
+        assert f.label == names[f.feature] and f.density == pytest.approx(float(density[f.feature]))
+    assert any(f.label for f in r.features)
     for d in r.detectors:
         assert d.auroc == pytest.approx(roc_auc_score(r.labels, r.scores[d.name]), abs=1e-12)
     assert r.direction is not None and r.direction.layer == sae.config.layer
