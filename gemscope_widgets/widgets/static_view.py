@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .payload import format_percent, format_value
-from .token_text import visible_text
+from .token_text import EMPTY_MARK, visible_text
 
 MAX_TOKENS = 256  # tokens drawn per text; the rest is counted
 MAX_COLUMNS = 20  # heatmap feature columns drawn
@@ -48,7 +48,7 @@ def _token_text(token: str) -> str:
     """A token in running text (``js/lib/tokens.ts`` ``renderToken``): spaces kept, newlines and tabs marked (and
     kept), an empty token as ∅. A token named on its own (a label, a table cell) is :func:`.token_text.visible_text`."""
     if token == "":
-        return "∅"
+        return EMPTY_MARK
     return token.replace("\n", "↵\n").replace("\t", "→\t")
 
 
