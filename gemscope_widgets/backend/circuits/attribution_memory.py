@@ -17,8 +17,9 @@ features, ``F = min(max_feature_nodes, A)`` feature rows, ``K`` logits, ``B`` ba
 - ``nodes``: each active feature's decoder vector where it writes (``A·d`` per target layer), its bookkeeping,
   and the error and constant terms (``2·L·T·d``);
 - ``edges``: the edge matrix, ``(F + K)·C`` (the dominant term for long prompts);
-- ``ranking``: the normalised copy the influence ranking uses, at most :data:`RANKING_CHUNK_BYTES` (larger
-  matrices are ranked chunk by chunk);
+- ``ranking``: the normalised copy the influence ranking uses, at most :data:`RANKING_CHUNK_BYTES` (a larger
+  matrix is ranked through one buffer of that size, chunk of rows by chunk of rows; the unselected columns' sums
+  too);
 - ``batch``: one pull-back, ``B·T`` gradients a few times over and ``B·C`` rows;
 - ``graph``: the final graph's adjacency ``(F + (L + 1)·T + K)²`` and the kept columns, while the edge matrix
   is still held.
@@ -43,7 +44,7 @@ from gemscope_widgets.backend.memory import absent_bytes, format_bytes
 from gemscope_widgets.errors import AttributionMemoryError
 
 FLOAT = 4
-RANKING_CHUNK_BYTES = 1 << 30
+RANKING_CHUNK_BYTES = 64 << 20  # the influence ranking's and the unselected sums' working copy, at most
 RUNTIME_BYTES = 64 << 20  # first calls of torch kernels, allocator slack, lazily imported modules
 FALLBACK_ACTIVE_PER_TOKEN = 700.0  # a 16k-wide Gemma Scope 2 set on Gemma 3 (about 685 measured) when no L0 is known
 

@@ -170,4 +170,7 @@ def train_transcoders(
             json.dumps({"model": model_name, "recipe": recipe, "seconds": round(time.perf_counter() - start, 1),
                         "layers": [asdict(r) for r in reports]}, indent=2)
         )
+    del params, pairs
+    gc.collect()
+    return_freed_memory()  # the fit's buffers, before whatever the caller does next beside the loaded set
     return out

@@ -104,6 +104,44 @@ def test_chunked_ranking_equals_the_whole_matrix(monkeypatch):
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
 
 
+def _peak_rss_above_now(fn) -> float:
+    """Peak resident memory (bytes) ``fn()`` adds above the resident memory before it (Linux ``clear_refs``)."""
+    def status(key: str) -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key))
+
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    before = status("VmRSS:")
+    fn()
+    return status("VmHWM:") - before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
+def test_ranking_a_large_matrix_holds_one_chunk_not_a_normalised_copy():
+    # 2,010 rows x 32,000 columns (257 MB): features in four layers, each reading only lower layers, and 10 logits.
+    gen = torch.Generator().manual_seed(0)
+    n_rows, n_cols, n_feat = 2010, 32000, 2000
+    layer_of = torch.where(torch.arange(n_cols) < n_feat, torch.arange(n_cols) * 4 // n_feat, -1)  # -1: not a feature
+    edge = torch.randn(n_rows, n_cols, generator=gen)
+    edge[:n_feat] *= layer_of[None, :] < layer_of[:n_feat, None]
+    edge[:, -10:] = 0
+    row_to_node = torch.cat([torch.arange(n_feat), torch.arange(n_cols - 10, n_cols)])
+    logit_p = torch.softmax(torch.randn(10, generator=gen), 0)
+    influence: list[torch.Tensor] = []
+    extra = _peak_rss_above_now(lambda: influence.append(compute_partial_influences(edge, logit_p, row_to_node)))
+    assert extra < edge.nbytes // 2, f"{extra / 2**20:.0f} MB for a {edge.nbytes / 2**20:.0f} MB matrix"
+    part = edge.abs()
+    part /= part.sum(dim=1, keepdim=True)
+    prod, expected = torch.zeros(n_cols), torch.zeros(n_cols)
+    prod[-10:] = logit_p
+    for _ in range(5):  # logits, then four layers of features
+        prod = prod[row_to_node] @ part
+        expected += prod
+    assert not (prod[row_to_node] @ part).any()
+    torch.testing.assert_close(influence[0], expected, rtol=1e-5, atol=1e-9)
+
+
 def test_graph_with_chunked_ranking_and_unselected_sums_is_the_same(tiny_model, tset, monkeypatch):
     kwargs = {"max_feature_nodes": 40, "batch_size": 8, "update_interval": 2, "progress": False}
     ref = attribute(tiny_model, tset, PROMPT, **kwargs)
