@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from gemscope_widgets.backend.analysis.features import sae_inputs
-from gemscope_widgets.backend.behaviour.conversation import turns, warn_if_base
+from gemscope_widgets.backend.behaviour.conversation import warn_if_base
 from gemscope_widgets.backend.behaviour.prompt_sets import HARMFUL_REQUESTS, HARMLESS_REQUESTS, read_prompts
+from gemscope_widgets.backend.behaviour.read_position import behaviour_prompt, check_position, read_positions
 from gemscope_widgets.backend.gemma.capture import capture
 from gemscope_widgets.backend.gemma.prompts import Prompt
 from gemscope_widgets.backend.gemma.sites import hook_point
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 MIN_PROMPTS = 4
 """Fewest prompts per set: with ``layer=None`` a quarter (at least 2) of each set is held out to choose the layer,
 and the rest (at least 2) gives the direction; with fewer, a mean difference is mostly noise."""
-POSITIONS = ("last_prompt_token", "post_instruction", "mean")
 CANDIDATE_FRACTION = 0.8
 """By default the layer is chosen among the first 80% of layers, as Arditi et al. do (directions from the last
 layers separate prompts but no longer steer the behaviour)."""
@@ -99,38 +99,6 @@ def as_unit_direction(direction: Any, d_model: int) -> torch.Tensor:
     return vec / norm
 
 
-def _as_prompt(gm: GemmaModel, prompt: Any, chat: bool) -> Prompt:
-    if isinstance(prompt, Prompt):
-        return prompt
-    if chat and isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    return gm.prompt(prompt)
-
-
-def _positions(gm: GemmaModel, prompt: Prompt, position: str | int) -> torch.Tensor:
-    """Token indices whose activations are averaged for this prompt."""
-    n = len(prompt)
-    if isinstance(position, bool) or not isinstance(position, (int, str)):
-        raise DirectionError(f"position={position!r}: use one of {POSITIONS} or a token index.")
-    if isinstance(position, int):
-        if not -n <= position < n:
-            raise DirectionError(f"position={position} is outside a prompt of {n} tokens.")
-        return torch.tensor([position % n])
-    if position == "last_prompt_token":
-        return torch.tensor([n - 1])
-    if position == "mean":
-        return torch.nonzero(~prompt.masked).reshape(-1)
-    if position == "post_instruction":
-        user_turns = [t for t in turns(gm, prompt) if t.role == "user"]
-        if not user_turns:
-            raise DirectionError(
-                "position='post_instruction' needs chat prompts (the template tokens after the last user turn): "
-                "pass chat=True or message lists."
-            )
-        return torch.arange(user_turns[-1].content_end, n)
-    raise DirectionError(f"position={position!r}: use one of {POSITIONS} or a token index.")
-
-
 def prompt_residuals(
     gm: GemmaModel, prompts: Sequence[Any], layers: Sequence[int], position: str | int, chat: bool,
     progress: bool = False, desc: str = "prompts",
@@ -143,8 +111,8 @@ def prompt_residuals(
     points = [resid_hook_point(layer) for layer in layers]
     out = torch.empty(len(prompts), len(layers), gm.d_model, dtype=torch.float32)
     for i, prompt in enumerate(progress_bar(prompts, desc=desc, disable=not progress, leave=False)):
-        tokenized = _as_prompt(gm, prompt, chat)
-        where = _positions(gm, tokenized, position).to(gm.device)
+        tokenized = behaviour_prompt(gm, prompt, chat)
+        where = read_positions(gm, tokenized, position).to(gm.device)
         acts = capture(gm, tokenized.input_ids, points)
         for j, point in enumerate(points):
             out[i, j] = acts[point][0, where].float().mean(dim=0).cpu()
@@ -222,8 +190,7 @@ def behaviour_direction(
             raise DirectionError("layers=[] leaves no layer to choose from.")
     else:
         candidates = list(range(max(1, int(gm.n_layers * CANDIDATE_FRACTION))))
-    if isinstance(position, str) and position not in POSITIONS:
-        raise DirectionError(f"position={position!r}: use one of {POSITIONS} or a token index.")
+    check_position(position)
     acts_pos = prompt_residuals(gm, pos, candidates, position, chat, progress, f"{label} (+)")
     acts_neg = prompt_residuals(gm, neg, candidates, position, chat, progress, f"{label} (-)")
     n = len(pos)
@@ -318,7 +285,7 @@ def projection_track(
     """
     unit = as_unit_direction(direction, gm.d_model)
     chosen = list(range(gm.n_layers)) if layers is None else [_check_layer(gm, c, "layers") for c in layers]
-    tokenized = _as_prompt(gm, prompt, chat)
+    tokenized = behaviour_prompt(gm, prompt, chat)
     acts = capture(gm, tokenized.input_ids, [resid_hook_point(c) for c in chosen])
     stacked = torch.stack([acts[resid_hook_point(c)][0].float().cpu() for c in chosen])  # [L, T, d]
     values = stacked @ unit
@@ -400,7 +367,7 @@ def decompose(
     layer = sae.config.layer
     point = resid_hook_point(layer)
     for prompt in read_prompts(prompts):
-        tokenized = _as_prompt(gm, prompt, chat)
+        tokenized = behaviour_prompt(gm, prompt, chat)
         captured = capture(gm, tokenized.input_ids, [*sae.config.hook_points_in, point])
         keep = ~tokenized.masked
         x = sae_inputs(sae, {name: v[0] for name, v in captured.items()})[keep.to(gm.device)]

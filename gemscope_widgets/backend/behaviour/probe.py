@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from gemscope_widgets.backend.behaviour.batched import sae_inputs_at
-from gemscope_widgets.backend.behaviour.direction import POSITIONS, BehaviourDirection, _as_prompt, _positions
+from gemscope_widgets.backend.behaviour.direction import BehaviourDirection
 from gemscope_widgets.backend.behaviour.heldout import (
     MIN_PER_SPLIT,
     Fold,
@@ -37,6 +37,7 @@ from gemscope_widgets.backend.behaviour.heldout import (
     folds,
 )
 from gemscope_widgets.backend.behaviour.prompt_sets import read_prompts
+from gemscope_widgets.backend.behaviour.read_position import behaviour_prompt, check_position, read_positions
 from gemscope_widgets.backend.progress import progress_bar
 from gemscope_widgets.backend.views import view_factory
 from gemscope_widgets.errors import ProbeError
@@ -208,14 +209,6 @@ class ProbeResult:
         return self.summary()
 
 
-def check_position(position: Any) -> None:
-    """ProbeError unless ``position`` is one of :data:`~.direction.POSITIONS` or a token index."""
-    if isinstance(position, bool) or not isinstance(position, (int, str)) or (
-        isinstance(position, str) and position not in POSITIONS
-    ):
-        raise ProbeError(f"position={position!r}: use one of {POSITIONS} or a token index.")
-
-
 def probe_activations(
     gm: GemmaModel, sae: Any, prompts: Sequence[Any], *, position: str | int, chat: bool, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,8 +221,8 @@ def probe_activations(
 
     if len(sae.config.hook_points_in) != 1:
         raise ProbeError(f"{sae.config.name} reads several layers; a probe needs an SAE with one input site.")
-    tokenized = [_as_prompt(gm, prompt, chat) for prompt in prompts]
-    where = [_positions(gm, t, position) for t in tokenized]
+    tokenized = [behaviour_prompt(gm, prompt, chat) for prompt in prompts]
+    where = [read_positions(gm, t, position, ProbeError) for t in tokenized]
     bar = progress_bar(total=len(prompts), desc="probe activations", disable=not progress, leave=False)
     try:
         xs = sae_inputs_at(gm, sae, tokenized, where, step=bar.update)
@@ -354,7 +347,7 @@ def probe(
             f"The sets have {len(pos)} positive and {len(neg)} negative prompts: use sets of equal size "
             "(trim the longer one)."
         )
-    check_position(position)
+    check_position(position, ProbeError)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= int(sae.width):
         raise ProbeError(f"k={k!r} must be an integer between 1 and the SAE's width ({int(sae.width)}).")
     if not (isinstance(C, (int, float)) and C > 0):
