@@ -76,13 +76,16 @@ def collection_model(gm: Any | None, progress: bool) -> Any:
 
     On CPUs with native bf16 the activation pass runs ~5x faster than in fp32; the SAE itself is fitted
     in fp32 either way. Returns ``gm`` itself when it is already bfloat16, on CUDA, or the CPU has no fast bf16;
-    otherwise (or when ``gm`` is None) the embedded model loaded anew on the CPU, in bfloat16 where fast, else
-    float32 (``progress``: its loading bar).
+    otherwise a bfloat16 copy of ``gm`` made from its loaded weights (:func:`~.gemma.model.cast_model`), or,
+    when ``gm`` is None, the embedded model loaded on the CPU, in bfloat16 where fast, else float32
+    (``progress``: its loading bar).
     """
-    from gemscope_widgets.backend.gemma.model import load_model
+    from gemscope_widgets.backend.gemma.model import cast_model, load_model
 
     if gm is not None and (gm.dtype == torch.bfloat16 or gm.device.type == "cuda" or not _cpu_has_fast_bf16()):
         return gm
+    if gm is not None and not getattr(gm.model, "hf_device_map", None):
+        return cast_model(gm, torch.bfloat16)  # from the loaded weights: the checkpoint is not read a second time
     dtype = "bfloat16" if _cpu_has_fast_bf16() else "float32"
     return load_model(EMBEDDED_NAME, device="cpu", dtype=dtype, progress=progress)
 

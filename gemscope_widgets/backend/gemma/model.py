@@ -273,6 +273,35 @@ def load_model(
     return wrap_model(model, tokenizer, canonical)
 
 
+def cast_model(gm: GemmaModel, dtype: str | torch.dtype) -> GemmaModel:
+    """A copy of the loaded CPU model ``gm`` in ``dtype``, built from its tensors in memory.
+
+    ``from_pretrained`` with the loaded state dict instead of the checkpoint file: each tensor is cast as it is
+    placed, so the copy costs its own size and nothing more, where loading the checkpoint again maps the whole
+    file a second time (the 270M: peak +0.83 GB and 0.9 s against +1.8 GB and 4 s for a bfloat16 copy beside the
+    float32 model). Parameters and buffers equal a fresh load of the checkpoint in ``dtype`` bit for bit (test).
+    The tokenizer is shared. Raises :class:`UnsupportedDtypeError` for float16, :class:`ModelLoadError` for a
+    model spread over devices (load it again with :func:`load_model` instead).
+    """
+    target = resolve_dtype(dtype, torch.device("cpu"))
+    if getattr(gm.model, "hf_device_map", None) or gm.device.type != "cpu":
+        raise ModelLoadError(f"cast_model copies a model held on the CPU; {gm.name} is on {gm.device}.")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model: Any = cast(Any, type(gm.model)).from_pretrained(
+            None, config=gm.model.config, state_dict=gm.model.state_dict(), use_safetensors=True,
+            **{_dtype_keyword(): target},
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    model.requires_grad_(False)
+    return wrap_model(model, gm.tokenizer, gm.name)
+
+
 def _dtype_keyword() -> str:
     """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, ``torch_dtype`` before (4.53-4.55
     ignore ``dtype`` and pass it on to the model's ``__init__``)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemscope_widgets.backend.gemma.model import load_model, model_size, resolve_dtype, wrap_model
+from gemscope_widgets.backend.gemma.model import cast_model, load_model, model_size, resolve_dtype, wrap_model
 from gemscope_widgets.errors import ModelLoadError, UnsupportedDtypeError
 
 
@@ -48,6 +48,28 @@ def test_bf16_load(tiny_model_path):
     gm = load_model(tiny_model_path, dtype="bfloat16", name="t")
     assert gm.dtype == torch.bfloat16
     assert next(gm.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("which", ["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"])
+def test_cast_model_equals_a_fresh_load_without_reading_the_checkpoint(tiny_model_path, tiny_vlm_path, tmp_path,
+                                                                        which):
+    source = tiny_model_path if which == "Gemma3ForCausalLM" else tiny_vlm_path
+    folder = shutil.copytree(source, tmp_path / "ckpt")
+    fresh = load_model(folder, dtype="bfloat16", name="t")
+    gm = load_model(folder, dtype="float32", name="t")
+    shutil.rmtree(folder)  # a copy that read the checkpoint again would fail now
+    copy = cast_model(gm, "bfloat16")
+    assert type(copy.model).__name__ == which and copy.dtype == torch.bfloat16
+    assert copy.tokenizer is gm.tokenizer and copy.name == "t"
+    want = dict(fresh.model.state_dict()) | dict(fresh.model.named_buffers())
+    got = dict(copy.model.state_dict()) | dict(copy.model.named_buffers())
+    assert want.keys() == got.keys()
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+    assert copy.lm_head.weight.data_ptr() == copy.embed.weight.data_ptr()  # still tied
+    assert next(gm.model.parameters()).dtype == torch.float32  # the source is untouched
+    with pytest.raises(UnsupportedDtypeError, match="float16"):
+        cast_model(gm, "float16")
 
 
 def test_bad_sources_get_clear_errors(tmp_path):
