@@ -19,6 +19,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 _EXPORTS = {
     "load_model": "gemscope_widgets.backend.gemma.model",
+    "cast_model": "gemscope_widgets.backend.gemma.model",
     "GemmaModel": "gemscope_widgets.backend.gemma.model",
     "load_sae": "gemscope_widgets.backend.dictionaries.loading",
     "JumpReLUSAE": "gemscope_widgets.backend.dictionaries.jumprelu",
