@@ -17,7 +17,7 @@ import traceback
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,6 +59,12 @@ def available_memory() -> int | None:
     """Bytes this process may still allocate without swapping or hitting its cgroup limit; None if unknown."""
     found = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
     return min(found) if found else None
+
+
+def tensor_ranges(tensors: Iterable[Any]) -> list[tuple[int, int]]:
+    """``(address, bytes)`` of each CPU tensor's elements, once each (tied weights are one tensor), for
+    :func:`absent_bytes`."""
+    return sorted({(t.data_ptr(), t.numel() * t.element_size()) for t in tensors if t.device.type == "cpu"})
 
 
 def absent_bytes(ranges: Iterable[tuple[int, int]]) -> int | None:

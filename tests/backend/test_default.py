@@ -111,3 +111,24 @@ def test_quality_command_prints_the_card(demo_scope_parts, capsys):
     assert card["prefixes"], card  # every nested prefix, one line each
     for row in card["prefixes"]:
         assert f"{row['size']:>15,}    {row['fvu']:.3f}  {row['l0']:5.1f}  {100 * row['loss_recovered']:.1f} %" in out
+
+
+def test_collection_model_copies_from_memory_only_once_the_weights_are_resident(monkeypatch):
+    # A model that has not run keeps its checkpoint pages unread (the copy comes from the file); one that has run
+    # is copied from memory (the copy shares its tokenizer), so the float32 file is never mapped twice.
+    import torch
+
+    from gemscope_widgets.backend.gemma.model import load_model
+
+    monkeypatch.setattr(default, "_cpu_has_fast_bf16", lambda: True)
+    gm = load_model(default.EMBEDDED_NAME, device="cpu", dtype="float32", progress=False)
+    assert not default._weights_resident(gm)
+    from_file = default.collection_model(gm, False)
+    assert from_file.dtype == torch.bfloat16 and from_file.tokenizer is not gm.tokenizer
+    assert not default._weights_resident(gm)  # the copy did not read the loaded model's pages
+    del from_file
+    with torch.no_grad():
+        gm.model(input_ids=torch.tensor([[2, 818, 5279]]))
+    assert default._weights_resident(gm)
+    from_memory = default.collection_model(gm, False)
+    assert from_memory.dtype == torch.bfloat16 and from_memory.tokenizer is gm.tokenizer

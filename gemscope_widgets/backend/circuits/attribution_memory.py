@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gemscope_widgets.backend.circuits.transcoder_set import TranscoderSet, load_transcoders
-from gemscope_widgets.backend.memory import absent_bytes, format_bytes
+from gemscope_widgets.backend.memory import absent_bytes, format_bytes, tensor_ranges
 from gemscope_widgets.errors import AttributionMemoryError
 
 FLOAT = 4
@@ -94,16 +94,11 @@ def _shape(gm: Any, tset: Any, max_logits: int) -> _Shape:
     )
 
 
-def _cpu_ranges(tensors: Any) -> list[tuple[int, int]]:
-    """``(address, bytes)`` of each CPU tensor's elements, once each (tied weights are one tensor)."""
-    return sorted({(t.data_ptr(), t.numel() * t.element_size()) for t in tensors if t.device.type == "cpu"})
-
-
 def weights_not_resident(gm: Any, tset: Any) -> dict[str, int]:
     """``{"model": bytes, "transcoders": bytes}`` of the model's and the set's CPU weights that are not in this
     process's resident set yet (module docstring), the parts a first forward pass adds."""
-    model = _cpu_ranges([*gm.model.parameters(), *gm.model.buffers()])
-    dictionaries = _cpu_ranges([b for d in tset.dictionaries for b in d.buffers()])
+    model = tensor_ranges([*gm.model.parameters(), *gm.model.buffers()])
+    dictionaries = tensor_ranges([b for d in tset.dictionaries for b in d.buffers()])
     model_bytes, set_bytes = absent_bytes(model), absent_bytes(dictionaries)
     return {
         "model": 0 if model_bytes is None else model_bytes,
