@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from gemscope_widgets.backend.memory import releases_buffers_on_error
+from gemscope_widgets.backend.memory import releases_buffers_on_error, return_freed_memory
 from gemscope_widgets.backend.training.stacked_fit import check_target, fit_stacked
 from gemscope_widgets.errors import TrainingError
 
@@ -211,6 +211,7 @@ def fit_transcoders(
                 )
             finally:
                 del x, r  # an interrupt leaves no group's data behind
+            return_freed_memory()  # so each group's buffers do not stack on the last group's heap residue
             for k, i in enumerate(group):
                 params[i], reports[i] = _fold_and_report(
                     run.module, k, preps[i], xs[i], ys[i], check, layers[i], run.resampled[k], int(steps or 0)
