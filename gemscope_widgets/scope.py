@@ -8,6 +8,8 @@ from typing import Any
 
 from .backend.circuits.comparison import compare_graphs
 from .backend.circuits.graph import AttributionGraph
+from .backend.circuits.influence import check_thresholds
+from .backend.circuits.node_summary import check_max_edges
 from .backend.gemma.model import GemmaModel
 from .backend.stats.holder import StatsHolder
 from .backend.steering.spec import in_unit, normalize_steering
@@ -159,6 +161,8 @@ class Scope:
         """
         view_keys = ("node_threshold", "edge_threshold", "max_edges", "show_all")
         view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
+        check_thresholds(view.get("node_threshold", 0.8), view.get("edge_threshold", 0.98))
+        check_max_edges(view.get("max_edges"))
         tset = self.workspace.transcoders(transcoders)
         graph = self._graph(prompt, **kwargs)
         return CircuitExplorer.build(self.model, graph, tset, **view)

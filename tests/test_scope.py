@@ -188,3 +188,21 @@ def test_scope_is_a_facade_over_its_workspace(tiny_model, gemma_scope_folders):
     assert again.workspace is ws and again.labels() is scope.labels()
     pane = scope.feature(3)
     assert pane.holder is ws.stats_holder() and pane.labels is ws.labels()
+
+
+@pytest.mark.parametrize(("view", "message"), [
+    ({"node_threshold": 1.5}, "node_threshold must be between 0 and 1, got 1.5"),
+    ({"edge_threshold": -0.1}, "edge_threshold must be between 0 and 1"),
+    ({"node_threshold": "high"}, "node_threshold must be a number"),
+    ({"max_edges": 0}, "max_edges must be positive"),
+])
+def test_circuit_refuses_bad_view_settings_before_attributing(tiny_model, monkeypatch, view, message):
+    scope = Scope(tiny_model)
+
+    def never(*args, **kwargs):
+        raise AssertionError("attribution (or loading transcoders) ran before the view's settings were checked")
+
+    monkeypatch.setattr(scope.workspace, "attribute", never)
+    monkeypatch.setattr(scope.workspace, "transcoders", never)
+    with pytest.raises(GemscopeError, match=message):
+        scope.circuit("Hello world", **view)

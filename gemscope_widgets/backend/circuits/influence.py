@@ -81,6 +81,18 @@ def find_threshold(scores: Tensor, threshold: float) -> Tensor:
     return sorted_scores[min(index, len(sorted_scores) - 1)]
 
 
+def check_thresholds(node_threshold: float, edge_threshold: float) -> None:
+    """Raise GraphError unless both pruning thresholds are numbers in [0, 1] (the fractions of total influence
+    that :func:`prune_graph` keeps); cheap, so callers check before a graph is built."""
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise GraphError(f"{name} must be a number between 0 and 1, got {value!r}.") from None
+        if not 0.0 <= number <= 1.0:
+            raise GraphError(f"{name} must be between 0 and 1, got {value}.")
+
+
 def prune_graph(
     adjacency_matrix: Tensor,
     logit_weights: Tensor,
@@ -93,9 +105,7 @@ def prune_graph(
     edges covering ``edge_threshold``, then drop nodes left without outgoing (features, errors) or incoming
     (features) edges, until stable. The first ``n_features`` nodes are features; the last ``n_always`` (tokens
     and logits) are always kept. Raises GraphError for thresholds outside [0, 1]."""
-    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise GraphError(f"{name} must be between 0 and 1, got {value}.")
+    check_thresholds(node_threshold, edge_threshold)
     node_influence = compute_node_influence(adjacency_matrix, logit_weights)
     node_mask = node_influence >= find_threshold(node_influence, node_threshold)
     node_mask[-n_always:] = True

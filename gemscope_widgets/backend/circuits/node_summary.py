@@ -74,6 +74,15 @@ def exclusive_rank(scores: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def check_max_edges(max_edges: int | None) -> None:
+    """Raise CircuitError unless ``max_edges`` is None (the default budget) or a positive whole number."""
+    if max_edges is None:
+        return
+    if isinstance(max_edges, bool) or not isinstance(max_edges, (int, np.integer)) or max_edges < 1:
+        raise CircuitError(f"max_edges must be positive (a whole number, or None: the default budget), "
+                           f"got {max_edges!r}.")
+
+
 def summarise_nodes(
     graph: Any,
     node_threshold: float = 0.8,
@@ -89,8 +98,7 @@ def summarise_nodes(
     influence), else the ``max_edges`` most influential. Raises CircuitError for ``max_edges`` under 1
     (GraphError for thresholds outside [0, 1]).
     """
-    if max_edges < 1:
-        raise CircuitError(f"max_edges must be positive (or None: the default budget), got {max_edges}.")
+    check_max_edges(max_edges)
     n = graph.n_nodes
     pruned = graph.prune(node_threshold, edge_threshold)
     kept_edges = pruned.edge_mask & (graph.adjacency_matrix != 0)
