@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -212,7 +214,6 @@ def load_model(
     once to the SAE's. A map that leaves a layer on the meta device (not loaded) raises :class:`ModelLoadError`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     target_device = resolve_device("auto" if device_map is not None else device)
     if device_map is not None and isinstance(device_map, dict):
@@ -248,13 +249,12 @@ def load_model(
     if device_map is not None:
         placement = {"device_map": device_map, "max_memory": max_memory,
                      "offload_folder": str(offload_folder or cache_dir("offload", re.sub(r"\W+", "_", source)))}
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "generation flags" chatter is not for our users
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            location, use_safetensors=True, **{_dtype_keyword(): target_dtype}, **kwargs, **placement
-        )
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                location, use_safetensors=True, **{_dtype_keyword(): target_dtype}, **kwargs, **placement
+            )
     except (OSError, ValueError) as exc:
         offline = hub_offline()
         hint = (
@@ -263,14 +263,33 @@ def load_model(
             if offline and path is None
             else ""
         )
-        raise ModelLoadError(f"Could not load the model {source!r}: {exc}.{hint}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
+        raise ModelLoadError(f"Could not load the model {source!r}: {str(exc).rstrip('. ')}.{hint}") from exc
     model.eval()
     model.requires_grad_(False)
     if target_device.type != "cpu" and device_map is None:
         model.to(target_device)
     return wrap_model(model, tokenizer, canonical)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hugging Face's own logging at "error" and its progress bars off, for the duration (both restored after).
+
+    Its "generation flags" chatter is not for our users, and its "Loading weights" bar is an ipywidgets bar in a
+    notebook: a notebook saved without widget state reopens it as "Error displaying widget: model not found"
+    (this package's own bars, :mod:`~gemscope_widgets.backend.progress`, end as a line of text instead).
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cast_model(gm: GemmaModel, dtype: str | torch.dtype) -> GemmaModel:
@@ -286,17 +305,11 @@ def cast_model(gm: GemmaModel, dtype: str | torch.dtype) -> GemmaModel:
     target = resolve_dtype(dtype, torch.device("cpu"))
     if getattr(gm.model, "hf_device_map", None) or gm.device.type != "cpu":
         raise ModelLoadError(f"cast_model copies a model held on the CPU; {gm.name} is on {gm.device}.")
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         model: Any = cast(Any, type(gm.model)).from_pretrained(
             None, config=gm.model.config, state_dict=gm.model.state_dict(), use_safetensors=True,
             **{_dtype_keyword(): target},
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     model.eval()
     model.requires_grad_(False)
     return wrap_model(model, gm.tokenizer, gm.name)

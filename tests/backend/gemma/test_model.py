@@ -72,6 +72,18 @@ def test_cast_model_equals_a_fresh_load_without_reading_the_checkpoint(tiny_mode
         cast_model(gm, "float16")
 
 
+def test_loading_draws_no_hugging_face_bar_and_restores_its_settings(tiny_model_path, capfd):
+    # Its "Loading weights" bar is an ipywidgets bar in a notebook, which a saved notebook reopens as "model not
+    # found"; the package's own bars end as text (backend/progress.py).
+    from transformers.utils import logging as hf_logging
+
+    before = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    gm = load_model(tiny_model_path, dtype="float32", name="t")
+    cast_model(gm, "bfloat16")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+
+
 def test_bad_sources_get_clear_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="neither a local folder nor a Hugging Face id"):
         load_model("not a model name!")
