@@ -338,7 +338,7 @@ def simulation_scores(held: HeldOutTokens, sets: Mapping[int, Collection[int]], 
         n_active, n_pred, n_hit = int(s.n_active[f]), int(s.n_predicted[f]), int(s.n_hit[f])
         if n_active < MIN_ACTIVE:
             out[f] = (None, None, None, n_active, n_pred,
-                      f"fires on {n_active} of {s.n_tokens} held-out tokens (fewer than {MIN_ACTIVE}): not scored")
+                      f"fires on {n_active} of {s.n_tokens} held-out tokens (fewer than {MIN_ACTIVE})")
             continue
         r = pearson_from_sums(s.n_tokens, float(n_pred), float(s.sum_a[f]), float(s.sum_a2[f]), float(s.sum_pa[f]))
         out[f] = (r, n_hit / n_pred if n_pred else None, n_hit / n_active, n_active, n_pred, "")

@@ -262,7 +262,7 @@ class FeatureLabels:
         for f in features:
             source, imported, promotes_r = meta[f]
             if held is None:
-                row: tuple[Any, ...] = (None, None, None, 0, 0, "not scored yet: the held-out pass has not run "
+                row: tuple[Any, ...] = (None, None, None, 0, 0, "the held-out pass has not run yet "
                                         "(scope.labels().scores() runs it)")
             elif not labels[f]:
                 row = (None, None, None, rows[f][3], rows[f][4], "no label to score")

@@ -59,6 +59,9 @@ def test_the_pane_shows_exactly_the_card(tiny_model, card_sae, card_stats, busy)
     assert info == asdict(card.info)
     assert (score["label"], score["simulation"], score["reason"]) == (
         card.label_score.label, card.label_score.simulation, card.label_score.reason)
+    # the pane reads "label not scored: <reason>", so a reason says why once and never "not scored" again
+    assert card.label_score.simulation is not None or (
+        card.label_score.reason and "not scored" not in card.label_score.reason)
     assert [tuple(r) for r in pane.logits["top"]] == card.logits.top
     assert [tuple(r) for r in pane.logits["bottom"]] == card.logits.bottom
     np.testing.assert_array_equal(f32(pane.histogram["edges"]), card.histogram.edges.astype(np.float32))

@@ -148,6 +148,8 @@ def test_too_few_activating_tokens_says_so_and_skips(tiny_model, sae):
     labels = FeatureLabels(tiny_model, sae, stats, held=held)
     scores = labels.scores([1, 2])
     assert scores[1].simulation is None and "fewer than" in scores[1].reason and scores[1].n_active == 3
+    # a reason says why, once: the views put "label not scored: " before it
+    assert "not scored" not in scores[1].reason
     assert scores[2].simulation is not None and scores[2].n_active == 7
     with pytest.raises(LabelScoreError, match="cannot be scored"):
         labels.score(1)
