@@ -30,7 +30,7 @@ from gemscope_widgets.backend.circuits.head_loadings import computed_head_loadin
 
 from .circuit_payload import KIND_CODES
 from .payload import format_value
-from .static_view import _NOTE, _e, _frame, heat_style, tokens_html
+from .static_view import _NOTE, _e, _frame, heat_style, joined, tokens_html
 from .token_text import visible_text
 
 MAX_NODES = 20  # rows of the node table
@@ -342,9 +342,11 @@ def circuit_html(widget: Any) -> str:
     d = _Drawn(widget)
     n_nodes, n_edges = int(d.node_mask.sum()), int(d.edge_mask.sum())
     parts = [
-        f'<div style="{_NOTE}">{_e(header.get("model", ""))} · {_e(header.get("scan", ""))} · node threshold '
-        f"{float(widget.node_threshold):.2f}, edge threshold {float(widget.edge_threshold):.2f}: {n_nodes} of "
-        f"{len(d.nodes['node'])} nodes, {n_edges} of {int(header.get('n_edges_total', 0))} edges drawn"
+        f'<div style="{_NOTE}">'
+        + _e(joined([header.get("model", ""), header.get("scan", ""), (
+            f"node threshold {float(widget.node_threshold):.2f}, edge threshold {float(widget.edge_threshold):.2f}: "
+            f"{n_nodes} of {len(d.nodes['node'])} nodes, {n_edges} of {int(header.get('n_edges_total', 0))} edges "
+            "drawn")]))
         + ("" if d.exact else " (a preview by influence rank: the kernel had not pruned at these thresholds)")
         + (_focus_note(header) if d.focused else "") + "</div>",
         tokens_html(header["tokens"]),

@@ -8,7 +8,10 @@ same HTML reads on nbviewer and GitHub. With widget state saved, the live widget
 The HTML has no script, no external resource and no event handler; every text from the model, the tokenizer
 or files goes through :func:`html.escape`; colours are inline ``background-color`` values legible under
 light and dark text alike. Numbers follow :func:`~gemscope_widgets.widgets.payload.format_value`.
-Each renderer reads only the widget's synced traits, so it shows exactly what the view would.
+Each renderer reads only the widget's synced traits, so it shows exactly what the view would at that moment.
+The kernel makes the rendering once, when the cell displays the widget (saving the notebook does not ask it
+again), so every rendering says it is that copy (:data:`SAVED_NOTE`), and one made while the view's work was
+still under way (a generation) says so first and marks the texts partial (:data:`IN_PROGRESS`).
 """
 
 from __future__ import annotations
@@ -82,11 +85,31 @@ def tokens_html(
     return f'<div style="white-space:pre-wrap;font-family:monospace;line-height:1.9">{"".join(spans)}{tail}</div>'
 
 
+SAVED_NOTE = (
+    "saved copy of the view as the cell first displayed it; later changes in the live view are not in this copy. "
+    "Run the cell with a live kernel for the interactive widget"
+)
+"""What every static rendering says of itself: it is made once, when the cell displays the widget (the kernel
+answers the display with the whole mime bundle and is not asked again when the notebook is saved)."""
+IN_PROGRESS = "still running when this copy was made: what follows is partial, not the result"
+"""The line a rendering made while the view's work (a generation) was under way starts with."""
+
+
+def in_progress_html(what: str) -> str:
+    """The plain line saying the rendering caught ``what`` (plain text, escaped) mid-way."""
+    return f'<div style="font-weight:bold">{_e(what)} {_e(IN_PROGRESS)}</div>'
+
+
+def joined(parts: Sequence[Any], sep: str = " · ") -> str:
+    """The non-empty ``parts`` (as text) joined by ``sep``: an unknown field leaves no empty slot between
+    separators. Plain text: escape the result for HTML."""
+    return sep.join(text for text in (str(p).strip() for p in parts if p is not None) if text)
+
+
 def _frame(title: str, body: str) -> str:
-    note = "static view: run the cell with a live kernel for the interactive widget"
     return (
         f'<div class="gs-static" style="{_BOX}"><div><b>{_e(title)}</b> '
-        f'<span style="{_NOTE}">({note})</span></div>{body}</div>'
+        f'<span style="{_NOTE}">({_e(SAVED_NOTE)})</span></div>{body}</div>'
     )
 
 
@@ -171,12 +194,21 @@ def _f32(data: Any) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype="<f4")
 
 
+def pane_label_text(info: dict[str, Any]) -> str:
+    """The pane's label line, worded as the live pane words it (``js/feature_pane.ts``): the explanation, else
+    ``Automatic label: …``, else ``No explanation yet.`` Plain text."""
+    if info.get("explanation"):
+        return str(info["explanation"])
+    if info.get("label"):
+        return f"Automatic label: {info['label']}"
+    return "No explanation yet."
+
+
 def feature_pane_html(widget: Any) -> str:
     """The pane's summary: explanation, density, logits, related features and the first top examples."""
     info = widget.info or {}
     parts = [f'<div style="{_NOTE}">{_e(info.get("sae", ""))} · {_e(info.get("width", "?"))} features</div>']
-    explanation = info.get("explanation") or "No explanation yet."
-    parts.append(f"<div>{_e(explanation)}</div>")
+    parts.append(f"<div>{_e(pane_label_text(info))}</div>")
     facts = []
     if isinstance(info.get("density"), (int, float)):
         facts.append(f"fires on {format_percent(info['density'])} of {int(info.get('n_tokens') or 0):,} tokens")
@@ -235,15 +267,17 @@ def steer_html(widget: Any) -> str:
     features = f"<ul>{''.join(rows)}</ul>" if rows else f'<div style="{_NOTE}">No features.</div>'
     prompt = tokens_html(widget.prompt_tokens, special=widget.prompt_special)
     d = int(widget.divergence)
+    partial = " (partial)" if widget.running else ""
     columns = (
         '<div style="display:grid;grid-template-columns:1fr 1fr;gap:12px">'
-        f"<div><b>baseline</b>{tokens_html(widget.baseline_tokens, mark=d)}</div>"
-        f"<div><b>steered</b>{tokens_html(widget.steered_tokens, mark=d)}</div></div>"
+        f"<div><b>baseline{partial}</b>{tokens_html(widget.baseline_tokens, mark=d)}</div>"
+        f"<div><b>steered{partial}</b>{tokens_html(widget.steered_tokens, mark=d)}</div></div>"
     )
     status = f'<div style="{_NOTE}">{_e(widget.status)}</div>' if widget.status else ""
     error = f"<div><b>Error:</b> {_e(widget.error)}</div>" if widget.error else ""
-    head = f'<div style="{_NOTE}">{_e(widget.sae_name)}</div>'
-    body = head + features + f'<div style="{_NOTE}">prompt</div>' + prompt + columns + status + error
+    head = f'<div style="{_NOTE}">{_e(widget.sae_name)}</div>' if widget.sae_name else ""
+    running = in_progress_html("The generation was") if widget.running else ""
+    body = running + head + features + f'<div style="{_NOTE}">prompt</div>' + prompt + columns + status + error
     return _frame("Steering", body)
 
 
@@ -299,6 +333,8 @@ def chat_html(widget: Any) -> str:
     if features:
         parts.append(f" · coloured by feature #{features[0]}")
     parts.append("</div>")
+    if widget.running:
+        parts.insert(0, in_progress_html("The model's turn was"))
     if widget.warning:
         parts.append(f'<div style="{_NOTE}">{_e(widget.warning)}</div>')
     if view.get("system"):

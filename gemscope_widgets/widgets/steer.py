@@ -118,7 +118,7 @@ class Steer(ViewWidget, SessionListener):
         """The script-free rendering carried in the mime bundle (see :mod:`.static_view`).
 
         It is made when the cell displays the widget, so it waits (at most a few seconds) for the first
-        generation to finish, or shows the texts as far as they got."""
+        generation to finish, or shows the texts as far as they got, marked partial."""
         from .static_view import STATIC_WAIT_S, steer_html
 
         with contextlib.suppress(Exception):  # a timeout or a failed generation: render what is there

@@ -115,3 +115,16 @@ def test_explorer_static_view_is_the_graph_and_the_open_pane(explorer):
     html = static_of(explorer)
     assert f"Feature {explorer.pane.feature}" in html and "Promotes" in html
     assert isinstance(explorer, CircuitExplorer)
+
+
+def test_static_circuit_header_skips_empty_fields_and_says_it_is_a_saved_copy():
+    """A graph without a scan name: the first line has no empty slot between separators; a threshold changed
+    after display is in the rendering made now (what a display update would carry)."""
+    view = Circuit.build(synthetic_graph(n_features=40, n_edges=400))
+    view._header = {**view._header, "model": "google/gemma-3-270m", "scan": ""}
+    view.node_threshold = 0.47
+    html = static_of(view)
+    first = html.split('<div style="opacity:.8;font-size:.9em">', 1)[1].split("</div>", 1)[0]
+    assert first.startswith("google/gemma-3-270m · node threshold 0.47, edge threshold"), first
+    assert "·  ·" not in html and "· ·" not in html
+    assert "later changes in the live view are not in this copy" in html

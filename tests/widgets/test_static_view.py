@@ -119,3 +119,46 @@ def test_contrast_static_view_escapes_prompts_and_lists_features(scope):
     panel.view.selected_feature = rows[1]["feature"]
     html = static_of(panel)
     assert f"coloured by feature #{rows[1]['feature']}" in html and f"Feature {rows[1]['feature']}" in html
+
+
+def test_feature_pane_static_view_words_the_label_as_the_live_pane(scope):
+    """The pane's label line as ``js/feature_pane.ts`` words it: the explanation, else "Automatic label: …"."""
+    pane = scope.feature(3)
+    label = pane.info.get("label") or ""
+    assert label, "the tiny SAE's feature has an automatic label"
+    pane.info = {**pane.info, "explanation": ""}
+    html = static_of(pane)
+    assert f"<div>{html_escape('Automatic label: ' + label)}</div>" in html and "No explanation yet." not in html
+    pane.info = {**pane.info, "label": XSS}
+    assert f"Automatic label: {html_escape(XSS)}" in static_of(pane)
+    pane.info = {**pane.info, "label": "", "explanation": ""}
+    assert "No explanation yet." in static_of(pane)
+
+
+def test_static_views_say_they_are_a_saved_copy_of_the_current_state(scope):
+    """Rendered now (what the display shows or would be updated with): the pane's current feature, and a line
+    saying later changes in the live view are not in the copy."""
+    pane = scope.feature(3)
+    pane.show(5)
+    html = static_of(pane)
+    assert "Feature 5" in html and "Feature 3" not in html
+    assert "later changes in the live view are not in this copy" in html
+
+
+def test_steer_static_view_says_a_running_generation_is_partial(scope):
+    w = scope.steer("The quick brown", {3: 2.0}, max_new_tokens=4, stop_at_eos=False)
+    try:
+        w.wait()
+        done = static_of(w)
+        assert "partial" not in done and "still running" not in done
+        w.set_strength(3, 0.5)
+        w.wait()
+        assert "#3 · add · all · 0.5× = " in static_of(w)
+        # Caught mid-generation (the traits the session writes while tokens stream in).
+        with w.hold_trait_notifications():
+            w.running, w.status = True, "generating… 2/4"
+        html = static_of(w)
+    finally:
+        w.close()
+    assert "The generation was still running when this copy was made: what follows is partial" in html
+    assert "<b>steered (partial)</b>" in html and "<b>baseline (partial)</b>" in html
