@@ -207,7 +207,8 @@ def pane_label_text(info: dict[str, Any]) -> str:
 def feature_pane_html(widget: Any) -> str:
     """The pane's summary: explanation, density, logits, related features and the first top examples."""
     info = widget.info or {}
-    parts = [f'<div style="{_NOTE}">{_e(info.get("sae", ""))} · {_e(info.get("width", "?"))} features</div>']
+    width = info.get("width", "?")
+    parts = [f'<div style="{_NOTE}">{_e(joined([info.get("sae", ""), f"{width} features"]))}</div>']
     parts.append(f"<div>{_e(pane_label_text(info))}</div>")
     facts = []
     if isinstance(info.get("density"), (int, float)):

@@ -131,8 +131,10 @@ def test_feature_pane_static_view_words_the_label_as_the_live_pane(scope):
     assert f"<div>{html_escape('Automatic label: ' + label)}</div>" in html and "No explanation yet." not in html
     pane.info = {**pane.info, "label": XSS}
     assert f"Automatic label: {html_escape(XSS)}" in static_of(pane)
-    pane.info = {**pane.info, "label": "", "explanation": ""}
-    assert "No explanation yet." in static_of(pane)
+    pane.info = {**pane.info, "label": "", "explanation": "", "sae": ""}
+    html = static_of(pane)
+    assert "No explanation yet." in html
+    assert f'<div style="opacity:.8;font-size:.9em">{pane.info["width"]} features</div>' in html  # no " · " first
 
 
 def test_static_views_say_they_are_a_saved_copy_of_the_current_state(scope):
