@@ -7,7 +7,7 @@ import { el as element, mountTheme, onThemeChange, VIEW_ROOTS } from "./lib/dom"
 import { keepKeys } from "./lib/keys";
 import { watchKernel } from "./lib/live";
 import { defaultColors, drawGraph, readThemeColors } from "./lib/circuit_draw";
-import { canvasHeight, focusNote, Graph, hasFocus, KIND, Visible, viewNote } from "./lib/circuit_graph";
+import { canvasHeight, drawnNote, focusNote, Graph, hasFocus, KIND, Visible, viewNote } from "./lib/circuit_graph";
 import { nodeEdges, nodeTip } from "./lib/circuit_details";
 import { ScorePanel } from "./lib/circuit_scores";
 import { type Offset, Viewport } from "./lib/circuit_viewport";
@@ -121,9 +121,7 @@ function render({ model, el }: RenderProps<Model>): () => void {
     renderScores();
     el.dataset.visibleNodes = String(visible.nodeCount);
     el.dataset.visibleEdges = String(visible.edges.length);
-    status.textContent =
-      `${visible.nodeCount} of ${g.count} nodes, ${visible.edges.length} of ${g.header.n_edges} edges drawn` +
-      (g.header.n_edges < g.header.n_edges_total ? ` (graph: ${g.header.n_edges_total} edges)` : "");
+    status.textContent = drawnNote(g, visible);
     const note = viewNote(g, visible);
     if (note) status.textContent += ` · ${note}`;
     const focused = focusNote(g, visible);

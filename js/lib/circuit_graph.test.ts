@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { canvasHeight, Graph, KIND, MARGIN, Visible, viewNote } from "./circuit_graph";
+import { canvasHeight, drawnNote, focusNote, Graph, KIND, MARGIN, Visible, viewNote } from "./circuit_graph";
 import type { ArrayRef, CircuitHeader } from "./protocol";
 
 // Lays arrays out as circuit_payload.py's _Blob does: little-endian, each start a multiple of 4 bytes.
@@ -25,7 +25,7 @@ function blob(arrays: Record<string, Uint32Array | Uint16Array | Float32Array>):
 // 5 logit. Graph node indices: features 0-1, errors 2-5, tokens 6-7, logit 8 (n_nodes_total 9).
 // With `pruned`, the payload also carries prune()'s flags at 0.8 / 0.98: here they keep the error node (rank 0.8,
 // which the rank preview would drop) and drop feature 1's logit edge (edge rank 0.7 < 0.98).
-function graph(pruned = false, leftOut = 0): Graph {
+function graph(pruned = false, leftOut = 0, focus = false): Graph {
   const { bytes, refs } = blob({
     kind: new Uint16Array([KIND.feature, KIND.feature, KIND.error, KIND.token, KIND.token, KIND.logit]),
     layer: new Uint16Array([1, 2, 1, 0, 0, 3]),
@@ -41,6 +41,7 @@ function graph(pruned = false, leftOut = 0): Graph {
     edgeRank: new Float32Array([0, 0.4, 0.7, 0.9]),
     kept: new Uint16Array([1, 1, 1, 1, 1, 1]),
     edgeKept: new Uint16Array([1, 1, 0, 1]),
+    focus: new Uint16Array([1, 0, 1, 1, 1, 1]),
   });
   const header: CircuitHeader = {
     version: 1,
@@ -69,6 +70,11 @@ function graph(pruned = false, leftOut = 0): Graph {
     header.edges.kept = refs.edgeKept;
     header.pruned = { node_threshold: 0.8, edge_threshold: 0.98, n_nodes: 6, n_edges: 3 + leftOut };
     header.left_out = leftOut ? { edges: leftOut, reason: "max_edges=4: only the 4 most influential edges" } : null;
+  }
+  if (focus) {
+    // The legible subgraph at 0.8 / 0.98: feature 0 and the error node, of the 3 feature and error nodes kept.
+    header.nodes.focus = refs.focus;
+    header.focus = { logit_token: "</script>", n_chosen: 2, n_pruned: 3 };
   }
   return new Graph(header, bytes);
 }
@@ -254,5 +260,26 @@ describe("Visible", () => {
     const g = graph(true, 2);
     const note = viewNote(g, new Visible(g, 0.8, 0.98, new Set()));
     expect(note).toContain("2 edges of it not drawn: max_edges=4");
+  });
+
+  it("counts the legible subgraph's nodes at the thresholds drawn, not those the view was built at", () => {
+    const g = graph(true, 0, true);
+    const built = new Visible(g, 0.8, 0.98, new Set(), true);
+    expect(focusNote(g, built)).toContain("the 2 nodes with the most influence on “</script>” of the 3 feature");
+    // prune() at 0.6 / 0.5 keeps 5 nodes: the 2 tokens, the logit, features 0 and 1 (not the error node).
+    g.setKept(new Uint8Array([1, 1, 0, 1, 1, 1, 1, 0, 0, 0]), {
+      node_threshold: 0.6, edge_threshold: 0.5, n_nodes: 5, n_edges: 1, left_out: null,
+    });
+    const moved = new Visible(g, 0.6, 0.5, new Set(), true);
+    expect(Array.from(moved.nodes)).toEqual([1, 0, 0, 1, 1, 1]);
+    const note = focusNote(g, moved);
+    expect(note).toContain("1 of the 2 feature and error nodes prune() keeps");
+    expect(note).toContain("among the 2 with the most influence on “</script>” at prune(0.8, 0.98)");
+  });
+
+  it("names the graph's own node and edge totals (print(graph)'s) beside the payload's", () => {
+    const g = graph(true);
+    const v = new Visible(g, 0.8, 0.98, new Set());
+    expect(drawnNote(g, v)).toBe("6 of 6 nodes, 3 of 4 edges drawn (the graph: 9 nodes)");
   });
 });

@@ -278,8 +278,34 @@ export function hasFocus(g: Graph): boolean {
 export function focusNote(g: Graph, v: Visible): string {
   const f = g.header.focus;
   if (!v.focused || !f) return "";
-  return `showing the legible subgraph: the ${f.n_chosen} nodes with the most influence on “${visibleText(f.logit_token)}”` +
-    ` of the ${f.n_pruned} feature and error nodes prune() keeps (other logits hidden) · “show all” draws the rest`;
+  const logit = `“${visibleText(f.logit_token)}”`;
+  let drawn = 0; // feature and error nodes of the legible subgraph drawn now
+  const focus = g.focus as Uint16Array | Uint32Array;
+  for (let i = 0; i < g.count; i++) if (v.nodes[i] && focus[i] && g.kind[i] < KIND.token) drawn++;
+  const built = g.header.pruned;
+  const p = g.pruned;
+  const tail = " (other logits hidden) · “show all” draws the rest";
+  if (!v.exact || !p) return `showing ${drawn} nodes of the legible subgraph (preview)${tail}`;
+  // prune() always keeps every token and logit node: the rest of its count are feature and error nodes.
+  const pruned = p.n_nodes - g.header.tokens.length - g.header.logit_tokens.length;
+  if (!built || (built.node_threshold === p.node_threshold && built.edge_threshold === p.edge_threshold)) {
+    return `showing the legible subgraph: the ${drawn} nodes with the most influence on ${logit}` +
+      ` of the ${pruned} feature and error nodes prune() keeps${tail}`;
+  }
+  return `showing the legible subgraph: ${drawn} of the ${pruned} feature and error nodes prune() keeps,` +
+    ` those among the ${f.n_chosen} with the most influence on ${logit} at` +
+    ` prune(${built.node_threshold}, ${built.edge_threshold})${tail}`;
+}
+
+/** "12 of 583 nodes, 40 of 900 edges drawn (the graph: 655 nodes, 2,000 edges)": drawn of the payload's, and the
+ * graph's totals (what `print(graph)` counts) where the payload holds fewer. Plain text. */
+export function drawnNote(g: Graph, v: Visible): string {
+  const h = g.header;
+  const totals: string[] = [];
+  if (g.count < h.n_nodes_total) totals.push(`${h.n_nodes_total} nodes`);
+  if (h.n_edges < h.n_edges_total) totals.push(`${h.n_edges_total} edges`);
+  return `${v.nodeCount} of ${g.count} nodes, ${v.edges.length} of ${h.n_edges} edges drawn` +
+    (totals.length ? ` (the graph: ${totals.join(", ")})` : "");
 }
 
 /**

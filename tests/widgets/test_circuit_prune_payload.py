@@ -121,6 +121,12 @@ def test_moving_a_threshold_reprunes_in_the_kernel():
         assert flags_of(view) == (want_nodes, want_edges)
         assert view._kept_at == {"node_threshold": node_threshold, "edge_threshold": edge_threshold,
                                  "n_nodes": len(want_nodes), "n_edges": len(want_edges), "left_out": None}
+        # The view's status line: prune()'s feature and error nodes are its count less the tokens and logits
+        # (always kept), and the graph's own total is print(graph)'s.
+        inner = int(g.prune(node_threshold, edge_threshold).node_mask[: g.token_slice.start].sum())
+        header = view._header
+        assert view._kept_at["n_nodes"] - len(header["tokens"]) - len(header["logit_tokens"]) == inner
+        assert header["n_nodes_total"] == g.n_nodes and f"{g.n_nodes} nodes" in repr(g)
 
 
 def test_a_pruning_beyond_the_payload_says_what_it_lacks():
