@@ -249,12 +249,23 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
   };
   related.addEventListener("click", onRelated);
   searchHits.addEventListener("click", onRelated);
+  // Enter searches; Enter on an emptied box (or emptying it) clears the last result, which the kernel confirms.
+  const clearSearch = () => {
+    searchStatus.textContent = "";
+    searchHits.replaceChildren();
+    send({ type: "search", query: "" });
+  };
   const onSearchKey = (e: KeyboardEvent) => {
-    if (e.key !== "Enter" || !searchInput.value.trim()) return;
+    if (e.key !== "Enter") return;
+    if (!searchInput.value.trim()) return clearSearch();
     searchStatus.textContent = "searching…";
     send({ type: "search", query: searchInput.value });
   };
+  const onSearchInput = () => {
+    if (!searchInput.value.trim() && (model.get("found") ?? {}).query !== undefined) clearSearch();
+  };
   searchInput.addEventListener("keydown", onSearchKey);
+  searchInput.addEventListener("input", onSearchInput);
   const drawFound = () => {
     const found = model.get("found") ?? {};
     const hits = found.hits ?? [];
@@ -387,6 +398,7 @@ function render({ model, el: root }: RenderProps<FeaturePaneModel>): () => void 
     familyList.removeEventListener("click", onFamily);
     searchHits.removeEventListener("click", onRelated);
     searchInput.removeEventListener("keydown", onSearchKey);
+    searchInput.removeEventListener("input", onSearchInput);
     testInput.removeEventListener("keydown", onKey);
     stopKeys();
     kernel.dispose();

@@ -267,8 +267,11 @@ class FeaturePane(ViewWidget):
 
     def search(self, query: str, k: int = 10) -> None:
         """Shows the ``k`` features whose labels and explanations best match ``query`` (the search box; a hit
-        opens with :meth:`show`)."""
+        opens with :meth:`show`). A blank ``query`` (the box emptied) clears the result: no query, no hits."""
         serial = int(self.found.get("search", 0)) + 1
+        if not query.strip():
+            self.found = {"hits": [], "error": "", "search": serial}
+            return
         pending = self.labels.unlabelled()
         if pending:  # the first search labels every feature: say so while the kernel works (it answers nothing else)
             self.found = {"query": query, "hits": [], "error": "", "search": serial - 1, "progress":

@@ -40,6 +40,16 @@ def test_an_empty_query_says_so(pane):
     assert pane.found["hits"] == [] and "empty" in pane.found["error"]
 
 
+def test_an_emptied_box_clears_the_last_result(pane):
+    pane._on_custom_msg(pane, {"type": "search", "query": "zzqxv"}, [])
+    assert pane.found["query"] == "zzqxv"
+    before = pane.found["search"]
+    pane._on_custom_msg(pane, {"type": "search", "query": " "}, [])
+    # no query left: the view shows no "0 features for “zzqxv”", no hits, no error
+    assert "query" not in pane.found and pane.found["hits"] == [] and pane.found["error"] == ""
+    assert pane.found["search"] == before + 1
+
+
 def test_the_first_search_says_it_labels_every_feature(tiny_model, pane):
     fresh = FeaturePane(tiny_model, pane.sae, pane.stats, feature=0)
     seen: list[dict] = []
