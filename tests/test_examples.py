@@ -142,7 +142,9 @@ def run_behaviour_evidence(path: Path, tiny_model_path: Path, tmp_path: Path) ->
     assert "Topic control:" in text and "sycophancy: causal check" in text, text
     known = re.search(r"The 270M knows (\d+) of the (\d+) real entities", text)
     assert known and int(known.group(2)) == 9 and 0 <= int(known.group(1)) <= 9, text
-    assert len(widget_outputs(nb)) >= 2, "the steering widget and the probe view should be displayed"
+    # The probe view (its steering widget joins the panel when a latent is picked; tests/widgets cover that).
+    shown = [o["data"]["text/plain"] for o in widget_outputs(nb)]
+    assert [t for t in shown if t.startswith("ProbePanel(")], f"the probe view should be displayed: {shown}"
 
 
 # Notebooks with their own runner: stand-ins (tiny model, a populated hub cache) instead of the embedded default,
