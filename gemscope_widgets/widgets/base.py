@@ -25,7 +25,7 @@ import anywidget
 from gemscope_widgets.errors import GemscopeError, ViewMessageError
 
 from .messages import PING, PONG, MessageTable, parse_message
-from .static_view import StaticFallback
+from .static_html import StaticFallback
 
 
 def error_text(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from .base import ViewWidget
 from .bundle import bundle_path
 from .messages import PING, MessageTable
 from .payload import format_value
-from .static_view import _NOTE, _e, _frame
+from .static_html import NOTE_STYLE, escape, frame
 from .token_text import visible_text
 
 _BUNDLE = bundle_path("graph_comparison")
@@ -95,27 +95,31 @@ def _rows(items: list[dict[str, Any]], side: str | None) -> str:
         style = _SIDE.get(side or ("a" if c["delta"] < 0 else "b"), "")
         signed = ("+" if c["delta"] >= 0 else "") + format_value(float(c["delta"]))
         out.append(
-            f'<tr><td style="{_CELL}">{_e(c["label"])}</td><td style="{_CELL}">{_e(format_value(c["influence_a"]))}'
-            f'</td><td style="{_CELL}">{_e(format_value(c["influence_b"]))}</td>'
-            f'<td style="{_CELL};{style}">{_e(signed)}</td></tr>'
+            f'<tr><td style="{_CELL}">{escape(c["label"])}</td>'
+            f'<td style="{_CELL}">{escape(format_value(c["influence_a"]))}'
+            f'</td><td style="{_CELL}">{escape(format_value(c["influence_b"]))}</td>'
+            f'<td style="{_CELL};{style}">{escape(signed)}</td></tr>'
         )
-    head = "".join(f'<th style="{_CELL};font-weight:normal;{_NOTE}">{h}</th>' for h in ("feature", "A", "B", "B − A"))
+    head = "".join(
+        f'<th style="{_CELL};font-weight:normal;{NOTE_STYLE}">{h}</th>' for h in ("feature", "A", "B", "B − A")
+    )
     return f'<table style="{_TABLE}"><tr>{head}</tr>{"".join(out)}</table>'
 
 
 def comparison_html(data: dict[str, Any]) -> str:
     """The comparison view as script-free HTML; every text escaped."""
     if not data:
-        return _frame("Graph comparison", f'<div style="{_NOTE}">No comparison.</div>')
+        return frame("Graph comparison", f'<div style="{NOTE_STYLE}">No comparison.</div>')
     parts = [
         f'<div><b style="{_SIDE["a"]}">A</b> <span style="font-family:monospace">'
-        f'{_e(data["prompt_a"])}</span></div>',
+        f'{escape(data["prompt_a"])}</span></div>',
         f'<div><b style="{_SIDE["b"]}">B</b> <span style="font-family:monospace">'
-        f'{_e(data["prompt_b"])}</span></div>',
-        f'<div style="{_NOTE}">kept features shared (Jaccard) {_e(format_value(data["overlap"]))}, influence-weighted '
-        f'{_e(format_value(data["weighted_overlap"]))}</div>',
+        f'{escape(data["prompt_b"])}</span></div>',
+        f'<div style="{NOTE_STYLE}">kept features shared (Jaccard) {escape(format_value(data["overlap"]))}, '
+        "influence-weighted "
+        f'{escape(format_value(data["weighted_overlap"]))}</div>',
         f'<div><b style="{_SIDE["a"]}">Only in A</b> ({len(data["only_a"])})</div>', _rows(data["only_a"], "a"),
         f'<div><b style="{_SIDE["b"]}">Only in B</b> ({len(data["only_b"])})</div>', _rows(data["only_b"], "b"),
         "<div><b>Largest changes in influence</b></div>", _rows(data["largest_changes"], None),
     ]
-    return _frame("Graph comparison", "".join(parts))
+    return frame("Graph comparison", "".join(parts))

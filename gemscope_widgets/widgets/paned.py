@@ -16,7 +16,8 @@ from typing import Any
 import ipywidgets
 
 from .feature_pane import FeaturePane
-from .static_view import StaticFallback, feature_pane_html
+from .static_html import StaticFallback
+from .static_view import feature_pane_html
 
 PANE_KEYS = ("related_k", "logits_k", "page_size", "corpus")
 """The keywords of ``scope.explore`` / ``scope.contrast`` that go to the feature panes, not to the view."""

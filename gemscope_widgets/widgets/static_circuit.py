@@ -30,7 +30,7 @@ from gemscope_widgets.backend.circuits.head_loadings import computed_head_loadin
 
 from .circuit_payload import KIND_CODES
 from .payload import format_value
-from .static_view import _NOTE, _e, _frame, heat_style, joined, tokens_html
+from .static_html import NOTE_STYLE, escape, frame, heat_style, joined, tokens_html
 from .token_text import visible_text
 
 MAX_NODES = 20  # rows of the node table
@@ -122,12 +122,12 @@ def feature_label(layer: int, feature: int, pos: int, token: str) -> str:
 
 
 def _table(head: list[str], rows: list[str]) -> str:
-    cells = "".join(f'<th style="{_CELL};font-weight:normal;{_NOTE}">{_e(h)}</th>' for h in head)
+    cells = "".join(f'<th style="{_CELL};font-weight:normal;{NOTE_STYLE}">{escape(h)}</th>' for h in head)
     return f'<table style="{_TABLE}"><tr>{cells}</tr>{"".join(rows)}</table>'
 
 
 def _td(text: str, style: str = "") -> str:
-    return f'<td style="{_CELL};{style}">{_e(text)}</td>'
+    return f'<td style="{_CELL};{style}">{escape(text)}</td>'
 
 
 def _grid(d: _Drawn) -> str:
@@ -141,17 +141,17 @@ def _grid(d: _Drawn) -> str:
     np.add.at(counts, (layer[features].astype(np.int64), pos[features].astype(np.int64)), 1)
     np.add.at(shares, (layer[features].astype(np.int64), pos[features].astype(np.int64)), influence[features])
     top = float(shares.max(initial=0.0))
-    head = "".join(f'<th style="{_CELL};{_MONO};font-weight:normal">{_e(visible_text(t))}</th>' for t in tokens)
+    head = "".join(f'<th style="{_CELL};{_MONO};font-weight:normal">{escape(visible_text(t))}</th>' for t in tokens)
     rows = []
     for row in range(n_layers, 0, -1):  # layer L sits in row L + 1 of the payload; row 0 is the embeddings
         cells = "".join(
             f'<td style="{_CELL};text-align:center;{heat_style(shares[row, p] / top if top > 0 else 0)}" '
-            f'title="{_e(format_value(shares[row, p]))}">{counts[row, p] or ""}</td>'
+            f'title="{escape(format_value(shares[row, p]))}">{counts[row, p] or ""}</td>'
             for p in range(len(tokens))
         )
-        rows.append(f'<tr><td style="{_CELL};{_NOTE}">L{row - 1}</td>{cells}</tr>')
+        rows.append(f'<tr><td style="{_CELL};{NOTE_STYLE}">L{row - 1}</td>{cells}</tr>')
     return (
-        f'<div style="{_NOTE}">drawn feature nodes per layer and token (shade: their influence)</div>'
+        f'<div style="{NOTE_STYLE}">drawn feature nodes per layer and token (shade: their influence)</div>'
         f'<table style="{_TABLE}"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
     )
 
@@ -171,7 +171,7 @@ def _node_rows(d: _Drawn) -> list[str]:
         )
     more = len(order) - MAX_NODES
     if more > 0:
-        rows.append(f'<tr><td style="{_CELL};{_NOTE}">… {more} more</td></tr>')
+        rows.append(f'<tr><td style="{_CELL};{NOTE_STYLE}">… {more} more</td></tr>')
     return rows
 
 
@@ -187,7 +187,7 @@ def _edge_rows(d: _Drawn) -> list[str]:
         rows.append("<tr>" + _td(source, _MONO) + _td("→") + _td(target, _MONO) + _td(signed, _SIGN[w >= 0]) + "</tr>")
     more = len(edges) - MAX_EDGES
     if more > 0:
-        rows.append(f'<tr><td style="{_CELL};{_NOTE}">… {more} more</td></tr>')
+        rows.append(f'<tr><td style="{_CELL};{NOTE_STYLE}">… {more} more</td></tr>')
     return rows
 
 
@@ -215,9 +215,9 @@ def _intervention(record: dict[str, Any]) -> str:
     if not state:
         return ""
     if state == "error":
-        return f"<div><b>Intervention failed:</b> {_e(record.get('message', ''))}</div>"
+        return f"<div><b>Intervention failed:</b> {escape(record.get('message', ''))}</div>"
     if state == "running":
-        return f'<div style="{_NOTE}">intervention running (not finished when this was saved)</div>'
+        return f'<div style="{NOTE_STYLE}">intervention running (not finished when this was saved)</div>'
     value = format_value(float(record.get("value", 0.0)))
     what = f"× {value}" if record.get("mode") == "scale" else f"set to {value}"
     rows = []
@@ -237,7 +237,7 @@ def _intervention(record: dict[str, Any]) -> str:
         for label, before, after in record.get("changed", [])
     ) or ", ".join(str(int(n)) for n in record.get("nodes", []))
     return (
-        f"<div><b>Intervention</b>: {_e(what)}: {_e(changed)} — next-token probabilities</div>"
+        f"<div><b>Intervention</b>: {escape(what)}: {escape(changed)} — next-token probabilities</div>"
         + _table(["token", "before", "after", "change"], rows)
     )
 
@@ -253,7 +253,7 @@ def _top_heads(widget: Any) -> str:
     loadings = computed_head_loadings(graph, nt, et) if graph is not None else None
     if loadings is None:
         return (
-            f'<div style="{_NOTE}">Top heads not computed when this view was displayed: run graph.top_heads() '
+            f'<div style="{NOTE_STYLE}">Top heads not computed when this view was displayed: run graph.top_heads() '
             f"(node threshold {nt:.2f}, edge threshold {et:.2f}; about half an attribution's time) before displaying "
             "it to include them here. In the live view, click a node for the heads of its inputs from other "
             "positions.</div>"
@@ -265,7 +265,8 @@ def _top_heads(widget: Any) -> str:
     ]
     return (
         f"<div>Heads carrying the most cross-position influence (graph.top_heads over {len(loadings)} kept "
-        f"cross-position edges at node threshold {nt:.2f}, edge threshold {et:.2f}; rule: {_e(loadings.rule)})</div>"
+        f"cross-position edges at node threshold {nt:.2f}, edge threshold {et:.2f}; "
+        f"rule: {escape(loadings.rule)})</div>"
         + _table(["head", "share of influence", "Σ |share|", "edges it leads"], rows)
     )
 
@@ -314,7 +315,7 @@ def _panel_answers(widget: Any, d: _Drawn) -> str:
                 "<tr>" + _td(f"L{layer}.H{head}", _MONO) + _td(f"{token(query_pos)} → {token(key_pos)}", _MONO)
                 + _td(p) + _td(detail, _MONO) + "</tr>"
             )
-    parts = [f'<div style="{_NOTE}">what the attention panel had computed when this view was displayed</div>']
+    parts = [f'<div style="{NOTE_STYLE}">what the attention panel had computed when this view was displayed</div>']
     if edges:
         parts.append(_table(["source", "", "target", "weight", "heads carrying it (shares sum to the weight)"], edges))
     if qks:
@@ -330,7 +331,7 @@ def _focus_note(header: dict[str, Any]) -> str:
     """What the legible subgraph leaves out (``js/lib/circuit_graph.ts`` ``focusNote``)."""
     f = header["focus"]
     return (f" · the legible subgraph: the {int(f['n_chosen'])} nodes with the most influence on "
-            f"“{_e(visible_text(f['logit_token']))}” of the {int(f['n_pruned'])} feature and error nodes prune() "
+            f"“{escape(visible_text(f['logit_token']))}” of the {int(f['n_pruned'])} feature and error nodes prune() "
             "keeps (show_all=True draws the rest)")
 
 
@@ -338,12 +339,12 @@ def circuit_html(widget: Any) -> str:
     """The circuit view as script-free HTML (see the module docstring)."""
     header = widget._header
     if not header:
-        return _frame("Attribution graph", f'<div style="{_NOTE}">No graph.</div>')
+        return frame("Attribution graph", f'<div style="{NOTE_STYLE}">No graph.</div>')
     d = _Drawn(widget)
     n_nodes, n_edges = int(d.node_mask.sum()), int(d.edge_mask.sum())
     parts = [
-        f'<div style="{_NOTE}">'
-        + _e(joined([header.get("model", ""), header.get("scan", ""), (
+        f'<div style="{NOTE_STYLE}">'
+        + escape(joined([header.get("model", ""), header.get("scan", ""), (
             f"node threshold {float(widget.node_threshold):.2f}, edge threshold {float(widget.edge_threshold):.2f}: "
             f"{n_nodes} of {len(d.nodes['node'])} nodes, {n_edges} of {int(header.get('n_edges_total', 0))} edges "
             "drawn")]))
@@ -352,7 +353,7 @@ def circuit_html(widget: Any) -> str:
         tokens_html(header["tokens"]),
         "<div><b>Next token</b>: "
         + ", ".join(
-            f'<span style="{_MONO}">{_e(visible_text(t))}</span> {_e(format_value(float(p)))}'
+            f'<span style="{_MONO}">{escape(visible_text(t))}</span> {escape(format_value(float(p)))}'
             for t, p in zip(header["logit_tokens"], header["logit_probabilities"])
         )
         + "</div>",
@@ -365,4 +366,4 @@ def circuit_html(widget: Any) -> str:
         _intervention(widget.intervention or {}),
         _attention(widget, d),
     ]
-    return _frame("Attribution graph", "".join(parts))
+    return frame("Attribution graph", "".join(parts))

@@ -5,122 +5,41 @@ then shows the next mime type of each output. With this rendering beside the wid
 heatmap's colours, the pane's summary and the steering texts instead of ``<...Steer object at 0x...>``; the
 same HTML reads on nbviewer and GitHub. With widget state saved, the live widget renders as before.
 
-The HTML has no script, no external resource and no event handler; every text from the model, the tokenizer
-or files goes through :func:`html.escape`; colours are inline ``background-color`` values legible under
-light and dark text alike. Numbers follow :func:`~gemscope_widgets.widgets.payload.format_value`.
-Each renderer reads only the widget's synced traits, so it shows exactly what the view would at that moment.
-The kernel makes the rendering once, when the cell displays the widget (saving the notebook does not ask it
-again), so every rendering says it is that copy (:data:`SAVED_NOTE`), and one made while the view's work was
-still under way (a generation) says so first and marks the texts partial (:data:`IN_PROGRESS`).
+Each renderer reads only the widget's synced traits, so it shows exactly what the view would at that moment;
+numbers follow :func:`~gemscope_widgets.widgets.payload.format_value`. The frame, escaping, token runs and the
+mime-bundle mixin are :mod:`.static_html`'s; a rendering made mid-generation marks its texts partial.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .payload import format_percent, format_value
-from .token_text import EMPTY_MARK, visible_text
+from .static_html import (
+    MAX_TOKENS,
+    NOTE_STYLE,
+    escape,
+    frame,
+    heat_style,
+    in_progress_html,
+    joined,
+    running_token_text,
+    tokens_html,
+)
+from .token_text import visible_text
 
-MAX_TOKENS = 256  # tokens drawn per text; the rest is counted
 MAX_COLUMNS = 20  # heatmap feature columns drawn
 STATIC_WAIT_S = 5.0  # how long a display waits for the texts it renders (the steering widget's first generation)
-_HEAT_RGB = (244, 81, 30)  # the heatmap's heat colour (light theme) of js/lib/theme.css
-_HEAT_MAX_ALPHA = 0.6  # keeps both dark and light text at 4.5:1 or more on the strongest shade
-_BOX = "border:1px solid rgba(128,128,128,.45);border-radius:4px;padding:6px;margin:4px 0"
-_NOTE = "opacity:.8;font-size:.9em"
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def heat_style(t: float) -> str:
-    """Inline style shading a token or cell by a normalised activation ``t`` in [0, 1]; "" for none."""
-    if not t > 0:
-        return ""
-    alpha = 0.08 + (_HEAT_MAX_ALPHA - 0.08) * min(1.0, float(t))
-    r, g, b = _HEAT_RGB
-    return f"background-color:rgba({r},{g},{b},{alpha:.3f})"
-
-
-def _token_text(token: str) -> str:
-    """A token in running text (``js/lib/tokens.ts`` ``renderToken``): spaces kept, newlines and tabs marked (and
-    kept), an empty token as ∅. A token named on its own (a label, a table cell) is :func:`.token_text.visible_text`."""
-    if token == "":
-        return EMPTY_MARK
-    return token.replace("\n", "↵\n").replace("\t", "→\t")
-
-
-def tokens_html(
-    tokens: Sequence[str],
-    values: Sequence[float] | np.ndarray | None = None,
-    scale: float = 0.0,
-    *,
-    special: Sequence[bool] | None = None,
-    mark: int = -1,
-    max_tokens: int = MAX_TOKENS,
-) -> str:
-    """Tokens as escaped spans in a pre-wrapped line, shaded by ``values / scale``; token ``mark`` underlined."""
-    spans = []
-    for i, token in enumerate(tokens[:max_tokens]):
-        styles = ["border-radius:3px", "box-shadow:inset 0 0 0 1px rgba(128,128,128,.35)", "margin:0 1px"]
-        title = ""
-        if values is not None and i < len(values):
-            v = float(values[i])
-            title = f' title="{_e(format_value(v))}"'
-            if scale > 0:
-                styles.append(heat_style(v / scale))
-        if special is not None and i < len(special) and special[i]:
-            styles.append("font-style:italic;opacity:.8")
-        if i == mark:
-            styles.append("text-decoration:underline 2px;font-weight:bold")
-        style = ";".join(s for s in styles if s)
-        spans.append(f'<span style="{style}"{title}>{_e(_token_text(token))}</span>')
-    more = len(tokens) - max_tokens
-    tail = f' <span style="{_NOTE}">… {more} more tokens</span>' if more > 0 else ""
-    return f'<div style="white-space:pre-wrap;font-family:monospace;line-height:1.9">{"".join(spans)}{tail}</div>'
-
-
-SAVED_NOTE = (
-    "saved copy of the view as the cell first displayed it; later changes in the live view are not in this copy. "
-    "Run the cell with a live kernel for the interactive widget"
-)
-"""What every static rendering says of itself: it is made once, when the cell displays the widget (the kernel
-answers the display with the whole mime bundle and is not asked again when the notebook is saved)."""
-IN_PROGRESS = "still running when this copy was made: what follows is partial, not the result"
-"""The line a rendering made while the view's work (a generation) was under way starts with."""
-
-
-def in_progress_html(what: str) -> str:
-    """The plain line saying the rendering caught ``what`` (plain text, escaped) mid-way."""
-    return f'<div style="font-weight:bold">{_e(what)} {_e(IN_PROGRESS)}</div>'
-
-
-def joined(parts: Sequence[Any], sep: str = " · ") -> str:
-    """The non-empty ``parts`` (as text) joined by ``sep``: an unknown field leaves no empty slot between
-    separators. Plain text: escape the result for HTML."""
-    return sep.join(text for text in (str(p).strip() for p in parts if p is not None) if text)
-
-
-def _frame(title: str, body: str) -> str:
-    return (
-        f'<div class="gs-static" style="{_BOX}"><div><b>{_e(title)}</b> '
-        f'<span style="{_NOTE}">({_e(SAVED_NOTE)})</span></div>{body}</div>'
-    )
-
-
-# --- heatmap -----------------------------------------------------------------------------------------
 
 
 def heatmap_html(widget: Any) -> str:
     """Each prompt's text shaded by the selected (or strongest) feature, and its tokens × top-features grid."""
     payload = widget.payload
     sae = widget.sae_index
-    parts = [f'<div style="{_NOTE}">SAE {_e(payload.sae_names[sae])}</div>']
+    parts = [f'<div style="{NOTE_STYLE}">SAE {escape(payload.sae_names[sae])}</div>']
     maxima = payload.feature_max(sae) or {}
     for p in range(payload.n_prompts):
         tokens = payload.tokens(p)
@@ -152,37 +71,37 @@ def heatmap_html(widget: Any) -> str:
         else:
             parts.append("</div>" + tokens_html(tokens, special=special))
         if not dense_cols:
-            parts.append(f'<div style="{_NOTE}">No active features.</div>')
+            parts.append(f'<div style="{NOTE_STYLE}">No active features.</div>')
             continue
         cols = [column(f) for f in dense_cols]
         scales = [scale(f, c) for f, c in zip(dense_cols, cols)]
         head = "".join(
-            f'<th style="font-weight:normal;padding:0 3px" title="{_e(widget.label(f, sae))}">{f}</th>'
+            f'<th style="font-weight:normal;padding:0 3px" title="{escape(widget.label(f, sae))}">{f}</th>'
             for f in dense_cols
         )
         labelled = [f for f in dense_cols if widget.label(f, sae)]
         if labelled:
-            names = " · ".join(f"#{f} {_e(widget.label(f, sae))}" for f in labelled)
-            parts.append(f'<div style="{_NOTE}">{names}</div>')
+            names = " · ".join(f"#{f} {escape(widget.label(f, sae))}" for f in labelled)
+            parts.append(f'<div style="{NOTE_STYLE}">{names}</div>')
         body = []
         for t, token in enumerate(tokens[:MAX_TOKENS]):
             cells = "".join(
                 f'<td style="min-width:1.6em;{heat_style(c[t] / s if s > 0 else 0)}" '
-                f'title="#{f} = {_e(format_value(c[t]))}"></td>'
+                f'title="#{f} = {escape(format_value(c[t]))}"></td>'
                 for f, c, s in zip(dense_cols, cols, scales)
             )
             label_style = "font-family:monospace;white-space:pre;padding-right:6px"
-            label = f'<td style="{label_style}">{t} {_e(visible_text(token))}</td>'
+            label = f'<td style="{label_style}">{t} {escape(visible_text(token))}</td>'
             body.append(f"<tr>{label}{cells}</tr>")
         more = len(tokens) - MAX_TOKENS
         if more > 0:
-            body.append(f'<tr><td style="{_NOTE}">… {more} more tokens</td></tr>')
+            body.append(f'<tr><td style="{NOTE_STYLE}">… {more} more tokens</td></tr>')
         parts.append(
             '<table style="border-collapse:collapse;font-size:.85em;margin:4px 0 10px">'
             '<tr><th style="text-align:left;font-weight:normal">token \\ feature</th>'
             f"{head}</tr>{''.join(body)}</table>"
         )
-    return _frame("Feature heatmap", "".join(parts))
+    return frame("Feature heatmap", "".join(parts))
 
 
 # --- feature pane ------------------------------------------------------------------------------------
@@ -208,8 +127,8 @@ def feature_pane_html(widget: Any) -> str:
     """The pane's summary: explanation, density, logits, related features and the first top examples."""
     info = widget.info or {}
     width = info.get("width", "?")
-    parts = [f'<div style="{_NOTE}">{_e(joined([info.get("sae", ""), f"{width} features"]))}</div>']
-    parts.append(f"<div>{_e(pane_label_text(info))}</div>")
+    parts = [f'<div style="{NOTE_STYLE}">{escape(joined([info.get("sae", ""), f"{width} features"]))}</div>']
+    parts.append(f"<div>{escape(pane_label_text(info))}</div>")
     facts = []
     if isinstance(info.get("density"), (int, float)):
         facts.append(f"fires on {format_percent(info['density'])} of {int(info.get('n_tokens') or 0):,} tokens")
@@ -218,20 +137,21 @@ def feature_pane_html(widget: Any) -> str:
     if info.get("source"):
         facts.append(f"from {info['source']}")
     if facts:
-        parts.append(f'<div style="{_NOTE}">{_e(" · ".join(facts))}</div>')
+        parts.append(f'<div style="{NOTE_STYLE}">{escape(" · ".join(facts))}</div>')
     logits = widget.logits or {}
     for label, key in (("Promotes", "top"), ("Suppresses", "bottom")):
         rows = logits.get(key) or []
         if rows:
             shown_tokens = " ".join(
-                f'<span style="font-family:monospace;white-space:pre-wrap">{_e(_token_text(str(tok)))}</span>'
-                f' <span style="{_NOTE}">{_e(format_value(val))}</span>'
+                '<span style="font-family:monospace;white-space:pre-wrap">'
+                f"{escape(running_token_text(str(tok)))}</span>"
+                f' <span style="{NOTE_STYLE}">{escape(format_value(val))}</span>'
                 for tok, val in rows
             )
             parts.append(f"<div><b>{label}</b>: {shown_tokens}</div>")
     related = widget.related or []
     if related:
-        chips = ", ".join(f"#{int(r['feature'])} ({_e(format_value(r['score']))})" for r in related)
+        chips = ", ".join(f"#{int(r['feature'])} ({escape(format_value(r['score']))})" for r in related)
         parts.append(f"<div><b>Related</b>: {chips}</div>")
     page = widget.examples or {}
     items = page.get("items") or []
@@ -243,12 +163,13 @@ def feature_pane_html(widget: Any) -> str:
         for ex in items:
             values = _f32(ex.get("values"))
             parts.append(
-                f'<div style="display:flex;gap:6px"><span style="{_NOTE}">{_e(format_value(ex["value"]))}</span>'
+                f'<div style="display:flex;gap:6px">'
+                f'<span style="{NOTE_STYLE}">{escape(format_value(ex["value"]))}</span>'
                 f"{tokens_html(ex['tokens'], values, scale, mark=int(ex.get('peak', -1)))}</div>"
             )
     else:
-        parts.append(f'<div style="{_NOTE}">No examples.</div>')
-    return _frame(f"Feature {int(widget.feature)}", "".join(parts))
+        parts.append(f'<div style="{NOTE_STYLE}">No examples.</div>')
+    return frame(f"Feature {int(widget.feature)}", "".join(parts))
 
 
 # --- steering ----------------------------------------------------------------------------------------
@@ -264,8 +185,8 @@ def steer_html(widget: Any) -> str:
             multiple, raw = format_value(f.get("multiple", 0)), format_value(f.get("raw", 0))
             what = f"{multiple}× = {raw} raw ({f.get('scale_source', '')})"
         where = f"{f.get('mode', '')} · {f.get('positions', '')}"
-        rows.append(f"<li>#{int(f['feature'])} · {_e(where)} · {_e(what)}</li>")
-    features = f"<ul>{''.join(rows)}</ul>" if rows else f'<div style="{_NOTE}">No features.</div>'
+        rows.append(f"<li>#{int(f['feature'])} · {escape(where)} · {escape(what)}</li>")
+    features = f"<ul>{''.join(rows)}</ul>" if rows else f'<div style="{NOTE_STYLE}">No features.</div>'
     prompt = tokens_html(widget.prompt_tokens, special=widget.prompt_special)
     d = int(widget.divergence)
     partial = " (partial)" if widget.running else ""
@@ -274,12 +195,12 @@ def steer_html(widget: Any) -> str:
         f"<div><b>baseline{partial}</b>{tokens_html(widget.baseline_tokens, mark=d)}</div>"
         f"<div><b>steered{partial}</b>{tokens_html(widget.steered_tokens, mark=d)}</div></div>"
     )
-    status = f'<div style="{_NOTE}">{_e(widget.status)}</div>' if widget.status else ""
-    error = f"<div><b>Error:</b> {_e(widget.error)}</div>" if widget.error else ""
-    head = f'<div style="{_NOTE}">{_e(widget.sae_name)}</div>' if widget.sae_name else ""
+    status = f'<div style="{NOTE_STYLE}">{escape(widget.status)}</div>' if widget.status else ""
+    error = f"<div><b>Error:</b> {escape(widget.error)}</div>" if widget.error else ""
+    head = f'<div style="{NOTE_STYLE}">{escape(widget.sae_name)}</div>' if widget.sae_name else ""
     running = in_progress_html("The generation was") if widget.running else ""
-    body = running + head + features + f'<div style="{_NOTE}">prompt</div>' + prompt + columns + status + error
-    return _frame("Steering", body)
+    body = running + head + features + f'<div style="{NOTE_STYLE}">prompt</div>' + prompt + columns + status + error
+    return frame("Steering", body)
 
 
 # --- token view --------------------------------------------------------------------------------------
@@ -288,26 +209,7 @@ def steer_html(widget: Any) -> str:
 def token_view_html(widget: Any) -> str:
     """The tokens, the selected one underlined."""
     body = tokens_html(widget.tokens, special=widget.special or None, mark=int(widget.selected_token))
-    return _frame("Tokens", body)
-
-
-class StaticFallback:
-    """Mixin for an anywidget class: adds ``text/html`` from :meth:`static_html` to the widget's mime bundle."""
-
-    def static_html(self) -> str:  # pragma: no cover - each widget defines it
-        raise NotImplementedError
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
-        if data is None:
-            return bundle
-        data = dict(data)
-        try:
-            data["text/html"] = self.static_html()
-        except Exception as exc:  # a fallback must never stop the live widget from displaying
-            data["text/html"] = f"<div>(no static view: {_e(type(exc).__name__)})</div>"
-        return data, metadata
+    return frame("Tokens", body)
 
 
 # --- chat and contrast -------------------------------------------------------------------------------
@@ -330,16 +232,18 @@ def chat_html(widget: Any) -> str:
     values = heat[0] if len(heat) else None
     scale = float(values.max(initial=0.0)) if values is not None else 0.0
     names = view.get("sae_names") or [""]
-    parts = [f'<div style="{_NOTE}">SAE {_e(names[min(widget.sae_index, len(names) - 1)])}']
+    parts = [f'<div style="{NOTE_STYLE}">SAE {escape(names[min(widget.sae_index, len(names) - 1)])}']
     if features:
         parts.append(f" · coloured by feature #{features[0]}")
     parts.append("</div>")
     if widget.running:
         parts.insert(0, in_progress_html("The model's turn was"))
     if widget.warning:
-        parts.append(f'<div style="{_NOTE}">{_e(widget.warning)}</div>')
+        parts.append(f'<div style="{NOTE_STYLE}">{escape(widget.warning)}</div>')
     if view.get("system"):
-        parts.append(f'<div style="{_NOTE}">system (folded into the first user turn): {_e(view["system"])}</div>')
+        parts.append(
+            f'<div style="{NOTE_STYLE}">system (folded into the first user turn): {escape(view["system"])}</div>'
+        )
     def run(a: int, b: int) -> str:
         return tokens_html(tokens[a:b], None if values is None else values[a:b], scale,
                            special=None if special is None else special[a:b])
@@ -350,19 +254,19 @@ def chat_html(widget: Any) -> str:
         if a > done:  # <bos>, or template tokens between turns
             parts.append(run(done, a))
         done = max(done, b)
-        chips = ", ".join(f"#{int(s['feature'])} ({_e(format_value(s['max']))})" for s in turn.get("summary") or [])
-        parts.append(f"<div style=\"margin-top:6px\"><b>{_e(turn['role'])}</b>")
-        parts.append(f' <span style="{_NOTE}">strongest: {chips}</span></div>' if chips else "</div>")
+        chips = ", ".join(f"#{int(s['feature'])} ({escape(format_value(s['max']))})" for s in turn.get("summary") or [])
+        parts.append(f"<div style=\"margin-top:6px\"><b>{escape(turn['role'])}</b>")
+        parts.append(f' <span style="{NOTE_STYLE}">strongest: {chips}</span></div>' if chips else "</div>")
         parts.append(run(a, b))
     if done < len(tokens):
         parts.append(run(done, len(tokens)))
     if widget.streaming:
         parts.append(f"<div><b>model</b> (generating)</div>{tokens_html(list(widget.streaming))}")
     if widget.status:
-        parts.append(f'<div style="{_NOTE}">{_e(widget.status)}</div>')
+        parts.append(f'<div style="{NOTE_STYLE}">{escape(widget.status)}</div>')
     if widget.error:
-        parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
-    return _frame("Conversation", "".join(parts))
+        parts.append(f"<div><b>Error:</b> {escape(widget.error)}</div>")
+    return frame("Conversation", "".join(parts))
 
 
 def contrast_html(widget: Any) -> str:
@@ -371,16 +275,17 @@ def contrast_html(widget: Any) -> str:
     view = widget._view or {}
     rows = list(view.get("rows") or [])
     pairs = int(view.get("n_pairs") or 1)
-    head = f"{_e(view.get('sae_name', ''))} · span {_e(view.get('span', ''))} ({_e(view.get('reduce', ''))})"
-    parts = [f'<div style="{_NOTE}">{head}{f" · {pairs} pairs" if pairs > 1 else ""}</div>']
+    head = (f"{escape(view.get('sae_name', ''))} · span {escape(view.get('span', ''))} "
+            f"({escape(view.get('reduce', ''))})")
+    parts = [f'<div style="{NOTE_STYLE}">{head}{f" · {pairs} pairs" if pairs > 1 else ""}</div>']
     if view.get("caveat"):
-        parts.append(f'<div style="{_NOTE}">{_e(view["caveat"])}</div>')
+        parts.append(f'<div style="{NOTE_STYLE}">{escape(view["caveat"])}</div>')
     cols = ["feature", "a", "b", "diff"] + (["t"] if pairs > 1 else [])
     def cell(r: dict[str, Any], c: str) -> str:
         if c != "feature":
-            return _e(format_value(r[c]))
+            return escape(format_value(r[c]))
         label = str(r.get("label") or "")
-        return f"#{int(r[c])}" + (f' <span style="{_NOTE}">{_e(label)}</span>' if label else "")
+        return f"#{int(r[c])}" + (f' <span style="{NOTE_STYLE}">{escape(label)}</span>' if label else "")
 
     body = [
         "<tr>" + "".join(f'<td style="padding:0 6px">{cell(r, c)}</td>' for c in cols if c in r) + "</tr>"
@@ -391,7 +296,7 @@ def contrast_html(widget: Any) -> str:
         table = f'<table style="border-collapse:collapse;font-size:.85em"><tr>{header}</tr>'
         parts.append(f'{table}{"".join(body)}</table>')
     else:
-        parts.append(f'<div style="{_NOTE}">No feature differs.</div>')
+        parts.append(f'<div style="{NOTE_STYLE}">No feature differs.</div>')
     features = [int(r["feature"]) for r in rows]
     shown = widget.selected_feature if widget.selected_feature in features else (features[0] if features else -1)
     heats = {"a": _heat_rows(widget._heat_a, len(features)), "b": _heat_rows(widget._heat_b, len(features))}
@@ -406,13 +311,13 @@ def contrast_html(widget: Any) -> str:
         text = tokens_html(list(side.get("tokens") or []), shade[key], scale, special=special,
                            mark=span[0] if len(span) == 1 else -1)
         where = f"span: tokens {span[0]}–{span[-1]}" if span else "span: none"
-        sides.append(f'<div><b>{key}</b> <span style="{_NOTE}">{where}</span>{text}</div>')
+        sides.append(f'<div><b>{key}</b> <span style="{NOTE_STYLE}">{where}</span>{text}</div>')
     if shown >= 0:
-        parts.append(f'<div style="{_NOTE}">coloured by feature #{shown}</div>')
+        parts.append(f'<div style="{NOTE_STYLE}">coloured by feature #{shown}</div>')
     parts.append('<div style="display:grid;grid-template-columns:1fr 1fr;gap:12px">' + "".join(sides) + "</div>")
     if widget.error:
-        parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
-    return _frame("Contrast", "".join(parts))
+        parts.append(f"<div><b>Error:</b> {escape(widget.error)}</div>")
+    return frame("Contrast", "".join(parts))
 
 
 # --- probe ---------------------------------------------------------------------------------------------------
@@ -426,7 +331,7 @@ def _roc_svg(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], size: int = 1
     for (name, fpr, tpr), colour in zip(curves, _ROC_COLOURS):
         points = " ".join(f"{x * size:.1f},{(1 - y) * size:.1f}" for x, y in zip(fpr, tpr))
         lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}">'
-                     f"<title>{_e(name)}</title></polyline>")
+                     f"<title>{escape(name)}</title></polyline>")
     return (f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
             f'style="border:1px solid rgba(128,128,128,.45)">{"".join(lines)}</svg>')
 
@@ -446,32 +351,33 @@ def probe_html(widget: Any) -> str:
         if int(c["feature"]) in (-1, shown):
             o, n = int(c["offset"]), int(c["n"])
             curves.append((str(c["name"]), roc[o : o + n], roc[o + n : o + 2 * n]))
-    head = (f"{_e(view.get('sae_name', ''))} · layer {_e(view.get('layer', ''))} · position "
-            f"{_e(view.get('position', ''))} · {_e(view.get('n_positive', 0))} + {_e(view.get('n_negative', 0))} "
-            f"prompts · {_e(view.get('scheme', ''))} · seed {_e(view.get('seed', ''))}")
-    parts = [f'<div style="{_NOTE}">{head}</div>']
+    head = (f"{escape(view.get('sae_name', ''))} · layer {escape(view.get('layer', ''))} · position "
+            f"{escape(view.get('position', ''))} · {escape(view.get('n_positive', 0))} + "
+            f"{escape(view.get('n_negative', 0))} "
+            f"prompts · {escape(view.get('scheme', ''))} · seed {escape(view.get('seed', ''))}")
+    parts = [f'<div style="{NOTE_STYLE}">{head}</div>']
     th = 'style="font-weight:normal;padding:0 6px;text-align:left"'
     td = 'style="padding:0 6px"'
     rows = "".join(
-        f"<tr><td {td}>{_e(d['title'])}</td><td {td}>{_e(format_value(d['auroc']))}</td>"
-        f"<td {td}>[{_e(format_value(d['low']))}, {_e(format_value(d['high']))}]</td>"
-        f"<td {td}>{_e(d['n_held_out'])}</td></tr>"
+        f"<tr><td {td}>{escape(d['title'])}</td><td {td}>{escape(format_value(d['auroc']))}</td>"
+        f"<td {td}>[{escape(format_value(d['low']))}, {escape(format_value(d['high']))}]</td>"
+        f"<td {td}>{escape(d['n_held_out'])}</td></tr>"
         for d in view.get("detectors") or []
     )
     detectors = (f'<table style="border-collapse:collapse;font-size:.85em"><tr><th {th}>detector</th>'
                  f"<th {th}>held-out AUROC</th><th {th}>95% interval</th><th {th}>held out</th></tr>{rows}</table>")
     parts.append(f'<div style="display:flex;gap:12px;align-items:flex-start">{_roc_svg(curves)}{detectors}</div>')
-    legend = " · ".join(f'<span style="color:{colour}">■</span> {_e(name)}'
+    legend = " · ".join(f'<span style="color:{colour}">■</span> {escape(name)}'
                         for (name, _, _), colour in zip(curves, _ROC_COLOURS))
-    parts.append(f'<div style="{_NOTE}">ROC on held-out prompts: {legend}</div>')
+    parts.append(f'<div style="{NOTE_STYLE}">ROC on held-out prompts: {legend}</div>')
     if features:
         body = "".join(
-            f"<tr><td {td}>#{int(f['feature'])} <span style=\"{_NOTE}\">{_e(f.get('label') or '')}</span></td>"
-            f"<td {td}>{_e(format_value(f['auroc']))}</td>"
-            f"<td {td}>[{_e(format_value(f['low']))}, {_e(format_value(f['high']))}]</td>"
-            f"<td {td}>{_e('' if f.get('density') is None else format_percent(f['density']))}</td>"
-            f"<td {td}>{_e(format_value(f['mean_difference']))}</td>"
-            f"<td {td}>{_e(f['chosen_in'])}/{_e(view.get('n_folds', 1))}</td></tr>"
+            f"<tr><td {td}>#{int(f['feature'])} <span style=\"{NOTE_STYLE}\">{escape(f.get('label') or '')}</span></td>"
+            f"<td {td}>{escape(format_value(f['auroc']))}</td>"
+            f"<td {td}>[{escape(format_value(f['low']))}, {escape(format_value(f['high']))}]</td>"
+            f"<td {td}>{escape('' if f.get('density') is None else format_percent(f['density']))}</td>"
+            f"<td {td}>{escape(format_value(f['mean_difference']))}</td>"
+            f"<td {td}>{escape(f['chosen_in'])}/{escape(view.get('n_folds', 1))}</td></tr>"
             for f in features
         )
         parts.append(f'<table style="border-collapse:collapse;font-size:.85em"><tr><th {th}>latent</th>'
@@ -480,14 +386,14 @@ def probe_html(widget: Any) -> str:
     curve = view.get("curve") or {}
     sizes = list(curve.get("sizes") or [])
     if sizes:
-        cells = "".join(f"<th {th}>{_e(s)}</th>" for s in sizes)
+        cells = "".join(f"<th {th}>{escape(s)}</th>" for s in sizes)
         body = "".join(
-            f"<tr><td {td}>{_e(name)}</td>" + "".join(f"<td {td}>{_e(format_value(v))}</td>" for v in values)
+            f"<tr><td {td}>{escape(name)}</td>" + "".join(f"<td {td}>{escape(format_value(v))}</td>" for v in values)
             + "</tr>" for name, values in (curve.get("values") or {}).items()
         )
-        parts.append(f'<div style="{_NOTE}">learning curve: held-out AUROC by training prompts per class</div>'
+        parts.append(f'<div style="{NOTE_STYLE}">learning curve: held-out AUROC by training prompts per class</div>'
                      f'<table style="border-collapse:collapse;font-size:.85em"><tr><th {th}></th>{cells}</tr>'
                      f"{body}</table>")
     if widget.error:
-        parts.append(f"<div><b>Error:</b> {_e(widget.error)}</div>")
-    return _frame("Probe", "".join(parts))
+        parts.append(f"<div><b>Error:</b> {escape(widget.error)}</div>")
+    return frame("Probe", "".join(parts))

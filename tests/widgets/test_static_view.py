@@ -12,7 +12,7 @@ from gemscope_widgets.backend.dictionaries.loading import load_sae_folder
 from gemscope_widgets.scope import Scope
 from gemscope_widgets.widgets.heatmap import Heatmap
 from gemscope_widgets.widgets.payload import PromptView, encode_payload, format_value
-from gemscope_widgets.widgets.static_view import heat_style
+from gemscope_widgets.widgets.static_html import heat_style
 from gemscope_widgets.widgets.token_view import TokenView
 from tests.helpers import static_of
 
