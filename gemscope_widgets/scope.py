@@ -9,6 +9,7 @@ from typing import Any
 from .backend.circuits.comparison import compare_graphs
 from .backend.circuits.graph import AttributionGraph
 from .backend.circuits.influence import check_thresholds
+from .backend.circuits.neuronpedia_json import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD
 from .backend.circuits.node_summary import check_max_edges
 from .backend.gemma.model import GemmaModel
 from .backend.stats.holder import StatsHolder
@@ -161,7 +162,9 @@ class Scope:
         """
         view_keys = ("node_threshold", "edge_threshold", "max_edges", "show_all")
         view = {k: kwargs.pop(k) for k in view_keys if k in kwargs}
-        check_thresholds(view.get("node_threshold", 0.8), view.get("edge_threshold", 0.98))
+        check_thresholds(
+            view.get("node_threshold", DEFAULT_NODE_THRESHOLD), view.get("edge_threshold", DEFAULT_EDGE_THRESHOLD)
+        )
         check_max_edges(view.get("max_edges"))
         tset = self.workspace.transcoders(transcoders)
         graph = self._graph(prompt, **kwargs)
